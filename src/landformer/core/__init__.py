@@ -1,0 +1,1 @@
+"""Shared core: rasters, chips, configs, training, persistence and pictures. Imports no pipeline."""

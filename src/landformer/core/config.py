@@ -1,0 +1,179 @@
+"""Typed configs from YAML.
+
+A config is a (possibly nested) dataclass. :func:`load_config` reads YAML with ``yaml.safe_load`` and
+builds the dataclass, checking every key and type at the door: an unknown key, a misspelt key or a value of
+the wrong type is a :class:`UserError` that names the file and the dotted key. ``overrides`` such as
+``["train.max_steps=50"]`` let the CLI change single values without editing the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from landformer.core.errors import UserError
+from landformer.core.io import require_file, write_text
+
+T = TypeVar("T")
+
+
+def _describe(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and return it converted (tuples, Paths, nested configs)."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        options = get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(value, option, key, source)
+            except UserError:
+                continue
+        raise UserError(f"{source}: '{key}' = {value!r} is not {_describe(tp)}")
+    if origin is Literal:
+        if value not in get_args(tp):
+            choices = ", ".join(repr(choice) for choice in get_args(tp))
+            raise UserError(f"{source}: '{key}' = {value!r} is not one of {choices}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{source}: '{key}' = {value!r} should be a list")
+        args = get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise UserError(f"{source}: '{key}' should have {len(args)} items, got {len(value)}")
+            items = [_convert(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(value, args, strict=True))]
+        else:
+            item_type = args[0] if args else Any
+            items = [_convert(v, item_type, f"{key}[{i}]", source) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{source}: '{key}' = {value!r} should be a mapping")
+        _, value_type = get_args(tp) or (str, Any)
+        return {str(k): _convert(v, value_type, f"{key}.{k}", source) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise UserError(f"{source}: '{key}' should be a mapping of {tp.__name__} fields")
+        return from_dict(tp, value, source=source, prefix=f"{key}.")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{source}: '{key}' = {value!r} should be true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{source}: '{key}' = {value!r} should be an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{source}: '{key}' = {value!r} should be a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise UserError(f"{source}: '{key}' = {value!r} should be a string")
+        return value
+    if tp is Path:
+        if not isinstance(value, (str, os.PathLike)):
+            raise UserError(f"{source}: '{key}' = {value!r} should be a path")
+        return Path(value)
+    raise TypeError(f"unsupported config annotation {tp!r} for '{key}'")
+
+
+def from_dict(cls: type[T], data: dict[str, Any], source: str = "config", prefix: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise UserError."""
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: expected a mapping at '{prefix.rstrip('.') or 'top level'}'")
+    hints = get_type_hints(cls)
+    fields = {field.name: field for field in dataclasses.fields(cls) if field.init}  # type: ignore[arg-type]
+    unknown = [key for key in data if key not in fields]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(str(key), list(fields), n=1)
+        hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (known: {', '.join(fields)})"
+        raise UserError(f"{source}: unknown key '{prefix}{key}'{hint}")
+    kwargs = {name: _convert(value, hints[name], f"{prefix}{name}", source) for name, value in data.items()}
+    missing = [
+        name
+        for name, field in fields.items()
+        if name not in kwargs and field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING  # type: ignore[misc]
+    ]
+    if missing:
+        raise UserError(f"{source}: missing required key(s) {', '.join(prefix + name for name in missing)}")
+    return cls(**kwargs)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A plain, YAML-friendly dict of a config dataclass (Paths become strings, tuples lists)."""
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {field.name: plain(getattr(value, field.name)) for field in dataclasses.fields(value)}
+        if isinstance(value, (list, tuple)):
+            return [plain(item) for item in value]
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, Path):
+            return str(value)
+        return value
+
+    return plain(config)
+
+
+def apply_overrides(data: dict[str, Any], overrides: typing.Sequence[str], source: str) -> dict[str, Any]:
+    """Apply ``dotted.key=value`` strings (values parsed as YAML) to a nested dict, in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override {item!r} should look like key=value (e.g. train.max_steps=100)")
+        dotted, raw = item.split("=", 1)
+        node = data
+        parts = dotted.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"{source}: cannot override '{dotted}': '{part}' is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def load_config(cls: type[T], path: str | os.PathLike[str] | None = None, overrides: typing.Sequence[str] = ()) -> T:
+    """Read a YAML file (or start from the defaults when ``path`` is None) into dataclass ``cls``."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = require_file(path, "config")
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            raise UserError(f"config {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise UserError(f"config {path} should be a mapping of keys to values")
+        data = loaded or {}
+    apply_overrides(data, overrides, source)
+    return from_dict(cls, data, source=source)
+
+
+def save_config(config: Any, path: str | os.PathLike[str]) -> Path:
+    """Write the resolved config as YAML, atomically, with the package version in a header comment.
+
+    The version goes in a comment so the saved file loads back unchanged with :func:`load_config`.
+    """
+    from landformer import __version__
+
+    header = f"# resolved {type(config).__name__} written by landformer {__version__}\n"
+    return write_text(path, header + yaml.safe_dump(to_dict(config), sort_keys=False))
