@@ -313,3 +313,62 @@ def test_finished_run_can_be_extended_exactly(tmp_path: Path) -> None:
     assert result.global_step == 16
     assert torch.equal(extended.net[0].weight, straight.net[0].weight)
     assert torch.equal(extended.net[2].bias, straight.net[2].bias)
+
+
+def assert_two_ranks_shared_the_data(state: dict) -> None:
+    """A DistributedSampler gives each of 2 ranks 16 of the 32 training samples (2 batches of 8 per epoch, where
+    one process has 4) and 8 of the 16 validation samples (1 batch): step 6 is the end of the third epoch."""
+    loops = state["loops"]["fit_loop"]
+    assert loops["epoch_loop.batch_progress"]["current"]["completed"] == 2
+    assert loops["epoch_loop.val_loop.batch_progress"]["current"]["completed"] == 1
+    assert state["epoch"] == 2
+
+
+@pytest.mark.slow
+def test_two_process_ddp_spawn_on_cpu(tmp_path: Path) -> None:
+    """fit() runs data-parallel in two spawned CPU processes (gloo); each rank sees half of every epoch."""
+    train, val = make_loaders()
+    config = quick_config(max_steps=6, checkpoint_every_steps=3, val_every_steps=3, devices=2, strategy="ddp_spawn")
+    result = fit(TinyRegression(), (train, val), config, tmp_path)
+    assert result.global_step == 6
+    state = load_torch(result.last_checkpoint)
+    assert state["global_step"] == 6
+    assert_two_ranks_shared_the_data(state)
+
+
+TORCHRUN_SCRIPT = """
+import json, sys
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+from landformer.core.train import TrainConfig, fit, prepare_run
+sys.path.insert(0, sys.argv[2])
+from test_train import TinyRegression, make_loaders
+
+train, val = make_loaders()
+config = TrainConfig(max_steps=6, val_every_steps=3, checkpoint_every_steps=3, accelerator="cpu", devices=2,
+                     strategy="ddp", progress_bar=False, loggers=["csv"])
+run_dir = prepare_run(sys.argv[1], config, "ddp-test")
+torch.manual_seed(0)
+result = fit(TinyRegression(), (train, val), config, run_dir)
+print("RESULT", torch.distributed.get_rank(), result.global_step, json.dumps(result.metrics), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_two_ranks_on_cpu(tmp_path: Path) -> None:
+    """The launch a cluster uses: ``torchrun --nproc_per_node=2`` with strategy=ddp (gloo on CPU)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "train_ddp.py"
+    script.write_text(TORCHRUN_SCRIPT)
+    torchrun = Path(sys.executable).parent / "torchrun"
+    command = [str(torchrun), "--standalone", "--nproc_per_node=2", str(script), str(tmp_path / "run")]
+    done = subprocess.run([*command, str(Path(__file__).parent)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = sorted(line.split()[1:3] for line in done.stdout.splitlines() if line.startswith("RESULT"))
+    assert results == [["0", "6"], ["1", "6"]]
+    state = load_torch(tmp_path / "run/checkpoints/last.ckpt")
+    assert state["global_step"] == 6
+    assert_two_ranks_shared_the_data(state)
+    assert (tmp_path / "run/config.yaml").is_file() and (tmp_path / "run/run.json").is_file()

@@ -199,7 +199,10 @@ def prepare_run(run_dir: str | os.PathLike[str], config: Any, name: str) -> Path
 @functools.cache
 def _periodic_checkpoint_class() -> type:
     """ModelCheckpoint whose ``last.ckpt`` also holds the final step when training ends between periodic saves
-    (Lightning only writes it at the end if it was never written), so a finished run can be extended exactly."""
+    (Lightning only writes it at the end if it was never written), so a finished run can be extended exactly.
+
+    Built on first use so that importing this module (for TrainConfig) does not import Lightning.
+    """
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     class PeriodicCheckpoint(ModelCheckpoint):
@@ -208,7 +211,17 @@ def _periodic_checkpoint_class() -> type:
                 self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
             super().on_train_end(trainer, pl_module)
 
+    # Picklable by name (ddp_spawn sends the trainer's callbacks to its workers): see __getattr__ below.
+    PeriodicCheckpoint.__module__ = __name__
+    PeriodicCheckpoint.__qualname__ = "PeriodicCheckpoint"
     return PeriodicCheckpoint
+
+
+def __getattr__(name: str) -> Any:
+    """Lazy module attribute: ``landformer.core.train.PeriodicCheckpoint`` without importing Lightning early."""
+    if name == "PeriodicCheckpoint":
+        return _periodic_checkpoint_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_loggers(config: TrainConfig, run_dir: Path) -> list[Any]:
@@ -248,7 +261,7 @@ def build_trainer(
     from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 
-    _PeriodicCheckpoint = _periodic_checkpoint_class()
+    periodic_checkpoint = _periodic_checkpoint_class()
 
     _quiet_lightning()
     run_dir = Path(run_dir)
@@ -256,7 +269,7 @@ def build_trainer(
     # Periodic checkpoints: monitoring "step" in max mode keeps the newest `keep_checkpoints` of them. The version
     # counter is off so last.ckpt is always overwritten in place, never renamed to last-v1.ckpt.
     all_callbacks: list[Any] = [
-        _PeriodicCheckpoint(
+        periodic_checkpoint(
             dirpath=checkpoint_dir,
             filename="step{step:07d}",
             auto_insert_metric_name=False,
@@ -382,11 +395,18 @@ def fit(
         if callback.monitor == config.monitor and callback.best_model_path:
             best = Path(callback.best_model_path)
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1}
+    last = last_checkpoint(run_dir)
+    global_step = trainer.global_step
+    if global_step == 0 and last is not None:
+        # ddp_spawn trains in worker processes and leaves this process's counters at 0; the checkpoint knows.
+        import torch
+
+        global_step = int(torch.load(last, map_location="cpu", weights_only=True, mmap=True)["global_step"])
     return FitResult(
         run_dir=run_dir,
-        last_checkpoint=last_checkpoint(run_dir),
+        last_checkpoint=last,
         best_checkpoint=best,
-        global_step=trainer.global_step,
+        global_step=global_step,
         metrics=metrics,
         seconds=seconds,
     )
