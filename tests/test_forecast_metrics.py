@@ -218,7 +218,7 @@ def test_constant_channel_gets_unit_scale_and_empty_channel_is_an_error() -> Non
 
 
 def test_bad_saved_normalizers_are_user_errors() -> None:
-    with pytest.raises(UserError, match="norm.json: unknown normalizer kind 'robust'"):
+    with pytest.raises(UserError, match=r"norm\.json: unknown normalizer kind 'robust'"):
         normalizer_from_dict({"kind": "robust"}, source="norm.json")
     with pytest.raises(UserError, match="'std' should be positive"):
         normalizer_from_dict({"kind": "zscore", "mean": [0.0], "std": [0.0]})
