@@ -103,6 +103,14 @@ def test_masked_mse_and_pinball_equal_hand_values() -> None:
     assert loss.item() == pytest.approx((0.025 * 2 + 0.5 * 1 + 0.025 * 2) / 3)
 
 
+def test_masked_loss_counts_exactly_with_bfloat16_predictions() -> None:
+    # Summed in bf16 (8 significant bits) this loss comes out as 3.0156 instead of 3.0015.
+    target = torch.linspace(0, 3, 1001)
+    loss = masked_loss(torch.zeros(1001, dtype=torch.bfloat16), target, torch.ones(1001, dtype=torch.bool))
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx((target**2).mean().item(), rel=1e-6)
+
+
 @pytest.mark.parametrize("quantiles", [None, QUANTILES_95])
 def test_masked_loss_ignores_everything_under_the_mask(quantiles: tuple | None) -> None:
     generator = torch.Generator().manual_seed(0)

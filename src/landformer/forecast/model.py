@@ -101,6 +101,8 @@ def masked_loss(
     truth (a horizon past the series end, nodata; it may be NaN) contributes nothing to the loss or to the
     gradients, and an all-missing batch gives a zero loss, not NaN.
     """
+    # Sum in at least float32: a bf16 sum of the mask stops counting exactly past 256 pixels.
+    pred = pred.to(torch.promote_types(pred.dtype, torch.float32))
     mask = mask.bool()
     if target.shape != mask.shape:
         raise ValueError(f"target shape {tuple(target.shape)} differs from mask shape {tuple(mask.shape)}")
