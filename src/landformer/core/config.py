@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -22,6 +23,7 @@ from landformer.core.errors import UserError
 from landformer.core.io import require_file, write_text
 
 T = TypeVar("T")
+_FLOAT_LITERAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def _describe(tp: Any) -> str:
@@ -46,7 +48,8 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
                 continue
         raise UserError(f"{source}: '{key}' = {value!r} is not {_describe(tp)}")
     if origin is Literal:
-        if value not in get_args(tp):
+        # Compare types too: True == 1 in Python, but `true` is not a valid choice for Literal[1, 2].
+        if not any(value == choice and type(value) is type(choice) for choice in get_args(tp)):
             choices = ", ".join(repr(choice) for choice in get_args(tp))
             raise UserError(f"{source}: '{key}' = {value!r} is not one of {choices}")
         return value
@@ -80,6 +83,9 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
             raise UserError(f"{source}: '{key}' = {value!r} should be an integer")
         return value
     if tp is float:
+        # PyYAML follows YAML 1.1, which reads 1e-4 (no dot) as a string; accept such plain decimal literals.
+        if isinstance(value, str) and _FLOAT_LITERAL.fullmatch(value.strip()):
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{source}: '{key}' = {value!r} should be a number")
         return float(value)

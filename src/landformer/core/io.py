@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -46,12 +48,24 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp creates files readable by the owner only; give the result the usual permissions.
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-        # GDAL may leave sidecars (.aux.xml) named after the temporary file.
-        for sidecar in path.parent.glob(f"{tmp.name}.*"):
-            sidecar.unlink(missing_ok=True)
+        # GDAL may leave sidecars (.aux.xml) named after the temporary file. (No glob: names may hold "[".)
+        for sidecar in path.parent.iterdir():
+            if sidecar.name.startswith(f"{tmp.name}."):
+                sidecar.unlink(missing_ok=True)
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 
 
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -98,10 +112,13 @@ def read_npz(
     """Load every array of an ``.npz`` without pickle; corrupt files and missing keys are UserErrors."""
     path = require_file(path, what)
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise UserError(f"{what} {path} is a single .npy array, not an .npz archive of named arrays")
+        with loaded as npz:
             arrays = {key: npz[key] for key in npz.files}
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
-        raise UserError(f"{what} {path} is corrupt or truncated: {err}") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as err:
+        raise UserError(f"{what} {path} is corrupt, truncated or holds pickled objects: {err}") from None
     missing = [key for key in required if key not in arrays]
     if missing:
         raise UserError(f"{what} {path} lacks key(s) {', '.join(missing)} (has: {', '.join(sorted(arrays))})")
@@ -142,6 +159,23 @@ def load_torch(path: str | os.PathLike[str], what: str = "checkpoint") -> Any:
     path = require_file(path, what)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{what} {path} cannot be loaded safely: {first_line}") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, KeyError, ValueError) as err:
+        # Garbage input surfaces as KeyError/ValueError from the unpickler, so those count as unreadable too.
+        raise UserError(f"{what} {path} cannot be loaded safely: {unpickling_reason(err)}") from None
+
+
+def unpickling_reason(err: BaseException) -> str:
+    """One line saying why ``torch.load(weights_only=True)`` refused a file.
+
+    For a disallowed object that is the "Unsupported global: GLOBAL module.Class" line; torch's own first line
+    suggests re-loading with ``weights_only=False``, which is exactly what must not be done with unknown files.
+    """
+    text = str(err).strip()
+    match = re.search(r"Unsupported global: GLOBAL [\w.]+", text)
+    if match:
+        return f"it holds an object that is not plain data ({match.group(0)})"
+    if "WeightsUnpickler error" in text:
+        detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+        return "it is a pickle that is not a plain-data checkpoint" + (f" ({detail.group(1)})" if detail else "")
+    first_line = re.sub(r"\x1b\[[0-9;]*m", "", text.splitlines()[0]) if text else ""
+    return f"{type(err).__name__}: {first_line}" if first_line else type(err).__name__

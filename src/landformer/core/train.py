@@ -34,7 +34,7 @@ from typing import Any
 
 from landformer.core.config import save_config
 from landformer.core.errors import UserError
-from landformer.core.io import read_json, require_file, write_json
+from landformer.core.io import read_json, require_file, unpickling_reason, write_json
 
 LOGGERS = ("csv", "tensorboard", "wandb")
 CHECKPOINT_DIR = "checkpoints"
@@ -381,8 +381,7 @@ def fit(
     try:
         trainer.fit(task, ckpt_path=ckpt_path, weights_only=True, **fit_kwargs)
     except pickle.UnpicklingError as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"checkpoint {ckpt_path} cannot be loaded safely (weights_only): {first_line}") from None
+        raise UserError(f"checkpoint {ckpt_path} cannot be loaded safely: {unpickling_reason(err)}") from None
     except RuntimeError as err:
         if ckpt_path is not None and "Error(s) in loading state_dict" in str(err):
             first_line = str(err).strip().splitlines()[1 if "\n" in str(err).strip() else 0].strip()
