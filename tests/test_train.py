@@ -16,7 +16,15 @@ from landformer.core.config import load_config
 from landformer.core.errors import UserError
 from landformer.core.io import load_torch, read_json
 from landformer.core.task import BaseTask, warmup_cosine
-from landformer.core.train import FitResult, TrainConfig, build_trainer, fit, last_checkpoint, prepare_run
+from landformer.core.train import (
+    FitResult,
+    TrainConfig,
+    build_trainer,
+    fit,
+    last_checkpoint,
+    prepare_run,
+    seed_everything,
+)
 
 
 class TinyRegression(BaseTask):
@@ -70,7 +78,7 @@ def val_mse(task: TinyRegression, loader: DataLoader) -> float:
 
 
 def test_fit_writes_checkpoints_logs_and_learns(tmp_path: Path) -> None:
-    lightning.seed_everything(0, verbose=False)
+    seed_everything(0)
     task = TinyRegression()
     train, val = make_loaders()
     untrained = val_mse(task, val)
@@ -102,17 +110,17 @@ def test_resume_after_crash_matches_an_uninterrupted_run(tmp_path: Path) -> None
     train, val = make_loaders()  # 4 batches per epoch: step 8 is an epoch boundary, so data order agrees
     config = quick_config(max_steps=16, checkpoint_every_steps=8, val_every_steps=4, deterministic=True)
 
-    lightning.seed_everything(1, verbose=False)
+    seed_everything(1)
     straight = TinyRegression(max_steps=16)
     straight_result = fit(straight, (train, val), config, tmp_path / "straight")
 
-    lightning.seed_everything(1, verbose=False)
+    seed_everything(1)
     crashed = TinyRegression(max_steps=16)
     with pytest.raises(RuntimeError, match="simulated crash"):
         fit(crashed, (train, val), config, tmp_path / "crashed", callbacks=[CrashAtStep(8)])
     assert load_torch(last_checkpoint(tmp_path / "crashed"))["global_step"] == 8
 
-    lightning.seed_everything(2, verbose=False)  # a fresh process: different initial weights, all overwritten
+    seed_everything(2)  # a fresh process: different initial weights, all overwritten
     resumed = TinyRegression(max_steps=16)
     resumed_result = fit(resumed, (train, val), config, tmp_path / "crashed", resume=True)
 
@@ -173,7 +181,7 @@ def test_same_seed_same_weights(tmp_path: Path) -> None:
     config = quick_config(max_steps=6, seed=3)
     runs = []
     for name in ("a", "b"):
-        lightning.seed_everything(config.seed, verbose=False)
+        seed_everything(config.seed)
         task = TinyRegression()
         fit(task, (train, val), config, tmp_path / name)
         runs.append(task.net[0].weight.detach().clone())
@@ -301,11 +309,11 @@ def test_finished_run_can_be_extended_exactly(tmp_path: Path) -> None:
     """Resuming a run that finished at step 8 with max_steps=16 equals training 16 steps in one go."""
     train, val = make_loaders()
     config = quick_config(max_steps=16, checkpoint_every_steps=5, val_every_steps=4)
-    lightning.seed_everything(1, verbose=False)
+    seed_everything(1)
     straight = TinyRegression(max_steps=16)
     fit(straight, (train, val), config, tmp_path / "straight")
 
-    lightning.seed_everything(1, verbose=False)
+    seed_everything(1)
     first = fit(TinyRegression(max_steps=16), (train, val), quick_config(max_steps=8), tmp_path / "extended")
     assert load_torch(first.last_checkpoint)["global_step"] == 8  # written at the end, between periodic saves
     extended = TinyRegression(max_steps=16)

@@ -127,11 +127,23 @@ class _DropAdverts:
 
 
 def _quiet_lightning() -> None:
+    """Drop messages that say nothing about the user's run: an advert, and a deprecation inside Lightning 2.6
+    that torch 2.14 reports on every fit."""
     import logging
+    import warnings
 
     logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(existing, _DropAdverts) for existing in logger.filters):
         logger.addFilter(_DropAdverts())
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (and, through Lightning, data-loader workers). Call it before building the
+    task so initial weights are reproducible; :func:`fit` seeds again before training."""
+    import lightning
+
+    lightning.seed_everything(seed, workers=True, verbose=False)
 
 
 def _is_rank_zero() -> bool:
@@ -369,12 +381,13 @@ def fit(
     all continue; ``max_steps`` is the total, so resuming a run that stopped at step N trains the remaining
     ``max_steps - N`` steps. A data loader without state restarts its epoch on resume, so data order matches an
     uninterrupted run only when the checkpoint falls on an epoch boundary (or the sampler is seeded by step).
-    """
-    import lightning
 
+    ``fit`` seeds everything with ``config.seed`` before training (data order, dropout, masking); the task's
+    initial weights are drawn when it is built, so call :func:`seed_everything` before building it.
+    """
     run_dir = Path(run_dir)
     ckpt_path = _resume_path(run_dir, resume)
-    lightning.seed_everything(config.seed, workers=True, verbose=False)
+    seed_everything(config.seed)
     fit_kwargs, validate = _split_data(datamodule_or_loaders)
     trainer = build_trainer(config, run_dir, callbacks=callbacks, validate=validate)
     start = time.perf_counter()
