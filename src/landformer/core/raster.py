@@ -1,41 +1,435 @@
 """Rasters: open anything GDAL reads, windowed reads, pixel lon/lat, alignment, GeoTIFF writing.
 
-All reads are windowed so memory does not grow with the raster's size.
+All reads are windowed so memory does not grow with the raster's size. Pixel positions are "array
+coordinates": row and column may be fractional, the top-left corner of the raster is (0, 0) and the centre of
+pixel (i, j) is (i + 0.5, j + 0.5), so a chip of side ``s`` at top-left (r, c) has its centre at
+(r + s / 2, c + s / 2).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import rasterio
+import rasterio.warp
+from numpy.lib.stride_tricks import sliding_window_view
 from rasterio.crs import CRS
-from rasterio.errors import RasterioIOError
+from rasterio.enums import Resampling
+from rasterio.errors import CRSError, RasterioIOError
 from rasterio.transform import Affine
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
 
 from landformer.core.errors import UserError
 from landformer.core.io import atomic_path, require_file
+
+LONLAT = CRS.from_epsg(4326)
+GEOTIFF_BLOCK = 256
+
+
+def parse_crs(text: str, what: str = "CRS") -> CRS:
+    """A CRS from ``"EPSG:5070"``, a PROJ string or WKT; a UserError names the text if it is not one."""
+    try:
+        return CRS.from_user_input(text)
+    except CRSError as err:
+        raise UserError(f"{what} {text!r} is not a coordinate reference system: {err}") from None
 
 
 def open_raster(path: str | os.PathLike[str], assume_crs: str | None = None) -> rasterio.DatasetReader:
     """Open a raster for reading; a missing file, a non-raster or a raster without CRS is a UserError.
 
     ``assume_crs`` (e.g. ``"EPSG:5070"``) is used for rasters that carry no CRS; without it they are refused.
+    It is attached through GDAL's ``vrt://`` connection (``a_srs``), so the file is never modified.
     """
     path = require_file(path, "raster")
     try:
         dataset = rasterio.open(path)
     except RasterioIOError as err:
         raise UserError(f"{path} is not a raster GDAL can open: {str(err).splitlines()[0]}") from None
-    if dataset.crs is None:
-        if assume_crs is None:
-            dataset.close()
-            raise UserError(f"{path} has no CRS; pass --assume-crs (e.g. EPSG:4326) if you know it")
-        dataset.close()
-        dataset = rasterio.open(path, crs=CRS.from_user_input(assume_crs))  # type: ignore[call-overload]
-    return dataset
+    if dataset.crs is not None:
+        return dataset
+    dataset.close()
+    if assume_crs is None:
+        raise UserError(f"{path} has no CRS; pass --assume-crs (e.g. EPSG:4326) if you know it")
+    crs = parse_crs(assume_crs, "--assume-crs")
+    return rasterio.open(f"vrt://{path.resolve()}?a_srs={crs.to_string()}")
+
+
+@dataclass(frozen=True)
+class RasterGrid:
+    """The pixel grid of a raster: where its pixels lie, independent of what they hold."""
+
+    crs: CRS
+    transform: Affine
+    width: int
+    height: int
+
+    @classmethod
+    def of(cls, dataset: Any) -> RasterGrid:
+        return cls(dataset.crs, dataset.transform, dataset.width, dataset.height)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(left, bottom, right, top) in the grid's CRS."""
+        xs, ys = _affine_xy(self.transform, np.array([0.0, self.height]), np.array([0.0, self.width]))
+        return float(min(xs)), float(min(ys)), float(max(xs)), float(max(ys))
+
+
+def _affine_xy(transform: Affine, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Map coordinates of fractional array positions (vectorised affine, no rounding)."""
+    a, b, c, d, e, f = transform.a, transform.b, transform.c, transform.d, transform.e, transform.f
+    return a * cols + b * rows + c, d * cols + e * rows + f
+
+
+def pixel_to_lonlat(
+    transform: Affine, crs: CRS | str, rows: np.ndarray | float, cols: np.ndarray | float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Longitude/latitude (EPSG:4326, degrees) of fractional array positions; see the module docstring."""
+    rows = np.atleast_1d(np.asarray(rows, dtype=np.float64))
+    cols = np.atleast_1d(np.asarray(cols, dtype=np.float64))
+    xs, ys = _affine_xy(transform, rows, cols)
+    crs = CRS.from_user_input(crs)
+    if crs == LONLAT:
+        return xs, ys
+    lon, lat = rasterio.warp.transform(crs, LONLAT, xs, ys)
+    return np.asarray(lon, dtype=np.float64), np.asarray(lat, dtype=np.float64)
+
+
+def lonlat_to_pixel(
+    transform: Affine, crs: CRS | str, lon: np.ndarray | float, lat: np.ndarray | float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fractional array positions (rows, cols) of lon/lat points; the inverse of :func:`pixel_to_lonlat`."""
+    lon = np.atleast_1d(np.asarray(lon, dtype=np.float64))
+    lat = np.atleast_1d(np.asarray(lat, dtype=np.float64))
+    crs = CRS.from_user_input(crs)
+    xs, ys = (lon, lat) if crs == LONLAT else map(np.asarray, rasterio.warp.transform(LONLAT, crs, lon, lat))
+    cols, rows = _affine_xy(~transform, np.asarray(ys), np.asarray(xs))  # the inverse maps (x, y) -> (col, row)
+    return rows, cols
+
+
+def pixel_centre_lonlat(dataset: Any, rows: np.ndarray | int, cols: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
+    """Lon/lat of the centres of whole pixels (integer row, col) of an open dataset."""
+    return pixel_to_lonlat(dataset.transform, dataset.crs, np.asarray(rows) + 0.5, np.asarray(cols) + 0.5)
+
+
+def chip_centre_lonlat(
+    grid: RasterGrid, rows: np.ndarray, cols: np.ndarray, chip_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lon/lat of the centres of square chips whose top-left pixels are (rows, cols)."""
+    half = chip_size / 2
+    return pixel_to_lonlat(grid.transform, grid.crs, np.asarray(rows) + half, np.asarray(cols) + half)
+
+
+def lonlat_bounds(grid: RasterGrid) -> tuple[float, float, float, float]:
+    """(west, south, east, north) in degrees enclosing the whole raster (edges densified, so curved edges fit)."""
+    if grid.crs == LONLAT:
+        return grid.bounds
+    west, south, east, north = rasterio.warp.transform_bounds(grid.crs, LONLAT, *grid.bounds, densify_pts=101)
+    return float(west), float(south), float(east), float(north)
+
+
+def read_window(
+    dataset: Any, row: int, col: int, height: int, width: int, bands: int | list[int] | None = None
+) -> np.ndarray:
+    """Read ``height`` x ``width`` pixels starting at (row, col); a window leaving the raster is a ValueError.
+
+    Returns (bands, height, width), or (height, width) when ``bands`` is one band number.
+    """
+    if row < 0 or col < 0 or row + height > dataset.height or col + width > dataset.width:
+        raise ValueError(
+            f"window rows {row}..{row + height}, cols {col}..{col + width} leaves the "
+            f"{dataset.height}x{dataset.width} raster {dataset.name}"
+        )
+    return dataset.read(bands, window=Window(col, row, width, height))
+
+
+def iter_windows(height: int, width: int, tile: int) -> Iterator[Window]:
+    """Row-major tiles of at most ``tile`` x ``tile`` pixels covering a raster; edge tiles are smaller."""
+    for row in range(0, height, tile):
+        for col in range(0, width, tile):
+            yield Window(col, row, min(tile, width - col), min(tile, height - row))
+
+
+def check_overlap(source: Any, reference: RasterGrid, source_name: str, reference_name: str) -> None:
+    """Refuse a source raster that covers no part of the reference grid (it would align to all nodata)."""
+    left, bottom, right, top = reference.bounds
+    try:
+        s_left, s_bottom, s_right, s_top = rasterio.warp.transform_bounds(
+            source.crs, reference.crs, *source.bounds, densify_pts=101
+        )
+    except Exception as err:  # PROJ raises several types when the areas cannot be related at all
+        raise UserError(f"{source_name} cannot be projected onto the CRS of {reference_name}: {err}") from None
+    if s_left >= right or s_right <= left or s_bottom >= top or s_top <= bottom:
+        raise UserError(
+            f"{source_name} does not overlap {reference_name} (its bounds in the reference CRS are "
+            f"{s_left:.6g}, {s_bottom:.6g}, {s_right:.6g}, {s_top:.6g}; the reference covers "
+            f"{left:.6g}, {bottom:.6g}, {right:.6g}, {top:.6g})"
+        )
+
+
+def aligned_vrt(source: Any, reference: RasterGrid, categorical: bool = False) -> WarpedVRT:
+    """A virtual view of ``source`` resampled onto ``reference``: pixel (i, j) of both now cover the same ground.
+
+    Continuous data (elevation, ...) is resampled bilinearly into float32 with NaN where the source has no
+    data; categorical data uses nearest neighbour and keeps its dtype and nodata, so no new codes appear.
+    Reads of the view warp only the window asked for, so aligning costs no memory beyond that window.
+    """
+    check_overlap(source, reference, source.name, "the reference grid")
+    common: dict[str, Any] = {
+        "crs": reference.crs,
+        "transform": reference.transform,
+        "width": reference.width,
+        "height": reference.height,
+    }
+    if categorical:
+        return WarpedVRT(source, resampling=Resampling.nearest, **common)
+    return WarpedVRT(source, resampling=Resampling.bilinear, nodata=np.nan, dtype="float32", **common)
+
+
+class AlignedCovariate:
+    """A continuous covariate (elevation, ...) read as chips on the pixel grid of a reference raster.
+
+    Each chip pixel gets the bilinear sample of the covariate at the pixel's centre (float32, NaN = no data),
+    the value GDAL's bilinear warp computes, but without warping whole VRT blocks for every small window:
+    source positions come from an exact projection of a few lattice points per chip, refined until linear
+    interpolation between them is within :attr:`tolerance` source pixels (GDAL's own default error
+    threshold), and only the source window under a group of chips is read. Nodata neighbours are left out of
+    the bilinear weights, as GDAL does.
+
+    A covariate finer than the reference grid (more than one of its pixels per reference pixel) would alias
+    under point sampling, so it is read through GDAL's warper (:func:`aligned_vrt`), which widens the kernel.
+    """
+
+    tolerance = 0.125
+
+    def __init__(self, source: Any, reference: RasterGrid, reference_name: str = "the reference grid") -> None:
+        check_overlap(source, reference, source.name, reference_name)
+        self.source, self.reference = source, reference
+        self.count = source.count
+        self.descriptions = source.descriptions
+        self.name = source.name
+        self.same_crs = CRS.from_user_input(source.crs) == CRS.from_user_input(reference.crs)
+        self.vrt = aligned_vrt(source, reference) if self.source_pixels_per_pixel() > 1.0 + 1e-6 else None
+
+    def close(self) -> None:
+        if self.vrt is not None:
+            self.vrt.close()
+
+    def source_positions(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact fractional source-array positions of fractional reference-array positions."""
+        xs, ys = _affine_xy(self.reference.transform, np.ravel(rows), np.ravel(cols))
+        if not self.same_crs:
+            xs, ys = (np.asarray(v) for v in rasterio.warp.transform(self.reference.crs, self.source.crs, xs, ys))
+        src_cols, src_rows = _affine_xy(~self.source.transform, ys, xs)
+        return src_rows.reshape(np.shape(rows)), src_cols.reshape(np.shape(cols))
+
+    def source_pixels_per_pixel(self) -> float:
+        """Linear size of a reference pixel in source pixels, at the reference raster's centre."""
+        r, c = self.reference.height / 2, self.reference.width / 2
+        src_rows, src_cols = self.source_positions(np.array([r, r + 1, r]), np.array([c, c, c + 1]))
+        jacobian = np.array(
+            [
+                [src_rows[1] - src_rows[0], src_rows[2] - src_rows[0]],
+                [src_cols[1] - src_cols[0], src_cols[2] - src_cols[0]],
+            ]
+        )
+        return float(np.sqrt(abs(np.linalg.det(jacobian))))
+
+    def chip_lattice(self, rows: np.ndarray, cols: np.ndarray, size: int) -> np.ndarray | None:
+        """Source positions (n, 2, m, m) at m x m lattice points of each chip; None when reads go through GDAL.
+
+        m starts at 3 (corners and middle) and doubles while bilinear interpolation between the lattice
+        points misses the exact position of any cell midpoint by more than :attr:`tolerance` source pixels.
+        """
+        if self.vrt is not None:
+            return None
+        rows, cols = np.asarray(rows, dtype=np.float64), np.asarray(cols, dtype=np.float64)
+        m = min(3, size)
+        while True:
+            nodes = np.linspace(0.5, size - 0.5, m)
+            lattice = np.stack(self.source_positions(*_chip_points(rows, cols, nodes)), axis=1)
+            if m >= size:
+                return lattice
+            middles = (nodes[:-1] + nodes[1:]) / 2
+            exact = np.stack(self.source_positions(*_chip_points(rows, cols, middles)), axis=1)
+            guess = (lattice[..., :-1, :-1] + lattice[..., 1:, :-1] + lattice[..., :-1, 1:] + lattice[..., 1:, 1:]) / 4
+            if np.abs(exact - guess).max(initial=0.0) <= self.tolerance:
+                return lattice
+            m = min(2 * m - 1, size)
+
+    def read_chips(self, rows: np.ndarray, cols: np.ndarray, size: int, lattice: np.ndarray | None) -> np.ndarray:
+        """Chips (n, bands, size, size) float32 at top-left reference pixels (rows, cols), given their lattice."""
+        if self.vrt is not None:
+            return _chips_from_window(self.vrt, rows, cols, size)
+        assert lattice is not None
+        height, width = self.source.height, self.source.width
+        out = np.full((len(rows), self.count, size, size), np.nan, dtype=np.float32)
+        # Every pixel's position is a convex combination of its chip's lattice points, so the lattice's extremes
+        # bound the source window (plus the next pixel that bilinear reads) and tell whether all are inside.
+        low, high = lattice.min(axis=(0, 2, 3)), lattice.max(axis=(0, 2, 3))
+        row0, col0 = (max(int(np.floor(value - 0.5)), 0) for value in low)
+        row1 = min(int(np.floor(high[0] - 0.5)) + 1, height - 1)
+        col1 = min(int(np.floor(high[1] - 0.5)) + 1, width - 1)
+        if row0 > row1 or col0 > col1 or high[0] < 0 or high[1] < 0:
+            return out
+        data = self.source.read(window=Window(col0, row0, col1 - col0 + 1, row1 - row0 + 1)).astype(np.float32)
+        if self.source.nodata is not None and not np.isnan(self.source.nodata):
+            data[data == np.float32(self.source.nodata)] = np.nan
+        if data.shape[1] == 1 or data.shape[2] == 1:  # bilinear needs two neighbours per axis: repeat the edge
+            data = np.pad(data, ((0, 0), (0, int(data.shape[1] == 1)), (0, int(data.shape[2] == 1))), mode="edge")
+        # Positions relative to the window and to pixel centres: float32 stays exact to ~1e-5 pixel.
+        weights = _interpolation_weights(lattice.shape[-1], size).astype(np.float32)
+        u = weights @ (lattice[:, 0] - (row0 + 0.5)).astype(np.float32) @ weights.T
+        v = weights @ (lattice[:, 1] - (col0 + 0.5)).astype(np.float32) @ weights.T
+        if low[0] >= 0 and low[1] >= 0 and high[0] < height and high[1] < width:
+            out[:] = np.moveaxis(_bilinear(data, u.ravel(), v.ravel()).reshape(self.count, *u.shape), 0, 1)
+            return out
+        inside = (u >= -(row0 + 0.5)) & (u < height - row0 - 0.5) & (v >= -(col0 + 0.5)) & (v < width - col0 - 0.5)
+        values = _bilinear(data, u[inside], v[inside])
+        for band in range(self.count):
+            out[:, band][inside] = values[band]
+        return out
+
+
+def _bilinear(data: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """(bands, N) bilinear samples of ``data`` (bands, h, w) at array positions (u, v) of pixel centres.
+
+    Clamping the neighbours and the fractions repeats the edge pixel within half a pixel of the raster's edge,
+    which is what GDAL's renormalised weights give there. Pixels next to no data are redone by
+    :func:`_bilinear_skipping_nodata`.
+    """
+    top = np.clip(np.floor(u), 0, data.shape[1] - 2)
+    left = np.clip(np.floor(v), 0, data.shape[2] - 2)
+    fr = np.clip(u - top, 0, 1)
+    fc = np.clip(v - left, 0, 1)
+    stride = data.shape[2]
+    base = top.astype(np.intp) * stride + left.astype(np.intp)
+    out = np.empty((data.shape[0], len(u)), dtype=np.float32)
+    for band in range(data.shape[0]):
+        flat = data[band].ravel()
+        upper = flat[base]
+        upper += (flat[base + 1] - upper) * fc
+        lower = flat[base + stride]
+        lower += (flat[base + stride + 1] - lower) * fc
+        values = out[band]
+        np.multiply(lower - upper, fr, out=values)
+        values += upper
+        holes = np.isnan(values)
+        if holes.any():
+            values[holes] = _bilinear_skipping_nodata(data[band], u[holes], v[holes])
+    return out
+
+
+def _bilinear_skipping_nodata(data: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Bilinear samples at array positions (u, v) of pixel centres, leaving NaN neighbours out of the weights.
+
+    The weights of the valid neighbours are renormalised, and the result is NaN when they sum to almost
+    nothing: the rule GDAL's warper applies next to nodata. Used for the few pixels plain interpolation
+    turned NaN.
+    """
+    top, left = np.floor(u).astype(np.int64), np.floor(v).astype(np.int64)
+    fr, fc = u - top, v - left
+    total = np.zeros(len(u))
+    weight_sum = np.zeros(len(u))
+    for d_row, d_col, weight in (
+        (0, 0, (1 - fr) * (1 - fc)),
+        (0, 1, (1 - fr) * fc),
+        (1, 0, fr * (1 - fc)),
+        (1, 1, fr * fc),
+    ):
+        rows, cols = np.clip(top + d_row, 0, data.shape[0] - 1), np.clip(left + d_col, 0, data.shape[1] - 1)
+        values = data[rows, cols].astype(np.float64)
+        valid = ~np.isnan(values)
+        total += np.where(valid, values * weight, 0.0)
+        weight_sum += np.where(valid, weight, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(weight_sum > 1e-5, total / weight_sum, np.nan).astype(np.float32)
+
+
+def _chip_points(rows: np.ndarray, cols: np.ndarray, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(n, k, k) reference positions of the k x k points ``nodes`` (chip-relative) of chips at (rows, cols)."""
+    shape = (len(rows), len(nodes), len(nodes))
+    point_rows = np.broadcast_to(rows[:, None, None] + nodes[None, :, None], shape)
+    point_cols = np.broadcast_to(cols[:, None, None] + nodes[None, None, :], shape)
+    return point_rows, point_cols
+
+
+def _interpolation_weights(m: int, size: int) -> np.ndarray:
+    """(size, m) weights that linearly interpolate m evenly spaced lattice values onto ``size`` pixel centres."""
+    if m == size:
+        return np.eye(size)
+    position = np.arange(size) * (m - 1) / (size - 1)
+    lower = np.minimum(np.floor(position).astype(np.int64), m - 2)
+    frac = position - lower
+    weights = np.zeros((size, m))
+    weights[np.arange(size), lower] = 1 - frac
+    weights[np.arange(size), lower + 1] = frac
+    return weights
+
+
+def _chips_from_window(dataset: Any, rows: np.ndarray, cols: np.ndarray, size: int) -> np.ndarray:
+    """Chips (n, bands, size, size) cut from ONE read of the bounding window of all of them."""
+    top, left = int(rows.min()), int(cols.min())
+    window = Window(left, top, int(cols.max()) + size - left, int(rows.max()) + size - top)
+    block = dataset.read(window=window)
+    view = sliding_window_view(block, (size, size), axis=(1, 2))[:, rows - top, cols - left]
+    return np.moveaxis(view, 0, 1)
+
+
+def _geotiff_profile(
+    width: int, height: int, count: int, dtype: Any, transform: Affine, crs: CRS | str, nodata: float | None
+) -> dict[str, Any]:
+    tiled = height >= GEOTIFF_BLOCK and width >= GEOTIFF_BLOCK
+    profile: dict[str, Any] = {
+        "driver": "GTiff",
+        "height": height,
+        "width": width,
+        "count": count,
+        "dtype": np.dtype(dtype).name,
+        "crs": CRS.from_user_input(crs),
+        "transform": transform,
+        "nodata": nodata,
+        "compress": "deflate",
+        "tiled": tiled,
+        "BIGTIFF": "IF_SAFER",
+    }
+    if tiled:
+        profile.update(blockxsize=GEOTIFF_BLOCK, blockysize=GEOTIFF_BLOCK)
+    if np.dtype(dtype).kind == "f":
+        profile["predictor"] = 3  # floating-point predictor: DEMs compress about twice as well
+    return profile
+
+
+@contextlib.contextmanager
+def geotiff_writer(
+    path: str | os.PathLike[str],
+    width: int,
+    height: int,
+    count: int,
+    dtype: Any,
+    transform: Affine,
+    crs: CRS | str,
+    nodata: float | None = None,
+    band_names: list[str] | None = None,
+    tags: dict[str, Any] | None = None,
+) -> Iterator[Any]:
+    """Open a tiled, deflate-compressed GeoTIFF for writing window by window: ``dst.write(block, window=w)``.
+
+    The file appears at ``path`` only when the block exits cleanly; an error leaves nothing behind.
+    """
+    profile = _geotiff_profile(width, height, count, dtype, transform, crs, nodata)
+    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        for band, name in enumerate(band_names or [], start=1):
+            dst.set_band_description(band, name)
+        if tags:
+            dst.update_tags(**{key: str(value) for key, value in tags.items()})
+        yield dst
 
 
 def write_geotiff(
@@ -52,25 +446,58 @@ def write_geotiff(
     if data.ndim != 3:
         raise ValueError(f"expected a (bands, H, W) or (H, W) array, got shape {array.shape}")
     bands, height, width = data.shape
-    profile = {
-        "driver": "GTiff",
-        "height": height,
-        "width": width,
-        "count": bands,
-        "dtype": data.dtype,
-        "crs": CRS.from_user_input(crs),
-        "transform": transform,
-        "nodata": nodata,
-        "compress": "deflate",
-        "tiled": height >= 256 and width >= 256,
-    }
-    if profile["tiled"]:
-        profile.update(blockxsize=256, blockysize=256)
-    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+    with geotiff_writer(path, width, height, bands, data.dtype, transform, crs, nodata, band_names, tags) as dst:
         dst.write(data)
-        if band_names:
-            for band, name in enumerate(band_names, start=1):
-                dst.set_band_description(band, name)
-        if tags:
-            dst.update_tags(**{key: str(value) for key, value in tags.items()})
     return Path(path)
+
+
+def align_raster(
+    source_path: str | os.PathLike[str],
+    reference_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    categorical: bool = False,
+    assume_crs: str | None = None,
+    tile: int = 1024,
+) -> Path:
+    """Resample ``source_path`` onto the grid of ``reference_path`` and write it as a GeoTIFF, tile by tile.
+
+    Bilinear into float32 (NaN nodata) for continuous data, nearest for categorical data; see :func:`aligned_vrt`.
+    ``assume_crs`` applies to whichever of the two rasters lacks a CRS.
+    """
+    with open_raster(reference_path, assume_crs) as reference, open_raster(source_path, assume_crs) as source:
+        grid = RasterGrid.of(reference)
+        with aligned_vrt(source, grid, categorical) as vrt:
+            names = [desc or "" for desc in source.descriptions]
+            band_names = names if any(names) else None
+            profile = (grid.width, grid.height, vrt.count, vrt.dtypes[0], grid.transform, grid.crs, vrt.nodata)
+            with geotiff_writer(out_path, *profile, band_names=band_names) as dst:
+                for window in iter_windows(grid.height, grid.width, tile):
+                    dst.write(vrt.read(window=window), window=window)
+    return Path(out_path)
+
+
+def raster_info(path: str | os.PathLike[str], assume_crs: str | None = None) -> dict[str, Any]:
+    """What a user wants to know before chipping a raster: size, CRS, bounds (also in lon/lat), dtype, nodata."""
+    with open_raster(path, assume_crs) as dataset:
+        grid = RasterGrid.of(dataset)
+        return {
+            "path": str(path),
+            "driver": dataset.driver,
+            "width": dataset.width,
+            "height": dataset.height,
+            "bands": dataset.count,
+            "dtype": dataset.dtypes[0],
+            "nodata": dataset.nodata,
+            "crs": crs_name(dataset.crs),
+            "pixel_size": [abs(dataset.transform.a), abs(dataset.transform.e)],
+            "bounds": list(grid.bounds),
+            "lonlat_bounds": list(lonlat_bounds(grid)),
+            "block_shape": list(dataset.block_shapes[0]),
+            "band_names": [desc or "" for desc in dataset.descriptions],
+        }
+
+
+def crs_name(crs: CRS) -> str:
+    """``"EPSG:5070"`` where the CRS has an EPSG code, its WKT otherwise."""
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg is not None else crs.to_wkt()

@@ -1,0 +1,662 @@
+"""Chips: square training samples cut from a class raster plus aligned covariates, split by spatial blocks.
+
+The steps, in order:
+
+1. choose chip windows: ``count`` random ones, or a regular grid with a ``stride``;
+2. split the raster into square spatial blocks, hold out a ``test_fraction`` of them, and keep only chips that
+   lie entirely inside one block, so no test chip shares a pixel with any train chip;
+3. read the windows in raster order, region by region, so each part of the raster is decompressed once and
+   memory stays bounded whatever the raster's size; covariates (a DEM, ...) are read through a WarpedVRT
+   aligned to the class grid;
+4. map raw class codes to indices through the legend and drop chips with too much nodata;
+5. write the chip file: ``train_data``/``test_data`` (N, C, H, W), ``train_coords``/``test_coords`` (N, 2)
+   lon/lat of chip centres, a ``metadata`` JSON string, and the same JSON as a sidecar file.
+
+Channel 0 holds class indices 0..K-1 with nodata :data:`~landformer.core.legend.NODATA_INDEX`; the data are
+int16 without covariates and float32 with them (covariate nodata is NaN).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import rasterio
+from numpy.lib.stride_tricks import sliding_window_view
+from rasterio.windows import Window
+from tqdm import tqdm
+
+from landformer.core.errors import UserError
+from landformer.core.io import atomic_path, read_json, read_npz
+from landformer.core.legend import NODATA_INDEX, Legend, load_legend
+from landformer.core.raster import AlignedCovariate, RasterGrid, chip_centre_lonlat, crs_name, open_raster
+
+log = logging.getLogger(__name__)
+
+CHIP_FORMAT = "landformer-chips"
+CHIP_FORMAT_VERSION = 1
+ARRAY_KEYS = ("train_data", "test_data", "train_coords", "test_coords")
+CLASS_CHANNEL = "landcover"
+DEFAULT_COUNT = 1000
+REGION_SIZE = 512  # side of the raster regions read in one go; a few compressed tiles, a few MB
+BATCH_SIZE = 4096  # windows whose covariate positions are projected in one call
+GDAL_CACHE_BYTES = 128 * 2**20
+MAX_DRAW_FACTOR = 20  # random sampling gives up after drawing this many times `count` windows
+
+
+@dataclass
+class ChipConfig:
+    """What to cut out of which rasters; see the module docstring. Loadable from YAML with ``load_config``."""
+
+    class_raster: Path
+    covariates: list[Path] = field(default_factory=list)
+    legend: str = "nlcd"
+    chip_size: int = 32
+    count: int | None = None
+    stride: int | None = None
+    max_nodata: float = 0.0
+    test_fraction: float = 0.2
+    block_size: int | None = None
+    seed: int = 0
+    unknown: Literal["error", "nodata"] = "error"
+    assume_crs: str | None = None
+
+    def validate(self) -> None:
+        """Refuse impossible settings before any raster is opened."""
+        if self.chip_size < 1:
+            raise UserError(f"chip size must be at least 1 pixel, got {self.chip_size}")
+        if self.count is not None and self.stride is not None:
+            raise UserError(f"give either count ({self.count}) or stride ({self.stride}), not both")
+        if self.count is not None and self.count < 1:
+            raise UserError(f"count must be at least 1, got {self.count}")
+        if self.stride is not None and self.stride < 1:
+            raise UserError(f"stride must be at least 1 pixel, got {self.stride}")
+        if not 0.0 <= self.max_nodata <= 1.0:
+            raise UserError(f"max nodata fraction must lie in [0, 1], got {self.max_nodata}")
+        if not 0.0 <= self.test_fraction <= 1.0:
+            raise UserError(f"test fraction must lie in [0, 1], got {self.test_fraction}")
+        if self.block_size is not None and self.block_size < self.chip_size:
+            raise UserError(f"block size {self.block_size} is smaller than the chip size {self.chip_size}")
+        if self.unknown not in ("error", "nodata"):
+            raise UserError(f"unknown must be 'error' or 'nodata', got {self.unknown!r}")
+
+    @property
+    def resolved_block_size(self) -> int:
+        return self.block_size if self.block_size is not None else 8 * self.chip_size
+
+
+@dataclass
+class ChipSet:
+    """A loaded chip file. ``metadata`` is empty for files that carry only the four arrays."""
+
+    train_data: np.ndarray
+    test_data: np.ndarray
+    train_coords: np.ndarray
+    test_coords: np.ndarray
+    metadata: dict[str, Any] = field(default_factory=dict)
+    source: Path | None = None
+
+    @property
+    def legend(self) -> Legend:
+        if "legend" not in self.metadata:
+            raise UserError(f"chip file {self.source or ''} records no legend; rebuild it with `landformer data chips`")
+        return Legend.from_dict(self.metadata["legend"], source=f"legend of chip file {self.source or ''}")
+
+    @property
+    def channel_names(self) -> list[str]:
+        names = self.metadata.get("channel_names")
+        if names:
+            return list(names)
+        return [CLASS_CHANNEL] + [f"channel{i}" for i in range(1, self.train_data.shape[1])]
+
+    @property
+    def chip_size(self) -> int:
+        return int(self.train_data.shape[-1])
+
+
+@dataclass(frozen=True)
+class BlockSplit:
+    """Square spatial blocks of ``block_size`` pixels tiling the raster from its top-left corner.
+
+    ``test_blocks[i, j]`` says whether block row i, block column j is held out. A chip belongs to a block only
+    if it lies entirely inside it; :meth:`axis_offsets` gives the chip positions for which that holds.
+    """
+
+    block_size: int
+    test_blocks: np.ndarray
+
+    @classmethod
+    def random(
+        cls, height: int, width: int, chip_size: int, block_size: int, test_fraction: float, seed: int, source: str
+    ) -> BlockSplit:
+        """Hold out ``round(test_fraction * n)`` of the n blocks that can hold a chip, chosen by ``seed``.
+
+        With test_fraction 0 or 1 there is nothing to separate, so one block covers the raster and no chip
+        is dropped for crossing a block edge.
+        """
+        if test_fraction in (0.0, 1.0):
+            return cls(max(height, width), np.full((1, 1), test_fraction == 1.0))
+        n_rows, n_cols = -(-height // block_size), -(-width // block_size)
+        usable_rows = [min(block_size, height - i * block_size) >= chip_size for i in range(n_rows)]
+        usable_cols = [min(block_size, width - j * block_size) >= chip_size for j in range(n_cols)]
+        usable = np.flatnonzero(np.outer(usable_rows, usable_cols).ravel())
+        if len(usable) < 2:
+            raise UserError(
+                f"{source}: a {height}x{width} raster holds {len(usable)} split block(s) of {block_size} px that fit "
+                f"a {chip_size} px chip; lower --block-size (at least the chip size) or use --test-fraction 0"
+            )
+        n_test = min(max(round(test_fraction * len(usable)), 1), len(usable) - 1)
+        rng = np.random.default_rng([seed, 1])
+        test = np.zeros(n_rows * n_cols, dtype=bool)
+        test[rng.choice(usable, size=n_test, replace=False)] = True
+        return cls(block_size, test.reshape(n_rows, n_cols))
+
+    @property
+    def n_blocks(self) -> int:
+        return int(self.test_blocks.size)
+
+    @property
+    def n_test_blocks(self) -> int:
+        return int(self.test_blocks.sum())
+
+    def axis_offsets(self, length: int, chip_size: int) -> np.ndarray:
+        """Top-left offsets along one axis (rows or columns) where a chip fits inside the raster and one block."""
+        offsets = np.arange(length - chip_size + 1, dtype=np.int64)
+        return offsets[offsets // self.block_size == (offsets + chip_size - 1) // self.block_size]
+
+    def is_test(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        return self.test_blocks[np.asarray(rows) // self.block_size, np.asarray(cols) // self.block_size]
+
+
+class RandomWindows:
+    """Draws distinct chip windows uniformly among ``row_offsets`` x ``col_offsets``, reproducibly from a seed."""
+
+    def __init__(self, row_offsets: np.ndarray, col_offsets: np.ndarray, seed: int, expected: int) -> None:
+        self.row_offsets, self.col_offsets = row_offsets, col_offsets
+        self.total = len(row_offsets) * len(col_offsets)
+        self.rng = np.random.default_rng([seed, 2])
+        # Few positions: walk one permutation. Many: draw with rejection, remembering what was drawn.
+        self._permutation = self.rng.permutation(self.total) if self.total <= max(2**20, 4 * expected) else None
+        self._seen: set[int] = set()
+        self.drawn = 0
+
+    @property
+    def exhausted(self) -> bool:
+        return self.drawn >= self.total
+
+    def draw(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Up to ``n`` windows (rows, cols) never drawn before; fewer only when every position was drawn."""
+        n = min(n, self.total - self.drawn)
+        if self._permutation is not None:
+            flat = self._permutation[self.drawn : self.drawn + n]
+        else:
+            picked: list[int] = []
+            while len(picked) < n:
+                for value in self.rng.integers(self.total, size=n - len(picked) + 16).tolist():
+                    if value not in self._seen:
+                        self._seen.add(value)
+                        picked.append(value)
+                        if len(picked) == n:
+                            break
+            flat = np.array(picked, dtype=np.int64)
+        self.drawn += n
+        row_index, col_index = np.divmod(flat, len(self.col_offsets))
+        return self.row_offsets[row_index], self.col_offsets[col_index]
+
+
+def _channel_names(covariates: list[Any]) -> list[str]:
+    """One name per covariate band: its band description, else the file name (plus band number)."""
+    names = [CLASS_CHANNEL]
+    for dataset in covariates:
+        stem = Path(str(dataset.name).split("?")[0]).stem
+        for band, description in enumerate(dataset.descriptions, start=1):
+            name = description or (stem if dataset.count == 1 else f"{stem}_{band}")
+            while name in names:
+                name = f"{name}_{len(names)}"
+            names.append(name)
+    return names
+
+
+class ChipExtractor:
+    """Reads chips (class indices + aligned covariate channels) for many windows of one class raster.
+
+    Windows are grouped by :data:`REGION_SIZE` regions of the raster and each group is served by ONE read of
+    the bounding box of its windows instead of one small read per chip, so neighbouring chips share
+    decompression. Covariates are sampled onto the class grid by :class:`AlignedCovariate`, whose projected
+    source positions are computed for a whole batch of windows in one call.
+    """
+
+    def __init__(
+        self,
+        classes: Any,
+        covariates: list[Any],
+        legend: Legend,
+        chip_size: int,
+        unknown: Literal["error", "nodata"] = "error",
+        region_size: int = REGION_SIZE,
+        batch_size: int = BATCH_SIZE,
+    ) -> None:
+        self.classes, self.legend, self.chip_size, self.unknown = classes, legend, chip_size, unknown
+        self.region_size, self.batch_size = region_size, batch_size
+        self.grid = RasterGrid.of(classes)
+        self.channel_names = _channel_names(covariates)
+        self.covariates: list[AlignedCovariate] = []
+        for dataset in covariates:
+            self.covariates.append(AlignedCovariate(dataset, self.grid, reference_name=f"class raster {classes.name}"))
+        self.dtype = np.dtype(np.float32 if covariates else np.int16)
+        self._build_lookup()
+
+    def close(self) -> None:
+        for covariate in self.covariates:
+            covariate.close()
+
+    def __enter__(self) -> ChipExtractor:
+        # GDAL's block cache defaults to 5% of RAM and fills with every tile read; regions are visited in
+        # raster order, so a modest cache keeps the tiles neighbours share and bounds memory.
+        self._env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES)
+        self._env.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+        self._env.__exit__(*exc)
+
+    def read(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """All chips (N, C, S, S) for top-left pixels (rows, cols), in the order given."""
+        out = np.empty((len(rows), len(self.channel_names), self.chip_size, self.chip_size), dtype=self.dtype)
+        for positions, chips in self.read_groups(rows, cols):
+            out[positions] = chips
+        return out
+
+    def read_groups(self, rows: np.ndarray, cols: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield (positions into rows/cols, chips) one raster region at a time, in raster order."""
+        rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
+        regions_per_row = -(-self.grid.width // self.region_size)
+        region = (rows // self.region_size) * regions_per_row + cols // self.region_size
+        order = np.lexsort((cols, rows, region))
+        starts = np.flatnonzero(np.diff(region[order], prepend=-1)).tolist()
+        bounds = list(zip(starts, [*starts[1:], len(order)], strict=True))
+        batch_start = 0
+        while batch_start < len(bounds):
+            # Whole groups, about batch_size windows: one projection call per covariate for the batch.
+            batch_stop = batch_start + 1
+            first = bounds[batch_start][0]
+            while batch_stop < len(bounds) and bounds[batch_stop][1] - first <= self.batch_size:
+                batch_stop += 1
+            last = bounds[batch_stop - 1][1]
+            batch = order[first:last]
+            lattices = [cov.chip_lattice(rows[batch], cols[batch], self.chip_size) for cov in self.covariates]
+            for start, stop in bounds[batch_start:batch_stop]:
+                in_batch = slice(start - first, stop - first)
+                group = batch[in_batch]
+                group_lattices = [None if lattice is None else lattice[in_batch] for lattice in lattices]
+                yield group, self._read_group(rows[group], cols[group], group_lattices)
+            batch_start = batch_stop
+
+    def _read_group(self, rows: np.ndarray, cols: np.ndarray, lattices: list[np.ndarray | None]) -> np.ndarray:
+        size = self.chip_size
+        top, left = int(rows.min()), int(cols.min())
+        window = Window(left, top, int(cols.max()) + size - left, int(rows.max()) + size - top)
+        raw = self.classes.read(1, window=window)
+        indices = self._encode(sliding_window_view(raw, (size, size))[rows - top, cols - left], window)
+        if not self.covariates:
+            return indices[:, None]
+        chips = np.empty((len(rows), len(self.channel_names), size, size), dtype=np.float32)
+        chips[:, 0] = indices
+        channel = 1
+        for covariate, lattice in zip(self.covariates, lattices, strict=True):
+            chips[:, channel : channel + covariate.count] = covariate.read_chips(rows, cols, size, lattice)
+            channel += covariate.count
+        return chips
+
+    def _encode(self, raw: np.ndarray, window: Window) -> np.ndarray:
+        """Legend indices of raw class codes; the raster's own nodata value is nodata whatever the legend says."""
+        if self._lookup is not None:
+            offset = raw.astype(np.int32) - self._lookup_start if self._lookup_start else raw
+            if self.unknown == "nodata" or self._known[offset].all():
+                return self._lookup[offset]
+        nodata = self.classes.nodata
+        mask = None
+        if nodata is not None:
+            mask = np.isnan(raw) if np.isnan(nodata) else raw == nodata
+            raw = np.where(mask, self.legend.codes[0], raw)
+        where = f"{self.classes.name} (rows {window.row_off}..{window.row_off + window.height})"
+        indices = self.legend.encode(raw, unknown=self.unknown, source=where)
+        if mask is not None:
+            indices[mask] = NODATA_INDEX
+        return indices
+
+    def _build_lookup(self) -> None:
+        """For 8- and 16-bit class rasters, one table from every possible code to its index (and whether known).
+
+        A table lookup per chip is several times faster than encoding through the legend; codes the legend does
+        not know still go through :meth:`Legend.encode`, which names them in its error.
+        """
+        self._lookup: np.ndarray | None = None
+        self._lookup_start = 0
+        dtype = np.dtype(self.classes.dtypes[0])
+        if dtype.kind not in "iu" or dtype.itemsize > 2:
+            return
+        info = np.iinfo(dtype)
+        codes = np.arange(info.min, info.max + 1)
+        self._lookup = self.legend.encode(codes, unknown="nodata")
+        self._known = np.isin(codes, [*self.legend.codes, *self.legend.nodata_codes])
+        nodata = self.classes.nodata
+        if nodata is not None and info.min <= nodata <= info.max and float(nodata).is_integer():
+            self._lookup[int(nodata) - info.min] = NODATA_INDEX
+            self._known[int(nodata) - info.min] = True
+        self._lookup_start = int(info.min)
+
+
+def nodata_fraction(chips: np.ndarray) -> np.ndarray:
+    """Per chip, the fraction of pixels with no class or with a missing covariate value."""
+    missing = chips[:, 0] == NODATA_INDEX
+    if chips.dtype.kind == "f" and chips.shape[1] > 1:
+        missing |= np.isnan(chips[:, 1:]).any(axis=1)
+    return missing.mean(axis=(1, 2))
+
+
+@dataclass
+class _Sampled:
+    """Chips that passed the nodata filter, in their final order: chip i is ``buffer[selection[i]]``.
+
+    Keeping the read buffer and an index (rather than reordered copies) lets the train/test split gather
+    each chip once, so peak memory stays near the size of the output.
+    """
+
+    rows: np.ndarray
+    cols: np.ndarray
+    buffer: np.ndarray
+    selection: np.ndarray
+    windows_read: int
+
+
+def _extract_kept(
+    extractor: ChipExtractor, rows: np.ndarray, cols: np.ndarray, max_nodata: float, bar: tqdm
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read every window and keep the chips within the nodata limit: (positions kept, their chips)."""
+    size = extractor.chip_size
+    buffer = np.empty((len(rows), len(extractor.channel_names), size, size), dtype=extractor.dtype)
+    kept_positions = [np.empty(0, dtype=np.int64)]
+    n_kept = 0
+    for positions, chips in extractor.read_groups(rows, cols):
+        keep = nodata_fraction(chips) <= max_nodata
+        n_new = int(keep.sum())
+        buffer[n_kept : n_kept + n_new] = chips[keep]
+        kept_positions.append(positions[keep])
+        n_kept += n_new
+        bar.update(len(positions))
+    return np.concatenate(kept_positions), buffer[:n_kept]
+
+
+def make_chips(config: ChipConfig, out: str | os.PathLike[str]) -> Path:
+    """Cut chips as ``config`` says and write ``out`` (.npz) plus its JSON sidecar; returns ``out``."""
+    config.validate()
+    out = _chip_path(out)
+    legend = load_legend(config.legend)
+    size = config.chip_size
+    with contextlib.ExitStack() as stack:
+        classes = stack.enter_context(open_raster(config.class_raster, config.assume_crs))
+        if size > classes.height or size > classes.width:
+            raise UserError(
+                f"chip size {size} is larger than raster {config.class_raster} ({classes.height}x{classes.width} px)"
+            )
+        covariates = [stack.enter_context(open_raster(path, config.assume_crs)) for path in config.covariates]
+        extractor = stack.enter_context(ChipExtractor(classes, covariates, legend, size, config.unknown))
+        split = BlockSplit.random(
+            classes.height,
+            classes.width,
+            size,
+            config.resolved_block_size,
+            config.test_fraction,
+            config.seed,
+            source=str(config.class_raster),
+        )
+        row_offsets = split.axis_offsets(classes.height, size)
+        col_offsets = split.axis_offsets(classes.width, size)
+        bar = stack.enter_context(tqdm(desc="chips", unit="chip", disable=None, dynamic_ncols=True))
+        sample = (_grid_chips if config.stride is not None else _random_chips)(
+            extractor, row_offsets, col_offsets, config, bar
+        )
+        rows, cols, drawn = sample.rows, sample.cols, sample.windows_read
+        if len(rows) == 0:
+            raise UserError(
+                f"{config.class_raster}: none of {drawn} chip(s) has a nodata fraction within --max-nodata "
+                f"{config.max_nodata}"
+            )
+        lon, lat = chip_centre_lonlat(extractor.grid, rows, cols, size)
+        coords = np.stack([lon, lat], axis=1)
+        test = split.is_test(rows, cols)
+        metadata = {
+            "format": CHIP_FORMAT,
+            "format_version": CHIP_FORMAT_VERSION,
+            "landformer_version": _version(),
+            "legend": legend.to_dict(),
+            "crs": crs_name(classes.crs),
+            "pixel_size": [abs(classes.transform.a), abs(classes.transform.e)],
+            "chip_size": size,
+            "channel_names": extractor.channel_names,
+            "dtype": extractor.dtype.name,
+            "nodata": {"class_index": NODATA_INDEX, "covariates": "NaN"},
+            "sources": {"class_raster": str(config.class_raster), "covariates": [str(p) for p in config.covariates]},
+            "sampling": {
+                "mode": "grid" if config.stride is not None else "random",
+                "count": config.count if config.stride is None else None,
+                "stride": config.stride,
+                "max_nodata": config.max_nodata,
+                "unknown": config.unknown,
+            },
+            "split": {
+                "block_size": split.block_size,
+                "test_fraction": config.test_fraction,
+                "seed": config.seed,
+                "n_blocks": split.n_blocks,
+                "n_test_blocks": split.n_test_blocks,
+            },
+            "counts": {
+                "train": int((~test).sum()),
+                "test": int(test.sum()),
+                "windows_read": drawn,
+                "dropped_nodata": drawn - len(rows),
+            },
+        }
+        train_chips, test_chips = sample.buffer[sample.selection[~test]], sample.buffer[sample.selection[test]]
+        del sample
+        return write_chips(out, train_chips, test_chips, coords[~test], coords[test], metadata)
+
+
+def _grid_chips(
+    extractor: ChipExtractor, row_offsets: np.ndarray, col_offsets: np.ndarray, config: ChipConfig, bar: tqdm
+) -> _Sampled:
+    """Every ``stride``-th position that fits a block, in row-major order, minus the chips with too much nodata."""
+    assert config.stride is not None
+    grid_rows = row_offsets[row_offsets % config.stride == 0]
+    grid_cols = col_offsets[col_offsets % config.stride == 0]
+    rows, cols = (axis.ravel() for axis in np.meshgrid(grid_rows, grid_cols, indexing="ij"))
+    bar.reset(total=len(rows))
+    positions, buffer = _extract_kept(extractor, rows, cols, config.max_nodata, bar)
+    selection = np.argsort(positions, kind="stable")
+    positions = positions[selection]
+    return _Sampled(rows[positions], cols[positions], buffer, selection, len(rows))
+
+
+def _random_chips(
+    extractor: ChipExtractor, row_offsets: np.ndarray, col_offsets: np.ndarray, config: ChipConfig, bar: tqdm
+) -> _Sampled:
+    """The first ``count`` random windows (in draw order) that pass the nodata filter.
+
+    Windows are drawn in rounds: the first asks for exactly ``count``; later rounds make up for dropped chips,
+    scaled by the share kept so far, until ``count`` chips pass, every position was tried, or
+    ``MAX_DRAW_FACTOR * count`` windows were read.
+    """
+    count = config.count or DEFAULT_COUNT
+    sampler = RandomWindows(row_offsets, col_offsets, config.seed, expected=count)
+    all_rows, all_cols, kept_draws, buffers = [], [], [], []
+    n_kept = 0
+    bar.reset(total=count)
+    while n_kept < count and not sampler.exhausted and sampler.drawn < MAX_DRAW_FACTOR * count:
+        keep_rate = n_kept / sampler.drawn if sampler.drawn else 1.0
+        wanted = count - n_kept if sampler.drawn == 0 else int((count - n_kept) / max(keep_rate, 0.05) * 1.1) + 1
+        first_draw = sampler.drawn
+        rows, cols = sampler.draw(wanted)
+        if sampler.drawn > count:
+            bar.total = sampler.drawn
+            bar.refresh()
+        positions, buffer = _extract_kept(extractor, rows, cols, config.max_nodata, bar)
+        all_rows.append(rows)
+        all_cols.append(cols)
+        kept_draws.append(positions + first_draw)
+        buffers.append(buffer)
+        n_kept += len(positions)
+    if n_kept < count:
+        log.warning(
+            "%s: only %d of %d requested chips pass --max-nodata %s (%d windows tried)",
+            config.class_raster,
+            n_kept,
+            count,
+            config.max_nodata,
+            sampler.drawn,
+        )
+    draws = np.concatenate(kept_draws)
+    selection = np.argsort(draws, kind="stable")[:count]
+    draws = draws[selection]
+    rows, cols = np.concatenate(all_rows)[draws], np.concatenate(all_cols)[draws]
+    buffer = buffers[0] if len(buffers) == 1 else np.concatenate(buffers)
+    return _Sampled(rows, cols, buffer, selection, sampler.drawn)
+
+
+def _version() -> str:
+    from landformer import __version__
+
+    return __version__
+
+
+def _chip_path(path: str | os.PathLike[str]) -> Path:
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise UserError(f"chip file {path} should end in .npz")
+    return path
+
+
+def write_chips(
+    out: str | os.PathLike[str],
+    train_data: np.ndarray,
+    test_data: np.ndarray,
+    train_coords: np.ndarray,
+    test_coords: np.ndarray,
+    metadata: dict[str, Any],
+) -> Path:
+    """Write the chip file and its JSON sidecar together: both appear, or (on any error) neither does."""
+    out = _chip_path(out)
+    text = json.dumps(metadata, indent=2)
+    arrays = {
+        "train_data": train_data,
+        "test_data": test_data,
+        "train_coords": train_coords.astype(np.float64),
+        "test_coords": test_coords.astype(np.float64),
+        "metadata": np.array(text),
+    }
+    with atomic_path(out) as npz_tmp, atomic_path(out.with_suffix(".json")) as json_tmp:
+        _savez_fast(npz_tmp, arrays)
+        json_tmp.write_text(text + "\n", encoding="utf-8")
+    return out
+
+
+def _savez_fast(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Like ``np.savez_compressed`` (same file format) but at deflate level 1: several times faster to write.
+
+    Class channels still shrink about tenfold; float covariates barely compress at any level.
+    """
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+
+
+def load_chips(path: str | os.PathLike[str]) -> ChipSet:
+    """Load and check a chip file; anything off (keys, shapes, coordinates, class indices) is a UserError.
+
+    Files with only the four arrays (the original land-cover GPT format) load with empty metadata, unless a
+    JSON sidecar lies beside them. (N, H, W) data count as one channel.
+    """
+    path = Path(path)
+    arrays = read_npz(path, required=ARRAY_KEYS, what="chip file")
+    metadata = _read_metadata(path, arrays.get("metadata"))
+    train, test = arrays["train_data"], arrays["test_data"]
+    if train.ndim == 3:
+        train = train[:, None]
+    if test.ndim == 3:
+        test = test[:, None]
+    if test.size == 0 and test.ndim != 4:
+        test = np.empty((0, *train.shape[1:]), dtype=train.dtype)
+    for name, data in (("train_data", train), ("test_data", test)):
+        if data.ndim != 4 or data.shape[2] != data.shape[3]:
+            raise UserError(f"chip file {path}: {name} should be (N, C, H, W) with H == W, got {data.shape}")
+        if data.dtype.kind not in "iuf":
+            raise UserError(f"chip file {path}: {name} holds {data.dtype}, expected numbers")
+    if train.shape[1:] != test.shape[1:]:
+        raise UserError(f"chip file {path}: train chips {train.shape[1:]} and test chips {test.shape[1:]} differ")
+    _check_coords(path, "train_coords", arrays["train_coords"], len(train))
+    _check_coords(path, "test_coords", arrays["test_coords"], len(test))
+    chips = ChipSet(
+        train, test, arrays["train_coords"].reshape(-1, 2), arrays["test_coords"].reshape(-1, 2), metadata, path
+    )
+    _check_metadata(path, chips)
+    return chips
+
+
+def _read_metadata(path: Path, stored: np.ndarray | None) -> dict[str, Any]:
+    sidecar = path.with_suffix(".json")
+    if stored is None:
+        return read_json(sidecar, "chip sidecar") if sidecar.exists() else {}
+    if stored.ndim != 0 or stored.dtype.kind != "U":
+        raise UserError(f"chip file {path}: 'metadata' should be one JSON string, got {stored.dtype} {stored.shape}")
+    try:
+        metadata = json.loads(str(stored))
+    except json.JSONDecodeError as err:
+        raise UserError(f"chip file {path}: 'metadata' is not valid JSON: {err}") from None
+    if not isinstance(metadata, dict):
+        raise UserError(f"chip file {path}: 'metadata' should be a JSON object")
+    return metadata
+
+
+def _check_coords(path: Path, name: str, coords: np.ndarray, n_chips: int) -> None:
+    if coords.shape != (n_chips, 2) and not (n_chips == 0 and coords.size == 0):
+        raise UserError(f"chip file {path}: {name} should be ({n_chips}, 2) lon/lat, got {coords.shape}")
+    if coords.size == 0:
+        return
+    if coords.dtype.kind not in "iuf" or not np.isfinite(coords).all():
+        raise UserError(f"chip file {path}: {name} holds non-finite or non-numeric coordinates")
+    if np.abs(coords[:, 1]).max() > 90 or np.abs(coords[:, 0]).max() > 360:
+        raise UserError(f"chip file {path}: {name} are not lon/lat degrees (|lat| <= 90, |lon| <= 360)")
+
+
+def _check_metadata(path: Path, chips: ChipSet) -> None:
+    if not chips.metadata:
+        return
+    names = chips.metadata.get("channel_names")
+    if names is not None and len(names) != chips.train_data.shape[1]:
+        raise UserError(f"chip file {path}: {len(names)} channel names for {chips.train_data.shape[1]} channels")
+    size = chips.metadata.get("chip_size")
+    if size is not None and size != chips.chip_size:
+        raise UserError(f"chip file {path}: metadata says chip size {size}, arrays hold {chips.chip_size}")
+    if "legend" in chips.metadata:
+        n_classes = chips.legend.n_classes
+        for data in (chips.train_data, chips.test_data):
+            if data.size == 0:
+                continue
+            classes = data[:, 0]
+            lo, hi = np.nanmin(classes), np.nanmax(classes)
+            if lo < NODATA_INDEX or hi >= n_classes:
+                raise UserError(
+                    f"chip file {path}: channel 0 holds class indices {lo:g}..{hi:g}, outside "
+                    f"{NODATA_INDEX}..{n_classes - 1} of legend '{chips.legend.name}'"
+                )
