@@ -146,6 +146,8 @@ def test_resume_refuses_missing_unsafe_and_mismatched_checkpoints(tmp_path: Path
         fit(TinyRegression(), (train, val), config, tmp_path / "empty", resume=tmp_path / "nope.ckpt")
 
     fit(TinyRegression(), (train, val), config, tmp_path / "run")
+    with pytest.raises(UserError, match=r"already holds a training run .*resume it"):
+        fit(TinyRegression(), (train, val), config, tmp_path / "run")
     with pytest.raises(UserError, match="does not fit this model"):
         fit(TinyRegression(width=16), (train, val), quick_config(max_steps=10), tmp_path / "run", resume=True)
 

@@ -127,8 +127,9 @@ class _DropAdverts:
 
 
 def _quiet_lightning() -> None:
-    """Drop messages that say nothing about the user's run: an advert, and a deprecation inside Lightning 2.6
-    that torch 2.14 reports on every fit."""
+    """Drop messages that say nothing about the user's run: an advert, a deprecation inside Lightning 2.6 that
+    torch 2.14 reports on every fit, and a warning about epochs shorter than the logging interval (training here
+    is counted in steps and logging continues across epoch boundaries)."""
     import logging
     import warnings
 
@@ -136,6 +137,7 @@ def _quiet_lightning() -> None:
     if not any(isinstance(existing, _DropAdverts) for existing in logger.filters):
         logger.addFilter(_DropAdverts())
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging")
 
 
 def seed_everything(seed: int) -> None:
@@ -357,6 +359,12 @@ def _split_data(data: Any) -> tuple[dict[str, Any], bool]:
 
 def _resume_path(run_dir: Path, resume: bool | str | os.PathLike[str]) -> Path | None:
     if resume is False:
+        if last_checkpoint(run_dir) is not None:
+            # Starting afresh would overwrite last.ckpt of a run that may have taken days.
+            raise UserError(
+                f"{run_dir} already holds a training run ({CHECKPOINT_DIR}/{LAST_CHECKPOINT}): "
+                "resume it (--resume) or choose another run folder"
+            )
         return None
     if resume is True:
         path = last_checkpoint(run_dir)
@@ -377,10 +385,11 @@ def fit(
     """Train ``task`` (a LightningModule) on a DataModule, a training DataLoader or a ``(train, val)`` pair.
 
     ``resume=True`` continues from ``run_dir/checkpoints/last.ckpt`` (a UserError if there is none); a path
-    resumes from that checkpoint. Model weights, optimiser and scheduler state, step counters and callback state
-    all continue; ``max_steps`` is the total, so resuming a run that stopped at step N trains the remaining
-    ``max_steps - N`` steps. A data loader without state restarts its epoch on resume, so data order matches an
-    uninterrupted run only when the checkpoint falls on an epoch boundary (or the sampler is seeded by step).
+    resumes from that checkpoint; ``resume=False`` refuses a ``run_dir`` that already has a ``last.ckpt``.
+    Model weights, optimiser and scheduler state, step counters and callback state all continue; ``max_steps``
+    is the total, so resuming a run that stopped at step N trains the remaining ``max_steps - N`` steps. A data
+    loader without state restarts its epoch on resume, so data order matches an uninterrupted run only when the
+    checkpoint falls on an epoch boundary (or the sampler is seeded by step).
 
     ``fit`` seeds everything with ``config.seed`` before training (data order, dropout, masking); the task's
     initial weights are drawn when it is built, so call :func:`seed_everything` before building it.
