@@ -19,6 +19,7 @@ from landformer.core.task import BaseTask, warmup_cosine
 from landformer.core.train import (
     FitResult,
     TrainConfig,
+    add_resume_argument,
     build_trainer,
     fit,
     last_checkpoint,
@@ -295,6 +296,26 @@ def test_prepare_run_records_config_and_invocations(tmp_path: Path) -> None:
     again = read_json(run_dir / "run.json")
     assert len(again["previous"]) == 1 and again["previous"][0]["started_at"] == info["started_at"]
     assert load_config(TrainConfig, run_dir / "config.yaml").max_steps == 22
+
+
+def test_resume_argument_values() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_resume_argument(parser)
+    assert parser.parse_args([]).resume is False
+    assert parser.parse_args(["--resume"]).resume is True
+    assert parser.parse_args(["--resume", "runs/x/checkpoints/step0000100.ckpt"]).resume.endswith("step0000100.ckpt")
+
+
+def test_importing_train_config_stays_light() -> None:
+    """Pipelines import TrainConfig while building the CLI: that must not pull in torch or Lightning."""
+    import subprocess
+    import sys
+
+    code = "import sys, landformer.core.train; print(sorted({'torch', 'lightning'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 def test_wandb_logs_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -341,6 +341,18 @@ def build_trainer(
         raise UserError(f"train config: {str(err).strip().splitlines()[0]}") from None
 
 
+def add_resume_argument(parser: Any) -> None:
+    """The ``--resume`` option every training command shares; pass ``args.resume`` straight to :func:`fit`."""
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="CKPT",
+        help="continue training from the run folder's checkpoints/last.ckpt, or from the checkpoint CKPT",
+    )
+
+
 def _split_data(data: Any) -> tuple[dict[str, Any], bool]:
     """Trainer.fit keyword arguments for a DataModule, a training loader, or a (train, val) pair."""
     import lightning
