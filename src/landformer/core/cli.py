@@ -1,11 +1,192 @@
-"""``landformer data ...``: turning rasters into training data."""
+"""``landformer data ...``: turning rasters into training data (chips), aligning covariates, inspecting files."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any
 
-from landformer.cli import add_group
+from landformer.cli import add_command, add_group
+from landformer.core.errors import UserError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    add_group(subparsers, "data", "prepare training data from rasters (chips, legends)")
+    group = add_group(subparsers, "data", "prepare training data from rasters (chips, legends)")
+    _register_chips(group)
+
+    info = add_command(group, "info", "describe a raster (size, CRS, bounds, dtype) or a chip file", run_info)
+    info.add_argument("path", type=Path, help="a raster GDAL reads, or a chip file (.npz)")
+    info.add_argument("--assume-crs", default=None, help="CRS for a raster that carries none, e.g. EPSG:5070")
+
+    align = add_command(group, "align", "resample a raster onto the grid of a reference raster", run_align)
+    align.add_argument("source", type=Path, help="raster to resample, e.g. a DEM")
+    align.add_argument("--like", type=Path, required=True, help="reference raster whose grid the output takes")
+    align.add_argument("--out", type=Path, required=True, help="output GeoTIFF")
+    align.add_argument("--categorical", action="store_true", help="nearest neighbour (class codes) instead of bilinear")
+    align.add_argument("--assume-crs", default=None, help="CRS for whichever raster carries none")
+
+
+# ChipConfig's defaults, shown in --help without importing rasterio; a test keeps the two in step.
+CHIP_DEFAULTS = {
+    "legend": "nlcd",
+    "chip_size": 32,
+    "max_nodata": 0.0,
+    "test_fraction": 0.2,
+    "seed": 0,
+    "unknown": "error",
+}
+
+
+def _register_chips(group: argparse._SubParsersAction) -> None:
+    defaults = CHIP_DEFAULTS
+    suppress = argparse.SUPPRESS  # unset flags stay absent, so a --config file's values are not overridden
+
+    def default(name: str) -> str:
+        return f" (default: {defaults[name]})"
+
+    parser = add_command(
+        group, "chips", "cut square training chips from a class raster (+ aligned covariates)", run_chips
+    )
+    parser.add_argument(
+        "class_raster", nargs="?", type=Path, default=suppress, help="class raster (NLCD, CORINE, ...); GDAL formats"
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, help="chip file to write (.npz); a .json sidecar goes beside"
+    )
+    parser.add_argument(
+        "--covariate",
+        dest="covariates",
+        action="append",
+        type=Path,
+        default=suppress,
+        help="continuous raster aligned onto the class grid as extra channels, e.g. a DEM (repeatable)",
+    )
+    parser.add_argument(
+        "--legend", default=suppress, help="built-in legend (nlcd, corine) or legend JSON file" + default("legend")
+    )
+    parser.add_argument("--chip-size", type=int, default=suppress, help="chip side in pixels" + default("chip_size"))
+    sampling = parser.add_mutually_exclusive_group()
+    sampling.add_argument("--count", type=int, default=suppress, help="number of random chips (default: 1000)")
+    sampling.add_argument("--stride", type=int, default=suppress, help="regular grid of chips with this step in pixels")
+    parser.add_argument(
+        "--max-nodata",
+        type=float,
+        default=suppress,
+        help="drop chips whose nodata fraction exceeds this" + default("max_nodata"),
+    )
+    parser.add_argument(
+        "--test-fraction",
+        type=float,
+        default=suppress,
+        help="share of spatial blocks held out" + default("test_fraction"),
+    )
+    parser.add_argument(
+        "--block-size", type=int, default=suppress, help="side of the split blocks in pixels (default: 8 x chip size)"
+    )
+    parser.add_argument("--seed", type=int, default=suppress, help="seed for sampling and the split" + default("seed"))
+    parser.add_argument(
+        "--unknown",
+        choices=["error", "nodata"],
+        default=suppress,
+        help="what to do with class codes the legend lacks" + default("unknown"),
+    )
+    parser.add_argument("--assume-crs", default=suppress, help="CRS for rasters that carry none, e.g. EPSG:5070")
+    parser.add_argument("--config", type=Path, default=None, help="YAML file of chip settings; flags override it")
+
+
+def chip_config_from_args(args: argparse.Namespace) -> Any:
+    """A ChipConfig from ``--config`` (if any) with every flag the user gave on top."""
+    from landformer.core.chips import ChipConfig
+    from landformer.core.config import from_dict
+
+    data: dict[str, Any] = _read_yaml_mapping(args.config) if args.config is not None else {}
+    given = {
+        field.name: getattr(args, field.name) for field in dataclasses.fields(ChipConfig) if hasattr(args, field.name)
+    }
+    if "count" in given or "stride" in given:  # choosing one sampling mode on the command line replaces the file's
+        data.pop("count", None)
+        data.pop("stride", None)
+    data.update(given)
+    if "class_raster" not in data:
+        raise UserError("give the class raster (CLASS_RASTER, or class_raster in --config)")
+    return from_dict(ChipConfig, data, source=str(args.config) if args.config is not None else "command line")
+
+
+def _read_yaml_mapping(path: Path) -> dict[str, Any]:
+    import yaml
+
+    from landformer.core.io import require_file
+
+    path = require_file(path, "config")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise UserError(f"config {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise UserError(f"config {path} should be a mapping of keys to values")
+    return loaded or {}
+
+
+def run_chips(args: argparse.Namespace) -> None:
+    from landformer.core.chips import load_chips, make_chips
+
+    out = make_chips(chip_config_from_args(args), args.out)
+    chips = load_chips(out)
+    counts = chips.metadata["counts"]
+    shape = "x".join(str(n) for n in chips.train_data.shape[1:])
+    print(f"wrote {out} and {out.with_suffix('.json')}")
+    print(
+        f"{counts['train']} train / {counts['test']} test chips of {shape} {chips.train_data.dtype} "
+        f"(channels: {', '.join(chips.channel_names)}; {counts['dropped_nodata']} dropped for nodata)"
+    )
+
+
+def run_info(args: argparse.Namespace) -> None:
+    if args.path.suffix == ".npz":
+        _print_chip_info(args.path)
+    else:
+        _print_raster_info(args.path, args.assume_crs)
+
+
+def _print_raster_info(path: Path, assume_crs: str | None) -> None:
+    from landformer.core.raster import raster_info
+
+    info = raster_info(path, assume_crs)
+    print(f"{info['path']} ({info['driver']})")
+    print(f"  size:     {info['width']} x {info['height']} pixels, {info['bands']} band(s), {info['dtype']}")
+    print(f"  nodata:   {info['nodata']}")
+    print(f"  crs:      {info['crs'] if info['crs'].startswith('EPSG:') else info['crs'][:80] + '...'}")
+    print(f"  pixel:    {info['pixel_size'][0]:g} x {info['pixel_size'][1]:g}")
+    print(f"  bounds:   {', '.join(f'{v:.6g}' for v in info['bounds'])} (left, bottom, right, top)")
+    print(f"  lon/lat:  {', '.join(f'{v:.6f}' for v in info['lonlat_bounds'])} (west, south, east, north)")
+    print(f"  blocks:   {info['block_shape'][0]} x {info['block_shape'][1]}")
+    if any(info["band_names"]):
+        print(f"  bands:    {', '.join(info['band_names'])}")
+
+
+def _print_chip_info(path: Path) -> None:
+    from landformer.core.chips import load_chips
+
+    chips = load_chips(path)
+    meta = chips.metadata
+    print(f"{path} (chip file)")
+    print(f"  train:    {chips.train_data.shape} {chips.train_data.dtype}, coords {chips.train_coords.shape}")
+    print(f"  test:     {chips.test_data.shape} {chips.test_data.dtype}, coords {chips.test_coords.shape}")
+    print(f"  channels: {', '.join(chips.channel_names)}")
+    if not meta:
+        print("  metadata: none (legend unknown)")
+        return
+    legend = chips.legend
+    print(f"  legend:   {legend.name}, {legend.n_classes} classes")
+    print(f"  crs:      {meta.get('crs', '?')}, pixel size {meta.get('pixel_size', '?')}")
+    split = meta.get("split", {})
+    print(f"  split:    blocks of {split.get('block_size')} px, test fraction {split.get('test_fraction')}")
+    print(f"  sources:  {meta.get('sources', {})}")
+
+
+def run_align(args: argparse.Namespace) -> None:
+    from landformer.core.raster import align_raster
+
+    out = align_raster(args.source, args.like, args.out, categorical=args.categorical, assume_crs=args.assume_crs)
+    print(f"wrote {out} ({'nearest' if args.categorical else 'bilinear'} onto the grid of {args.like})")

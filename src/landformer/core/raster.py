@@ -37,7 +37,7 @@ def parse_crs(text: str, what: str = "CRS") -> CRS:
     """A CRS from ``"EPSG:5070"``, a PROJ string or WKT; a UserError names the text if it is not one."""
     try:
         return CRS.from_user_input(text)
-    except CRSError as err:
+    except (CRSError, ValueError) as err:
         raise UserError(f"{what} {text!r} is not a coordinate reference system: {err}") from None
 
 
@@ -199,8 +199,8 @@ class AlignedCovariate:
     the value GDAL's bilinear warp computes, but without warping whole VRT blocks for every small window:
     source positions come from an exact projection of a few lattice points per chip, refined until linear
     interpolation between them is within :attr:`tolerance` source pixels (GDAL's own default error
-    threshold), and only the source window under a group of chips is read. Nodata neighbours are left out of
-    the bilinear weights, as GDAL does.
+    threshold), and only the source window under a group of chips is read. As in GDAL, a point over a nodata
+    pixel is nodata, and nodata neighbours are left out of the bilinear weights.
 
     A covariate finer than the reference grid (more than one of its pixels per reference pixel) would alias
     under point sampling, so it is read through GDAL's warper (:func:`aligned_vrt`), which widens the kernel.
@@ -327,11 +327,10 @@ def _bilinear(data: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def _bilinear_skipping_nodata(data: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Bilinear samples at array positions (u, v) of pixel centres, leaving NaN neighbours out of the weights.
+    """Bilinear samples at (u, v) next to no data, by GDAL's warper rules: NaN when the source pixel under the
+    point has no data; otherwise the valid neighbours' weights, renormalised (NaN if they sum to almost 0).
 
-    The weights of the valid neighbours are renormalised, and the result is NaN when they sum to almost
-    nothing: the rule GDAL's warper applies next to nodata. Used for the few pixels plain interpolation
-    turned NaN.
+    ``data`` is one band (h, w); (u, v) are array positions of pixel centres, as in :func:`_bilinear`.
     """
     top, left = np.floor(u).astype(np.int64), np.floor(v).astype(np.int64)
     fr, fc = u - top, v - left
@@ -348,8 +347,11 @@ def _bilinear_skipping_nodata(data: np.ndarray, u: np.ndarray, v: np.ndarray) ->
         valid = ~np.isnan(values)
         total += np.where(valid, values * weight, 0.0)
         weight_sum += np.where(valid, weight, 0.0)
+    under_rows = np.clip(np.floor(u + 0.5).astype(np.int64), 0, data.shape[0] - 1)
+    under_cols = np.clip(np.floor(v + 0.5).astype(np.int64), 0, data.shape[1] - 1)
+    usable = (weight_sum > 1e-5) & ~np.isnan(data[under_rows, under_cols])
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(weight_sum > 1e-5, total / weight_sum, np.nan).astype(np.float32)
+        return np.where(usable, total / weight_sum, np.nan).astype(np.float32)
 
 
 def _chip_points(rows: np.ndarray, cols: np.ndarray, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
