@@ -6,35 +6,40 @@ and because all layers come from one generative story they relate to each other 
 Recipe (all lengths are in metres, so a bigger world holds more valleys rather than bigger ones):
 
 1. **Terrain.** Spectral synthesis of Gaussian random fields (power spectrum ~ f^-beta, band-limited): a smooth
-   regional surface, ridged noise (1 - |n|, anisotropic, giving a Valley-and-Ridge grain) weighted towards the
-   uplands, rolling hills and fine detail.
+   regional surface on a regional tilt, ridged noise (1 - |n|, anisotropic, giving a Valley-and-Ridge grain)
+   weighted towards the uplands, rolling hills and fine detail.
 2. **Drainage.** The priority-flood drainage tree is the minimum spanning tree of the 8-connected grid graph
    whose edge weights are the higher endpoint's elevation, rooted at a virtual outlet joined to every border
    pixel (Prim's algorithm from the outlet *is* priority flood). Walking the tree from the outlet gives the
-   depression-filled surface (lakes) and walking it back gives the upstream catchment area of every pixel.
-3. **Valleys.** For streams of increasing catchment area the terrain is pulled down towards the stream over a
-   half-width that grows with the square root of the area, giving V-shaped ravines upstream and flat flood
-   plains downstream; lakes get a flat surface. Height above the nearest drainage (HAND) is kept.
-4. **Water and wetlands.** Open water (11) on rivers (width ~ sqrt(area)) and lakes; woody (90) and emergent
-   (95) wetlands on low, flat ground next to drainage, in patches cut by a noise field.
-5. **Natural cover.** Forest everywhere else, its type set by elevation, topographic position (ridges) and a
-   slow noise field: deciduous (41) in hollows, mixed (43) between, evergreen (42) on high ridges; shrub (52)
-   and grassland (71) as regrowth patches; a few barren (31) quarries. A majority filter makes the patches.
-6. **Farms.** A rotated grid of rectangular parcels in staggered strips; a parcel is farmed when its mean
-   suitability (gentle slope, low above drainage) is high, as crops (82) on the flattest parcels and
-   pasture/hay (81) elsewhere; steep or wet pixels inside a parcel stay natural, so field edges are straight
-   on the flats and ragged at the foot of the slopes.
-7. **Towns and roads.** Town sites are drawn on flat, dry valley floors near rivers and far from each other.
-   Least-cost paths (Dijkstra over a slope/water cost) along the minimum spanning tree of towns and border
-   gateways become roads, which therefore run along valleys.
-8. **Urban growth 1990..2020.** Towns start as noisy cores in 1990 and grow every 5 years with a probability
-   that rises with nearby development and road access and falls with slope (nothing above 15 degrees, never on
-   water or wetlands), in blobs drawn from spatially correlated noise. Development is never undone.
+   depression-filled surface and walking it back the upstream catchment area of every pixel.
+3. **Valleys and lakes.** Pits are filled, and the steady-state stream-power slope k / sqrt(area) integrated up
+   the tree is added, so flats drain and trunk streams are gentle while headwaters are steep. Then, for streams
+   of increasing catchment area, the terrain is pulled down towards the stream over a half-width growing with
+   sqrt(area): V-shaped ravines upstream, flat flood plains downstream. The deepest part of the few largest pits
+   becomes a lake with a flat surface. Height above the nearest drainage (HAND) is kept.
+4. **Water and wetlands.** Open water (11) on rivers (width ~ sqrt(area); the trunk stream always shows) and
+   lakes; woody (90) and emergent (95) wetlands on low, flat ground beside water, in patches of a noise field.
+5. **Natural cover.** Forest everywhere else, its type set by elevation, topographic position and noise at two
+   scales: evergreen (42) on the high ridges, mixed (43) in patches of its own, deciduous (41) elsewhere; shrub
+   (52) and grassland (71) as regrowth patches. A 3 x 3 majority filter removes speckle, keeping ragged edges.
+6. **Farms.** Parcels are Voronoi cells of a jittered, slightly rotated grid (quadrilaterals of 250-650 m, like
+   surveyed fields). A parcel is farmed when its mean suitability (gentle slope, low above drainage) is high:
+   crops (82) on the flattest, pasture/hay (81) elsewhere; steep or wet pixels inside stay natural, so field
+   edges are straight on the flats and ragged at the foot of the slopes.
+7. **Towns and roads.** Town sites are drawn on flat, dry valley floors near rivers, 3 km apart. Roads are
+   least-cost paths (Dijkstra over a slope/water/wetland cost, so they follow valleys): main roads along the
+   minimum spanning tree of towns and two border gateways, then hamlets on a jittered 2 km grid and straight
+   country roads through continuous farmland join the network, then scattered farmsteads get their lanes.
+8. **Urban growth 1990..2020.** Towns start in 1990 as noisy cores shaped by travel effort from the centre
+   (they stretch along valleys, not up slopes or over water) and grow every 5 years with a probability that
+   rises with nearby development, road frontage and closeness to a town and falls with slope (nothing above
+   15 degrees, never on water or wetlands), in blobs drawn from spatially correlated noise; never undone.
 9. **Human Modification.** A fuzzy sum (1 - prod(1 - h)) of development intensity, agriculture, and the reach
-   of roads and towns, zero on water; a running maximum over the years makes it non-decreasing per pixel.
-   Developed classes 21..24 come from the same intensity score, so land cover 2020 agrees with HM 2020.
-10. **Imagery.** Class colours with per-parcel and per-pixel variation, shaded by the relief and blurred a
-    little like a sensor's point spread.
+   of roads and built land, zero on water; a running maximum over the years makes it non-decreasing per pixel.
+   Developed classes 21..24 are thresholds of the same intensity score (density, closeness to a big town's
+   centre, age), so land cover 2020 agrees with HM 2020 and cores are more intense than fringes.
+10. **Imagery.** Class colours with per-parcel tones, canopy and roof texture, shaded by the relief and blurred
+    a little like a sensor's point spread.
 
 Same seed, same bytes: every stage draws from its own child of ``numpy.random.SeedSequence(seed)``.
 """
@@ -42,6 +47,7 @@ Same seed, same bytes: every stage draws from its own child of ``numpy.random.Se
 from __future__ import annotations
 
 import io
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +64,7 @@ CRS = "EPSG:5070"  # NLCD's CONUS Albers Equal Area
 ORIGIN_X, ORIGIN_Y = 1_469_985.0, 1_849_995.0
 HM_YEARS = list(range(1990, 2021, 5))
 MIN_SIZE = 32
+MIN_ELEVATION = 60.0  # metres
 STREAM_CLASSES_KM2 = (0.1, 1.0, 5.0, 25.0)  # catchment areas from which a stream carves a valley
 
 WATER, BARREN = 11, 31
@@ -72,12 +79,14 @@ STAGES = ("terrain", "water", "cover", "fields", "towns", "growth", "imagery")
 
 @dataclass
 class World:
+    """Where a written world lives; every raster shares one grid (``crs``, ``pixel_size``, ``size`` x ``size``)."""
+
     folder: Path
-    elevation: Path
-    landcover: Path
-    hm: list[Path]
-    hm_years: list[int]
-    imagery: Path
+    elevation: Path  # float32 metres, nodata NaN
+    landcover: Path  # uint8 NLCD codes (legend "nlcd"), nodata 0
+    hm: list[Path]  # hm_1990.tif ... hm_2020.tif, float32 in [0, 1]
+    hm_years: list[int]  # [1990, 1995, ..., 2020]
+    imagery: Path  # 3-band uint8 RGB consistent with land cover and relief
     size: int
     seed: int
     crs: str
@@ -324,6 +333,7 @@ def build_terrain(rng: np.random.Generator, size: int, pixel_size: float) -> Ter
         surface = ndimage.minimum(carved, lakes, index=np.arange(1, n_lakes + 1))
         carved = np.where(lake, surface[np.maximum(lakes - 1, 0)], carved)
         hand = np.where(lake, 0.0, hand)
+    carved = carved + max(0.0, MIN_ELEVATION - carved.min())  # a big world's tilt must not sink it below the sea
     return Terrain(
         elevation=carved,
         slope=slope_degrees(carved, pixel_size),
@@ -619,13 +629,13 @@ def grow_towns(
     for step, _year in enumerate(HM_YEARS):
         if step > 0:
             density = ndimage.gaussian_filter(built.astype(float), sigma=120.0 / pixel_size)
-            pull = 1.4 * density + (0.6 * frontage + 0.25 * road_access) * reach + 0.003
+            pull = (1.4 * density + 0.6 * frontage + 0.25 * road_access) * (0.3 + 0.7 * reach) + 0.003
             chance = np.clip(0.25 * buildable * pull, 0.0, 1.0)
             blobs = uniform_noise(rng, size, pixel_size, min_wavelength=120.0)
             built = built | ((blobs < chance) & (buildable > 0.2))
             age = age + built
         density = ndimage.gaussian_filter(built.astype(float), sigma=60.0 / pixel_size)
-        score = 0.4 * density**2 + 0.45 * downtown + 0.1 * age / (len(HM_YEARS) - 1) + 0.15 * (texture - 0.5)
+        score = 0.32 * density**2 + 0.55 * downtown + 0.1 * age / (len(HM_YEARS) - 1) + 0.15 * (texture - 0.5)
         developed.append(built.copy())
         intensity.append(np.where(built, np.clip(score, 0.0, 1.0), 0.0))
     return Settlement(developed=developed, intensity=intensity, roads=roads & ~water)
@@ -812,10 +822,11 @@ def make_world(out: Path, size: int = 256, seed: int = 0, pixel_size: float = 30
     """
     from landformer.core.raster import write_geotiff
 
-    if not isinstance(size, int) or size < MIN_SIZE:
+    if not isinstance(size, numbers.Integral) or size < MIN_SIZE:
         raise UserError(f"world size must be an integer of at least {MIN_SIZE} pixels, got {size!r}")
-    if not pixel_size > 0:
-        raise UserError(f"world pixel size must be positive, got {pixel_size!r}")
+    if not (isinstance(pixel_size, numbers.Real) and np.isfinite(pixel_size) and pixel_size > 0):
+        raise UserError(f"world pixel size must be a positive number of metres, got {pixel_size!r}")
+    size = int(size)
     out = Path(out)
     layers = generate_layers(size, seed, pixel_size)
     transform = world_transform(pixel_size)
