@@ -35,7 +35,12 @@ def add_group(subparsers: argparse._SubParsersAction, name: str, help: str) -> a
 def build_parser() -> argparse.ArgumentParser:
     from landformer import demo
     from landformer.core import cli as core_cli
+    from landformer.embeddings import cli as embeddings_cli
+    from landformer.forecast import cli as forecast_cli
+    from landformer.geoloc import cli as geoloc_cli
+    from landformer.landcover import cli as landcover_cli
     from landformer.synth import cli as synth_cli
+    from landformer.terrain import cli as terrain_cli
 
     parser = argparse.ArgumentParser(
         prog="landformer",
@@ -45,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"landformer {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
     subparsers = parser.add_subparsers(title="pipelines and tools", metavar="COMMAND")
-    for module in (core_cli, synth_cli, demo):
+    for module in (core_cli, synth_cli, landcover_cli, terrain_cli, embeddings_cli, geoloc_cli, forecast_cli, demo):
         module.register(subparsers)
     return parser
 

@@ -1,0 +1,11 @@
+"""``landformer terrain ...``: the terrain pipeline's sub-commands (thin shells over its Python API)."""
+
+from __future__ import annotations
+
+import argparse
+
+from landformer.cli import add_group
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    add_group(subparsers, "terrain", "VQGAN tokenizer + MaskGIT elevation generator with endless outpainting")
