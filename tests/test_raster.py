@@ -154,6 +154,16 @@ def test_raster_without_crs_needs_assume_crs(tmp_path: Path) -> None:
         open_raster(path, assume_crs="EPSG:nonsense")
 
 
+def test_raster_without_any_georeferencing_is_refused(tmp_path: Path, recwarn) -> None:
+    path = tmp_path / "plain.tif"
+    with rasterio.open(path, "w", driver="GTiff", height=3, width=4, count=1, dtype="uint8") as dst:
+        dst.write(np.zeros((3, 4), np.uint8), 1)
+    recwarn.clear()
+    with pytest.raises(UserError, match="has neither a CRS nor a geotransform"):
+        open_raster(path, assume_crs=ALBERS)
+    assert not [w for w in recwarn if "georeferenced" in str(w.message).lower()]
+
+
 # --- lon/lat ---------------------------------------------------------------------------------------------------
 
 

@@ -150,8 +150,9 @@ class BlockSplit:
         usable = np.flatnonzero(np.outer(usable_rows, usable_cols).ravel())
         if len(usable) < 2:
             raise UserError(
-                f"{source}: a {height}x{width} raster holds {len(usable)} split block(s) of {block_size} px that fit "
-                f"a {chip_size} px chip; lower --block-size (at least the chip size) or use --test-fraction 0"
+                f"{source}: the {height}x{width} raster holds only {len(usable)} split block(s) of {block_size} px "
+                f"able to contain a {chip_size} px chip; lower --block-size (at least the chip size) or use "
+                "--test-fraction 0"
             )
         n_test = min(max(round(test_fraction * len(usable)), 1), len(usable) - 1)
         rng = np.random.default_rng([seed, 1])

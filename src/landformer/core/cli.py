@@ -49,7 +49,7 @@ def _register_chips(group: argparse._SubParsersAction) -> None:
         group, "chips", "cut square training chips from a class raster (+ aligned covariates)", run_chips
     )
     parser.add_argument(
-        "class_raster", nargs="?", type=Path, default=suppress, help="class raster (NLCD, CORINE, ...); GDAL formats"
+        "class_raster", nargs="?", type=Path, default=None, help="class raster (NLCD, CORINE, ...); GDAL formats"
     )
     parser.add_argument(
         "--out", type=Path, required=True, help="chip file to write (.npz); a .json sidecar goes beside"
@@ -104,6 +104,8 @@ def chip_config_from_args(args: argparse.Namespace) -> Any:
     given = {
         field.name: getattr(args, field.name) for field in dataclasses.fields(ChipConfig) if hasattr(args, field.name)
     }
+    if given.get("class_raster") is None:  # an optional positional cannot be suppressed like the flags
+        given.pop("class_raster", None)
     if "count" in given or "stride" in given:  # choosing one sampling mode on the command line replaces the file's
         data.pop("count", None)
         data.pop("stride", None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ import rasterio.warp
 from numpy.lib.stride_tricks import sliding_window_view
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
-from rasterio.errors import CRSError, RasterioIOError
+from rasterio.errors import CRSError, NotGeoreferencedWarning, RasterioIOError
 from rasterio.transform import Affine
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
@@ -49,12 +50,17 @@ def open_raster(path: str | os.PathLike[str], assume_crs: str | None = None) -> 
     """
     path = require_file(path, "raster")
     try:
-        dataset = rasterio.open(path)
+        with warnings.catch_warnings():  # a raster without georeferencing is refused below, in one line
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            dataset = rasterio.open(path)
     except RasterioIOError as err:
         raise UserError(f"{path} is not a raster GDAL can open: {str(err).splitlines()[0]}") from None
     if dataset.crs is not None:
         return dataset
+    georeferenced = not dataset.transform.is_identity
     dataset.close()
+    if not georeferenced:
+        raise UserError(f"{path} has neither a CRS nor a geotransform, so its pixels have no place on the ground")
     if assume_crs is None:
         raise UserError(f"{path} has no CRS; pass --assume-crs (e.g. EPSG:4326) if you know it")
     crs = parse_crs(assume_crs, "--assume-crs")

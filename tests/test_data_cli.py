@@ -1,0 +1,198 @@
+"""``landformer data chips|info|align`` through ``landformer.cli.main``: outputs on success, one line + exit 2 on
+bad input, nothing left behind."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+from landformer.cli import main
+from landformer.core.chips import ChipConfig, load_chips
+from landformer.core.cli import CHIP_DEFAULTS
+from landformer.core.raster import RasterGrid, lonlat_bounds, write_geotiff
+
+ALBERS = "EPSG:5070"
+TRANSFORM = from_origin(-1_000_000.0, 2_000_000.0, 30.0, 30.0)
+NLCD_CODES = np.array([11, 21, 41, 42, 52, 71, 81, 82], dtype=np.uint8)
+
+
+@pytest.fixture
+def nlcd(tmp_path: Path) -> Path:
+    codes = NLCD_CODES[np.random.default_rng(0).integers(0, len(NLCD_CODES), (64, 64))]
+    return write_geotiff(tmp_path / "nlcd.tif", codes, TRANSFORM, ALBERS, nodata=0)
+
+
+@pytest.fixture
+def dem(tmp_path: Path, nlcd: Path) -> Path:
+    with rasterio.open(nlcd) as dataset:
+        west, south, east, north = lonlat_bounds(RasterGrid.of(dataset))
+    values = np.linspace(200, 900, 20 * 30, dtype=np.float32).reshape(20, 30)
+    transform = from_origin(west - 0.01, north + 0.01, (east - west + 0.02) / 30, (north - south + 0.02) / 20)
+    return write_geotiff(tmp_path / "dem.tif", values, transform, "EPSG:4326", nodata=-9999.0)
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("landformer: error: ") and "Traceback" not in err
+    return err
+
+
+def test_chips_writes_the_file_and_reports_counts(tmp_path: Path, nlcd: Path, dem: Path, capsys) -> None:
+    out = tmp_path / "chips.npz"
+    argv = ["data", "chips", str(nlcd), "--out", str(out), "--covariate", str(dem), "--chip-size", "8"]
+    code = main([*argv, "--count", "40", "--block-size", "16", "--test-fraction", "0.25", "--seed", "3"])
+    assert code == 0
+    chips = load_chips(out)
+    printed = capsys.readouterr().out
+    assert f"wrote {out} and {out.with_suffix('.json')}" in printed
+    n_train, n_test = len(chips.train_data), len(chips.test_data)
+    assert n_train + n_test == 40
+    assert f"{n_train} train / {n_test} test chips of 2x8x8 float32" in printed
+    assert chips.channel_names == ["landcover", "dem"]
+    assert chips.metadata["split"] == {
+        "block_size": 16,
+        "test_fraction": 0.25,
+        "seed": 3,
+        "n_blocks": 16,
+        "n_test_blocks": 4,
+    }
+
+
+def test_chips_from_a_config_file_with_flags_on_top(tmp_path: Path, nlcd: Path, capsys) -> None:
+    config = tmp_path / "chips.yaml"
+    config.write_text(f"class_raster: {nlcd}\nchip_size: 8\ncount: 12\ntest_fraction: 0.0\nlegend: nlcd\n")
+    out = tmp_path / "from_yaml.npz"
+    assert main(["data", "chips", "--config", str(config), "--out", str(out)]) == 0
+    assert len(load_chips(out).train_data) == 12
+    # A grid stride on the command line replaces the file's count.
+    assert main(["data", "chips", "--config", str(config), "--out", str(out), "--stride", "16"]) == 0
+    chips = load_chips(out)
+    assert len(chips.train_data) == 16 and chips.metadata["sampling"]["mode"] == "grid"
+    capsys.readouterr()
+    config.write_text("chip_size: 8\n")
+    assert main(["data", "chips", "--config", str(config), "--out", str(out)]) == 2
+    assert "give the class raster" in one_line_error(capsys)
+    config.write_text(f"class_raster: {nlcd}\nchip_sise: 8\n")
+    assert main(["data", "chips", "--config", str(config), "--out", str(out)]) == 2
+    assert "unknown key 'chip_sise' (did you mean 'chip_size'?)" in one_line_error(capsys)
+
+
+def test_help_defaults_match_chip_config() -> None:
+    defaults = {field.name: field.default for field in dataclasses.fields(ChipConfig)}
+    assert {name: defaults[name] for name in CHIP_DEFAULTS} == CHIP_DEFAULTS
+
+
+def _text_file(path: Path) -> Path:
+    path.write_text("not a raster")
+    return path
+
+
+def _no_crs(path: Path) -> Path:
+    profile = {"driver": "GTiff", "height": 16, "width": 16, "count": 1, "dtype": "uint8", "transform": TRANSFORM}
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(np.full((16, 16), 11, np.uint8), 1)
+    return path
+
+
+def _with_unknown_codes(path: Path) -> Path:
+    codes = np.full((64, 64), 41, dtype=np.uint8)
+    codes[5, 5], codes[40, 60] = 13, 99
+    return write_geotiff(path, codes, TRANSFORM, ALBERS, nodata=0)
+
+
+def _far_dem(dem: Path) -> Path:
+    return write_geotiff(dem.with_name("far.tif"), np.ones((4, 4), np.float32), from_origin(100, 10, 1, 1), "EPSG:4326")
+
+
+BAD_INPUTS = {
+    "missing file": (lambda tmp, nlcd, dem: (tmp / "missing.tif", []), "raster not found: "),
+    "not a raster": (lambda tmp, nlcd, dem: (_text_file(tmp / "notes.tif"), []), "is not a raster GDAL can open"),
+    "no CRS": (lambda tmp, nlcd, dem: (_no_crs(tmp / "nocrs.tif"), []), "has no CRS; pass --assume-crs"),
+    "unknown codes": (
+        lambda tmp, nlcd, dem: (_with_unknown_codes(tmp / "odd.tif"), []),
+        "class code(s) 13, 99 are not in legend",
+    ),
+    "chip too big": (
+        lambda tmp, nlcd, dem: (nlcd, ["--chip-size", "128", "--block-size", "128"]),
+        "chip size 128 is larger than raster",
+    ),
+    "covariate elsewhere": (
+        lambda tmp, nlcd, dem: (nlcd, ["--covariate", str(_far_dem(dem))]),
+        "does not overlap class raster",
+    ),
+    "unknown legend": (lambda tmp, nlcd, dem: (nlcd, ["--legend", "nonsense"]), "neither a built-in legend"),
+    "bad fraction": (lambda tmp, nlcd, dem: (nlcd, ["--test-fraction", "2"]), "test fraction must lie in [0, 1]"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, nlcd: Path, dem: Path, capsys, case: str) -> None:
+    make_argv, message = BAD_INPUTS[case]
+    raster, extra = make_argv(tmp_path, nlcd, dem)
+    out = tmp_path / "out" / "chips.npz"
+    argv = ["data", "chips", str(raster), "--out", str(out), "--chip-size", "8", "--stride", "8", "--block-size", "16"]
+    assert main([*argv, *extra]) == 2
+    assert message in one_line_error(capsys)
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []
+
+
+def test_assume_crs_and_unknown_nodata_flags(tmp_path: Path, capsys) -> None:
+    raster = _no_crs(tmp_path / "nocrs.tif")
+    out = tmp_path / "c.npz"
+    argv = ["data", "chips", str(raster), "--out", str(out), "--chip-size", "8", "--stride", "8"]
+    assert main([*argv, "--assume-crs", ALBERS, "--test-fraction", "0"]) == 0
+    assert load_chips(out).metadata["crs"] == "EPSG:5070"
+    odd = _with_unknown_codes(tmp_path / "odd.tif")
+    argv = ["data", "chips", str(odd), "--out", str(out), "--chip-size", "8", "--stride", "8", "--test-fraction", "0"]
+    assert main([*argv, "--unknown", "nodata", "--max-nodata", "0.5"]) == 0
+    chips = load_chips(out)
+    assert (chips.train_data == -1).sum() == 2 and len(chips.train_data) == 64
+
+
+def test_count_and_stride_together_are_refused(tmp_path: Path, nlcd: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["data", "chips", str(nlcd), "--out", str(tmp_path / "c.npz"), "--count", "5", "--stride", "8"])
+    assert exit_info.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_info_on_a_raster_and_a_chip_file(tmp_path: Path, nlcd: Path, capsys) -> None:
+    assert main(["data", "info", str(nlcd)]) == 0
+    printed = capsys.readouterr().out
+    assert "64 x 64 pixels, 1 band(s), uint8" in printed
+    assert "crs:      EPSG:5070" in printed and "nodata:   0.0" in printed
+    assert "-1e+06, 1.99808e+06, -998080, 2e+06" in printed  # left, bottom, right, top
+    assert "lon/lat:  -107." in printed
+
+    out = tmp_path / "c.npz"
+    assert (
+        main(["data", "chips", str(nlcd), "--out", str(out), "--chip-size", "8", "--stride", "8", "--block-size", "16"])
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["data", "info", str(out)]) == 0
+    printed = capsys.readouterr().out
+    chips = load_chips(out)
+    assert f"train:    {chips.train_data.shape} int16" in printed
+    assert "legend:   nlcd, 20 classes" in printed and "channels: landcover" in printed
+
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes(b"not a zip")
+    assert main(["data", "info", str(broken)]) == 2
+    assert "is corrupt" in one_line_error(capsys)
+
+
+def test_align_writes_the_dem_on_the_class_grid(tmp_path: Path, nlcd: Path, dem: Path, capsys) -> None:
+    out = tmp_path / "dem_on_nlcd.tif"
+    assert main(["data", "align", str(dem), "--like", str(nlcd), "--out", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    with rasterio.open(out) as aligned, rasterio.open(nlcd) as reference:
+        assert (aligned.crs, aligned.transform, aligned.shape) == (reference.crs, reference.transform, reference.shape)
+        values = aligned.read(1)
+    assert values.dtype == np.float32 and not np.isnan(values).any()
+    assert 200 <= values.min() < values.max() <= 900  # bilinear stays within the source's range
