@@ -95,6 +95,7 @@ def generate(workdir: Path, size: int) -> dict[str, float]:
         "class_raster_mb": class_path.stat().st_size / 1e6,
         "dem_mb": dem_path.stat().st_size / 1e6,
         "dem_shape": [dem_height, dem_width],
+        "reused": False,
     }
 
 
@@ -228,7 +229,8 @@ def main() -> int:
     print(
         f"class raster {args.size}x{args.size} uint8 ({generated['class_raster_mb']:.0f} MB), "
         f"DEM {generated['dem_shape'][0]}x{generated['dem_shape'][1]} float32 EPSG:4326 "
-        f"({generated['dem_mb']:.0f} MB), generated in {generate_s:.1f} s; {args.count} chips of {args.chip_size} px"
+        f"({generated['dem_mb']:.0f} MB), {'reused' if generated['reused'] else f'generated in {generate_s:.1f} s'}; "
+        f"{args.count} chips of {args.chip_size} px"
     )
     print(f"{'phase':<12} {'seconds':>8} {'chips/s':>9} {'/plain_class':>13} {'/plain_both':>12} {'peak RSS MB':>12}")
     for phase, result in phases.items():

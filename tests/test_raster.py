@@ -367,3 +367,22 @@ def test_lattice_refines_until_interpolation_is_within_tolerance(tmp_path: Path,
         chips = covariate.read_chips(rows, cols, 32, lattice)
     expected = gdal_bilinear(dem_path, grid)
     np.testing.assert_allclose(chips[0, 0], expected[0:32, 32:64], rtol=0, atol=1e-3)
+
+
+def test_covariate_on_the_same_grid_shifted_by_whole_pixels_is_read_exactly(tmp_path: Path) -> None:
+    grid = albers_grid(40, 40)
+    values = np.arange(30 * 30, dtype=np.float32).reshape(30, 30)
+    values[0, 0] = -9999
+    # Source pixel (0, 0) sits on reference pixel (5, 12); the source ends before the reference does.
+    transform = from_origin(ORIGIN[0] + 12 * PIXEL, ORIGIN[1] - 5 * PIXEL, PIXEL, PIXEL)
+    path = write_geotiff(tmp_path / "shifted.tif", values, transform, ALBERS, nodata=-9999.0)
+    expected = np.full((40, 40), np.nan, dtype=np.float32)
+    expected[5:35, 12:40] = values[:, :28]
+    expected[5, 12] = np.nan
+    rows, cols = np.array([0, 4, 24]), np.array([0, 10, 24])
+    with rasterio.open(path) as src:
+        covariate = AlignedCovariate(src, grid)
+        assert covariate.pixel_offset == (-5, -12) and covariate.chip_lattice(rows, cols, 16) is None
+        chips = covariate.read_chips(rows, cols, 16, None)
+    for chip, row, col in zip(chips, rows, cols, strict=True):
+        np.testing.assert_array_equal(chip[0], expected[row : row + 16, col : col + 16])

@@ -221,7 +221,10 @@ class AlignedCovariate:
         self.descriptions = source.descriptions
         self.name = source.name
         self.same_crs = CRS.from_user_input(source.crs) == CRS.from_user_input(reference.crs)
-        self.vrt = aligned_vrt(source, reference) if self.source_pixels_per_pixel() > 1.0 + 1e-6 else None
+        # Same grid up to whole pixels (e.g. a DEM already aligned): chips are plain windows, copied exactly.
+        self.pixel_offset = _whole_pixel_offset(source.transform, reference.transform) if self.same_crs else None
+        finer = self.pixel_offset is None and self.source_pixels_per_pixel() > 1.0 + 1e-6
+        self.vrt = aligned_vrt(source, reference) if finer else None
 
     def close(self) -> None:
         if self.vrt is not None:
@@ -247,13 +250,29 @@ class AlignedCovariate:
         )
         return float(np.sqrt(abs(np.linalg.det(jacobian))))
 
+    def _shifted_chips(self, rows: np.ndarray, cols: np.ndarray, size: int) -> np.ndarray:
+        """Chips at source pixels (rows, cols), read in one window; NaN outside the source or without data."""
+        top, left = int(rows.min()), int(cols.min())
+        bottom, right = int(rows.max()) + size, int(cols.max()) + size
+        block = np.full((self.count, bottom - top, right - left), np.nan, dtype=np.float32)
+        inner_top, inner_left = max(top, 0), max(left, 0)
+        inner_bottom, inner_right = min(bottom, self.source.height), min(right, self.source.width)
+        if inner_top < inner_bottom and inner_left < inner_right:
+            window = Window(inner_left, inner_top, inner_right - inner_left, inner_bottom - inner_top)
+            data = self.source.read(window=window).astype(np.float32)
+            if self.source.nodata is not None and not np.isnan(self.source.nodata):
+                data[data == np.float32(self.source.nodata)] = np.nan
+            block[:, inner_top - top : inner_bottom - top, inner_left - left : inner_right - left] = data
+        view = sliding_window_view(block, (size, size), axis=(1, 2))[:, rows - top, cols - left]
+        return np.moveaxis(view, 0, 1)
+
     def chip_lattice(self, rows: np.ndarray, cols: np.ndarray, size: int) -> np.ndarray | None:
         """Source positions (n, 2, m, m) at m x m lattice points of each chip; None when reads go through GDAL.
 
         m starts at 3 (corners and middle) and doubles while bilinear interpolation between the lattice
         points misses the exact position of any cell midpoint by more than :attr:`tolerance` source pixels.
         """
-        if self.vrt is not None:
+        if self.vrt is not None or self.pixel_offset is not None:
             return None
         rows, cols = np.asarray(rows, dtype=np.float64), np.asarray(cols, dtype=np.float64)
         m = min(3, size)
@@ -273,6 +292,8 @@ class AlignedCovariate:
         """Chips (n, bands, size, size) float32 at top-left reference pixels (rows, cols), given their lattice."""
         if self.vrt is not None:
             return _chips_from_window(self.vrt, rows, cols, size)
+        if self.pixel_offset is not None:
+            return self._shifted_chips(rows + self.pixel_offset[0], cols + self.pixel_offset[1], size)
         assert lattice is not None
         height, width = self.source.height, self.source.width
         out = np.full((len(rows), self.count, size, size), np.nan, dtype=np.float32)
@@ -379,6 +400,22 @@ def _interpolation_weights(m: int, size: int) -> np.ndarray:
     weights[np.arange(size), lower] = 1 - frac
     weights[np.arange(size), lower + 1] = frac
     return weights
+
+
+def _whole_pixel_offset(source: Affine, reference: Affine) -> tuple[int, int] | None:
+    """(rows, cols) to add to reference pixels to get source pixels, if the grids differ by whole pixels only."""
+    same_shape = np.allclose(
+        [source.a, source.b, source.d, source.e],
+        [reference.a, reference.b, reference.d, reference.e],
+        rtol=1e-9,
+        atol=0,
+    )
+    if not same_shape or source.b or source.d:
+        return None
+    col, row = (reference.c - source.c) / source.a, (reference.f - source.f) / source.e
+    if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+        return None
+    return round(row), round(col)
 
 
 def _chips_from_window(dataset: Any, rows: np.ndarray, cols: np.ndarray, size: int) -> np.ndarray:
