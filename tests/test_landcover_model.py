@@ -150,7 +150,7 @@ def test_cached_and_uncached_logits_are_identical(model: LandCoverRandAR) -> Non
             cached.append(model.decode_step(state, classes, order[:, t : t + 1]))
             classes = targets[:, t : t + 1]
     torch.testing.assert_close(torch.cat(cached, dim=1), full_logits[:, 10:], atol=1e-5, rtol=1e-5)
-    assert state.length == state.prefix_length + 2 * N - 1
+    assert state.length == state.prefix_tokens.shape[1] + 2 * N - 1
 
 
 def test_parallel_queries_read_the_next_cell_conditional(model: LandCoverRandAR) -> None:
@@ -279,6 +279,26 @@ def test_gibbs_with_one_block_is_sequential_sampling(model: LandCoverRandAR) -> 
     start = random_labels(2, 17)
     (state,) = decoding.gibbs(model, start, sweeps=1, block_size=N, generator=torch.Generator().manual_seed(7))
     assert torch.equal(state, decoding.sample(model, 2, generator=torch.Generator().manual_seed(7)))
+
+
+@pytest.mark.parametrize("block_size", [1, 3, 16])
+def test_gibbs_blocks_draw_from_the_conditional_with_the_block_last(model: LandCoverRandAR, block_size: int) -> None:
+    """The cached blocked sweep equals a reference that re-runs the model on the explicit order for every cell."""
+    start = random_labels(2, 22, nodata=0.1)
+    (cached,) = decoding.gibbs(model, start, 1, block_size=block_size, generator=torch.Generator().manual_seed(11))
+    generator = torch.Generator().manual_seed(11)
+    state = start.reshape(2, N).clone()
+    blocks = random_orders(2, N, generator).split(block_size, dim=1)
+    for j, block in enumerate(blocks):
+        order = torch.cat([*blocks[:j], *blocks[j + 1 :], block], dim=1)
+        for t in range(block.shape[1]):
+            logits, _ = model(state.reshape(2, SIZE, SIZE), order)
+            drawn = decoding.sample_from_logits(
+                logits[:, N - block.shape[1] + t : N - block.shape[1] + t + 1], generator=generator
+            )
+            site = block[:, t : t + 1]
+            state.scatter_(1, site, torch.where(state.gather(1, site) < 0, -1, drawn))
+    assert torch.equal(cached, state.reshape(2, SIZE, SIZE))
 
 
 def test_gibbs_keeps_nodata_and_fixed_cells(model: LandCoverRandAR) -> None:

@@ -121,16 +121,20 @@ class LonLatEmbedding(nn.Module):
 class DecodeState:
     """A batch of partial sequences held in a KV cache.
 
+    The conditioning prefix is not run on its own: it is prepended to the first chunk after the cache is empty,
+    so that a chunk of known cells committed from scratch (inpainting, every Gibbs block) goes through the fused
+    causal attention kernel, which skips the masked half; a chunk after cached tokens needs an explicit mask.
     ``key_valid`` marks which cached slots hold real tokens: samples of one batch may commit different numbers of
     cells (inpainting with different known pixels), and the shorter ones are padded with slots nobody attends to.
-    ``pending_cells`` are the cells whose instructions were asked for in the last :meth:`decode_step` and whose
-    classes the next step must supply.
+    ``pending_cells`` are the cells whose instructions were asked for in the last
+    :meth:`LandCoverRandAR.decode_step` and whose classes the next step must supply.
     """
 
     caches: list[KVCache]
     key_valid: Tensor
     width: int
-    prefix_length: int
+    prefix_tokens: Tensor
+    prefix_positions: Tensor
     has_padding: bool = False
     pending_cells: Tensor | None = None
     pending_valid: Tensor | None = None
@@ -140,9 +144,14 @@ class DecodeState:
         return self.caches[0].length
 
     def rewind(self, length: int) -> None:
-        """Drop every token from index ``length`` on, e.g. back to the prefix to reuse its cache."""
+        """Keep the first ``length`` cached tokens: 0 (the prefix runs again with the next chunk) or at least the
+        prefix. Whatever padding was cached stays masked, and nothing is pending afterwards."""
+        if 0 < length < self.prefix_tokens.shape[1]:
+            raise ValueError(f"cannot rewind into the conditioning prefix ({length} tokens)")
         for cache in self.caches:
             cache.truncate(length)
+        if length == 0:
+            self.has_padding = False
         self.pending_cells = self.pending_valid = None
 
 
@@ -342,7 +351,7 @@ class LandCoverRandAR(nn.Module):
         max_cells: int | None = None,
         max_query: int | None = None,
     ) -> DecodeState:
-        """Encode the conditioning prefix into fresh KV caches.
+        """Embed the conditioning prefix and allocate KV caches; the prefix runs with the first chunk.
 
         The caches hold ``max_cells`` committed cells (default the chip's H * W; more when padding slots are
         committed) plus ``max_query`` throw-away queries of one :meth:`decode_step` (default H * W).
@@ -350,16 +359,15 @@ class LandCoverRandAR(nn.Module):
         prefix_tokens, prefix_positions = self.encode_conditioning(
             batch_size, height, width, covariates, lonlat, drop_cond
         )
-        prefix_length = prefix_tokens.shape[1]
         n_cells = height * width
-        max_len = prefix_length + 2 * (max_cells or n_cells) + (max_query or n_cells)
+        max_len = prefix_tokens.shape[1] + 2 * (max_cells or n_cells) + (max_query or n_cells)
         state = DecodeState(
             caches=self.transformer.make_caches(batch_size, max_len),
             key_valid=torch.ones(batch_size, max_len, dtype=torch.bool, device=self.device),
             width=width,
-            prefix_length=prefix_length,
+            prefix_tokens=prefix_tokens,
+            prefix_positions=prefix_positions,
         )
-        self._extend(state, prefix_tokens, prefix_positions, None, prefix_length)
         return state
 
     def decode_commit(self, state: DecodeState, cells: Tensor, classes: Tensor, valid: Tensor | None = None) -> None:
@@ -420,8 +428,17 @@ class LandCoverRandAR(nn.Module):
         """Run a chunk of T tokens after the cache; keep the first ``n_commit``, drop the rest afterwards.
 
         Committed tokens attend causally. The tokens after them are query-only: they attend to the cache, to the
-        committed tokens except the last one (the first query's own instruction) and to themselves.
+        committed tokens except the last one (the first query's own instruction) and to themselves. Returns the
+        hidden states of the chunk (B, T, dim).
         """
+        n_prefix = 0
+        if state.length == 0:
+            n_prefix = state.prefix_tokens.shape[1]
+            tokens = torch.cat([state.prefix_tokens.to(tokens.dtype), tokens], dim=1)
+            positions = torch.cat([state.prefix_positions, positions], dim=1)
+            if valid is not None:
+                valid = torch.cat([valid.new_ones(valid.shape[0], n_prefix), valid], dim=1)
+            n_commit += n_prefix
         length = tokens.shape[1]
         start = state.length
         device = tokens.device
@@ -442,4 +459,4 @@ class LandCoverRandAR(nn.Module):
         for cache in state.caches:
             cache.truncate(start + n_commit)
         state.has_padding = state.has_padding or valid is not None
-        return hidden
+        return hidden[:, n_prefix:]
