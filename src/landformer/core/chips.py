@@ -6,8 +6,8 @@ The steps, in order:
 2. split the raster into square spatial blocks, hold out a ``test_fraction`` of them, and keep only chips that
    lie entirely inside one block, so no test chip shares a pixel with any train chip;
 3. read the windows in raster order, region by region, so each part of the raster is decompressed once and
-   memory stays bounded whatever the raster's size; covariates (a DEM, ...) are read through a WarpedVRT
-   aligned to the class grid;
+   memory stays bounded whatever the raster's size; covariates (a DEM in any CRS and resolution) are
+   resampled bilinearly onto the class grid (:class:`~landformer.core.raster.AlignedCovariate`);
 4. map raw class codes to indices through the legend and drop chips with too much nodata;
 5. write the chip file: ``train_data``/``test_data`` (N, C, H, W), ``train_coords``/``test_coords`` (N, 2)
    lon/lat of chip centres, a ``metadata`` JSON string, and the same JSON as a sidecar file.
@@ -56,18 +56,18 @@ MAX_DRAW_FACTOR = 20  # random sampling gives up after drawing this many times `
 class ChipConfig:
     """What to cut out of which rasters; see the module docstring. Loadable from YAML with ``load_config``."""
 
-    class_raster: Path
-    covariates: list[Path] = field(default_factory=list)
-    legend: str = "nlcd"
+    class_raster: Path  # categorical raster (band 1) whose codes the legend maps to indices
+    covariates: list[Path] = field(default_factory=list)  # continuous rasters; every band becomes a channel
+    legend: str = "nlcd"  # built-in name (nlcd, corine) or legend JSON path
     chip_size: int = 32
-    count: int | None = None
-    stride: int | None = None
-    max_nodata: float = 0.0
-    test_fraction: float = 0.2
-    block_size: int | None = None
+    count: int | None = None  # random sampling of `count` chips ...
+    stride: int | None = None  # ... or a regular grid with this stride (default: count=1000)
+    max_nodata: float = 0.0  # drop chips whose nodata fraction (any channel) exceeds this
+    test_fraction: float = 0.2  # fraction of spatial blocks held out
+    block_size: int | None = None  # side of the split blocks in pixels; default 8 * chip_size
     seed: int = 0
-    unknown: Literal["error", "nodata"] = "error"
-    assume_crs: str | None = None
+    unknown: Literal["error", "nodata"] = "error"  # class codes the legend lacks
+    assume_crs: str | None = None  # CRS for any input raster that carries none
 
     def validate(self) -> None:
         """Refuse impossible settings before any raster is opened."""
@@ -450,7 +450,7 @@ def make_chips(config: ChipConfig, out: str | os.PathLike[str]) -> Path:
             "sources": {"class_raster": str(config.class_raster), "covariates": [str(p) for p in config.covariates]},
             "sampling": {
                 "mode": "grid" if config.stride is not None else "random",
-                "count": config.count if config.stride is None else None,
+                "count": (config.count or DEFAULT_COUNT) if config.stride is None else None,
                 "stride": config.stride,
                 "max_nodata": config.max_nodata,
                 "unknown": config.unknown,

@@ -284,7 +284,8 @@ class AlignedCovariate:
             middles = (nodes[:-1] + nodes[1:]) / 2
             exact = np.stack(self.source_positions(*_chip_points(rows, cols, middles)), axis=1)
             guess = (lattice[..., :-1, :-1] + lattice[..., 1:, :-1] + lattice[..., :-1, 1:] + lattice[..., 1:, 1:]) / 4
-            if np.abs(exact - guess).max(initial=0.0) <= self.tolerance:
+            error = np.abs(exact - guess)  # NaN where the projection fails: such points are left out of the chip
+            if np.nan_to_num(error, nan=0.0).max(initial=0.0) <= self.tolerance:
                 return lattice
             m = min(2 * m - 1, size)
 
@@ -299,12 +300,16 @@ class AlignedCovariate:
         out = np.full((len(rows), self.count, size, size), np.nan, dtype=np.float32)
         # Every pixel's position is a convex combination of its chip's lattice points, so the lattice's extremes
         # bound the source window (plus the next pixel that bilinear reads) and tell whether all are inside.
-        low, high = lattice.min(axis=(0, 2, 3)), lattice.max(axis=(0, 2, 3))
+        # Points the projection cannot map (outside its domain) are NaN, hence outside the source.
+        lattice = np.where(np.isfinite(lattice), lattice, np.nan)
+        if np.isnan(lattice).all():
+            return out
+        low, high = np.nanmin(lattice, axis=(0, 2, 3)), np.nanmax(lattice, axis=(0, 2, 3))
+        if high[0] < 0 or high[1] < 0 or low[0] >= height or low[1] >= width:
+            return out
         row0, col0 = (max(int(np.floor(value - 0.5)), 0) for value in low)
         row1 = min(int(np.floor(high[0] - 0.5)) + 1, height - 1)
         col1 = min(int(np.floor(high[1] - 0.5)) + 1, width - 1)
-        if row0 > row1 or col0 > col1 or high[0] < 0 or high[1] < 0:
-            return out
         data = self.source.read(window=Window(col0, row0, col1 - col0 + 1, row1 - row0 + 1)).astype(np.float32)
         if self.source.nodata is not None and not np.isnan(self.source.nodata):
             data[data == np.float32(self.source.nodata)] = np.nan
@@ -314,7 +319,7 @@ class AlignedCovariate:
         weights = _interpolation_weights(lattice.shape[-1], size).astype(np.float32)
         u = weights @ (lattice[:, 0] - (row0 + 0.5)).astype(np.float32) @ weights.T
         v = weights @ (lattice[:, 1] - (col0 + 0.5)).astype(np.float32) @ weights.T
-        if low[0] >= 0 and low[1] >= 0 and high[0] < height and high[1] < width:
+        if low[0] >= 0 and low[1] >= 0 and high[0] < height and high[1] < width and not np.isnan(lattice).any():
             out[:] = np.moveaxis(_bilinear(data, u.ravel(), v.ravel()).reshape(self.count, *u.shape), 0, 1)
             return out
         inside = (u >= -(row0 + 0.5)) & (u < height - row0 - 0.5) & (v >= -(col0 + 0.5)) & (v < width - col0 - 0.5)
