@@ -1,18 +1,20 @@
 """Chip extraction speed and memory on a large tiled raster, against plain rasterio windowed reads.
 
 Builds (window by window, in a temporary folder deleted afterwards) a SIZE x SIZE uint8 land-cover GeoTIFF in
-NLCD Albers (EPSG:5070, 30 m, tiled 256, deflate) and a float32 DEM in lon/lat (EPSG:4326, 3 arc-seconds)
-covering it. Then, each phase in a fresh process so its peak RSS is its own:
+NLCD Albers (EPSG:5070, 30 m, tiled 256, deflate) and a float32 DEM in lon/lat (EPSG:4326, 3 arc-seconds,
+predictor 3) covering it. Then, each phase in a fresh process so its peak RSS is its own:
 
-- ``plain``:    ``dataset.read(1, window=...)`` of the class raster for every chip window, in draw order; the
-                least any chip extractor has to do (no legend, no DEM);
-- ``extract``:  :class:`ChipExtractor` on the same windows: class indices through the legend plus the DEM
-                warped onto the class grid (bilinear), as (N, 2, 32, 32) float32;
-- ``make_chips``: the whole ``landformer data chips`` job (sampling, split, extraction, compressed .npz).
+- ``plain_class``: ``dataset.read(1, window=...)`` of the class raster for every chip window, in draw order:
+                   the least any extractor does (no legend, no DEM);
+- ``plain_both``:  the same, plus one plain read of the DEM window under each chip (its own CRS and pixels,
+                   not resampled): the same windows of both rasters, which the target compares against;
+- ``extract``:     :class:`ChipExtractor` on the same windows: class indices through the legend plus the DEM
+                   resampled bilinearly onto the class grid, as (N, 2, 32, 32) float32;
+- ``make_chips``:  the whole ``landformer data chips`` job (sampling, split, extraction, compressed .npz).
 
-The windows are the first ``count`` random windows ``make_chips`` draws; the run checks that the chip file's
-coordinates are exactly those windows' centres. Targets: peak RSS under 1 GB, extraction at least 0.5x the
-plain-read rate. Writes ``benchmarks/results/bench_chips.json``.
+Windows are planned before each clock starts. They are the first ``count`` random windows ``make_chips``
+draws; the run checks that the chip file's coordinates are exactly those windows' centres. Targets: peak RSS
+under 1 GB, extraction at least 0.5x the plain-read rate. Writes ``benchmarks/results/bench_chips.json``.
 """
 
 from __future__ import annotations
@@ -203,13 +205,13 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=20000, help="side of the class raster in pixels")
     parser.add_argument("--count", type=int, default=10000, help="number of chips")
     parser.add_argument("--chip-size", type=int, default=32, help="chip side in pixels")
-    parser.add_argument("--quick", action="store_true", help="a 6000 px raster and 3000 chips (about a minute)")
+    parser.add_argument("--quick", action="store_true", help="a 10000 px raster and 5000 chips (well under a minute)")
     parser.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", type=Path, help="build the rasters here and keep them (default: a temp folder)")
     args = parser.parse_args()
     if args.quick:
-        args.size, args.count = 6000, 3000
+        args.size, args.count = 10000, 5000
     if args.phase:
         print(json.dumps(run_phase(args.phase, args.workdir, args.count, args.chip_size)))
         return 0
@@ -225,7 +227,7 @@ def main() -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
     rate = {phase: args.count / result["seconds"] for phase, result in phases.items()}
-    peak = max(result["peak_rss_mb"] for result in phases.values())
+    peak = max(phases[phase]["peak_rss_mb"] for phase in ("extract", "make_chips"))  # ours, not the baselines'
     print(
         f"class raster {args.size}x{args.size} uint8 ({generated['class_raster_mb']:.0f} MB), "
         f"DEM {generated['dem_shape'][0]}x{generated['dem_shape'][1]} float32 EPSG:4326 "
@@ -275,7 +277,14 @@ def main() -> int:
                 "ratio": rate["make_chips"] / rate["plain_both"],
                 "target": "",
             },
-            {"metric": "peak RSS", "value": peak, "unit": "MB", "baseline": None, "ratio": None, "target": "< 1000 MB"},
+            {
+                "metric": "peak RSS (extract, make_chips)",
+                "value": peak,
+                "unit": "MB",
+                "baseline": None,
+                "ratio": None,
+                "target": "< 1000 MB",
+            },
         ],
         "targets_met": bool(ratio >= 0.5 and peak < 1000),
     }
