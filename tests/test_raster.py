@@ -255,7 +255,7 @@ def test_failed_write_leaves_nothing_behind(tmp_path: Path) -> None:
 
 def test_write_geotiff_round_trip_keeps_float_nodata(tmp_path: Path) -> None:
     data = np.linspace(0, 1, 35, dtype=np.float32).reshape(5, 7)
-    path = write_geotiff(tmp_path / "f.tif", data, from_origin(0, 0, 1, 1), "EPSG:4326", nodata=-9999.0)
+    path = write_geotiff(tmp_path / "f.tif", data, from_origin(10, 50, 0.5, 0.5), "EPSG:4326", nodata=-9999.0)
     with rasterio.open(path) as dataset:
         np.testing.assert_array_equal(dataset.read(1), data)
         assert dataset.nodata == -9999.0
