@@ -168,7 +168,7 @@ class Legend:
                 code, name = _as_code(item["code"]), str(item["name"])
             except (KeyError, TypeError, ValueError):
                 raise UserError(f"{source}: classes[{i}] needs an integer 'code' and a 'name'") from None
-            color = str(item.get("color", _fallback_color(i)))
+            color = str(item["color"]) if "color" in item else _fallback_color(i)
             if not re.fullmatch(r"#[0-9a-fA-F]{6}", color):
                 raise UserError(f"{source}: classes[{i}] colour {color!r} should look like #rrggbb")
             classes.append(LegendClass(code, name, color))
