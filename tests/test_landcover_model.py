@@ -248,6 +248,8 @@ def test_inpainting_never_changes_a_known_pixel(model: LandCoverRandAR, steps: i
     result = decoding.sample(model, known=known, steps=steps, generator=generator)
     assert torch.equal(result[keep], known[keep])
     assert result.min() >= 0 and result.max() < K
+    complete = decoding.sample(model, known=known[3:], steps=steps, generator=generator)
+    assert torch.equal(complete, known[3:])
 
 
 def test_inpainting_conditions_on_known_pixels() -> None:

@@ -225,9 +225,10 @@ def sample(
         schedule = decoding_schedule(n_cells - n_known, steps)
         counts = schedule.diff(dim=1)
         most_known = int(n_known.max())
-        # Samples commit as many slots as the one with the most known cells or cells per step (padding).
-        slots = most_known + int(counts.max(dim=0).values.sum())
-        session = _Session(model, batch, height, width, covariates, lonlat, guidance, slots, max(int(counts.max()), 1))
+        # Every sample commits as many slots as the widest one, known cells and cells per step (padding).
+        capacity = most_known + int(counts.max(dim=0).values.sum())
+        widest_step = int(counts.max()) if counts.numel() else 1
+        session = _Session(model, batch, height, width, covariates, lonlat, guidance, capacity, widest_step)
         if most_known > 0:
             cells = cell_order[:, :most_known]
             padded = not bool((n_known == most_known).all())
@@ -235,20 +236,25 @@ def sample(
             session.commit(cells, known_flat.gather(1, cells), valid)
         # One spare column takes the writes of padded slots so they can never touch a real cell.
         canvas = torch.cat([known_flat, torch.full((batch, 1), -1, dtype=torch.long, device=device)], dim=1)
-        classes = None
+        # Every step's cells are gathered up front so the loop itself never waits on a host-to-device copy.
+        plan = []
         for step in range(counts.shape[1]):
             step_counts = counts[:, step]
-            width_now = int(step_counts.max())
-            if width_now == 0:
+            if int(step_counts.max()) == 0:
                 continue
-            slots = torch.arange(width_now)
+            slots = torch.arange(int(step_counts.max()))
             index = (n_known + schedule[:, step]).unsqueeze(1) + slots
             valid = slots < step_counts.unsqueeze(1)
             cells = cell_order.gather(1, index.clamp(max=n_cells - 1).to(device))
-            step_valid = None if bool(valid.all()) else valid.to(device)
-            logits = session.step(classes, cells, step_valid)
+            if bool(valid.all()):
+                plan.append((cells, None, cells))
+            else:
+                valid = valid.to(device)
+                plan.append((cells, valid, torch.where(valid, cells, n_cells)))
+        classes = None
+        for cells, valid, targets in plan:
+            logits = session.step(classes, cells, valid)
             classes = sample_from_logits(logits, temperature, top_k, top_p, generator)
-            targets = cells if step_valid is None else torch.where(step_valid, cells, n_cells)
             canvas.scatter_(1, targets, classes)
             if on_step is not None:
                 on_step(canvas[:, :n_cells].reshape(batch, height, width).clone())

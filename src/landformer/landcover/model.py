@@ -80,12 +80,19 @@ def reference_config(n_classes: int) -> LandCoverConfig:
 PRESETS = {"tiny": tiny_config, "reference": reference_config}
 
 
-def random_orders(batch_size: int, n_cells: int, generator: torch.Generator | None = None) -> Tensor:
+def random_orders(
+    batch_size: int,
+    n_cells: int,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
     """A fresh random permutation of ``range(n_cells)`` per sample, (B, N) int64, made in one argsort.
 
-    Drawn on the generator's device (CPU when there is none); move the result where it is needed.
+    Drawn on the generator's device when a generator is given (move the result where it is needed), else on
+    ``device`` from the global generator.
     """
-    device = generator.device if generator is not None else None
+    if generator is not None:
+        device = generator.device
     return torch.rand(batch_size, n_cells, generator=generator, device=device).argsort(dim=1)
 
 
@@ -160,7 +167,7 @@ class LandCoverRandAR(nn.Module):
 
     def __init__(self, config: LandCoverConfig) -> None:
         super().__init__()
-        if config.dim % (4 * config.n_heads) != 0 or config.dim % 4 != 0:
+        if config.dim % (4 * config.n_heads) != 0:
             raise UserError(
                 f"landcover model: dim {config.dim} must be a multiple of 4 * n_heads ({4 * config.n_heads}) "
                 "for 2-D rotary embeddings"
@@ -241,7 +248,8 @@ class LandCoverRandAR(nn.Module):
                     raise UserError(
                         f"landcover model: covariates have shape {tuple(covariates.shape)}, expected {expected}"
                     )
-                patches = self.covariate_embedding(covariates.to(device)).flatten(2).transpose(1, 2)
+                covariates = covariates.to(device=device, dtype=self.covariate_embedding.weight.dtype)
+                patches = self.covariate_embedding(covariates).flatten(2).transpose(1, 2)
                 if drop_cond is not None:
                     patches = torch.where(drop_cond.view(-1, 1, 1), null.to(patches.dtype), patches)
             tokens.append(patches)
@@ -320,7 +328,7 @@ class LandCoverRandAR(nn.Module):
         n_cells = height * width
         if order is None:
             if self.config.order == "random":
-                order = random_orders(batch, n_cells).to(labels.device)
+                order = random_orders(batch, n_cells, device=labels.device)
             else:
                 order = raster_order(batch, n_cells, device=labels.device)
         if drop_cond is None and self.training and self.is_conditional and self.config.cond_dropout > 0:
