@@ -1,0 +1,128 @@
+"""The forecast recipe: one YAML with ``data``, ``model``, ``task``, ``train`` and ``predict`` sections.
+
+Plain dataclasses, no torch, so the CLI can load and check a recipe without importing anything heavy.
+``configs/forecast_tiny.yaml`` (the CPU default) and ``configs/forecast_reference.yaml`` (GPU-sized) are
+instances of :class:`ForecastConfig`; ``--set data.chip_size=48`` overrides single keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from landformer.core.errors import UserError
+from landformer.core.train import TrainConfig
+
+QUANTILES_95 = [0.025, 0.5, 0.975]  # the same heads as landformer.forecast.model.QUANTILES_95 (torch-free copy)
+
+
+@dataclass
+class ForecastDataConfig:
+    """Where the series comes from and how it is cut into training windows (see ``forecast/data.py``).
+
+    Give at most one of ``world`` (a synthetic world folder), ``series`` + ``years``, or ``pattern``; with none,
+    training builds a synthetic world of ``world_size`` pixels in the run folder.
+    """
+
+    world: Path | None = None  # folder written by `landformer synth world`: its HM series and elevation
+    series: list[Path] = field(default_factory=list)  # rasters of the series, oldest first
+    years: list[int] = field(default_factory=list)  # one year per raster of `series`, evenly spaced
+    pattern: str | None = None  # e.g. "data/hm_{year}.tif": every file matching it, ordered by year
+    covariates: list[Path] = field(default_factory=list)  # static rasters (a DEM, ...) on any grid
+    world_size: int = 256  # side in pixels of the world built when no data is given
+    world_seed: int | None = None  # seed of that world; None: the train seed
+    scale: float | None = None  # raw value / scale = series units; None: 10000 if values exceed 1, else 1
+    align_series: bool = True  # resample series rasters on another grid onto the first one's (else refuse)
+    assume_crs: str | None = None  # CRS for rasters that carry none
+    n_input_steps: int = 3  # K: steps the model reads
+    n_horizons: int = 4  # H: steps it forecasts
+    min_input_steps: int = 2  # training windows may start before the series with this many inputs observed
+    chip_size: int = 32  # side of training chips in pixels
+    chip_stride: int = 16  # step between training chips inside a block
+    max_train_chips: int = 4000  # random subset of training chips when a large raster offers more
+    block_size: int = 64  # side of the square blocks of the spatial split
+    test_fraction: float = 0.25  # blocks held out for `forecast evaluate`
+    val_fraction: float = 0.125  # blocks for validation (early stopping, best checkpoint)
+    split_seed: int = 0  # which blocks are held out
+    max_nodata: float = 0.5  # drop training chips whose inputs or targets miss more than this fraction
+    normalizer: Literal["zscore", "minmax"] = "zscore"
+    augment: bool = True  # random flips and quarter turns of training chips
+    batch_size: int = 16
+    num_workers: int = 0
+
+    def validate(self) -> None:
+        given = [name for name in ("world", "series", "pattern") if getattr(self, name)]
+        if len(given) > 1:
+            raise UserError(f"forecast data: give only one of world, series and pattern (got {', '.join(given)})")
+        if self.years and not self.series:
+            raise UserError("forecast data: years were given without the series rasters they date")
+        if self.series and len(self.series) != len(self.years):
+            raise UserError(
+                f"forecast data: {len(self.series)} series rasters but {len(self.years)} years; give one year each"
+            )
+        if self.pattern is not None and "{year}" not in self.pattern:
+            raise UserError(f"forecast data: pattern {self.pattern!r} should contain {{year}}, e.g. hm_{{year}}.tif")
+        checks = [
+            (self.n_input_steps >= 1, f"n_input_steps = {self.n_input_steps} should be at least 1"),
+            (self.n_horizons >= 1, f"n_horizons = {self.n_horizons} should be at least 1"),
+            (
+                1 <= self.min_input_steps <= self.n_input_steps,
+                f"min_input_steps = {self.min_input_steps} should lie in 1..n_input_steps",
+            ),
+            (self.chip_size >= 4, f"chip_size = {self.chip_size} should be at least 4"),
+            (self.chip_stride >= 1, f"chip_stride = {self.chip_stride} should be at least 1"),
+            (self.block_size >= self.chip_size, f"block_size = {self.block_size} is smaller than the chip size"),
+            (self.max_train_chips >= 1, f"max_train_chips = {self.max_train_chips} should be at least 1"),
+            (0 < self.test_fraction < 1, f"test_fraction = {self.test_fraction} should lie strictly in (0, 1)"),
+            (0 < self.val_fraction < 1, f"val_fraction = {self.val_fraction} should lie strictly in (0, 1)"),
+            (self.test_fraction + self.val_fraction < 1, "test_fraction + val_fraction should leave training blocks"),
+            (0 <= self.max_nodata <= 1, f"max_nodata = {self.max_nodata} should lie in [0, 1]"),
+            (self.scale is None or self.scale > 0, f"scale = {self.scale} should be positive"),
+            (self.world_size >= 32, f"world_size = {self.world_size} should be at least 32"),
+            (self.batch_size >= 1, f"batch_size = {self.batch_size} should be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(f"forecast data: {message}")
+
+
+@dataclass
+class ForecastModelSection:
+    """Network size; the channel counts, K and H come from the data."""
+
+    hidden_channels: list[int] = field(default_factory=lambda: [16, 16])
+    kernel_size: int = 3
+    quantiles: list[float] = field(default_factory=lambda: list(QUANTILES_95))  # [] for a point forecast only
+
+
+@dataclass
+class ForecastTaskSection:
+    """Optimisation and loss."""
+
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.1
+    teacher_forcing: float = 0.5  # scheduled-sampling probability at step 0, decaying linearly to 0
+    point_loss: Literal["mse", "pinball"] = "mse"  # how the point (0.5) head is trained; see task.py
+    threads: int = 0  # torch CPU threads while training; 0: torch's default. Small models on a busy CPU: 1
+
+
+@dataclass
+class ForecastPredictSection:
+    """Whole-raster inference (``forecast predict``)."""
+
+    tile: int = 256  # output block side; also the GeoTIFF block, so every write fills whole blocks
+    overlap: int = 32  # pixels shared by neighbouring tiles, cross-faded linearly
+    batch_size: int = 8  # tiles per forward pass
+    panel_blocks: int = 16  # tiles per processing panel (bounds memory for very wide rasters)
+
+
+@dataclass
+class ForecastConfig:
+    data: ForecastDataConfig = field(default_factory=ForecastDataConfig)
+    model: ForecastModelSection = field(default_factory=ForecastModelSection)
+    task: ForecastTaskSection = field(default_factory=ForecastTaskSection)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    predict: ForecastPredictSection = field(default_factory=ForecastPredictSection)
