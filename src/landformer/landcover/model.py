@@ -369,14 +369,13 @@ class LandCoverRandAR(nn.Module):
         )
         n_cells = height * width
         max_len = prefix_tokens.shape[1] + 2 * (max_cells or n_cells) + (max_query or n_cells)
-        state = DecodeState(
+        return DecodeState(
             caches=self.transformer.make_caches(batch_size, max_len),
             key_valid=torch.ones(batch_size, max_len, dtype=torch.bool, device=self.device),
             width=width,
             prefix_tokens=prefix_tokens,
             prefix_positions=prefix_positions,
         )
-        return state
 
     def decode_commit(self, state: DecodeState, cells: Tensor, classes: Tensor, valid: Tensor | None = None) -> None:
         """Teacher-force known cells: append [p(c), x(c)] for each of ``cells`` (B, k) with ``classes`` (B, k).
@@ -403,6 +402,8 @@ class LandCoverRandAR(nn.Module):
         so each reads p(x_q | decided cells) exactly as if q were the next cell of a training order (there is no
         1-D position to contradict that). With one query per step this is plain sequential decoding.
         """
+        if query_cells.shape[1] == 0:
+            raise ValueError("decode_step needs at least one query cell")
         pieces: list[tuple[Tensor, Tensor, Tensor | None]] = []
         if state.pending_cells is not None:
             if classes is None:
