@@ -1,11 +1,182 @@
-"""``landformer forecast ...``: the forecast pipeline's sub-commands (thin shells over its Python API)."""
+"""``landformer forecast ...``: the forecast pipeline's sub-commands (thin shells over its Python API).
+
+- ``forecast train``    recipe + data -> run folder (checkpoints, model.safetensors + model.json, panel)
+- ``forecast evaluate`` run folder -> metrics.json + error_vs_horizon.png on the held-out blocks
+- ``forecast predict``  run folder + series -> one GeoTIFF per horizon, for a raster of any size
+"""
 
 from __future__ import annotations
 
 import argparse
+import re
+from pathlib import Path
+from typing import Any
 
-from landformer.cli import add_group
+from landformer.cli import add_command, add_group
+from landformer.core.errors import UserError
+from landformer.core.train import add_resume_argument
+
+DEFAULT_CONFIG_NOTE = "built-in defaults, the same as configs/forecast_tiny.yaml"
+MODEL_HELP = "run folder of `forecast train`, or its model.safetensors"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    add_group(subparsers, "forecast", "ConvLSTM multi-horizon forecasting of a raster time series")
+    group = add_group(subparsers, "forecast", "ConvLSTM multi-horizon forecasting of a raster time series")
+
+    train = add_command(group, "train", "train a forecaster (on a synthetic world when no data is given)", run_train)
+    train.add_argument("--config", type=Path, default=None, help=f"recipe YAML (default: {DEFAULT_CONFIG_NOTE})")
+    _add_data_arguments(train)
+    train.add_argument("--out", type=Path, required=True, help="run folder for checkpoints, model and pictures")
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one recipe value, e.g. --set train.max_steps=100 (repeatable)",
+    )
+    add_resume_argument(train)
+
+    evaluate = add_command(
+        group, "evaluate", "score a trained model on held-out blocks against persistence and trend", run_evaluate
+    )
+    evaluate.add_argument("--model", type=Path, required=True, help=MODEL_HELP)
+    evaluate.add_argument("--out", type=Path, required=True, help="folder for metrics.json and error_vs_horizon.png")
+    evaluate.add_argument(
+        "--change-threshold",
+        type=float,
+        default=0.0,
+        help="a pixel 'changed' when it moved more than this (series units) since the last input",
+    )
+    _add_data_arguments(evaluate, note=" (default: the data the model was trained on)")
+
+    predict = add_command(group, "predict", "forecast a whole raster into one GeoTIFF per horizon", run_predict)
+    predict.add_argument("--model", type=Path, required=True, help=MODEL_HELP)
+    _add_data_arguments(predict, note=" (the last K steps are used)")
+    predict.add_argument("--out", type=Path, required=True, help="folder for forecast_<year>.tif files")
+    predict.add_argument("--tile", type=int, default=512, help="output block side in pixels (a multiple of 256)")
+    predict.add_argument("--overlap", type=int, default=32, help="pixels shared by neighbouring tiles (even)")
+    predict.add_argument("--batch-size", type=int, default=2, help="tiles per forward pass")
+    predict.add_argument("--panel-width", type=int, default=8192, help="widest strip processed at once (memory)")
+    predict.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
+    predict.add_argument("--prefix", default="forecast", help="output files are PREFIX_<year>.tif")
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser, note: str = "") -> None:
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--world", type=Path, default=None, help="synthetic world folder: its HM series" + note)
+    source.add_argument(
+        "--series", type=Path, nargs="+", default=None, help="series rasters, oldest first (GDAL formats)" + note
+    )
+    source.add_argument("--pattern", default=None, help="series file pattern with {year}, e.g. 'hm_{year}.tif'" + note)
+    parser.add_argument(
+        "--years",
+        type=int,
+        nargs="+",
+        default=None,
+        help="year of each --series raster; left out, read from the file names",
+    )
+    parser.add_argument(
+        "--covariate",
+        dest="covariates",
+        action="append",
+        type=Path,
+        default=None,
+        help="static covariate raster, e.g. a DEM, on any grid (repeatable; a world adds its elevation)",
+    )
+    parser.add_argument("--scale", type=float, default=None, help="raw value / scale = series units (default: detect)")
+    parser.add_argument("--assume-crs", default=None, help="CRS for rasters that carry none, e.g. EPSG:5070")
+
+
+def years_from_names(paths: list[Path]) -> list[int]:
+    """The last 4-digit number in each file name, e.g. hm_2015.tif -> 2015."""
+    years = []
+    for path in paths:
+        found = re.findall(r"(?<!\d)(\d{4})(?!\d)", path.stem)
+        if not found:
+            raise UserError(f"cannot read a year from the name {path.name}; give --years, one per --series raster")
+        years.append(int(found[-1]))
+    return years
+
+
+def _data_given(args: argparse.Namespace) -> bool:
+    return any(value is not None for value in (args.world, args.series, args.pattern))
+
+
+def _apply_data_arguments(data: Any, args: argparse.Namespace) -> None:
+    """Put the command line's data options into a ForecastDataConfig (a given source replaces the recipe's)."""
+    if args.years is not None and args.series is None:
+        raise UserError("--years dates the --series rasters; give --series too")
+    if _data_given(args):
+        data.world, data.series, data.years, data.pattern = None, [], [], None
+    if args.world is not None:
+        data.world = args.world
+    if args.series is not None:
+        data.series = list(args.series)
+        data.years = list(args.years) if args.years is not None else years_from_names(data.series)
+    if args.pattern is not None:
+        data.pattern = args.pattern
+    if args.covariates is not None:
+        data.covariates = list(args.covariates)
+    if args.scale is not None:
+        data.scale = args.scale
+    if args.assume_crs is not None:
+        data.assume_crs = args.assume_crs
+
+
+def run_train(args: argparse.Namespace) -> None:
+    from landformer.core.config import load_config
+    from landformer.forecast.config import ForecastConfig
+    from landformer.forecast.task import train_forecaster
+
+    config = load_config(ForecastConfig, args.config, args.overrides)
+    _apply_data_arguments(config.data, args)
+    summary = train_forecaster(config, args.out, resume=args.resume)
+    print(f"trained {summary['global_step']} steps in {summary['fit_seconds']} s; run folder {summary['run_dir']}")
+    print(f"model: {summary['model']} (+ {Path(summary['model_json']).name})")
+    print(f"forecast panel: {summary['panel']}")
+
+
+def run_evaluate(args: argparse.Namespace) -> None:
+    from landformer.forecast.config import ForecastDataConfig
+    from landformer.forecast.evaluate import evaluate_forecaster, format_table
+
+    data = None
+    if _data_given(args):
+        data = ForecastDataConfig()
+        _apply_data_arguments(data, args)
+    elif args.covariates is not None or args.scale is not None:
+        raise UserError("--covariate and --scale go with the data they describe: give --world, --series or --pattern")
+    result = evaluate_forecaster(args.model, args.out, data=data, change_threshold=args.change_threshold)
+    print(format_table(result))
+    print(f"metrics: {result['files']['metrics']}")
+    print(f"plot: {result['files']['plot']}")
+
+
+def run_predict(args: argparse.Namespace) -> None:
+    from landformer.forecast.config import ForecastDataConfig
+    from landformer.forecast.data import resolve_series
+    from landformer.forecast.predict import predict_series
+
+    if not _data_given(args):
+        raise UserError("forecast predict needs the series to forecast from: --series, --pattern or --world")
+    data = ForecastDataConfig()
+    _apply_data_arguments(data, args)
+    spec, covariates = resolve_series(data, None, seed=0)
+    result = predict_series(
+        args.model,
+        spec,
+        covariates,
+        args.out,
+        tile=args.tile,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        panel_width=args.panel_width,
+        scale=args.scale,
+        assume_crs=args.assume_crs,
+        device=args.device,
+        prefix=args.prefix,
+    )
+    print(f"forecast {result['height']}x{result['width']} px from {', '.join(Path(p).name for p in result['inputs'])}")
+    for path in result["files"]:
+        print(f"wrote {path}")

@@ -106,23 +106,38 @@ class ForecastTaskSection:
     min_lr_ratio: float = 0.1
     teacher_forcing: float = 0.5  # scheduled-sampling probability at step 0, decaying linearly to 0
     point_loss: Literal["mse", "pinball"] = "mse"  # how the point (0.5) head is trained; see task.py
-    threads: int = 0  # torch CPU threads while training; 0: torch's default. Small models on a busy CPU: 1
+    threads: int = 1  # torch CPU threads while training; 0: torch's default. Small convolutions: 1 is fastest
 
 
 @dataclass
 class ForecastPredictSection:
     """Whole-raster inference (``forecast predict``)."""
 
-    tile: int = 256  # output block side; also the GeoTIFF block, so every write fills whole blocks
-    overlap: int = 32  # pixels shared by neighbouring tiles, cross-faded linearly
-    batch_size: int = 8  # tiles per forward pass
-    panel_blocks: int = 16  # tiles per processing panel (bounds memory for very wide rasters)
+    tile: int = 512  # output block side, a multiple of the GeoTIFF block so every write fills whole blocks
+    overlap: int = 32  # pixels shared by neighbouring tiles, cross-faded linearly (even)
+    batch_size: int = 2  # tiles per forward pass
+    panel_width: int = 8192  # widest strip of the raster processed at once; bounds memory on huge rasters
+    device: str = "cpu"  # torch device for inference: cpu, cuda, cuda:1, mps
+
+
+def tiny_train_config() -> TrainConfig:
+    """The tiny recipe's training schedule: a few hundred steps, validation every 25, early stopping."""
+    return TrainConfig(
+        max_steps=300,
+        val_every_steps=25,
+        checkpoint_every_steps=100,
+        log_every_steps=10,
+        early_stopping_patience=4,
+        loggers=["csv"],
+    )
 
 
 @dataclass
 class ForecastConfig:
+    """The whole recipe; the defaults are the tiny CPU recipe (``configs/forecast_tiny.yaml``)."""
+
     data: ForecastDataConfig = field(default_factory=ForecastDataConfig)
     model: ForecastModelSection = field(default_factory=ForecastModelSection)
     task: ForecastTaskSection = field(default_factory=ForecastTaskSection)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=tiny_train_config)
     predict: ForecastPredictSection = field(default_factory=ForecastPredictSection)

@@ -1,0 +1,280 @@
+"""``forecast predict``: forecast a whole raster of any size, tile by tile, into one GeoTIFF per horizon.
+
+**Tiling.** Output blocks of ``tile`` x ``tile`` pixels (a multiple of the GeoTIFF block, so every write fills
+whole compressed blocks) are forecast from input tiles ``overlap / 2`` pixels wider on each side, so
+neighbouring tiles share ``overlap`` pixels. There the two forecasts are cross-faded with linear weights that
+sum to one, which hides the seams a convolutional model leaves where it sees the zero padding of a tile edge.
+Each pixel's value is the weighted mean of the tiles covering it, so a model without spatial context (1x1
+kernels) gives exactly the untiled result.
+
+**Memory.** Tiles are processed row by row inside vertical panels of at most ``panel_width`` pixels; a panel
+keeps a weighted sum for two tile rows and writes a row of blocks as soon as no later tile touches it. Memory
+therefore depends on the tile, the panel width and the number of output bands, never on the raster's size. A
+panel also forecasts the tile column on each side of it (their overlap blends into its edge), which costs a
+little compute on rasters wider than one panel.
+
+Inputs are the series' last K steps; pixels where none of them is observed come out as nodata. Values are
+written in the input rasters' own units (times ``scale``), with their CRS, transform and nodata value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rasterio.windows import Window
+from tqdm import tqdm
+
+from landformer.core.errors import UserError
+from landformer.core.raster import geotiff_writer
+from landformer.forecast.data import SeriesRasters, SeriesSpec, resolve_scale
+from landformer.forecast.export import ExportedForecaster, Forecast, load_forecaster
+
+log = logging.getLogger(__name__)
+
+ForecastFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+ReadFn = Callable[[int, int, int, int], tuple[np.ndarray, np.ndarray]]
+WriteFn = Callable[[Window, np.ndarray], None]
+
+
+def blend_weights(tile: int, overlap: int) -> np.ndarray:
+    """(tile + overlap,) weights of one tile along one axis: a linear ramp over each ``overlap`` edge strip,
+    1 inside. In the strip two neighbours share, their weights sum to exactly 1."""
+    side = tile + overlap
+    if overlap == 0:
+        return np.ones(side, dtype=np.float32)
+    centres = np.arange(side) + 0.5
+    return np.minimum(1.0, np.minimum(centres / overlap, (side - centres) / overlap)).astype(np.float32)
+
+
+def check_tiling(tile: int, overlap: int, batch_size: int, panel_width: int) -> None:
+    checks = [
+        (tile >= 16, f"tile = {tile} should be at least 16 pixels"),
+        (overlap >= 0 and overlap % 2 == 0, f"overlap = {overlap} should be an even number of pixels, 0 or more"),
+        (overlap <= tile, f"overlap = {overlap} should not exceed the tile ({tile})"),
+        (batch_size >= 1, f"batch_size = {batch_size} should be at least 1"),
+        (panel_width >= tile, f"panel_width = {panel_width} should be at least one tile ({tile})"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(f"forecast predict: {message}")
+
+
+def tiled_forecast(
+    forecast: ForecastFn,
+    read: ReadFn,
+    write: WriteFn,
+    height: int,
+    width: int,
+    n_bands: int,
+    tile: int = 512,
+    overlap: int = 32,
+    batch_size: int = 2,
+    panel_width: int = 8192,
+    progress: bool = True,
+) -> dict[str, int]:
+    """Forecast a ``height`` x ``width`` raster tile by tile and hand finished blocks to ``write``.
+
+    ``read(row, col, height, width)`` returns the window's model inputs (K, C, h, w) and covariates (V, h, w)
+    with NaN outside the raster; ``forecast(inputs (N, K, C, s, s), covariates (N, V, s, s))`` returns
+    (N, n_bands, s, s); ``write(window, values (n_bands, h, w))`` receives every block exactly once, in raster
+    order within each panel. Returns how many tiles and tile pixels were forecast.
+    """
+    check_tiling(tile, overlap, batch_size, panel_width)
+    if height <= tile and width <= tile:
+        tile, overlap = max(height, width), 0  # one tile holds the raster: no padding, nothing to blend
+    half, side = overlap // 2, tile + overlap
+    ramp = blend_weights(tile, overlap)
+    weights = np.outer(ramp, ramp)
+    n_block_rows, n_block_cols = math.ceil(height / tile), math.ceil(width / tile)
+    panel_blocks = max(1, panel_width // tile)
+    panels = [(p, min(p + panel_blocks, n_block_cols)) for p in range(0, n_block_cols, panel_blocks)]
+    reach = 1 if overlap else 0  # tile columns beyond a panel whose overlap falls inside it
+    total = sum(min(p1 + reach, n_block_cols) - max(p0 - reach, 0) for p0, p1 in panels) * n_block_rows
+    bar = tqdm(total=total, desc="forecast tiles", unit="tile", disable=None if progress else True, dynamic_ncols=True)
+    # The accumulator holds block rows i-1 and i plus the overlap reaching into row i+1, while tile row i is added.
+    acc_rows = 2 * tile + half
+    n_tiles = 0
+    with bar:
+        for p0, p1 in panels:
+            col0, col1 = p0 * tile, min(p1 * tile, width)
+            j0, j1 = max(p0 - reach, 0), min(p1 + reach, n_block_cols)
+            read_col = j0 * tile - half
+            read_width = (j1 - j0) * tile + overlap
+            acc = np.zeros((n_bands + 1, acc_rows, col1 - col0), dtype=np.float32)
+            for i in range(n_block_rows):
+                inputs, covariates = read(i * tile - half, read_col, side, read_width)
+                columns = [(j, (j - j0) * tile) for j in range(j0, j1)]
+                for first in range(0, len(columns), batch_size):
+                    batch = columns[first : first + batch_size]
+                    batch_inputs = np.stack([inputs[..., offset : offset + side] for _, offset in batch])
+                    batch_covariates = np.stack([covariates[..., offset : offset + side] for _, offset in batch])
+                    predictions = forecast(batch_inputs, batch_covariates)
+                    for (j, _), prediction in zip(batch, predictions, strict=True):
+                        _accumulate(acc, prediction, weights, j * tile - half, col0, col1, tile - half)
+                    n_tiles += len(batch)
+                    bar.update(len(batch))
+                if i >= 1:
+                    _emit(acc, write, (i - 1) * tile, tile, height, col0, col1)
+                acc[:, : acc_rows - tile] = acc[:, tile:]
+                acc[:, acc_rows - tile :] = 0.0
+            _emit(acc, write, (n_block_rows - 1) * tile, tile, height, col0, col1)
+    return {"tiles": n_tiles, "tile_pixels": n_tiles * side * side}
+
+
+def _accumulate(
+    acc: np.ndarray, prediction: np.ndarray, weights: np.ndarray, tile_col: int, col0: int, col1: int, acc_row: int
+) -> None:
+    """Add one weighted tile (bands, s, s) whose left edge is global column ``tile_col`` to the panel's sums."""
+    side = weights.shape[0]
+    left, right = max(tile_col, col0), min(tile_col + side, col1)
+    if left >= right:
+        return
+    rows = slice(acc_row, acc_row + side)
+    tile_cols, acc_cols = slice(left - tile_col, right - tile_col), slice(left - col0, right - col0)
+    acc[:-1, rows, acc_cols] += prediction[:, :, tile_cols] * weights[:, tile_cols]
+    acc[-1, rows, acc_cols] += weights[:, tile_cols]
+
+
+def _emit(acc: np.ndarray, write: WriteFn, row: int, tile: int, height: int, col0: int, col1: int) -> None:
+    """Write the finished block row at the top of the accumulator (weighted sums / weights)."""
+    rows = min(tile, height - row)
+    if rows <= 0:
+        return
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = acc[:-1, :rows] / acc[-1:, :rows]
+    write(Window(col0, row, col1 - col0, rows), values)
+
+
+def forecast_bands(forecaster: ExportedForecaster) -> tuple[list[str], Callable[[Forecast], np.ndarray]]:
+    """Band names of one horizon's GeoTIFF and a function stacking a Forecast into (N, H * bands, Y, X)."""
+    names = []
+    for channel in forecaster.channel_names:
+        names.append(channel)
+        if forecaster.quantiles:
+            names += [f"{channel}_q{forecaster.quantiles[0]:g}", f"{channel}_q{forecaster.quantiles[-1]:g}"]
+
+    def stack(forecast: Forecast) -> np.ndarray:
+        parts = [forecast.point] if forecast.lower is None else [forecast.point, forecast.lower, forecast.upper]
+        per_channel = np.stack(parts, axis=3)  # (N, H, C, parts, Y, X)
+        return per_channel.reshape(per_channel.shape[0], -1, *per_channel.shape[-2:])
+
+    return names, stack
+
+
+def predict_series(
+    model: str | os.PathLike[str],
+    spec: SeriesSpec,
+    covariates: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    tile: int = 512,
+    overlap: int = 32,
+    batch_size: int = 2,
+    panel_width: int = 8192,
+    scale: float | None = None,
+    align_series: bool = True,
+    assume_crs: str | None = None,
+    device: str = "cpu",
+    prefix: str = "forecast",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Forecast the ``H`` steps after the series' last raster from its last ``K`` rasters; write
+    ``out/{prefix}_{year}.tif`` per horizon (point forecast, then the interval bounds when the model has
+    quantile heads, per channel) and return a summary."""
+    start_time = time.perf_counter()
+    check_tiling(tile, overlap, batch_size, panel_width)
+    forecaster = load_forecaster(model, device)
+    k, h = forecaster.n_input_steps, forecaster.n_horizons
+    spec.require_steps(k, "predict")
+    cadence = spec.cadence or forecaster.cadence or 1
+    if forecaster.cadence is not None and spec.cadence is not None and forecaster.cadence != spec.cadence:
+        raise UserError(
+            f"model {forecaster.source} steps {forecaster.cadence} years at a time, but the series "
+            f"{spec.paths[0].name}.. is {spec.cadence} years apart"
+        )
+    inputs_spec = SeriesSpec(spec.paths[-k:], spec.years[-k:])
+    years = [spec.years[-1] + (step + 1) * cadence for step in range(h)]
+    out = Path(out)
+    with SeriesRasters(inputs_spec, [Path(p) for p in covariates], align_series, assume_crs) as rasters:
+        forecaster.check_channels(rasters.n_channels, rasters.covariate_names, str(inputs_spec.paths[-1]))
+        scale = resolve_scale(scale, rasters.sample_max(), str(inputs_spec.paths[-1]))
+        grid = rasters.grid
+        band_names, stack = forecast_bands(forecaster)
+        per_file = len(band_names)
+        nodata = rasters.nodata if rasters.nodata is not None else float("nan")
+
+        def read(row: int, col: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+            return rasters.read_series(row, col, height, width) / np.float32(scale), rasters.read_covariates(
+                row, col, height, width
+            )
+
+        def forecast(inputs: np.ndarray, tile_covariates: np.ndarray) -> np.ndarray:
+            return stack(forecaster.forecast(inputs, tile_covariates))
+
+        paths = [out / f"{prefix}_{year}.tif" for year in years]
+        with contextlib.ExitStack() as writers:
+            outputs = [
+                writers.enter_context(
+                    geotiff_writer(
+                        path,
+                        grid.width,
+                        grid.height,
+                        per_file,
+                        np.float32,
+                        grid.transform,
+                        grid.crs,
+                        nodata=nodata,
+                        band_names=band_names,
+                        tags={
+                            "model": forecaster.source,
+                            "horizon": step + 1,
+                            "year": year,
+                            "inputs": " ".join(str(p) for p in inputs_spec.paths),
+                            "scale": scale,
+                        },
+                    )
+                )
+                for step, (path, year) in enumerate(zip(paths, years, strict=True))
+            ]
+
+            def write(window: Window, values: np.ndarray) -> None:
+                values = values * np.float32(scale)
+                if not np.isnan(nodata):
+                    values[np.isnan(values)] = nodata
+                for step, dataset in enumerate(outputs):
+                    dataset.write(values[step * per_file : (step + 1) * per_file], window=window)
+
+            counts = tiled_forecast(
+                forecast,
+                read,
+                write,
+                grid.height,
+                grid.width,
+                per_file * h,
+                tile=tile,
+                overlap=overlap,
+                batch_size=batch_size,
+                panel_width=panel_width,
+                progress=progress,
+            )
+    seconds = time.perf_counter() - start_time
+    return {
+        "files": [str(path) for path in paths],
+        "years": years,
+        "inputs": [str(path) for path in inputs_spec.paths],
+        "band_names": band_names,
+        "scale": scale,
+        "nodata": None if np.isnan(nodata) else nodata,
+        "height": grid.height,
+        "width": grid.width,
+        "seconds": round(seconds, 3),
+        "pixels_per_second": grid.height * grid.width / seconds if seconds > 0 else None,
+        **counts,
+    }
