@@ -54,11 +54,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--model", type=Path, required=True, help=MODEL_HELP)
     _add_data_arguments(predict, note=" (the last K steps are used)")
     predict.add_argument("--out", type=Path, required=True, help="folder for forecast_<year>.tif files")
-    predict.add_argument("--tile", type=int, default=512, help="output block side in pixels (a multiple of 256)")
-    predict.add_argument("--overlap", type=int, default=32, help="pixels shared by neighbouring tiles (even)")
-    predict.add_argument("--batch-size", type=int, default=2, help="tiles per forward pass")
-    predict.add_argument("--panel-width", type=int, default=8192, help="widest strip processed at once (memory)")
-    predict.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
+    recipe = " (default: the run's recipe, predict section)"
+    predict.add_argument(
+        "--tile", type=int, default=None, help="output block side in pixels, a multiple of 256" + recipe
+    )
+    predict.add_argument(
+        "--overlap", type=int, default=None, help="pixels shared by neighbouring tiles (even)" + recipe
+    )
+    predict.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass" + recipe)
+    predict.add_argument("--panel-width", type=int, default=None, help="widest strip processed at once" + recipe)
+    predict.add_argument("--device", default=None, help="torch device: cpu, cuda, cuda:1, mps" + recipe)
     predict.add_argument("--prefix", default="forecast", help="output files are PREFIX_<year>.tif")
 
 
@@ -153,6 +158,20 @@ def run_evaluate(args: argparse.Namespace) -> None:
     print(f"plot: {result['files']['plot']}")
 
 
+def predict_settings(model: Path, args: argparse.Namespace) -> Any:
+    """The predict section of the run's recipe (built-in defaults for a bare model file), with the command
+    line's values on top."""
+    from landformer.core.config import load_config
+    from landformer.forecast.config import ForecastConfig, ForecastPredictSection
+
+    recipe = (model if model.is_dir() else model.parent) / "config.yaml"
+    settings = load_config(ForecastConfig, recipe).predict if recipe.is_file() else ForecastPredictSection()
+    for name in ("tile", "overlap", "batch_size", "panel_width", "device"):
+        if getattr(args, name) is not None:
+            setattr(settings, name, getattr(args, name))
+    return settings
+
+
 def run_predict(args: argparse.Namespace) -> None:
     from landformer.forecast.config import ForecastDataConfig
     from landformer.forecast.data import resolve_series
@@ -163,18 +182,19 @@ def run_predict(args: argparse.Namespace) -> None:
     data = ForecastDataConfig()
     _apply_data_arguments(data, args)
     spec, covariates = resolve_series(data, None, seed=0)
+    settings = predict_settings(args.model, args)
     result = predict_series(
         args.model,
         spec,
         covariates,
         args.out,
-        tile=args.tile,
-        overlap=args.overlap,
-        batch_size=args.batch_size,
-        panel_width=args.panel_width,
+        tile=settings.tile,
+        overlap=settings.overlap,
+        batch_size=settings.batch_size,
+        panel_width=settings.panel_width,
         scale=args.scale,
         assume_crs=args.assume_crs,
-        device=args.device,
+        device=settings.device,
         prefix=args.prefix,
     )
     print(f"forecast {result['height']}x{result['width']} px from {', '.join(Path(p).name for p in result['inputs'])}")

@@ -415,6 +415,7 @@ class ForecastSplit:
             "n_val_blocks": int(self.val.sum()),
             "n_test_blocks": int(self.test.sum()),
             "test_blocks": [[int(i), int(j)] for i, j in zip(*np.nonzero(self.test), strict=True)],
+            "val_blocks": [[int(i), int(j)] for i, j in zip(*np.nonzero(self.val), strict=True)],
         }
 
 

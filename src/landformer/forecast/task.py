@@ -27,9 +27,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from landformer.core.errors import UserError
 from landformer.core.io import load_torch, write_json
 from landformer.core.task import BaseTask
-from landformer.core.train import fit, prepare_run, seed_everything
+from landformer.core.train import fit, last_checkpoint, prepare_run, seed_everything
 from landformer.forecast.config import ForecastConfig
 from landformer.forecast.data import (
     ForecastData,
@@ -224,6 +225,12 @@ def train_forecaster(
     start_time = time.perf_counter()
     run_dir = Path(run_dir)
     config.data.validate()
+    if resume is False and last_checkpoint(run_dir) is not None:
+        # Checked here as well as in fit(), before config.yaml and run.json of that run are overwritten.
+        raise UserError(
+            f"{run_dir} already holds a training run (checkpoints/last.ckpt): resume it (--resume) or choose "
+            "another run folder"
+        )
     prepare_run(run_dir, config, "forecast")
     spec, covariates = resolve_series(config.data, run_dir, config.train.seed)
     data = load_forecast_data(config.data, spec, covariates)
