@@ -18,6 +18,7 @@ Writes ``benchmarks/results/bench_landcover_decoding.json`` (atomically) and pri
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -159,6 +160,7 @@ def main() -> int:
     model = LandCoverRandAR(config).to(device).eval()
 
     t0 = time.perf_counter()
+    load_before = os.getloadavg()[0]
     sampling = bench_sampling(model, args.batch, args.repeats, device)
     gibbs = bench_gibbs(model, args.chains, args.block, config.chip_size, args.repeats, device)
     training = {
@@ -231,6 +233,7 @@ def main() -> int:
         "machine": f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} cores, {platform.system()}",
         "device": str(device),
         "torch_threads": args.threads,
+        "load_average_1m": {"start": load_before, "end": os.getloadavg()[0]},
         "torch": torch.__version__,
         "quick": args.quick,
         "model": {
@@ -262,7 +265,7 @@ def main() -> int:
     for row in summary:
         value, baseline, ratio = row["value"], row["baseline"], row["ratio"]
         print(f"{row['metric']:<60} {value:>10.2f} {row['unit']:<15} {baseline:>10.2f} {ratio:>7.2f}x")
-    print(f"wrote {args.out}")
+    print(f"load average (1 min) {load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end; wrote {args.out}")
     return 0
 
 
