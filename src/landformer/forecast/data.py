@@ -549,8 +549,11 @@ class ForecastData:
         }
 
 
-def resolve_scale(config_scale: float | None, observed_max: float, source: str) -> float:
-    return float(config_scale) if config_scale is not None else detect_scale(observed_max, source)
+def resolve_scale(scale: float | None, rasters: SeriesRasters) -> float:
+    """``scale`` when given, else detected from a sample of the series' last raster."""
+    if scale is not None:
+        return float(scale)
+    return detect_scale(rasters.sample_max(), str(rasters.spec.paths[-1]))
 
 
 def load_forecast_data(config: ForecastDataConfig, spec: SeriesSpec, covariates: Sequence[Path]) -> ForecastData:
@@ -586,7 +589,7 @@ def load_forecast_data(config: ForecastDataConfig, spec: SeriesSpec, covariates:
         if len(val) == 0:
             raise UserError("forecast data: no validation chip has enough valid pixels (raise data.max_nodata)")
         observed_max = float(np.nanmax(train.values)) if np.isfinite(train.values).any() else math.nan
-        scale = resolve_scale(config.scale, observed_max, str(spec.paths[0]))
+        scale = float(config.scale) if config.scale is not None else detect_scale(observed_max, str(spec.paths[0]))
         train.values /= np.float32(scale)
         val.values /= np.float32(scale)
         held_in = train.values[:, : spec.n_steps - 1]  # the normalizer never sees the held-out last step

@@ -81,7 +81,7 @@ def evaluate_forecaster(
     with SeriesRasters(spec, covariates, align, assume_crs) as rasters:
         forecaster.check_channels(rasters.n_channels, rasters.covariate_names, str(spec.paths[0]))
         grid = rasters.grid
-        scale = resolve_scale(scale_setting, rasters.sample_max(), str(spec.paths[-1]))
+        scale = resolve_scale(scale_setting, rasters)
         split = ForecastSplit.make(grid.height, grid.width, source=str(spec.paths[0]), **settings)
         if data is None and split.to_dict()["test_blocks"] != recorded["split"]["test_blocks"]:
             raise UserError(

@@ -204,7 +204,7 @@ def predict_series(
     out = Path(out)
     with SeriesRasters(inputs_spec, [Path(p) for p in covariates], align_series, assume_crs) as rasters:
         forecaster.check_channels(rasters.n_channels, rasters.covariate_names, str(inputs_spec.paths[0]))
-        scale = resolve_scale(scale, rasters.sample_max(), str(inputs_spec.paths[-1]))
+        scale = resolve_scale(scale, rasters)
         grid = rasters.grid
         band_names, stack = forecast_bands(forecaster)
         per_file = len(band_names)
