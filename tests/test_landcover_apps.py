@@ -1,0 +1,195 @@
+"""Land-cover applications on a tiny random model with 8x8 chips: invariants that must hold for any weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from affine import Affine
+
+from landformer.core.errors import UserError
+from landformer.core.legend import Legend, load_legend
+from landformer.landcover import apps, evaluate
+from landformer.landcover.model import LandCoverConfig, LandCoverRandAR, random_orders
+
+SIZE = 8
+
+
+@pytest.fixture(scope="module")
+def legend() -> Legend:
+    return load_legend("nlcd")
+
+
+@pytest.fixture(scope="module")
+def model(legend: Legend) -> LandCoverRandAR:
+    torch.manual_seed(0)
+    config = LandCoverConfig(n_classes=legend.n_classes, chip_size=SIZE, n_layers=2, n_heads=2, dim=32)
+    model = LandCoverRandAR(config).eval()
+    with torch.no_grad():  # sharper logits than the initialisation, so samples are far from uniform
+        for param in model.parameters():
+            if param.dim() >= 1 and param.numel() > 1 and not torch.all(param == 1):
+                param.normal_(0, 0.3)
+    return model
+
+
+def labels_with_nodata(n: int, n_classes: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, n_classes, size=(n, SIZE, SIZE))
+    labels[rng.random(labels.shape) < 0.1] = -1
+    return labels
+
+
+def test_window_starts() -> None:
+    assert apps.window_starts(20, 8, 4) == [0, 4, 8, 12]
+    assert apps.window_starts(18, 8, 4) == [0, 4, 8, 10]  # the last window ends at the edge
+    assert apps.window_starts(8, 8, 4) == [0]
+    with pytest.raises(UserError, match="does not fit"):
+        apps.window_starts(6, 8, 4)
+    with pytest.raises(UserError, match="overlap"):
+        apps.window_starts(20, 8, 8)
+
+
+def test_gibbs_stays_in_legend_and_keeps_fixed_cells(model: LandCoverRandAR, legend: Legend, tmp_path) -> None:
+    start = labels_with_nodata(3, legend.n_classes, seed=1)
+    fixed = np.zeros_like(start, dtype=bool)
+    fixed[:, :2, :] = True
+    run = apps.gibbs_chains(model, start, sweeps=3, block_size=4, fixed=fixed, seed=5)
+    assert run.frames.shape == (4, 3, SIZE, SIZE)
+    np.testing.assert_array_equal(run.frames[0], start)
+    later = run.frames[1:]
+    valid = later >= 0
+    assert later[valid].max() < legend.n_classes
+    np.testing.assert_array_equal(later < 0, np.broadcast_to(start < 0, later.shape))  # nodata never changes
+    np.testing.assert_array_equal(later[:, fixed], np.broadcast_to(start[fixed], later[:, fixed].shape))
+    assert not np.array_equal(later[-1], start)  # the free cells did move
+    for frame, fractions in zip(run.frames, run.class_fractions, strict=True):
+        counts = np.bincount(frame[frame >= 0], minlength=legend.n_classes)
+        np.testing.assert_allclose(fractions, counts / counts.sum())
+    again = apps.gibbs_chains(model, start, sweeps=3, block_size=4, fixed=fixed, seed=5)
+    np.testing.assert_array_equal(again.frames, run.frames)
+
+    paths = apps.write_gibbs(run, legend, tmp_path)
+    with np.load(paths["frames"]) as stored:
+        np.testing.assert_array_equal(stored["frames"], run.frames)
+    assert paths["gif"].stat().st_size > 0 and paths["fractions_png"].stat().st_size > 0
+
+
+def test_noise_start_keeps_nodata() -> None:
+    labels = labels_with_nodata(2, 6, seed=2)
+    noise = apps.noise_start(labels, 6, seed=0)
+    np.testing.assert_array_equal(noise < 0, labels < 0)
+    assert noise.max() < 6
+
+
+def test_development_probability_over_several_windows(model: LandCoverRandAR, legend: Legend, tmp_path) -> None:
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, legend.n_classes, size=(12, 20))
+    labels[0, :5] = -1
+    reimagine = np.zeros_like(labels, dtype=bool)
+    reimagine[3:10, 4:17] = True  # spans several 8x8 windows
+    result = apps.development_probability(
+        model, legend, labels, reimagine, n_samples=5, batch_size=2, keep_samples=5, steps=4, seed=1
+    )
+    probability = result.probability
+    assert probability.shape == labels.shape
+    developed = np.isin(labels, legend.group_indices("developed"))
+    kept = ~reimagine & (labels >= 0)
+    np.testing.assert_array_equal(probability[kept], developed[kept].astype(np.float32))
+    assert np.isnan(probability[(labels < 0) & ~reimagine]).all()
+    inside = probability[reimagine]
+    assert ((inside >= 0) & (inside <= 1)).all()
+    # With every sample kept, the probability is the share of developed samples, pixel by pixel.
+    assert result.samples.shape == (5, 12, 20)
+    share = np.isin(result.samples, legend.group_indices("developed")).mean(axis=0)
+    np.testing.assert_allclose(probability[reimagine], share[reimagine], atol=1e-6)
+    np.testing.assert_array_equal(result.samples[:, kept], np.broadcast_to(labels[kept], (5, int(kept.sum()))))
+    assert (result.samples[:, reimagine] >= 0).all()
+    assert result.windows == [(r, c) for r in (0, 4) for c in (0, 4, 8, 12)]  # windows with nothing new skipped
+
+    transform = Affine(30.0, 0, 500_000.0, 0, -30.0, 4_000_000.0)
+    paths = apps.write_development_probability(result, legend, labels, reimagine, tmp_path, transform, "EPSG:5070")
+    import rasterio
+
+    with rasterio.open(paths["geotiff"]) as dataset:
+        assert dataset.transform == transform
+        assert dataset.crs.to_epsg() == 5070
+        np.testing.assert_array_equal(dataset.read(1), probability)
+    assert paths["panel"].stat().st_size > 0
+
+
+def test_development_probability_bad_input(model: LandCoverRandAR, legend: Legend) -> None:
+    labels = np.zeros((SIZE, SIZE), dtype=np.int64)
+    with pytest.raises(UserError, match="empty"):
+        apps.development_probability(model, legend, labels, np.zeros_like(labels, dtype=bool))
+    with pytest.raises(UserError, match="at least the model's 8x8 chip"):
+        apps.development_probability(model, legend, labels[:4], np.ones((4, SIZE), dtype=bool))
+
+
+def test_panorama_keeps_drawn_cells_and_has_the_asked_size(model: LandCoverRandAR, legend: Legend, tmp_path) -> None:
+    result = apps.panorama(model, width=22, height=12, n=2, steps=4, seed=2)
+    assert result.maps.shape == (2, 12, 22)
+    assert result.maps.min() >= 0 and result.maps.max() < legend.n_classes
+    assert result.windows == [(r, c) for r in (0, 4) for c in (0, 4, 8, 12, 14)]
+    # Once a cell is drawn, no later window changes it: the overlap is kept exactly.
+    for before, after in zip(result.frames, result.frames[1:], strict=False):
+        drawn = before >= 0
+        np.testing.assert_array_equal(after[drawn], before[drawn])
+    np.testing.assert_array_equal(result.frames[-1], result.maps)
+    again = apps.panorama(model, width=22, height=12, n=2, steps=4, seed=2)
+    np.testing.assert_array_equal(again.maps, result.maps)
+    paths = apps.write_panorama(result, legend, tmp_path)
+    assert paths["gif"].stat().st_size > 0
+    with pytest.raises(UserError, match="at least"):
+        apps.panorama(model, width=6)
+
+
+def test_chip_representations_are_what_the_head_reads(model: LandCoverRandAR) -> None:
+    labels = torch.as_tensor(labels_with_nodata(3, model.config.n_classes, seed=4))
+    representation = apps.chip_representations(model, labels, seed=7)
+    assert representation.shape == (3, model.config.dim)
+    order = random_orders(3, SIZE * SIZE, torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        logits, _ = model(labels, order)
+        # The head is linear without bias, so it maps the mean hidden state to the mean of the logits.
+        torch.testing.assert_close(model.head(representation), logits.mean(dim=1), rtol=1e-4, atol=1e-5)
+
+
+def test_embedding_points_and_pca_plot(model: LandCoverRandAR, legend: Legend, tmp_path) -> None:
+    classes = apps.embedding_points(model, legend, "classes")
+    np.testing.assert_array_equal(classes.vectors, model.class_embedding.weight[: legend.n_classes].detach().numpy())
+    positions = apps.embedding_points(model, legend, "positions")
+    assert positions.vectors.shape == (SIZE * SIZE, model.config.dim)
+    result = apps.embed_plot(model, legend, "classes", tmp_path)
+    assert result.method == "pca" and "too few" in result.note  # 20 classes: PCA stands in for UMAP
+    assert result.coords.shape == (legend.n_classes, 2)
+    centred = classes.vectors - classes.vectors.mean(axis=0)
+    top = np.linalg.svd(centred, full_matrices=False)[2][:2]
+    np.testing.assert_allclose(np.abs(result.coords), np.abs(centred @ top.T), rtol=1e-4, atol=1e-5)
+    assert result.paths["png"].stat().st_size > 0
+    with pytest.raises(UserError, match="needs chips"):
+        apps.embedding_points(model, legend, "chips")
+
+
+@pytest.mark.slow
+def test_embed_plot_umap_on_positions(model: LandCoverRandAR, legend: Legend, tmp_path) -> None:
+    result = apps.embed_plot(model, legend, "positions", tmp_path, method="auto")
+    assert result.method == "umap" and result.coords.shape == (SIZE * SIZE, 2)
+    assert np.isfinite(result.coords).all()
+
+
+def test_sample_realism_report(model: LandCoverRandAR, legend: Legend, tmp_path) -> None:
+    reference = labels_with_nodata(6, legend.n_classes, seed=5)
+    result = apps.sample_realism(model, reference, n=4, steps_list=[None, 4], batch_size=3, seed=0)
+    assert set(result.report) == {"sequential", "parallel_4", "shuffled_baseline"}
+    for name, samples in result.samples.items():
+        assert samples.shape == (4, SIZE, SIZE) and samples.min() >= 0 and samples.max() < legend.n_classes
+        means = evaluate.mean_landscape_metrics(samples, legend.n_classes)
+        for metric in evaluate.LANDSCAPE_METRICS:
+            assert result.report[name][metric]["value"] == pytest.approx(means[metric], nan_ok=True)
+    summary = result.summary()
+    assert summary["settings"]["sequential"]["max_gap_to_sequential"] == 0
+    seq, par = (apps.generate_samples(model, 4, steps, batch_size=3, seed=0)[0] for steps in (None, 4))
+    np.testing.assert_array_equal(seq, result.samples["sequential"])  # a seed reproduces the samples
+    np.testing.assert_array_equal(par, result.samples["parallel_4"])
+    paths = apps.write_realism(result, legend, tmp_path, columns=2)
+    assert paths["panel"].stat().st_size > 0
