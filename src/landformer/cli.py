@@ -32,6 +32,21 @@ def add_group(subparsers: argparse._SubParsersAction, name: str, help: str) -> a
     return parser.add_subparsers(title="commands", metavar="COMMAND")
 
 
+def add_recipe_arguments(parser: argparse.ArgumentParser, default_note: str) -> None:
+    """``--config`` (a recipe YAML) and repeatable ``--set key=value`` overrides, the same on every command."""
+    from pathlib import Path
+
+    parser.add_argument("--config", type=Path, default=None, help=f"recipe YAML (default: {default_note})")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one recipe value, e.g. --set train.max_steps=100 (repeatable)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from landformer import demo
     from landformer.core import cli as core_cli

@@ -123,6 +123,17 @@ def from_dict(cls: type[T], data: dict[str, Any], source: str = "config", prefix
     return cls(**kwargs)
 
 
+def check_values(section: str, checks: typing.Iterable[tuple[bool, str]]) -> None:
+    """Raise a UserError ``"<section>: <message>"`` for the first check that fails.
+
+    Config dataclasses call this from ``__post_init__`` with ``(condition, message)`` pairs so every range
+    check reads as one line and every error names its section and value.
+    """
+    for ok, message in checks:
+        if not ok:
+            raise UserError(f"{section}: {message}")
+
+
 def to_dict(config: Any) -> dict[str, Any]:
     """A plain, YAML-friendly dict of a config dataclass (Paths become strings, tuples lists)."""
 
