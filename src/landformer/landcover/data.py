@@ -1,0 +1,227 @@
+"""Chips as model inputs: class labels, z-scored covariates, training orders, and a resumable data stream.
+
+The chip file contract (``core/chips.py``): ``(N, C, H, W)``, channel 0 class indices (-1 nodata), channels
+1.. covariates such as elevation (NaN nodata). The model sees labels as a LongTensor and covariates z-scored with
+the training split's statistics, NaN replaced by 0 (the mean), so a missing elevation pixel reads as "average".
+
+Training randomness lives in the data, not in the model: sample number ``i`` of the run (counted over the whole
+run, across epochs) always gets the same chip, the same flip/rotation and the same visiting order, all derived
+from ``(seed, i)``. A run resumed at step s therefore continues with sample ``s * batch_size`` and sees exactly
+the batches the uninterrupted run would have seen, so resuming is exact, not just "close".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, Sampler
+
+from landformer.core.chips import ChipSet
+from landformer.core.errors import UserError
+from landformer.landcover.export import CovariateStats, LoadedModel
+
+
+def _stats_of(loaded_or_stats: LoadedModel | CovariateStats | None) -> CovariateStats:
+    if loaded_or_stats is None:
+        return CovariateStats()
+    if isinstance(loaded_or_stats, LoadedModel):
+        return loaded_or_stats.covariate_stats
+    return loaded_or_stats
+
+
+def model_inputs(
+    chips_array: np.ndarray, loaded_or_stats: LoadedModel | CovariateStats | None
+) -> tuple[Tensor, Tensor | None]:
+    """(N, C, H, W) chips -> labels (N, H, W) int64 and z-scored covariates (N, c, H, W) float32 or None.
+
+    ``c`` is the number of covariate channels the model (or the statistics) expect; the chips' further channels
+    are ignored. NaN covariates become 0 after scaling.
+    """
+    chips_array = np.asarray(chips_array)
+    if chips_array.ndim == 3:
+        chips_array = chips_array[:, None]
+    if chips_array.ndim != 4:
+        raise UserError(f"chips should be (N, C, H, W), got shape {chips_array.shape}")
+    classes = chips_array[:, 0]
+    if classes.dtype.kind == "f":
+        classes = np.where(np.isfinite(classes), classes, -1)
+    labels = torch.from_numpy(np.ascontiguousarray(classes).astype(np.int64))
+    stats = _stats_of(loaded_or_stats)
+    if stats.n_channels == 0:
+        return labels, None
+    if chips_array.shape[1] < 1 + stats.n_channels:
+        raise UserError(
+            f"chips have {chips_array.shape[1] - 1} covariate channel(s); the model needs {stats.n_channels}"
+        )
+    raw = chips_array[:, 1 : 1 + stats.n_channels].astype(np.float32)
+    mean = np.asarray(stats.mean, dtype=np.float32)[None, :, None, None]
+    std = np.asarray(stats.std, dtype=np.float32)[None, :, None, None]
+    scaled = np.nan_to_num((raw - mean) / std, nan=0.0, posinf=0.0, neginf=0.0)
+    return labels, torch.from_numpy(scaled)
+
+
+def lonlat_inputs(coords: np.ndarray) -> Tensor:
+    """(N, 2) lon/lat degrees of chip centres as float32."""
+    return torch.from_numpy(np.asarray(coords, dtype=np.float32).reshape(-1, 2))
+
+
+def dihedral(array: Tensor, k: int) -> Tensor:
+    """One of the 8 symmetries of the square on the last two axes: k % 4 quarter turns, then a flip if k >= 4."""
+    array = torch.rot90(array, k % 4, dims=(-2, -1))
+    return array.flip(-1) if k >= 4 else array
+
+
+def _sample_generator(seed: int, index: int) -> torch.Generator:
+    """A generator for sample ``index`` of a run: reproducible, independent of what came before."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + index) % (2**63))
+
+
+@dataclass
+class ChipTensors:
+    """One split of a chip file as model inputs."""
+
+    labels: Tensor  # (N, H, W) int64
+    covariates: Tensor | None  # (N, c, H, W) float32
+    lonlat: Tensor | None  # (N, 2) float32
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    @classmethod
+    def from_chips(
+        cls,
+        chips: ChipSet,
+        split: str,
+        stats: CovariateStats | LoadedModel | None,
+        use_lonlat: bool,
+        limit: int | None = None,
+    ) -> ChipTensors:
+        """``split`` is "train" or "test"; ``limit`` keeps the first chips only."""
+        data = chips.train_data if split == "train" else chips.test_data
+        coords = chips.train_coords if split == "train" else chips.test_coords
+        if limit is not None:
+            data, coords = data[:limit], coords[:limit]
+        labels, covariates = model_inputs(data, stats)
+        return cls(labels, covariates, lonlat_inputs(coords) if use_lonlat else None)
+
+
+class ChipDataset(Dataset):
+    """Items are dicts of ``labels``, ``order`` and, when used, ``covariates`` and ``lonlat``.
+
+    Item ``i`` is chip ``i % len`` with a symmetry (when ``augment``), a visiting order and whether to drop the
+    conditioning (with probability ``cond_dropout``, for classifier-free guidance) all drawn from ``(seed, i)``:
+    in training ``i`` is a run-sample number from :class:`RunSampler`, in evaluation the chip's own index, so
+    every chip keeps one fixed order and validation losses are comparable over time.
+    """
+
+    def __init__(
+        self, tensors: ChipTensors, seed: int, augment: bool, order: str = "random", cond_dropout: float = 0.0
+    ) -> None:
+        if len(tensors) == 0:
+            raise UserError("no chips to train or validate on (the chip file's split is empty)")
+        self.tensors = tensors
+        self.seed = seed
+        self.augment = augment
+        self.order = order
+        self.cond_dropout = cond_dropout
+        self.n_cells = tensors.labels.shape[1] * tensors.labels.shape[2]
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        generator = _sample_generator(self.seed, index)
+        chip = index % len(self.tensors)
+        symmetry = int(torch.randint(8, (1,), generator=generator)) if self.augment else 0
+        item = {"labels": dihedral(self.tensors.labels[chip], symmetry)}
+        if self.tensors.covariates is not None:
+            item["covariates"] = dihedral(self.tensors.covariates[chip], symmetry)
+        if self.tensors.lonlat is not None:
+            item["lonlat"] = self.tensors.lonlat[chip]
+        if self.order == "random":
+            item["order"] = torch.randperm(self.n_cells, generator=generator)
+        else:
+            item["order"] = torch.arange(self.n_cells)
+        if self.cond_dropout > 0:
+            item["drop_cond"] = torch.rand((), generator=generator) < self.cond_dropout
+        return item
+
+
+class RunSampler(Sampler[int]):
+    """Run-sample numbers ``start, start + 1, ...`` mapped to chips through a fresh permutation per epoch.
+
+    Number i is chip ``perm_e[i % n]`` with ``e = i // n`` and ``perm_e`` drawn from ``(seed, e)``; the dataset
+    receives ``e * n + perm_e[i % n]`` so it can tell the chip (mod n) and still draw per-sample randomness.
+    """
+
+    def __init__(self, n_chips: int, total: int, seed: int, start: int = 0) -> None:
+        self.n_chips = n_chips
+        self.total = total
+        self.seed = seed
+        self.start = start
+
+    def __len__(self) -> int:
+        return max(0, self.total - self.start)
+
+    def __iter__(self) -> Iterator[int]:
+        epoch, permutation = -1, torch.empty(0, dtype=torch.long)
+        for i in range(self.start, self.total):
+            if i // self.n_chips != epoch:
+                epoch = i // self.n_chips
+                permutation = torch.randperm(self.n_chips, generator=_sample_generator(self.seed + 7919, epoch))
+            yield epoch * self.n_chips + int(permutation[i % self.n_chips])
+
+
+def collate(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    return {key: torch.stack([item[key] for item in items]) for key in items[0]}
+
+
+def training_loader(
+    tensors: ChipTensors,
+    batch_size: int,
+    total_steps: int,
+    seed: int,
+    start_step: int = 0,
+    augment: bool = True,
+    order: str = "random",
+    cond_dropout: float = 0.0,
+    num_workers: int = 0,
+) -> torch.utils.data.DataLoader:
+    """Batches for optimiser steps ``start_step .. total_steps - 1``: the same batches whatever the start."""
+    from torch.utils.data import DataLoader
+
+    dataset = ChipDataset(tensors, seed, augment, order, cond_dropout)
+    sampler = RunSampler(len(tensors), total_steps * batch_size, seed, start_step * batch_size)
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=num_workers, drop_last=True
+    )
+
+
+def evaluation_loader(
+    tensors: ChipTensors, batch_size: int, seed: int, order: str = "random"
+) -> torch.utils.data.DataLoader:
+    """Chips in file order, each with a fixed visiting order, so validation losses are comparable over time."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(ChipDataset(tensors, seed, augment=False, order=order), batch_size=batch_size, collate_fn=collate)
+
+
+def class_entropy_bits(labels: np.ndarray, n_classes: int) -> float:
+    """Entropy in bits of the class frequencies of ``labels`` (nodata left out): the i.i.d. coding baseline."""
+    valid = labels[labels >= 0].astype(np.int64)
+    if valid.size == 0:
+        return math.nan
+    counts = np.bincount(valid, minlength=n_classes).astype(np.float64)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def default_chips_path(run_dir: Path) -> Path:
+    """Where ``landcover train`` writes the chips it builds from a world."""
+    return Path(run_dir) / "chips.npz"

@@ -1,0 +1,242 @@
+"""``landcover train``: chips (given, cut from a world, or from a synthetic world built on the spot) -> a run folder.
+
+A run folder holds::
+
+    RUN/config.yaml, run.json        the resolved recipe and how the run was started (core/train.py)
+    RUN/world/, RUN/chips.npz        the synthetic world and its chips, when no data was given
+    RUN/checkpoints/                 last.ckpt (resume), best.ckpt (lowest validation loss), periodic ones
+    RUN/samples/gen_*.png, gt_*.png, pred_*.png   pictures written while training
+    RUN/model.safetensors + model.json            the best weights, ready for sample/inpaint/perplexity/...
+    RUN/train_summary.json           steps, losses, throughput, paths
+
+Validation runs on the test split of the chips (its first ``data.val_chips`` chips, each in a fixed random order),
+so ``val/loss`` is the held-out negative log-likelihood in nats per pixel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from landformer.core.chips import ChipConfig, ChipSet, load_chips, make_chips
+from landformer.core.errors import UserError
+from landformer.core.io import load_torch, write_json
+from landformer.core.legend import load_legend
+from landformer.core.train import fit, last_checkpoint, prepare_run, seed_everything
+from landformer.landcover.config import LandCoverRecipe
+from landformer.landcover.data import ChipTensors, default_chips_path, evaluation_loader, training_loader
+from landformer.landcover.export import CovariateStats, save_model
+from landformer.landcover.model import LandCoverConfig
+from landformer.landcover.task import LandCoverTask, SampleImages, Throughput
+
+VAL_ORDER_SEED = 12345  # fixed visiting orders of the validation chips: losses comparable across runs
+
+
+def chips_from_world(
+    world_folder: Path, out: Path, chip_size: int, stride: int, test_fraction: float, elevation: bool, seed: int
+) -> Path:
+    """Cut a chip file from a synthetic world's land cover (NLCD legend), with its DEM as channel 1 if asked."""
+    from landformer.synth.world import load_world
+
+    world = load_world(world_folder)
+    config = ChipConfig(
+        class_raster=world.landcover,
+        covariates=[world.elevation] if elevation else [],
+        legend="nlcd",
+        chip_size=chip_size,
+        stride=stride,
+        test_fraction=test_fraction,
+        seed=seed,
+    )
+    return make_chips(config, out)
+
+
+def resolve_chips(recipe: LandCoverRecipe, run_dir: Path) -> Path:
+    """The chip file to train on: the recipe's, one cut from its world, or one cut from a world built in RUN.
+
+    Chips built here are kept in the run folder and reused on resume, so a resumed run sees the same data.
+    """
+    data = recipe.data
+    if data.chips is not None:
+        return Path(data.chips)
+    out = default_chips_path(run_dir)
+    if out.is_file():
+        return out
+    world = data.world
+    if world is None:
+        from landformer.synth.world import make_world
+
+        world = run_dir / "world"
+        if not (world / "world.json").is_file():
+            seed = recipe.train.seed if data.world_seed is None else data.world_seed
+            print(f"building a {data.world_size} px synthetic world in {world}")
+            make_world(world, size=data.world_size, seed=seed)
+    return chips_from_world(
+        Path(world), out, data.chip_size, data.stride, data.test_fraction, data.covariates, recipe.train.seed
+    )
+
+
+def chips_legend(chips: ChipSet, legend_name: str | None, source: Path):
+    """The chips' legend; a file without one (the original 4-array format) needs ``data.legend``."""
+    if "legend" in chips.metadata:
+        legend = chips.legend
+        if legend_name is not None and load_legend(legend_name).codes != legend.codes:
+            raise UserError(f"chip file {source} records legend '{legend.name}', but data.legend = {legend_name!r}")
+        return legend
+    if legend_name is None:
+        raise UserError(f"chip file {source} records no legend: set data.legend (e.g. --set data.legend=nlcd)")
+    return load_legend(legend_name)
+
+
+def check_training_chips(chips: ChipSet, n_classes: int, source: Path, covariates: bool) -> None:
+    """Class indices inside the legend in both splits; covariate channels present when asked for."""
+    for name, data in (("train_data", chips.train_data), ("test_data", chips.test_data)):
+        if data.size == 0:
+            continue
+        classes = data[:, 0]
+        finite = classes[np.isfinite(classes)] if classes.dtype.kind == "f" else classes
+        bad = np.unique(finite[(finite < -1) | (finite >= n_classes)])
+        if bad.size:
+            raise UserError(
+                f"chip file {source}: {name} holds class values {bad[:10].tolist()} outside the legend's "
+                f"indices -1..{n_classes - 1}"
+            )
+    if len(chips.train_data) == 0:
+        raise UserError(f"chip file {source} has no training chips")
+    if covariates and chips.train_data.shape[1] < 2:
+        raise UserError(f"data.covariates is true but chip file {source} has only the class channel")
+
+
+def model_config_for(
+    recipe: LandCoverRecipe, n_classes: int, chip_size: int, covariate_channels: int
+) -> LandCoverConfig:
+    """The model shape of the recipe with what the data decide: classes, chip size, covariate channels."""
+    section = dataclasses.asdict(recipe.model)
+    return LandCoverConfig(n_classes=n_classes, chip_size=chip_size, covariate_channels=covariate_channels, **section)
+
+
+def _resume_step(run_dir: Path, resume: bool | str | os.PathLike[str]) -> int:
+    """The optimiser step a resumed run continues from (0 for a fresh run)."""
+    if resume is False:
+        return 0
+    path = last_checkpoint(run_dir) if resume is True else Path(resume)
+    if path is None:
+        raise UserError(f"cannot resume: no checkpoint {run_dir / 'checkpoints' / 'last.ckpt'} (train first)")
+    return int(load_torch(path, "checkpoint to resume from")["global_step"])
+
+
+def train_landcover(
+    recipe: LandCoverRecipe, run_dir: str | os.PathLike[str], resume: bool | str | os.PathLike[str] = False
+) -> dict[str, Any]:
+    """Train on the recipe's chips, export the best weights to ``RUN/model.safetensors``; returns a summary
+    (also written to ``RUN/train_summary.json``)."""
+    start_time = time.perf_counter()
+    run_dir = Path(run_dir)
+    recipe.validate()
+    if resume is False and last_checkpoint(run_dir) is not None:
+        # Checked before config.yaml and run.json of the earlier run are overwritten (fit() checks too late).
+        raise UserError(
+            f"{run_dir} already holds a training run (checkpoints/last.ckpt): resume it (--resume) or choose "
+            "another run folder"
+        )
+    start_step = _resume_step(run_dir, resume)
+    prepare_run(run_dir, recipe, "landcover")
+    chips_path = resolve_chips(recipe, run_dir)
+    chips = load_chips(chips_path)
+    legend = chips_legend(chips, recipe.data.legend, chips_path)
+    check_training_chips(chips, legend.n_classes, chips_path, recipe.data.covariates)
+    n_covariates = chips.train_data.shape[1] - 1 if recipe.data.covariates else 0
+    stats = CovariateStats.fit(chips.train_data[:, 1 : 1 + n_covariates]) if n_covariates else CovariateStats()
+    model_config = model_config_for(recipe, legend.n_classes, chips.chip_size, n_covariates)
+
+    use_lonlat = recipe.model.use_lonlat
+    train_tensors = ChipTensors.from_chips(chips, "train", stats, use_lonlat)
+    has_test = len(chips.test_data) > 0
+    val_tensors = ChipTensors.from_chips(chips, "test" if has_test else "train", stats, use_lonlat)
+    val_tensors = ChipTensors(
+        val_tensors.labels[: recipe.data.val_chips],
+        val_tensors.covariates[: recipe.data.val_chips] if val_tensors.covariates is not None else None,
+        val_tensors.lonlat[: recipe.data.val_chips] if val_tensors.lonlat is not None else None,
+    )
+    train = recipe.train
+    batch = recipe.data.batch_size
+    conditional = n_covariates > 0 or use_lonlat
+    train_loader = training_loader(
+        train_tensors,
+        batch,
+        train.max_steps * train.accumulate_grad_batches,
+        train.seed,
+        start_step * train.accumulate_grad_batches,
+        augment=recipe.data.augment,
+        order=model_config.order,
+        cond_dropout=model_config.cond_dropout if conditional else 0.0,
+        num_workers=recipe.data.num_workers,
+    )
+    val_loader = evaluation_loader(val_tensors, batch, VAL_ORDER_SEED, model_config.order) if has_test else None
+
+    if recipe.task.threads:
+        torch.set_num_threads(recipe.task.threads)
+    seed_everything(train.seed)
+    task = LandCoverTask(
+        dataclasses.asdict(model_config),
+        lr=recipe.task.lr,
+        weight_decay=recipe.task.weight_decay,
+        warmup_steps=recipe.task.warmup_steps,
+        max_steps=train.max_steps,
+        min_lr_ratio=recipe.task.min_lr_ratio,
+    )
+    n_images = min(recipe.images.n, len(val_tensors))
+    image_chips = ChipTensors(
+        val_tensors.labels[:n_images],
+        val_tensors.covariates[:n_images] if val_tensors.covariates is not None else None,
+        val_tensors.lonlat[:n_images] if val_tensors.lonlat is not None else None,
+    )
+    throughput = Throughput()
+    images = SampleImages(
+        run_dir / "samples",
+        image_chips,
+        legend,
+        recipe.images.every_steps,
+        recipe.images.steps,
+        recipe.images.temperature,
+        train.seed,
+    )
+    result = fit(task, (train_loader, val_loader), train, run_dir, resume=resume, callbacks=[throughput, images])
+
+    checkpoint = result.best_checkpoint or result.last_checkpoint
+    assert checkpoint is not None, "fit() always leaves last.ckpt"
+    state = load_torch(checkpoint)["state_dict"]
+    task.load_state_dict(state)
+    extra = {
+        "global_step": result.global_step,
+        "checkpoint": str(checkpoint),
+        "chips": str(Path(chips_path).resolve()),
+        "val_loss": result.metrics.get("val/loss"),
+        "use_lonlat": use_lonlat,
+    }
+    model_file = save_model(task.model.cpu(), legend, run_dir, extra, chips.channel_names, stats)
+    summary = {
+        "run_dir": str(run_dir),
+        "model": str(model_file),
+        "chips": str(chips_path),
+        "checkpoint": str(checkpoint),
+        "global_step": result.global_step,
+        "metrics": result.metrics,
+        "val_loss_nats": result.metrics.get("val/loss"),
+        "val_bits_per_pixel": result.metrics.get("val/bits_per_pixel"),
+        "train_tokens_per_s": throughput.tokens_per_s,
+        "n_parameters": sum(p.numel() for p in task.model.parameters()),
+        "n_train_chips": len(train_tensors),
+        "n_val_chips": len(val_tensors) if has_test else 0,
+        "images": [str(path) for path in images.written[-3:]],
+        "fit_seconds": round(result.seconds, 2),
+        "seconds": round(time.perf_counter() - start_time, 2),
+    }
+    write_json(run_dir / "train_summary.json", summary)
+    return summary
