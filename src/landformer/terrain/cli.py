@@ -3,9 +3,170 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
-from landformer.cli import add_group
+from landformer.cli import add_command, add_group
+
+DEFAULT_TOKENIZER_CONFIG = "configs/terrain_tokenizer_tiny.yaml"
+DEFAULT_MASKGIT_CONFIG = "configs/terrain_maskgit_tiny.yaml"
+
+
+def _print(summary: dict) -> None:
+    print(json.dumps(summary, indent=2, default=str))
+
+
+def _config_path(value: str | None, default: str) -> str | None:
+    """The recipe given, else the tiny default when run from the repository, else the built-in defaults."""
+    if value is not None:
+        return value
+    return default if Path(default).is_file() else None
+
+
+def _fit_tokenizer(args: argparse.Namespace) -> None:
+    from landformer.core.config import load_config
+    from landformer.terrain.config import TokenizerConfig
+    from landformer.terrain.pipeline import fit_tokenizer
+
+    config = load_config(TokenizerConfig, _config_path(args.config, DEFAULT_TOKENIZER_CONFIG), args.set)
+    _print(fit_tokenizer(config, args.out, resume=args.resume))
+    print(f"tokenizer written to {Path(args.out) / 'tokenizer.safetensors'}")
+
+
+def _reconstruct(args: argparse.Namespace) -> None:
+    from landformer.terrain.pipeline import reconstruct
+
+    _print(reconstruct(args.tokenizer, args.out, dem=args.dem, count=args.count, seed=args.seed))
+    print(f"panel written to {Path(args.out) / 'reconstructions.png'}")
+
+
+def _fit(args: argparse.Namespace) -> None:
+    from landformer.core.config import load_config
+    from landformer.terrain.config import MaskGITConfig
+    from landformer.terrain.pipeline import fit_maskgit
+
+    overrides = list(args.set) + ([f"tokenizer={args.tokenizer}"] if args.tokenizer else [])
+    config = load_config(MaskGITConfig, _config_path(args.config, DEFAULT_MASKGIT_CONFIG), overrides)
+    _print(fit_maskgit(config, args.out, resume=args.resume))
+    print(f"generator written to {Path(args.out) / 'maskgit.safetensors'}")
+
+
+def _sample(args: argparse.Namespace) -> None:
+    from landformer.terrain.pipeline import sample
+
+    summary = sample(
+        args.model,
+        args.out,
+        count=args.count,
+        seed=args.seed,
+        pixel_size=args.pixel_size,
+        crs=args.crs,
+        origin=tuple(args.origin),
+        offset=args.offset,
+        scale=args.scale,
+        condition_code=args.condition_code,
+        tokenizer=args.tokenizer,
+    )
+    _print(summary)
+
+
+def _expand(args: argparse.Namespace) -> None:
+    from landformer.terrain.export import load_generator
+    from landformer.terrain.outpaint import expand_map
+
+    generator = load_generator(args.model, args.tokenizer)
+    amounts = {"right": args.right, "down": args.down, "left": args.left, "up": args.up}
+    _print(expand_map(generator, args.dem, args.out, amounts, seed=args.seed))
+
+
+def _world(args: argparse.Namespace) -> None:
+    from landformer.terrain.export import load_generator
+    from landformer.terrain.outpaint import write_world
+
+    generator = load_generator(args.model, args.tokenizer)
+    summary = write_world(
+        generator,
+        args.out,
+        args.size,
+        seed=args.seed,
+        pixel_size=args.pixel_size,
+        crs=args.crs,
+        origin=tuple(args.origin),
+        offset=args.offset,
+        scale=args.scale,
+        condition=args.condition,
+        block=args.block,
+    )
+    _print(summary)
+
+
+def _add_training_arguments(parser: argparse.ArgumentParser, default_config: str, out: str) -> None:
+    from landformer.core.train import add_resume_argument
+
+    parser.add_argument("--config", default=None, help=f"recipe YAML (default: {default_config} if present)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override one recipe key, e.g. train.max_steps=50"
+    )
+    parser.add_argument("--out", default=out, help="run folder")
+    add_resume_argument(parser)
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="runs/terrain/maskgit", help="generator run folder or maskgit.safetensors")
+    parser.add_argument(
+        "--tokenizer", default=None, help="tokenizer run folder or .safetensors (default: the one it was trained with)"
+    )
+
+
+def _add_map_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same terrain)")
+    parser.add_argument(
+        "--pixel-size", type=float, default=None, help="pixel size in CRS units (default: the training data's, m)"
+    )
+    parser.add_argument("--crs", default="EPSG:3857", help="CRS of the GeoTIFF")
+    parser.add_argument(
+        "--origin", type=float, nargs=2, default=[0.0, 0.0], metavar=("X", "Y"), help="top-left corner in CRS units"
+    )
+    parser.add_argument("--offset", type=float, default=None, help="mean height in m (default: training median)")
+    parser.add_argument("--scale", type=float, default=None, help="relief (std) in m (default: training median)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    add_group(subparsers, "terrain", "VQGAN tokenizer + MaskGIT elevation generator with endless outpainting")
+    group = add_group(subparsers, "terrain", "VQGAN tokenizer + MaskGIT elevation generator with endless outpainting")
+
+    parser = add_command(group, "fit-tokenizer", "train the VQ tokenizer (stage 1) on elevation tiles", _fit_tokenizer)
+    _add_training_arguments(parser, DEFAULT_TOKENIZER_CONFIG, "runs/terrain/tokenizer")
+
+    parser = add_command(group, "reconstruct", "reconstruct DEM tiles through the tokenizer (PNG panels)", _reconstruct)
+    parser.add_argument("--tokenizer", default="runs/terrain/tokenizer", help="tokenizer run folder or .safetensors")
+    parser.add_argument("--dem", default=None, help="DEM GeoTIFF to reconstruct (default: the run's held-out tiles)")
+    parser.add_argument("--count", type=int, default=6, help="tiles to reconstruct")
+    parser.add_argument("--seed", type=int, default=0, help="which tiles of the DEM are drawn")
+    parser.add_argument("--out", default="runs/terrain/reconstruct", help="output folder")
+
+    parser = add_command(group, "fit", "train the MaskGIT generator (stage 2) on the tokenizer's tokens", _fit)
+    _add_training_arguments(parser, DEFAULT_MASKGIT_CONFIG, "runs/terrain/maskgit")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer run folder (overrides the recipe's)")
+
+    parser = add_command(group, "sample", "sample elevation tiles: hillshade PNG grid and GeoTIFF", _sample)
+    _add_model_arguments(parser)
+    _add_map_arguments(parser)
+    parser.add_argument("--count", type=int, default=16, help="tiles to sample")
+    parser.add_argument("--condition-code", type=int, default=None, help="condition every token on this raw class code")
+    parser.add_argument("--out", default="runs/terrain/samples", help="output folder")
+
+    parser = add_command(group, "expand", "grow a DEM GeoTIFF on any side by fringe-only outpainting", _expand)
+    _add_model_arguments(parser)
+    parser.add_argument("--dem", required=True, help="DEM GeoTIFF to grow (a sample, a world or your own)")
+    for side in ("left", "right", "up", "down"):
+        parser.add_argument(f"--{side}", type=int, default=0, help=f"pixels to add on the {side}")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the new terrain")
+    parser.add_argument("--out", default="runs/terrain/expanded.tif", help="output GeoTIFF (PNG preview beside it)")
+
+    parser = add_command(group, "world", "write a large endless-terrain GeoTIFF window by window", _world)
+    _add_model_arguments(parser)
+    _add_map_arguments(parser)
+    parser.add_argument("--size", type=int, default=1024, help="side of the map in pixels")
+    parser.add_argument("--condition", default=None, help="categorical raster to condition on (models trained so)")
+    parser.add_argument("--block", type=int, default=512, help="pixels per side of each decoded and written block")
+    parser.add_argument("--out", default="runs/terrain/world.tif", help="output GeoTIFF (PNG preview beside it)")

@@ -1,0 +1,171 @@
+"""The terrain recipes: one YAML per stage (tokenizer, generator), each with ``data``, ``model``, ``task``, ``train``.
+
+Plain dataclasses, no torch, so the CLI can load and check a recipe without importing anything heavy.
+``configs/terrain_tokenizer_tiny.yaml`` / ``configs/terrain_maskgit_tiny.yaml`` are the CPU defaults and the
+``*_reference.yaml`` files beside them the GPU-sized recipes; ``--set model.channels=64`` overrides single keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from landformer.core.errors import UserError
+from landformer.core.train import TrainConfig
+
+PACKAGED_DEMS = ("jacksboro", "topobathy", "pvlib")
+# Mountain and hill country in pvlib's global 5' grid (west, south, east, north): Alps, Rockies, Himalaya, Andes.
+DEFAULT_PVLIB_BOXES = [[4.0, 42.0, 17.0, 49.0], [-116.0, 34.0, -104.0, 46.0], [78.0, 26.0, 96.0, 36.0]]
+
+
+@dataclass
+class TerrainDataConfig:
+    """Where elevation tiles come from and how they are cut (see ``terrain/data.py``).
+
+    Sources add up: user DEMs (``dems``), chip files with an elevation channel (``chips``), DEMs that ship in
+    installed packages (``packaged``) and a synthetic world (``world`` folder, or one of ``world_size`` pixels
+    built in the run folder; 0 for none).
+    """
+
+    dems: list[Path] = field(default_factory=list)  # GeoTIFF (any GDAL raster) DEMs in metres, any size
+    chips: list[Path] = field(default_factory=list)  # chip files (core/chips.py) holding an elevation channel
+    chip_channel: str | None = None  # that channel's name; None: the first named like "elevation" or "dem"
+    packaged: list[str] = field(default_factory=lambda: list(PACKAGED_DEMS))  # any of jacksboro, topobathy, pvlib
+    pvlib_boxes: list[list[float]] = field(default_factory=lambda: [list(box) for box in DEFAULT_PVLIB_BOXES])
+    world: Path | None = None  # folder of `landformer synth world`; its elevation.tif is used
+    world_size: int = 256  # side of the synthetic world built when `world` is not given; 0: none
+    world_seed: int | None = None  # seed of that world; None: the train seed
+    conditions: list[Path] = field(default_factory=list)  # one categorical raster per DEM in `dems`
+    condition_legend: str | None = None  # legend of the condition rasters (nlcd, corine or a JSON path); None: off
+    tile_size: int = 32  # side of the training tiles in pixels
+    stride: int = 16  # step between tiles inside a split block
+    block_size: int = 128  # side of the square blocks of the spatial train/validation split
+    val_fraction: float = 0.2  # fraction of blocks held out for validation (and the realism benchmark)
+    split_seed: int = 0  # which blocks are held out
+    max_tiles_per_source: int = 1500  # random subset of a source's training tiles when it offers more
+    min_relief: float = 1.0  # drop tiles whose standard deviation (m) is below this: per-tile scaling needs relief
+    augment: bool = True  # random flips and quarter turns (terrain has no preferred orientation)
+    batch_size: int = 32
+    assume_crs: str | None = None  # CRS for DEMs that carry none
+
+    def validate(self) -> None:
+        unknown = [name for name in self.packaged if name not in PACKAGED_DEMS]
+        if unknown:
+            raise UserError(f"terrain data: unknown packaged DEM(s) {unknown} (choose from {', '.join(PACKAGED_DEMS)})")
+        for box in self.pvlib_boxes:
+            if len(box) != 4:
+                raise UserError(f"terrain data: pvlib box {box} should be [west, south, east, north]")
+        if self.conditions and self.condition_legend is None:
+            raise UserError("terrain data: condition rasters were given without a condition_legend (e.g. nlcd)")
+        if self.condition_legend is not None:
+            if len(self.conditions) != len(self.dems):
+                raise UserError(
+                    f"terrain data: {len(self.conditions)} condition raster(s) for {len(self.dems)} DEM(s); "
+                    "give one per DEM"
+                )
+            if self.packaged or self.chips:
+                raise UserError(
+                    "terrain data: packaged DEMs and chip files carry no condition map; set packaged: [] and "
+                    "chips: [] when training with condition_legend"
+                )
+        checks = [
+            (self.tile_size >= 8 and self.tile_size % 4 == 0, f"tile_size = {self.tile_size} should be >= 8, a x4"),
+            (self.stride >= 1, f"stride = {self.stride} should be at least 1"),
+            (self.block_size >= self.tile_size, f"block_size = {self.block_size} is smaller than the tile size"),
+            (0 < self.val_fraction < 1, f"val_fraction = {self.val_fraction} should lie strictly in (0, 1)"),
+            (self.max_tiles_per_source >= 1, f"max_tiles_per_source = {self.max_tiles_per_source} should be >= 1"),
+            (self.min_relief >= 0, f"min_relief = {self.min_relief} should not be negative"),
+            (self.world_size == 0 or self.world_size >= 32, f"world_size = {self.world_size}: 0 or at least 32"),
+            (self.batch_size >= 1, f"batch_size = {self.batch_size} should be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(f"terrain data: {message}")
+
+
+@dataclass
+class TokenizerModelSection:
+    """Convolutional VQ autoencoder (see ``terrain/tokenizer.py``)."""
+
+    channels: int = 32  # width at full resolution; doubles at each downsampling
+    downsample: int = 4  # pixels per token side: 2 ** number of downsamplings
+    res_blocks: int = 1  # residual blocks per resolution
+    quantizer: Literal["vq", "fsq"] = "vq"  # l2-normalised low-dimensional codebook, or finite scalar quantization
+    codebook_size: int = 512  # codes of the "vq" quantizer
+    code_dim: int = 8  # dimension of the l2-normalised codes ("vq")
+    fsq_levels: list[int] = field(default_factory=lambda: [8, 8, 8])  # levels per dimension ("fsq"): 512 codes
+    commitment: float = 0.25  # weight of the commitment term of "vq"
+    disc_channels: int = 32  # PatchGAN discriminator width
+    disc_layers: int = 2  # stride-2 layers of the discriminator
+
+
+@dataclass
+class TokenizerTaskSection:
+    """Optimisation and losses of the tokenizer."""
+
+    lr: float = 2e-3
+    disc_lr: float = 2e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.1
+    l1_weight: float = 1.0
+    gradient_weight: float = 1.0  # L1 between slopes (finite differences)
+    spectral_weight: float = 0.1  # L1 between log power spectra at several scales
+    perceptual_weights: Path | None = None  # local torchvision VGG16 weights; None: no perceptual loss
+    perceptual_weight: float = 0.1
+    disc_start: int = 100  # generator steps before the adversarial loss is switched on
+    disc_weight: float = 0.1  # scale of the adaptive adversarial weight
+    disc_high_loss: float = 0.9  # hinge loss of the discriminator at which its weight on the generator reaches 0
+    disc_low_loss: float = 0.6  # ... and below which it is in full force
+    gradient_clip: float = 1.0  # clip each network's gradient norm (manual optimisation clips itself)
+
+
+@dataclass
+class TokenizerConfig:
+    data: TerrainDataConfig = field(default_factory=TerrainDataConfig)
+    model: TokenizerModelSection = field(default_factory=TokenizerModelSection)
+    task: TokenizerTaskSection = field(default_factory=TokenizerTaskSection)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class MaskGITModelSection:
+    """Bidirectional transformer over token grids (see ``terrain/maskgit.py``)."""
+
+    dim: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    dropout: float = 0.1
+    rope_base: float = 100.0
+
+
+@dataclass
+class MaskGITTaskSection:
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.1
+    outpaint_mask_prob: float = 0.5  # share of training masks shaped like the outpainting windows
+    condition_dropout: float = 0.1  # share of samples trained without their condition map
+    label_smoothing: float = 0.1
+
+
+@dataclass
+class SamplingSection:
+    """How tokens are decoded (``terrain sample``, ``expand``, ``world``)."""
+
+    steps: int = 10  # MaskGIT decoding steps for a fully masked window (fewer for fewer masked tokens)
+    temperature: float = 1.0  # softmax temperature of the token samples
+    choice_temperature: float = 4.5  # Gumbel noise on the confidences, annealed to 0 over the steps
+    bf16: bool = True  # run the transformer under bfloat16 autocast while sampling (about 2x faster on CPUs)
+
+
+@dataclass
+class MaskGITConfig:
+    tokenizer: Path = Path("runs/terrain/tokenizer")  # run folder (or .safetensors) of the trained tokenizer
+    data: TerrainDataConfig = field(default_factory=TerrainDataConfig)
+    model: MaskGITModelSection = field(default_factory=MaskGITModelSection)
+    task: MaskGITTaskSection = field(default_factory=MaskGITTaskSection)
+    sampling: SamplingSection = field(default_factory=SamplingSection)
+    train: TrainConfig = field(default_factory=TrainConfig)

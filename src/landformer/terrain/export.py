@@ -1,0 +1,282 @@
+"""Inference-ready models: ``tokenizer.safetensors`` / ``maskgit.safetensors``, each with a JSON twin.
+
+Training writes each stage into its run folder from the best checkpoint. The safetensors metadata carries the
+same JSON as the ``.json`` file (architecture, data statistics, sampling defaults), so the run folder or the
+``.safetensors`` file alone is enough to load a stage.
+
+A tokenizer's *identity* is a hash of its architecture config and every weight. MaskGIT's tokens mean
+something only to the tokenizer that made them, so the generator export records that identity (and where the
+tokenizer was), and :func:`load_generator` refuses, in one line, a tokenizer with any other identity.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from landformer.core.errors import UserError
+from landformer.core.io import load_safetensors, load_torch, save_safetensors, write_json
+from landformer.terrain.maskgit import MaskGIT, MaskGITModelConfig, decode
+from landformer.terrain.tokenizer import TokenizerModelConfig, VQTokenizer
+
+TOKENIZER_FORMAT = "landformer-terrain-tokenizer"
+MASKGIT_FORMAT = "landformer-terrain-maskgit"
+FORMAT_VERSION = 1
+TOKENIZER_FILE = "tokenizer.safetensors"
+MASKGIT_FILE = "maskgit.safetensors"
+
+
+def model_identity(config: Mapping[str, Any], state: Mapping[str, Tensor]) -> str:
+    """sha256 (first 16 hex digits) of the canonical JSON config and every tensor's name, dtype, shape, bytes."""
+    digest = hashlib.sha256(json.dumps(dict(config), sort_keys=True).encode())
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()[:16]
+
+
+def _weights_path(path: str | os.PathLike[str], file_name: str, what: str) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        weights = path / file_name
+        if not weights.is_file():
+            raise UserError(f"{path} holds no {file_name}; train one into it first ({what})")
+        return weights
+    return path
+
+
+class LoadedTokenizer:
+    """A trained tokenizer plus its metadata; encodes and decodes numpy arrays of normalised elevation."""
+
+    def __init__(self, model: VQTokenizer, meta: dict[str, Any], source: Path) -> None:
+        self.model = model.eval()
+        self.meta = meta
+        self.source = source
+        self.identity: str = meta["identity"]
+
+    @property
+    def downsample(self) -> int:
+        return self.model.downsample
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.vocab_size
+
+    @property
+    def tile_size(self) -> int:
+        return int(self.meta["data"]["tile_size"])
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.last_layer.device
+
+    @torch.inference_mode()
+    def encode(self, normalized: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """(N, H, W) normalised elevation -> (N, H/f, W/f) int64 tokens."""
+        out = []
+        for start in range(0, len(normalized), batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(normalized[start : start + batch_size], dtype=np.float32))
+            out.append(self.model.encode(batch[:, None].to(self.device))[1].cpu().numpy())
+        return np.concatenate(out) if out else np.empty((0,), dtype=np.int64)
+
+    @torch.inference_mode()
+    def decode(self, tokens: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """(N, h, w) tokens -> (N, h*f, w*f) float32 normalised elevation."""
+        out = []
+        for start in range(0, len(tokens), batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(tokens[start : start + batch_size], dtype=np.int64))
+            out.append(self.model.decode_indices(batch.to(self.device))[:, 0].float().cpu().numpy())
+        return np.concatenate(out)
+
+
+def export_tokenizer(folder: str | os.PathLike[str], model: VQTokenizer, data_summary: dict[str, Any]) -> Path:
+    """Write ``tokenizer.safetensors`` + ``tokenizer.json`` into ``folder``; returns the safetensors path."""
+    folder = Path(folder)
+    config = dataclasses.asdict(model.config)
+    state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    meta = {
+        "format": TOKENIZER_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_config": config,
+        "identity": model_identity(config, state),
+        "vocab_size": model.vocab_size,
+        "data": data_summary,
+    }
+    weights = save_safetensors(folder / TOKENIZER_FILE, state, meta)
+    write_json(folder / "tokenizer.json", meta)
+    return weights
+
+
+def load_tokenizer(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> LoadedTokenizer:
+    """Load a tokenizer from a run folder or its ``tokenizer.safetensors``; anything off is a UserError."""
+    weights = _weights_path(path, TOKENIZER_FILE, "landformer terrain fit-tokenizer")
+    tensors, meta = load_safetensors(weights, "terrain tokenizer")
+    if meta.get("format") != TOKENIZER_FORMAT:
+        raise UserError(f"{weights} is not a landformer terrain tokenizer (format {meta.get('format')!r})")
+    try:
+        config = TokenizerModelConfig(**meta["model_config"])
+        model = VQTokenizer(config)
+        model.load_state_dict(tensors)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise UserError(f"{weights}: weights do not fit its config: {str(err).strip().splitlines()[0]}") from None
+    identity = model_identity(meta["model_config"], tensors)
+    if identity != meta.get("identity"):
+        raise UserError(
+            f"{weights}: weights changed since export (identity {identity}, recorded {meta.get('identity')})"
+        )
+    return LoadedTokenizer(model.to(device), meta, weights)
+
+
+def load_vgg_features(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """The ``features.*`` tensors of a local torchvision VGG16 state dict (.safetensors or .pth), keys stripped."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        state, _ = load_safetensors(path, "VGG16 weights")
+    else:
+        state = load_torch(path, "VGG16 weights")
+    if not isinstance(state, Mapping):
+        raise UserError(f"VGG16 weights {path} are not a state dict")
+    features = {key.removeprefix("features."): value for key, value in state.items() if key.startswith("features.")}
+    if not features:
+        features = {key: value for key, value in state.items() if key.split(".")[0].isdigit()}
+    if not features:
+        raise UserError(f"VGG16 weights {path} hold no 'features.*' tensors (a torchvision vgg16 state dict?)")
+    return features
+
+
+class TerrainGenerator:
+    """MaskGIT and its tokenizer, ready to sample token grids and turn them into metres."""
+
+    def __init__(self, maskgit: MaskGIT, tokenizer: LoadedTokenizer, meta: dict[str, Any], source: Path) -> None:
+        self.maskgit = maskgit.eval()
+        self.tokenizer = tokenizer
+        self.meta = meta
+        self.source = source
+
+    @property
+    def grid(self) -> int:
+        """Side of the training window in tokens."""
+        return self.maskgit.config.grid
+
+    @property
+    def tile(self) -> int:
+        """Side of an outpainting tile in tokens (half the window)."""
+        return int(self.meta["tile"])
+
+    @property
+    def downsample(self) -> int:
+        return self.tokenizer.downsample
+
+    @property
+    def sampling(self) -> dict[str, Any]:
+        return dict(self.meta["sampling"])
+
+    @property
+    def n_condition_classes(self) -> int:
+        return self.maskgit.config.n_condition_classes
+
+    @property
+    def device(self) -> torch.device:
+        return self.maskgit.head.weight.device
+
+    def default_offset_scale(self) -> tuple[float, float]:
+        """Median offset and scale (m) of the training tiles: the heights samples get unless told otherwise."""
+        data = self.meta["data"]
+        return float(data["median_offset_m"]), float(data["median_scale_m"])
+
+    def decode_windows(
+        self,
+        tokens: np.ndarray,
+        known: np.ndarray,
+        generator: torch.Generator,
+        condition: np.ndarray | None = None,
+        steps: int | None = None,
+    ) -> np.ndarray:
+        """Fill the unknown tokens of (B, H, W) windows with MaskGIT; ``steps`` defaults to the recipe's."""
+        sampling = self.sampling
+        condition_tensor = None if condition is None else torch.from_numpy(condition).long().to(self.device)
+        result = decode(
+            self.maskgit,
+            torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64)).to(self.device),
+            torch.from_numpy(np.ascontiguousarray(known, dtype=bool)).to(self.device),
+            steps=steps if steps is not None else int(sampling["steps"]),
+            generator=generator,
+            temperature=float(sampling["temperature"]),
+            choice_temperature=float(sampling["choice_temperature"]),
+            condition=condition_tensor,
+            bf16=bool(sampling.get("bf16", False)),
+        )
+        return result.cpu().numpy()
+
+    def sample_tokens(self, n: int, seed: int, condition: np.ndarray | None = None) -> np.ndarray:
+        """``n`` token grids of the training window's size, from nothing (all masked)."""
+        generator = torch.Generator().manual_seed(seed)
+        tokens = np.zeros((n, self.grid, self.grid), dtype=np.int64)
+        return self.decode_windows(tokens, np.zeros_like(tokens, dtype=bool), generator, condition)
+
+    def to_metres(self, normalized: np.ndarray, offset: float, scale: float) -> np.ndarray:
+        return (normalized * scale + offset).astype(np.float32)
+
+
+def export_maskgit(
+    folder: str | os.PathLike[str],
+    model: MaskGIT,
+    tokenizer: LoadedTokenizer,
+    tile: int,
+    sampling: dict[str, Any],
+    data_summary: dict[str, Any],
+    legend: dict[str, Any] | None,
+) -> Path:
+    """Write ``maskgit.safetensors`` + ``maskgit.json``, recording the identity and path of its tokenizer."""
+    folder = Path(folder)
+    state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    meta = {
+        "format": MASKGIT_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_config": dataclasses.asdict(model.config),
+        "tokenizer_identity": tokenizer.identity,
+        "tokenizer_path": str(Path(tokenizer.source).resolve()),
+        "tile": tile,
+        "sampling": sampling,
+        "data": data_summary,
+        "condition_legend": legend,
+    }
+    weights = save_safetensors(folder / MASKGIT_FILE, state, meta)
+    write_json(folder / "maskgit.json", meta)
+    return weights
+
+
+def load_generator(
+    path: str | os.PathLike[str], tokenizer: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu"
+) -> TerrainGenerator:
+    """MaskGIT from a run folder or ``maskgit.safetensors`` with its tokenizer (the recorded one by default).
+
+    A tokenizer other than the one MaskGIT was trained on is refused in one line.
+    """
+    weights = _weights_path(path, MASKGIT_FILE, "landformer terrain fit")
+    tensors, meta = load_safetensors(weights, "terrain generator")
+    if meta.get("format") != MASKGIT_FORMAT:
+        raise UserError(f"{weights} is not a landformer terrain generator (format {meta.get('format')!r})")
+    tokenizer_path = Path(tokenizer) if tokenizer is not None else Path(meta["tokenizer_path"])
+    loaded = load_tokenizer(tokenizer_path, device)
+    if loaded.identity != meta["tokenizer_identity"]:
+        raise UserError(
+            f"{weights} was trained on tokenizer {meta['tokenizer_identity']}, but {loaded.source} is tokenizer "
+            f"{loaded.identity}; pass the tokenizer it was trained with"
+        )
+    try:
+        model = MaskGIT(MaskGITModelConfig(**meta["model_config"]))
+        model.load_state_dict(tensors)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise UserError(f"{weights}: weights do not fit its config: {str(err).strip().splitlines()[0]}") from None
+    return TerrainGenerator(model.to(device), loaded, meta, weights)

@@ -1,0 +1,450 @@
+"""Endless terrain: fringe-only outpainting with MaskGIT, seed-consistent random access, windowed writing.
+
+Everything here works in windows of the training size (W x W tokens), so memory stays the same whatever the
+size of the map; only the tokens of the new fringe are masked and generated, and the known tokens around
+them are the nearest already-generated (or encoded) ones.
+
+**The endless field** (:class:`TerrainField`). Token space is cut into tiles of s = W/2 tokens. The tile at
+(i, j) is generated in one of four phases set by the parity of (i, j):
+
+====================  =========================  ==============================================
+phase (i mod 2, j mod 2)  known when it is made       unknown in its W x W window (shape in maskgit.py)
+====================  =========================  ==============================================
+A (0, 0)              nothing                    everything (``tile_a``); the centre is kept
+B (0, 1)              A left and right           the tile plus the rows above/below (``tile_b``)
+C (1, 0)              A above and below, B at    the tile's rows (``tile_c``)
+                      the four corners
+D (1, 1)              all eight neighbours       the tile only (``tile_d``)
+====================  =========================  ==============================================
+
+Each window is centred on its tile and reaches s/2 tokens into each neighbour, so a tile is conditioned on
+the nearest tokens of every neighbour made in an earlier phase. A tile therefore depends on (seed, i, j) and
+on at most its 3 x 3 neighbourhood, recursively through at most three earlier phases: the tile at (i, j)
+is the same whatever order tiles are asked in, and asking for a far-away tile costs a bounded amount of work.
+Tiles of one phase are decoded in fixed groups of ``group x group`` (always the same tiles, in the same
+order, in one batch) with a ``torch.Generator`` seeded from (seed, phase, group position) through NumPy's
+``SeedSequence``; batch composition is fixed, so the floating-point results are too. Computed groups live in
+an LRU cache of ``cache_groups`` groups; an evicted group is recomputed identically when needed again.
+
+**Expanding a map** (:func:`expand_map`). The edge band of an existing DEM (W/2 tokens deep) is normalised as
+one tile and encoded; new columns are generated W/2 tokens at a time along the edge, in W x W windows that
+slide along it by half a window, each holding the band's tokens and the new tokens of the previous window as
+context. The band and the new tokens are decoded together, and the difference between the original edge and
+its reconstruction is faded out over the first band-width of new pixels, so the seam keeps the original's
+heights. The original pixels are written back unchanged.
+
+**Writing a world** (:func:`write_world`). The output GeoTIFF is written block by block: each block's tokens
+(plus :meth:`~landformer.terrain.tokenizer.VQTokenizer.decoder_margin` tokens of context, taken from the
+field too, so block edges match the whole-map decode exactly) are decoded and written, and a subsampled
+preview is kept for the PNG.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from landformer.core.errors import UserError
+from landformer.core.io import write_json
+from landformer.terrain.export import TerrainGenerator
+from landformer.terrain.maskgit import steps_for
+
+log = logging.getLogger(__name__)
+
+PHASE_OF_PARITY = {(0, 0): 0, (0, 1): 1, (1, 0): 2, (1, 1): 3}
+EXPAND_SIDES = ("right", "down", "left", "up")
+# np.rot90 turns (counter-clockwise) that bring each side of a map to the right-hand edge.
+TURNS_TO_RIGHT = {"right": 0, "down": 1, "left": 2, "up": -1}
+EXPAND_STREAM = 100  # seed-stream offset that keeps expansion windows apart from the field's phases
+
+
+def _zigzag(value: int) -> int:
+    """Map any integer to a distinct non-negative one (SeedSequence takes no negatives)."""
+    return 2 * value if value >= 0 else -2 * value - 1
+
+
+def window_seed(seed: int, *parts: int) -> int:
+    """A 63-bit seed that depends only on (seed, parts), spread by SeedSequence so neighbours are unrelated."""
+    state = np.random.SeedSequence([_zigzag(seed), *(_zigzag(part) for part in parts)]).generate_state(2, np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+class ConditionSource(Protocol):
+    """Condition classes on the token grid of a map (``n_classes`` where there is none)."""
+
+    def tokens(self, row: int, col: int, height: int, width: int) -> np.ndarray: ...
+
+
+class TerrainField:
+    """The endless, seed-consistent token field of the module docstring."""
+
+    def __init__(
+        self,
+        generator: TerrainGenerator,
+        seed: int,
+        group: int = 4,
+        cache_groups: int = 512,
+        condition: ConditionSource | None = None,
+    ) -> None:
+        if generator.grid != 2 * generator.tile:
+            raise ValueError(f"the field needs tiles of half the window, got {generator.tile} in {generator.grid}")
+        if group < 1 or cache_groups < 1:
+            raise ValueError(f"group ({group}) and cache_groups ({cache_groups}) must be at least 1")
+        self.generator = generator
+        self.seed = seed
+        self.group = group
+        self.cache_groups = cache_groups
+        self.condition = condition
+        self.tile_side = generator.tile
+        self.window = generator.grid
+        self.margin = (self.window - self.tile_side) // 2
+        self._cache: OrderedDict[tuple[int, int, int, int], dict[tuple[int, int], np.ndarray]] = OrderedDict()
+        self.groups_computed = 0
+
+    @staticmethod
+    def phase(i: int, j: int) -> int:
+        return PHASE_OF_PARITY[(i % 2, j % 2)]
+
+    def group_key(self, i: int, j: int) -> tuple[int, int, int, int]:
+        """(row parity, column parity, group row, group column) of the group that decodes tile (i, j)."""
+        pi, pj = i % 2, j % 2
+        return pi, pj, ((i - pi) // 2) // self.group, ((j - pj) // 2) // self.group
+
+    def tile(self, i: int, j: int) -> np.ndarray:
+        """(s, s) tokens of tile (i, j)."""
+        return self._group_tiles(self.group_key(i, j))[(i, j)]
+
+    def _group_tiles(self, key: tuple[int, int, int, int]) -> dict[tuple[int, int], np.ndarray]:
+        tiles = self._cache.get(key)
+        if tiles is not None:
+            self._cache.move_to_end(key)
+            return tiles
+        tiles = self._compute_group(key)
+        self._cache[key] = tiles
+        while len(self._cache) > self.cache_groups:
+            self._cache.popitem(last=False)
+        return tiles
+
+    def _compute_group(self, key: tuple[int, int, int, int]) -> dict[tuple[int, int], np.ndarray]:
+        pi, pj, group_row, group_col = key
+        phase = PHASE_OF_PARITY[(pi, pj)]
+        side, window, margin, g = self.tile_side, self.window, self.margin, self.group
+        members = [
+            (2 * a + pi, 2 * b + pj)
+            for a in range(group_row * g, (group_row + 1) * g)
+            for b in range(group_col * g, (group_col + 1) * g)
+        ]
+        offsets = [(di, dj) for di in (-1, 0, 1) for dj in (-1, 0, 1) if (di, dj) != (0, 0)]
+        needed = {(i + di, j + dj) for i, j in members for di, dj in offsets if self.phase(i + di, j + dj) < phase}
+        # Fetch each neighbouring group once and keep its tiles here, so a small cache never recomputes a
+        # dependency more than once per group.
+        neighbours: dict[tuple[int, int], np.ndarray] = {}
+        for dependency in {self.group_key(*tile) for tile in needed}:
+            neighbours.update(self._group_tiles(dependency))
+        tokens = np.zeros((len(members), window, window), dtype=np.int64)
+        known = np.zeros((len(members), window, window), dtype=bool)
+        for index, (i, j) in enumerate(members):
+            for di, dj in offsets:
+                if (i + di, j + dj) in needed:
+                    neighbour = neighbours[(i + di, j + dj)]
+                    top, left = margin + di * side, margin + dj * side
+                    rows = slice(max(top, 0), min(top + side, window))
+                    cols = slice(max(left, 0), min(left + side, window))
+                    part = neighbour[rows.start - top : rows.stop - top, cols.start - left : cols.stop - left]
+                    tokens[index, rows, cols] = part
+                    known[index, rows, cols] = True
+        condition = None
+        if self.condition is not None:
+            condition = np.stack(
+                [self.condition.tokens(i * side - margin, j * side - margin, window, window) for i, j in members]
+            )
+        steps = steps_for(int((~known[0]).sum()), window * window, int(self.generator.sampling["steps"]))
+        generator = torch.Generator().manual_seed(window_seed(self.seed, phase, group_row, group_col))
+        decoded = self.generator.decode_windows(tokens, known, generator, condition, steps)
+        self.groups_computed += 1
+        inner = slice(margin, margin + side)
+        return {member: decoded[index, inner, inner].copy() for index, member in enumerate(members)}
+
+    def tokens(self, row: int, col: int, height: int, width: int) -> np.ndarray:
+        """(height, width) tokens of the field starting at token (row, col); any integers, negative too."""
+        side = self.tile_side
+        out = np.empty((height, width), dtype=np.int64)
+        for ti in range(math.floor(row / side), math.floor((row + height - 1) / side) + 1):
+            for tj in range(math.floor(col / side), math.floor((col + width - 1) / side) + 1):
+                tile = self.tile(ti, tj)
+                top, left = ti * side, tj * side
+                r0, r1 = max(top, row), min(top + side, row + height)
+                c0, c1 = max(left, col), min(left + side, col + width)
+                out[r0 - row : r1 - row, c0 - col : c1 - col] = tile[r0 - top : r1 - top, c0 - left : c1 - left]
+        return out
+
+
+class RasterCondition:
+    """Condition classes of a categorical raster on the token grid of a map (majority per token)."""
+
+    def __init__(self, path: str | os.PathLike[str], generator: TerrainGenerator, grid: Any) -> None:
+        from landformer.core.legend import Legend
+        from landformer.core.raster import aligned_vrt, open_raster
+
+        legend_data = generator.meta.get("condition_legend")
+        if legend_data is None:
+            raise UserError(f"{generator.source} was trained without condition maps; drop the condition raster")
+        self.legend = Legend.from_dict(legend_data)
+        self.n_classes = self.legend.n_classes
+        self.downsample = generator.downsample
+        self.grid = grid
+        self.source = open_raster(path)
+        self.vrt = aligned_vrt(self.source, grid, categorical=True)
+
+    def close(self) -> None:
+        self.vrt.close()
+        self.source.close()
+
+    def tokens(self, row: int, col: int, height: int, width: int) -> np.ndarray:
+        from rasterio.windows import Window
+
+        from landformer.core.legend import NODATA_INDEX
+        from landformer.terrain.data import condition_tokens
+
+        f = self.downsample
+        pixels = np.full((height * f, width * f), NODATA_INDEX, dtype=np.int16)
+        top, left = row * f, col * f
+        r0, r1 = max(top, 0), min(top + height * f, self.grid.height)
+        c0, c1 = max(left, 0), min(left + width * f, self.grid.width)
+        if r0 < r1 and c0 < c1:
+            raw = self.vrt.read(1, window=Window(c0, r0, c1 - c0, r1 - r0))
+            indices = self.legend.encode(raw, unknown="nodata", source=str(self.source.name))
+            if self.vrt.nodata is not None:
+                indices[raw == self.vrt.nodata] = NODATA_INDEX
+            pixels[r0 - top : r1 - top, c0 - left : c1 - left] = indices
+        square = max(height, width) * f
+        padded = np.full((square, square), NODATA_INDEX, dtype=np.int16)
+        padded[: height * f, : width * f] = pixels
+        return condition_tokens(padded[None], f, self.n_classes)[0][:height, :width]
+
+
+def decode_block(
+    generator: TerrainGenerator, field: TerrainField, row: int, col: int, height: int, width: int
+) -> np.ndarray:
+    """Normalised elevation of token rows/cols [row, row+height) x [col, col+width), decoded with enough
+    surrounding tokens that it equals the same pixels of a whole-map decode."""
+    margin = generator.tokenizer.model.decoder_margin()
+    tokens = field.tokens(row - margin, col - margin, height + 2 * margin, width + 2 * margin)
+    f = generator.downsample
+    pixels = generator.tokenizer.decode(tokens[None])[0]
+    return pixels[margin * f : (margin + height) * f, margin * f : (margin + width) * f]
+
+
+def write_world(
+    generator: TerrainGenerator,
+    out: str | os.PathLike[str],
+    size: int,
+    seed: int = 0,
+    pixel_size: float | None = None,
+    crs: str = "EPSG:3857",
+    origin: tuple[float, float] = (0.0, 0.0),
+    offset: float | None = None,
+    scale: float | None = None,
+    condition: str | os.PathLike[str] | None = None,
+    block: int = 512,
+    preview_side: int = 1024,
+    group: int = 4,
+    cache_groups: int = 2048,
+) -> dict[str, Any]:
+    """Write a ``size`` x ``size`` DEM of the endless field for ``seed`` as a GeoTIFF, block by block, plus a
+    shaded-relief PNG preview beside it (``<name>.png``); returns what was written and how long it took."""
+    from rasterio.transform import Affine
+    from tqdm import tqdm
+
+    from landformer.core.raster import RasterGrid, geotiff_writer, iter_windows, parse_crs
+    from landformer.core.viz import save_elevation_png
+
+    if size < 1:
+        raise UserError(f"world size must be at least 1 pixel, got {size}")
+    f = generator.downsample
+    if block % f:
+        raise UserError(f"block {block} must be a multiple of the tokenizer's {f} pixels per token")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pixel = float(pixel_size if pixel_size is not None else generator.meta["data"]["pixel_size_m"])
+    default_offset, default_scale = generator.default_offset_scale()
+    offset = default_offset if offset is None else offset
+    scale = default_scale if scale is None else scale
+    transform = Affine(pixel, 0.0, origin[0], 0.0, -pixel, origin[1])
+    crs_value = parse_crs(crs, "--crs")
+    source = None
+    if condition is not None:
+        source = RasterCondition(condition, generator, RasterGrid(crs_value, transform, size, size))
+    field = TerrainField(generator, seed, group=group, cache_groups=cache_groups, condition=source)
+    step = max(1, math.ceil(size / preview_side))
+    preview = np.empty((math.ceil(size / step), math.ceil(size / step)), dtype=np.float32)
+    tags = {"generator": "landformer.terrain.world", "seed": seed, "offset_m": offset, "scale_m": scale}
+    start = time.perf_counter()
+    windows = list(iter_windows(size, size, block))
+    try:
+        with geotiff_writer(
+            out, size, size, 1, "float32", transform, crs_value, float("nan"), ["elevation_m"], tags
+        ) as dst:
+            for window in tqdm(windows, desc="world", unit="block", disable=None):
+                height, width = int(window.height), int(window.width)
+                normalized = decode_block(
+                    generator, field, window.row_off // f, window.col_off // f, -(-height // f), -(-width // f)
+                )[:height, :width]
+                metres = generator.to_metres(normalized, offset, scale)
+                dst.write(metres[None], window=window)
+                rows = np.arange(-window.row_off % step, height, step)
+                cols = np.arange(-window.col_off % step, width, step)
+                preview[np.ix_((window.row_off + rows) // step, (window.col_off + cols) // step)] = metres[
+                    np.ix_(rows, cols)
+                ]
+    finally:
+        if source is not None:
+            source.close()
+    seconds = time.perf_counter() - start
+    png = save_elevation_png(out.with_suffix(".png"), preview, pixel * step, title=f"seed {seed}, {size} px")
+    summary = {
+        "geotiff": str(out),
+        "preview": str(png),
+        "size": size,
+        "seed": seed,
+        "pixel_size": pixel,
+        "crs": crs,
+        "offset_m": offset,
+        "scale_m": scale,
+        "seconds": round(seconds, 2),
+        "groups_decoded": field.groups_computed,
+    }
+    write_json(out.with_suffix(".json"), summary)
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------ expand
+
+
+def extend_right(generator: TerrainGenerator, elevation: np.ndarray, amount: int, seed: int, stream: int) -> np.ndarray:
+    """``elevation`` (H, W) metres with ``amount`` new columns on the right (see the module docstring)."""
+    tokenizer = generator.tokenizer
+    f, window = generator.downsample, generator.grid
+    new_side = generator.tile  # tokens generated per pass
+    context = window - new_side  # tokens of context kept beside them
+    context_px = context * f
+    height = elevation.shape[0]
+    if elevation.shape[1] < context_px:
+        raise UserError(f"the map is {elevation.shape[1]} px across; expanding needs at least {context_px} px of it")
+    band = elevation[:, -context_px:].astype(np.float64)
+    if not np.isfinite(band).all():
+        raise UserError(f"the map has nodata within {context_px} px of the edge being expanded; fill or crop it first")
+    offset, scale = float(band.mean()), float(band.std())
+    if scale <= 1e-6 * max(1.0, abs(offset)):
+        raise UserError(
+            f"the {context_px} px band along the edge being expanded is flat ({offset:g} m); nothing to continue"
+        )
+    padded_height = -(-height // f) * f
+    normalized = np.pad((band - offset) / scale, ((0, padded_height - height), (0, 0)), mode="edge")
+    tokens = tokenizer.encode(normalized[None].astype(np.float32))[0]
+    rows = tokens.shape[0]
+    window_rows = min(window, rows)
+    starts = list(range(0, rows - window_rows + 1, max(window_rows // 2, 1)))
+    if starts[-1] != rows - window_rows:
+        starts.append(rows - window_rows)
+    n_passes = -(-math.ceil(amount / f) // new_side)
+    for pass_index in range(n_passes):
+        strip = np.zeros((rows, new_side), dtype=np.int64)
+        done = np.zeros(rows, dtype=bool)
+        for start in starts:
+            rows_here = slice(start, start + window_rows)
+            window_tokens = np.concatenate([tokens[rows_here, -context:], strip[rows_here]], axis=1)
+            known = np.ones_like(window_tokens, dtype=bool)
+            known[:, context:] = done[rows_here, None]
+            n_unknown = int((~known).sum())
+            if n_unknown == 0:
+                continue
+            steps = steps_for(n_unknown, window * window, int(generator.sampling["steps"]))
+            rng = torch.Generator().manual_seed(window_seed(seed, EXPAND_STREAM + stream, pass_index, start))
+            decoded = generator.decode_windows(window_tokens[None], known[None], rng, None, steps)[0]
+            strip[rows_here] = decoded[:, context:]
+            done[rows_here] = True
+        tokens = np.concatenate([tokens, strip], axis=1)
+    decoded = tokenizer.decode(tokens[None])[0][:height]
+    new = decoded[:, context_px : context_px + amount].astype(np.float64)
+    # Fade the original edge's reconstruction error out over one band width, so heights continue across the seam.
+    residual = normalized[:height, -1] - decoded[:, context_px - 1]
+    fade = np.clip(1.0 - np.arange(1, amount + 1) / (context_px + 1), 0.0, 1.0)
+    new += residual[:, None] * fade[None, :]
+    return np.concatenate([elevation, (new * scale + offset).astype(elevation.dtype)], axis=1)
+
+
+def expand_array(generator: TerrainGenerator, elevation: np.ndarray, amounts: dict[str, int], seed: int) -> np.ndarray:
+    """``elevation`` grown by ``amounts[side]`` pixels on each side (right, down, left, up, in that order)."""
+    unknown = sorted(set(amounts) - set(EXPAND_SIDES))
+    if unknown:
+        raise UserError(f"unknown side(s) {unknown}; choose from {', '.join(EXPAND_SIDES)}")
+    z = np.asarray(elevation, dtype=np.float32)
+    for stream, side in enumerate(EXPAND_SIDES):
+        amount = int(amounts.get(side, 0))
+        if amount < 0:
+            raise UserError(f"cannot expand by a negative amount ({side} = {amount} px)")
+        if amount == 0:
+            continue
+        turns = TURNS_TO_RIGHT[side]
+        z = np.rot90(extend_right(generator, np.rot90(z, turns), amount, seed, stream), -turns)
+    return np.ascontiguousarray(z)
+
+
+def expand_map(
+    generator: TerrainGenerator,
+    dem: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    amounts: dict[str, int],
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Grow a DEM GeoTIFF on any side; write the larger GeoTIFF (same pixel size and CRS, origin moved for
+    left/up growth) and a shaded-relief PNG beside it. The original pixels are copied unchanged."""
+    from rasterio.transform import Affine
+
+    from landformer.core.raster import open_raster, write_geotiff
+    from landformer.core.viz import save_elevation_png
+    from landformer.terrain.data import pixel_size_metres
+
+    if not any(amounts.get(side, 0) for side in EXPAND_SIDES):
+        raise UserError("nothing to expand: give a number of pixels for at least one side (e.g. --right 64)")
+    with open_raster(dem) as dataset:
+        elevation = dataset.read(1).astype(np.float32)
+        if dataset.nodata is not None and not np.isnan(dataset.nodata):
+            elevation[elevation == np.float32(dataset.nodata)] = np.nan
+        transform, crs = dataset.transform, dataset.crs
+        pixel_size = pixel_size_metres(dataset)
+    if not np.isfinite(elevation).any():
+        raise UserError(f"DEM {dem} is full of nodata; there is nothing to expand")
+    start = time.perf_counter()
+    grown = expand_array(generator, elevation, amounts, seed)
+    seconds = time.perf_counter() - start
+    shifted = transform * Affine.translation(-amounts.get("left", 0), -amounts.get("up", 0))
+    out = Path(out)
+    tags = {
+        "generator": "landformer.terrain.expand",
+        "seed": seed,
+        "source": str(dem),
+        **{k: v for k, v in amounts.items()},
+    }
+    write_geotiff(out, grown, shifted, crs, nodata=float("nan"), band_names=["elevation_m"], tags=tags)
+    png = save_elevation_png(out.with_suffix(".png"), grown, pixel_size, title=f"expanded {Path(dem).name}")
+    summary = {
+        "geotiff": str(out),
+        "preview": str(png),
+        "shape": list(grown.shape),
+        "original_shape": list(elevation.shape),
+        "seed": seed,
+        "amounts": amounts,
+        "seconds": round(seconds, 2),
+    }
+    write_json(out.with_suffix(".json"), summary)
+    return summary
