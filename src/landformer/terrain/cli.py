@@ -105,7 +105,7 @@ def _add_training_arguments(parser: argparse.ArgumentParser, default_config: str
 
     parser.add_argument("--config", default=None, help=f"recipe YAML (default: {default_config} if present)")
     parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override one recipe key, e.g. train.max_steps=50"
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key: train.max_steps=50"
     )
     parser.add_argument("--out", default=out, help="run folder")
     add_resume_argument(parser)

@@ -51,13 +51,19 @@ class TileSet:
     val: np.ndarray  # (M, S, S) float32 metres
     train_conditions: np.ndarray | None  # (N, S, S) int16 class indices (NODATA_INDEX = none), when conditioning
     val_conditions: np.ndarray | None
-    pixel_size_m: float  # median pixel size of the sources in metres (for hillshades and GeoTIFFs)
+    train_pixel_sizes: np.ndarray  # (N,) pixel size in metres of each tile's source (for hillshades)
+    val_pixel_sizes: np.ndarray  # (M,)
     legend: Legend | None = None  # legend of the condition maps
     sources: list[dict[str, Any]] = field(default_factory=list)  # what each source gave and dropped
 
     @property
     def tile_size(self) -> int:
         return int(self.train.shape[-1])
+
+    @property
+    def pixel_size_m(self) -> float:
+        """Median pixel size over the training tiles: the default pixel size of generated maps."""
+        return float(np.median(self.train_pixel_sizes))
 
     def summary(self) -> dict[str, Any]:
         """Plain numbers for run records and model exports (elevation statistics of the training tiles)."""
@@ -316,34 +322,41 @@ def prepare_tiles(config: TerrainDataConfig, data_dir: Path, seed: int) -> TileS
     """Every source's tiles, concatenated; a recipe with no usable source is a UserError."""
     config.validate()
     legend = load_legend(config.condition_legend) if config.condition_legend is not None else None
-    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "train_c": [], "val_c": []}
-    reports, pixel_sizes = [], []
-    for source in build_sources(config, data_dir, seed):
-        train, val, train_c, val_c, report = read_dem_tiles(source, config, legend, seed)
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in ("train", "val", "train_c", "val_c", "train_p", "val_p")}
+    reports = []
+
+    def add(train: np.ndarray, val: np.ndarray, report: dict[str, Any]) -> None:
         parts["train"].append(train)
         parts["val"].append(val)
+        parts["train_p"].append(np.full(len(train), report["pixel_size_m"]))
+        parts["val_p"].append(np.full(len(val), report["pixel_size_m"]))
+        reports.append(report)
+
+    for source in build_sources(config, data_dir, seed):
+        train, val, train_c, val_c, report = read_dem_tiles(source, config, legend, seed)
+        add(train, val, report)
         if legend is not None:
             parts["train_c"].append(train_c)
             parts["val_c"].append(val_c)
-        reports.append(report)
-        pixel_sizes.append(report["pixel_size_m"])
     for path in config.chips:
-        train, val, report = read_chip_tiles(Path(path), config)
-        parts["train"].append(train)
-        parts["val"].append(val)
-        reports.append(report)
-        pixel_sizes.append(report["pixel_size_m"])
+        add(*read_chip_tiles(Path(path), config))
     if not parts["train"]:
         raise UserError("terrain data: no elevation source (give dems, chips, packaged DEMs or a world)")
-    size = config.tile_size
-    empty = np.empty((0, size, size), dtype=np.float32)
     train = np.concatenate(parts["train"])
-    val = np.concatenate(parts["val"]) if parts["val"] else empty
     if len(train) == 0:
         raise UserError("terrain data: the sources gave no training tile")
     train_c = np.concatenate(parts["train_c"]) if legend is not None else None
     val_c = np.concatenate(parts["val_c"]) if legend is not None else None
-    return TileSet(train, val, train_c, val_c, float(np.median(pixel_sizes)), legend, reports)
+    return TileSet(
+        train,
+        np.concatenate(parts["val"]),
+        train_c,
+        val_c,
+        np.concatenate(parts["train_p"]),
+        np.concatenate(parts["val_p"]),
+        legend,
+        reports,
+    )
 
 
 def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:

@@ -427,7 +427,7 @@ def expand_map(
     start = time.perf_counter()
     grown = expand_array(generator, elevation, amounts, seed)
     seconds = time.perf_counter() - start
-    shifted = transform * Affine.translation(-amounts.get("left", 0), -amounts.get("up", 0))
+    shifted = transform @ Affine.translation(-amounts.get("left", 0), -amounts.get("up", 0))
     out = Path(out)
     tags = {
         "generator": "landformer.terrain.expand",

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -92,15 +93,16 @@ def _loader(dataset: Any, batch_size: int, shuffle: bool) -> torch.utils.data.Da
 
 
 def _save_val_tiles(run_dir: Path, tiles: TileSet) -> Path:
-    arrays = {"val": tiles.val}
+    arrays = {"val": tiles.val, "val_pixel_sizes": tiles.val_pixel_sizes}
     if tiles.val_conditions is not None:
         arrays["val_conditions"] = tiles.val_conditions
     return write_npz(run_dir / VAL_TILES_FILE, arrays)
 
 
-def load_val_tiles(run_dir: str | os.PathLike[str]) -> np.ndarray:
-    """The held-out tiles (metres) a training run wrote, for evaluation and benchmarks."""
-    return read_npz(Path(run_dir) / VAL_TILES_FILE, required=("val",), what="validation tiles")["val"]
+def load_val_tiles(run_dir: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out tiles (metres) a training run wrote and their pixel sizes (m), for evaluation and benchmarks."""
+    arrays = read_npz(Path(run_dir) / VAL_TILES_FILE, required=("val", "val_pixel_sizes"), what="validation tiles")
+    return arrays["val"], arrays["val_pixel_sizes"]
 
 
 def fit_tokenizer(
@@ -154,13 +156,17 @@ def fit_tokenizer(
     )
     # The task clips its own gradients (manual optimisation); Lightning's clipping must stay off.
     train_config = dataclasses.replace(config.train, gradient_clip=0.0)
-    result = fit(tokenizer_task, (train_loader, val_loader), train_config, run_dir, resume)
+    with warnings.catch_warnings():
+        # Lightning warns that manual optimisation checkpoints hold the weights after the step: that is the state
+        # a resumed run needs.
+        warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+        result = fit(tokenizer_task, (train_loader, val_loader), train_config, run_dir, resume)
     # The adversarial phase raises pixel losses a little, so "best val/loss" would favour the weights from
     # before it: the tokenizer is exported from the end of training.
     weights = export_tokenizer(run_dir, tokenizer_task.tokenizer.cpu(), tiles.summary())
     tokenizer = load_tokenizer(weights)
     evaluation = evaluate_tokenizer(tokenizer, tiles.val if len(tiles.val) else tiles.train[:256])
-    panel = reconstruction_panel(run_dir / "reconstructions.png", tokenizer, tiles.val[:6], tiles.pixel_size_m)
+    panel = reconstruction_panel(run_dir / "reconstructions.png", tokenizer, tiles.val[:6], tiles.val_pixel_sizes[:6])
     summary = {
         "run_dir": str(run_dir),
         "tokenizer": str(weights),
@@ -194,8 +200,11 @@ def evaluate_tokenizer(tokenizer: LoadedTokenizer, tiles: np.ndarray) -> dict[st
     }
 
 
-def reconstruction_panel(path: Path, tokenizer: LoadedTokenizer, tiles: np.ndarray, pixel_size: float) -> Path | None:
-    """PNG with one row per tile: input, reconstruction, |error|, input hillshade, reconstruction hillshade."""
+def reconstruction_panel(
+    path: Path, tokenizer: LoadedTokenizer, tiles: np.ndarray, pixel_sizes: np.ndarray | float
+) -> Path | None:
+    """PNG with one row per tile: input, reconstruction, |error|, input hillshade, reconstruction hillshade.
+    ``pixel_sizes`` (metres, one per tile or one for all) set the slopes of the hillshades."""
     from landformer.core.viz import save_panel
 
     if len(tiles) == 0:
@@ -203,7 +212,8 @@ def reconstruction_panel(path: Path, tokenizer: LoadedTokenizer, tiles: np.ndarr
     normalized, offsets, scales = normalize_tiles(tiles, "tiles to reconstruct")
     reconstruction = tokenizer.decode(tokenizer.encode(normalized)) * scales[:, None, None] + offsets[:, None, None]
     images, titles = [], []
-    for tile, rec in zip(tiles, reconstruction, strict=True):
+    pixel_sizes = np.broadcast_to(np.asarray(pixel_sizes, dtype=np.float64), (len(tiles),))
+    for tile, rec, pixel_size in zip(tiles, reconstruction, pixel_sizes, strict=True):
         error = rec - tile
         value_range = (float(tile.min()), float(tile.max()))
         images += [
@@ -271,8 +281,8 @@ def reconstruct(
             pixel_size = pixel_size_metres(dataset)
     else:
         run_dir = tokenizer.source.parent
-        tiles = load_val_tiles(run_dir)[:count]
-        pixel_size = float(tokenizer.meta["data"]["pixel_size_m"])
+        tiles, pixel_sizes = load_val_tiles(run_dir)
+        tiles, pixel_size = tiles[:count], pixel_sizes[:count]
         if len(tiles) == 0:
             raise UserError(f"{run_dir} holds no held-out tiles; pass --dem")
     panel = reconstruction_panel(out / "reconstructions.png", tokenizer, tiles, pixel_size)

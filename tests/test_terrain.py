@@ -1,0 +1,296 @@
+"""Terrain pipeline: DEM tiling, exports and tokenizer identity, endless-field determinism, world writing,
+expansion, bad input, CLI, and a tiny end-to-end training run of both stages."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.transform import Affine
+
+from landformer.cli import main
+from landformer.core.errors import UserError
+from landformer.core.raster import write_geotiff
+from landformer.terrain.config import TerrainDataConfig
+from landformer.terrain.data import DemSource, condition_tokens, read_chip_tiles, read_dem_tiles
+from landformer.terrain.export import (
+    export_maskgit,
+    export_tokenizer,
+    load_generator,
+    load_tokenizer,
+)
+from landformer.terrain.maskgit import MaskGIT, MaskGITModelConfig
+from landformer.terrain.outpaint import TerrainField, expand_array, expand_map, write_world
+from landformer.terrain.pipeline import reconstruct, sample
+from landformer.terrain.tokenizer import TokenizerModelConfig, VQTokenizer
+
+CRS = "EPSG:32617"
+PIXEL = 30.0
+SUMMARY = {"tile_size": 16, "pixel_size_m": PIXEL, "median_offset_m": 500.0, "median_scale_m": 40.0}
+SAMPLING = {"steps": 4, "temperature": 1.0, "choice_temperature": 4.5, "bf16": False}
+
+
+def hills(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Smooth random relief in metres around 800 m."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[0:height, 0:width]
+    z = 800.0 + 60 * np.sin(rows / 7.0 + rng.uniform(0, 6)) * np.cos(cols / 5.0 + rng.uniform(0, 6))
+    return (z + rng.normal(0, 2.0, size=z.shape)).astype(np.float32)
+
+
+def write_dem(path: Path, elevation: np.ndarray, nodata: float | None = float("nan")) -> Path:
+    return write_geotiff(path, elevation, Affine(PIXEL, 0, 500_000, 0, -PIXEL, 4_000_000), CRS, nodata=nodata)
+
+
+def make_tokenizer(folder: Path, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    model = VQTokenizer(TokenizerModelConfig(channels=8, codebook_size=32))
+    return export_tokenizer(folder, model, SUMMARY)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Untrained but complete exports: a tokenizer (16 px tiles, 4 x 4 tokens) and a MaskGIT trained on it."""
+    root = tmp_path_factory.mktemp("terrain_models")
+    tokenizer = make_tokenizer(root / "tokenizer")
+    other = make_tokenizer(root / "other_tokenizer", seed=1)
+    torch.manual_seed(0)
+    maskgit = MaskGIT(MaskGITModelConfig(vocab_size=32, grid=4, dim=32, n_layers=2, n_heads=2, dropout=0.0))
+    weights = export_maskgit(root / "maskgit", maskgit, load_tokenizer(tokenizer), 2, SAMPLING, SUMMARY, None)
+    return {"tokenizer": tokenizer, "other": other, "maskgit": weights, "root": root}
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def test_dem_tiles_are_exact_reads_split_by_blocks(tmp_path: Path) -> None:
+    rows, cols = np.mgrid[0:96, 0:96]
+    elevation = (1000.0 * rows + cols).astype(np.float32)  # the value names its pixel
+    elevation[:20, :20] = np.nan
+    dem = write_dem(tmp_path / "dem.tif", elevation)
+    config = TerrainDataConfig(tile_size=16, stride=8, block_size=32, val_fraction=0.25, min_relief=0.0)
+    train, val, _, _, report = read_dem_tiles(DemSource("dem", dem), config, None, seed=0)
+    assert len(train) and len(val)
+    assert report["dropped_nodata"] > 0 and report["n_train"] == len(train) and report["pixel_size_m"] == PIXEL
+    covered = {"train": np.zeros((96, 96), bool), "val": np.zeros((96, 96), bool)}
+    for name, tiles in (("train", train), ("val", val)):
+        for tile in tiles:
+            top, left = int(tile[0, 0] // 1000), int(tile[0, 0] % 1000)
+            assert np.array_equal(tile, elevation[top : top + 16, left : left + 16])
+            assert top % 32 % 8 == 0 and left % 32 % 8 == 0 and top // 32 == (top + 15) // 32
+            covered[name][top : top + 16, left : left + 16] = True
+    assert not (covered["train"] & covered["val"]).any()  # no held-out pixel is ever trained on
+
+
+def test_dem_full_of_nodata_is_refused_in_one_line(tmp_path: Path) -> None:
+    dem = write_dem(tmp_path / "empty.tif", np.full((64, 64), -9999, dtype=np.float32), nodata=-9999)
+    config = TerrainDataConfig(tile_size=16, block_size=32)
+    with pytest.raises(UserError, match=r"none of \d+ tiles of 16 px is usable \(every one has nodata\)") as info:
+        read_dem_tiles(DemSource("empty", dem), config, None, seed=0)
+    assert "\n" not in str(info.value) and "empty.tif" in str(info.value)
+
+
+def test_chip_files_give_their_elevation_channel(tmp_path: Path) -> None:
+    from landformer.core.chips import write_chips
+
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(6, 2, 16, 16)).astype(np.float32)
+    train[:, 1] = train[:, 1] * 50 + 300
+    test = train[:2].copy()
+    coords = np.zeros((6, 2))
+    metadata = {"channel_names": ["landcover", "elevation"], "pixel_size": [30.0, 30.0], "chip_size": 16}
+    path = write_chips(tmp_path / "chips.npz", train, test, coords, coords[:2], metadata)
+    tiles, val, report = read_chip_tiles(path, TerrainDataConfig(tile_size=16))
+    assert np.array_equal(tiles, train[:, 1]) and np.array_equal(val, test[:, 1])
+    assert report["n_train"] == 6 and report["pixel_size_m"] == 30.0
+    with pytest.raises(UserError, match="tile_size is 32"):
+        read_chip_tiles(path, TerrainDataConfig(tile_size=32))
+
+
+def test_condition_tokens_take_the_majority_and_skip_nodata() -> None:
+    pixels = np.full((1, 8, 8), -1, dtype=np.int16)
+    pixels[0, :4, :4] = [[0, 0, 1, 1]] * 4  # tie 8 : 8 -> the lower class
+    pixels[0, :4, 4:] = 2
+    pixels[0, 4:, :4] = [[-1, -1, -1, 1]] * 4  # nodata does not vote
+    tokens = condition_tokens(pixels, 4, n_classes=3)
+    assert tokens.tolist() == [[[0, 2], [1, 3]]]  # 3 = "no condition"
+
+
+# ------------------------------------------------------------------------------------------------ exports
+
+
+def test_generator_refuses_another_tokenizer(models: dict[str, Path]) -> None:
+    generator = load_generator(models["maskgit"])
+    assert generator.tokenizer.identity == load_tokenizer(models["tokenizer"]).identity
+    with pytest.raises(UserError, match=r"was trained on tokenizer [0-9a-f]{16}, but .* is tokenizer") as info:
+        load_generator(models["maskgit"], tokenizer=models["other"])
+    assert "\n" not in str(info.value)
+    with pytest.raises(UserError, match="is not a landformer terrain tokenizer"):
+        load_tokenizer(models["maskgit"])
+
+
+def test_tokenizer_identity_changes_with_any_weight(models: dict[str, Path], tmp_path: Path) -> None:
+    from landformer.core.io import load_safetensors, save_safetensors
+
+    tensors, meta = load_safetensors(models["tokenizer"])
+    tensors["decoder.conv_out.bias"] = tensors["decoder.conv_out.bias"] + 1e-3
+    save_safetensors(tmp_path / "tokenizer.safetensors", tensors, meta)
+    with pytest.raises(UserError, match="weights changed since export"):
+        load_tokenizer(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ endless
+
+
+def test_field_tiles_do_not_depend_on_request_order(models: dict[str, Path]) -> None:
+    generator = load_generator(models["maskgit"])
+    wanted = [(0, 0), (3, -2), (1, 1), (-1, 4), (2, 2), (5, 5)]
+    first = TerrainField(generator, seed=7, group=2, cache_groups=64)
+    forward = {tile: first.tile(*tile) for tile in wanted}
+    # A fresh field with a tiny cache (groups are recomputed when evicted), asked in the opposite order.
+    second = TerrainField(generator, seed=7, group=2, cache_groups=2)
+    backward = {tile: second.tile(*tile) for tile in reversed(wanted)}
+    for tile in wanted:
+        assert np.array_equal(forward[tile], backward[tile]), tile
+    assert second.groups_computed > first.groups_computed
+    other_seed = TerrainField(generator, seed=8, group=2)
+    assert any(not np.array_equal(other_seed.tile(*tile), forward[tile]) for tile in wanted)
+    # tokens() assembles the same tiles, wherever the window starts.
+    block = first.tokens(-3, -5, 9, 11)
+    assert np.array_equal(block[1:3, 1:3], forward[(-1, -2)] if (-1, -2) in forward else first.tile(-1, -2))
+    assert np.array_equal(block[3:5, 5:7], forward[(0, 0)])
+
+
+def test_world_is_the_same_whatever_the_block_size(models: dict[str, Path], tmp_path: Path) -> None:
+    generator = load_generator(models["maskgit"])
+    small = write_world(generator, tmp_path / "a.tif", 42, seed=3, block=16, crs="EPSG:32633", origin=(1000.0, 9000.0))
+    whole = write_world(generator, tmp_path / "b.tif", 42, seed=3, block=48, crs="EPSG:32633", origin=(1000.0, 9000.0))
+    with rasterio.open(small["geotiff"]) as a, rasterio.open(whole["geotiff"]) as b:
+        assert a.shape == (42, 42) and a.crs.to_epsg() == 32633
+        assert a.transform == Affine(PIXEL, 0, 1000.0, 0, -PIXEL, 9000.0)
+        first, second = a.read(1), b.read(1)
+    assert np.isfinite(first).all()
+    assert np.array_equal(first, second)
+    assert Path(small["preview"]).is_file()
+    # Heights follow the training statistics by default: mean offset, relief scaled from normalised units.
+    assert abs(float(first.mean()) - SUMMARY["median_offset_m"]) < 3 * SUMMARY["median_scale_m"]
+
+
+def test_expansion_keeps_the_map_and_is_deterministic(models: dict[str, Path]) -> None:
+    generator = load_generator(models["maskgit"])
+    original = hills(40, 36)
+    grown = expand_array(generator, original, {"right": 10, "up": 6, "left": 4}, seed=1)
+    assert grown.shape == (46, 50)
+    assert np.array_equal(grown[6:, 4:40], original)
+    assert np.isfinite(grown).all()
+    assert np.array_equal(grown, expand_array(generator, original, {"right": 10, "up": 6, "left": 4}, seed=1))
+    other = expand_array(generator, original, {"right": 10, "up": 6, "left": 4}, seed=2)
+    assert not np.array_equal(other, grown) and np.array_equal(other[6:, 4:40], original)
+    # The seam continues the original's heights: the first new column is close to the last original one.
+    step = np.abs(grown[6:, 40] - original[:, -1]).mean()
+    assert step < 4 * np.abs(np.diff(original, axis=1)).mean() + 1.0
+
+
+def test_expand_map_moves_the_origin_for_left_and_up(models: dict[str, Path], tmp_path: Path) -> None:
+    generator = load_generator(models["maskgit"])
+    dem = write_dem(tmp_path / "dem.tif", hills(32, 32))
+    summary = expand_map(generator, dem, tmp_path / "big.tif", {"left": 8, "up": 4}, seed=0)
+    with rasterio.open(summary["geotiff"]) as grown:
+        assert grown.shape == (36, 40)
+        assert grown.transform.c == 500_000 - 8 * PIXEL and grown.transform.f == 4_000_000 + 4 * PIXEL
+        assert np.array_equal(grown.read(1)[4:, 8:], hills(32, 32))
+    with pytest.raises(UserError, match="nothing to expand"):
+        expand_map(generator, dem, tmp_path / "same.tif", {}, seed=0)
+    empty = write_dem(tmp_path / "empty.tif", np.full((32, 32), np.nan, dtype=np.float32))
+    with pytest.raises(UserError, match="full of nodata"):
+        expand_map(generator, empty, tmp_path / "x.tif", {"right": 8}, seed=0)
+    flat = write_dem(tmp_path / "flat.tif", np.full((32, 32), 120.0, dtype=np.float32))
+    with pytest.raises(UserError, match="is flat"):
+        expand_map(generator, flat, tmp_path / "y.tif", {"right": 8}, seed=0)
+
+
+# ------------------------------------------------------------------------------------------------ commands
+
+
+def test_reconstruct_refuses_empty_and_flat_dems(models: dict[str, Path], tmp_path: Path) -> None:
+    empty = write_dem(tmp_path / "empty.tif", np.full((40, 40), np.nan, dtype=np.float32))
+    with pytest.raises(UserError, match="is full of nodata"):
+        reconstruct(models["tokenizer"], tmp_path / "r", dem=empty)
+    flat = write_dem(tmp_path / "flat.tif", np.full((40, 40), 640.0, dtype=np.float32))
+    with pytest.raises(UserError, match=r"is flat \(every complete tile holds a single height, e.g. 640 m\)"):
+        reconstruct(models["tokenizer"], tmp_path / "r", dem=flat)
+    dem = write_dem(tmp_path / "dem.tif", hills(40, 40))
+    summary = reconstruct(models["tokenizer"], tmp_path / "r", dem=dem, count=3)
+    assert summary["tiles"] == 3 and Path(summary["panel"]).is_file()
+
+
+def test_sample_writes_png_and_georeferenced_geotiff(models: dict[str, Path], tmp_path: Path) -> None:
+    summary = sample(models["maskgit"], tmp_path, count=3, seed=4, pixel_size=10.0, crs="EPSG:32610", offset=1200)
+    with rasterio.open(summary["geotiff"]) as samples:
+        assert samples.count == 3 and samples.shape == (16, 16) and samples.crs.to_epsg() == 32610
+        assert samples.transform.a == 10.0
+        heights = samples.read()
+    assert abs(float(heights.mean()) - 1200) < 3 * SUMMARY["median_scale_m"]
+    again = sample(models["maskgit"], tmp_path / "again", count=3, seed=4, pixel_size=10.0, offset=1200)
+    with rasterio.open(again["geotiff"]) as repeat:
+        assert np.array_equal(repeat.read(), heights)
+
+
+def test_cli_sample_and_bad_input(models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "cli"
+    assert main(["terrain", "sample", "--model", str(models["maskgit"]), "--count", "2", "--out", str(out)]) == 0
+    assert (out / "samples.png").is_file() and (out / "samples.tif").is_file()
+    code = main(["terrain", "sample", "--model", str(models["maskgit"]), "--tokenizer", str(models["other"])])
+    assert code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("landformer: error:") and "was trained on tokenizer" in error and "\n" not in error
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+def test_both_stages_train_export_and_refuse_to_overwrite(tmp_path: Path) -> None:
+    from landformer.core.config import load_config
+    from landformer.terrain.config import MaskGITConfig, TokenizerConfig
+    from landformer.terrain.pipeline import fit_maskgit, fit_tokenizer
+
+    dem = write_dem(tmp_path / "dem.tif", hills(96, 96))
+    data = [f"data.dems=[{dem}]", "data.packaged=[]", "data.world_size=0", "data.tile_size=16", "data.stride=8"]
+    data += ["data.block_size=32", "data.batch_size=8", "data.max_tiles_per_source=40"]
+    train = ["train.max_steps=3", "train.val_every_steps=3", "train.log_every_steps=1", "train.progress_bar=false"]
+    train += ["train.loggers=[csv]"]
+    tokenizer_config = load_config(
+        TokenizerConfig,
+        None,
+        [*data, *train, "model.channels=4", "model.codebook_size=16", "model.disc_channels=8", "task.disc_start=1"],
+    )
+    summary = fit_tokenizer(tokenizer_config, tmp_path / "tok")
+    # max_steps counts tokenizer steps; the discriminator stepped too (its loss is logged) without counting.
+    assert summary["global_step"] == 3
+    with open(next((tmp_path / "tok" / "logs" / "csv").glob("version_*/metrics.csv"))) as handle:
+        rows = list(csv.DictReader(handle))
+    assert any(row.get("train/d_loss") for row in rows)
+    usage = [float(row["val/codebook_usage"]) for row in rows if row.get("val/codebook_usage")]
+    assert usage and 0 < usage[-1] <= 1
+    assert 0 < summary["evaluation"]["codes_used"] <= 16
+    tokenizer = load_tokenizer(tmp_path / "tok")
+    assert tokenizer.identity == summary["identity"]
+    with pytest.raises(UserError, match="already holds a training run"):
+        fit_tokenizer(tokenizer_config, tmp_path / "tok")
+
+    maskgit_config = load_config(
+        MaskGITConfig,
+        None,
+        [*data, *train, f"tokenizer={tmp_path / 'tok'}", "model.dim=32", "model.n_layers=1", "model.n_heads=2"],
+    )
+    result = fit_maskgit(maskgit_config, tmp_path / "mg")
+    meta = json.loads((tmp_path / "mg" / "maskgit.json").read_text())
+    assert meta["tokenizer_identity"] == tokenizer.identity and meta["tile"] == 2
+    assert result["global_step"] == 3 and result["train_tokens_per_second"] > 0
+    assert result["token_grids"]["train"] % 8 == 0  # all 8 flips and turns of every training tile
+    assert Path(result["samples"]).is_file()
