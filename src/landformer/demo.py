@@ -40,6 +40,18 @@ def step_chips(run: Path, seed: int) -> dict[str, Any]:
     return {"file": str(path), "train": len(chips.train_data), "test": len(chips.test_data)}
 
 
+def step_pipeline(name: str, run: Path, seed: int) -> dict[str, Any]:
+    """One pipeline's own demo step (``landformer.<name>.demo.run_demo_step``) into ``run/<name>``."""
+    import importlib
+
+    module = importlib.import_module(f"landformer.{name}.demo")
+    return module.run_demo_step(run / name, run / "world", seed)
+
+
+# Pipelines in the order of the demo; each adds one short step over the shared world.
+DEMO_PIPELINES = ("forecast",)
+
+
 def run_demo(out: Path, size: int = 256, seed: int = 0) -> dict[str, Any]:
     """Run every demo step in order and write ``summary.json``; returns the summary."""
     out.mkdir(parents=True, exist_ok=True)
@@ -47,6 +59,7 @@ def run_demo(out: Path, size: int = 256, seed: int = 0) -> dict[str, Any]:
         ("world", lambda: step_world(out, size, seed)),
         ("chips", lambda: step_chips(out, seed)),
     ]
+    steps += [(name, lambda name=name: step_pipeline(name, out, seed)) for name in DEMO_PIPELINES]
     summary: dict[str, Any] = {"landformer": __version__, "seed": seed, "steps": {}}
     for name, step in steps:
         print(f"[demo] {name} ...", flush=True)
