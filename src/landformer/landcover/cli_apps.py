@@ -1,9 +1,327 @@
-"""Land-cover application commands: gibbs, embed-plot, dev-prob, panorama, evaluate."""
+"""Land-cover application commands: gibbs, embed-plot, dev-prob, panorama, evaluate.
+
+Thin shells over :mod:`landformer.landcover.apps`: each command loads a trained model (a run folder of
+``landcover train`` or its ``model.safetensors``), reads chips or a raster window, calls one function and writes
+its outputs under ``--out``. Heavy imports stay inside the functions so ``landformer --help`` stays fast.
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import Any
+
+from landformer.cli import add_command
+from landformer.core.errors import UserError
 
 
 def add_app_commands(group: argparse._SubParsersAction) -> None:
     """Add the application sub-commands to the ``landcover`` group."""
+    gibbs = add_command(group, "gibbs", "Gibbs chains that redraw blocks of cells from p(x_block | rest)", run_gibbs)
+    _model_arguments(gibbs)
+    gibbs.add_argument("--chips", type=Path, help="chip file whose chips start the chains (default: noise)")
+    gibbs.add_argument("--split", choices=["test", "train"], default="test", help="which chips start the chains")
+    gibbs.add_argument("--chains", type=int, default=16, help="number of chains, run as one batch")
+    gibbs.add_argument("--sweeps", type=int, default=20, help="sweeps per chain (each visits every cell once)")
+    gibbs.add_argument("--block-size", type=int, default=16, help="cells redrawn together, last in the order")
+    gibbs.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of every draw")
+    gibbs.add_argument(
+        "--init", choices=["chips", "noise"], default=None, help="start from the chips or from random classes "
+    )
+    gibbs.add_argument("--fps", type=float, default=4.0, help="frames per second of the GIF")
+
+    embed = add_command(
+        group, "embed-plot", "UMAP of class or position embeddings or of chip representations", run_embed
+    )
+    _model_arguments(embed)
+    embed.add_argument("--what", choices=["classes", "positions", "chips"], default="classes", help="what to project")
+    embed.add_argument("--chips", type=Path, help="chip file (needed for --what chips)")
+    embed.add_argument("--n", type=int, default=512, help="at most this many test chips for --what chips")
+    embed.add_argument(
+        "--method", choices=["auto", "umap", "pca"], default="auto", help="auto: UMAP, or PCA for few points"
+    )
+
+    dev = add_command(
+        group, "dev-prob", "probability of development: many inpaintings of a region, share of developed", run_dev_prob
+    )
+    _model_arguments(dev)
+    dev.add_argument("--raster", type=Path, help="class raster (codes of the model's legend)")
+    dev.add_argument(
+        "--window", type=int, nargs=4, metavar=("COL", "ROW", "W", "H"), help="pixel window of --raster to read"
+    )
+    dev.add_argument("--chips", type=Path, help="chip file instead of a raster: use test chip --chip-index")
+    dev.add_argument("--chip-index", type=int, default=0, help="test chip to use with --chips")
+    dev.add_argument(
+        "--region",
+        type=int,
+        nargs=4,
+        metavar=("COL", "ROW", "W", "H"),
+        help="box inside the window to re-imagine (default: the central half of the window)",
+    )
+    dev.add_argument("--samples", type=int, default=32, help="number of inpainted samples")
+    dev.add_argument("--steps", type=int, default=None, help="parallel decoding steps per window (default sequential)")
+    dev.add_argument("--temperature", type=float, default=1.0, help="softmax temperature")
+    dev.add_argument("--batch-size", type=int, default=32, help="samples decoded together")
+    dev.add_argument("--overlap", type=int, default=None, help="cells shared by neighbouring windows (half a chip)")
+
+    pano = add_command(group, "panorama", "a map wider than the chips by sliding-window outpainting", run_panorama)
+    _model_arguments(pano)
+    pano.add_argument("--width", type=int, default=96, help="panorama width in cells")
+    pano.add_argument("--height", type=int, default=None, help="panorama height in cells (default: one chip)")
+    pano.add_argument("--n", type=int, default=1, help="number of panoramas, drawn as one batch")
+    pano.add_argument("--steps", type=int, default=None, help="parallel decoding steps per window (default sequential)")
+    pano.add_argument("--temperature", type=float, default=1.0, help="softmax temperature")
+    pano.add_argument("--top-k", type=int, default=None, help="keep only the k most likely classes per draw")
+    pano.add_argument("--overlap", type=int, default=None, help="cells shared by neighbouring windows (half a chip)")
+    pano.add_argument("--fps", type=float, default=12.0, help="frames per second of the reveal GIF")
+
+    realism = add_command(
+        group, "evaluate", "realism of sequential and parallel samples against test chips (landscape metrics)", run_eval
+    )
+    _model_arguments(realism)
+    realism.add_argument("--chips", type=Path, required=True, help="chip file whose test chips are the reference")
+    realism.add_argument("--n", type=int, default=64, help="samples per decoding setting (and test chips)")
+    realism.add_argument(
+        "--steps", type=int, nargs="+", default=[16], help="parallel decoding steps to compare with sequential"
+    )
+    realism.add_argument("--temperature", type=float, default=1.0, help="softmax temperature")
+    realism.add_argument("--batch-size", type=int, default=64, help="samples decoded together")
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, required=True, help="run folder of `landcover train` or model file")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the outputs")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same outputs)")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
+
+
+def _positive(name: str, value: int | None, minimum: int = 1) -> None:
+    if value is not None and value < minimum:
+        raise UserError(f"{name} must be at least {minimum}, got {value}")
+
+
+def _load_model(args: argparse.Namespace) -> Any:
+    import torch
+
+    from landformer.landcover.export import load_model
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: no CUDA device is available")
+    return load_model(args.model, device=args.device)
+
+
+def _chip_inputs(path: Path, loaded: Any, split: str = "test", limit: int | None = None) -> tuple[Any, Any, Any]:
+    """Labels (N, H, W), covariates (N, c, H, W) or None, lon/lat (N, 2) or None of one split of a chip file."""
+    from landformer.core.chips import load_chips
+    from landformer.landcover.data import lonlat_inputs, model_inputs
+    from landformer.landcover.export import check_chips_match
+
+    chips = load_chips(path)
+    check_chips_match(loaded, chips, str(path))
+    data = chips.test_data if split == "test" else chips.train_data
+    coords = chips.test_coords if split == "test" else chips.train_coords
+    if len(data) == 0:
+        raise UserError(f"chip file {path}: the {split} split holds no chips")
+    if limit is not None:
+        data, coords = data[:limit], coords[:limit]
+    labels, covariates = model_inputs(data, loaded)
+    lonlat = lonlat_inputs(coords) if loaded.config.use_lonlat else None
+    return labels, covariates, lonlat
+
+
+def _report(paths: dict[str, Path]) -> None:
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+
+
+def run_gibbs(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from landformer.landcover import apps
+
+    _positive("--chains", args.chains)
+    _positive("--sweeps", args.sweeps, 0)
+    _positive("--block-size", args.block_size)
+    init = args.init or ("chips" if args.chips else "noise")
+    if init == "chips" and args.chips is None:
+        raise UserError("gibbs --init chips needs --chips chips.npz")
+    loaded = _load_model(args)
+    covariates = lonlat = None
+    if args.chips is not None:
+        labels, covariates, lonlat = _chip_inputs(args.chips, loaded, args.split, args.chains)
+        labels = labels.numpy()
+        if len(labels) < args.chains:
+            raise UserError(f"chip file {args.chips}: {len(labels)} {args.split} chips for {args.chains} chains")
+    else:
+        size = loaded.chip_size
+        labels = np.zeros((args.chains, size, size), dtype=np.int64)
+    start = labels if init == "chips" else apps.noise_start(labels, loaded.legend.n_classes, args.seed)
+    run = apps.gibbs_chains(
+        loaded.model,
+        start,
+        args.sweeps,
+        args.block_size,
+        args.temperature,
+        covariates,
+        lonlat,
+        seed=args.seed,
+        progress=True,
+    )
+    paths = apps.write_gibbs(run, loaded.legend, args.out, fps=args.fps)
+    print(f"{args.chains} chains x {args.sweeps} sweeps in {run.seconds:.1f} s")
+    _report(paths)
+
+
+def run_embed(args: argparse.Namespace) -> None:
+    from landformer.landcover import apps
+
+    _positive("--n", args.n)
+    loaded = _load_model(args)
+    labels = covariates = lonlat = None
+    if args.what == "chips":
+        if args.chips is None:
+            raise UserError("embed-plot --what chips needs --chips chips.npz")
+        labels, covariates, lonlat = _chip_inputs(args.chips, loaded, "test", args.n)
+    result = apps.embed_plot(
+        loaded.model, loaded.legend, args.what, args.out, labels, covariates, lonlat, args.method, args.seed
+    )
+    if result.note:
+        print(f"note: {result.note}")
+    _report(result.paths)
+
+
+def _central_half(height: int, width: int) -> tuple[int, int, int, int]:
+    return width // 4, height // 4, width - 2 * (width // 4), height - 2 * (height // 4)
+
+
+def _region_mask(region: list[int] | None, height: int, width: int) -> Any:
+    import numpy as np
+
+    col, row, w, h = region if region is not None else _central_half(height, width)
+    if w < 1 or h < 1 or col < 0 or row < 0 or col + w > width or row + h > height:
+        raise UserError(f"--region {col} {row} {w} {h} does not lie inside the {width}x{height} window")
+    mask = np.zeros((height, width), dtype=bool)
+    mask[row : row + h, col : col + w] = True
+    return mask
+
+
+def _read_raster_window(path: Path, window: list[int], loaded: Any) -> tuple[Any, Any, Any, Any]:
+    """Class indices (H, W), the window's transform and CRS, and lon/lat of its centre."""
+    import numpy as np
+    import torch
+    from affine import Affine
+
+    from landformer.core.raster import open_raster, pixel_to_lonlat, read_window
+
+    col, row, width, height = window
+    size = loaded.chip_size
+    if width < size or height < size:
+        raise UserError(f"--window {col} {row} {width} {height} is smaller than the model's {size}x{size} chip")
+    with open_raster(path) as dataset:
+        try:
+            raw = read_window(dataset, row, col, height, width, bands=1)
+        except ValueError as err:
+            raise UserError(f"--window {col} {row} {width} {height}: {err}") from None
+        transform = dataset.transform @ Affine.translation(col, row)
+        crs = dataset.crs
+    labels = loaded.legend.encode(raw, source=str(path)).astype(np.int64)
+    lon, lat = pixel_to_lonlat(transform, crs, height / 2, width / 2)
+    lonlat = torch.tensor([float(lon[0]), float(lat[0])], dtype=torch.float32) if loaded.config.use_lonlat else None
+    return labels, transform, crs, lonlat
+
+
+def run_dev_prob(args: argparse.Namespace) -> None:
+    from landformer.landcover import apps
+
+    _positive("--samples", args.samples)
+    _positive("--batch-size", args.batch_size)
+    _positive("--steps", args.steps)
+    if (args.raster is None) == (args.chips is None):
+        raise UserError("dev-prob needs either --raster with --window, or --chips")
+    loaded = _load_model(args)
+    transform = crs = covariates = lonlat = None
+    if args.raster is not None:
+        if args.window is None:
+            raise UserError("dev-prob --raster needs --window COL ROW W H")
+        labels, transform, crs, lonlat = _read_raster_window(args.raster, args.window, loaded)
+        if loaded.config.covariate_channels:
+            print("note: the model takes covariates; a raster window has none, so it runs unconditioned on them")
+    else:
+        chips, all_covariates, all_lonlat = _chip_inputs(args.chips, loaded, "test")
+        if not 0 <= args.chip_index < len(chips):
+            raise UserError(f"--chip-index {args.chip_index}: chip file {args.chips} has {len(chips)} test chips")
+        labels = chips[args.chip_index].numpy()
+        covariates = all_covariates[args.chip_index] if all_covariates is not None else None
+        lonlat = all_lonlat[args.chip_index] if all_lonlat is not None else None
+    reimagine = _region_mask(args.region, *labels.shape)
+    result = apps.development_probability(
+        loaded.model,
+        loaded.legend,
+        labels,
+        reimagine,
+        args.samples,
+        args.steps,
+        args.temperature,
+        covariates,
+        lonlat,
+        args.batch_size,
+        args.overlap,
+        seed=args.seed,
+        progress=True,
+    )
+    paths = apps.write_development_probability(result, loaded.legend, labels, reimagine, args.out, transform, crs)
+    region = result.probability[reimagine]
+    print(f"mean P(developed) in the re-imagined region: {float(region.mean()):.3f} ({args.samples} samples)")
+    _report(paths)
+
+
+def run_panorama(args: argparse.Namespace) -> None:
+    from landformer.landcover import apps
+
+    _positive("--n", args.n)
+    _positive("--steps", args.steps)
+    _positive("--top-k", args.top_k)
+    loaded = _load_model(args)
+    result = apps.panorama(
+        loaded.model,
+        args.width,
+        args.height,
+        args.n,
+        args.steps,
+        args.temperature,
+        args.top_k,
+        args.overlap,
+        seed=args.seed,
+        progress=True,
+    )
+    print(f"{result.maps.shape[1]}x{result.maps.shape[2]} from {len(result.windows)} windows in {result.seconds:.1f} s")
+    _report(apps.write_panorama(result, loaded.legend, args.out, fps=args.fps))
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    from landformer.landcover import apps
+
+    _positive("--n", args.n)
+    _positive("--batch-size", args.batch_size)
+    for steps in args.steps:
+        _positive("--steps", steps)
+    loaded = _load_model(args)
+    labels, covariates, lonlat = _chip_inputs(args.chips, loaded, "test", args.n)
+    if len(labels) < args.n:
+        raise UserError(f"chip file {args.chips} has {len(labels)} test chips; --n {args.n} asks for more")
+    result = apps.sample_realism(
+        loaded.model,
+        labels.numpy(),
+        args.n,
+        [None, *args.steps],
+        args.temperature,
+        covariates,
+        lonlat,
+        args.batch_size,
+        args.seed,
+    )
+    summary = result.summary()
+    print(summary["table"])
+    for name, setting in summary["settings"].items():
+        print(f"{name}: {setting['samples_per_s']:.2f} samples/s")
+    _report(apps.write_realism(result, loaded.legend, args.out))
