@@ -19,6 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "random-order autoregressive land-cover model: train, sample, inpaint, score, Gibbs, maps",
     )
     _register_train(group)
+    _register_sampling(group)
+    _register_scoring(group)
     add_app_commands(group)
 
 
@@ -57,3 +59,243 @@ def run_train(args: argparse.Namespace) -> None:
     val_text = f"; validation loss {val:.4f} nats/pixel" if val is not None else ""
     print(f"trained {summary['global_step']} steps in {summary['fit_seconds']} s{val_text}")
     print(f"run folder {summary['run_dir']}; model {summary['model']}")
+
+
+def _add_common(parser: argparse.ArgumentParser, out_help: str) -> None:
+    parser.add_argument("--model", type=Path, required=True, help=MODEL_HELP)
+    parser.add_argument("--out", type=Path, required=True, help=out_help)
+    parser.add_argument("--seed", type=int, default=0, help="seed for orders, masks and sampling")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
+
+
+def _add_chips(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    parser.add_argument(
+        "--chips",
+        type=Path,
+        default=None,
+        required=required,
+        help="chip file (.npz) whose test split is used (default: the chips the model was trained on)",
+    )
+
+
+def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="parallel decoding in this many steps (cosine schedule); default: one pixel per step (KV cache)",
+    )
+    parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (> 0)")
+    parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely classes only")
+    parser.add_argument("--top-p", type=float, default=None, help="sample from the smallest set reaching this mass")
+
+
+def _register_sampling(group: argparse._SubParsersAction) -> None:
+    sample = add_command(group, "sample", "generate maps from scratch (PNG grid, npz, GeoTIFFs)", run_sample)
+    _add_common(sample, "folder for samples.png, samples.npz (and sample_XXX.tif)")
+    sample.add_argument("--n", type=int, default=16, help="number of maps")
+    _add_sampling_options(sample)
+    sample.add_argument(
+        "--guidance", type=float, default=0.0, help="classifier-free guidance w: cond + w (cond - null); 0 is off"
+    )
+    _add_chips(sample)
+    sample.add_argument(
+        "--reference",
+        type=Path,
+        default=None,
+        help="raster to place samples on (random windows, written as GeoTIFFs); for a model conditioned on "
+        "covariates its bands are the covariates (e.g. the DEM)",
+    )
+    sample.add_argument(
+        "--unconditional", action="store_true", help="sample a conditioned model with its null conditioning"
+    )
+    sample.add_argument("--batch-size", type=int, default=64, help="maps generated at once")
+
+    animate = add_command(
+        group, "animate", "GIF of a grid of maps generated pixel by pixel in random order", run_animate
+    )
+    _add_common(animate, "folder for animation.gif and final.png")
+    animate.add_argument("--nrows", type=int, default=3, help="rows of maps")
+    animate.add_argument("--ncols", type=int, default=3, help="columns of maps")
+    animate.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (> 0)")
+    animate.add_argument("--fps", type=float, default=30.0, help="frames (pixels) per second")
+    _add_chips(animate)
+    animate.add_argument(
+        "--unconditional", action="store_true", help="animate a conditioned model with its null conditioning"
+    )
+
+    inpaint = add_command(group, "inpaint", "hide pixels of test chips and generate them from the rest", run_inpaint)
+    _add_common(inpaint, "folder for inpaint.png, inpaint.npz and inpaint.json")
+    _add_chips(inpaint)
+    inpaint.add_argument(
+        "--mask",
+        default="box",
+        help="box (centred square), random (scattered pixels) or a mask raster of one chip's size (nonzero = hide)",
+    )
+    inpaint.add_argument("--ratio", type=float, default=0.5, help="share of pixels hidden by box and random masks")
+    inpaint.add_argument("--n", type=int, default=16, help="number of test chips")
+    _add_sampling_options(inpaint)
+
+    evaluate = add_command(
+        group, "inpaint-eval", "inpainting accuracy and log-loss vs mask ratio, against two baselines", run_inpaint_eval
+    )
+    _add_common(evaluate, "folder for inpaint_eval.json and inpaint_eval.png")
+    _add_chips(evaluate)
+    evaluate.add_argument(
+        "--ratios", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.7, 0.9], help="mask ratios to evaluate"
+    )
+    evaluate.add_argument("--n", type=int, default=64, help="number of test chips")
+    evaluate.add_argument("--mask", choices=["random", "box"], default="random", help="kind of mask")
+    evaluate.add_argument(
+        "--steps", type=int, default=None, help="decoding steps of the sampled completion (default: one per pixel)"
+    )
+    evaluate.add_argument("--batch-size", type=int, default=64, help="chips processed at once")
+
+
+def _register_scoring(group: argparse._SubParsersAction) -> None:
+    score = add_command(
+        group, "perplexity", "held-out log-likelihood in random and raster orders (nats, bits)", run_perplexity
+    )
+    _add_common(score, "folder for perplexity.json")
+    _add_chips(score)
+    score.add_argument("--orders", type=int, default=8, help="random orders to average over")
+    score.add_argument("--n", type=int, default=None, help="score only the first N test chips (default: all)")
+    score.add_argument("--batch-size", type=int, default=64, help="chips scored at once")
+
+    info = add_command(group, "info", "bits per pixel of the model vs class entropy, gzip, bz2, lzma and PNG", run_info)
+    _add_common(info, "folder for info.json and info.png")
+    _add_chips(info)
+    info.add_argument("--orders", type=int, default=8, help="random orders to average the model's bits over")
+    info.add_argument("--n", type=int, default=None, help="use only the first N test chips (default: all)")
+    info.add_argument("--batch-size", type=int, default=64, help="chips scored at once")
+
+
+def run_sample(args: argparse.Namespace) -> None:
+    from landformer.landcover.sample import sample_maps
+
+    summary = sample_maps(
+        args.model,
+        args.out,
+        n=args.n,
+        steps=args.steps,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        guidance=args.guidance,
+        chips=args.chips,
+        reference=args.reference,
+        unconditional=args.unconditional,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+    print(f"{summary['n']} samples (conditioning: {summary['conditioning']}) in {args.out}")
+    print(f"grid: {summary['png']}; arrays: {summary['npz']}")
+    if summary["geotiffs"]:
+        print(f"GeoTIFFs: {len(summary['geotiffs'])} files, e.g. {summary['geotiffs'][0]}")
+
+
+def run_animate(args: argparse.Namespace) -> None:
+    from landformer.landcover.sample import animate
+
+    summary = animate(
+        args.model,
+        args.out,
+        nrows=args.nrows,
+        ncols=args.ncols,
+        temperature=args.temperature,
+        fps=args.fps,
+        chips=args.chips,
+        unconditional=args.unconditional,
+        seed=args.seed,
+        device=args.device,
+    )
+    print(f"animation ({summary['frames']} frames): {summary['gif']}; last frame: {summary['png']}")
+
+
+def run_inpaint(args: argparse.Namespace) -> None:
+    from landformer.landcover.sample import inpaint
+
+    summary = inpaint(
+        args.model,
+        args.chips,
+        args.out,
+        mask=args.mask,
+        ratio=args.ratio,
+        n=args.n,
+        steps=args.steps,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        device=args.device,
+    )
+    print(
+        f"inpainted {summary['n']} chips ({summary['hidden_fraction']:.0%} hidden): accuracy on hidden pixels "
+        f"{summary['accuracy_hidden']:.3f}"
+    )
+    print(f"panel: {summary['png']}; arrays: {summary['npz']}")
+
+
+def run_inpaint_eval(args: argparse.Namespace) -> None:
+    from landformer.landcover.sample import inpaint_eval
+
+    summary = inpaint_eval(
+        args.model,
+        args.chips,
+        args.out,
+        ratios=tuple(args.ratios),
+        n=args.n,
+        mask=args.mask,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+    )
+    print("ratio  model  sample  majority  nearest   (accuracy on hidden pixels; log-loss in nats)")
+    for row in summary["rows"]:
+        print(
+            f"{row['ratio']:5.2f}  {row['model_accuracy']:.3f}  {row['model_sample_accuracy']:.3f}   "
+            f"{row['majority_accuracy']:.3f}     {row['nearest_accuracy']:.3f}     "
+            f"log-loss {row['model_log_loss']:.3f} / {row['majority_log_loss']:.3f} / {row['nearest_log_loss']:.3f}"
+        )
+    print(f"results: {Path(args.out) / 'inpaint_eval.json'}; plot: {summary['png']}")
+
+
+def run_perplexity(args: argparse.Namespace) -> None:
+    from landformer.landcover.sample import perplexity
+
+    s = perplexity(
+        args.model,
+        args.chips,
+        args.out,
+        orders=args.orders,
+        n=args.n,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+    )
+    print(
+        f"{s['chips']} ({s['pixels']} pixels): random orders {s['random_nats']:.4f} nats = {s['random_bits']:.4f} "
+        f"bits/pixel (perplexity {s['random_perplexity']:.3f}); raster order {s['raster_nats']:.4f} nats = "
+        f"{s['raster_bits']:.4f} bits/pixel"
+    )
+    print(f"results: {s['json']}")
+
+
+def run_info(args: argparse.Namespace) -> None:
+    from landformer.landcover.sample import information_content
+
+    s = information_content(
+        args.model,
+        args.chips,
+        args.out,
+        orders=args.orders,
+        n=args.n,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+    )
+    for name, bits in sorted(s["bits_per_pixel"].items(), key=lambda item: item[1]):
+        print(f"{name:20s} {bits:.4f} bits/pixel")
+    print(f"results: {s['json']}; chart: {s['png']}")

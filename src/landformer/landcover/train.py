@@ -7,6 +7,7 @@ A run folder holds::
     RUN/checkpoints/                 last.ckpt (resume), best.ckpt (lowest validation loss), periodic ones
     RUN/samples/gen_*.png, gt_*.png, pred_*.png   pictures written while training
     RUN/model.safetensors + model.json            the best weights, ready for sample/inpaint/perplexity/...
+    RUN/data.json                    legend, chip size, channels and covariate statistics of the chips
     RUN/train_summary.json           steps, losses, throughput, paths
 
 Validation runs on the test split of the chips (its first ``data.val_chips`` chips, each in a fixed random order),
@@ -26,7 +27,7 @@ import torch
 
 from landformer.core.chips import ChipConfig, ChipSet, load_chips, make_chips
 from landformer.core.errors import UserError
-from landformer.core.io import load_torch, write_json
+from landformer.core.io import load_torch, read_json, write_json
 from landformer.core.legend import load_legend
 from landformer.core.train import fit, last_checkpoint, prepare_run, seed_everything
 from landformer.landcover.config import LandCoverRecipe
@@ -35,6 +36,7 @@ from landformer.landcover.export import CovariateStats, save_model
 from landformer.landcover.model import LandCoverConfig
 from landformer.landcover.task import LandCoverTask, SampleImages, Throughput
 
+DATA_RECORD = "data.json"
 VAL_ORDER_SEED = 12345  # fixed visiting orders of the validation chips: losses comparable across runs
 
 
@@ -121,6 +123,22 @@ def model_config_for(
     return LandCoverConfig(n_classes=n_classes, chip_size=chip_size, covariate_channels=covariate_channels, **section)
 
 
+def record_data(run_dir: Path, record: dict[str, Any], resuming: bool) -> None:
+    """Write ``RUN/data.json`` (legend, chip size, channels, covariate statistics); on resume, refuse data that
+    differ from what the checkpoint was trained on (another legend would silently relabel every class)."""
+    path = run_dir / DATA_RECORD
+    if resuming and path.is_file():
+        earlier = read_json(path, "run data record")
+        for key, what in (("legend_codes", "legend codes"), ("chip_size", "chip size"), ("channels", "channels")):
+            if earlier.get(key) != record[key]:
+                raise UserError(
+                    f"cannot resume {run_dir}: its checkpoint was trained on {what} {earlier.get(key)}, the chips "
+                    f"{record['chips']} have {record[key]}"
+                )
+        return
+    write_json(path, record)
+
+
 def _resume_step(run_dir: Path, resume: bool | str | os.PathLike[str]) -> int:
     """The optimiser step a resumed run continues from (0 for a fresh run)."""
     if resume is False:
@@ -154,6 +172,15 @@ def train_landcover(
     n_covariates = chips.train_data.shape[1] - 1 if recipe.data.covariates else 0
     stats = CovariateStats.fit(chips.train_data[:, 1 : 1 + n_covariates]) if n_covariates else CovariateStats()
     model_config = model_config_for(recipe, legend.n_classes, chips.chip_size, n_covariates)
+    record = {
+        "chips": str(chips_path),
+        "legend": legend.to_dict(),
+        "legend_codes": legend.codes,
+        "chip_size": chips.chip_size,
+        "channels": chips.channel_names[: 1 + n_covariates],
+        "covariate_stats": stats.to_dict(),
+    }
+    record_data(run_dir, record, resuming=resume is not False)
 
     use_lonlat = recipe.model.use_lonlat
     train_tensors = ChipTensors.from_chips(chips, "train", stats, use_lonlat)

@@ -1,0 +1,310 @@
+"""Land-cover training: chips -> run folder, exact resume after a kill, export round trip, data inputs, bad input.
+
+Chip files are tiny (8x8 chips of a 4-class legend, blocky maps) and the model has 2 layers of width 32, so a
+training run takes seconds.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning
+import numpy as np
+import pytest
+import torch
+
+from landformer.core.chips import load_chips, write_chips
+from landformer.core.config import load_config
+from landformer.core.errors import UserError
+from landformer.core.io import load_torch
+from landformer.core.legend import Legend
+from landformer.landcover.config import LandCoverRecipe
+from landformer.landcover.data import ChipTensors, RunSampler, dihedral, model_inputs, training_loader
+from landformer.landcover.export import CovariateStats, check_chips_match, load_model, save_model
+from landformer.landcover.model import LandCoverConfig, LandCoverRandAR
+from landformer.landcover.train import train_landcover
+
+TOY_LEGEND = {
+    "name": "toy",
+    "nodata": [0],
+    "classes": [
+        {"code": 1, "name": "water", "color": "#466b9f"},
+        {"code": 2, "name": "forest", "color": "#1c5f2c"},
+        {"code": 3, "name": "crops", "color": "#dcd939"},
+        {"code": 4, "name": "town", "color": "#eb0000"},
+    ],
+}
+SIZE = 8
+
+
+def toy_maps(n: int, size: int, seed: int) -> np.ndarray:
+    """(n, size, size) blocky maps: a background class with a rectangle of another class and a river row."""
+    rng = np.random.default_rng(seed)
+    maps = np.empty((n, size, size), dtype=np.int16)
+    for i in range(n):
+        background, patch = rng.choice(3, 2, replace=False) + 1
+        chip = np.full((size, size), background)
+        top, left = rng.integers(0, size - 2, 2)
+        chip[top : top + rng.integers(2, size // 2 + 2), left : left + rng.integers(2, size // 2 + 2)] = patch
+        if rng.random() < 0.5:
+            chip[rng.integers(size)] = 0
+        maps[i] = chip
+    return maps
+
+
+def make_chip_file(
+    path: Path,
+    n_train: int = 48,
+    n_test: int = 16,
+    size: int = SIZE,
+    elevation: bool = False,
+    legend: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> Path:
+    """A chip file in the DESIGN.md contract, with an elevation channel (float32, NaN holes) if asked."""
+    maps = toy_maps(n_train + n_test, size, seed)
+    channels = [maps.astype(np.float32 if elevation else np.int16)]
+    names = ["landcover"]
+    if elevation:
+        rng = np.random.default_rng(seed + 1)
+        dem = (100.0 + 10.0 * maps + rng.normal(0, 1, maps.shape)).astype(np.float32)
+        dem[0, 0, 0] = np.nan
+        channels.append(dem)
+        names.append("elevation")
+    data = np.stack(channels, axis=1)
+    coords = np.stack([np.linspace(-100, -99, len(data)), np.linspace(40, 41, len(data))], axis=1)
+    metadata = {"legend": legend or TOY_LEGEND, "channel_names": names, "chip_size": size}
+    return write_chips(path, data[:n_train], data[n_train:], coords[:n_train], coords[n_train:], metadata)
+
+
+def tiny_recipe(chips: Path, steps: int = 8, **overrides: Any) -> LandCoverRecipe:
+    settings = [
+        f"data.chips={chips}",
+        "data.batch_size=8",
+        "data.val_chips=8",
+        "model.n_layers=2",
+        "model.n_heads=2",
+        "model.dim=32",
+        "model.covariate_patch=4",
+        "task.warmup_steps=2",
+        "task.threads=1",
+        "images.every_steps=4",
+        "images.n=4",
+        "images.steps=4",
+        f"train.max_steps={steps}",
+        "train.val_every_steps=4",
+        "train.checkpoint_every_steps=2",
+        "train.log_every_steps=1",
+        "train.progress_bar=false",
+        "train.accelerator=cpu",
+    ] + [f"{key}={value}" for key, value in overrides.items()]
+    return load_config(LandCoverRecipe, None, settings)
+
+
+@pytest.fixture(scope="module")
+def chips(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_chip_file(tmp_path_factory.mktemp("chips") / "toy.npz")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, chips: Path) -> dict[str, Any]:
+    return train_landcover(tiny_recipe(chips), tmp_path_factory.mktemp("run") / "run")
+
+
+def test_training_writes_model_pictures_and_validation_loss(trained: dict[str, Any], chips: Path) -> None:
+    run = Path(trained["run_dir"])
+    assert trained["global_step"] == 8
+    for name in ("gen", "gt", "pred"):
+        assert sorted(p.name for p in (run / "samples").glob(f"{name}_*.png")) == [
+            f"{name}_0000004.png",
+            f"{name}_0000008.png",
+        ]
+    with open(next((run / "logs" / "csv").glob("version_*/metrics.csv"))) as handle:
+        rows = list(csv.DictReader(handle))
+    val = [float(row["val/loss"]) for row in rows if row.get("val/loss")]
+    assert len(val) == 2 and all(0 < v < 10 for v in val)
+    bits = [float(row["val/bits_per_pixel"]) for row in rows if row.get("val/bits_per_pixel")]
+    assert bits == pytest.approx([v / math.log(2) for v in val], rel=1e-5)
+    assert trained["train_tokens_per_s"] > 0
+    loaded = load_model(run)
+    assert loaded.legend.codes == [1, 2, 3, 4]
+    assert loaded.chip_size == SIZE and loaded.config.n_layers == 2
+    assert not loaded.model.training
+
+
+def test_exported_model_equals_the_best_checkpoint(trained: dict[str, Any]) -> None:
+    run = Path(trained["run_dir"])
+    loaded = load_model(run / "model.safetensors")
+    state = load_torch(trained["checkpoint"])["state_dict"]
+    for name, tensor in loaded.model.state_dict().items():
+        assert torch.equal(tensor, state[f"model.{name}"]), name
+
+
+def test_the_learned_model_beats_uniform_guessing(trained: dict[str, Any]) -> None:
+    """Eight steps on blocky maps already move the held-out loss well below log(4) nats (uniform)."""
+    assert trained["val_loss_nats"] < math.log(4) - 0.2
+
+
+class KillAt(lightning.Callback):
+    """Stands for a killed process: raises after the optimiser step ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError("killed")
+
+
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
+def test_a_killed_run_resumes_to_the_same_weights(tmp_path: Path, chips: Path, monkeypatch) -> None:
+    """Data order, augmentation, visiting orders and conditioning dropout depend only on the step, so a run
+    killed after step 5 and resumed from its step-4 checkpoint ends exactly where an uninterrupted run ends."""
+    elevation_chips = make_chip_file(tmp_path / "elev.npz", elevation=True)
+    overrides = {"data.covariates": "true", "model.cond_dropout": 0.5}
+    whole = train_landcover(tiny_recipe(elevation_chips, **overrides), tmp_path / "whole")
+
+    import landformer.landcover.train as train_module
+
+    original_fit = train_module.fit
+
+    def fit_killed_at_5(*args: Any, **kwargs: Any) -> Any:
+        kwargs["callbacks"] = [*kwargs["callbacks"], KillAt(5)]
+        return original_fit(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "fit", fit_killed_at_5)
+    with pytest.raises(RuntimeError, match="killed"):
+        train_landcover(tiny_recipe(elevation_chips, **overrides), tmp_path / "killed")
+    monkeypatch.setattr(train_module, "fit", original_fit)
+    assert load_torch(tmp_path / "killed" / "checkpoints" / "last.ckpt")["global_step"] == 4
+    with pytest.raises(UserError, match="already holds a training run"):
+        train_landcover(tiny_recipe(elevation_chips, **overrides), tmp_path / "killed")
+    resumed = train_landcover(tiny_recipe(elevation_chips, **overrides), tmp_path / "killed", resume=True)
+    assert resumed["global_step"] == 8
+    final_whole = load_torch(Path(whole["run_dir"]) / "checkpoints" / "last.ckpt")["state_dict"]
+    final_resumed = load_torch(Path(resumed["run_dir"]) / "checkpoints" / "last.ckpt")["state_dict"]
+    assert final_whole.keys() == final_resumed.keys()
+    for name in final_whole:
+        assert torch.equal(final_whole[name], final_resumed[name]), name
+    loaded = load_model(tmp_path / "killed")
+    assert loaded.config.covariate_channels == 1 and loaded.covariate_names == ["elevation"]
+
+
+def test_resume_refuses_chips_of_another_legend(tmp_path: Path, chips: Path) -> None:
+    train_landcover(tiny_recipe(chips, steps=2), tmp_path / "run")
+    other = dict(TOY_LEGEND, classes=[dict(c, code=c["code"] + 10) for c in TOY_LEGEND["classes"]])
+    other_chips = make_chip_file(tmp_path / "other.npz", legend=other)
+    with pytest.raises(UserError, match=r"legend codes \[1, 2, 3, 4\]"):
+        train_landcover(tiny_recipe(other_chips, steps=4), tmp_path / "run", resume=True)
+
+
+def test_run_sampler_continues_the_uninterrupted_stream() -> None:
+    whole = list(RunSampler(10, 37, seed=3))
+    assert list(RunSampler(10, 37, seed=3, start=13)) == whole[13:]
+    epochs = [sorted(i % 10 for i in whole[e * 10 : (e + 1) * 10]) for e in range(3)]
+    assert all(epoch == list(range(10)) for epoch in epochs)  # every chip once per epoch
+
+
+def test_training_batches_depend_only_on_the_step(chips: Path) -> None:
+    loaded_chips = load_chips(chips)
+    tensors = ChipTensors.from_chips(loaded_chips, "train", None, use_lonlat=False)
+    full = list(training_loader(tensors, 4, total_steps=6, seed=1))
+    tail = list(training_loader(tensors, 4, total_steps=6, seed=1, start_step=4))
+    assert len(full) == 6 and len(tail) == 2
+    for a, b in zip(full[4:], tail, strict=True):
+        assert torch.equal(a["labels"], b["labels"]) and torch.equal(a["order"], b["order"])
+    # Each item is a symmetry of a real chip, and each order a permutation.
+    chip_set = {tuple(m.flatten().tolist()) for m in tensors.labels}
+    symmetries = {tuple(dihedral(full[0]["labels"][0], k).flatten().tolist()) for k in range(8)}
+    assert chip_set & symmetries
+    assert torch.equal(full[0]["order"].sort(dim=1).values, torch.arange(SIZE * SIZE).expand(4, -1))
+
+
+def test_model_inputs_scale_covariates_and_fill_holes(tmp_path: Path) -> None:
+    chip_set = load_chips(make_chip_file(tmp_path / "elev.npz", elevation=True))
+    stats = CovariateStats.fit(chip_set.train_data[:, 1:])
+    elevation = chip_set.train_data[:, 1].astype(np.float64)
+    assert stats.mean[0] == pytest.approx(np.nanmean(elevation))
+    assert stats.std[0] == pytest.approx(np.nanstd(elevation))
+    labels, covariates = model_inputs(chip_set.train_data, stats)
+    assert labels.dtype == torch.int64 and torch.equal(labels, torch.from_numpy(chip_set.train_data[:, 0]).long())
+    expected = (chip_set.train_data[:, 1:] - stats.mean[0]) / stats.std[0]
+    assert covariates is not None and covariates[0, 0, 0, 0] == 0.0  # the NaN hole reads as the mean
+    np.testing.assert_allclose(covariates.numpy()[:, :, 1:], expected[:, :, 1:], rtol=1e-5, atol=1e-5)
+    assert model_inputs(chip_set.train_data, None)[1] is None
+
+
+def _saved_model(tmp_path: Path, legend: dict[str, Any] = TOY_LEGEND) -> Path:
+    torch.manual_seed(0)
+    model = LandCoverRandAR(LandCoverConfig(n_classes=4, chip_size=SIZE, n_layers=1, n_heads=2, dim=16))
+    return save_model(model, Legend.from_dict(legend), tmp_path / "model", {"note": "test"})
+
+
+def test_save_and_load_round_trip(tmp_path: Path) -> None:
+    path = _saved_model(tmp_path)
+    loaded = load_model(path.parent)
+    assert loaded.path == path and loaded.metadata["extra"] == {"note": "test"}
+    assert (path.parent / "model.json").is_file()
+    torch.manual_seed(0)
+    original = LandCoverRandAR(LandCoverConfig(n_classes=4, chip_size=SIZE, n_layers=1, n_heads=2, dim=16)).eval()
+    labels = torch.randint(0, 4, (2, SIZE, SIZE))
+    order = torch.arange(SIZE * SIZE).expand(2, -1)
+    assert torch.equal(original(labels, order)[0], loaded.model(labels, order)[0])
+
+
+def test_load_model_errors_are_one_line(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"holds no model\.safetensors"):
+        load_model(tmp_path)
+    with pytest.raises(UserError, match="does not exist"):
+        load_model(tmp_path / "nothing")
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a model")
+    with pytest.raises(UserError, match="not a readable safetensors"):
+        load_model(broken)
+
+
+def test_chips_that_do_not_fit_the_model_are_refused(tmp_path: Path) -> None:
+    loaded = load_model(_saved_model(tmp_path))
+    other = dict(TOY_LEGEND, name="other", classes=[dict(c, code=c["code"] + 10) for c in TOY_LEGEND["classes"]])
+    cases = {
+        "another legend": (make_chip_file(tmp_path / "other.npz", legend=other), "uses legend 'other'"),
+        "another size": (make_chip_file(tmp_path / "big.npz", size=16), "16x16 chips"),
+    }
+    for path, message in cases.values():
+        with pytest.raises(UserError, match=message):
+            check_chips_match(loaded, load_chips(path), str(path))
+    # A file in the original 4-array format (no legend) whose classes exceed the model's legend.
+    data = np.full((4, 1, SIZE, SIZE), 7, dtype=np.int16)
+    coords = np.zeros((4, 2))
+    raw = tmp_path / "raw.npz"
+    np.savez(raw, train_data=data, test_data=data, train_coords=coords, test_coords=coords)
+    with pytest.raises(UserError, match=r"class values \[7\] that are not indices"):
+        check_chips_match(loaded, load_chips(raw), str(raw))
+
+
+def test_a_chip_file_without_a_legend_needs_data_legend(tmp_path: Path) -> None:
+    data = toy_maps(8, SIZE, 0)[:, None] - 1
+    coords = np.zeros((4, 2))
+    raw = tmp_path / "raw.npz"
+    np.savez(raw, train_data=data[:4], test_data=data[4:], train_coords=coords, test_coords=coords)
+    with pytest.raises(UserError, match=r"records no legend: set data\.legend"):
+        train_landcover(tiny_recipe(raw, steps=1), tmp_path / "run")
+
+
+def test_covariates_asked_for_but_absent(tmp_path: Path, chips: Path) -> None:
+    with pytest.raises(UserError, match="has only the class channel"):
+        train_landcover(tiny_recipe(chips, steps=1, **{"data.covariates": "true"}), tmp_path / "run")
+
+
+def test_tiny_config_file_equals_the_built_in_defaults() -> None:
+    from landformer.core.config import to_dict
+
+    root = Path(__file__).resolve().parents[1]
+    assert to_dict(load_config(LandCoverRecipe, root / "configs" / "landcover_tiny.yaml")) == to_dict(LandCoverRecipe())
+    reference = load_config(LandCoverRecipe, root / "configs" / "landcover_reference.yaml")
+    assert (reference.model.n_layers, reference.model.n_heads, reference.model.dim) == (16, 16, 256)
+    assert (reference.data.chip_size, reference.data.batch_size, reference.task.lr) == (32, 64, 5e-4)
+    assert (reference.train.max_steps, reference.train.precision) == (100_000, "auto")
