@@ -420,6 +420,8 @@ def make_mask(kind: str, n: int, size: int, ratio: float, generator: torch.Gener
         return box_mask(n, size, ratio)
     if kind == "random":
         return random_mask(n, size, ratio, generator)
+    if not Path(kind).is_file():
+        raise UserError(f"mask {kind!r} is neither 'box', 'random' nor an existing mask raster")
     return mask_from_raster(kind, n, size)
 
 
