@@ -294,3 +294,41 @@ def test_both_stages_train_export_and_refuse_to_overwrite(tmp_path: Path) -> Non
     assert result["global_step"] == 3 and result["train_tokens_per_second"] > 0
     assert result["token_grids"]["train"] % 8 == 0  # all 8 flips and turns of every training tile
     assert Path(result["samples"]).is_file()
+
+
+def test_conditioned_generator_trains_samples_and_reads_a_condition_raster(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    from landformer.core.config import load_config
+    from landformer.core.legend import load_legend
+    from landformer.core.raster import RasterGrid
+    from landformer.terrain.config import MaskGITConfig
+    from landformer.terrain.outpaint import RasterCondition
+    from landformer.terrain.pipeline import fit_maskgit
+
+    dem = write_dem(tmp_path / "dem.tif", hills(96, 96))
+    codes = np.where(np.arange(96)[None, :] < 48, 41, 42).repeat(96, axis=0).astype(np.uint8)
+    cover = write_geotiff(tmp_path / "cover.tif", codes, Affine(PIXEL, 0, 500_000, 0, -PIXEL, 4_000_000), CRS, nodata=0)
+    overrides = [f"data.dems=[{dem}]", f"data.conditions=[{cover}]", "data.condition_legend=nlcd", "data.packaged=[]"]
+    overrides += ["data.world_size=0", "data.tile_size=16", "data.stride=8", "data.block_size=32", "data.batch_size=8"]
+    overrides += ["data.max_tiles_per_source=20", f"tokenizer={models['tokenizer'].parent}", "model.dim=32"]
+    overrides += ["model.n_layers=1", "model.n_heads=2", "train.max_steps=2", "train.val_every_steps=2"]
+    overrides += ["train.progress_bar=false", "train.loggers=[csv]", "sampling.bf16=false", "sampling.steps=4"]
+    fit_maskgit(load_config(MaskGITConfig, None, overrides), tmp_path / "mg")
+    generator = load_generator(tmp_path / "mg")
+    legend = load_legend("nlcd")
+    assert generator.n_condition_classes == legend.n_classes
+    summary = sample(tmp_path / "mg", tmp_path / "samples", count=2, condition_code=41)
+    assert Path(summary["geotiff"]).is_file()
+    with pytest.raises(UserError):
+        sample(tmp_path / "mg", tmp_path / "bad", count=1, condition_code=7)  # not an NLCD code
+    grid = RasterGrid(rasterio.crs.CRS.from_string(CRS), Affine(PIXEL, 0, 500_000, 0, -PIXEL, 4_000_000), 96, 96)
+    condition = RasterCondition(cover, generator, grid)
+    tokens = condition.tokens(-2, 0, 4, 26)
+    condition.close()
+    deciduous, evergreen = legend.encode(np.array([41, 42]))
+    assert (tokens[:2] == legend.n_classes).all()  # above the raster: no condition
+    assert (tokens[2:, :12] == deciduous).all() and (tokens[2:, 12:24] == evergreen).all()
+    assert (tokens[2:, 24:] == legend.n_classes).all()
+    world = write_world(generator, tmp_path / "w.tif", 24, crs=CRS, origin=(500_000, 4_000_000), condition=cover)
+    assert Path(world["geotiff"]).is_file()

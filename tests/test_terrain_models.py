@@ -285,3 +285,25 @@ def test_conditioning_changes_predictions() -> None:
         forest = model(tokens, torch.zeros(1, 4, 4, dtype=torch.long))
     assert torch.allclose(plain, none)  # no condition map means the "none" class
     assert not torch.allclose(plain, forest)
+
+
+def test_perceptual_loss_runs_only_from_local_vgg_weights(tmp_path) -> None:
+    from torchvision.models.vgg import cfgs, make_layers
+
+    from landformer.core.io import save_safetensors
+    from landformer.terrain.export import load_vgg_features
+    from landformer.terrain.tokenizer import PerceptualLoss
+
+    torch.manual_seed(0)
+    features = make_layers(cfgs["D"])[:16]
+    path = save_safetensors(
+        tmp_path / "vgg16.safetensors", {f"features.{k}": v for k, v in features.state_dict().items()}, {}
+    )
+    loss = PerceptualLoss(load_vgg_features(path))
+    x = torch.randn(2, 1, 16, 16)
+    assert float(loss(x, x)) == 0.0
+    assert float(loss(x, torch.randn(2, 1, 16, 16))) > 0.0
+    assert not any(p.requires_grad for p in loss.parameters())
+    save_safetensors(tmp_path / "other.safetensors", {"fc.weight": torch.zeros(2, 2)}, {})
+    with pytest.raises(UserError, match="hold no 'features"):
+        load_vgg_features(tmp_path / "other.safetensors")

@@ -360,10 +360,12 @@ class PerceptualLoss(nn.Module):
 
     def __init__(self, features_state: Mapping[str, Tensor]) -> None:
         super().__init__()
-        from torchvision.models import vgg16
+        from torchvision.models.vgg import cfgs, make_layers
 
-        self.features = vgg16(weights=None).features[: self.STAGE_ENDS[-1]]
-        self.features.load_state_dict(dict(features_state))
+        # Only the convolutional stages (torchvision's VGG16 "D" layout); the classifier is never built.
+        self.features = make_layers(cfgs["D"], batch_norm=False)[: self.STAGE_ENDS[-1]]
+        wanted = {key: value for key, value in features_state.items() if int(key.split(".")[0]) < self.STAGE_ENDS[-1]}
+        self.features.load_state_dict(wanted)
         self.features.requires_grad_(False).eval()
 
     def forward(self, reconstruction: Tensor, target: Tensor) -> Tensor:

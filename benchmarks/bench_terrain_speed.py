@@ -1,0 +1,254 @@
+"""Terrain speed and memory: MaskGIT decoding against one-token-at-a-time decoding, training throughput, and a
+large world written window by window.
+
+- decoding (tokens/s): MaskGIT's iterative decoding (10 steps) of fully masked token grids against decoding the
+  same grids one token per forward pass with the same network, at the tiny recipe's 8 x 8 window and at the
+  16 x 16 window of the reference recipe; target: >= 20x (a grid of N tokens takes 10 passes instead of N, so
+  the 8 x 8 window can reach at most 6.4x);
+- training (tokens/s for MaskGIT, pixels/s for the tokenizer with its discriminator on) of the tiny recipes;
+- world: ``landformer terrain world --size 4096`` (``--quick``: 512) in a child process; its peak resident
+  memory (target: under 2 GB) and wall time.
+
+The trained tiny models are used when ``--maskgit`` points at a run folder; otherwise untrained models of the
+same size (speed and memory do not depend on the weights) are exported to a temporary folder.
+Writes ``benchmarks/results/bench_terrain_speed.json`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import torch
+
+from landformer.core.io import write_json
+from landformer.terrain.export import export_maskgit, export_tokenizer, load_generator, load_tokenizer
+from landformer.terrain.maskgit import MaskGIT, MaskGITModelConfig, decode, decode_one_by_one
+from landformer.terrain.tasks import MaskGITTask, TokenizerTask
+from landformer.terrain.tokenizer import TokenizerModelConfig, VQTokenizer
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SAMPLING = {"steps": 10, "temperature": 1.0, "choice_temperature": 4.5, "bf16": True}
+SUMMARY = {"tile_size": 32, "pixel_size_m": 30.0, "median_offset_m": 500.0, "median_scale_m": 50.0}
+
+
+def timed(run: Callable[[], object], repeats: int) -> float:
+    """Fastest wall time of ``repeats`` runs after one warm-up run (the least disturbed by other processes)."""
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def untrained_models(folder: Path) -> Path:
+    """Tiny-recipe-sized tokenizer and MaskGIT exports with random weights."""
+    torch.manual_seed(0)
+    tokenizer = export_tokenizer(folder / "tokenizer", VQTokenizer(TokenizerModelConfig(channels=16)), SUMMARY)
+    maskgit = MaskGIT(MaskGITModelConfig(vocab_size=512, grid=8))
+    return export_maskgit(folder / "maskgit", maskgit, load_tokenizer(tokenizer), 4, SAMPLING, SUMMARY, None)
+
+
+def bench_decoding(model: MaskGIT, grid: int, batch: int, steps: int, repeats: int) -> dict[str, float]:
+    tokens = torch.zeros(batch, grid, grid, dtype=torch.long)
+    known = torch.zeros_like(tokens, dtype=torch.bool)
+    n_tokens = batch * grid * grid
+    rates = {}
+    for name, bf16 in (("fp32", False), ("bf16", True)):
+        seconds = timed(lambda bf16=bf16: decode(model, tokens, known, steps, torch.Generator(), bf16=bf16), repeats)
+        rates[f"maskgit_{name}_tokens_per_s"] = n_tokens / seconds
+    one_by_one = timed(lambda: decode_one_by_one(model, tokens, known, torch.Generator()), max(1, repeats // 2))
+    rates["one_by_one_fp32_tokens_per_s"] = n_tokens / one_by_one
+    rates["speedup_fp32"] = rates["maskgit_fp32_tokens_per_s"] / rates["one_by_one_fp32_tokens_per_s"]
+    return rates
+
+
+def bench_training(batch: int, steps: int) -> dict[str, float]:
+    """Optimiser steps of the tiny recipes' networks on random data (the cost does not depend on the data)."""
+    torch.manual_seed(0)
+    maskgit = MaskGITTask(vocab_size=512, grid=8, tile=4)
+    optimizer = torch.optim.AdamW(maskgit.parameters(), lr=1e-4)
+    tokens = torch.randint(0, 512, (batch, 8, 8))
+
+    def maskgit_step() -> None:
+        maskgit.compute_loss({"tokens": tokens})["loss"].backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    maskgit_seconds = timed(lambda: [maskgit_step() for _ in range(steps)], 1) / steps
+    tokenizer = TokenizerTask(channels=16, disc_channels=16, disc_start=0)
+    tokenizer.d_loss_ema.fill_(0.5)  # discriminator in force: the adaptive weight is computed every step
+    optimizers = [
+        torch.optim.AdamW(tokenizer.tokenizer.parameters()),
+        torch.optim.AdamW(tokenizer.discriminator.parameters()),
+    ]
+    batch_data = {"elevation": torch.randn(batch, 1, 32, 32), "scale": torch.ones(batch), "offset": torch.zeros(batch)}
+
+    def tokenizer_step() -> None:
+        from landformer.terrain.tokenizer import adaptive_weight, hinge_d_loss
+
+        losses = tokenizer.compute_loss(batch_data)
+        x, reconstruction, _ = tokenizer._last_outputs
+        g_loss = -tokenizer.discriminator(reconstruction).mean()
+        weight = adaptive_weight(losses["reconstruction"], g_loss, tokenizer.tokenizer.last_layer)
+        (losses["loss"] + 0.1 * weight * g_loss).backward()
+        optimizers[0].step()
+        d_loss = hinge_d_loss(tokenizer.discriminator(x), tokenizer.discriminator(reconstruction.detach()))
+        optimizers[1].zero_grad()
+        d_loss.backward()
+        optimizers[1].step()
+        for optimizer in optimizers:
+            optimizer.zero_grad()
+
+    tokenizer_seconds = timed(lambda: [tokenizer_step() for _ in range(steps)], 1) / steps
+    return {
+        "maskgit_tokens_per_s": batch * 64 / maskgit_seconds,
+        "maskgit_seconds_per_step": maskgit_seconds,
+        "tokenizer_pixels_per_s": batch * 32 * 32 / tokenizer_seconds,
+        "tokenizer_seconds_per_step": tokenizer_seconds,
+        "batch": batch,
+    }
+
+
+def bench_world(maskgit: Path, size: int, threads: int, out: Path) -> dict[str, float]:
+    """Write a world in a child process; its peak RSS comes from getrusage of the finished child."""
+    script = (
+        "import sys, torch; torch.set_num_threads(int(sys.argv[4]));"
+        "from landformer.terrain.export import load_generator;"
+        "from landformer.terrain.outpaint import write_world;"
+        "write_world(load_generator(sys.argv[1]), sys.argv[2], int(sys.argv[3]), seed=0)"
+    )
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", script, str(maskgit), str(out), str(size), str(threads)], check=True)
+    seconds = time.perf_counter() - start
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if peak_kib <= before:
+        raise RuntimeError("the world's child process did not report a new peak RSS")
+    return {"size": size, "seconds": seconds, "peak_rss_mb": peak_kib / 1024, "pixels_per_s": size * size / seconds}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    parser.add_argument("--maskgit", type=Path, default=None, help="trained generator run folder (else untrained)")
+    parser.add_argument("--world-size", type=int, default=4096, help="side of the world in pixels")
+    parser.add_argument("--skip-world", action="store_true", help="leave out the large world")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats of MaskGIT decoding (fastest kept)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest here under load)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "bench_terrain_speed.json", help="JSON output")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.quick:
+        args.world_size, args.repeats = 512, 1
+    t0 = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as scratch:
+        maskgit_path = args.maskgit if args.maskgit is not None else untrained_models(Path(scratch))
+        generator = load_generator(maskgit_path)
+        model = generator.maskgit
+        decoding = {
+            "window_8": bench_decoding(model, 8, 1 if args.quick else 16, 10, args.repeats),
+            "window_16": bench_decoding(model, 16, 1 if args.quick else 4, 10, args.repeats),
+        }
+        training = bench_training(8 if args.quick else 32, 2 if args.quick else 5)
+        world = None
+        if not args.skip_world:
+            world = bench_world(maskgit_path, args.world_size, args.threads, Path(scratch) / "world.tif")
+    summary = [
+        {
+            "metric": f"MaskGIT decoding, {grid} x {grid} tokens, 10 steps (fp32)",
+            "value": decoding[f"window_{grid}"]["maskgit_fp32_tokens_per_s"],
+            "unit": "tokens/s",
+            "baseline": decoding[f"window_{grid}"]["one_by_one_fp32_tokens_per_s"],
+            "ratio": decoding[f"window_{grid}"]["speedup_fp32"],
+            "target": ">= 20x one token per pass" if grid == 16 else f"at most {grid * grid / 10:.1f}x possible",
+        }
+        for grid in (16, 8)
+    ]
+    summary.append(
+        {
+            "metric": "MaskGIT decoding, 8 x 8 tokens, bf16 autocast vs fp32",
+            "value": decoding["window_8"]["maskgit_bf16_tokens_per_s"],
+            "unit": "tokens/s",
+            "baseline": decoding["window_8"]["maskgit_fp32_tokens_per_s"],
+            "ratio": decoding["window_8"]["maskgit_bf16_tokens_per_s"]
+            / decoding["window_8"]["maskgit_fp32_tokens_per_s"],
+            "target": "",
+        }
+    )
+    summary += [
+        {
+            "metric": "MaskGIT training (tiny recipe)",
+            "value": training["maskgit_tokens_per_s"],
+            "unit": "tokens/s",
+            "baseline": None,
+            "ratio": None,
+            "target": "",
+        },
+        {
+            "metric": "tokenizer training with discriminator (tiny recipe)",
+            "value": training["tokenizer_pixels_per_s"],
+            "unit": "pixels/s",
+            "baseline": None,
+            "ratio": None,
+            "target": "",
+        },
+    ]
+    if world is not None:
+        summary += [
+            {
+                "metric": f"world {world['size']} x {world['size']} px, peak RSS",
+                "value": world["peak_rss_mb"],
+                "unit": "MB",
+                "baseline": 2048.0,
+                "ratio": world["peak_rss_mb"] / 2048.0,
+                "target": "< 2 GB (ratio < 1)",
+            },
+            {
+                "metric": f"world {world['size']} x {world['size']} px, wall time",
+                "value": world["seconds"],
+                "unit": "s",
+                "baseline": None,
+                "ratio": None,
+                "target": "",
+            },
+        ]
+    result = {
+        "benchmark": "bench_terrain_speed",
+        "machine": f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} cores, {platform.system()}",
+        "torch_threads": args.threads,
+        "load_average_1m": {"start": load_before, "end": os.getloadavg()[0]},
+        "torch": torch.__version__,
+        "quick": args.quick,
+        "trained_models": args.maskgit is not None,
+        "maskgit_parameters": sum(p.numel() for p in model.parameters()),
+        "decoding": decoding,
+        "training": training,
+        "world": world,
+        "summary": summary,
+        "wall_seconds": time.perf_counter() - t0,
+    }
+    write_json(args.out, result)
+    print(f"{'metric':<62} {'value':>10} {'unit':<9} {'baseline':>10} {'ratio':>8}")
+    for row in summary:
+        baseline = "" if row["baseline"] is None else f"{row['baseline']:.2f}"
+        ratio = "" if row["ratio"] is None else f"{row['ratio']:.2f}x"
+        print(f"{row['metric']:<62} {row['value']:>10.2f} {row['unit']:<9} {baseline:>10} {ratio:>8}")
+    print(f"load average (1 min) {load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end; wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
