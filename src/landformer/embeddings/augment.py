@@ -1,0 +1,109 @@
+"""Online augmentation of embedding tiles and the torch datasets the stages train on.
+
+Small labelled sets (a few hundred cities) overfit fast, so every training tile is seen as ``samples_per_tile``
+different views per epoch: one of the 8 flips/quarter turns (the 90, 180 and 270 degree rotations, with and
+without a mirror) and a square crop of ``crop_scales`` times the side, resized back to the tile size. Resizing
+interpolates neighbouring unit vectors, which shortens them, so pixels are scaled back to unit length (masked
+pixels stay zero). The views are drawn afresh every time a sample is read, so each epoch differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from landformer.embeddings.data import EmbeddingDataset
+
+
+def dihedral(x: Tensor, turns: int, mirror: bool) -> Tensor:
+    """Rotate the last two axes by ``turns`` quarter turns (counter-clockwise), mirrored left-right first."""
+    if mirror:
+        x = x.flip(-1)
+    return torch.rot90(x, turns, dims=(-2, -1))
+
+
+def crop_resize(frames: Tensor, valid: Tensor, top: int, left: int, side: int) -> tuple[Tensor, Tensor]:
+    """Crop a ``side`` square at (top, left) from (F, C, H, W) frames and their (H, W) mask, resize to H x W."""
+    size = frames.shape[-1]
+    frames = frames[..., top : top + side, left : left + side]
+    valid = valid[top : top + side, left : left + side]
+    if side == size:
+        return frames, valid
+    count, channels = frames.shape[:2]
+    resized = (
+        F.interpolate(
+            frames.reshape(count * channels, 1, side, side).transpose(0, 1),
+            size=(size, size),
+            mode="bilinear",
+            align_corners=False,
+        )
+        .transpose(0, 1)
+        .reshape(count, channels, size, size)
+    )
+    # A resized pixel counts as observed only if every source pixel it blends was observed.
+    coverage = F.interpolate(valid[None, None].float(), size=(size, size), mode="bilinear", align_corners=False)
+    resized_valid = coverage[0, 0] > 0.999
+    length = resized.norm(dim=1, keepdim=True).clamp_min(1e-6)
+    resized = torch.where(resized_valid, resized / length, torch.zeros_like(resized))
+    return resized, resized_valid
+
+
+class TileAugmenter:
+    """Random dihedral transform plus multi-scale crop; draws from torch's global generator (seeded per worker)."""
+
+    def __init__(self, crop_scales: Sequence[float] = (1.0, 0.8, 0.6)) -> None:
+        self.crop_scales = list(crop_scales)
+
+    def __call__(self, frames: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+        size = frames.shape[-1]
+        scale = self.crop_scales[int(torch.randint(len(self.crop_scales), ()).item())]
+        side = max(1, round(scale * size))
+        top = int(torch.randint(size - side + 1, ()).item())
+        left = int(torch.randint(size - side + 1, ()).item())
+        frames, valid = crop_resize(frames, valid, top, left, side)
+        turns = int(torch.randint(4, ()).item())
+        mirror = bool(torch.randint(2, ()).item())
+        return dihedral(frames, turns, mirror), dihedral(valid, turns, mirror)
+
+
+class TileDataset(Dataset):
+    """Samples ``{"frames", "valid", "target", "index"}`` of some tiles; targets are standardized with the given
+    mean and scale (the training split's), so the heads learn numbers of order 1."""
+
+    def __init__(
+        self,
+        data: EmbeddingDataset,
+        indices: np.ndarray,
+        augmenter: TileAugmenter | None = None,
+        samples_per_tile: int = 1,
+        target_mean: float = 0.0,
+        target_scale: float = 1.0,
+    ) -> None:
+        self.data = data
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.augmenter = augmenter
+        self.samples_per_tile = samples_per_tile if augmenter is not None else 1
+        self.target_mean = target_mean
+        self.target_scale = target_scale
+
+    def __len__(self) -> int:
+        return len(self.indices) * self.samples_per_tile
+
+    def __getitem__(self, item: int) -> dict[str, Tensor]:
+        index = int(self.indices[item % len(self.indices)])
+        frames = torch.from_numpy(self.data.tiles[index])
+        valid = torch.from_numpy(self.data.valid[index])
+        if self.augmenter is not None:
+            frames, valid = self.augmenter(frames, valid)
+        target = (self.data.targets[index] - self.target_mean) / self.target_scale
+        return {
+            "frames": frames.contiguous(),
+            "valid": valid.contiguous(),
+            "target": torch.tensor(target, dtype=torch.float32),
+            "index": torch.tensor(index),
+        }

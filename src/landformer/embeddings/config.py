@@ -1,0 +1,210 @@
+"""The embeddings recipe: one YAML with ``data``, ``encoder``, ``mae``, ``sft``, ``dpo`` and one ``train_*`` section
+per stage.
+
+Plain dataclasses, no torch, so the CLI can read and check a recipe before importing anything heavy.
+``configs/embeddings_tiny.yaml`` is the CPU default (the same values as these defaults);
+``configs/embeddings_qwen2_vl_7b.yaml`` and ``configs/embeddings_qwen2_5_vl_7b.yaml`` are the GPU references.
+``--set encoder.dim=256`` overrides single keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from landformer.core.errors import UserError
+from landformer.core.train import TrainConfig
+
+EncoderKind = Literal["vit", "qwen2_vl", "qwen2_5_vl"]
+
+
+@dataclass
+class DataConfig:
+    """Which tiles and labels, how they are split and augmented. Give ``dataset`` (a make-dataset folder) or
+    ``tiles`` + ``labels``; with neither, the stages build the default city dataset in ``runs/embeddings/data``."""
+
+    dataset: Path | None = None  # folder with dataset.json (written by `landformer embeddings make-dataset`)
+    tiles: Path | None = None  # folder of <id>.tif/.tiff/.npy tiles, or a tiles.npz bundle
+    labels: Path | None = None  # CSV or XLSX with one row per tile
+    next_tiles: Path | None = None  # folder with the following year's tile of each id (a temporal pair)
+    id_column: str = "id"
+    target_column: str = "target"
+    group_column: str | None = "group"  # region of each tile, held out as a whole; None: each tile alone
+    lon_column: str | None = "lon"
+    lat_column: str | None = "lat"
+    test_fraction: float = 0.2  # of the tiles, in whole groups
+    val_fraction: float = 0.15
+    split_seed: int = 0
+    max_nodata: float = 0.5  # refuse tiles with more masked pixels than this
+    check_unit_length: bool = True  # refuse tiles whose pixels are not unit vectors
+    batch_size: int = 64
+    num_workers: int = 0
+    augment: bool = True  # flips, quarter turns and multi-scale crops of training tiles, drawn afresh each epoch
+    crop_scales: list[float] = field(default_factory=lambda: [1.0, 0.8, 0.6])  # crop side / tile side
+    samples_per_tile: int = 2  # augmented samples of each training tile per epoch
+
+    def validate(self) -> None:
+        if self.dataset is not None and (self.tiles is not None or self.labels is not None):
+            raise UserError("embeddings data: give either dataset or tiles + labels, not both")
+        if (self.tiles is None) != (self.labels is None):
+            raise UserError("embeddings data: tiles and labels go together; give both")
+        checks = [
+            (0 < self.test_fraction < 1, f"test_fraction = {self.test_fraction} should lie in (0, 1)"),
+            (0 < self.val_fraction < 1, f"val_fraction = {self.val_fraction} should lie in (0, 1)"),
+            (self.test_fraction + self.val_fraction < 1, "test_fraction + val_fraction should leave training tiles"),
+            (0 <= self.max_nodata <= 1, f"max_nodata = {self.max_nodata} should lie in [0, 1]"),
+            (self.batch_size >= 1, f"batch_size = {self.batch_size} should be at least 1"),
+            (self.samples_per_tile >= 1, f"samples_per_tile = {self.samples_per_tile} should be at least 1"),
+            (bool(self.crop_scales), "crop_scales should list at least one scale"),
+            (all(0 < s <= 1 for s in self.crop_scales), f"crop_scales {self.crop_scales} should lie in (0, 1]"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(f"embeddings data: {message}")
+
+
+@dataclass
+class EncoderConfig:
+    """The encoder shared by every stage: the built-in ViT or a Qwen-VL vision tower with a 64-channel patch embed.
+
+    For the Qwen towers, ``pretrained`` is a local folder of a Qwen2-VL / Qwen2.5-VL checkpoint (its vision weights
+    are read, the 64-channel patch embedding replaces the RGB one); without it a random tower of the size below is
+    built (tests and CPU smoke runs). ``patch_size`` must divide the tile size, and for Qwen towers the tile must
+    hold an even number of patches per side (the 2x2 merger).
+    """
+
+    kind: EncoderKind = "vit"
+    in_channels: int = 64
+    patch_size: int = 4
+    dim: int = 128  # ViT width / Qwen embed_dim of a random tower
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0  # Qwen random towers: MLP width / dim (the ViT uses SwiGLU of the same size)
+    dropout: float = 0.0
+    pretrained: Path | None = None  # Qwen only: local checkpoint folder (no download is ever attempted)
+    patch_init: Literal["normal", "zero", "copy"] = "normal"  # how the new 64-channel patch weights start
+    temporal_pair: bool = True  # Qwen only: fill the two temporal slots with two consecutive years when available
+    gradient_checkpointing: bool = False  # Qwen only: recompute activations in the backward pass (saves memory)
+    window_size: int = 112  # Qwen2.5-VL only: window-attention side in pixels
+    fullatt_blocks: list[int] = field(default_factory=lambda: [3])  # Qwen2.5-VL only: full-attention layers
+
+    def validate(self) -> None:
+        checks = [
+            (self.in_channels >= 1, f"in_channels = {self.in_channels} should be at least 1"),
+            (self.patch_size >= 1, f"patch_size = {self.patch_size} should be at least 1"),
+            (self.depth >= 1, f"depth = {self.depth} should be at least 1"),
+            (self.heads >= 1 and self.dim % self.heads == 0, f"dim {self.dim} should be divisible by heads"),
+            (self.pretrained is None or self.kind != "vit", "pretrained weights exist only for the Qwen towers"),
+        ]
+        if self.kind == "vit":
+            checks.append(((self.dim // self.heads) % 4 == 0, "ViT head width (dim / heads) should divide by 4"))
+        for ok, message in checks:
+            if not ok:
+                raise UserError(f"embeddings encoder: {message}")
+
+
+@dataclass
+class MAEConfig:
+    """Masked-autoencoder pretraining (He et al. 2022)."""
+
+    mask_ratio: float = 0.75
+    decoder_dim: int = 512
+    decoder_depth: int = 4
+    decoder_heads: int = 16
+    norm_pix_loss: bool = True  # targets are patches normalized to zero mean, unit variance
+    lr: float = 1.5e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.1
+
+    def validate(self) -> None:
+        if not 0 < self.mask_ratio < 1:
+            raise UserError(f"embeddings mae: mask_ratio = {self.mask_ratio} should lie in (0, 1)")
+        if self.decoder_dim % self.decoder_heads != 0 or (self.decoder_dim // self.decoder_heads) % 4 != 0:
+            raise UserError(
+                f"embeddings mae: decoder_dim {self.decoder_dim} / decoder_heads {self.decoder_heads} should be a "
+                "whole head width divisible by 4"
+            )
+
+
+@dataclass
+class SFTConfig:
+    """Supervised fine-tuning of a regression head on pooled encoder features."""
+
+    head_hidden: int = 128
+    head_dropout: float = 0.1
+    lr: float = 2e-3
+    encoder_lr_scale: float = 0.1  # the encoder trains at lr * this once unfrozen
+    freeze_epochs: int = 3  # epochs with the encoder frozen (the head learns first)
+    weight_decay: float = 0.05
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.05
+    lora: bool = False  # train low-rank adapters instead of the full encoder (meant for the 7B towers)
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: list[str] = field(default_factory=lambda: ["qkv", "proj", "fc1", "fc2"])
+
+    def validate(self) -> None:
+        if self.freeze_epochs < 0:
+            raise UserError(f"embeddings sft: freeze_epochs = {self.freeze_epochs} should not be negative")
+        if not 0 <= self.encoder_lr_scale <= 1:
+            raise UserError(f"embeddings sft: encoder_lr_scale = {self.encoder_lr_scale} should lie in [0, 1]")
+
+
+@dataclass
+class DPOConfig:
+    """Direct preference optimization of the Gaussian head against the frozen SFT model."""
+
+    beta: float = 0.1
+    pairs_per_tile: int = 8  # preference pairs drawn from the SFT model for every training tile
+    lr: float = 2e-4
+    encoder_lr_scale: float = 0.1
+    weight_decay: float = 0.0
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1
+    sample_scale: float = 1.0  # candidate predictions are drawn from N(mean, (scale * sd) ** 2) of the SFT model
+    train_encoder: bool = False  # False: only the head moves (cheaper; the encoder stays the SFT one)
+
+    def validate(self) -> None:
+        if self.beta <= 0:
+            raise UserError(f"embeddings dpo: beta = {self.beta} should be positive")
+        if self.pairs_per_tile < 1:
+            raise UserError(f"embeddings dpo: pairs_per_tile = {self.pairs_per_tile} should be at least 1")
+        if self.sample_scale <= 0:
+            raise UserError(f"embeddings dpo: sample_scale = {self.sample_scale} should be positive")
+
+
+def _stage_train(max_steps: int, monitor: str, patience: int | None) -> TrainConfig:
+    return TrainConfig(
+        max_steps=max_steps,
+        val_every_steps=25,
+        log_every_steps=10,
+        checkpoint_every_steps=100,
+        loggers=["csv"],
+        monitor=monitor,
+        early_stopping_patience=patience,
+    )
+
+
+@dataclass
+class EmbeddingsConfig:
+    """The whole recipe; each stage reads ``data``, ``encoder`` and its own sections."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    mae: MAEConfig = field(default_factory=MAEConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    train_pretrain: TrainConfig = field(default_factory=lambda: _stage_train(300, "val/loss", None))
+    train_sft: TrainConfig = field(default_factory=lambda: _stage_train(400, "val/r2_deficit", 6))
+    train_dpo: TrainConfig = field(default_factory=lambda: _stage_train(150, "val/r2_deficit", None))
+    threads: int = 1  # torch CPU threads (small models on a shared CPU run fastest on one); 0: torch default
+
+    def validate(self) -> None:
+        self.data.validate()
+        self.encoder.validate()
+        self.mae.validate()
+        self.sft.validate()
+        self.dpo.validate()

@@ -1,0 +1,158 @@
+"""Patch encoders for 64-channel embedding tiles: the built-in ViT here, the Qwen-VL towers in :mod:`qwen`.
+
+Every encoder works on *patches*: :meth:`PatchEncoder.patchify` cuts frames (B, F, C, H, W) into a sequence
+(B, L, patch_dim) in the encoder's own order, :meth:`PatchEncoder.patch_positions` gives each patch's (row, col)
+in patch units, and :meth:`PatchEncoder.encode` maps any subset of patches (with their positions) to tokens. The
+MAE drops patches before :meth:`encode`; regression encodes them all and mean-pools. ``group_size`` patches in a
+row form one masking unit (1 for the ViT; the 2x2 merge block for Qwen, whose merger needs whole blocks).
+
+Plain PyTorch, no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from landformer.core.nn import Transformer, swiglu_hidden
+
+
+class PatchEncoder(nn.Module):
+    """Interface of the encoders (a base class so the MAE and the regression head can rely on it)."""
+
+    patch_dim: int  # values per patch: the MAE's reconstruction target
+    width: int  # channels of the output tokens
+    group_size: int  # consecutive patches masked together
+    patch_size: int
+    frames: int  # frames (years) one patch holds
+
+    def patchify(self, frames: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def patch_positions(self, height: int, width: int) -> Tensor:
+        raise NotImplementedError
+
+    def encode(self, patches: Tensor, positions: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def features(self, frames: Tensor) -> Tensor:
+        """(B, F, C, H, W) -> (B, width): the mean of every patch token (the regression input)."""
+        patches = self.patchify(frames)
+        positions = self.patch_positions(frames.shape[-2], frames.shape[-1]).to(frames.device)
+        tokens = self.encode(patches, positions.unsqueeze(0).expand(len(patches), -1, -1))
+        return tokens.mean(dim=1)
+
+    def check_tile(self, height: int, width: int) -> None:
+        """Raise ValueError if tiles of this size cannot be cut into whole patches (and groups)."""
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(f"tile {height}x{width} is not a whole number of {self.patch_size}-pixel patches")
+
+
+def take_frames(frames: Tensor, count: int) -> Tensor:
+    """The first ``count`` frames of (B, F, C, H, W); a single frame is repeated when ``count`` asks for more."""
+    if frames.ndim != 5:
+        raise ValueError(f"expected frames of shape (B, F, C, H, W), got {tuple(frames.shape)}")
+    if frames.shape[1] >= count:
+        return frames[:, :count]
+    return frames[:, :1].expand(-1, count, -1, -1, -1)
+
+
+class ViTEncoder(PatchEncoder):
+    """A plain ViT on 64-channel patches: linear patch embedding, non-causal :class:`Transformer` blocks with 2-D
+    RoPE (so a subset of patches keeps its positions without a position table), no class token.
+
+    With ``frames = 2`` a patch stacks both years' pixels, so the embedding sees change between them.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 64,
+        patch_size: int = 4,
+        dim: int = 128,
+        depth: int = 4,
+        heads: int = 4,
+        frames: int = 1,
+        dropout: float = 0.0,
+        mlp_ratio: float = 4.0,
+    ) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.patch_size = patch_size
+        self.frames = frames
+        self.patch_dim = frames * in_channels * patch_size * patch_size
+        self.width = dim
+        self.group_size = 1
+        self.input_scale = math.sqrt(in_channels)  # unit-length pixels -> components of about unit variance
+        self.patch_embed = nn.Linear(self.patch_dim, dim)
+        hidden = swiglu_hidden(dim, ratio=mlp_ratio * 2 / 3)
+        self.transformer = Transformer(dim, depth, heads, mlp_hidden=hidden, causal=False, dropout=dropout)
+        nn.init.xavier_uniform_(self.patch_embed.weight)  # as MAE: like a linear layer, not a conv
+        nn.init.zeros_(self.patch_embed.bias)
+
+    def patchify(self, frames: Tensor) -> Tensor:
+        """(B, F, C, H, W) -> (B, L, F*C*P*P), patches in row-major order."""
+        x = take_frames(frames, self.frames)
+        batch, count, channels, height, width = x.shape
+        self.check_tile(height, width)
+        p = self.patch_size
+        x = x.reshape(batch, count, channels, height // p, p, width // p, p)
+        return x.permute(0, 3, 5, 1, 2, 4, 6).reshape(batch, (height // p) * (width // p), -1)
+
+    def unpatchify(self, patches: Tensor, height: int, width: int) -> Tensor:
+        """Inverse of :meth:`patchify` (for pictures of reconstructions)."""
+        p = self.patch_size
+        batch = patches.shape[0]
+        x = patches.reshape(batch, height // p, width // p, self.frames, self.in_channels, p, p)
+        return x.permute(0, 3, 4, 1, 5, 2, 6).reshape(batch, self.frames, self.in_channels, height, width)
+
+    def patch_positions(self, height: int, width: int) -> Tensor:
+        rows, cols = torch.meshgrid(
+            torch.arange(height // self.patch_size), torch.arange(width // self.patch_size), indexing="ij"
+        )
+        return torch.stack([rows.flatten(), cols.flatten()], dim=-1)
+
+    def encode(self, patches: Tensor, positions: Tensor) -> Tensor:
+        return self.transformer(self.patch_embed(patches * self.input_scale), pos=positions.float())
+
+
+def build_encoder(config: Any, frames: int) -> PatchEncoder:
+    """The encoder an :class:`~landformer.embeddings.config.EncoderConfig`-like mapping describes.
+
+    ``config`` is a plain dict (the form hyperparameters are saved in) or the dataclass; ``frames`` is how many
+    years the data offers per tile (the encoder uses 2 only when ``temporal_pair`` is set).
+    """
+    values = config if isinstance(config, dict) else vars(config)
+    use_frames = 2 if values.get("temporal_pair", True) and frames >= 2 else 1
+    kind = values.get("kind", "vit")
+    if kind == "vit":
+        return ViTEncoder(
+            in_channels=values["in_channels"],
+            patch_size=values["patch_size"],
+            dim=values["dim"],
+            depth=values["depth"],
+            heads=values["heads"],
+            frames=use_frames,
+            dropout=values.get("dropout", 0.0),
+            mlp_ratio=values.get("mlp_ratio", 4.0),
+        )
+    from landformer.embeddings.qwen import QwenVisionEncoder
+
+    return QwenVisionEncoder.from_config(values, use_frames)
+
+
+def exported_encoder_config(values: dict[str, Any], encoder: PatchEncoder) -> dict[str, Any]:
+    """The encoder config to save with trained weights: for a Qwen tower it carries the tower's architecture, so
+    reloading builds the same network without the original checkpoint folder."""
+    values = dict(values)
+    plain_config = getattr(encoder, "plain_config", None)
+    if plain_config is not None:
+        values["tower_config"] = plain_config()
+        values["pretrained"] = None
+    return values
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,367 @@
+"""Stage 2: supervised fine-tuning of a regression head on pooled encoder features.
+
+The head is Gaussian: it predicts a mean and a log-variance for the standardized target. The mean is trained with
+the squared error (so it is the same estimate an MSE regressor gives), the variance with the Gaussian negative
+log-likelihood of the *detached* mean (so learning the spread never pulls the mean). Stage 3 needs that spread.
+
+Training is staged: for the first ``freeze_epochs`` the encoder is frozen (run without gradients, and its learning
+rate held at 0) while the head learns from scratch on pretrained features; then the encoder joins at
+``encoder_lr_scale`` times the head's learning rate, so fine-tuning does not wreck the pretrained features with the
+large early gradients of a random head. Validation R2 picks the best checkpoint and stops training early
+(``train_sft.monitor`` is ``val/r2_deficit`` = 1 - R2, since the trainer minimizes). With ``sft.lora`` the
+encoder's attention and MLP projections get low-rank adapters (peft) and only those, the patch embedding and the
+head train: the option meant for the 7B towers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from landformer.core.config import to_dict
+from landformer.core.errors import UserError
+from landformer.core.io import write_json
+from landformer.core.task import BaseTask, warmup_cosine
+from landformer.core.train import fit, last_checkpoint, prepare_run, seed_everything
+from landformer.embeddings.config import EmbeddingsConfig
+from landformer.embeddings.data import EmbeddingDataset
+from landformer.embeddings.encoders import PatchEncoder, build_encoder, count_parameters, exported_encoder_config
+from landformer.embeddings.evaluate import fit_baselines, regression_metrics, save_scatter, split_metrics
+from landformer.embeddings.pipeline import (
+    eval_loader,
+    load_data,
+    load_encoder_file,
+    load_model_file,
+    make_loaders,
+    save_model,
+    set_threads,
+    target_scaling,
+)
+
+LOG_VAR_RANGE = (-9.0, 4.0)  # standardized units: sd between 0.011 and 7.4
+
+
+class GaussianHead(nn.Module):
+    """Pooled features -> (mean, log-variance) of the standardized target."""
+
+    def __init__(self, width: int, hidden: int = 128, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.LayerNorm(width),
+            nn.Linear(width, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, 2),
+        )
+
+    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.net(features)
+        return out[..., 0], out[..., 1].clamp(*LOG_VAR_RANGE)
+
+
+class Regressor(nn.Module):
+    """Encoder + mean pooling + Gaussian head."""
+
+    def __init__(self, encoder: PatchEncoder, head_hidden: int = 128, head_dropout: float = 0.1) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = GaussianHead(encoder.width, head_hidden, head_dropout)
+
+    def forward(self, frames: Tensor) -> tuple[Tensor, Tensor]:
+        return self.head(self.encoder.features(frames))
+
+    def log_prob(self, frames: Tensor, values: Tensor) -> Tensor:
+        """Gaussian log-density of ``values`` (B,) or (B, K) under the prediction for each tile."""
+        mean, log_var = self(frames)
+        if values.ndim == 2:
+            mean, log_var = mean[:, None], log_var[:, None]
+        return gaussian_log_prob(values, mean, log_var)
+
+
+def gaussian_log_prob(values: Tensor, mean: Tensor, log_var: Tensor) -> Tensor:
+    return -0.5 * ((values - mean) ** 2 * torch.exp(-log_var) + log_var + math.log(2 * math.pi))
+
+
+def add_lora(encoder: nn.Module, rank: int, alpha: int, dropout: float, targets: list[str]) -> None:
+    """Inject LoRA adapters into the encoder's matching linear layers and freeze everything else in it except
+    the patch embedding (which is new for 64 channels and has to learn)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    present = {name.rsplit(".", 1)[-1] for name, module in encoder.named_modules() if isinstance(module, nn.Linear)}
+    chosen = [target for target in targets if target in present]
+    if not chosen:
+        raise UserError(f"sft.lora_targets {targets} match no linear layer of the encoder (it has: {sorted(present)})")
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=chosen)
+    inject_adapter_in_model(config, encoder)
+    for name, param in encoder.named_parameters():
+        param.requires_grad = "lora_" in name or "patch_embed" in name
+
+
+class RegressionTask(BaseTask):
+    """Lightning task of the SFT stage: staged unfreezing, validation R2 for early stopping."""
+
+    def __init__(
+        self,
+        encoder: dict[str, Any],
+        frames: int = 1,
+        head_hidden: int = 128,
+        head_dropout: float = 0.1,
+        freeze_steps: int = 0,
+        encoder_lr_scale: float = 0.1,
+        lora: dict[str, Any] | None = None,
+        lr: float = 2e-3,
+        weight_decay: float = 0.05,
+        warmup_steps: int = 20,
+        max_steps: int = 400,
+        min_lr_ratio: float = 0.05,
+    ) -> None:
+        super().__init__(lr, weight_decay, warmup_steps, max_steps, min_lr_ratio)
+        self._val_outputs: list[tuple[Tensor, Tensor]] = []
+
+    def configure_models(self) -> None:
+        hp = self.hparams
+        self.model = Regressor(build_encoder(hp.encoder, hp.frames), hp.head_hidden, hp.head_dropout)
+        if hp.lora:
+            add_lora(self.model.encoder, hp.lora["rank"], hp.lora["alpha"], hp.lora["dropout"], hp.lora["targets"])
+
+    def encoder_frozen(self) -> bool:
+        return self.training and self.global_step < self.hparams.freeze_steps
+
+    def compute_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.encoder_frozen()):
+            features = self.model.encoder.features(batch["frames"])
+        mean, log_var = self.model.head(features)
+        target = batch["target"]
+        mse = (mean - target).pow(2).mean()
+        nll = -gaussian_log_prob(target, mean.detach(), log_var).mean()
+        return {"loss": mse + nll, "mse": mse, "nll": nll}
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        super().validation_step(batch, batch_idx)
+        mean, _ = self.model(batch["frames"])
+        self._val_outputs.append((mean.detach().float().cpu(), batch["target"].detach().float().cpu()))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_outputs:
+            return
+        prediction = torch.cat([p for p, _ in self._val_outputs]).numpy()
+        truth = torch.cat([t for _, t in self._val_outputs]).numpy()
+        self._val_outputs.clear()
+        r2 = regression_metrics(truth, prediction)["r2"] if len(truth) > 1 else float("nan")
+        self.log("val/r2", r2, prog_bar=True)
+        self.log("val/r2_deficit", 1.0 - r2)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW over head and encoder groups; the encoder's rate is 0 until ``freeze_steps``, then scaled."""
+        hp = self.hparams
+        groups, lambdas = [], []
+        for part, scale, frozen_until in (
+            (self.model.head, 1.0, 0),
+            (self.model.encoder, hp.encoder_lr_scale, hp.freeze_steps),
+        ):
+            params = [p for p in part.parameters() if p.requires_grad]
+            for decay in (True, False):
+                chosen = [p for p in params if (p.ndim >= 2) == decay]
+                if not chosen:
+                    continue
+                groups.append(
+                    {"params": chosen, "weight_decay": hp.weight_decay if decay else 0.0, "lr": hp.lr * scale}
+                )
+                lambdas.append(_staged_schedule(frozen_until, hp.warmup_steps, hp.max_steps, hp.min_lr_ratio))
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _staged_schedule(start: int, warmup: int, total: int, floor: float) -> Any:
+    """0 before ``start``, then warmup-cosine over the remaining steps."""
+
+    def multiplier(step: int) -> float:
+        if step < start:
+            return 0.0
+        return warmup_cosine(step - start, warmup, max(1, total - start), floor)
+
+    return multiplier
+
+
+def _lora_settings(config: EmbeddingsConfig) -> dict[str, Any] | None:
+    sft = config.sft
+    if not sft.lora:
+        return None
+    return {"rank": sft.lora_rank, "alpha": sft.lora_alpha, "dropout": sft.lora_dropout, "targets": sft.lora_targets}
+
+
+def build_regression_task(
+    config: EmbeddingsConfig, encoder: dict[str, Any], frames: int, freeze_steps: int
+) -> RegressionTask:
+    sft = config.sft
+    return RegressionTask(
+        encoder=encoder,
+        frames=frames,
+        head_hidden=sft.head_hidden,
+        head_dropout=sft.head_dropout,
+        freeze_steps=freeze_steps,
+        encoder_lr_scale=sft.encoder_lr_scale,
+        lora=_lora_settings(config),
+        lr=sft.lr,
+        weight_decay=sft.weight_decay,
+        warmup_steps=sft.warmup_steps,
+        max_steps=config.train_sft.max_steps,
+        min_lr_ratio=sft.min_lr_ratio,
+    )
+
+
+def model_meta(
+    stage: str,
+    encoder: dict[str, Any],
+    frames: int,
+    dataset: EmbeddingDataset,
+    task_hparams: Any,
+    scaling: tuple[float, float],
+) -> dict[str, Any]:
+    return {
+        "stage": stage,
+        "encoder": encoder,
+        "frames": frames,
+        "tile_size": dataset.tile_size,
+        "head_hidden": task_hparams["head_hidden"],
+        "head_dropout": task_hparams["head_dropout"],
+        "lora": task_hparams.get("lora"),
+        "target_mean": scaling[0],
+        "target_scale": scaling[1],
+        "target_name": dataset.target_name,
+    }
+
+
+def load_regressor(path: str | os.PathLike[str], device: str = "cpu") -> tuple[Regressor, dict[str, Any]]:
+    """An exported SFT/DPO model (run folder or ``model.safetensors``) ready for :func:`predict`."""
+    tensors, meta = load_model_file(path)
+    model = Regressor(build_encoder(meta["encoder"], meta["frames"]), meta["head_hidden"], meta["head_dropout"])
+    lora = meta.get("lora")
+    if lora:
+        add_lora(model.encoder, lora["rank"], lora["alpha"], lora["dropout"], lora["targets"])
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as err:
+        raise UserError(
+            f"{path}: weights do not fit the model its JSON describes: {str(err).splitlines()[0]}"
+        ) from None
+    return model.to(device).eval(), meta
+
+
+@torch.no_grad()
+def predict(
+    model: Regressor,
+    meta: dict[str, Any],
+    dataset: EmbeddingDataset,
+    indices: np.ndarray,
+    batch_size: int = 64,
+    device: str = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of the prediction for each of ``indices``, in target units."""
+    loader = eval_loader(dataset, indices, batch_size, 0.0, 1.0)
+    model.eval()
+    means, sds = [], []
+    for batch in loader:
+        mean, log_var = model(batch["frames"].to(device))
+        means.append(mean.float().cpu())
+        sds.append(torch.exp(0.5 * log_var).float().cpu())
+    scale, offset = meta["target_scale"], meta["target_mean"]
+    return (torch.cat(means).numpy() * scale + offset), (torch.cat(sds).numpy() * scale)
+
+
+def stage_report(
+    stage: str, dataset: EmbeddingDataset, model: Regressor, meta: dict[str, Any], run_dir: Path
+) -> dict[str, Any]:
+    """Metrics of the model and the ridge/kNN baselines on every split, and the test scatter plot."""
+    mean, _ = predict(model, meta, dataset, np.arange(len(dataset)))
+    baselines = fit_baselines(dataset)
+    predictions = {"ridge": baselines["ridge"]["prediction"], "knn": baselines["knn"]["prediction"], stage: mean}
+    metrics = {name: split_metrics(dataset, prediction) for name, prediction in predictions.items()}
+    test = dataset.indices("test")
+    scatter = None
+    if len(test):
+        scatter = save_scatter(
+            run_dir / "scatter.png",
+            dataset.targets[test],
+            {name: prediction[test] for name, prediction in predictions.items()},
+            f"held-out test tiles (n = {len(test)})",
+            dataset.target_name,
+        )
+    return {
+        "metrics": metrics,
+        "baseline_settings": {name: baselines[name]["settings"] for name in ("ridge", "knn")},
+        "scatter": str(scatter) if scatter else None,
+    }
+
+
+def finetune(
+    config: EmbeddingsConfig,
+    run_dir: str | os.PathLike[str],
+    init: str | os.PathLike[str] | None = None,
+    resume: bool | str | os.PathLike[str] = False,
+) -> dict[str, Any]:
+    """Fine-tune a regressor on the training tiles, pick the checkpoint with the best validation R2, export it as
+    ``model.safetensors`` + ``model.json`` and score it with the baselines (``summary.json``, ``scatter.png``).
+
+    ``init`` is a pretrain run folder (or its ``encoder.safetensors``): its encoder, with its own encoder config,
+    replaces the recipe's ``encoder`` section. Without it the encoder starts from scratch (or, for a Qwen tower
+    with ``encoder.pretrained``, from the checkpoint's weights).
+    """
+    start = time.perf_counter()
+    run_dir = Path(run_dir)
+    config.validate()
+    if resume is False and last_checkpoint(run_dir) is not None:
+        raise UserError(f"{run_dir} already holds a training run (checkpoints/last.ckpt): resume it or choose another")
+    encoder_state, encoder_values = None, to_dict(config.encoder)
+    if init is not None:
+        encoder_state, pretrain_meta = load_encoder_file(init)
+        encoder_values = pretrain_meta["encoder"]
+        config.encoder.kind = encoder_values["kind"]
+    prepare_run(run_dir, config, "embeddings sft")
+    set_threads(config)
+    dataset = load_data(config.data)
+    scaling = target_scaling(dataset)
+    train_loader, val_loader = make_loaders(dataset, config.data, *scaling)
+    freeze_steps = config.sft.freeze_epochs * len(train_loader)
+    seed_everything(config.train_sft.seed)
+    task = build_regression_task(config, encoder_values, dataset.n_frames, freeze_steps)
+    try:
+        task.model.encoder.check_tile(dataset.tile_size, dataset.tile_size)
+    except ValueError as err:
+        raise UserError(f"embeddings encoder: {err} (change encoder.patch_size)") from None
+    if encoder_state is not None and resume is False:
+        task.model.encoder.load_state_dict(encoder_state)
+    result = fit(task, (train_loader, val_loader), config.train_sft, run_dir, resume=resume)
+    checkpoint = result.best_checkpoint or result.last_checkpoint
+    assert checkpoint is not None, "fit() always leaves last.ckpt"
+    from landformer.embeddings.mae import load_task_weights
+
+    load_task_weights(task, checkpoint)
+    task.eval()
+    exported = exported_encoder_config(encoder_values, task.model.encoder)
+    meta = model_meta("sft", exported, dataset.n_frames, dataset, dict(task.hparams), scaling)
+    meta.update({"checkpoint": str(checkpoint), "global_step": result.global_step, "init": str(init) if init else None})
+    weights = save_model(run_dir, task.model.state_dict(), meta)
+    report = stage_report("sft", dataset, task.model, meta, run_dir)
+    summary = {
+        "run_dir": str(run_dir),
+        "model": str(weights),
+        "checkpoint": str(checkpoint),
+        "global_step": result.global_step,
+        "freeze_steps": freeze_steps,
+        "trainable_parameters": count_parameters(task.model, trainable_only=True),
+        "parameters": count_parameters(task.model),
+        **report,
+        "fit_seconds": round(result.seconds, 2),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    write_json(run_dir / "summary.json", summary)
+    return summary
