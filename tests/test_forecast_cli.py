@@ -197,3 +197,23 @@ def test_panel_window_reaches_one_step_past_the_series_end() -> None:
     assert panel_window(7, 3, 4) == 1  # inputs 1995..2005, targets 2010, 2015, 2020 and 2025 (no truth)
     assert panel_window(5, 3, 4) == 0
     assert panel_window(20, 3, 4) == 14
+
+
+def test_demo_step_trains_evaluates_predicts_and_reports_its_numbers(
+    world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from landformer.forecast import demo
+
+    monkeypatch.setattr(demo, "DEMO_STEPS", 3)
+    result = demo.run_demo_step(tmp_path, world, seed=2)
+    metrics = read_json(tmp_path / "metrics.json")
+    assert result["training_steps"] == 3
+    assert result["skill_persistence"] == [row["skill_persistence"] for row in metrics["per_horizon"]]
+    assert result["coverage"] == [row["coverage"] for row in metrics["per_horizon"]]
+    assert result["forecast_years"] == [2025, 2030, 2035, 2040]
+    for path in [*result["pictures"], *result["geotiffs"], result["model"]]:
+        assert Path(path).is_file(), path
+    with rasterio.open(result["geotiffs"][-1]) as dataset:
+        assert result["forecast_mean"] == pytest.approx(float(np.nanmean(dataset.read(1))))
+    again = demo.run_demo_step(tmp_path, world, seed=2)  # a second run into the same folder starts afresh
+    assert again["skill_persistence"] == result["skill_persistence"]

@@ -20,9 +20,13 @@ from landformer.forecast.config import ForecastConfig
 DEMO_STEPS = 120  # about a third of the tiny recipe: enough to beat persistence on the demo world
 
 
-def demo_config(world_folder: Path, seed: int) -> ForecastConfig:
+def demo_config(world_folder: Path, seed: int, world_size: int) -> ForecastConfig:
+    """The tiny recipe, shorter; blocks and chips shrink on worlds too small for 16 blocks of 64 px."""
     config = ForecastConfig()
     config.data.world = Path(world_folder)
+    config.data.block_size = min(config.data.block_size, max(world_size // 4, 16))
+    config.data.chip_size = min(config.data.chip_size, config.data.block_size)
+    config.data.chip_stride = min(config.data.chip_stride, config.data.chip_size // 2)
     config.data.split_seed = seed
     config.train.seed = seed
     config.train.max_steps = DEMO_STEPS
@@ -52,14 +56,14 @@ def run_demo_step(out: Path, world_folder: Path, seed: int) -> dict[str, Any]:
     run_dir = out / "run"
     if (run_dir / "run.json").is_file() and read_json(run_dir / "run.json").get("name") == "forecast":
         shutil.rmtree(run_dir)  # the demo's own earlier run: the demo always starts afresh
+    world = load_world(Path(world_folder))
     threads = torch.get_num_threads()
     try:
-        trained = train_forecaster(demo_config(world_folder, seed), run_dir)
+        trained = train_forecaster(demo_config(world_folder, seed, world.size), run_dir)
     finally:
         torch.set_num_threads(threads)
     panel = shutil.copyfile(trained["panel"], out / "forecast_panel.png")
     evaluation = evaluate_forecaster(run_dir, out)
-    world = load_world(Path(world_folder))
     forecast = predict_series(
         run_dir, SeriesSpec.from_lists(world.hm, world.hm_years), [world.elevation], out / "predict", progress=False
     )
