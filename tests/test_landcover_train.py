@@ -16,13 +16,14 @@ import numpy as np
 import pytest
 import torch
 
+import landformer.landcover.data as data_module
 from landformer.core.chips import load_chips, write_chips
 from landformer.core.config import load_config
 from landformer.core.errors import UserError
 from landformer.core.io import load_torch
 from landformer.core.legend import Legend
 from landformer.landcover.config import LandCoverRecipe
-from landformer.landcover.data import ChipTensors, RunSampler, dihedral, model_inputs, training_loader
+from landformer.landcover.data import ChipDataset, ChipTensors, RunStream, dihedral, model_inputs, training_loader
 from landformer.landcover.export import CovariateStats, check_chips_match, load_model, save_model
 from landformer.landcover.model import LandCoverConfig, LandCoverRandAR
 from landformer.landcover.train import train_landcover
@@ -201,17 +202,31 @@ def test_resume_refuses_chips_of_another_legend(tmp_path: Path, chips: Path) -> 
         train_landcover(tiny_recipe(other_chips, steps=4), tmp_path / "run", resume=True)
 
 
-def test_run_sampler_continues_the_uninterrupted_stream() -> None:
-    whole = list(RunSampler(10, 37, seed=3))
-    assert list(RunSampler(10, 37, seed=3, start=13)) == whole[13:]
-    epochs = [sorted(i % 10 for i in whole[e * 10 : (e + 1) * 10]) for e in range(3)]
-    assert all(epoch == list(range(10)) for epoch in epochs)  # every chip once per epoch
+def test_run_stream_sees_every_chip_once_per_epoch_and_splits_over_processes(monkeypatch) -> None:
+    tensors = ChipTensors(torch.arange(10).view(10, 1, 1).expand(10, 2, 2).clone(), None, None)
+    dataset = ChipDataset(tensors, seed=3, augment=False)
+    numbers = [n for batch in range(8) for n in RunStream(dataset, 4, 8, seed=3).sample_numbers(batch)]
+    epochs = [sorted(i % 10 for i in numbers[e * 10 : (e + 1) * 10]) for e in range(3)]
+    assert all(epoch == list(range(10)) for epoch in epochs)
+    whole = [int(item["labels"][0, 0]) for item in RunStream(dataset, 4, 8, seed=3)]
+    assert whole == [n % 10 for n in numbers]
+    assert [int(item["labels"][0, 0]) for item in RunStream(dataset, 4, 8, seed=3, start_batch=5)] == whole[20:]
+    # Two DDP ranks: rank r takes global batches r, r + 2, ...; together they cover the single-process stream.
+    shares = []
+    for rank in (0, 1):
+        monkeypatch.setattr(data_module, "_process_share", lambda rank=rank: (rank, 2))
+        shares.append([int(item["labels"][0, 0]) for item in RunStream(dataset, 4, 4, seed=3)])
+    interleaved = [x for j in range(4) for rank in (0, 1) for x in shares[rank][4 * j : 4 * j + 4]]
+    assert interleaved == whole
 
 
 def test_training_batches_depend_only_on_the_step(chips: Path) -> None:
     loaded_chips = load_chips(chips)
     tensors = ChipTensors.from_chips(loaded_chips, "train", None, use_lonlat=False)
     full = list(training_loader(tensors, 4, total_steps=6, seed=1))
+    assert full[0]["labels"].shape == (4, SIZE, SIZE)
+    with_workers = list(training_loader(tensors, 4, total_steps=6, seed=1, num_workers=2))
+    assert all(torch.equal(a["order"], b["order"]) for a, b in zip(full, with_workers, strict=True))
     tail = list(training_loader(tensors, 4, total_steps=6, seed=1, start_step=4))
     assert len(full) == 6 and len(tail) == 2
     for a, b in zip(full[4:], tail, strict=True):

@@ -32,7 +32,7 @@ class LandCoverDataSection:
     covariates: bool = False  # feed chip channels 1.. (elevation) to the model as conditioning
     augment: bool = True  # random quarter turns and flips of training chips (land cover has no up)
     batch_size: int = 16
-    val_chips: int = 128  # test chips used for the validation loss (the first ones of the test split)
+    val_chips: int = 128  # test chips used for the validation loss (spread evenly through the test split)
     num_workers: int = 0
 
     def validate(self) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from landformer.core.chips import ChipSet
 from landformer.core.errors import UserError
@@ -66,6 +66,11 @@ def model_inputs(
     return labels, torch.from_numpy(scaled)
 
 
+def spread_indices(total: int, count: int) -> np.ndarray:
+    """``count`` distinct indices spread evenly over ``range(total)``, in increasing order."""
+    return np.unique(np.linspace(0, total - 1, num=min(count, total)).round().astype(np.int64))
+
+
 def lonlat_inputs(coords: np.ndarray) -> Tensor:
     """(N, 2) lon/lat degrees of chip centres as float32."""
     return torch.from_numpy(np.asarray(coords, dtype=np.float32).reshape(-1, 2))
@@ -102,11 +107,16 @@ class ChipTensors:
         use_lonlat: bool,
         limit: int | None = None,
     ) -> ChipTensors:
-        """``split`` is "train" or "test"; ``limit`` keeps the first chips only."""
+        """``split`` is "train" or "test"; ``limit`` keeps that many chips, evenly spaced through the split.
+
+        Chip files list chips region by region, so the first chips would all come from one corner of the map;
+        evenly spaced ones cover the whole split.
+        """
         data = chips.train_data if split == "train" else chips.test_data
         coords = chips.train_coords if split == "train" else chips.test_coords
-        if limit is not None:
-            data, coords = data[:limit], coords[:limit]
+        if limit is not None and limit < len(data):
+            keep = spread_indices(len(data), limit)
+            data, coords = data[keep], coords[keep]
         labels, covariates = model_inputs(data, stats)
         return cls(labels, covariates, lonlat_inputs(coords) if use_lonlat else None)
 
@@ -116,7 +126,7 @@ class ChipDataset(Dataset):
 
     Item ``i`` is chip ``i % len`` with a symmetry (when ``augment``), a visiting order and whether to drop the
     conditioning (with probability ``cond_dropout``, for classifier-free guidance) all drawn from ``(seed, i)``:
-    in training ``i`` is a run-sample number from :class:`RunSampler`, in evaluation the chip's own index, so
+    in training ``i`` comes from :class:`RunStream`, in evaluation the chip's own index, so
     every chip keeps one fixed order and validation losses are comparable over time.
     """
 
@@ -153,29 +163,57 @@ class ChipDataset(Dataset):
         return item
 
 
-class RunSampler(Sampler[int]):
-    """Run-sample numbers ``start, start + 1, ...`` mapped to chips through a fresh permutation per epoch.
+def _process_share() -> tuple[int, int]:
+    """(rank, world size) of this training process: 0, 1 unless torch.distributed runs (DDP, FSDP)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
-    Number i is chip ``perm_e[i % n]`` with ``e = i // n`` and ``perm_e`` drawn from ``(seed, e)``; the dataset
-    receives ``e * n + perm_e[i % n]`` so it can tell the chip (mod n) and still draw per-sample randomness.
+
+class RunStream(IterableDataset):
+    """The training items of local batches ``start_batch .. total_batches - 1`` of this process, in order.
+
+    Global batch g holds run-sample numbers ``g * batch_size ... (g + 1) * batch_size - 1``; number i is chip
+    ``perm_e[i % n]`` with ``e = i // n`` and ``perm_e`` a permutation drawn from ``(seed, e)``, so every chip
+    is seen once per epoch. With R processes (DDP), local batch j of rank r is global batch ``j * R + r``; with
+    data-loader workers, worker w makes the local batches j with ``j % W == w`` and the loader's round-robin
+    puts them back in order. The stream is a pure function of the step, so resuming at step s is exact, and it
+    is an iterable dataset so Lightning does not wrap it in a distributed sampler of its own.
     """
 
-    def __init__(self, n_chips: int, total: int, seed: int, start: int = 0) -> None:
-        self.n_chips = n_chips
-        self.total = total
+    def __init__(
+        self, dataset: ChipDataset, batch_size: int, total_batches: int, seed: int, start_batch: int = 0
+    ) -> None:
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.total_batches = total_batches
+        self.start_batch = start_batch
         self.seed = seed
-        self.start = start
 
     def __len__(self) -> int:
-        return max(0, self.total - self.start)
+        return max(0, self.total_batches - self.start_batch) * self.batch_size
 
-    def __iter__(self) -> Iterator[int]:
-        epoch, permutation = -1, torch.empty(0, dtype=torch.long)
-        for i in range(self.start, self.total):
-            if i // self.n_chips != epoch:
-                epoch = i // self.n_chips
-                permutation = torch.randperm(self.n_chips, generator=_sample_generator(self.seed + 7919, epoch))
-            yield epoch * self.n_chips + int(permutation[i % self.n_chips])
+    def sample_numbers(self, global_batch: int) -> list[int]:
+        """Dataset indices of one global batch: ``e * n + perm_e[i % n]`` for its run-sample numbers i."""
+        n = len(self.dataset)
+        permutations: dict[int, Tensor] = {}
+        numbers = []
+        for i in range(global_batch * self.batch_size, (global_batch + 1) * self.batch_size):
+            epoch = i // n
+            if epoch not in permutations:
+                permutations[epoch] = torch.randperm(n, generator=_sample_generator(self.seed + 7919, epoch))
+            numbers.append(epoch * n + int(permutations[epoch][i % n]))
+        return numbers
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        rank, world = _process_share()
+        worker = get_worker_info()
+        worker_id, n_workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+        for local_batch in range(self.start_batch, self.total_batches):
+            if local_batch % n_workers != worker_id:
+                continue
+            for number in self.sample_numbers(local_batch * world + rank):
+                yield self.dataset[number]
 
 
 def collate(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
@@ -197,10 +235,8 @@ def training_loader(
     from torch.utils.data import DataLoader
 
     dataset = ChipDataset(tensors, seed, augment, order, cond_dropout)
-    sampler = RunSampler(len(tensors), total_steps * batch_size, seed, start_step * batch_size)
-    return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=num_workers, drop_last=True
-    )
+    stream = RunStream(dataset, batch_size, total_steps, seed, start_step)
+    return DataLoader(stream, batch_size=batch_size, collate_fn=collate, num_workers=num_workers)
 
 
 def evaluation_loader(

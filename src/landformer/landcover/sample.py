@@ -79,7 +79,7 @@ def open_chips(loaded: LoadedModel, chips: str | os.PathLike[str] | None) -> tup
 
 
 def select_chips(loaded: LoadedModel, chip_set: ChipSet, n: int | None, split: str = "test") -> ChipTensors:
-    """The first ``n`` chips (all when None) of a split as model inputs; an empty split is a UserError."""
+    """``n`` chips (all when None) spread evenly through a split, as model inputs; an empty split is a UserError."""
     data = chip_set.test_data if split == "test" else chip_set.train_data
     if len(data) == 0:
         raise UserError(f"chip file {chip_set.source}: the {split} split is empty")

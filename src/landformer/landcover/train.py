@@ -10,7 +10,8 @@ A run folder holds::
     RUN/data.json                    legend, chip size, channels and covariate statistics of the chips
     RUN/train_summary.json           steps, losses, throughput, paths
 
-Validation runs on the test split of the chips (its first ``data.val_chips`` chips, each in a fixed random order),
+Validation runs on the test split of the chips (``data.val_chips`` of them spread evenly through the split, each
+in a fixed random order),
 so ``val/loss`` is the held-out negative log-likelihood in nats per pixel.
 """
 
@@ -31,7 +32,13 @@ from landformer.core.io import load_torch, read_json, write_json
 from landformer.core.legend import load_legend
 from landformer.core.train import fit, last_checkpoint, prepare_run, seed_everything
 from landformer.landcover.config import LandCoverRecipe
-from landformer.landcover.data import ChipTensors, default_chips_path, evaluation_loader, training_loader
+from landformer.landcover.data import (
+    ChipTensors,
+    default_chips_path,
+    evaluation_loader,
+    spread_indices,
+    training_loader,
+)
 from landformer.landcover.export import CovariateStats, save_model
 from landformer.landcover.model import LandCoverConfig
 from landformer.landcover.task import LandCoverTask, SampleImages, Throughput
@@ -185,11 +192,8 @@ def train_landcover(
     use_lonlat = recipe.model.use_lonlat
     train_tensors = ChipTensors.from_chips(chips, "train", stats, use_lonlat)
     has_test = len(chips.test_data) > 0
-    val_tensors = ChipTensors.from_chips(chips, "test" if has_test else "train", stats, use_lonlat)
-    val_tensors = ChipTensors(
-        val_tensors.labels[: recipe.data.val_chips],
-        val_tensors.covariates[: recipe.data.val_chips] if val_tensors.covariates is not None else None,
-        val_tensors.lonlat[: recipe.data.val_chips] if val_tensors.lonlat is not None else None,
+    val_tensors = ChipTensors.from_chips(
+        chips, "test" if has_test else "train", stats, use_lonlat, limit=recipe.data.val_chips
     )
     train = recipe.train
     batch = recipe.data.batch_size
@@ -218,11 +222,11 @@ def train_landcover(
         max_steps=train.max_steps,
         min_lr_ratio=recipe.task.min_lr_ratio,
     )
-    n_images = min(recipe.images.n, len(val_tensors))
+    keep = torch.from_numpy(spread_indices(len(val_tensors), recipe.images.n))
     image_chips = ChipTensors(
-        val_tensors.labels[:n_images],
-        val_tensors.covariates[:n_images] if val_tensors.covariates is not None else None,
-        val_tensors.lonlat[:n_images] if val_tensors.lonlat is not None else None,
+        val_tensors.labels[keep],
+        val_tensors.covariates[keep] if val_tensors.covariates is not None else None,
+        val_tensors.lonlat[keep] if val_tensors.lonlat is not None else None,
     )
     throughput = Throughput()
     images = SampleImages(

@@ -1,0 +1,192 @@
+"""Land-cover model quality on held-out chips of the synthetic world, each number beside its baseline.
+
+Trains the tiny preset (``configs/landcover_tiny.yaml``: a 512 px synthetic world, 16x16 chips) unless
+``--model`` names a trained run, then measures on held-out chips:
+
+- bits per pixel of the model, averaged over random orders and in raster order, against the class entropy of the
+  held-out chips and against gzip, bz2, lzma and PNG compressing the same chips (all chips in one stream);
+  target: the model below lzma, PNG and the class entropy;
+- inpainting accuracy and log-loss on hidden pixels at mask ratios 0.1 ... 0.9 (random masks), the model's most
+  likely class per pixel against the majority class of the known pixels and the nearest known pixel;
+  target: the model above both baselines at every ratio;
+- training throughput (valid pixel tokens per second of forward + backward + optimiser step).
+
+Held-out chips are cut from the run's world again with stride = chip size (no two chips share a pixel) and the
+same spatial-block split as the training chips, so they come only from the held-out blocks and none overlaps a
+training chip. Writes ``benchmarks/results/bench_landcover_quality.json`` with a ``"summary"`` list of rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+
+from landformer.core.chips import load_chips
+from landformer.core.config import load_config
+from landformer.core.io import read_json, write_json
+from landformer.landcover.config import LandCoverRecipe
+from landformer.landcover.export import load_model
+from landformer.landcover.sample import information_content, inpaint_eval
+from landformer.landcover.train import chips_from_world, train_landcover
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+RATIOS = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+def train_tiny(run_dir: Path, quick: bool, threads: int) -> dict[str, Any]:
+    """Train the tiny recipe on a synthetic world built in ``run_dir`` (smaller and shorter with ``quick``)."""
+    overrides = [f"task.threads={threads}", "train.progress_bar=false"]
+    if quick:
+        overrides += ["data.world_size=256", "train.max_steps=20", "train.val_every_steps=10", "images.every_steps=20"]
+    recipe = load_config(LandCoverRecipe, ROOT / "configs" / "landcover_tiny.yaml", overrides)
+    return train_landcover(recipe, run_dir)
+
+
+def heldout_chips(run_dir: Path, out: Path) -> Path:
+    """Non-overlapping chips of the run's world with the run's split: their test split is the held-out set."""
+    recipe = load_config(LandCoverRecipe, run_dir / "config.yaml")
+    world = recipe.data.world or run_dir / "world"
+    if not (Path(world) / "world.json").is_file():
+        raise SystemExit(f"no synthetic world for run {run_dir}: give --chips with held-out chips instead")
+    size = recipe.data.chip_size
+    return chips_from_world(Path(world), out, size, size, recipe.data.test_fraction, False, recipe.train.seed)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="256 px world, 20 training steps, 16 chips: a smoke run")
+    parser.add_argument("--model", type=Path, default=None, help="trained run folder to evaluate (skips training)")
+    parser.add_argument("--run-dir", type=Path, default=None, help="where to train (default: a temporary folder)")
+    parser.add_argument("--chips", type=Path, default=None, help="held-out chip file (default: cut from the world)")
+    parser.add_argument("--n", type=int, default=64, help="held-out chips for the inpainting sweep")
+    parser.add_argument("--orders", type=int, default=8, help="random orders averaged for bits/pixel")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--out", type=Path, default=RESULTS / "bench_landcover_quality.json", help="JSON output")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="bench_landcover_quality_") as scratch:
+        scratch_dir = Path(scratch)
+        if args.model is None:
+            run_dir = args.run_dir or scratch_dir / "run"
+            training = train_tiny(run_dir, args.quick, args.threads)
+        else:
+            run_dir = args.model
+            training = read_json(run_dir / "train_summary.json", "training summary")
+        chips = args.chips or heldout_chips(run_dir, scratch_dir / "heldout.npz")
+        n_heldout = len(load_chips(chips).test_data)
+        loaded = load_model(run_dir)
+        n_eval = min(16 if args.quick else args.n, n_heldout)
+        info = information_content(loaded, chips, scratch_dir / "info", orders=2 if args.quick else args.orders)
+        sweep = inpaint_eval(loaded, chips, scratch_dir / "inpaint", ratios=RATIOS, n=n_eval, steps=16)
+
+    bits = info["bits_per_pixel"]
+    model_bits = bits["model_random_order"]
+    summary = [
+        {
+            "metric": f"bits/pixel, model (mean of {len(info['random_nats_per_order'])} random orders) vs {name}",
+            "value": model_bits,
+            "unit": "bits/pixel",
+            "baseline": bits[name],
+            "ratio": model_bits / bits[name],
+            "target": "< baseline" if name in ("lzma", "png", "class_entropy") else "",
+        }
+        for name in ("class_entropy", "lzma", "png", "gzip", "bz2")
+    ]
+    summary.append(
+        {
+            "metric": "bits/pixel, model (raster order) vs class entropy",
+            "value": bits["model_raster_order"],
+            "unit": "bits/pixel",
+            "baseline": bits["class_entropy"],
+            "ratio": bits["model_raster_order"] / bits["class_entropy"],
+            "target": "",
+        }
+    )
+    for row in sweep["rows"]:
+        for baseline in ("nearest", "majority"):
+            summary.append(
+                {
+                    "metric": f"inpainting accuracy at mask ratio {row['ratio']} vs {baseline} known pixel(s)",
+                    "value": row["model_accuracy"],
+                    "unit": "accuracy",
+                    "baseline": row[f"{baseline}_accuracy"],
+                    "ratio": row["model_accuracy"] / row[f"{baseline}_accuracy"],
+                    "target": "> baseline",
+                }
+            )
+        best = min(row["majority_log_loss"], row["nearest_log_loss"])
+        summary.append(
+            {
+                "metric": f"inpainting log-loss at mask ratio {row['ratio']} vs the better baseline",
+                "value": row["model_log_loss"],
+                "unit": "nats/pixel",
+                "baseline": best,
+                "ratio": row["model_log_loss"] / best,
+                "target": "",
+            }
+        )
+    tokens_per_s = training.get("train_tokens_per_s")
+    summary.append(
+        {
+            "metric": "training throughput (tiny preset, fp32 CPU)",
+            "value": tokens_per_s,
+            "unit": "pixel tokens/s",
+            "baseline": None,
+            "ratio": None,
+            "target": "",
+        }
+    )
+    targets = {
+        "bits_below_lzma": model_bits < bits["lzma"],
+        "bits_below_png": model_bits < bits["png"],
+        "bits_below_class_entropy": model_bits < bits["class_entropy"],
+        "inpainting_beats_both_baselines_at_every_ratio": sweep["model_beats_baselines"],
+    }
+    result = {
+        "benchmark": "bench_landcover_quality",
+        "machine": f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} cores, {platform.system()}",
+        "torch": torch.__version__,
+        "torch_threads": args.threads,
+        "load_average_1m": {"start": load_before, "end": os.getloadavg()[0]},
+        "quick": args.quick,
+        "run_dir": str(run_dir),
+        "training": {
+            key: training.get(key)
+            for key in ("global_step", "fit_seconds", "val_loss_nats", "train_tokens_per_s", "n_parameters")
+        },
+        "heldout": {"chips": n_heldout, "inpaint_chips": n_eval, "pixels": info["pixels"]},
+        "bits_per_pixel": bits,
+        "random_nats_per_order": info["random_nats_per_order"],
+        "inpainting": sweep["rows"],
+        "targets_met": targets,
+        "summary": summary,
+        "wall_seconds": time.perf_counter() - t0,
+    }
+    write_json(args.out, result)
+
+    print(f"{'metric':<75} {'value':>9} {'baseline':>9} {'ratio':>7}")
+    for row in summary:
+        baseline = "" if row["baseline"] is None else f"{row['baseline']:9.4f}"
+        ratio = "" if row["ratio"] is None else f"{row['ratio']:6.3f}x"
+        value = float("nan") if row["value"] is None else row["value"]
+        print(f"{row['metric']:<75} {value:>9.4f} {baseline:>9} {ratio:>7}")
+    print("targets met: " + ", ".join(f"{name}={met}" for name, met in targets.items()))
+    print(f"load average (1 min) {load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end; wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
