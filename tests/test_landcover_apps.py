@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -193,3 +195,118 @@ def test_sample_realism_report(model: LandCoverRandAR, legend: Legend, tmp_path)
     np.testing.assert_array_equal(par, result.samples["parallel_4"])
     paths = apps.write_realism(result, legend, tmp_path, columns=2)
     assert paths["panel"].stat().st_size > 0
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+@pytest.fixture(scope="module")
+def cli_files(model: LandCoverRandAR, legend: Legend, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A saved tiny model, a chip file in its legend and a 24x24 NLCD GeoTIFF."""
+    from landformer.core.chips import write_chips
+    from landformer.core.raster import write_geotiff
+    from landformer.landcover.export import save_model
+
+    folder = tmp_path_factory.mktemp("cli")
+    save_model(model, legend, folder / "run")
+    rng = np.random.default_rng(0)
+    train, test = (
+        labels_with_nodata(n, legend.n_classes, seed)[:, None].astype(np.int16) for n, seed in ((4, 1), (6, 2))
+    )
+    coords = np.tile([[-100.0, 40.0]], (10, 1))
+    metadata = {"legend": legend.to_dict(), "channel_names": ["landcover"], "chip_size": SIZE}
+    write_chips(folder / "chips.npz", train, test, coords[:4], coords[4:], metadata)
+    codes = np.asarray(legend.codes)[rng.integers(0, legend.n_classes, size=(24, 24))].astype(np.uint8)
+    write_geotiff(folder / "landcover.tif", codes, RASTER_TRANSFORM, "EPSG:5070", nodata=0)
+    return {"run": folder / "run", "chips": folder / "chips.npz", "raster": folder / "landcover.tif"}
+
+
+RASTER_TRANSFORM = Affine(30.0, 0, 500_000.0, 0, -30.0, 4_000_000.0)
+
+
+def test_cli_gibbs_panorama_embed_evaluate(cli_files: dict[str, Path], legend: Legend, tmp_path) -> None:
+    from landformer.cli import main
+
+    run, chips = str(cli_files["run"]), str(cli_files["chips"])
+    argv = ["landcover", "gibbs", "--model", run, "--chips", chips, "--chains", "3", "--sweeps", "2"]
+    assert main([*argv, "--block-size", "8", "--out", str(tmp_path / "gibbs")]) == 0
+    with np.load(tmp_path / "gibbs" / "gibbs_frames.npz") as stored:
+        frames = stored["frames"]
+    assert frames.shape == (3, 3, SIZE, SIZE)
+    np.testing.assert_array_equal(frames[0], labels_with_nodata(6, legend.n_classes, 2)[:3])
+    np.testing.assert_array_equal(frames[1:] < 0, np.broadcast_to(frames[0] < 0, frames[1:].shape))
+    assert frames.max() < legend.n_classes
+
+    argv = ["landcover", "panorama", "--model", run, "--width", "20", "--height", "8", "--steps", "4"]
+    assert main([*argv, "--out", str(tmp_path / "pano")]) == 0
+    with np.load(tmp_path / "pano" / "panorama.npz") as stored:
+        assert stored["maps"].shape == (1, 8, 20)
+
+    argv = ["landcover", "embed-plot", "--model", run, "--chips", chips, "--what", "chips", "--method", "pca"]
+    assert main([*argv, "--out", str(tmp_path / "embed")]) == 0
+    with np.load(tmp_path / "embed" / "embed_chips.npz") as stored:
+        assert stored["coords"].shape == (6, 2)
+
+    argv = ["landcover", "evaluate", "--model", run, "--chips", chips, "--n", "3", "--steps", "4"]
+    assert main([*argv, "--out", str(tmp_path / "eval")]) == 0
+    from landformer.core.io import read_json
+
+    record = read_json(tmp_path / "eval" / "realism.json")
+    assert set(record["settings"]) == {"sequential", "parallel_4"}
+    assert set(record["report"]) == {"sequential", "parallel_4", "shuffled_baseline"}
+    assert (tmp_path / "eval" / "realism_panel.png").exists()
+
+
+def test_cli_dev_prob_geotiff_is_georeferenced_like_the_window(cli_files: dict[str, Path], legend: Legend, tmp_path):
+    import rasterio
+
+    from landformer.cli import main
+
+    argv = ["landcover", "dev-prob", "--model", str(cli_files["run"]), "--raster", str(cli_files["raster"])]
+    argv += ["--window", "4", "2", "16", "12", "--samples", "3", "--steps", "4", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    with rasterio.open(cli_files["raster"]) as source:
+        window_codes = source.read(1)[2:14, 4:20]
+    with rasterio.open(tmp_path / "dev_prob.tif") as result:
+        assert result.transform == RASTER_TRANSFORM @ Affine.translation(4, 2)
+        assert result.crs.to_epsg() == 5070
+        probability = result.read(1)
+    assert probability.shape == (12, 16)
+    reimagine = np.zeros((12, 16), dtype=bool)
+    reimagine[3:9, 4:12] = True  # the central half of the window
+    developed = np.isin(legend.encode(window_codes), legend.group_indices("developed"))
+    np.testing.assert_array_equal(probability[~reimagine], developed[~reimagine].astype(np.float32))
+    assert ((probability[reimagine] >= 0) & (probability[reimagine] <= 1)).all()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--window", "20", "0", "16", "16"], "leaves the"),
+        (["--window", "0", "0", "4", "4"], "smaller than the model's 8x8 chip"),
+        (["--window", "0", "0", "16", "16", "--region", "10", "0", "8", "8"], "does not lie inside"),
+        ([], "needs --window"),
+    ],
+)
+def test_cli_dev_prob_bad_window(cli_files: dict[str, Path], tmp_path, capsys, extra: list[str], message: str) -> None:
+    from landformer.cli import main
+
+    argv = ["landcover", "dev-prob", "--model", str(cli_files["run"]), "--raster", str(cli_files["raster"])]
+    assert main([*argv, *extra, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("landformer: error:") and message in err and "\n" not in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_cli_missing_model_and_bad_numbers(cli_files: dict[str, Path], tmp_path, capsys) -> None:
+    from landformer.cli import main
+
+    assert main(["landcover", "panorama", "--model", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "nope" in err and "\n" not in err
+    argv = ["landcover", "gibbs", "--model", str(cli_files["run"]), "--chains", "0", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    assert "--chains must be at least 1" in capsys.readouterr().err
+    argv = ["landcover", "evaluate", "--model", str(cli_files["run"]), "--chips", str(cli_files["chips"])]
+    assert main([*argv, "--n", "50", "--out", str(tmp_path)]) == 2
+    assert "6 test chips" in capsys.readouterr().err
