@@ -26,12 +26,13 @@ order, in one batch) with a ``torch.Generator`` seeded from (seed, phase, group 
 ``SeedSequence``; batch composition is fixed, so the floating-point results are too. Computed groups live in
 an LRU cache of ``cache_groups`` groups; an evicted group is recomputed identically when needed again.
 
-**Expanding a map** (:func:`expand_map`). The edge band of an existing DEM (W/2 tokens deep) is normalised as
-one tile and encoded; new columns are generated W/2 tokens at a time along the edge, in W x W windows that
-slide along it by half a window, each holding the band's tokens and the new tokens of the previous window as
-context. The band and the new tokens are decoded together, and the difference between the original edge and
-its reconstruction is faded out over the first band-width of new pixels, so the seam keeps the original's
-heights. The original pixels are written back unchanged.
+**Expanding a map** (:func:`expand_map`). The edge band of an existing DEM (W/2 tokens deep) is normalised
+with its mean and the relief of training-size squares along the edge (:func:`edge_relief`) and encoded; new
+columns are generated W/2 tokens at a time along the edge, in W x W windows that slide along it by half a
+window, each holding the band's tokens and the new tokens of the previous window as context. The band and the
+new tokens are decoded together, and the difference between the original edge and its reconstruction is faded
+out over the first band-width of new pixels, so the seam keeps the original's heights. The original pixels are
+written back unchanged.
 
 **Writing a world** (:func:`write_world`). The output GeoTIFF is written block by block: each block's tokens
 (plus :meth:`~landformer.terrain.tokenizer.VQTokenizer.decoder_margin` tokens of context, taken from the
@@ -329,6 +330,19 @@ def write_world(
 # ------------------------------------------------------------------------------------------------ expand
 
 
+def edge_relief(elevation: np.ndarray, tile_px: int) -> float:
+    """The relief the model would see along the right edge: the median standard deviation of the training-size
+    squares (``tile_px``, or the map's width if smaller) lining that edge.
+
+    Tokens mean per-tile normalised shapes, so the edge is normalised by the scale of a *tile* there; the
+    standard deviation of a whole long band would include large-scale trends and flatten what is generated.
+    """
+    side = min(tile_px, elevation.shape[1])
+    column = elevation[:, -side:].astype(np.float64)
+    starts = range(0, max(column.shape[0] - side, 0) + 1, side)
+    return float(np.median([column[start : start + side].std() for start in starts]))
+
+
 def extend_right(generator: TerrainGenerator, elevation: np.ndarray, amount: int, seed: int, stream: int) -> np.ndarray:
     """``elevation`` (H, W) metres with ``amount`` new columns on the right (see the module docstring)."""
     tokenizer = generator.tokenizer
@@ -342,8 +356,11 @@ def extend_right(generator: TerrainGenerator, elevation: np.ndarray, amount: int
     band = elevation[:, -context_px:].astype(np.float64)
     if not np.isfinite(band).all():
         raise UserError(f"the map has nodata within {context_px} px of the edge being expanded; fill or crop it first")
-    offset, scale = float(band.mean()), float(band.std())
-    if scale <= 1e-6 * max(1.0, abs(offset)):
+    offset, scale = float(band.mean()), edge_relief(elevation, window * f)
+    tiny = 1e-6 * max(1.0, abs(offset))
+    if scale <= tiny:  # flat squares along most of the edge: fall back to the band's own spread
+        scale = float(band.std())
+    if scale <= tiny:
         raise UserError(
             f"the {context_px} px band along the edge being expanded is flat ({offset:g} m); nothing to continue"
         )
