@@ -3,9 +3,145 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from landformer.cli import add_group
+from landformer.cli import add_command, add_group
+
+DATASET_FLAGS: tuple[tuple[str, str, type, str | None, str], ...] = (
+    ("--out", "out", str, None, "folder for cities/, world/ and the cached layers/"),
+    ("--sources", "sources", str, "+", "data sets to build: cities, world"),
+    ("--per-region", "per_region", int, None, "cities drawn per continent"),
+    ("--min-region-cities", "min_region_cities", int, None, "continents with fewer cities are left out"),
+    ("--chip-size", "chip_size", int, None, "city chip side in pixels"),
+    ("--resolution", "resolution", float, None, "city chip pixel size in degrees (a multiple of 1/120)"),
+    ("--block-degrees", "block_degrees", float, None, "side of the spatial split blocks in degrees"),
+    ("--val-fraction", "val_fraction", float, None, "share of each region for validation"),
+    ("--test-fraction", "test_fraction", float, None, "share of each region for the held-out test"),
+    ("--world", "world", str, None, "folder of `landformer synth world` (default: generate one)"),
+    ("--world-size", "world_size", int, None, "side of the generated world in pixels"),
+    ("--world-chips", "world_chips_per_region", int, None, "world chips per quadrant"),
+    ("--world-chip-size", "world_chip_size", int, None, "world chip side in pixels"),
+    ("--seed", "seed", int, None, "random seed"),
+)
+
+
+def _make_dataset(args: argparse.Namespace) -> None:
+    from landformer.core.config import from_dict, load_config, to_dict
+    from landformer.geoloc.dataset import DatasetConfig, describe, make_dataset
+
+    config = load_config(DatasetConfig, args.config, args.overrides)
+    data = to_dict(config)
+    for _, key, _, _, _ in DATASET_FLAGS:
+        value = getattr(args, f"ds__{key}")
+        if value is not None:
+            data[key] = value
+    config = from_dict(DatasetConfig, data, source="command line")
+    for folder in make_dataset(config, progress=not args.no_progress).values():
+        print(describe(folder))
+
+
+def _train(args: argparse.Namespace) -> None:
+    from landformer.geoloc.config import config_from_args
+    from landformer.geoloc.training import train_geoloc
+
+    train_geoloc(config_from_args(args), resume=args.resume is not False)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from landformer.geoloc.evaluate import evaluate_run, format_evaluation
+
+    results = evaluate_run(
+        args.run, args.csv, args.images, args.out, args.batch_size, args.device, map_png=not args.no_map
+    )
+    print(format_evaluation(results))
+    out = Path(args.out) if args.out else Path(args.run)
+    print(f"written: {out / 'evaluation.json'}, {out / 'evaluation_predictions.csv'}")
+    if "map" in results:
+        print(f"map: {results['map']}")
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from landformer.geoloc.inference import predict_images
+
+    path = predict_images(args.run, args.out, args.images, args.csv, args.use_regions, args.batch_size, args.device)
+    print(path)
+
+
+def _clean(args: argparse.Namespace) -> None:
+    from landformer.core.io import write_json
+    from landformer.geoloc.clean import CleanConfig, clean_labels, format_report
+    from landformer.geoloc.data import read_filename_list, read_labels
+
+    table = read_labels(args.csv)
+    assert table.latitude is not None and table.longitude is not None and table.regions is not None
+    config = CleanConfig(
+        mad_threshold=args.mad_threshold, dbscan_eps_km=args.dbscan_eps_km, dbscan_min_samples=args.dbscan_min_samples
+    )
+    excluded = read_filename_list(args.exclude) if args.exclude else set()
+    _, report = clean_labels(table.filenames, table.latitude, table.longitude, table.regions, config, excluded)
+    print(format_report(report))
+    if args.report:
+        write_json(args.report, report)
+        print(f"report: {args.report}")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    add_group(subparsers, "geoloc", "per-region latitude/longitude regression from images")
+    from landformer.core.train import add_resume_argument
+    from landformer.geoloc.config import add_config_arguments
+
+    group = add_group(subparsers, "geoloc", "per-region latitude/longitude regression from images")
+
+    dataset = add_command(
+        group,
+        "make-dataset",
+        "build the default data: GeoTIFF feature chips around real cities and PNG chips of the synthetic world",
+        _make_dataset,
+    )
+    dataset.add_argument("--config", help="YAML with make-dataset keys (defaults when left out)")
+    dataset.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a key"
+    )
+    for flag, key, kind, nargs, text in DATASET_FLAGS:
+        dataset.add_argument(flag, dest=f"ds__{key}", type=kind, nargs=nargs, default=None, help=f"{text} [{key}]")
+    dataset.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    train = add_command(
+        group, "train", "clean the labels, then train a region router and one coordinate regressor per region", _train
+    )
+    add_config_arguments(train)
+    add_resume_argument(train)
+
+    evaluate = add_command(
+        group, "evaluate", "per-region errors (oracle and routed region) next to the region-median baseline", _evaluate
+    )
+    evaluate.add_argument("--run", required=True, help="run folder written by `geoloc train`")
+    evaluate.add_argument("--csv", required=True, help="labelled CSV (filename, latitude, longitude, Region_ID)")
+    evaluate.add_argument("--images", help="image folder (default: images/ beside the CSV)")
+    evaluate.add_argument("--out", help="folder for evaluation.json, the predictions CSV and the map (default: --run)")
+    evaluate.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    evaluate.add_argument("--device", default="cpu", help="cpu, cuda, or auto")
+    evaluate.add_argument("--no-map", action="store_true", help="skip the map PNG")
+
+    predict = add_command(
+        group,
+        "predict",
+        "write filename, latitude, longitude, region for images (region picked by the router)",
+        _predict,
+    )
+    predict.add_argument("--run", required=True, help="run folder written by `geoloc train`")
+    predict.add_argument("--images", help="image folder (every PNG/JPEG/GeoTIFF in it, or those listed in --csv)")
+    predict.add_argument("--csv", help="CSV whose filename column lists the images")
+    predict.add_argument("--out", required=True, help="predictions CSV to write")
+    predict.add_argument("--use-regions", action="store_true", help="take each image's region from the CSV's Region_ID")
+    predict.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    predict.add_argument("--device", default="cpu", help="cpu, cuda, or auto")
+
+    clean = add_command(group, "clean", "report what label cleaning would drop from a CSV, and why", _clean)
+    clean.add_argument("--csv", required=True, help="labelled CSV to clean")
+    clean.add_argument(
+        "--mad-threshold", type=float, default=3.5, help="modified z-score beyond which a label is dropped"
+    )
+    clean.add_argument("--dbscan-eps-km", type=float, default=750.0, help="DBSCAN neighbourhood radius in km")
+    clean.add_argument("--dbscan-min-samples", type=int, default=3, help="DBSCAN points that make a cluster core")
+    clean.add_argument("--exclude", help="file listing filenames to drop")
+    clean.add_argument("--report", help="write the full report (every dropped row) to this JSON file")

@@ -1,0 +1,91 @@
+"""The map people look at first: true places and predictions over the Natural Earth continents."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from landformer.core.io import atomic_path
+
+MAP_WIDTH_PX = 1400
+
+
+def map_extent(latitudes: Sequence[np.ndarray], longitudes: Sequence[np.ndarray]) -> tuple[float, float, float, float]:
+    """(west, south, east, north) around every point with a 10 % margin (at least 0.02 degree), inside the globe."""
+    lat = np.concatenate([np.asarray(v, np.float64).ravel() for v in latitudes])
+    lon = np.concatenate([np.asarray(v, np.float64).ravel() for v in longitudes])
+    margin_lon = max(0.1 * (lon.max() - lon.min()), 0.02)
+    margin_lat = max(0.1 * (lat.max() - lat.min()), 0.02)
+    return (
+        max(-180.0, lon.min() - margin_lon),
+        max(-90.0, lat.min() - margin_lat),
+        min(180.0, lon.max() + margin_lon),
+        min(90.0, lat.max() + margin_lat),
+    )
+
+
+def continents_background(extent: tuple[float, float, float, float], width_px: int) -> np.ndarray:
+    """(H, W) Natural Earth continent codes (0 = sea) over ``extent`` at about ``width_px`` columns."""
+    from landformer.core.raster import open_raster
+    from landformer.synth.packaged import natural_earth_countries
+
+    resolution = (extent[2] - extent[0]) / width_px
+    with tempfile.TemporaryDirectory() as tmp:
+        path = natural_earth_countries(Path(tmp) / "continents.tif", extent, resolution, "continent", allow_large=True)
+        with open_raster(path) as dataset:
+            return dataset.read(1)
+
+
+def save_prediction_map(
+    path: str | os.PathLike[str],
+    true_latitude: np.ndarray,
+    true_longitude: np.ndarray,
+    predicted_latitude: np.ndarray,
+    predicted_longitude: np.ndarray,
+    regions: Sequence[str],
+    title: str,
+) -> Path:
+    """True places (dots) and predictions (crosses) coloured by region, joined by thin lines, over the
+    continents (grey) and the sea (pale blue). Lines are not drawn for pairs on both sides of the antimeridian."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
+
+    extent = map_extent([true_latitude, predicted_latitude], [true_longitude, predicted_longitude])
+    west, south, east, north = extent
+    aspect = (north - south) / (east - west)
+    width_px = MAP_WIDTH_PX
+    height_px = int(np.clip(width_px * aspect, 300, 1400)) + 80
+    background = continents_background(extent, 900)
+    figure = Figure(figsize=(width_px / 100, height_px / 100), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_axes((0.04, 0.06, 0.78, 0.86))
+    colours = ListedColormap(["#dcebf5"] + ["#d4d4d4"] * int(max(background.max(), 1)))
+    axes.imshow(background, extent=(west, east, south, north), cmap=colours, interpolation="nearest", aspect="auto")
+    names = sorted(set(regions))
+    palette = [f"C{i % 10}" for i in range(len(names))]
+    region_array = np.asarray(regions, dtype=object)
+    for name, colour in zip(names, palette, strict=True):
+        members = region_array == name
+        t_lat, t_lon = np.asarray(true_latitude)[members], np.asarray(true_longitude)[members]
+        p_lat, p_lon = np.asarray(predicted_latitude)[members], np.asarray(predicted_longitude)[members]
+        for a_lat, a_lon, b_lat, b_lon in zip(t_lat, t_lon, p_lat, p_lon, strict=True):
+            if abs(a_lon - b_lon) <= 180:
+                axes.plot([a_lon, b_lon], [a_lat, b_lat], color=colour, linewidth=0.5, alpha=0.5)
+        axes.scatter(
+            t_lon, t_lat, s=14, color=colour, edgecolors="black", linewidths=0.3, label=f"{name} true", zorder=3
+        )
+        axes.scatter(p_lon, p_lat, s=18, color=colour, marker="x", linewidths=1.0, label=f"{name} predicted", zorder=4)
+    axes.set_xlim(west, east)
+    axes.set_ylim(south, north)
+    axes.set_xlabel("longitude")
+    axes.set_ylabel("latitude")
+    axes.set_title(title, fontsize=11)
+    figure.legend(loc="center right", fontsize=8, frameon=False)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    return Path(path)
