@@ -6,7 +6,7 @@ GeoTIFFs (EPSG:5070, 30 m, tiled 256, deflate) with a DEM, and exports the tiny 
 weights learned. Then, each phase in a fresh process so its peak RSS is its own:
 
 - ``predict``: :func:`landformer.forecast.predict.predict_series` with the tiny recipe's predict settings
-  (512 px tiles, 32 px overlap, 4096 px panels): reads, forecasts, blends and writes four GeoTIFFs, window
+  (256 px tiles, 32 px overlap, 4096 px panels): reads, forecasts, blends and writes four GeoTIFFs, window
   by window;
 - ``model``:   the same network on as many tiles of the same shape, already in memory as tensors (a sample of
   batches, extrapolated to the tile count of ``predict``): what the forecast costs without any raster work.
@@ -24,6 +24,7 @@ import json
 import platform
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -171,6 +172,7 @@ def main() -> int:
         return 0
 
     size = args.size or (1536 if args.quick else 10000)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the temporary folder is still removed
     workdir = Path(tempfile.mkdtemp(prefix="bench_forecast_"))
     try:
         start = time.perf_counter()

@@ -113,9 +113,9 @@ class ForecastTaskSection:
 class ForecastPredictSection:
     """Whole-raster inference (``forecast predict``)."""
 
-    tile: int = 512  # output block side, a multiple of the GeoTIFF block so every write fills whole blocks
+    tile: int = 256  # output block side, a multiple of the GeoTIFF block so every write fills whole blocks
     overlap: int = 32  # pixels shared by neighbouring tiles, cross-faded linearly (even)
-    batch_size: int = 1  # tiles per forward pass (a 544 px tile of the tiny model needs about 0.6 GB)
+    batch_size: int = 2  # tiles per forward pass (two 288 px tiles of the tiny model need about 0.4 GB)
     panel_width: int = 4096  # widest strip of the raster processed at once; bounds memory on huge rasters
     device: str = "cpu"  # torch device for inference: cpu, cuda, cuda:1, mps
 
