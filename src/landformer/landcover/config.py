@@ -77,7 +77,7 @@ class LandCoverTaskSection:
     weight_decay: float = 0.01
     warmup_steps: int = 50
     min_lr_ratio: float = 0.1
-    threads: int = 0  # torch CPU threads while training; 0: torch's default
+    threads: int = 1  # torch CPU threads while training (0: torch's default); small kernels on a shared CPU: 1
 
 
 @dataclass
