@@ -2,7 +2,8 @@
 
 Small labelled sets (a few hundred cities) overfit fast, so every training tile is seen as ``samples_per_tile``
 different views per epoch: one of the 8 flips/quarter turns (the 90, 180 and 270 degree rotations, with and
-without a mirror) and a square crop of ``crop_scales`` times the side, resized back to the tile size. Resizing
+without a mirror) and a square crop of ``crop_scales`` times the side, resized back to the tile size. Crops are
+centred by default: when the label belongs to the tile's centre (a city), a crop elsewhere would move it. Resizing
 interpolates neighbouring unit vectors, which shortens them, so pixels are scaled back to unit length (masked
 pixels stay zero). The views are drawn afresh every time a sample is read, so each epoch differs.
 """
@@ -56,15 +57,19 @@ def crop_resize(frames: Tensor, valid: Tensor, top: int, left: int, side: int) -
 class TileAugmenter:
     """Random dihedral transform plus multi-scale crop; draws from torch's global generator (seeded per worker)."""
 
-    def __init__(self, crop_scales: Sequence[float] = (1.0, 0.8, 0.6)) -> None:
+    def __init__(self, crop_scales: Sequence[float] = (1.0, 0.8, 0.6), centred: bool = True) -> None:
         self.crop_scales = list(crop_scales)
+        self.centred = centred
 
     def __call__(self, frames: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
         size = frames.shape[-1]
         scale = self.crop_scales[int(torch.randint(len(self.crop_scales), ()).item())]
         side = max(1, round(scale * size))
-        top = int(torch.randint(size - side + 1, ()).item())
-        left = int(torch.randint(size - side + 1, ()).item())
+        if self.centred:
+            top = left = (size - side) // 2
+        else:
+            top = int(torch.randint(size - side + 1, ()).item())
+            left = int(torch.randint(size - side + 1, ()).item())
         frames, valid = crop_resize(frames, valid, top, left, side)
         turns = int(torch.randint(4, ()).item())
         mirror = bool(torch.randint(2, ()).item())

@@ -42,6 +42,7 @@ class DataConfig:
     num_workers: int = 0
     augment: bool = True  # flips, quarter turns and multi-scale crops of training tiles, drawn afresh each epoch
     crop_scales: list[float] = field(default_factory=lambda: [1.0, 0.8, 0.6])  # crop side / tile side
+    crop_centred: bool = True  # crops share the tile's centre (a city-centred label stays centred); else anywhere
     samples_per_tile: int = 2  # augmented samples of each training tile per epoch
 
     def validate(self) -> None:
@@ -82,6 +83,7 @@ class EncoderConfig:
     heads: int = 4
     mlp_ratio: float = 4.0  # Qwen random towers: MLP width / dim (the ViT uses SwiGLU of the same size)
     dropout: float = 0.0
+    absolute_positions: bool = True  # ViT only: add a fixed sine-cosine embedding of each patch's place in the tile
     pretrained: Path | None = None  # Qwen only: local checkpoint folder (no download is ever attempted)
     patch_init: Literal["normal", "zero", "copy"] = "normal"  # how the new 64-channel patch weights start
     temporal_pair: bool = True  # Qwen only: fill the two temporal slots with two consecutive years when available

@@ -60,11 +60,23 @@ def take_frames(frames: Tensor, count: int) -> Tensor:
     return frames[:, :1].expand(-1, count, -1, -1, -1)
 
 
+def sincos_2d(positions: Tensor, dim: int, base: float = 10_000.0) -> Tensor:
+    """Fixed 2-D sine-cosine embedding (B, L, dim) of (row, col) positions (B, L, 2), as the MAE encoder uses:
+    the first half of the channels encodes the row, the second the column, ``dim / 4`` frequencies each."""
+    quarter = dim // 4
+    frequencies = base ** (-torch.arange(quarter, device=positions.device, dtype=torch.float32) / quarter)
+    angles = positions.float()[..., None] * frequencies  # (B, L, 2, quarter)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)
+
+
 class ViTEncoder(PatchEncoder):
     """A plain ViT on 64-channel patches: linear patch embedding, non-causal :class:`Transformer` blocks with 2-D
     RoPE (so a subset of patches keeps its positions without a position table), no class token.
 
-    With ``frames = 2`` a patch stacks both years' pixels, so the embedding sees change between them.
+    RoPE only tells tokens where they are relative to each other; the fixed sine-cosine embedding of the absolute
+    patch position (``absolute_positions``) also tells them where they are in the tile, which matters when the
+    label belongs to the tile's centre (a city). With ``frames = 2`` a patch stacks both years' pixels, so the
+    embedding sees change between them.
     """
 
     def __init__(
@@ -77,9 +89,13 @@ class ViTEncoder(PatchEncoder):
         frames: int = 1,
         dropout: float = 0.0,
         mlp_ratio: float = 4.0,
+        absolute_positions: bool = True,
     ) -> None:
         super().__init__()
+        if dim % 4:
+            raise ValueError(f"ViT width {dim} should be divisible by 4")
         self.in_channels = in_channels
+        self.absolute_positions = absolute_positions
         self.patch_size = patch_size
         self.frames = frames
         self.patch_dim = frames * in_channels * patch_size * patch_size
@@ -115,7 +131,10 @@ class ViTEncoder(PatchEncoder):
         return torch.stack([rows.flatten(), cols.flatten()], dim=-1)
 
     def encode(self, patches: Tensor, positions: Tensor) -> Tensor:
-        return self.transformer(self.patch_embed(patches * self.input_scale), pos=positions.float())
+        tokens = self.patch_embed(patches * self.input_scale)
+        if self.absolute_positions:
+            tokens = tokens + sincos_2d(positions, self.width).to(tokens.dtype)
+        return self.transformer(tokens, pos=positions.float())
 
 
 def build_encoder(config: Any, frames: int) -> PatchEncoder:
@@ -137,6 +156,7 @@ def build_encoder(config: Any, frames: int) -> PatchEncoder:
             frames=use_frames,
             dropout=values.get("dropout", 0.0),
             mlp_ratio=values.get("mlp_ratio", 4.0),
+            absolute_positions=values.get("absolute_positions", True),
         )
     from landformer.embeddings.qwen import QwenVisionEncoder
 

@@ -76,7 +76,7 @@ def make_loaders(
 
     from landformer.embeddings.augment import TileAugmenter, TileDataset
 
-    augmenter = TileAugmenter(data.crop_scales) if data.augment else None
+    augmenter = TileAugmenter(data.crop_scales, data.crop_centred) if data.augment else None
     train = TileDataset(dataset, dataset.indices("train"), augmenter, data.samples_per_tile, target_mean, target_scale)
     val = TileDataset(dataset, dataset.indices("val"), None, 1, target_mean, target_scale)
     workers = {"num_workers": data.num_workers, "persistent_workers": data.num_workers > 0}

@@ -104,7 +104,10 @@ def random_vision_config(kind: str, values: dict[str, Any]) -> Any:
         "temporal_patch_size": TEMPORAL_PATCH,
     }
     if kind == "qwen2_vl":
-        return config_class(embed_dim=dim, hidden_size=dim, mlp_ratio=float(values.get("mlp_ratio", 4.0)), **common)
+        ratio = float(values.get("mlp_ratio", 4.0))
+        if not ratio.is_integer():
+            raise UserError(f"encoder.mlp_ratio = {ratio} must be a whole number for a Qwen2-VL tower")
+        return config_class(embed_dim=dim, hidden_size=dim, mlp_ratio=int(ratio), **common)
     return config_class(
         hidden_size=dim,
         intermediate_size=int(dim * float(values.get("mlp_ratio", 4.0))),
