@@ -66,6 +66,16 @@ def _add_common(parser: argparse.ArgumentParser, out_help: str) -> None:
     parser.add_argument("--out", type=Path, required=True, help=out_help)
     parser.add_argument("--seed", type=int, default=0, help="seed for orders, masks and sampling")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (0: all; the tiny model runs fastest on one)"
+    )
+
+
+def _use_threads(args: argparse.Namespace) -> None:
+    import torch
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
 
 def _add_chips(parser: argparse.ArgumentParser, required: bool = False) -> None:
@@ -173,6 +183,8 @@ def _register_scoring(group: argparse._SubParsersAction) -> None:
 def run_sample(args: argparse.Namespace) -> None:
     from landformer.landcover.sample import sample_maps
 
+    _use_threads(args)
+
     summary = sample_maps(
         args.model,
         args.out,
@@ -198,6 +210,8 @@ def run_sample(args: argparse.Namespace) -> None:
 def run_animate(args: argparse.Namespace) -> None:
     from landformer.landcover.sample import animate
 
+    _use_threads(args)
+
     summary = animate(
         args.model,
         args.out,
@@ -215,6 +229,8 @@ def run_animate(args: argparse.Namespace) -> None:
 
 def run_inpaint(args: argparse.Namespace) -> None:
     from landformer.landcover.sample import inpaint
+
+    _use_threads(args)
 
     summary = inpaint(
         args.model,
@@ -239,6 +255,8 @@ def run_inpaint(args: argparse.Namespace) -> None:
 
 def run_inpaint_eval(args: argparse.Namespace) -> None:
     from landformer.landcover.sample import inpaint_eval
+
+    _use_threads(args)
 
     summary = inpaint_eval(
         args.model,
@@ -265,6 +283,8 @@ def run_inpaint_eval(args: argparse.Namespace) -> None:
 def run_perplexity(args: argparse.Namespace) -> None:
     from landformer.landcover.sample import perplexity
 
+    _use_threads(args)
+
     s = perplexity(
         args.model,
         args.chips,
@@ -285,6 +305,8 @@ def run_perplexity(args: argparse.Namespace) -> None:
 
 def run_info(args: argparse.Namespace) -> None:
     from landformer.landcover.sample import information_content
+
+    _use_threads(args)
 
     s = information_content(
         args.model,

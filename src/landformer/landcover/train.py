@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -238,7 +239,10 @@ def train_landcover(
         recipe.images.temperature,
         train.seed,
     )
-    result = fit(task, (train_loader, val_loader), train, run_dir, resume=resume, callbacks=[throughput, images])
+    with warnings.catch_warnings():
+        # The stream shards itself over loader workers (RunStream), so its length is exact; Lightning cannot know.
+        warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
+        result = fit(task, (train_loader, val_loader), train, run_dir, resume=resume, callbacks=[throughput, images])
 
     checkpoint = result.best_checkpoint or result.last_checkpoint
     assert checkpoint is not None, "fit() always leaves last.ckpt"
