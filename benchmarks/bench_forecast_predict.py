@@ -14,7 +14,8 @@ weights learned. Then, each phase in a fresh process so its peak RSS is its own:
 Reports pixels/s, peak RSS (target: under 2 GB, whatever the raster's size) and the overhead of tiling (predict
 time / model time on the same tiles; on a busy machine the two phases see different loads, so the share of
 predict's own time spent inside the network is reported too). Writes
-``benchmarks/results/bench_forecast_predict.json``; ``--quick`` runs a 1536 px raster (about a minute).
+``benchmarks/results/bench_forecast_predict.json``; ``--quick`` runs a 1024 px raster (about a minute on an idle
+2-core CPU); ``--height`` runs a full-width strip of a big raster, which reaches the same peak memory.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def dem_strip(row0: int, height: int, width: int) -> np.ndarray:
     return (400.0 + 150.0 * np.sin(rows / 301.0) * np.cos(cols / 257.0) + 0.01 * rows).astype(np.float32)
 
 
-def generate(workdir: Path, size: int) -> dict[str, float]:
+def generate(workdir: Path, width: int, height: int) -> dict[str, float]:
     """Write the series and the DEM strip by strip, and export a seeded tiny forecaster; sizes in MB."""
     import torch
     from rasterio.transform import from_origin
@@ -78,11 +79,11 @@ def generate(workdir: Path, size: int) -> dict[str, float]:
     transform = from_origin(*ORIGIN, PIXEL_M, PIXEL_M)
     paths = [workdir / f"hm_{year}.tif" for year in (2010, 2015, 2020)] + [workdir / "dem.tif"]
     for index, path in enumerate(paths):
-        with geotiff_writer(path, size, size, 1, np.float32, transform, "EPSG:5070", nodata=float("nan")) as dst:
-            for row0 in range(0, size, STRIP):
-                height = min(STRIP, size - row0)
-                block = dem_strip(row0, height, size) if index == 3 else hm_strip(row0, height, size, index)
-                dst.write(block[None], window=((row0, row0 + height), (0, size)))
+        with geotiff_writer(path, width, height, 1, np.float32, transform, "EPSG:5070", nodata=float("nan")) as dst:
+            for row0 in range(0, height, STRIP):
+                rows = min(STRIP, height - row0)
+                block = dem_strip(row0, rows, width) if index == 3 else hm_strip(row0, rows, width, index)
+                dst.write(block[None], window=((row0, row0 + rows), (0, width)))
     recipe = ForecastConfig()
     torch.manual_seed(0)
     config = ForecastModelConfig(
@@ -158,8 +159,15 @@ def peak_rss_mb() -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="a 1536 px raster: a smoke run of about a minute")
-    parser.add_argument("--size", type=int, default=None, help="raster side in pixels (default 10000, quick 1536)")
+    parser.add_argument("--quick", action="store_true", help="a 1024 px raster: a smoke run of about a minute")
+    parser.add_argument("--size", type=int, default=None, help="raster width in pixels (default 10000, quick 1024)")
+    parser.add_argument(
+        "--height",
+        type=int,
+        default=None,
+        help="raster height (default: the width). A short, full-width strip peaks at the memory of the full "
+        "raster, which depends on the width up to the panel width, never on the height",
+    )
     parser.add_argument("--phase", choices=["predict", "model"], help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--tiles", type=int, default=0, help=argparse.SUPPRESS)
@@ -171,14 +179,15 @@ def main() -> int:
         print(json.dumps(phase_model(args.workdir, args.tiles) | {"peak_rss_mb": peak_rss_mb()}))
         return 0
 
-    size = args.size or (1536 if args.quick else 10000)
+    size = args.size or (1024 if args.quick else 10000)
+    height = args.height or size
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the temporary folder is still removed
     workdir = Path(tempfile.mkdtemp(prefix="bench_forecast_"))
     try:
         start = time.perf_counter()
-        generated = generate(workdir, size)
+        generated = generate(workdir, size, height)
         generate_seconds = time.perf_counter() - start
-        print(f"generated {size}x{size} series + DEM in {generate_seconds:.1f} s", flush=True)
+        print(f"generated {height}x{size} series + DEM in {generate_seconds:.1f} s", flush=True)
         predict = run_phase("predict", workdir, [])
         print(f"predict: {predict['seconds']:.1f} s, peak RSS {predict['peak_rss_mb']:.0f} MB", flush=True)
         model = run_phase("model", workdir, ["--tiles", str(predict["tiles"])])
@@ -187,7 +196,7 @@ def main() -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
     tile, overlap, batch_size = tiling()
-    pixels = size * size
+    pixels = size * height
     throughput = pixels / predict["seconds"]
     model_throughput = pixels / model["seconds"]
     overhead = predict["seconds"] / model["seconds"]
@@ -235,7 +244,8 @@ def main() -> int:
     ]
     result = {
         "benchmark": "bench_forecast_predict",
-        "size": size,
+        "width": size,
+        "height": height,
         "quick": args.quick,
         "tile": tile,
         "overlap": overlap,
@@ -254,7 +264,7 @@ def main() -> int:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "bench_forecast_predict.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\n{size}x{size} px, tiles {tile}+{overlap} px, batch {batch_size}")
+    print(f"\n{height}x{size} px, tiles {tile}+{overlap} px, batch {batch_size}")
     print(f"{'metric':<58} {'value':>12} {'unit':<9} {'baseline':>12} {'ratio':>7}  target")
     for row in summary:
         baseline = "" if row["baseline"] is None else f"{row['baseline']:.4g}"

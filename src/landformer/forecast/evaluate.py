@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from landformer.core.errors import UserError
 from landformer.core.io import write_json
@@ -91,7 +92,10 @@ def evaluate_forecaster(
         blocks = split.blocks("test", grid.height, grid.width)
         everything = ForecastMetrics(h, n_channels, change_threshold=change_threshold)
         last_step = ForecastMetrics(h, n_channels, change_threshold=change_threshold)
-        for _, starts, inputs, targets, block_covariates in iter_block_windows(rasters, blocks, scale, k, h):
+        windows = iter_block_windows(rasters, blocks, scale, k, h)
+        for _, starts, inputs, targets, block_covariates in tqdm(
+            windows, total=len(blocks), desc="evaluate blocks", unit="block", disable=None, dynamic_ncols=True
+        ):
             forecast = forecaster.forecast(inputs, block_covariates)
             target_mask = np.isfinite(targets)
             input_mask = np.isfinite(inputs)
