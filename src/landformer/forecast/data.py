@@ -18,19 +18,22 @@ horizons past the series end have no ground truth and are masked. With HM 1990..
 =====  =================  ==================================  ==========================
 start  inputs             targets (h = 1..4)                  used by
 =====  =================  ==================================  ==========================
+-1     - 1990 1995        2000 2005 2010 2015                 train/val (min_input_steps)
 0      1990 1995 2000     2005 2010 2015 *2020*               train/val (2020 masked)
 1      1995 2000 2005     2010 2015 *2020* -                  train/val (2020 masked)
 2      2000 2005 2010     2015 *2020* - -                     train/val (2020 masked)
 3      2005 2010 2015     *2020* - - -                        evaluation only
 =====  =================  ==================================  ==========================
 
-**Temporal hold-out**: training and validation never see the last step (2020), neither as a target nor as an
-input, and the normalizer is fitted without it. **Spatial hold-out**: the raster is cut into square blocks
-(:class:`landformer.core.chips.BlockSplit`); a ``test_fraction`` of them is kept for ``forecast evaluate``, a
-``val_fraction`` of the rest drives early stopping and the best checkpoint, and training chips lie entirely
-inside the remaining blocks. Evaluation runs every window (starts 0..3 above, so every target year including
-2020) on every held-out block, and also reports the targets in the last step alone: places *and* a year that
-training never saw.
+Start -1 has its first input missing (masked): with ``min_input_steps = 2`` such windows give the longest
+horizon ground truth in training without touching 2020. **Temporal hold-out**: training and validation never
+see the last step (2020), neither as a target nor as an input, and the normalizer is fitted without it.
+
+**Spatial hold-out**: the raster is cut into square blocks (:class:`landformer.core.chips.BlockSplit`); a
+``test_fraction`` of them is kept for ``forecast evaluate``, a ``val_fraction`` of the rest drives early
+stopping and the best checkpoint, and training chips lie entirely inside the remaining blocks. Evaluation runs
+every full window (starts 0..3 above, so every target year including 2020) on every held-out block, and also
+reports the targets in the last step alone: places *and* a year that training never saw.
 """
 
 from __future__ import annotations
