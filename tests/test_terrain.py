@@ -196,6 +196,16 @@ def test_expansion_keeps_the_map_and_is_deterministic(models: dict[str, Path]) -
     assert step < 4 * np.abs(np.diff(original, axis=1)).mean() + 1.0
 
 
+def test_edge_relief_is_the_median_spread_of_tile_squares_along_the_edge() -> None:
+    from landformer.terrain.outpaint import edge_relief
+
+    rows = np.arange(64, dtype=np.float64)[:, None]
+    ramp = np.repeat(rows * 10.0, 20, axis=1)  # a long slope: every 16 px square spreads the same, the band far more
+    expected = np.std(np.arange(16) * 10.0)
+    assert edge_relief(ramp, 16) == pytest.approx(expected)
+    assert edge_relief(ramp, 16) < ramp[:, -16:].std() / 3
+
+
 def test_expand_map_moves_the_origin_for_left_and_up(models: dict[str, Path], tmp_path: Path) -> None:
     generator = load_generator(models["maskgit"])
     dem = write_dem(tmp_path / "dem.tif", hills(32, 32))

@@ -96,6 +96,19 @@ def test_decoding_a_window_with_the_margin_equals_decoding_everything() -> None:
     assert torch.allclose(inner, whole[..., 12 * f : 18 * f, 12 * f : 18 * f], atol=1e-5)
 
 
+def test_encoding_a_window_with_the_margin_gives_the_whole_maps_tokens() -> None:
+    model = tiny_tokenizer().eval()
+    elevation = torch.randn(1, 1, 120, 120, generator=torch.Generator().manual_seed(2))
+    margin, f = model.encoder_margin(), model.downsample
+    with torch.no_grad():
+        _, whole, _ = model.encode(elevation)
+        _, window, _ = model.encode(elevation[..., 40:100, 40:100])
+    assert torch.equal(
+        window[0, margin:-margin, margin:-margin], whole[0, 10 + margin : 25 - margin, 10 + margin : 25 - margin]
+    )
+    assert margin * f < 60 // 2
+
+
 def test_normalisation_keeps_absolute_heights() -> None:
     rng = np.random.default_rng(0)
     tiles = rng.normal(size=(5, 8, 8)) * rng.uniform(1, 300, size=(5, 1, 1)) + rng.uniform(-400, 4000, (5, 1, 1))

@@ -9,8 +9,9 @@ user-chosen offset and scale. For two sets of tiles:
 * spectrum: mean |log10| ratio of the radially averaged power spectra, over all non-zero frequency rings;
 * curvature: 1-Wasserstein distance between pooled Laplacians (sum of the second differences).
 
-Seams (:func:`seam_statistics`): the mean absolute height difference between neighbouring pixels across tile
-borders, divided by the same mean at every other pixel offset (ratio 1: borders look like the interior).
+Seams (:func:`seam_statistics`, :func:`seam_profile`): the mean absolute height difference between neighbouring
+pixels across tile borders or an expansion seam, divided by the same mean elsewhere (ratio 1: borders look like
+the interior).
 """
 
 from __future__ import annotations
@@ -112,11 +113,17 @@ def seam_statistics(elevation: np.ndarray, period: int, token: int) -> dict[str,
     }
 
 
-def seam_profile(elevation: np.ndarray, column: int, width: int) -> dict[str, float]:
-    """Mean |dz| across one vertical seam (between columns ``column - 1`` and ``column``) against the mean over
-    the ``width`` column steps on either side of it."""
+def seam_profile(elevation: np.ndarray, column: int, width: int, period: int = 1) -> dict[str, float]:
+    """Mean |dz| across one vertical seam (between columns ``column - 1`` and ``column``) against the mean at the
+    steps ``period``, ``2 * period``, ... columns away, up to ``width`` on either side.
+
+    With ``period`` the token side in pixels the comparison is with other token borders, which share whatever
+    pattern the decoder leaves at token edges; the seam itself always lies on one.
+    """
     step = np.abs(np.diff(np.asarray(elevation, dtype=np.float64), axis=1))
     seam = float(step[:, column - 1].mean())
-    around = np.r_[column - 1 - width : column - 1, column : column + width]
+    offsets = [offset for offset in range(period, width + 1, period)]
+    around = [column - 1 + sign * offset for offset in offsets for sign in (-1, 1)]
+    around = [index for index in around if 0 <= index < step.shape[1]]
     nearby = float(step[:, around].mean())
     return {"seam_mean_abs_step": seam, "nearby_mean_abs_step": nearby, "ratio": seam / nearby}

@@ -364,8 +364,14 @@ def extend_right(generator: TerrainGenerator, elevation: np.ndarray, amount: int
         raise UserError(
             f"the {context_px} px band along the edge being expanded is flat ({offset:g} m); nothing to continue"
         )
+    # Encode the context band with the encoder's margin of map beside it (where the map has it), so its tokens
+    # are those of the whole map rather than of a band cut out of it; decoding keeps them as context too.
+    read_px = min(elevation.shape[1] // f, context + tokenizer.model.encoder_margin()) * f
+    if not np.isfinite(elevation[:, -read_px:]).all():
+        read_px = context_px
     padded_height = -(-height // f) * f
-    normalized = np.pad((band - offset) / scale, ((0, padded_height - height), (0, 0)), mode="edge")
+    normalized = (elevation[:, -read_px:].astype(np.float64) - offset) / scale
+    normalized = np.pad(normalized, ((0, padded_height - height), (0, 0)), mode="edge")
     tokens = tokenizer.encode(normalized[None].astype(np.float32))[0]
     rows = tokens.shape[0]
     window_rows = min(window, rows)
@@ -391,9 +397,9 @@ def extend_right(generator: TerrainGenerator, elevation: np.ndarray, amount: int
             done[rows_here] = True
         tokens = np.concatenate([tokens, strip], axis=1)
     decoded = tokenizer.decode(tokens[None])[0][:height]
-    new = decoded[:, context_px : context_px + amount].astype(np.float64)
+    new = decoded[:, read_px : read_px + amount].astype(np.float64)
     # Fade the original edge's reconstruction error out over one band width, so heights continue across the seam.
-    residual = normalized[:height, -1] - decoded[:, context_px - 1]
+    residual = normalized[:height, -1] - decoded[:, read_px - 1]
     fade = np.clip(1.0 - np.arange(1, amount + 1) / (context_px + 1), 0.0, 1.0)
     new += residual[:, None] * fade[None, :]
     return np.concatenate([elevation, (new * scale + offset).astype(elevation.dtype)], axis=1)

@@ -272,6 +272,20 @@ class VQTokenizer(nn.Module):
         radius += 3 * 2.0**-config.n_down  # output block and conv_out at full resolution
         return math.ceil(radius) + 1
 
+    def encoder_margin(self) -> int:
+        """Tokens of context on each side that encoding a window needs to give the tokens of the whole map.
+
+        As for :meth:`decoder_margin`: one pixel of its resolution per 3x3 convolution (conv_in, the residual
+        blocks and the strided convolution of each level, the middle block), plus one token for the strides.
+        """
+        config = self.config
+        radius = 2.0**-config.n_down  # conv_in at full resolution
+        for level in range(config.n_down):
+            resolution = 2.0 ** (level - config.n_down)
+            radius += (2 * config.res_blocks + 1) * resolution  # residual blocks and the strided convolution
+        radius += 2.0  # the middle block at token resolution
+        return math.ceil(radius) + 1
+
 
 class PatchDiscriminator(nn.Module):
     """PatchGAN (Isola et al. 2017): one real/fake logit per overlapping patch of the elevation tile."""
