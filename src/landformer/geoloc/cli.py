@@ -32,7 +32,7 @@ def _make_dataset(args: argparse.Namespace) -> None:
     config = load_config(DatasetConfig, args.config, args.overrides)
     data = to_dict(config)
     for _, key, _, _, _ in DATASET_FLAGS:
-        value = getattr(args, f"ds__{key}")
+        value = getattr(args, f"ds__{key}", None)
         if value is not None:
             data[key] = value
     config = from_dict(DatasetConfig, data, source="command line")
@@ -102,7 +102,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a key"
     )
     for flag, key, kind, nargs, text in DATASET_FLAGS:
-        dataset.add_argument(flag, dest=f"ds__{key}", type=kind, nargs=nargs, default=None, help=f"{text} [{key}]")
+        dataset.add_argument(
+            flag, dest=f"ds__{key}", type=kind, nargs=nargs, default=argparse.SUPPRESS, metavar=key.upper(), help=text
+        )
     dataset.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     train = add_command(

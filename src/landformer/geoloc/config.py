@@ -137,11 +137,21 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override any config key"
     )
+    # SUPPRESS: an absent flag leaves no attribute, so the recipe's value stands (and --help shows no "None").
     for flag, key, kind, nargs, text in FLAGS:
-        parser.add_argument(flag, dest=_dest(key), type=kind, nargs=nargs, default=None, help=f"{text} [{key}]")
+        metavar = key.split(".")[-1].upper()
+        parser.add_argument(
+            flag,
+            dest=_dest(key),
+            type=kind,
+            nargs=nargs,
+            default=argparse.SUPPRESS,
+            metavar=metavar,
+            help=f"{text} [{key}]",
+        )
     for flag, key, value, text in SWITCHES:
         parser.add_argument(
-            flag, dest=_dest(key), action="store_const", const=value, default=None, help=f"{text} [{key}]"
+            flag, dest=_dest(key), action="store_const", const=value, default=argparse.SUPPRESS, help=f"{text} [{key}]"
         )
 
 

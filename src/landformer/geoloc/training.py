@@ -70,6 +70,20 @@ def folder_names(regions: list[str]) -> dict[str, str]:
     return names
 
 
+def refuse_existing_run(out: Path) -> None:
+    """Starting afresh over a finished or interrupted run would overwrite its checkpoints and reports: say so
+    before anything is written (the shared trainer would only notice at the first region)."""
+    from landformer.core.train import last_checkpoint
+
+    folders = [out / "router", *sorted((out / "regions").glob("*"))]
+    taken = [folder for folder in folders if last_checkpoint(folder) is not None]
+    if taken:
+        raise UserError(
+            f"{out} already holds a training run ({taken[0]}/checkpoints/last.ckpt): resume it (--resume) or "
+            "choose another --out"
+        )
+
+
 def select_regions(table: LabelTable, config: GeolocConfig) -> tuple[list[str], dict[str, str]]:
     """The regions to train (sorted) and the skipped ones with the reason; a UserError when ``too_few`` is
     ``error`` and a region is short of ``min_samples``, or when no region is left."""
@@ -208,6 +222,8 @@ def train_geoloc(config: GeolocConfig, resume: bool = False) -> dict[str, Any]:
     val_table = read_labels(data.val_csv) if data.val_csv is not None else None
     images = Path(data.images) if data.images is not None else Path(data.train_csv).parent / "images"
     val_images = Path(data.val_images) if data.val_images is not None else images
+    if not resume:
+        refuse_existing_run(Path(config.out))
     out = prepare_run(config.out, config, "geoloc")
     progress = config.train.progress_bar
 
