@@ -1,15 +1,249 @@
-"""``landformer embeddings ...``: the embeddings pipeline's sub-commands (thin shells over its Python API)."""
+"""``landformer embeddings ...``: the embeddings pipeline's sub-commands (thin shells over its Python API).
+
+- ``embeddings make-dataset``  the default data: city tiles from packaged real layers, or synthetic-world tiles
+- ``embeddings pretrain``      stage 1, MAE -> encoder.safetensors
+- ``embeddings sft``           stage 2, regression head (+ encoder) -> model.safetensors, scored against ridge/kNN
+- ``embeddings dpo``           stage 3, DPO of the Gaussian head against the SFT model
+- ``embeddings evaluate``      baselines and any sft/dpo runs on the held-out split: table, scatter, predictions
+- ``embeddings pca``           route B: PCA 64 -> 3 fitted on training pixels, and a 3-channel copy of the data
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+from typing import Any
 
-from landformer.cli import add_group
+from landformer.cli import add_command, add_group
+from landformer.core.errors import UserError
+from landformer.core.train import add_resume_argument
+
+DEFAULT_CONFIG_NOTE = "built-in defaults, the same as configs/embeddings_tiny.yaml"
+DATA_NOTE = "default: the recipe's data, else the city dataset in runs/embeddings/data (built on first use)"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    add_group(
+    group = add_group(
         subparsers,
         "embeddings",
         "64-channel satellite-embedding models: MAE, Qwen-VL towers, regression, preference optimization",
     )
+
+    make = add_command(
+        group,
+        "make-dataset",
+        "build the default embedding dataset (real cities or a synthetic world)",
+        run_make_dataset,
+    )
+    make.add_argument(
+        "--source",
+        choices=("cities", "world"),
+        default="cities",
+        help="cities: tiles around real cities, target log population; world: synthetic HM growth",
+    )
+    make.add_argument("--out", type=Path, required=True, help="dataset folder to write")
+    make.add_argument("--n-cities", type=int, default=3000, help="cities: tiles to build")
+    make.add_argument("--tile-size", type=int, default=None, help="pixels per tile side (cities 16, world 16)")
+    make.add_argument("--pixel-arcsec", type=int, default=60, help="cities: pixel size, a multiple of 30 arc-seconds")
+    make.add_argument("--seed", type=int, default=0, help="cities: which cities are drawn; world: the world's seed")
+    make.add_argument("--projection-seed", type=int, default=0, help="seed of the fixed features -> 64-d projection")
+    make.add_argument("--noise", type=float, default=0.05, help="per-pixel noise added before normalizing")
+    make.add_argument("--world", type=Path, default=None, help="world: an existing `landformer synth world` folder")
+    make.add_argument(
+        "--world-size", type=int, default=256, help="world: side of the world built when --world is absent"
+    )
+
+    pretrain = _stage_command(group, "pretrain", "stage 1: MAE pretraining of the encoder", run_pretrain)
+    add_resume_argument(pretrain)
+
+    sft = _stage_command(
+        group, "sft", "stage 2: fine-tune a regression head (and the encoder); scores vs ridge/kNN", run_sft
+    )
+    sft.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="pretrain run folder (or its encoder.safetensors) to start the encoder from",
+    )
+    add_resume_argument(sft)
+
+    dpo = _stage_command(group, "dpo", "stage 3: DPO of the Gaussian head against the frozen SFT model", run_dpo)
+    dpo.add_argument("--sft", type=Path, required=True, help="sft run folder (or its model.safetensors)")
+    add_resume_argument(dpo)
+
+    evaluate = add_command(group, "evaluate", "score ridge, kNN and sft/dpo runs on the held-out split", run_evaluate)
+    evaluate.add_argument("--runs", type=Path, nargs="+", required=True, help="sft/dpo run folders to compare")
+    evaluate.add_argument("--out", type=Path, required=True, help="folder for metrics.json, comparison.md, scatter.png")
+    evaluate.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
+    _add_data_arguments(evaluate, "default: the data of the first run")
+
+    pca = add_command(
+        group, "pca", "fit PCA 64 -> 3 on training pixels and write a 3-channel copy of the data", run_pca
+    )
+    pca.add_argument("--out", type=Path, required=True, help="folder for pca.json/.npz and the 3-channel dataset")
+    pca.add_argument(
+        "--config", type=Path, default=None, help=f"recipe YAML for the data (default: {DEFAULT_CONFIG_NOTE})"
+    )
+    pca.add_argument("--fit", type=Path, default=None, help="apply this pca.json instead of fitting a new one")
+    pca.add_argument("--max-pixels", type=int, default=200_000, help="training pixels sampled for the fit")
+    pca.add_argument("--seed", type=int, default=0, help="seed of the pixel sample")
+    pca.add_argument("--no-convert", action="store_true", help="only fit and save the PCA")
+    _add_data_arguments(pca, DATA_NOTE)
+
+
+def _stage_command(group: argparse._SubParsersAction, name: str, help: str, func: Any) -> argparse.ArgumentParser:
+    parser = add_command(group, name, help, func)
+    parser.add_argument("--config", type=Path, default=None, help=f"recipe YAML (default: {DEFAULT_CONFIG_NOTE})")
+    parser.add_argument("--out", type=Path, required=True, help="run folder for checkpoints, model and pictures")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one recipe value, e.g. --set train_sft.max_steps=100 (repeatable)",
+    )
+    _add_data_arguments(parser, DATA_NOTE)
+    return parser
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser, note: str) -> None:
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--dataset", type=Path, default=None, help=f"dataset folder with dataset.json ({note})")
+    source.add_argument("--tiles", type=Path, default=None, help="folder of <id>.tif/.npy tiles or a tiles.npz bundle")
+    parser.add_argument("--labels", type=Path, default=None, help="CSV or XLSX with one row per tile (with --tiles)")
+    parser.add_argument("--next-tiles", type=Path, default=None, help="folder of the following year's tiles")
+    parser.add_argument("--id-column", default=None, help="label column holding the tile id (default: id)")
+    parser.add_argument("--target-column", default=None, help="label column holding the target (default: target)")
+    parser.add_argument("--group-column", default=None, help="label column of regions held out together")
+
+
+def _data_given(args: argparse.Namespace) -> bool:
+    return args.dataset is not None or args.tiles is not None
+
+
+def _apply_data_arguments(data: Any, args: argparse.Namespace) -> None:
+    """Put the command line's data options into a DataConfig (a given source replaces the recipe's)."""
+    if (args.tiles is None) != (args.labels is None):
+        raise UserError("--tiles and --labels go together: give both")
+    if args.next_tiles is not None and args.tiles is None:
+        raise UserError("--next-tiles goes with --tiles and --labels")
+    if args.dataset is not None:
+        data.dataset, data.tiles, data.labels, data.next_tiles = args.dataset, None, None, None
+    if args.tiles is not None:
+        data.dataset, data.tiles, data.labels, data.next_tiles = None, args.tiles, args.labels, args.next_tiles
+    for name in ("id_column", "target_column", "group_column"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(data, name, value)
+
+
+def _recipe(args: argparse.Namespace) -> Any:
+    from landformer.core.config import load_config
+    from landformer.embeddings.config import EmbeddingsConfig
+
+    config = load_config(EmbeddingsConfig, args.config, getattr(args, "overrides", []))
+    _apply_data_arguments(config.data, args)
+    return config
+
+
+def _print_metrics(summary: dict[str, Any]) -> None:
+    from landformer.embeddings.evaluate import comparison_table
+
+    print(comparison_table(summary["metrics"], "test" if "test" in next(iter(summary["metrics"].values())) else "val"))
+
+
+def run_make_dataset(args: argparse.Namespace) -> None:
+    from landformer.embeddings.make_dataset import (
+        CityDatasetConfig,
+        WorldDatasetConfig,
+        make_city_dataset,
+        make_world_dataset,
+    )
+
+    if args.source == "cities":
+        if args.world is not None:
+            raise UserError("--world goes with --source world")
+        config = CityDatasetConfig(
+            n_cities=args.n_cities,
+            tile_size=args.tile_size or 16,
+            pixel_arcsec=args.pixel_arcsec,
+            noise=args.noise,
+            seed=args.seed,
+            projection_seed=args.projection_seed,
+        )
+        path = make_city_dataset(args.out, config)
+    else:
+        world = args.world
+        if world is None:
+            from landformer.synth.world import make_world
+
+            world = make_world(args.out / "world", size=args.world_size, seed=args.seed).folder
+        config = WorldDatasetConfig(
+            tile_size=args.tile_size or 16, noise=args.noise, projection_seed=args.projection_seed
+        )
+        path = make_world_dataset(args.out, world, config)
+    meta = json.loads(path.read_text())
+    print(f"wrote {meta['count']} tiles of {meta['tile_size']} px ({meta['kind']}); description: {path}")
+
+
+def run_pretrain(args: argparse.Namespace) -> None:
+    from landformer.embeddings.mae import pretrain
+
+    summary = pretrain(_recipe(args), args.out, resume=args.resume)
+    print(f"pretrained {summary['global_step']} steps in {summary['fit_seconds']} s; val loss {summary['val_loss']}")
+    print(f"encoder: {summary['encoder']}")
+    print(f"reconstructions: {summary['reconstructions']}")
+
+
+def run_sft(args: argparse.Namespace) -> None:
+    from landformer.embeddings.regress import finetune
+
+    summary = finetune(_recipe(args), args.out, init=args.init, resume=args.resume)
+    print(f"fine-tuned {summary['global_step']} steps in {summary['fit_seconds']} s; model {summary['model']}")
+    _print_metrics(summary)
+    print(f"scatter: {summary['scatter']}")
+
+
+def run_dpo(args: argparse.Namespace) -> None:
+    from landformer.embeddings.prefer import prefer
+
+    summary = prefer(_recipe(args), args.out, sft=args.sft, resume=args.resume)
+    print(f"DPO {summary['global_step']} steps on {summary['n_pairs']} pairs in {summary['fit_seconds']} s")
+    _print_metrics(summary)
+    for split, row in summary["sft_vs_dpo"].items():
+        print(f"{split}: R2 sft {row['sft_r2']:.4f} -> dpo {row['dpo_r2']:.4f} ({row['change']:+.4f})")
+
+
+def run_evaluate(args: argparse.Namespace) -> None:
+    from landformer.embeddings.config import DataConfig
+    from landformer.embeddings.evaluate import evaluate_runs
+
+    data = None
+    if _data_given(args):
+        data = DataConfig()
+        _apply_data_arguments(data, args)
+    result = evaluate_runs(args.runs, args.out, data_config=data, device=args.device)
+    print(result["table"])
+    for name, path in result["files"].items():
+        print(f"{name}: {path}")
+
+
+def run_pca(args: argparse.Namespace) -> None:
+    from landformer.embeddings.pca import convert_dataset, fit_pca, load_pca, save_pca
+    from landformer.embeddings.pipeline import load_data, tile_source
+
+    config = _recipe(args)
+    dataset = load_data(config.data)
+    if args.fit is not None:
+        pca = load_pca(args.fit)
+    else:
+        pca = fit_pca(dataset, max_pixels=args.max_pixels, seed=args.seed)
+        json_path, npz_path = save_pca(pca, args.out / "pca.json")
+        print(f"PCA fitted on {pca.n_pixels} training pixels: {json_path} (+ {npz_path.name})")
+    ratios = ", ".join(f"{value:.1%}" for value in pca.explained_variance_ratio)
+    print(f"explained variance of the 3 components: {ratios}")
+    if not args.no_convert:
+        path = convert_dataset(dataset, pca, tile_source(config.data).labels, args.out / "data")
+        print(f"3-channel dataset: {path} (train on it with --set encoder.in_channels=3)")

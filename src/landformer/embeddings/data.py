@@ -73,7 +73,7 @@ def read_tile(path: str | os.PathLike[str], channels: int = EMBEDDING_DIM) -> np
     path = require_file(path, "embedding tile")
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        values = _read_npy_tile(path)
+        values = _read_npy_tile(path, channels)
     elif suffix in (".tif", ".tiff"):
         values = _read_tiff_tile(path)
     else:
@@ -83,14 +83,14 @@ def read_tile(path: str | os.PathLike[str], channels: int = EMBEDDING_DIM) -> np
     return values
 
 
-def _read_npy_tile(path: Path) -> np.ndarray:
+def _read_npy_tile(path: Path, channels: int) -> np.ndarray:
     try:
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
         raise UserError(f"embedding tile {path} is not a readable .npy array: {err}") from None
     if array.ndim != 3:
         raise UserError(f"embedding tile {path} has shape {array.shape}; expected (channels, H, W) or (H, W, channels)")
-    if array.shape[0] != EMBEDDING_DIM and array.shape[-1] == EMBEDDING_DIM:
+    if array.shape[0] != channels and array.shape[-1] == channels:
         array = np.moveaxis(array, -1, 0)
     if array.dtype == np.int8:
         return dequantize_int8(array)
@@ -262,6 +262,7 @@ class TileSource:
     group_column: str | None = "group"  # None: every tile is its own group
     lon_column: str | None = "lon"
     lat_column: str | None = "lat"
+    channels: int = EMBEDDING_DIM  # 64 for embeddings; 3 for a PCA-converted copy (no unit-length check then)
 
 
 @dataclass
@@ -269,7 +270,7 @@ class EmbeddingDataset:
     """Tiles in memory with their targets and split; nodata pixels are zero vectors, flagged in ``valid``."""
 
     ids: list[str]
-    tiles: np.ndarray  # (N, F, 64, H, W) float32; F = 2 when a following year is given, else 1
+    tiles: np.ndarray  # (N, F, C, H, W) float32, C = 64; F = 2 when a following year is given, else 1
     valid: np.ndarray  # (N, H, W) bool: pixel observed in every frame
     targets: np.ndarray  # (N,) float64
     groups: list[str]
@@ -330,6 +331,7 @@ def resolve_source(dataset: str | os.PathLike[str]) -> TileSource:
         group_column=columns.get("group", "group"),
         lon_column=columns.get("lon", "lon"),
         lat_column=columns.get("lat", "lat"),
+        channels=int(meta.get("channels", EMBEDDING_DIM)),
     )
 
 
@@ -380,7 +382,7 @@ def _read_tile_files(source: TileSource, ids: list[str], progress: bool) -> np.n
             path = on_disk[tile_id] if frame == 0 else find_tile(folder, tile_id)
             if path is None:
                 raise UserError(f"no tile {tile_id!r} in the following-year folder {folder}")
-            tile = read_tile(path)
+            tile = read_tile(path, source.channels)
             if tile.shape[1] != tile.shape[2]:
                 raise UserError(f"embedding tile {path} is {tile.shape[1]}x{tile.shape[2]}; tiles must be square")
             if stack is None:
@@ -425,7 +427,7 @@ def load_dataset(
                 f"embedding tile {tile_id!r} of {source.tiles} has {fraction:.0%} nodata pixels (more than "
                 f"data.max_nodata = {max_nodata:.0%}); drop it from the labels or raise the limit"
             )
-        if check_unit_length_of_tiles:
+        if check_unit_length_of_tiles and source.channels == EMBEDDING_DIM:
             for frame in range(tiles.shape[1]):
                 check_unit_length(tiles[index, frame], f"{tile_id!r} of {source.tiles}")
     np.nan_to_num(tiles, copy=False, nan=0.0)
@@ -453,5 +455,15 @@ def load_dataset(
         split=split,
         lonlat=lonlat,
         target_name=source.target_column,
-        info={"tiles": str(source.tiles), "labels": str(source.labels)},
+        info={
+            "tiles": str(source.tiles),
+            "labels": str(source.labels),
+            "columns": {
+                "id": source.id_column,
+                "target": source.target_column,
+                "group": source.group_column,
+                "lon": source.lon_column,
+                "lat": source.lat_column,
+            },
+        },
     )

@@ -147,15 +147,15 @@ def evaluate_runs(
     out = Path(out)
     if data_config is None:
         data_config = load_config(EmbeddingsConfig, Path(runs[0]) / "config.yaml").data
-    dataset = load_data(data_config)
+    models = [(run, *load_regressor(run, device=device)) for run in runs]
+    dataset = load_data(data_config, int(models[0][2]["encoder"]["in_channels"]))
     test = dataset.indices("test")
     if len(test) == 0:
         raise UserError("the data has no test split to evaluate on (every tile is in train or val)")
     baselines = fit_baselines(dataset)
     predictions = {name: result["prediction"] for name, result in baselines.items()}
     spreads: dict[str, np.ndarray] = {}
-    for run in runs:
-        model, meta = load_regressor(run, device=device)
+    for run, model, meta in models:
         name = f"{meta['stage']}:{Path(run).name}" if Path(run).is_dir() else meta["stage"]
         if meta["tile_size"] != dataset.tile_size:
             raise UserError(f"{run} was trained on {meta['tile_size']} px tiles, the data has {dataset.tile_size} px")

@@ -187,7 +187,7 @@ def pretrain(
         raise UserError(f"{run_dir} already holds a training run (checkpoints/last.ckpt): resume it or choose another")
     prepare_run(run_dir, config, "embeddings pretrain")
     set_threads(config)
-    dataset = load_data(config.data)
+    dataset = load_data(config.data, config.encoder.in_channels)
     train_loader, val_loader = make_loaders(dataset, config.data, 0.0, 1.0)
     seed_everything(config.train_pretrain.seed)
     task = build_mae_task(config, dataset.n_frames)

@@ -19,15 +19,25 @@ import numpy as np
 from landformer.core.errors import UserError
 from landformer.core.io import load_safetensors, read_json, save_safetensors, write_json
 from landformer.embeddings.config import DataConfig, EmbeddingsConfig
-from landformer.embeddings.data import DATASET_JSON, EmbeddingDataset, TileSource, load_dataset, resolve_source
+from landformer.embeddings.data import (
+    DATASET_JSON,
+    EMBEDDING_DIM,
+    EmbeddingDataset,
+    TileSource,
+    load_dataset,
+    resolve_source,
+)
 
 DEFAULT_DATASET = Path("runs/embeddings/data")
 ENCODER_FILE, ENCODER_JSON = "encoder.safetensors", "encoder.json"
 MODEL_FILE, MODEL_JSON = "model.safetensors", "model.json"
 
 
-def tile_source(data: DataConfig, progress: bool = True) -> TileSource:
-    """The tiles and labels a recipe names; the default city dataset is built on first use when it names none."""
+def tile_source(data: DataConfig, channels: int = EMBEDDING_DIM, progress: bool = True) -> TileSource:
+    """The tiles and labels a recipe names; the default city dataset is built on first use when it names none.
+
+    Tiles given directly have ``channels`` channels (the encoder's); a dataset folder says how many it has.
+    """
     if data.tiles is not None and data.labels is not None:
         return TileSource(
             tiles=Path(data.tiles),
@@ -38,6 +48,7 @@ def tile_source(data: DataConfig, progress: bool = True) -> TileSource:
             group_column=data.group_column,
             lon_column=data.lon_column,
             lat_column=data.lat_column,
+            channels=channels,
         )
     folder = Path(data.dataset) if data.dataset is not None else DEFAULT_DATASET
     if data.dataset is None and not (folder / DATASET_JSON).is_file():
@@ -48,10 +59,16 @@ def tile_source(data: DataConfig, progress: bool = True) -> TileSource:
     return resolve_source(folder)
 
 
-def load_data(data: DataConfig, progress: bool = True) -> EmbeddingDataset:
+def load_data(data: DataConfig, channels: int = EMBEDDING_DIM, progress: bool = True) -> EmbeddingDataset:
+    """Load the recipe's data; its channel count must be ``channels`` (the encoder's ``in_channels``)."""
     data.validate()
+    source = tile_source(data, channels, progress)
+    if source.channels != channels:
+        raise UserError(
+            f"the dataset {source.tiles} has {source.channels}-channel tiles but encoder.in_channels = {channels}"
+        )
     return load_dataset(
-        tile_source(data, progress),
+        source,
         test_fraction=data.test_fraction,
         val_fraction=data.val_fraction,
         split_seed=data.split_seed,

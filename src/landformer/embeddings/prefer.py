@@ -198,7 +198,7 @@ def prefer(
         raise UserError(f"{sft} is a {meta['stage']!r} model; DPO starts from an sft model")
     prepare_run(run_dir, config, "embeddings dpo")
     set_threads(config)
-    dataset = load_data(config.data)
+    dataset = load_data(config.data, int(meta["encoder"]["in_channels"]))
     if meta["tile_size"] != dataset.tile_size:
         raise UserError(f"{sft} was trained on {meta['tile_size']} px tiles, the data has {dataset.tile_size} px")
     dpo = config.dpo

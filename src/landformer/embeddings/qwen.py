@@ -203,7 +203,8 @@ def build_tower(kind: str, values: dict[str, Any]) -> nn.Module:
     tower = model_class._from_config(config)
     if pretrained:
         load_vision_weights(tower, Path(pretrained))
-    replace_patch_embedding(tower, int(values["in_channels"]), str(values.get("patch_init", "normal")))
+    if int(values["in_channels"]) != int(config.in_channels):  # 3-channel (PCA) input keeps the RGB embedding
+        replace_patch_embedding(tower, int(values["in_channels"]), str(values.get("patch_init", "normal")))
     if values.get("gradient_checkpointing"):
         tower.gradient_checkpointing_enable()
     return tower

@@ -327,7 +327,7 @@ def finetune(
         config.encoder.kind = encoder_values["kind"]
     prepare_run(run_dir, config, "embeddings sft")
     set_threads(config)
-    dataset = load_data(config.data)
+    dataset = load_data(config.data, int(encoder_values["in_channels"]))
     scaling = target_scaling(dataset)
     train_loader, val_loader = make_loaders(dataset, config.data, *scaling)
     freeze_steps = config.sft.freeze_epochs * len(train_loader)

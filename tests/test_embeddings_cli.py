@@ -1,0 +1,157 @@
+"""The embeddings commands end to end on a tiny synthetic-world dataset, bad input on the command line, PCA."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from landformer.cli import main
+from landformer.embeddings.data import TileSource, load_dataset, quantize_int8, resolve_source
+from landformer.embeddings.evaluate import regression_metrics
+from landformer.embeddings.pca import PCA3, fit_pca, load_pca, save_pca
+
+TINY = [
+    "--set", "encoder.dim=32", "--set", "encoder.depth=1", "--set", "encoder.heads=2", "--set", "encoder.patch_size=4",
+    "--set", "mae.decoder_dim=32", "--set", "mae.decoder_depth=1", "--set", "mae.decoder_heads=2",
+    "--set", "data.batch_size=16", "--set", "sft.head_hidden=16", "--set", "sft.freeze_epochs=1",
+    "--set", "dpo.pairs_per_tile=2",
+]  # fmt: skip
+
+
+def steps(stage: str, count: int) -> list[str]:
+    return ["--set", f"train_{stage}.max_steps={count}", "--set", f"train_{stage}.val_every_steps={count}",
+            "--set", f"train_{stage}.progress_bar=false"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def world_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("emb") / "data"
+    assert main(["embeddings", "make-dataset", "--source", "world", "--world-size", "64", "--tile-size", "8",
+                 "--seed", "2", "--out", str(folder)]) == 0  # fmt: skip
+    return folder
+
+
+def test_make_dataset_world_writes_a_loadable_dataset(world_dataset: Path) -> None:
+    meta = json.loads((world_dataset / "dataset.json").read_text())
+    assert meta["count"] == 64 and meta["tile_size"] == 8
+    data = load_dataset(resolve_source(world_dataset), progress=False)
+    assert data.tiles.shape == (64, 2, 64, 8, 8)
+    assert set(data.split) == {"train", "val", "test"}
+
+
+@pytest.mark.slow
+def test_stages_chain_and_evaluate_agrees_with_its_predictions(world_dataset: Path, tmp_path: Path) -> None:
+    data = ["--dataset", str(world_dataset)]
+    assert main(["embeddings", "pretrain", "--out", str(tmp_path / "pre"), *data, *TINY, *steps("pretrain", 4)]) == 0
+    assert (tmp_path / "pre" / "encoder.safetensors").is_file()
+    assert (tmp_path / "pre" / "reconstructions.png").is_file()
+    sft = ["embeddings", "sft", "--out", str(tmp_path / "sft"), "--init", str(tmp_path / "pre"), *data, *TINY]
+    assert main([*sft, *steps("sft", 6)]) == 0
+    summary = json.loads((tmp_path / "sft" / "summary.json").read_text())
+    assert set(summary["metrics"]) == {"ridge", "knn", "sft"}
+    assert main(["embeddings", "dpo", "--out", str(tmp_path / "dpo"), "--sft", str(tmp_path / "sft"), *data, *TINY,
+                 *steps("dpo", 4)]) == 0  # fmt: skip
+    dpo = json.loads((tmp_path / "dpo" / "summary.json").read_text())
+    assert dpo["n_pairs"] == 2 * summary["metrics"]["sft"]["train"]["n"]
+    assert dpo["sft_vs_dpo"]["test"]["sft_r2"] == pytest.approx(summary["metrics"]["sft"]["test"]["r2"], abs=1e-6)
+    out = tmp_path / "eval"
+    assert main(["embeddings", "evaluate", "--runs", str(tmp_path / "sft"), str(tmp_path / "dpo"),
+                 "--out", str(out)]) == 0  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    predictions = pd.read_csv(out / "predictions.csv")
+    test = predictions[predictions["split"] == "test"]
+    for name, values in metrics.items():
+        direct = regression_metrics(test["true"].to_numpy(), test[f"pred_{name}"].to_numpy())
+        assert values["test"]["r2"] == pytest.approx(direct["r2"])
+    assert metrics["sft:sft"]["test"]["r2"] == pytest.approx(summary["metrics"]["sft"]["test"]["r2"], abs=1e-6)
+    assert (out / "scatter.png").is_file() and (out / "comparison.md").read_text().startswith("| model")
+
+
+def test_second_fresh_run_into_the_same_folder_is_refused(world_dataset: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    assert main(["embeddings", "pretrain", "--out", str(tmp_path / "run"), "--dataset", str(world_dataset)]) == 2
+    assert "already holds a training run" in capsys.readouterr().err
+
+
+def test_tiles_without_labels_is_a_one_line_error(tmp_path: Path, capsys) -> None:
+    assert main(["embeddings", "sft", "--out", str(tmp_path / "r"), "--tiles", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("landformer: error: --tiles and --labels go together") and err.count("\n") == 1
+
+
+def test_rgb_tiles_name_the_file_and_channel_count(tmp_path: Path, capsys) -> None:
+    (tmp_path / "tiles").mkdir()
+    for index in range(4):
+        np.save(tmp_path / "tiles" / f"c{index}.npy", np.zeros((3, 8, 8), dtype=np.float32))
+    pd.DataFrame({"id": [f"c{i}" for i in range(4)], "target": [1, 2, 3, 4], "group": list("abcd")}).to_csv(
+        tmp_path / "labels.csv", index=False
+    )
+    args = ["embeddings", "pretrain", "--out", str(tmp_path / "r"), "--tiles", str(tmp_path / "tiles"),
+            "--labels", str(tmp_path / "labels.csv")]  # fmt: skip
+    assert main(args) == 2
+    assert "c0.npy has 3 channels, expected 64" in capsys.readouterr().err
+
+
+def test_xlsx_with_other_columns_on_the_command_line(tmp_path: Path, capsys) -> None:
+    (tmp_path / "tiles").mkdir()
+    values = np.random.default_rng(0).normal(size=(64, 8, 8))
+    np.save(tmp_path / "tiles" / "a.npy", quantize_int8(values / np.linalg.norm(values, axis=0)))
+    pd.DataFrame({"city": ["a"], "growth": [0.1]}).to_excel(tmp_path / "labels.xlsx", index=False)
+    args = ["embeddings", "sft", "--out", str(tmp_path / "r"), "--tiles", str(tmp_path / "tiles"),
+            "--labels", str(tmp_path / "labels.xlsx")]  # fmt: skip
+    assert main(args) == 2
+    assert "has no column 'id' (columns: city, growth)" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------- PCA
+
+
+def test_pca_is_fitted_on_training_pixels_and_round_trips(world_dataset: Path, tmp_path: Path) -> None:
+    data = load_dataset(resolve_source(world_dataset), progress=False)
+    pca = fit_pca(data, max_pixels=10_000, seed=0)
+    train = data.indices("train")
+    pixels = np.moveaxis(data.tiles[train], 2, -1)[
+        np.broadcast_to(data.valid[train][:, None], data.tiles[train].shape[:2] + data.valid.shape[1:])
+    ]
+    if len(pixels) > 10_000:
+        pixels = pixels[np.random.default_rng(0).choice(len(pixels), 10_000, replace=False)]
+    covariance = np.cov(pixels.T.astype(np.float64))
+    _, eigenvectors = np.linalg.eigh(covariance)
+    top = eigenvectors[:, ::-1][:, :3].T
+    assert np.allclose(np.abs(np.sum(top * pca.components, axis=1)), 1.0, atol=1e-6)
+    assert np.allclose(pca.components @ pca.components.T, np.eye(3), atol=1e-9)
+    json_path, npz_path = save_pca(pca, tmp_path / "pca.json")
+    loaded = load_pca(json_path)
+    assert isinstance(loaded, PCA3) and np.allclose(loaded.components, pca.components)
+    assert set(np.load(npz_path).files) >= {"mean", "components", "low", "high"}
+    rgb = pca.project(data.tiles[:2], data.valid[:2, None])
+    assert rgb.shape == (2, 2, 3, 8, 8) and rgb.min() >= 0 and rgb.max() <= 1
+
+
+def test_pca_command_writes_a_3_channel_dataset(world_dataset: Path, tmp_path: Path) -> None:
+    assert main(["embeddings", "pca", "--out", str(tmp_path / "pca"), "--dataset", str(world_dataset)]) == 0
+    source = resolve_source(tmp_path / "pca" / "data")
+    assert source.channels == 3 and source.next_tiles is not None
+    converted = load_dataset(source, progress=False)
+    original = load_dataset(resolve_source(world_dataset), progress=False)
+    assert converted.tiles.shape == (64, 2, 3, 8, 8)
+    pca = load_pca(tmp_path / "pca" / "pca.json")
+    np.testing.assert_allclose(converted.tiles[5], pca.project(original.tiles[5], original.valid[5][None]), atol=1e-6)
+    np.testing.assert_array_equal(converted.split, original.split)
+    assert (tmp_path / "pca" / "data" / "preview.png").is_file()
+
+
+def test_three_channel_tiles_are_read_with_the_encoders_channel_count(tmp_path: Path) -> None:
+    (tmp_path / "tiles").mkdir()
+    for index in range(3):
+        np.save(tmp_path / "tiles" / f"c{index}.npy", np.full((3, 4, 4), 0.5, dtype=np.float32))
+    pd.DataFrame({"id": ["c0", "c1", "c2"], "target": [1, 2, 3], "group": list("abc")}).to_csv(
+        tmp_path / "labels.csv", index=False
+    )
+    data = load_dataset(TileSource(tmp_path / "tiles", tmp_path / "labels.csv", channels=3), progress=False)
+    assert data.tiles.shape == (3, 1, 3, 4, 4)
