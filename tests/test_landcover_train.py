@@ -323,3 +323,20 @@ def test_tiny_config_file_equals_the_built_in_defaults() -> None:
     assert (reference.model.n_layers, reference.model.n_heads, reference.model.dim) == (16, 16, 256)
     assert (reference.data.chip_size, reference.data.batch_size, reference.task.lr) == (32, 64, 5e-4)
     assert (reference.train.max_steps, reference.train.precision) == (100_000, "auto")
+
+
+@pytest.mark.slow
+def test_tiny_preset_meets_the_quality_targets_on_the_synthetic_world(tmp_path: Path) -> None:
+    """The issue's targets (about 10 minutes on 2 shared cores): on held-out chips of the synthetic world, bits per
+    pixel below lzma, PNG and the class entropy, and inpainting accuracy above both baselines at every ratio."""
+    from landformer.landcover.sample import information_content, inpaint_eval
+    from landformer.landcover.train import chips_from_world
+
+    recipe = load_config(LandCoverRecipe, None, ["train.progress_bar=false"])
+    run = Path(train_landcover(recipe, tmp_path / "run")["run_dir"])
+    size = recipe.data.chip_size
+    heldout = chips_from_world(run / "world", tmp_path / "heldout.npz", size, size, 0.2, False, recipe.train.seed)
+    info = information_content(run, heldout, tmp_path / "info", orders=4)
+    assert all(info["model_below"][name] for name in ("lzma", "png", "class_entropy")), info["bits_per_pixel"]
+    sweep = inpaint_eval(run, heldout, tmp_path / "inpaint", ratios=(0.1, 0.3, 0.5, 0.7, 0.9), n=64, steps=16)
+    assert sweep["model_beats_baselines"], sweep["rows"]
