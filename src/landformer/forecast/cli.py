@@ -64,6 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass" + recipe)
     predict.add_argument("--panel-width", type=int, default=None, help="widest strip processed at once" + recipe)
     predict.add_argument("--device", default=None, help="torch device: cpu, cuda, cuda:1, mps" + recipe)
+    predict.add_argument("--threads", type=int, default=None, help="torch CPU threads, 0 for torch's default" + recipe)
     predict.add_argument("--prefix", default="forecast", help="output files are PREFIX_<year>.tif")
 
 
@@ -166,7 +167,7 @@ def predict_settings(model: Path, args: argparse.Namespace) -> Any:
 
     recipe = (model if model.is_dir() else model.parent) / "config.yaml"
     settings = load_config(ForecastConfig, recipe).predict if recipe.is_file() else ForecastPredictSection()
-    for name in ("tile", "overlap", "batch_size", "panel_width", "device"):
+    for name in ("tile", "overlap", "batch_size", "panel_width", "device", "threads"):
         if getattr(args, name) is not None:
             setattr(settings, name, getattr(args, name))
     return settings
@@ -183,6 +184,10 @@ def run_predict(args: argparse.Namespace) -> None:
     _apply_data_arguments(data, args)
     spec, covariates = resolve_series(data, None, seed=0)
     settings = predict_settings(args.model, args)
+    if settings.threads:
+        import torch
+
+        torch.set_num_threads(settings.threads)
     result = predict_series(
         args.model,
         spec,

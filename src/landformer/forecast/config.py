@@ -118,6 +118,7 @@ class ForecastPredictSection:
     batch_size: int = 2  # tiles per forward pass (two 288 px tiles of the tiny model need about 0.4 GB)
     panel_width: int = 4096  # widest strip of the raster processed at once; bounds memory on huge rasters
     device: str = "cpu"  # torch device for inference: cpu, cuda, cuda:1, mps
+    threads: int = 0  # torch CPU threads for inference; 0: torch's default (on a busy CPU, 1 can be faster)
 
 
 def tiny_train_config() -> TrainConfig:
