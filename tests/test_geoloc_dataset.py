@@ -20,7 +20,9 @@ from landformer.geoloc.dataset import (
     load_cities,
     make_dataset,
     make_world_dataset,
+    thin_places,
 )
+from landformer.geoloc.evaluate import haversine_km
 
 
 def test_splits_keep_blocks_whole_and_give_every_split_data() -> None:
@@ -78,6 +80,39 @@ def test_coast_distance_is_signed_km() -> None:
     np.testing.assert_allclose(distance[2], np.array([-5, -4, -3, -2, -1, 1, 2, 3, 4]) * 111.32)
 
 
+def test_thinning_keeps_places_apart_and_drops_only_close_ones() -> None:
+    rng = np.random.default_rng(0)
+    # A metro of 30 suburbs within ~10 km, a high-latitude pair 20 km apart, a pair across the antimeridian
+    # 22 km apart, and 40 scattered places.
+    latitude = np.concatenate(
+        [-33.9 + rng.uniform(-0.05, 0.05, 30), [70.0, 70.18], [0.0, 0.0], rng.uniform(-60, 60, 40)]
+    )
+    longitude = np.concatenate(
+        [151.1 + rng.uniform(-0.05, 0.05, 30), [20.0, 20.0], [179.9, -179.9], rng.uniform(-170, 170, 40)]
+    )
+    order = rng.permutation(len(latitude))
+    taken = thin_places(latitude, longitude, order, min_km=25.0)
+    distances = haversine_km(
+        latitude[taken, None], longitude[taken, None], latitude[None, taken], longitude[None, taken]
+    )
+    assert distances[~np.eye(len(taken), dtype=bool)].min() >= 25.0
+    assert np.isin(np.arange(30), taken).sum() == 1  # one suburb stands for the metro
+    assert np.isin([30, 31], taken).sum() == 1 and np.isin([32, 33], taken).sum() == 1
+    # Every dropped place is within 25 km of a taken one (nothing far away is lost).
+    dropped = np.setdiff1d(np.arange(len(latitude)), taken)
+    nearest = haversine_km(
+        latitude[dropped, None], longitude[dropped, None], latitude[None, taken], longitude[None, taken]
+    )
+    assert nearest.min(axis=1).max() < 25.0
+    assert list(taken) == [i for i in order if i in set(taken.tolist())]  # first come, first kept
+    np.testing.assert_array_equal(thin_places(latitude, longitude, order, 0.0), order)
+    # Dense places across many cell rows and columns at high latitude: still no pair closer than 25 km.
+    dense_lat, dense_lon = rng.uniform(58.0, 62.0, 1500), rng.uniform(-2.0, 2.0, 1500)
+    kept = thin_places(dense_lat, dense_lon, np.arange(1500), 25.0)
+    pairwise = haversine_km(dense_lat[kept, None], dense_lon[kept, None], dense_lat[None, kept], dense_lon[None, kept])
+    assert pairwise[~np.eye(len(kept), dtype=bool)].min() >= 25.0
+
+
 def test_cities_are_drawn_per_continent() -> None:
     cities = load_cities()
     assert len(cities) > 30000 and {"AF", "AS", "EU", "NA", "OC", "SA"} <= {c["continent"] for c in cities}
@@ -85,6 +120,11 @@ def test_cities_are_drawn_per_continent() -> None:
         drawn = draw_cities(cities, per_region=25, min_region_cities=20, seed=0)
     counts = {continent: sum(c["continent"] == continent for c in drawn) for continent in ("AF", "EU", "OC")}
     assert counts == {"AF": 25, "EU": 25, "OC": 25}
+    with pytest.warns(UserWarning, match="continent AN has only"):
+        spread = draw_cities(cities, per_region=1000, min_region_cities=20, seed=0, min_spacing_km=25.0)
+    oceania = [c for c in spread if c["continent"] == "OC"]
+    assert 100 < len(oceania) < 300  # most of its 438 cities are suburbs of a few metros
+    assert sum(c["continent"] == "AS" for c in spread) == 1000
     assert not any(c["continent"] == "AN" for c in drawn)
     paris = next(c for c in cities if c["name"] == "Paris" and c["countrycode"] == "FR")
     assert paris["continent"] == "EU" and paris["latitude"] == pytest.approx(48.85, abs=0.01)

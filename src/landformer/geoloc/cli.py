@@ -12,6 +12,7 @@ DATASET_FLAGS: tuple[tuple[str, str, type, str | None, str], ...] = (
     ("--sources", "sources", str, "+", "data sets to build: cities, world"),
     ("--per-region", "per_region", int, None, "cities drawn per continent"),
     ("--min-region-cities", "min_region_cities", int, None, "continents with fewer cities are left out"),
+    ("--min-spacing-km", "min_spacing_km", float, None, "skip cities closer than this to one already drawn"),
     ("--chip-size", "chip_size", int, None, "city chip side in pixels"),
     ("--resolution", "resolution", float, None, "city chip pixel size in degrees (a multiple of 1/120)"),
     ("--block-degrees", "block_degrees", float, None, "side of the spatial split blocks in degrees"),
@@ -87,6 +88,7 @@ def _clean(args: argparse.Namespace) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from landformer.core.train import add_resume_argument
+    from landformer.geoloc.clean import CleanConfig
     from landformer.geoloc.config import add_config_arguments
 
     group = add_group(subparsers, "geoloc", "per-region latitude/longitude regression from images")
@@ -141,9 +143,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     clean = add_command(group, "clean", "report what label cleaning would drop from a CSV, and why", _clean)
     clean.add_argument("--csv", required=True, help="labelled CSV to clean")
     clean.add_argument(
-        "--mad-threshold", type=float, default=3.5, help="modified z-score beyond which a label is dropped"
+        "--mad-threshold",
+        type=float,
+        default=CleanConfig.mad_threshold,
+        help="modified z-score beyond which a label is dropped",
     )
-    clean.add_argument("--dbscan-eps-km", type=float, default=750.0, help="DBSCAN neighbourhood radius in km")
-    clean.add_argument("--dbscan-min-samples", type=int, default=3, help="DBSCAN points that make a cluster core")
+    clean.add_argument(
+        "--dbscan-eps-km", type=float, default=CleanConfig.dbscan_eps_km, help="DBSCAN neighbourhood radius in km"
+    )
+    clean.add_argument(
+        "--dbscan-min-samples",
+        type=int,
+        default=CleanConfig.dbscan_min_samples,
+        help="DBSCAN points that make a cluster core",
+    )
     clean.add_argument("--exclude", help="file listing filenames to drop")
     clean.add_argument("--report", help="write the full report (every dropped row) to this JSON file")

@@ -107,6 +107,7 @@ FLAGS: tuple[tuple[str, str, Any, str | None, str], ...] = (
     ("--weight-decay", "optim.weight_decay", float, None, "AdamW weight decay"),
     ("--t0", "optim.t_0", int, None, "CosineAnnealingWarmRestarts first cycle (steps)"),
     ("--t-mult", "optim.t_mult", int, None, "CosineAnnealingWarmRestarts cycle growth"),
+    ("--min-lr-ratio", "optim.min_lr_ratio", float, None, "lowest learning rate as a share of --lr"),
     ("--min-region-samples", "regions.min_samples", int, None, "training images a region needs after cleaning"),
     ("--too-few", "regions.too_few", str, None, "region below --min-region-samples: skip (warn) or error"),
     ("--regions", "regions.only", str, "+", "train only these Region_IDs"),
@@ -115,6 +116,12 @@ FLAGS: tuple[tuple[str, str, Any, str | None, str], ...] = (
     ("--max-steps", "train.max_steps", int, None, "optimiser steps per region"),
     ("--val-every", "train.val_every_steps", int, None, "validate every this many steps"),
     ("--patience", "train.early_stopping_patience", int, None, "early stopping: validations without improvement"),
+    ("--log-every", "train.log_every_steps", int, None, "write training metrics every this many steps"),
+    ("--checkpoint-every", "train.checkpoint_every_steps", int, None, "periodic checkpoint every this many steps"),
+    ("--keep-checkpoints", "train.keep_checkpoints", int, None, "periodic checkpoints kept"),
+    ("--gradient-clip", "train.gradient_clip", float, None, "clip the gradient norm (0: off)"),
+    ("--accumulate", "train.accumulate_grad_batches", int, None, "batches summed per optimiser step"),
+    ("--wandb-project", "train.wandb_project", str, None, "W&B project (WANDB_MODE=offline logs locally)"),
     ("--precision", "train.precision", str, None, "auto, 32-true, bf16-mixed, 16-mixed"),
     ("--accelerator", "train.accelerator", str, None, "auto, cpu, gpu"),
     ("--devices", "train.devices", str, None, "devices per node (number, auto, or ids like 0,1)"),
@@ -128,6 +135,7 @@ SWITCHES: tuple[tuple[str, str, bool, str], ...] = (
     ("--no-router", "router.enabled", False, "train no region router (predict then needs the region)"),
     ("--no-preload", "data.preload", False, "decode images on every access instead of once"),
     ("--no-progress", "train.progress_bar", False, "hide progress bars"),
+    ("--deterministic", "train.deterministic", True, "deterministic kernels (slower, bit-exact reruns)"),
 )
 
 

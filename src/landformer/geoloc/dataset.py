@@ -64,6 +64,7 @@ class DatasetConfig:
     out: Path = Path("data/geoloc")  # folder receiving cities/, world/ and the cached layers/
     sources: list[Literal["cities", "world"]] = field(default_factory=lambda: ["cities", "world"])
     per_region: int = 300  # cities drawn per continent (fewer when a continent has fewer)
+    min_spacing_km: float = 25.0  # cities closer than this to one already drawn are skipped (suburbs of one metro)
     min_region_cities: int = 20  # continents with fewer cities (Antarctica) are left out, with a warning
     chip_size: int = 32  # chip side in pixels
     resolution: float = 0.25  # mosaic pixel size in degrees (32 px = 8 degrees of context); a multiple of 1/120
@@ -321,23 +322,69 @@ def load_cities() -> list[dict[str, Any]]:
     return sorted(rows, key=lambda row: row["geonameid"])
 
 
+def thin_places(latitude: np.ndarray, longitude: np.ndarray, order: np.ndarray, min_km: float) -> np.ndarray:
+    """Indices of places taken in ``order``, skipping any within ``min_km`` of one already taken.
+
+    cities15000 lists every suburb of a metropolis as a city (Sydney alone has about 80); without thinning, one
+    spatial block holding a metropolis dominates its region's split, and neighbouring suburbs share one chip.
+    Taken places are bucketed in cells at least ``min_km`` wide (longitude cells widen towards the poles and wrap
+    around the antimeridian), so each candidate is compared with the places of 9 cells only.
+    """
+    from landformer.geoloc.evaluate import haversine_km
+
+    if min_km <= 0:
+        return np.asarray(order)
+    cell = max(min_km / KM_PER_DEGREE, 1e-6)
+
+    def columns(row: int) -> int:
+        """Longitude cells in a row, each at least min_km wide at any latitude of the row and its neighbours."""
+        poleward = min(max(abs(row), abs(row + 1)) * cell + cell, 89.9)
+        return max(1, math.floor(360.0 / (cell / math.cos(math.radians(poleward)))))
+
+    def column(longitude: float, row: int) -> int:
+        count = columns(row)
+        return math.floor((longitude + 180.0) / (360.0 / count)) % count
+
+    buckets: dict[tuple[int, int], list[int]] = {}
+    taken: list[int] = []
+    for index in order:
+        row = math.floor(latitude[index] / cell)
+        nearby = [
+            other
+            for near_row in (row - 1, row, row + 1)
+            for offset in (-1, 0, 1)
+            for other in buckets.get((near_row, (column(longitude[index], near_row) + offset) % columns(near_row)), ())
+        ]
+        if (
+            nearby
+            and haversine_km(latitude[index], longitude[index], latitude[nearby], longitude[nearby]).min() < min_km
+        ):
+            continue
+        buckets.setdefault((row, column(longitude[index], row)), []).append(int(index))
+        taken.append(int(index))
+    return np.array(taken, dtype=np.int64)
+
+
 def draw_cities(
-    cities: list[dict[str, Any]], per_region: int, min_region_cities: int, seed: int
+    cities: list[dict[str, Any]], per_region: int, min_region_cities: int, seed: int, min_spacing_km: float = 0.0
 ) -> list[dict[str, Any]]:
-    """Up to ``per_region`` cities of each continent, drawn uniformly (seeded); small continents are left out."""
+    """Up to ``per_region`` cities of each continent, drawn uniformly (seeded) among cities at least
+    ``min_spacing_km`` apart; continents with fewer than ``min_region_cities`` such cities are left out."""
     rng = np.random.default_rng([seed, 7])
     drawn: list[dict[str, Any]] = []
     for continent in sorted({city["continent"] for city in cities}):
         members = [city for city in cities if city["continent"] == continent]
-        if len(members) < min_region_cities:
+        latitude = np.array([city["latitude"] for city in members])
+        longitude = np.array([city["longitude"] for city in members])
+        spread = thin_places(latitude, longitude, rng.permutation(len(members)), min_spacing_km)
+        if len(spread) < min_region_cities:
             warnings.warn(
-                f"continent {continent} has only {len(members)} cities (< min_region_cities {min_region_cities}); "
-                "left out of the data set",
+                f"continent {continent} has only {len(spread)} cities {min_spacing_km:g} km apart "
+                f"(< min_region_cities {min_region_cities}); left out of the data set",
                 stacklevel=2,
             )
             continue
-        chosen = rng.choice(len(members), size=min(per_region, len(members)), replace=False)
-        drawn.extend(members[index] for index in sorted(chosen))
+        drawn.extend(members[index] for index in sorted(spread[:per_region]))
     return drawn
 
 
@@ -373,7 +420,7 @@ def make_cities_dataset(config: DatasetConfig, progress: bool = True) -> Path:
 
     folder = Path(config.out) / "cities"
     mosaic = build_mosaic(Path(config.out) / "layers", config.resolution)
-    cities = draw_cities(load_cities(), config.per_region, config.min_region_cities, config.seed)
+    cities = draw_cities(load_cities(), config.per_region, config.min_region_cities, config.seed, config.min_spacing_km)
     rows = []
     for city in tqdm(cities, desc="city chips", disable=not progress, leave=False):
         filename = f"{city['continent']}_{city['geonameid']}.tif"

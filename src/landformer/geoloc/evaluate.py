@@ -97,7 +97,7 @@ def evaluate_run(
     Rows of regions the run has no model for are counted and left out (there is no oracle for them).
     """
     from landformer.geoloc.data import read_labels
-    from landformer.geoloc.inference import GeolocPredictor
+    from landformer.geoloc.inference import PRELOAD_LIMIT, GeolocPredictor
     from landformer.geoloc.plots import save_prediction_map
 
     table = read_labels(csv_path)
@@ -111,7 +111,7 @@ def evaluate_run(
     if not len(table):
         raise UserError(f"{csv_path}: no row belongs to a region of {run_dir} ({', '.join(predictor.regions)})")
     assert table.latitude is not None and table.longitude is not None and table.regions is not None
-    store = predictor.store(folder, table.filenames)
+    store = predictor.store(folder, table.filenames, preload=len(table) <= PRELOAD_LIMIT)
     true_region = np.asarray(table.regions, dtype=object)
     n = len(table)
 

@@ -22,6 +22,8 @@ from landformer.geoloc.frames import LocalFrame
 from landformer.geoloc.scaler import CoordinateScaler
 from landformer.geoloc.training import FORMAT, MANIFEST
 
+PRELOAD_LIMIT = 20_000  # more images than this are decoded batch by batch instead of all up front
+
 
 @dataclass
 class RegionModel:
@@ -201,7 +203,7 @@ def predict_images(
         filenames = list_images(folder)
         if use_regions:
             raise UserError("--use-regions needs a --csv with a Region_ID column")
-    store = predictor.store(folder, filenames)
+    store = predictor.store(folder, filenames, preload=len(filenames) <= PRELOAD_LIMIT)
     result = predictor.predict(store, given_regions, batch_size)
     out_csv = Path(out_csv)
     with atomic_path(out_csv) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:

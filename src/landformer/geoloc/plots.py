@@ -54,6 +54,7 @@ def save_prediction_map(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     extent = map_extent([true_latitude, predicted_latitude], [true_longitude, predicted_longitude])
     west, south, east, north = extent
@@ -63,29 +64,30 @@ def save_prediction_map(
     background = continents_background(extent, 900)
     figure = Figure(figsize=(width_px / 100, height_px / 100), dpi=100)
     FigureCanvasAgg(figure)
-    axes = figure.add_axes((0.04, 0.06, 0.78, 0.86))
+    axes = figure.add_axes((0.06, 0.09, 0.82, 0.84))
     colours = ListedColormap(["#dcebf5"] + ["#d4d4d4"] * int(max(background.max(), 1)))
     axes.imshow(background, extent=(west, east, south, north), cmap=colours, interpolation="nearest", aspect="auto")
     names = sorted(set(regions))
-    palette = [f"C{i % 10}" for i in range(len(names))]
     region_array = np.asarray(regions, dtype=object)
-    for name, colour in zip(names, palette, strict=True):
+    handles = []
+    for index, name in enumerate(names):
+        colour = f"C{index % 10}"
         members = region_array == name
         t_lat, t_lon = np.asarray(true_latitude)[members], np.asarray(true_longitude)[members]
         p_lat, p_lon = np.asarray(predicted_latitude)[members], np.asarray(predicted_longitude)[members]
         for a_lat, a_lon, b_lat, b_lon in zip(t_lat, t_lon, p_lat, p_lon, strict=True):
             if abs(a_lon - b_lon) <= 180:
                 axes.plot([a_lon, b_lon], [a_lat, b_lat], color=colour, linewidth=0.5, alpha=0.5)
-        axes.scatter(
-            t_lon, t_lat, s=14, color=colour, edgecolors="black", linewidths=0.3, label=f"{name} true", zorder=3
-        )
-        axes.scatter(p_lon, p_lat, s=18, color=colour, marker="x", linewidths=1.0, label=f"{name} predicted", zorder=4)
+        handles.append(axes.scatter(t_lon, t_lat, s=14, color=colour, edgecolors="black", linewidths=0.3, label=name))
+        axes.scatter(p_lon, p_lat, s=18, color=colour, marker="x", linewidths=1.0, zorder=4)
+    handles.append(Line2D([], [], color="black", marker="o", linestyle="", markerfacecolor="none", label="true place"))
+    handles.append(Line2D([], [], color="black", marker="x", linestyle="", label="prediction"))
     axes.set_xlim(west, east)
     axes.set_ylim(south, north)
     axes.set_xlabel("longitude")
     axes.set_ylabel("latitude")
     axes.set_title(title, fontsize=11)
-    figure.legend(loc="center right", fontsize=8, frameon=False)
+    figure.legend(handles=handles, loc="center right", fontsize=9, frameon=False)
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=100)
     return Path(path)
