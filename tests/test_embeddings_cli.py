@@ -155,3 +155,15 @@ def test_three_channel_tiles_are_read_with_the_encoders_channel_count(tmp_path: 
     )
     data = load_dataset(TileSource(tmp_path / "tiles", tmp_path / "labels.csv", channels=3), progress=False)
     assert data.tiles.shape == (3, 1, 3, 4, 4)
+
+
+def test_tiny_recipe_is_the_built_in_default_and_references_load() -> None:
+    from landformer.core.config import load_config, to_dict
+    from landformer.embeddings.config import EmbeddingsConfig
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    assert to_dict(load_config(EmbeddingsConfig, root / "embeddings_tiny.yaml")) == to_dict(EmbeddingsConfig())
+    for kind in ("qwen2_vl", "qwen2_5_vl"):
+        config = load_config(EmbeddingsConfig, root / f"embeddings_{kind}_7b.yaml")
+        config.validate()
+        assert config.encoder.kind == kind and config.sft.lora and config.train_sft.precision == "bf16-mixed"

@@ -36,8 +36,8 @@ def demo_config(dataset: Path, seed: int) -> EmbeddingsConfig:
         encoder=EncoderConfig(patch_size=4, dim=64, depth=2, heads=2),
         mae=MAEConfig(decoder_dim=64, decoder_depth=1, decoder_heads=2, warmup_steps=5),
         sft=SFTConfig(head_hidden=64, freeze_epochs=1, lr=1e-3, encoder_lr_scale=0.3, warmup_steps=5),
-        train_pretrain=train(40, "val/loss", None),
-        train_sft=train(80, "val/r2_deficit", 4),
+        train_pretrain=train(80, "val/loss", None),
+        train_sft=train(200, "val/r2_deficit", 6),
     )
 
 

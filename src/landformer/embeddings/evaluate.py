@@ -100,7 +100,7 @@ def save_scatter(
     if not predictions:
         raise UserError("save_scatter: no predictions to plot")
     count = len(predictions)
-    figure = Figure(figsize=(3.4 * count, 3.6), dpi=100)
+    figure = Figure(figsize=(3.4 * count, 3.9), dpi=100)
     FigureCanvasAgg(figure)
     everything = np.concatenate([truth, *predictions.values()])
     low, high = float(np.min(everything)), float(np.max(everything))
@@ -119,7 +119,7 @@ def save_scatter(
             axis.set_ylabel(f"predicted {target_name}", fontsize=8)
         axis.tick_params(labelsize=7)
     figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 0.96))
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png")
     return Path(path)
