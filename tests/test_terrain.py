@@ -255,6 +255,28 @@ def test_cli_sample_and_bad_input(models: dict[str, Path], tmp_path: Path, capsy
     out = tmp_path / "cli"
     assert main(["terrain", "sample", "--model", str(models["maskgit"]), "--count", "2", "--out", str(out)]) == 0
     assert (out / "samples.png").is_file() and (out / "samples.tif").is_file()
+    world = tmp_path / "world.tif"
+    assert main(["terrain", "world", "--model", str(models["maskgit"]), "--size", "24", "--out", str(world)]) == 0
+    grown = tmp_path / "grown.tif"
+    assert (
+        main(
+            [
+                "terrain",
+                "expand",
+                "--model",
+                str(models["maskgit"]),
+                "--dem",
+                str(world),
+                "--down",
+                "8",
+                "--out",
+                str(grown),
+            ]
+        )
+        == 0
+    )
+    with rasterio.open(world) as small, rasterio.open(grown) as large:
+        assert large.shape == (32, 24) and np.array_equal(large.read(1)[:24], small.read(1))
     code = main(["terrain", "sample", "--model", str(models["maskgit"]), "--tokenizer", str(models["other"])])
     assert code == 2
     error = capsys.readouterr().err.strip()

@@ -83,6 +83,10 @@ def _world(args: argparse.Namespace) -> None:
     from landformer.terrain.export import load_generator
     from landformer.terrain.outpaint import write_world
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     generator = load_generator(args.model, args.tokenizer)
     summary = write_world(
         generator,
@@ -169,4 +173,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--size", type=int, default=1024, help="side of the map in pixels")
     parser.add_argument("--condition", default=None, help="categorical raster to condition on (models trained so)")
     parser.add_argument("--block", type=int, default=512, help="pixels per side of each decoded and written block")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (0: torch's default; 1 is fastest on a busy machine)"
+    )
     parser.add_argument("--out", default="runs/terrain/world.tif", help="output GeoTIFF (PNG preview beside it)")
