@@ -167,3 +167,53 @@ def test_tiny_recipe_is_the_built_in_default_and_references_load() -> None:
         config = load_config(EmbeddingsConfig, root / f"embeddings_{kind}_7b.yaml")
         config.validate()
         assert config.encoder.kind == kind and config.sft.lora and config.train_sft.precision == "bf16-mixed"
+
+
+@pytest.mark.slow
+def test_demo_step_writes_its_pictures_and_scores(tmp_path: Path) -> None:
+    from landformer.embeddings.demo import run_demo_step
+    from landformer.synth.world import make_world
+
+    world = make_world(tmp_path / "world", size=128, seed=0)
+    result = run_demo_step(tmp_path / "emb", world.folder, seed=0)
+    assert Path(result["scatter"]).is_file() and Path(result["reconstructions"]).is_file()
+    assert set(result["test_r2"]) == {"ridge", "knn", "sft"} and result["n_test_tiles"] > 0
+
+
+@pytest.mark.slow
+def test_reference_recipe_runs_lora_on_a_local_qwen_checkpoint(world_dataset: Path, tmp_path: Path) -> None:
+    """The 7B recipe's code path (pretrained tower, copy init, temporal pair, LoRA) on a tiny saved checkpoint."""
+    import torch
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    text = {
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "intermediate_size": 64,
+        "vocab_size": 256,
+        "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
+    }
+    vision = {"depth": 2, "embed_dim": 32, "hidden_size": 32, "num_heads": 2, "patch_size": 2, "in_channels": 3}
+    torch.manual_seed(0)
+    Qwen2VLForConditionalGeneration(Qwen2VLConfig(text_config=text, vision_config=vision)).save_pretrained(
+        tmp_path / "ckpt"
+    )
+    root = Path(__file__).resolve().parents[1] / "configs"
+    cpu = ["--set", "train_sft.accelerator=cpu", "--set", "train_sft.precision=32-true", "--set", "data.num_workers=0",
+           "--set", "train_sft.loggers=[csv]", "--set", "data.batch_size=8"]  # fmt: skip
+    args = ["embeddings", "sft", "--config", str(root / "embeddings_qwen2_vl_7b.yaml"), "--out", str(tmp_path / "sft"),
+            "--dataset", str(world_dataset), "--set", f"encoder.pretrained={tmp_path / 'ckpt'}", *cpu,
+            *steps("sft", 3)]  # fmt: skip
+    assert main(args) == 0
+    from landformer.embeddings.regress import load_regressor
+
+    summary = json.loads((tmp_path / "sft" / "summary.json").read_text())
+    model, _ = load_regressor(tmp_path / "sft")
+    frozen = sum(
+        p.numel() for name, p in model.encoder.named_parameters() if "lora_" not in name and "patch_embed" not in name
+    )
+    assert frozen > 0 and summary["trainable_parameters"] == summary["parameters"] - frozen  # LoRA: tower frozen
+    meta = json.loads((tmp_path / "sft" / "model.json").read_text())
+    assert meta["lora"]["rank"] == 16 and meta["encoder"]["tower_config"]["in_channels"] == 64

@@ -192,7 +192,7 @@ def build_tower(kind: str, values: dict[str, Any]) -> nn.Module:
         config._attn_implementation = "sdpa"
         tower = model_class._from_config(config)
         if values.get("gradient_checkpointing"):
-            tower.gradient_checkpointing_enable()
+            _enable_checkpointing(tower)
         return tower
     if pretrained:
         folder = Path(pretrained)
@@ -206,8 +206,14 @@ def build_tower(kind: str, values: dict[str, Any]) -> nn.Module:
     if int(values["in_channels"]) != int(config.in_channels):  # 3-channel (PCA) input keeps the RGB embedding
         replace_patch_embedding(tower, int(values["in_channels"]), str(values.get("patch_init", "normal")))
     if values.get("gradient_checkpointing"):
-        tower.gradient_checkpointing_enable()
+        _enable_checkpointing(tower)
     return tower
+
+
+def _enable_checkpointing(tower: nn.Module) -> None:
+    """Recompute the tower's activations in the backward pass (transformers 5 renamed the switch)."""
+    enable = getattr(tower, "activation_checkpointing_enable", None) or tower.gradient_checkpointing_enable
+    enable()
 
 
 class QwenVisionEncoder(PatchEncoder):
