@@ -58,6 +58,12 @@ def test_stages_chain_and_evaluate_agrees_with_its_predictions(world_dataset: Pa
     dpo = json.loads((tmp_path / "dpo" / "summary.json").read_text())
     assert dpo["n_pairs"] == 2 * summary["metrics"]["sft"]["train"]["n"]
     assert dpo["sft_vs_dpo"]["test"]["sft_r2"] == pytest.approx(summary["metrics"]["sft"]["test"]["r2"], abs=1e-6)
+    text_route = ["--set", "dpo.route=text", "--set", "dpo.decimals=3", "--set", "data.batch_size=4"]
+    assert main(["embeddings", "dpo", "--out", str(tmp_path / "text"), "--sft", str(tmp_path / "sft"), *data, *TINY,
+                 *steps("dpo", 3), *text_route]) == 0  # fmt: skip
+    text = json.loads((tmp_path / "text" / "summary.json").read_text())
+    assert text["global_step"] == 3 and (tmp_path / "text" / "text_model" / "model.safetensors").is_file()
+    assert text["generated_after"]["test"]["n"] == summary["metrics"]["sft"]["test"]["n"]
     out = tmp_path / "eval"
     assert main(["embeddings", "evaluate", "--runs", str(tmp_path / "sft"), str(tmp_path / "dpo"),
                  "--out", str(out)]) == 0  # fmt: skip

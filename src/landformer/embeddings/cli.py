@@ -68,7 +68,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_resume_argument(sft)
 
-    dpo = _stage_command(group, "dpo", "stage 3: DPO of the Gaussian head against the frozen SFT model", run_dpo)
+    dpo = _stage_command(
+        group, "dpo", "stage 3: DPO against the frozen SFT model (Gaussian head, or dpo.route=text via trl)", run_dpo
+    )
     dpo.add_argument("--sft", type=Path, required=True, help="sft run folder (or its model.safetensors)")
     add_resume_argument(dpo)
 
@@ -209,7 +211,25 @@ def run_sft(args: argparse.Namespace) -> None:
 def run_dpo(args: argparse.Namespace) -> None:
     from landformer.embeddings.prefer import prefer
 
-    summary = prefer(_recipe(args), args.out, sft=args.sft, resume=args.resume)
+    config = _recipe(args)
+    if config.dpo.route == "text":
+        from landformer.embeddings.trl_route import text_dpo
+
+        if args.resume:
+            raise UserError("the text route (trl) cannot resume; start it in a new run folder")
+        summary = text_dpo(config, args.out, sft=args.sft)
+        print(
+            f"text-route DPO: {summary['global_step']} steps on {summary['n_train_pairs']} pairs, "
+            f"train loss {summary['train_loss']:.4f}; model {summary['text_model']}"
+        )
+        for split, scores in summary["generated_after"].items():
+            before = summary["generated_before"][split]
+            print(
+                f"{split}: numbers parsed {before['parsed']}/{before['n']} -> {scores['parsed']}/{scores['n']}, "
+                f"R2 {before.get('r2', float('nan')):.4f} -> {scores.get('r2', float('nan')):.4f}"
+            )
+        return
+    summary = prefer(config, args.out, sft=args.sft, resume=args.resume)
     print(f"DPO {summary['global_step']} steps on {summary['n_pairs']} pairs in {summary['fit_seconds']} s")
     _print_metrics(summary)
     for split, row in summary["sft_vs_dpo"].items():

@@ -170,6 +170,10 @@ class DPOConfig:
     min_lr_ratio: float = 0.1
     sample_scale: float = 1.0  # candidate predictions are drawn from N(mean, (scale * sd) ** 2) of the SFT model
     train_encoder: bool = False  # False: only the head moves (cheaper; the encoder stays the SFT one)
+    route: Literal["gaussian", "text"] = "gaussian"  # text: a Qwen-VL writes the number, trained with trl's DPOTrainer
+    text_model: Path | None = None  # text route: local Qwen-VL folder; None builds a tiny random one (CPU smoke run)
+    decimals: int = 1  # text route: digits after the point in the numbers the model writes
+    max_new_tokens: int = 8  # text route: tokens generated per tile when scoring
 
     def validate(self) -> None:
         if self.beta <= 0:
@@ -178,6 +182,8 @@ class DPOConfig:
             raise UserError(f"embeddings dpo: pairs_per_tile = {self.pairs_per_tile} should be at least 1")
         if self.sample_scale <= 0:
             raise UserError(f"embeddings dpo: sample_scale = {self.sample_scale} should be positive")
+        if not 0 <= self.decimals <= 6:
+            raise UserError(f"embeddings dpo: decimals = {self.decimals} should lie in 0..6")
 
 
 def _stage_train(max_steps: int, monitor: str, patience: int | None, val_every: int = 25) -> TrainConfig:
