@@ -324,3 +324,14 @@ def test_regressor_export_round_trip(tmp_path) -> None:
     with torch.no_grad():
         assert torch.equal(model(frames)[0], loaded(frames)[0])
     assert loaded_meta == meta
+
+
+def test_dpo_can_move_the_encoder_too() -> None:
+    torch.manual_seed(0)
+    task = DPOTask(encoder=VIT, frames=1, head_hidden=16, head_dropout=0.0, beta=0.5, train_encoder=True)
+    frames = tiles(4)
+    batch = {"inputs": frames, "chosen": torch.randn(4), "rejected": torch.randn(4), "reference": torch.randn(4, 2)}
+    task.compute_loss(batch)["loss"].backward()
+    assert task.policy.encoder.patch_embed.weight.grad.abs().sum() > 0
+    frozen = DPOTask(encoder=VIT, frames=1, head_hidden=16, head_dropout=0.0, beta=0.5, train_encoder=False)
+    assert not any(p.requires_grad for p in frozen.policy.encoder.parameters())
