@@ -309,3 +309,12 @@ def test_world_dataset_targets_are_hm_growth_and_frames_are_two_years(tmp_path: 
     row = data.ids.index("r001c002")
     assert data.targets[row] == pytest.approx(growth[16:32, 32:48].mean(), rel=1e-6)
     assert not np.array_equal(data.tiles[:, 0], data.tiles[:, 1])  # 1990 and 1995 differ where HM changed
+
+
+def test_dataset_plot_shows_a_tile_as_rgb(tmp_path: Path) -> None:
+    import imageio.v3 as iio
+
+    source = write_dataset(tmp_path, unit_tiles(3), ["a", "b", "c"])
+    data = load_dataset(source, progress=False)
+    picture = iio.imread(data.plot(1, tmp_path / "tile.png"))
+    assert picture.shape == (256, 256, 3) and picture.std() > 0

@@ -24,13 +24,13 @@ from torch import Tensor, nn
 
 from landformer.core.config import to_dict
 from landformer.core.errors import UserError
-from landformer.core.io import load_torch, write_json
+from landformer.core.io import write_json
 from landformer.core.nn import Transformer
 from landformer.core.task import BaseTask
 from landformer.core.train import fit, last_checkpoint, prepare_run, seed_everything
 from landformer.embeddings.config import EmbeddingsConfig
 from landformer.embeddings.encoders import PatchEncoder, build_encoder, count_parameters
-from landformer.embeddings.pipeline import load_data, make_loaders, save_encoder, set_threads
+from landformer.embeddings.pipeline import load_data, load_task_weights, make_loaders, save_encoder, set_threads
 
 
 class MaskedAutoencoder(nn.Module):
@@ -168,10 +168,6 @@ def build_mae_task(config: EmbeddingsConfig, frames: int) -> MAETask:
         max_steps=config.train_pretrain.max_steps,
         min_lr_ratio=mae.min_lr_ratio,
     )
-
-
-def load_task_weights(task: BaseTask, checkpoint: Path) -> None:
-    task.load_state_dict(load_torch(checkpoint)["state_dict"])
 
 
 def pretrain(

@@ -39,7 +39,7 @@ from landformer.embeddings.config import EmbeddingsConfig
 from landformer.embeddings.data import EmbeddingDataset
 from landformer.embeddings.encoders import build_encoder
 from landformer.embeddings.evaluate import regression_metrics
-from landformer.embeddings.pipeline import eval_loader, load_data, save_model, set_threads
+from landformer.embeddings.pipeline import eval_loader, load_data, load_task_weights, save_model, set_threads
 from landformer.embeddings.regress import Regressor, add_lora, gaussian_log_prob, load_regressor, predict, stage_report
 
 
@@ -258,8 +258,6 @@ def prefer(
     result = fit(task, (train_loader, val_loader), config.train_dpo, run_dir, resume=resume)
     checkpoint = result.best_checkpoint or result.last_checkpoint
     assert checkpoint is not None, "fit() always leaves last.ckpt"
-    from landformer.embeddings.mae import load_task_weights
-
     load_task_weights(task, checkpoint)
     task.eval()
     dpo_meta = {

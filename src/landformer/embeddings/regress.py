@@ -39,6 +39,7 @@ from landformer.embeddings.pipeline import (
     load_data,
     load_encoder_file,
     load_model_file,
+    load_task_weights,
     make_loaders,
     save_model,
     set_threads,
@@ -342,8 +343,6 @@ def finetune(
     result = fit(task, (train_loader, val_loader), config.train_sft, run_dir, resume=resume)
     checkpoint = result.best_checkpoint or result.last_checkpoint
     assert checkpoint is not None, "fit() always leaves last.ckpt"
-    from landformer.embeddings.mae import load_task_weights
-
     load_task_weights(task, checkpoint)
     task.eval()
     exported = exported_encoder_config(encoder_values, task.model.encoder)
