@@ -318,3 +318,24 @@ def test_dataset_plot_shows_a_tile_as_rgb(tmp_path: Path) -> None:
     data = load_dataset(source, progress=False)
     picture = iio.imread(data.plot(1, tmp_path / "tile.png"))
     assert picture.shape == (256, 256, 3) and picture.std() > 0
+
+
+@pytest.mark.slow
+def test_city_dataset_tiles_are_centred_on_their_cities(tmp_path: Path) -> None:
+    from landformer.embeddings.data import resolve_source
+    from landformer.embeddings.make_dataset import CityDatasetConfig, make_city_dataset
+
+    make_city_dataset(tmp_path / "cities", CityDatasetConfig(n_cities=30, tile_size=8, seed=3), progress=False)
+    labels = pd.read_csv(tmp_path / "cities" / "labels.csv", dtype={"id": str})
+    assert len(labels) == 30 and (labels["population"] >= 15_000).all()
+    np.testing.assert_allclose(labels["target"], np.log(labels["population"]))
+    for row in labels.itertuples():
+        with rasterio.open(tmp_path / "cities" / "tiles" / f"{row.id}.tif") as tile:
+            assert tile.count == 64 and tile.dtypes[0] == "int8" and tile.nodata == INT8_NODATA
+            west, south, east, north = tile.bounds
+            assert west < row.lon < east and south < row.lat < north
+            assert abs((west + east) / 2 - row.lon) <= tile.res[0] and abs((south + north) / 2 - row.lat) <= tile.res[1]
+        assert row.group == f"{int(np.floor(row.lon / 10))}_{int(np.floor(row.lat / 10))}"
+    data = load_dataset(resolve_source(tmp_path / "cities"), progress=False)
+    files = load_dataset(TileSource(tmp_path / "cities" / "tiles", tmp_path / "cities" / "labels.csv"), progress=False)
+    np.testing.assert_array_equal(data.tiles, files.tiles)  # the bundle holds exactly the tile files' codes
