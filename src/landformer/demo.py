@@ -49,7 +49,7 @@ def step_pipeline(name: str, run: Path, seed: int) -> dict[str, Any]:
 
 
 # Pipelines in the order of the demo; each adds one short step over the shared world.
-DEMO_PIPELINES = ("landcover", "forecast")
+DEMO_PIPELINES = ("landcover", "terrain", "embeddings", "geoloc", "forecast")
 
 
 def run_demo(out: Path, size: int = 256, seed: int = 0) -> dict[str, Any]:
