@@ -51,6 +51,13 @@ def test_window_starts() -> None:
         apps.window_starts(20, 8, 8)
 
 
+def test_spread_indices() -> None:
+    assert apps.spread_indices(10, 4).tolist() == [0, 3, 6, 9]
+    assert apps.spread_indices(5, 5).tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(UserError, match="cannot pick 6 of 5"):
+        apps.spread_indices(5, 6)
+
+
 def test_gibbs_stays_in_legend_and_keeps_fixed_cells(model: LandCoverRandAR, legend: Legend, tmp_path) -> None:
     start = labels_with_nodata(3, legend.n_classes, seed=1)
     fixed = np.zeros_like(start, dtype=bool)

@@ -662,6 +662,14 @@ def generate_samples(
     return torch.cat(pieces).numpy().astype(np.int64), seconds
 
 
+def spread_indices(total: int, n: int) -> np.ndarray:
+    """``n`` indices spread evenly over ``range(total)``: test chips are stored block by block, so the first
+    ones all come from one corner of the map and would be a biased reference."""
+    if not 1 <= n <= total:
+        raise UserError(f"cannot pick {n} of {total} chips")
+    return np.round(np.linspace(0, total - 1, n)).astype(np.int64)
+
+
 def steps_name(steps: int | None) -> str:
     return "sequential" if steps is None else f"parallel_{steps}"
 

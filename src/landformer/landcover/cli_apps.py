@@ -93,6 +93,9 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for the outputs")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same outputs)")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads; 0: torch's default (1 is fastest for tiny models)"
+    )
 
 
 def _positive(name: str, value: int | None, minimum: int = 1) -> None:
@@ -107,6 +110,9 @@ def _load_model(args: argparse.Namespace) -> Any:
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {args.device}: no CUDA device is available")
+    _positive("--threads", args.threads, 0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     return load_model(args.model, device=args.device)
 
 
@@ -299,6 +305,8 @@ def run_panorama(args: argparse.Namespace) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> None:
+    import torch
+
     from landformer.landcover import apps
 
     _positive("--n", args.n)
@@ -306,9 +314,13 @@ def run_eval(args: argparse.Namespace) -> None:
     for steps in args.steps:
         _positive("--steps", steps)
     loaded = _load_model(args)
-    labels, covariates, lonlat = _chip_inputs(args.chips, loaded, "test", args.n)
+    labels, covariates, lonlat = _chip_inputs(args.chips, loaded, "test")
     if len(labels) < args.n:
         raise UserError(f"chip file {args.chips} has {len(labels)} test chips; --n {args.n} asks for more")
+    picked = torch.as_tensor(apps.spread_indices(len(labels), args.n))
+    labels = labels[picked]
+    covariates = covariates[picked] if covariates is not None else None
+    lonlat = lonlat[picked] if lonlat is not None else None
     result = apps.sample_realism(
         loaded.model,
         labels.numpy(),
