@@ -177,6 +177,11 @@ def test_embedding_points_and_pca_plot(model: LandCoverRandAR, legend: Legend, t
     assert result.paths["png"].stat().st_size > 0
     with pytest.raises(UserError, match="needs chips"):
         apps.embedding_points(model, legend, "chips")
+    labels = np.full((3, SIZE, SIZE), 7)
+    labels[1, :5] = 2  # 40 of 64 cells: class 2 is the most common
+    chips = apps.embedding_points(model, legend, "chips", labels=torch.as_tensor(labels))
+    np.testing.assert_array_equal(chips.colours, legend.palette()[[7, 2, 7]])
+    assert [name for name, _ in chips.key] == [legend.names[2], legend.names[7]]
 
 
 @pytest.mark.slow

@@ -174,6 +174,7 @@ class EmbeddingPoints:
     labels: list[str] | None
     title: str
     colour_note: str
+    key: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (name, rgb) swatches for a legend
 
 
 def _hidden_at_instructions(model: LandCoverRandAR) -> tuple[list[Tensor], Callable[[], None]]:
@@ -258,7 +259,8 @@ def embedding_points(
         vectors = chip_representations(model, labels, covariates, lonlat, seed).numpy()
         counts = evaluate.class_counts(labels.cpu().numpy(), model.config.n_classes)
         dominant = counts.argmax(axis=1)
-        return EmbeddingPoints(vectors, palette[dominant], None, "chip representations", "most common class")
+        key = [(legend.names[k], palette[k]) for k in np.unique(dominant)]
+        return EmbeddingPoints(vectors, palette[dominant], None, "chip representations", "most common class", key)
     raise UserError(f"embed-plot: --what must be classes, positions or chips, got {what!r}")
 
 
@@ -293,16 +295,23 @@ def plot_embedding(
     """Scatter of the 2-D coordinates in each point's colour, named points labelled."""
     from landformer.core.viz import _new_figure, _save_figure
 
-    figure = _new_figure(640, 600)
+    key_px = 220 if points.key else 0
+    figure = _new_figure(640 + key_px, 600)
     axes = figure.add_subplot(1, 1, 1)
     axes.scatter(coords[:, 0], coords[:, 1], c=points.colours / 255.0, s=60 if points.labels else 18, edgecolors="0.3")
     for (x, y), label in zip(coords, points.labels or [], strict=False):
         axes.annotate(label, (x, y), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    axes.margins(0.08 if points.labels is None else 0.2)  # room for the labels of points at the edge
+    if points.key:
+        from matplotlib.patches import Patch
+
+        handles = [Patch(facecolor=rgb / 255.0, edgecolor="0.3", label=name) for name, rgb in points.key]
+        axes.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
     subtitle = f"{method.upper()}, colour: {points.colour_note}" + (f"\n{note}" if note else "")
     axes.set_title(f"{points.title} ({len(coords)} points)\n{subtitle}", fontsize=10)
     axes.set_xticks([])
     axes.set_yticks([])
-    figure.subplots_adjust(left=0.04, right=0.96, bottom=0.04, top=0.86)
+    figure.subplots_adjust(left=0.04, right=1 - (24 + key_px) / (640 + key_px), bottom=0.04, top=0.86)
     return _save_figure(figure, path)
 
 
