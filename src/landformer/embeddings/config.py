@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from landformer.core.config import check_values
 from landformer.core.errors import UserError
 from landformer.core.train import TrainConfig
 
@@ -60,9 +61,7 @@ class DataConfig:
             (bool(self.crop_scales), "crop_scales should list at least one scale"),
             (all(0 < s <= 1 for s in self.crop_scales), f"crop_scales {self.crop_scales} should lie in (0, 1]"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(f"embeddings data: {message}")
+        check_values("embeddings data", checks)
 
 
 @dataclass
@@ -101,9 +100,7 @@ class EncoderConfig:
         ]
         if self.kind == "vit":
             checks.append(((self.dim // self.heads) % 4 == 0, "ViT head width (dim / heads) should divide by 4"))
-        for ok, message in checks:
-            if not ok:
-                raise UserError(f"embeddings encoder: {message}")
+        check_values("embeddings encoder", checks)
 
 
 @dataclass

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from landformer.cli import add_command, add_group
+from landformer.cli import add_command, add_group, add_recipe_arguments
 from landformer.core.errors import UserError
 from landformer.core.train import add_resume_argument
 
@@ -24,17 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group = add_group(subparsers, "forecast", "ConvLSTM multi-horizon forecasting of a raster time series")
 
     train = add_command(group, "train", "train a forecaster (on a synthetic world when no data is given)", run_train)
-    train.add_argument("--config", type=Path, default=None, help=f"recipe YAML (default: {DEFAULT_CONFIG_NOTE})")
+    add_recipe_arguments(train, DEFAULT_CONFIG_NOTE)
     _add_data_arguments(train)
     train.add_argument("--out", type=Path, required=True, help="run folder for checkpoints, model and pictures")
-    train.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one recipe value, e.g. --set train.max_steps=100 (repeatable)",
-    )
     add_resume_argument(train)
 
     evaluate = add_command(

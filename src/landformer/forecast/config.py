@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from landformer.core.config import check_values
 from landformer.core.errors import UserError
 from landformer.core.train import TrainConfig
 
@@ -82,9 +83,7 @@ class ForecastDataConfig:
             (self.world_size >= 32, f"world_size = {self.world_size} should be at least 32"),
             (self.batch_size >= 1, f"batch_size = {self.batch_size} should be at least 1"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(f"forecast data: {message}")
+        check_values("forecast data", checks)
 
 
 @dataclass

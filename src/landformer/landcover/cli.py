@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from landformer.cli import add_command, add_group
+from landformer.cli import add_command, add_group, add_recipe_arguments
 from landformer.core.train import add_resume_argument
 from landformer.landcover.cli_apps import add_app_commands
 
@@ -26,21 +26,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _register_train(group: argparse._SubParsersAction) -> None:
     train = add_command(group, "train", "train the model (on a synthetic world when no data is given)", run_train)
-    train.add_argument(
-        "--config", type=Path, default=None, help="recipe YAML (default: built-in, same as configs/landcover_tiny.yaml)"
-    )
+    add_recipe_arguments(train, "built-in, same as configs/landcover_tiny.yaml")
     source = train.add_mutually_exclusive_group()
     source.add_argument("--chips", type=Path, default=None, help="chip file of `landformer data chips` (.npz)")
     source.add_argument("--world", type=Path, default=None, help="synthetic world folder to cut chips from")
     train.add_argument("--out", type=Path, required=True, help="run folder for checkpoints, pictures and the model")
-    train.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one recipe value, e.g. --set train.max_steps=100 (repeatable)",
-    )
     add_resume_argument(train)
 
 

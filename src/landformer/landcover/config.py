@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from landformer.core.config import check_values
 from landformer.core.errors import UserError
 from landformer.core.train import TrainConfig
 
@@ -47,9 +48,7 @@ class LandCoverDataSection:
             (self.val_chips >= 1, f"val_chips = {self.val_chips} should be at least 1"),
             (self.num_workers >= 0, f"num_workers = {self.num_workers} should be at least 0"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(f"landcover data: {message}")
+        check_values("landcover data", checks)
 
 
 @dataclass
