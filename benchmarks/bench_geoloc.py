@@ -47,7 +47,7 @@ def run(workdir: Path, quick: bool, seed: int) -> dict[str, object]:
     from landformer.geoloc.evaluate import evaluate_run, format_evaluation
     from landformer.geoloc.training import train_geoloc
 
-    per_region = 60 if quick else 300
+    per_region = 60 if quick else DatasetConfig.per_region
     start = time.perf_counter()
     folder = make_dataset(
         DatasetConfig(out=workdir / "data", sources=["cities"], per_region=per_region, seed=seed), progress=False

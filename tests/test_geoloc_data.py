@@ -197,3 +197,22 @@ def test_region_folder_names_are_safe_and_distinct() -> None:
         "..": "region",
         "AF": "AF",
     }
+
+
+def test_balanced_router_batches_draw_small_regions_as_often(tmp_path: Path) -> None:
+    import torch
+
+    from landformer.geoloc.data import GeolocDataset
+    from landformer.geoloc.training import _loaders
+
+    _geotiff(tmp_path / "a.tif", np.ones((1, 4, 4), np.float32))
+    store = ImageStore(tmp_path, ["a.tif"], BandNormalizer((0.0,), (1.0,)), (4, 4))
+    labels = np.array([0] * 90 + [1] * 10)
+    dataset = GeolocDataset(store, np.zeros(100, dtype=np.int64), labels=labels)
+    torch.manual_seed(0)
+    balanced, _ = _loaders(dataset, None, 20, 0, weights=1.0 / np.bincount(labels)[labels])
+    drawn = torch.cat([batch["region"] for _ in range(20) for batch in balanced])
+    assert len(drawn) == 20 * 100 and abs(drawn.float().mean().item() - 0.5) < 0.05
+    plain, _ = _loaders(dataset, None, 20, 0)
+    drawn = torch.cat([batch["region"] for batch in plain])
+    assert drawn.sum().item() == 10  # one pass over the data, each image once

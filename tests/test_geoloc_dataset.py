@@ -114,7 +114,7 @@ def test_thinning_keeps_places_apart_and_drops_only_close_ones() -> None:
 
 
 def test_cities_are_drawn_per_continent() -> None:
-    cities = load_cities()
+    cities = load_cities("cities15000")
     assert len(cities) > 30000 and {"AF", "AS", "EU", "NA", "OC", "SA"} <= {c["continent"] for c in cities}
     with pytest.warns(UserWarning, match="continent AN has only"):
         drawn = draw_cities(cities, per_region=25, min_region_cities=20, seed=0)
@@ -125,6 +125,11 @@ def test_cities_are_drawn_per_continent() -> None:
     oceania = [c for c in spread if c["continent"] == "OC"]
     assert 100 < len(oceania) < 300  # most of its 438 cities are suburbs of a few metros
     assert sum(c["continent"] == "AS" for c in spread) == 1000
+    with pytest.warns(UserWarning, match="continent AN has only"):
+        towns = draw_cities(load_cities("cities5000"), per_region=1000, min_region_cities=20, seed=0, min_spacing_km=25)
+    assert sum(c["continent"] == "OC" for c in towns) > 1.5 * len(oceania)  # why cities5000 is the default
+    with pytest.raises(UserError, match="city list 'villages'"):
+        load_cities("villages")
     assert not any(c["continent"] == "AN" for c in drawn)
     paris = next(c for c in cities if c["name"] == "Paris" and c["countrycode"] == "FR")
     assert paris["continent"] == "EU" and paris["latitude"] == pytest.approx(48.85, abs=0.01)

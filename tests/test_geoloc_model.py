@@ -55,7 +55,7 @@ def test_pretrained_weights_that_do_not_fit_are_refused(tmp_path: Path) -> None:
     save_file(dict(other.state_dict()), str(tmp_path / "convnext.safetensors"))
     with pytest.raises(UserError, match=r"convnext.safetensors for test_resnet: the weights do not fit this backbone"):
         load_pretrained_backbone(GeolocTask(backbone="test_resnet", in_chans=3), tmp_path / "convnext.safetensors")
-    (tmp_path / "evil.pth").write_bytes(pickle.dumps({"x": Path("/")}))
+    (tmp_path / "evil.pth").write_bytes(pickle.dumps({"x": Path("/")}, protocol=2))
     with pytest.raises(UserError, match="cannot be loaded safely"):
         load_pretrained_backbone(GeolocTask(backbone="test_resnet", in_chans=3), tmp_path / "evil.pth")
     with pytest.raises(UserError, match="pretrained weights not found"):

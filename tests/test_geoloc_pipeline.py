@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import torch
 from rasterio.transform import Affine
 
 from landformer.cli import main
-from landformer.core.io import load_safetensors
+from landformer.core.io import load_safetensors, load_torch
 from landformer.geoloc.evaluate import haversine_km
 from landformer.geoloc.frames import LocalFrame
 
@@ -195,3 +196,32 @@ def test_default_recipe_beats_the_region_median_baseline_on_real_cities(tmp_path
     assert len(results["regions"]) == 6
     for region, entry in results["regions"].items():
         assert entry["routed"]["median_km"] < 0.5 * entry["baseline"]["median_km"], region
+
+
+@pytest.mark.slow
+def test_training_runs_on_two_ddp_ranks_in_bf16(tmp_path: Path) -> None:
+    """DDP (two CPU processes through ddp_spawn) and bf16 mixed precision go through the shared trainer; the
+    exported weights are those of the checkpoint the ranks wrote."""
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for split, count in (("train", 24), ("val", 6)):
+        _write_split(data, split, count, rng)
+    run = tmp_path / "run"
+    code = main(
+        [
+            "geoloc", "train", "--train-csv", str(data / "train.csv"), "--val-csv", str(data / "val.csv"),
+            "--out", str(run), "--backbone", "test_resnet", "--max-steps", "6", "--val-every", "3",
+            "--batch-size", "8", "--loggers", "csv", "--no-progress", "--accelerator", "cpu",
+            "--devices", "2", "--strategy", "ddp_spawn", "--precision", "bf16-mixed", "--regions", "north", "south",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    manifest = json.loads((run / "geoloc.json").read_text())
+    assert sorted(manifest["regions"]) == ["north", "south"] and manifest["router"]["steps"] == 6
+    for entry in manifest["regions"].values():
+        assert entry["steps"] == 6
+        tensors, _ = load_safetensors(run / entry["folder"] / "model.safetensors")
+        state = load_torch(entry["checkpoint"])["state_dict"]
+        for key, value in tensors.items():
+            torch.testing.assert_close(value, state[f"model.{key}"])

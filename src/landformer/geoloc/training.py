@@ -123,24 +123,26 @@ def _write_dropped_csv(path: Path, dropped: list[dict[str, Any]]) -> None:
         writer.writerows(dropped)
 
 
-def _loaders(train_set: Any, val_set: Any | None, batch_size: int, num_workers: int) -> tuple[Any, Any | None]:
+def _loaders(
+    train_set: Any, val_set: Any | None, batch_size: int, num_workers: int, weights: np.ndarray | None = None
+) -> tuple[Any, Any | None]:
     """Shuffled training batches (the last partial batch dropped when there is more than one batch, so batch
-    norm never sees a batch of one) and ordered validation batches."""
-    from torch.utils.data import DataLoader
+    norm never sees a batch of one), or batches drawn with replacement in proportion to ``weights``, and ordered
+    validation batches."""
+    import torch
+    from torch.utils.data import DataLoader, WeightedRandomSampler
 
     common = {"num_workers": num_workers, "persistent_workers": num_workers > 0}
-    train = DataLoader(
-        train_set,
-        batch_size=min(batch_size, len(train_set)),
-        shuffle=True,
-        drop_last=len(train_set) > batch_size,
-        **common,
-    )
-    val = (
-        DataLoader(val_set, batch_size=batch_size, shuffle=False, **common)
-        if val_set is not None and len(val_set)
-        else None
-    )
+    batch = min(batch_size, len(train_set))
+    if weights is None:
+        train = DataLoader(train_set, batch_size=batch, shuffle=True, drop_last=len(train_set) > batch_size, **common)
+    else:
+        sampler = WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.float64), len(train_set))
+        train = DataLoader(
+            train_set, batch_size=batch, sampler=sampler, drop_last=len(train_set) > batch_size, **common
+        )
+    has_val = val_set is not None and len(val_set) > 0
+    val = DataLoader(val_set, batch_size=batch_size, shuffle=False, **common) if has_val else None
     return train, val
 
 
@@ -296,7 +298,9 @@ def train_geoloc(config: GeolocConfig, resume: bool = False) -> dict[str, Any]:
         _say(f"router: {len(regions)} regions, {len(train_set)} training images, {backbone}, {steps} steps")
         task = _task(config, backbone, bands, len(regions), "route", steps)
         router_config = dataclasses.replace(config.train, max_steps=steps)
-        loaders = _loaders(train_set, val_set, data.batch_size, data.num_workers)
+        labels = train_set.labels
+        weights = 1.0 / np.bincount(labels)[labels] if config.router.balance else None
+        loaders = _loaders(train_set, val_set, data.batch_size, data.num_workers, weights)
         record = _fit_and_export(task, loaders, config, router_config, out / "router", resume, {"classes": regions})
         manifest["router"] = {"folder": "router", "classes": regions, "backbone": backbone, **record}
 
