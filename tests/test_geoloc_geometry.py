@@ -121,3 +121,23 @@ def test_scaler_statistics_equal_direct_computation() -> None:
         CoordinateScaler.fit(values, "quantile")
     with pytest.raises(UserError, match="not a valid scaler"):
         CoordinateScaler.from_dict({"kind": "robust", "centre": [0.0], "scale": [1.0, 2.0]})
+
+
+def test_prediction_map_draws_land_grey_and_sea_blue(tmp_path) -> None:
+    import imageio.v3 as iio
+
+    from landformer.geoloc.plots import map_extent, save_prediction_map
+
+    assert map_extent([np.array([10.0, 20.0])], [np.array([170.0, 179.0])]) == (169.1, 9.0, 179.9, 21.0)
+    # A window inside Virginia is all land: grey everywhere away from the points, never the sea's blue.
+    lat, lon = np.array([38.40, 38.48]), np.array([-78.90, -78.80])
+    path = save_prediction_map(tmp_path / "land.png", lat, lon, lat[::-1], lon, ["A", "A"], "land")
+    pixels = iio.imread(path)[..., :3].reshape(-1, 3)
+    grey = (pixels == [212, 212, 212]).all(axis=1).mean()
+    blue = (pixels == [220, 235, 245]).all(axis=1).mean()
+    assert grey > 0.4 and blue == 0.0
+    # Mid-Pacific to Hawaii: mostly sea.
+    lat, lon = np.array([0.0, 21.3]), np.array([-175.0, -157.8])
+    path = save_prediction_map(tmp_path / "sea.png", lat, lon, lat, lon, ["A", "B"], "sea")
+    pixels = iio.imread(path)[..., :3].reshape(-1, 3)
+    assert (pixels == [220, 235, 245]).all(axis=1).mean() > 0.4

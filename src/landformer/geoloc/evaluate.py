@@ -221,7 +221,7 @@ def format_evaluation(results: dict[str, Any]) -> str:
         router = f"{entry['router_accuracy']:.2f}" if "router_accuracy" in entry else "-"
         for position, kind in enumerate(kinds):
             lead = (
-                f"{region:>8} {entry['n']:>5} {entry['mse_scaled']:>10.4f} {entry['mse_degrees']:>10.2f} {router:>6}"
+                f"{region:>8} {entry['n']:>5} {entry['mse_scaled']:>10.4g} {entry['mse_degrees']:>10.4g} {router:>6}"
                 if position == 0
                 else " " * 43
             )

@@ -65,8 +65,18 @@ def save_prediction_map(
     figure = Figure(figsize=(width_px / 100, height_px / 100), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_axes((0.06, 0.09, 0.82, 0.84))
-    colours = ListedColormap(["#dcebf5"] + ["#d4d4d4"] * int(max(background.max(), 1)))
-    axes.imshow(background, extent=(west, east, south, north), cmap=colours, interpolation="nearest", aspect="auto")
+    # Sea (code 0) pale blue, every continent grey; explicit limits so an all-land window is not drawn as sea.
+    land_codes = int(max(background.max(), 1))
+    colours = ListedColormap(["#dcebf5"] + ["#d4d4d4"] * land_codes)
+    axes.imshow(
+        background,
+        extent=(west, east, south, north),
+        cmap=colours,
+        vmin=0,
+        vmax=land_codes,
+        interpolation="nearest",
+        aspect="auto",
+    )
     names = sorted(set(regions))
     region_array = np.asarray(regions, dtype=object)
     handles = []
