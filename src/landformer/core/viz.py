@@ -139,16 +139,21 @@ def write_gif(path: str | os.PathLike[str], frames: Sequence[np.ndarray], fps: f
     return Path(path)
 
 
-def _new_figure(width_px: int, height_px: int) -> Any:
+def new_figure(width_px: int, height_px: int, layout: str | None = None) -> Any:
+    """A matplotlib Figure of this pixel size on the Agg canvas, without pyplot's global state.
+
+    Pyplot keeps every figure alive until closed and is not thread-safe; an explicit canvas is neither.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(width_px / DPI, height_px / DPI), dpi=DPI)
+    figure = Figure(figsize=(width_px / DPI, height_px / DPI), dpi=DPI, layout=layout)
     FigureCanvasAgg(figure)
     return figure
 
 
-def _save_figure(figure: Any, path: str | os.PathLike[str]) -> Path:
+def save_figure(figure: Any, path: str | os.PathLike[str]) -> Path:
+    """Write ``figure`` as a PNG atomically (temp file + rename), so a crash never leaves half an image."""
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=DPI)
     return Path(path)
@@ -209,7 +214,7 @@ def save_class_png(
         return save_png(path, rgb)
     map_h, map_w = rgb.shape[:2]
     title_h = TITLE_PX if title else 0
-    figure = _new_figure(map_w + 2 * MARGIN_PX, map_h + 2 * MARGIN_PX + title_h)
+    figure = new_figure(map_w + 2 * MARGIN_PX, map_h + 2 * MARGIN_PX + title_h)
     handles = _legend_handles(legend, indices) if show_legend else []
     drawn_legend, legend_w, legend_h = None, 0, 0
     if handles:
@@ -225,7 +230,7 @@ def save_class_png(
         figure.text(MARGIN_PX / width, 1 - 6 / height, title, ha="left", va="top", fontsize=11)
     if drawn_legend is not None:
         drawn_legend.set_bbox_to_anchor(((2 * MARGIN_PX + map_w) / width, 1 - (title_h + MARGIN_PX) / height))
-    return _save_figure(figure, path)
+    return save_figure(figure, path)
 
 
 def elevation_range(elevation: np.ndarray) -> tuple[float, float]:
@@ -283,13 +288,13 @@ def save_elevation_png(
     title_h = TITLE_PX if title else 0
     map_h, map_w = rgb.shape[:2]
     width, height = MARGIN_PX + map_w + COLORBAR_PX, map_h + 2 * MARGIN_PX + title_h
-    figure = _new_figure(width, height)
+    figure = new_figure(width, height)
     figure.figimage(rgb, xo=MARGIN_PX, yo=MARGIN_PX, origin="upper")
     if title:
         figure.text(MARGIN_PX / width, 1 - 6 / height, title, ha="left", va="top", fontsize=11)
     bar = figure.add_axes(((MARGIN_PX * 2 + map_w) / width, MARGIN_PX / height, 14 / width, map_h / height))
     figure.colorbar(ScalarMappable(Normalize(lo, hi), "terrain"), cax=bar, label="elevation (m)")
-    return _save_figure(figure, path)
+    return save_figure(figure, path)
 
 
 def save_panel(
@@ -328,7 +333,7 @@ def save_panel(
     if legend is not None and class_maps:
         handles = _legend_handles(legend, np.concatenate([m.ravel() for m in class_maps]))
     legend_h = (LEGEND_ROW_PX * math.ceil(len(handles) / 3) + MARGIN_PX) if handles else 0
-    figure = _new_figure(ncols * (panel_px + 2 * MARGIN_PX), nrows * (panel_px + TITLE_PX + MARGIN_PX) + legend_h)
+    figure = new_figure(ncols * (panel_px + 2 * MARGIN_PX), nrows * (panel_px + TITLE_PX + MARGIN_PX) + legend_h)
     bottom = legend_h / (figure.get_figheight() * DPI)
     grid = figure.add_gridspec(nrows, ncols, left=0.01, right=0.99, top=0.95, bottom=bottom + 0.01, hspace=0.15)
     for index, (picture, title) in enumerate(zip(pictures, titles, strict=True)):
@@ -338,4 +343,4 @@ def save_panel(
         axes.set_axis_off()
     if handles:
         figure.legend(handles=handles, loc="lower center", ncols=3, frameon=False, fontsize=9)
-    return _save_figure(figure, path)
+    return save_figure(figure, path)

@@ -94,14 +94,12 @@ def save_scatter(
     target_name: str = "target",
 ) -> Path:
     """One panel per model of predicted against true values, with the 1:1 line and the panel's R2."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from landformer.core.viz import new_figure, save_figure
 
     if not predictions:
         raise UserError("save_scatter: no predictions to plot")
     count = len(predictions)
-    figure = Figure(figsize=(3.4 * count, 3.9), dpi=100)
-    FigureCanvasAgg(figure)
+    figure = new_figure(340 * count, 390)
     everything = np.concatenate([truth, *predictions.values()])
     low, high = float(np.min(everything)), float(np.max(everything))
     margin = 0.03 * (high - low or 1.0)
@@ -120,9 +118,7 @@ def save_scatter(
         axis.tick_params(labelsize=7)
     figure.suptitle(title, fontsize=10)
     figure.tight_layout(rect=(0, 0, 1, 0.96))
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png")
-    return Path(path)
+    return save_figure(figure, path)
 
 
 def evaluate_runs(

@@ -14,25 +14,13 @@ from typing import Any
 import numpy as np
 
 from landformer.core.errors import UserError
-from landformer.core.io import atomic_path
+from landformer.core.viz import DPI, new_figure, save_figure
 
 MISSING_COLOUR = (1.0, 0.0, 1.0)  # magenta: in neither viridis nor the red-blue difference map
-DPI = 100
 
 
 def _figure(width_in: float, height_in: float) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width_in, height_in), dpi=DPI)
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _save(figure: Any, path: str | os.PathLike[str]) -> Path:
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=DPI)
-    return Path(path)
+    return new_figure(int(width_in * DPI), int(height_in * DPI))
 
 
 def save_forecast_panel(
@@ -103,7 +91,7 @@ def save_forecast_panel(
     )
     if title:
         figure.suptitle(title, fontsize=11, x=0.02, ha="left")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def save_error_plot(
@@ -132,7 +120,7 @@ def save_error_plot(
     if title:
         figure.suptitle(title, fontsize=11)
     figure.tight_layout()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def save_forecast_map(
@@ -151,4 +139,4 @@ def save_forecast_map(
     figure.colorbar(image, ax=axes, label=units, shrink=0.8)
     if title:
         axes.set_title(title, fontsize=10)
-    return _save(figure, path)
+    return save_figure(figure, path)

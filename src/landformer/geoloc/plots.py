@@ -9,8 +9,6 @@ from pathlib import Path
 
 import numpy as np
 
-from landformer.core.io import atomic_path
-
 MAP_WIDTH_PX = 1400
 
 
@@ -51,10 +49,10 @@ def save_prediction_map(
 ) -> Path:
     """True places (dots) and predictions (crosses) coloured by region, joined by thin lines, over the
     continents (grey) and the sea (pale blue). Lines are not drawn for pairs on both sides of the antimeridian."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import ListedColormap
-    from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
+
+    from landformer.core.viz import new_figure, save_figure
 
     extent = map_extent([true_latitude, predicted_latitude], [true_longitude, predicted_longitude])
     west, south, east, north = extent
@@ -62,8 +60,7 @@ def save_prediction_map(
     width_px = MAP_WIDTH_PX
     height_px = int(np.clip(width_px * aspect, 300, 1400)) + 80
     background = continents_background(extent, 900)
-    figure = Figure(figsize=(width_px / 100, height_px / 100), dpi=100)
-    FigureCanvasAgg(figure)
+    figure = new_figure(width_px, height_px)
     axes = figure.add_axes((0.06, 0.09, 0.82, 0.84))
     # Sea (code 0) pale blue, every continent grey; explicit limits so an all-land window is not drawn as sea.
     land_codes = int(max(background.max(), 1))
@@ -98,6 +95,4 @@ def save_prediction_map(
     axes.set_ylabel("latitude")
     axes.set_title(title, fontsize=11)
     figure.legend(handles=handles, loc="center right", fontsize=9, frameon=False)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
-    return Path(path)
+    return save_figure(figure, path)

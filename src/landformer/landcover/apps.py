@@ -146,9 +146,9 @@ def write_gibbs(run: GibbsRun, legend: Legend, out_dir: str | os.PathLike[str], 
 
 def plot_class_fractions(path: str | os.PathLike[str], fractions: np.ndarray, legend: Legend) -> Path:
     """Line per class (legend colour) of its share against the sweep number; absent classes are left out."""
-    from landformer.core.viz import _new_figure, _save_figure
+    from landformer.core.viz import new_figure, save_figure
 
-    figure = _new_figure(720, 400)
+    figure = new_figure(720, 400)
     axes = figure.add_subplot(1, 1, 1)
     palette = legend.palette() / 255.0
     sweeps = np.arange(fractions.shape[0])
@@ -159,7 +159,7 @@ def plot_class_fractions(path: str | os.PathLike[str], fractions: np.ndarray, le
     axes.set_ylim(0, max(0.05, float(fractions.max()) * 1.05))
     axes.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     figure.subplots_adjust(left=0.1, right=0.7, bottom=0.13, top=0.95)
-    return _save_figure(figure, path)
+    return save_figure(figure, path)
 
 
 # ------------------------------------------------------------------------------------------------ embeddings
@@ -293,10 +293,10 @@ def plot_embedding(
     path: str | os.PathLike[str], coords: np.ndarray, points: EmbeddingPoints, method: str, note: str
 ) -> Path:
     """Scatter of the 2-D coordinates in each point's colour, named points labelled."""
-    from landformer.core.viz import _new_figure, _save_figure
+    from landformer.core.viz import new_figure, save_figure
 
     key_px = 220 if points.key else 0
-    figure = _new_figure(640 + key_px, 600)
+    figure = new_figure(640 + key_px, 600)
     axes = figure.add_subplot(1, 1, 1)
     axes.scatter(coords[:, 0], coords[:, 1], c=points.colours / 255.0, s=60 if points.labels else 18, edgecolors="0.3")
     for (x, y), label in zip(coords, points.labels or [], strict=False):
@@ -312,7 +312,7 @@ def plot_embedding(
     axes.set_xticks([])
     axes.set_yticks([])
     figure.subplots_adjust(left=0.04, right=1 - (24 + key_px) / (640 + key_px), bottom=0.04, top=0.86)
-    return _save_figure(figure, path)
+    return save_figure(figure, path)
 
 
 @dataclass

@@ -38,8 +38,9 @@ from tqdm import tqdm
 
 from landformer.core.chips import ChipSet, load_chips
 from landformer.core.errors import UserError
-from landformer.core.io import atomic_path, write_json, write_npz
+from landformer.core.io import write_json, write_npz
 from landformer.core.legend import Legend
+from landformer.core.viz import DPI, new_figure, save_figure
 from landformer.landcover import decoding
 from landformer.landcover.data import ChipTensors, class_entropy_bits, lonlat_inputs
 from landformer.landcover.export import LoadedModel, check_chips_match, load_model
@@ -96,18 +97,8 @@ def _batches(n: int, batch_size: int) -> list[slice]:
     return [slice(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
 
 
-def _save_figure(figure: Any, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
-    return path
-
-
 def _figure(width_in: float, height_in: float, ncols: int = 1) -> tuple[Any, Any]:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width_in, height_in), dpi=100, layout="constrained")
-    FigureCanvasAgg(figure)
+    figure = new_figure(int(width_in * DPI), int(height_in * DPI), layout="constrained")
     return figure, figure.subplots(1, ncols)
 
 
@@ -671,7 +662,7 @@ def plot_inpaint_eval(rows: list[dict[str, Any]], path: Path) -> Path:
     left.legend(fontsize=8)
     left.grid(alpha=0.3)
     right.grid(alpha=0.3)
-    return _save_figure(figure, path)
+    return save_figure(figure, path)
 
 
 # ------------------------------------------------------------------------------------------------ scores
@@ -830,4 +821,4 @@ def plot_information(bits: dict[str, float], path: Path) -> Path:
         axis.text(bits[name], y, f" {bits[name]:.3f}", va="center", fontsize=8)
     axis.set(xlabel="bits per pixel (lower = more predictable)", title="information content of held-out chips")
     axis.set_xlim(0, max(bits.values()) * 1.2)
-    return _save_figure(figure, path)
+    return save_figure(figure, path)
