@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import stat
@@ -45,6 +46,15 @@ def test_atomic_path_keeps_the_old_file_when_a_rewrite_fails(tmp_path: Path) -> 
         raise ValueError
     assert target.read_text() == "first"
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_json_writes_nan_and_inf_as_null_so_strict_readers_accept_it(tmp_path: Path) -> None:
+    data = {"skill": float("nan"), "ratio": np.float32("inf"), "rows": [1.0, np.nan], "nested": {"x": -np.inf}}
+    path = io.write_json(tmp_path / "m.json", data)
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    strict = json.loads(text, parse_constant=lambda name: pytest.fail(f"non-JSON constant {name}"))
+    assert strict == {"skill": None, "ratio": None, "rows": [1.0, None], "nested": {"x": None}}
 
 
 def test_atomic_writes_get_normal_permissions(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import tempfile
@@ -78,18 +79,30 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
+def _json_ready(value: Any) -> Any:
+    """``value`` with numpy scalars/arrays and Paths made plain, and NaN/inf made ``null``.
+
+    Python's json writes bare ``NaN``/``Infinity``, which is not JSON: jq, browsers and most other readers
+    refuse the whole file. A metric that could not be computed is ``null`` instead.
+    """
+    if isinstance(value, dict):
+        return {key: _json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(item) for item in value]
     if isinstance(value, np.ndarray):
-        return value.tolist()
+        return _json_ready(value.tolist())
+    if isinstance(value, np.generic):
+        return _json_ready(value.item())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     if isinstance(value, Path):
         return str(value)
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+    return value
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+    """Write ``obj`` as strict, indented JSON (NaN and inf become null), atomically."""
+    return write_text(path, json.dumps(_json_ready(obj), indent=2, allow_nan=False) + "\n")
 
 
 def read_json(path: str | os.PathLike[str], what: str = "JSON file") -> Any:
@@ -131,7 +144,7 @@ def save_safetensors(path: str | os.PathLike[str], tensors: Mapping[str, Any], m
 
     contiguous = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
     with atomic_path(path) as tmp:
-        save_file(contiguous, str(tmp), metadata={"landformer": json.dumps(metadata, default=_json_default)})
+        save_file(contiguous, str(tmp), metadata={"landformer": json.dumps(_json_ready(metadata), allow_nan=False)})
     return Path(path)
 
 
