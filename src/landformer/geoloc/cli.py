@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from landformer.cli import add_command, add_group
+from landformer.cli import add_command, add_group, add_recipe_arguments
 
 DATASET_FLAGS: tuple[tuple[str, str, type, str | None, str], ...] = (
     ("--out", "out", str, None, "folder for cities/, world/ and the cached layers/"),
@@ -101,10 +101,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "build the default data: GeoTIFF feature chips around real cities and PNG chips of the synthetic world",
         _make_dataset,
     )
-    dataset.add_argument("--config", help="YAML with make-dataset keys (defaults when left out)")
-    dataset.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a key"
-    )
+    add_recipe_arguments(dataset, "the built-in make-dataset defaults")
     defaults = DatasetConfig()
     for flag, key, kind, nargs, text in DATASET_FLAGS:
         default = getattr(defaults, key)

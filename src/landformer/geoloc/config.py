@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from landformer.core.config import from_dict, load_config, to_dict
-from landformer.core.errors import UserError
+from landformer.cli import add_recipe_arguments
+from landformer.core.config import check_values, from_dict, load_config, to_dict
 from landformer.core.train import TrainConfig
 from landformer.geoloc.clean import CleanConfig
 
@@ -28,10 +28,14 @@ class DataConfig:
     num_workers: int = 0  # data-loader worker processes (0: load in the training process)
 
     def __post_init__(self) -> None:
-        if self.image_size is not None and self.image_size < 8:
-            raise UserError(f"data config: 'image_size' = {self.image_size} should be at least 8 pixels")
-        if self.batch_size < 1 or self.num_workers < 0:
-            raise UserError("data config: 'batch_size' must be at least 1 and 'num_workers' at least 0")
+        check_values(
+            "data config",
+            [
+                (self.image_size is None or self.image_size >= 8, f"'image_size' = {self.image_size} should be >= 8"),
+                (self.batch_size >= 1, f"'batch_size' = {self.batch_size} should be at least 1"),
+                (self.num_workers >= 0, f"'num_workers' = {self.num_workers} should be at least 0"),
+            ],
+        )
 
 
 @dataclass
@@ -51,8 +55,15 @@ class OptimConfig:
     min_lr_ratio: float = 0.01  # eta_min = lr * min_lr_ratio
 
     def __post_init__(self) -> None:
-        if self.lr <= 0 or self.weight_decay < 0 or self.t_0 < 1 or self.t_mult < 1:
-            raise UserError("optim config: lr > 0, weight_decay >= 0, t_0 >= 1 and t_mult >= 1 are required")
+        check_values(
+            "optim config",
+            [
+                (self.lr > 0, f"'lr' = {self.lr} should be positive"),
+                (self.weight_decay >= 0, f"'weight_decay' = {self.weight_decay} should be at least 0"),
+                (self.t_0 >= 1, f"'t_0' = {self.t_0} should be at least 1"),
+                (self.t_mult >= 1, f"'t_mult' = {self.t_mult} should be at least 1"),
+            ],
+        )
 
 
 @dataclass
@@ -62,8 +73,7 @@ class RegionsConfig:
     only: list[str] = field(default_factory=list)  # train only these Region_IDs (empty: every region)
 
     def __post_init__(self) -> None:
-        if self.min_samples < 2:
-            raise UserError(f"regions config: 'min_samples' = {self.min_samples} should be at least 2")
+        check_values("regions config", [(self.min_samples >= 2, f"'min_samples' = {self.min_samples} should be >= 2")])
 
 
 @dataclass
@@ -143,10 +153,7 @@ SWITCHES: tuple[tuple[str, str, bool, str], ...] = (
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """``--config``, ``--set`` and one flag per entry of :data:`FLAGS` and :data:`SWITCHES`."""
-    parser.add_argument("--config", help="recipe YAML (e.g. configs/geoloc_tiny.yaml); defaults when left out")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override any config key"
-    )
+    add_recipe_arguments(parser, "the built-in tiny recipe, as configs/geoloc_tiny.yaml")
     # SUPPRESS: an absent flag leaves no attribute, so the recipe's value stands (and --help shows no "None").
     for flag, key, kind, nargs, text in FLAGS:
         metavar = key.split(".")[-1].upper()
