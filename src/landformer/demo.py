@@ -7,13 +7,16 @@ lists what each step wrote and how long it took.
 from __future__ import annotations
 
 import argparse
+import html
+import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from landformer import __version__
-from landformer.core.io import write_json
+from landformer.core.io import write_json, write_text
 
 
 def step_world(run: Path, size: int, seed: int) -> dict[str, Any]:
@@ -52,9 +55,71 @@ def step_pipeline(name: str, run: Path, seed: int) -> dict[str, Any]:
 DEMO_PIPELINES = ("landcover", "terrain", "embeddings", "geoloc", "forecast")
 
 
+PICTURE_SUFFIXES = (".png", ".gif")
+
+
+def _pictures(value: Any) -> list[str]:
+    """Every PNG/GIF path named in a step's result (strings, lists and dicts of them, at any depth)."""
+    if isinstance(value, str):
+        return [value] if value.lower().endswith(PICTURE_SUFFIXES) and Path(value).is_file() else []
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        return [path for item in value for path in _pictures(item)]
+    return []
+
+
+def _numbers(result: dict[str, Any]) -> dict[str, Any]:
+    """The step's measured values: numbers, and lists or dicts holding only numbers (paths left out)."""
+
+    def numeric(value: Any) -> bool:
+        if isinstance(value, bool):
+            return False
+        if isinstance(value, (int, float)) or value is None:
+            return True
+        if isinstance(value, list):
+            return bool(value) and all(numeric(item) for item in value)
+        if isinstance(value, dict):
+            return bool(value) and all(numeric(item) for item in value.values())
+        return False
+
+    return {key: value for key, value in result.items() if numeric(value)}
+
+
+def write_index(out: Path, summary: dict[str, Any]) -> Path:
+    """``index.html``: every step's numbers and pictures on one page, with paths relative to the run folder."""
+
+    def show(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        if isinstance(value, list):
+            return ", ".join(show(item) for item in value)
+        if isinstance(value, dict):
+            return ", ".join(f"{key}: {show(item)}" for key, item in value.items())
+        return "n/a" if value is None else str(value)
+
+    parts = [
+        "<!doctype html><meta charset='utf-8'><title>landformer demo</title>",
+        "<style>body{font-family:sans-serif;margin:2em}img{max-width:480px;margin:4px;border:1px solid #ccc}"
+        "td{padding:2px 12px 2px 0}</style>",
+        f"<h1>landformer {html.escape(str(summary['landformer']))} demo (seed {summary['seed']})</h1>",
+    ]
+    for name, result in summary["steps"].items():
+        parts.append(f"<h2>{html.escape(name)}</h2><table>")
+        for key, value in _numbers(result).items():
+            parts.append(f"<tr><td>{html.escape(key)}</td><td>{html.escape(show(value))}</td></tr>")
+        parts.append("</table>")
+        for picture in dict.fromkeys(_pictures(result)):
+            relative = os.path.relpath(picture, out)
+            parts.append(f"<a href='{html.escape(relative)}'><img src='{html.escape(relative)}' alt=''></a>")
+    return write_text(out / "index.html", "\n".join(parts) + "\n")
+
+
 def run_demo(out: Path, size: int = 256, seed: int = 0) -> dict[str, Any]:
-    """Run every demo step in order and write ``summary.json``; returns the summary."""
+    """Run every demo step in order and write ``summary.json`` and ``index.html``; returns the summary."""
     out.mkdir(parents=True, exist_ok=True)
+    # Lightning's per-run banners (accelerator lines, tips, model summaries) would bury the demo's own lines.
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
         ("world", lambda: step_world(out, size, seed)),
         ("chips", lambda: step_chips(out, seed)),
@@ -69,7 +134,8 @@ def run_demo(out: Path, size: int = 256, seed: int = 0) -> dict[str, Any]:
         summary["steps"][name] = result
         print(f"[demo] {name} done in {result['seconds']} s", flush=True)
     write_json(out / "summary.json", summary)
-    print(f"[demo] everything is in {out} (summary.json lists it)")
+    index = write_index(out, summary)
+    print(f"[demo] everything is in {out}: open {index} for the pictures and numbers (summary.json lists it all)")
     return summary
 
 
