@@ -98,9 +98,9 @@ def _register_chips(group: argparse._SubParsersAction) -> None:
 def chip_config_from_args(args: argparse.Namespace) -> Any:
     """A ChipConfig from ``--config`` (if any) with every flag the user gave on top."""
     from landformer.core.chips import ChipConfig
-    from landformer.core.config import from_dict
+    from landformer.core.config import from_dict, read_yaml_mapping
 
-    data: dict[str, Any] = _read_yaml_mapping(args.config) if args.config is not None else {}
+    data: dict[str, Any] = read_yaml_mapping(args.config) if args.config is not None else {}
     given = {
         field.name: getattr(args, field.name) for field in dataclasses.fields(ChipConfig) if hasattr(args, field.name)
     }
@@ -113,21 +113,6 @@ def chip_config_from_args(args: argparse.Namespace) -> Any:
     if "class_raster" not in data:
         raise UserError("give the class raster (CLASS_RASTER, or class_raster in --config)")
     return from_dict(ChipConfig, data, source=str(args.config) if args.config is not None else "command line")
-
-
-def _read_yaml_mapping(path: Path) -> dict[str, Any]:
-    import yaml
-
-    from landformer.core.io import require_file
-
-    path = require_file(path, "config")
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise UserError(f"config {path} is not valid YAML: {str(err).splitlines()[0]}") from None
-    if loaded is not None and not isinstance(loaded, dict):
-        raise UserError(f"config {path} should be a mapping of keys to values")
-    return loaded or {}
 
 
 def run_chips(args: argparse.Namespace) -> None:

@@ -167,20 +167,25 @@ def apply_overrides(data: dict[str, Any], overrides: typing.Sequence[str], sourc
     return data
 
 
+def read_yaml_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The mapping in a YAML file (``{}`` for an empty file), read with ``safe_load``; anything else is a UserError."""
+    path = require_file(path, "config")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise UserError(f"config {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise UserError(f"config {path} should be a mapping of keys to values")
+    return loaded or {}
+
+
 def load_config(cls: type[T], path: str | os.PathLike[str] | None = None, overrides: typing.Sequence[str] = ()) -> T:
     """Read a YAML file (or start from the defaults when ``path`` is None) into dataclass ``cls``."""
     data: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
-        path = require_file(path, "config")
+        data = read_yaml_mapping(path)
         source = str(path)
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as err:
-            raise UserError(f"config {path} is not valid YAML: {str(err).splitlines()[0]}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise UserError(f"config {path} should be a mapping of keys to values")
-        data = loaded or {}
     apply_overrides(data, overrides, source)
     return from_dict(cls, data, source=source)
 

@@ -28,7 +28,6 @@ import json
 import math
 import os
 import warnings
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,15 +152,9 @@ class FeatureMosaic:
 def _landmask_fraction(cells: int) -> np.ndarray:
     """Land fraction of every ``cells`` x ``cells`` block of the packaged 30" land mask, streamed block row by
     block row (the 0.9 GB mask is never held in memory at once)."""
-    from landformer.synth.packaged import package_file
+    from landformer.synth.packaged import land_mask_rows
 
-    source = package_file("global_land_mask", "globe_combined_mask_compressed.npz")
-    with zipfile.ZipFile(source) as archive, archive.open("mask.npy") as stream:
-        version = np.lib.format.read_magic(stream)
-        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        (height, width), fortran_order, dtype = reader(stream)
-        if fortran_order or dtype.itemsize != 1:
-            raise UserError(f"{source}: unexpected mask layout ({dtype}, fortran_order={fortran_order})")
+    with land_mask_rows() as (stream, height, width):
         fraction = np.empty((height // cells, width // cells), dtype=np.float32)
         for block_row in range(height // cells):
             water = np.frombuffer(stream.read(cells * width), dtype=np.bool_).reshape(cells, width // cells, cells)

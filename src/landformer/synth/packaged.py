@@ -24,13 +24,14 @@ than 30 x 30 degrees are refused unless ``allow_large=True``, which keeps memory
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 import struct
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
@@ -205,6 +206,23 @@ def koppen_geiger(out: Path, bbox: Sequence[float], allow_large: bool = False) -
     return path
 
 
+@contextlib.contextmanager
+def land_mask_rows() -> Iterator[tuple[BinaryIO, int, int]]:
+    """The packaged 30 arc-second water mask as a stream of rows: ``(stream, height, width)``.
+
+    Each row is ``width`` bytes (True = water), north to south. The ``.npz`` member is compressed and cannot be
+    memory-mapped, and loaded whole it takes 0.9 GB; reading it row block by row block keeps memory small.
+    """
+    source = package_file("global_land_mask", "globe_combined_mask_compressed.npz")
+    with zipfile.ZipFile(source) as archive, archive.open("mask.npy") as stream:
+        version = np.lib.format.read_magic(stream)
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        (height, width), fortran_order, dtype = reader(stream)
+        if fortran_order or dtype.itemsize != 1:
+            raise UserError(f"{source}: unexpected mask layout ({dtype}, fortran_order={fortran_order})")
+        yield stream, height, width
+
+
 def land_mask(out: Path, bbox: Sequence[float], allow_large: bool = False) -> Path:
     """The global 30 arc-second land mask in ``bbox`` as uint8: 1 land, 0 water (nodata 255).
 
@@ -217,12 +235,7 @@ def land_mask(out: Path, bbox: Sequence[float], allow_large: bool = False) -> Pa
     with np.load(source) as data:
         latitude, longitude = data["lat"], data["lon"]
     left, top = float(longitude[0]), float(latitude[0])  # pixel i spans latitudes (lat[i] - cell, lat[i]]
-    with zipfile.ZipFile(source) as archive, archive.open("mask.npy") as stream:
-        version = np.lib.format.read_magic(stream)
-        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        (height, width), fortran_order, dtype = reader(stream)
-        if fortran_order or dtype.itemsize != 1:
-            raise UserError(f"{source}: unexpected mask layout ({dtype}, fortran_order={fortran_order})")
+    with land_mask_rows() as (stream, height, width):
         cell = 360.0 / width
         rows, cols, transform = grid_window(window_box, left, top, cell, height, width)
         stream.seek(stream.tell() + rows.start * width)
