@@ -25,7 +25,8 @@ K, SIZE, N = 5, 8, 64
 def build(seed: int = 0, **overrides: object) -> LandCoverRandAR:
     """A tiny model whose weights are scaled up so logits vary by O(1): equalities are then meaningful."""
     torch.manual_seed(seed)
-    config = LandCoverConfig(n_classes=K, chip_size=SIZE, n_layers=2, n_heads=2, dim=32, **overrides)
+    shape: dict[str, object] = {"n_layers": 2, "n_heads": 2, "dim": 32, **overrides}
+    config = LandCoverConfig(n_classes=K, chip_size=SIZE, **shape)  # type: ignore[arg-type]
     model = LandCoverRandAR(config).eval()
     with torch.no_grad():
         for param in model.parameters():
@@ -172,7 +173,8 @@ def test_parallel_queries_read_the_next_cell_conditional(model: LandCoverRandAR)
     torch.testing.assert_close(after[:, 0], model(labels, order)[0][:, 24], atol=1e-5, rtol=1e-5)
 
 
-def test_padding_slots_are_invisible(model: LandCoverRandAR) -> None:
+@pytest.mark.parametrize("reuse_queries", [False, True])
+def test_padding_slots_are_invisible(model: LandCoverRandAR, reuse_queries: bool) -> None:
     """Samples that commit different numbers of cells in one batch score exactly as they do alone."""
     labels = random_labels(2, 11)
     order = random_orders(2, N, torch.Generator().manual_seed(12))
@@ -182,18 +184,88 @@ def test_padding_slots_are_invisible(model: LandCoverRandAR) -> None:
     query = torch.stack([order[0, 7:10], order[1, 15:18]])
     query_valid = torch.tensor([[True, True, False], [True, True, True]])
     with torch.no_grad():
-        state = model.start_decoding(2, SIZE, SIZE)
+        state = model.start_decoding(2, SIZE, SIZE, reuse_queries=reuse_queries)
         model.decode_commit(state, order[:, :15], targets[:, :15], valid)
         batched = model.decode_step(state, None, query, query_valid)
         next_batched = model.decode_step(state, torch.zeros(2, 3, dtype=torch.long), order[:, 30:31])
         for b, count in enumerate(counts):
-            alone = model.start_decoding(1, SIZE, SIZE)
+            alone = model.start_decoding(1, SIZE, SIZE, reuse_queries=reuse_queries)
             model.decode_commit(alone, order[b : b + 1, :count], targets[b : b + 1, :count])
             n_query = int(query_valid[b].sum())
             single = model.decode_step(alone, None, query[b : b + 1, :n_query])
             torch.testing.assert_close(batched[b, :n_query], single[0], atol=1e-5, rtol=1e-5)
             next_single = model.decode_step(alone, torch.zeros(1, n_query, dtype=torch.long), order[b : b + 1, 30:31])
             torch.testing.assert_close(next_batched[b], next_single[0], atol=1e-5, rtol=1e-5)
+
+
+def decode_in_chunks(
+    model: LandCoverRandAR, labels: torch.Tensor, order: torch.Tensor, chunks: list[int], reuse_queries: bool
+) -> torch.Tensor:
+    """Teacher-forced parallel decoding: the cells of ``order`` queried ``chunks[s]`` at a time, the true classes
+    committed; returns the logits of every cell after the first chunk (B, N - chunks[0], K)."""
+    targets = labels.reshape(labels.shape[0], -1).gather(1, order)
+    state = model.start_decoding(labels.shape[0], SIZE, SIZE, reuse_queries=reuse_queries)
+    model.decode_commit(state, order[:, : chunks[0]], targets[:, : chunks[0]])
+    logits, classes, begin = [], None, chunks[0]
+    for size in chunks[1:]:
+        logits.append(model.decode_step(state, classes, order[:, begin : begin + size]))
+        classes = targets[:, begin : begin + size]
+        begin += size
+    return torch.cat(logits, dim=1)
+
+
+def test_reused_queries_are_exact_in_a_one_layer_model() -> None:
+    """Keeping a step's query instructions in the cache only changes what deeper layers read from them.
+
+    First-layer keys and values depend on a token's embedding alone, so with one layer the reused instructions
+    are exactly the ones a re-run would give: parallel decoding with reused queries then scores every cell as
+    re-running the instructions does. With two layers the instructions are stale (they did not see the classes
+    drawn beside them) and the scores move, but the first query of every step still sees exactly the training
+    sequence of the decided cells, because its instruction and all earlier class tokens are the training ones.
+    """
+    chunks = [10, 1, 3, 5, 2, 8, 1, 34]
+    labels = random_labels(2, 21)
+    order = random_orders(2, N, torch.Generator().manual_seed(22))
+    starts = torch.tensor(chunks[:-1]).cumsum(0)[:-1] - chunks[0]  # first query of each step, after chunk 0
+    with torch.no_grad():
+        one_layer = build(seed=3, n_layers=1)
+        reused = decode_in_chunks(one_layer, labels, order, chunks, reuse_queries=True)
+        rerun = decode_in_chunks(one_layer, labels, order, chunks, reuse_queries=False)
+        torch.testing.assert_close(reused, rerun, atol=1e-5, rtol=1e-5)
+        teacher_forced = one_layer(labels, order)[0][:, chunks[0] :]
+        torch.testing.assert_close(reused[:, starts], teacher_forced[:, starts], atol=1e-5, rtol=1e-5)
+
+        model = build(seed=3)
+        reused = decode_in_chunks(model, labels, order, chunks, reuse_queries=True)
+        rerun = decode_in_chunks(model, labels, order, chunks, reuse_queries=False)
+        assert (reused - rerun).abs().max() > 1e-3
+        torch.testing.assert_close(reused[:, : chunks[1]], rerun[:, : chunks[1]], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            rerun[:, starts], model(labels, order)[0][:, chunks[0] :][:, starts], atol=1e-5, rtol=1e-5
+        )
+
+
+@pytest.mark.parametrize("reuse_queries", [False, True])
+def test_parallel_decoding_runs_each_token_once_when_reusing_queries(
+    model: LandCoverRandAR, reuse_queries: bool
+) -> None:
+    """Token passes of a whole parallel sample: 2 per cell with reused queries, about 3 when they are re-run."""
+    steps = 6
+    passed: list[int] = []
+    hook = model.transformer.register_forward_pre_hook(lambda _, inputs: passed.append(inputs[0].shape[1]))
+    try:
+        decoding.sample(model, 2, steps=steps, generator=torch.Generator().manual_seed(2), reuse_queries=reuse_queries)
+    finally:
+        hook.remove()
+    counts = decoding.decoding_schedule(torch.tensor([N]), steps).diff(dim=1)[0]
+    n_prefix, last = model.encode_conditioning(1, SIZE, SIZE)[0].shape[1], int(counts[-1])
+    # Every cell's instruction runs once and every class but the last step's once; re-running adds k - 1 per step.
+    reused_total = n_prefix + N + (N - last)
+    assert len(passed) == steps
+    if reuse_queries:
+        assert sum(passed) == reused_total
+    else:
+        assert sum(passed) == reused_total + int((counts[:-1] - 1).sum())
 
 
 def test_sample_range_and_determinism(model: LandCoverRandAR) -> None:

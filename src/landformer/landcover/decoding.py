@@ -142,6 +142,7 @@ class _Session:
         guidance: float,
         max_cells: int,
         max_query: int,
+        reuse_queries: bool = False,
     ) -> None:
         self.model = model
         self.guidance = guidance
@@ -151,10 +152,12 @@ class _Session:
                 raise UserError("guidance needs conditioning: pass covariates and/or lonlat to a conditioned model")
             covariates = torch.cat([covariates, covariates]) if covariates is not None else None
             lonlat = torch.cat([lonlat, lonlat]) if lonlat is not None else None
-            drop = torch.arange(2 * batch, device=model.device) >= batch
-            self.state = model.start_decoding(2 * batch, height, width, covariates, lonlat, drop, max_cells, max_query)
+            batch, drop = 2 * batch, torch.arange(2 * batch, device=model.device) >= batch
         else:
-            self.state = model.start_decoding(batch, height, width, covariates, lonlat, None, max_cells, max_query)
+            drop = None
+        self.state = model.start_decoding(
+            batch, height, width, covariates, lonlat, drop, max_cells, max_query, reuse_queries
+        )
 
     def _twice(self, tensor: Tensor | None) -> Tensor | None:
         return torch.cat([tensor, tensor]) if self.guided and tensor is not None else tensor
@@ -200,11 +203,16 @@ def sample(
     width: int | None = None,
     generator: torch.Generator | None = None,
     on_step: Callable[[Tensor], None] | None = None,
+    reuse_queries: bool = True,
 ) -> Tensor:
     """Generate (B, H, W) class maps with the KV cache.
 
     ``steps=None`` decodes one cell per step; an integer S decodes on a cosine schedule in S steps (parallel
-    decoding; each step's cells are drawn independently given everything decided before). ``guidance`` w mixes
+    decoding; each step's cells are drawn independently given everything decided before). ``reuse_queries``
+    keeps the position instructions of a parallel step in the cache instead of running them again when their
+    classes are committed: 2 instead of about 3 token passes per cell, with instructions that did not see the
+    classes drawn beside them (see :meth:`LandCoverRandAR.decode_step`); sequential decoding is exact either
+    way. ``guidance`` w mixes
     logits as ``cond + w * (cond - null)``. ``known`` (B, H, W) with -1 for unknown cells turns this into
     inpainting: known cells are placed first and teacher-forced, and are returned unchanged. ``on_step``
     receives the canvas (B, H, W), -1 where undecoded, after every step (frames for an animation).
@@ -228,7 +236,9 @@ def sample(
         # Every sample commits as many slots as the widest one, known cells and cells per step (padding).
         capacity = most_known + int(counts.max(dim=0).values.sum())
         widest_step = int(counts.max()) if counts.numel() else 1
-        session = _Session(model, batch, height, width, covariates, lonlat, guidance, capacity, widest_step)
+        session = _Session(
+            model, batch, height, width, covariates, lonlat, guidance, capacity, widest_step, reuse_queries
+        )
         if most_known > 0:
             cells = cell_order[:, :most_known]
             padded = not bool((n_known == most_known).all())

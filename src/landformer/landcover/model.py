@@ -134,7 +134,8 @@ class DecodeState:
     ``key_valid`` marks which cached slots hold real tokens: samples of one batch may commit different numbers of
     cells (inpainting with different known pixels), and the shorter ones are padded with slots nobody attends to.
     ``pending_cells`` are the cells whose instructions were asked for in the last
-    :meth:`LandCoverRandAR.decode_step` and whose classes the next step must supply.
+    :meth:`LandCoverRandAR.decode_step` and whose classes the next step must supply; with ``reuse_queries`` all of
+    their instructions stay cached, otherwise only the first one.
     """
 
     caches: list[KVCache]
@@ -142,6 +143,7 @@ class DecodeState:
     width: int
     prefix_tokens: Tensor
     prefix_positions: Tensor
+    reuse_queries: bool = False
     has_padding: bool = False
     pending_cells: Tensor | None = None
     pending_valid: Tensor | None = None
@@ -358,11 +360,13 @@ class LandCoverRandAR(nn.Module):
         drop_cond: Tensor | None = None,
         max_cells: int | None = None,
         max_query: int | None = None,
+        reuse_queries: bool = False,
     ) -> DecodeState:
         """Embed the conditioning prefix and allocate KV caches; the prefix runs with the first chunk.
 
         The caches hold ``max_cells`` committed cells (default the chip's H * W; more when padding slots are
-        committed) plus ``max_query`` throw-away queries of one :meth:`decode_step` (default H * W).
+        committed) plus ``max_query`` queries of one :meth:`decode_step` (default H * W). ``reuse_queries`` picks
+        how :meth:`decode_step` commits the cells of a step that queried several at once (see there).
         """
         prefix_tokens, prefix_positions = self.encode_conditioning(
             batch_size, height, width, covariates, lonlat, drop_cond
@@ -375,6 +379,7 @@ class LandCoverRandAR(nn.Module):
             width=width,
             prefix_tokens=prefix_tokens,
             prefix_positions=prefix_positions,
+            reuse_queries=reuse_queries,
         )
 
     def decode_commit(self, state: DecodeState, cells: Tensor, classes: Tensor, valid: Tensor | None = None) -> None:
@@ -388,31 +393,50 @@ class LandCoverRandAR(nn.Module):
         positions = self.cell_positions(cells, state.width)
         tokens = interleave(self.embed_instructions(positions), self.embed_classes(classes))
         pair_valid = valid.repeat_interleave(2, dim=1) if valid is not None else None
-        self._extend(state, tokens, positions.repeat_interleave(2, dim=1), pair_valid, tokens.shape[1])
+        self._extend(state, tokens, positions.repeat_interleave(2, dim=1), pair_valid, tokens.shape[1], None)
 
     def decode_step(
         self, state: DecodeState, classes: Tensor | None, query_cells: Tensor, query_valid: Tensor | None = None
     ) -> Tensor:
         """Commit ``classes`` (B, k_prev) of the pending cells, then predict ``query_cells`` (B, k): logits (B, k, K).
 
-        One forward pass on the chunk [x(a1), p(a2), x(a2), ..., p(ak), x(ak), p(q1), p(q2), ..., p(qk)] where a are
-        the pending cells (their first instruction is already cached) and q the queried ones. Everything up to
-        p(q1) is committed, so the cache keeps exactly the training sequence of the decided cells. p(q2)...p(qk)
-        are throw-away queries: each attends to the committed cells and itself but not to p(q1) or each other,
-        so each reads p(x_q | decided cells) exactly as if q were the next cell of a training order (there is no
-        1-D position to contradict that). With one query per step this is plain sequential decoding.
+        Each query p(q) attends to the committed cells and to itself, not to the other queries of its step, so it
+        reads p(x_q | decided cells) exactly as if q were the next cell of a training order (there is no 1-D
+        position to contradict that). With one query per step this is plain sequential decoding, and the cache
+        holds exactly the training sequence of the decided cells in both modes below.
+
+        With several queries per step the two modes differ in how the pending cells a1..ak are committed:
+
+        - ``reuse_queries=False``: one pass on [x(a1), p(a2), x(a2), ..., p(ak), x(ak), p(q1), ..., p(qk)]. Only
+          p(a1) was kept from the previous step; p(a2)...p(ak) run again so that they see x(a1)... like in
+          training, and p(q2)...p(qk) are thrown away after this pass. The cache stays exactly the training
+          sequence, at the price of about 3 token passes per cell.
+        - ``reuse_queries=True``: every query instruction stays in the cache, and the pass is
+          [x(a1), ..., x(ak), p(q1), ..., p(qk)]: 2 token passes per cell, like sequential decoding. x(ai)
+          attends to the same tokens as in training (p(a1..ai), x(a1..ai) and what came before), but the cached
+          p(a2)...p(ak) were computed without seeing the classes drawn in the same step. Keys and values of the
+          first layer depend on a token's embedding only, so a one-layer model decodes exactly as with
+          ``reuse_queries=False``; deeper layers carry that small staleness.
         """
         if query_cells.shape[1] == 0:
             raise ValueError("decode_step needs at least one query cell")
+        n_query = query_cells.shape[1]
+        query_positions = self.cell_positions(query_cells, state.width)
         pieces: list[tuple[Tensor, Tensor, Tensor | None]] = []
+        n_pending = 0
         if state.pending_cells is not None:
             if classes is None:
                 raise ValueError("decode_step needs the classes of the cells queried in the previous step")
+            n_pending = state.pending_cells.shape[1]
             positions = self.cell_positions(state.pending_cells, state.width)
-            tokens = interleave(self.embed_instructions(positions), self.embed_classes(classes))[:, 1:]
-            valid = state.pending_valid.repeat_interleave(2, dim=1)[:, 1:] if state.pending_valid is not None else None
-            pieces.append((tokens, positions.repeat_interleave(2, dim=1)[:, 1:], valid))
-        query_positions = self.cell_positions(query_cells, state.width)
+            if state.reuse_queries:
+                pieces.append((self.embed_classes(classes), positions, state.pending_valid))
+            else:
+                tokens = interleave(self.embed_instructions(positions), self.embed_classes(classes))[:, 1:]
+                valid = (
+                    state.pending_valid.repeat_interleave(2, dim=1)[:, 1:] if state.pending_valid is not None else None
+                )
+                pieces.append((tokens, positions.repeat_interleave(2, dim=1)[:, 1:], valid))
         pieces.append((self.embed_instructions(query_positions), query_positions, query_valid))
         tokens = torch.cat([piece[0] for piece in pieces], dim=1)
         positions = torch.cat([piece[1] for piece in pieces], dim=1)
@@ -425,47 +449,102 @@ class LandCoverRandAR(nn.Module):
                 ],
                 dim=1,
             )
-        n_query = query_cells.shape[1]
-        n_commit = tokens.shape[1] - n_query + 1
-        hidden = self._extend(state, tokens, positions, valid, n_commit)
+        n_commit = tokens.shape[1] - n_query
+        if n_query == 1 and (n_pending <= 1 or not state.reuse_queries):
+            n_keep, local_mask = tokens.shape[1], None  # everything is committed in training order: causal
+        elif state.reuse_queries:
+            n_keep, local_mask = tokens.shape[1], reused_queries_mask(n_pending, n_query, tokens.device)
+        else:
+            n_keep, local_mask = n_commit + 1, commit_then_query_mask(n_commit + 1, n_query - 1, tokens.device)
+        hidden = self._extend(state, tokens, positions, valid, n_keep, local_mask)
         state.pending_cells, state.pending_valid = query_cells, query_valid
         return self.head(hidden[:, -n_query:])
 
     def _extend(
-        self, state: DecodeState, tokens: Tensor, positions: Tensor, valid: Tensor | None, n_commit: int
+        self,
+        state: DecodeState,
+        tokens: Tensor,
+        positions: Tensor,
+        valid: Tensor | None,
+        n_keep: int,
+        local_mask: Tensor | None,
     ) -> Tensor:
-        """Run a chunk of T tokens after the cache; keep the first ``n_commit``, drop the rest afterwards.
+        """Run a chunk of T tokens after the cache; keep its first ``n_keep`` tokens there, drop the rest.
 
-        Committed tokens attend causally. The tokens after them are query-only: they attend to the cache, to the
-        committed tokens except the last one (the first query's own instruction) and to themselves. Returns the
-        hidden states of the chunk (B, T, dim).
+        ``local_mask`` (T, W + T) says which of the last W cached tokens and of the chunk each chunk token attends
+        to; everything cached before those W is visible to the whole chunk. ``None`` means plain causal attention.
+        Returns the hidden states of the chunk (B, T, dim).
         """
         n_prefix = 0
+        device = tokens.device
         if state.length == 0:
             n_prefix = state.prefix_tokens.shape[1]
             tokens = torch.cat([state.prefix_tokens.to(tokens.dtype), tokens], dim=1)
             positions = torch.cat([state.prefix_positions, positions], dim=1)
             if valid is not None:
                 valid = torch.cat([valid.new_ones(valid.shape[0], n_prefix), valid], dim=1)
-            n_commit += n_prefix
+            if local_mask is not None:
+                chunk = local_mask.shape[0]
+                prefix_rows = torch.cat(
+                    [causal_mask(n_prefix, device), torch.zeros(n_prefix, chunk, dtype=torch.bool, device=device)], 1
+                )
+                chunk_rows = torch.cat([torch.ones(chunk, n_prefix, dtype=torch.bool, device=device), local_mask], 1)
+                local_mask = torch.cat([prefix_rows, chunk_rows], dim=0)
+            n_keep += n_prefix
         length = tokens.shape[1]
         start = state.length
-        device = tokens.device
         state.key_valid[:, start : start + length] = valid if valid is not None else True
         attn_mask = None
-        if length > n_commit or valid is not None or state.has_padding:
-            index = torch.arange(length, device=device)
-            chunk = index.unsqueeze(0) <= index.unsqueeze(1)
-            chunk[n_commit:] = index.unsqueeze(0) < n_commit - 1
-            cached = torch.ones(length, start, dtype=torch.bool, device=device)
-            attn_mask = torch.cat([cached, chunk], dim=1)
+        if local_mask is not None or valid is not None or state.has_padding:
+            if local_mask is None:
+                local_mask = causal_mask(length, device)
+            seen_by_all = start + length - local_mask.shape[1]
+            attn_mask = torch.cat([torch.ones(length, seen_by_all, dtype=torch.bool, device=device), local_mask], 1)
             if valid is not None or state.has_padding:
+                # Padding slots are invisible; each token still sees itself so no attention row is empty.
                 attn_mask = attn_mask & state.key_valid[:, None, : start + length]
-            diagonal = torch.zeros(length, start + length, dtype=torch.bool, device=device)
-            diagonal[index, start + index] = True
-            attn_mask = (attn_mask | diagonal).unsqueeze(-3) if attn_mask.dim() == 3 else attn_mask | diagonal
+                index = torch.arange(length, device=device)
+                attn_mask[:, index, start + index] = True
+                attn_mask = attn_mask.unsqueeze(1)
         hidden = self.transformer(tokens, positions, caches=state.caches, attn_mask=attn_mask)
         for cache in state.caches:
-            cache.truncate(start + n_commit)
+            cache.truncate(start + n_keep)
         state.has_padding = state.has_padding or valid is not None
         return hidden[:, n_prefix:]
+
+
+def causal_mask(length: int, device: torch.device) -> Tensor:
+    """(T, T) boolean: token i attends to tokens 0..i."""
+    index = torch.arange(length, device=device)
+    return index.unsqueeze(0) <= index.unsqueeze(1)
+
+
+def commit_then_query_mask(n_commit: int, n_extra_queries: int, device: torch.device) -> Tensor:
+    """Local mask (T, T) of a chunk [n_commit committed tokens, n_extra_queries throw-away queries].
+
+    The committed tokens are causal (the last of them is the step's first query, p(q1)); each extra query sees
+    the committed tokens before p(q1) and itself.
+    """
+    length = n_commit + n_extra_queries
+    mask = causal_mask(length, device)
+    index = torch.arange(length, device=device)
+    mask[n_commit:] = index.unsqueeze(0) < n_commit - 1
+    mask[index[n_commit:], index[n_commit:]] = True
+    return mask
+
+
+def reused_queries_mask(n_pending: int, n_query: int, device: torch.device) -> Tensor:
+    """Local mask (k + n_query, 2k + n_query) over [p(a1..ak) cached | x(a1..ak), p(q1..q_n_query) in the chunk].
+
+    x(ai) sees p(a1..ai) and x(a1..ai), the tokens it follows in a training sequence; each query p(qj) sees all of
+    the cached and committed tokens and itself, not the other queries of its step.
+    """
+    k = n_pending
+    mask = torch.zeros(k + n_query, 2 * k + n_query, dtype=torch.bool, device=device)
+    earlier = causal_mask(k, device)
+    mask[:k, :k] = earlier
+    mask[:k, k : 2 * k] = earlier
+    mask[k:, : 2 * k] = True
+    query = torch.arange(n_query, device=device)
+    mask[k + query, 2 * k + query] = True
+    return mask
