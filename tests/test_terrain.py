@@ -224,6 +224,62 @@ def test_expand_map_moves_the_origin_for_left_and_up(models: dict[str, Path], tm
         expand_map(generator, flat, tmp_path / "y.tif", {"right": 8}, seed=0)
 
 
+def test_expand_map_copies_the_original_through_windows_and_keeps_grid_and_nodata(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    generator = load_generator(models["maskgit"])
+    original = hills(48, 44, seed=4)
+    original[20, 10] = -9999.0  # a nodata pixel far from the edges stays nodata, with its value
+    dem = write_dem(tmp_path / "dem.tif", original, nodata=-9999.0)
+    amounts = {"right": 12, "down": 8, "left": 4, "up": 6}
+    # Blocks of 16 px: the output is assembled from many windows of the original and of the new strips.
+    summary = expand_map(generator, dem, tmp_path / "grown.tif", amounts, seed=5, block=16)
+    with rasterio.open(summary["geotiff"]) as grown:
+        assert grown.shape == (48 + 8 + 6, 44 + 12 + 4) and summary["shape"] == [62, 60]
+        assert grown.crs.to_epsg() == 32617 and grown.nodata == -9999.0
+        assert grown.transform == Affine(PIXEL, 0, 500_000 - 4 * PIXEL, 0, -PIXEL, 4_000_000 + 6 * PIXEL)
+        values = grown.read(1)
+    assert np.array_equal(values[6:54, 4:48], original)
+    with_nan = original.copy()
+    with_nan[20, 10] = np.nan
+    expected = expand_array(generator, with_nan, amounts, seed=5)
+    new = np.ones(values.shape, dtype=bool)
+    new[6:54, 4:48] = False
+    assert np.isfinite(values[new]).all()
+    assert np.array_equal(values[new], expected[new])
+
+
+def test_expansion_reads_only_bands_along_the_edges(models: dict[str, Path]) -> None:
+    """Memory stays constant in the map's size: growing asks the original only for bands along its edges."""
+    from landformer.terrain.outpaint import GrowingMap, band_depth
+
+    generator = load_generator(models["maskgit"])
+    original = hills(96, 88, seed=2)
+    asked: list[tuple[int, int, int, int]] = []
+
+    def read_original(row: int, col: int, height: int, width: int) -> np.ndarray:
+        asked.append((row, col, height, width))
+        return original[row : row + height, col : col + width]
+
+    grown = GrowingMap(read_original, 96, 88, top=0, left=0)
+    grown.grow(generator, {"right": 8, "down": 8}, seed=1)
+    depth = band_depth(generator)
+    assert depth < 88 and len(asked) == 2
+    assert asked[0] == (0, 88 - depth, 96, depth)  # the right band
+    assert asked[1] == (96 - depth, 0, depth, 88)  # the bottom band (the new right strip comes from memory)
+    assert np.array_equal(grown.read(0, 0, 104, 96), expand_array(generator, original, {"right": 8, "down": 8}, 1))
+
+
+def test_tall_encoding_and_decoding_in_chunks_match_the_whole(models: dict[str, Path]) -> None:
+    from landformer.terrain.outpaint import decode_tall, encode_tall
+
+    tokenizer = load_tokenizer(models["tokenizer"])
+    normalized = ((hills(120, 24, seed=3) - 800.0) / 40.0).astype(np.float32)
+    whole = tokenizer.encode(normalized[None])[0]
+    assert np.array_equal(encode_tall(tokenizer, normalized, chunk_px=16), whole)
+    np.testing.assert_allclose(decode_tall(tokenizer, whole, 3), tokenizer.decode(whole[None])[0], atol=1e-5)
+
+
 # ------------------------------------------------------------------------------------------------ commands
 
 

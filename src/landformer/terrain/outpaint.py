@@ -31,8 +31,11 @@ with its mean and the relief of training-size squares along the edge (:func:`edg
 columns are generated W/2 tokens at a time along the edge, in W x W windows that slide along it by half a
 window, each holding the band's tokens and the new tokens of the previous window as context. The band and the
 new tokens are decoded together, and the difference between the original edge and its reconstruction is faded
-out over the first band-width of new pixels, so the seam keeps the original's heights. The original pixels are
-written back unchanged.
+out over the first band-width of new pixels, so the seam keeps the original's heights. Sides are grown in the
+order right, down, left, up, each band including the strips made before it (:class:`GrowingMap`), so corners are
+filled. Only the bands (:func:`band_depth` pixels deep) and the new strips are ever in memory: the band is encoded
+and decoded in row chunks with the tokenizer's margins, and the output GeoTIFF is written window by window,
+copying the original's pixels through unchanged.
 
 **Writing a world** (:func:`write_world`). The output GeoTIFF is written block by block: each block's tokens
 (plus :meth:`~landformer.terrain.tokenizer.VQTokenizer.decoder_margin` tokens of context, taken from the
@@ -47,6 +50,7 @@ import math
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -55,7 +59,7 @@ import torch
 
 from landformer.core.errors import UserError
 from landformer.core.io import write_json
-from landformer.terrain.export import TerrainGenerator
+from landformer.terrain.export import LoadedTokenizer, TerrainGenerator
 from landformer.terrain.maskgit import steps_for
 
 log = logging.getLogger(__name__)
@@ -232,6 +236,21 @@ class RasterCondition:
         return condition_tokens(padded[None], f, self.n_classes)[0][:height, :width]
 
 
+class Preview:
+    """Every ``step``-th pixel of a map written window by window, for a PNG of at most ``side`` pixels a side."""
+
+    def __init__(self, height: int, width: int, side: int) -> None:
+        self.step = max(1, math.ceil(max(height, width) / side))
+        self.image = np.full((math.ceil(height / self.step), math.ceil(width / self.step)), np.nan, dtype=np.float32)
+
+    def add(self, block: np.ndarray, row_off: int, col_off: int) -> None:
+        """Keep the pixels of ``block`` (whose top-left is at (row_off, col_off)) that fall on the preview."""
+        step = self.step
+        rows = np.arange(-row_off % step, block.shape[0], step)
+        cols = np.arange(-col_off % step, block.shape[1], step)
+        self.image[np.ix_((row_off + rows) // step, (col_off + cols) // step)] = block[np.ix_(rows, cols)]
+
+
 def decode_block(
     generator: TerrainGenerator, field: TerrainField, row: int, col: int, height: int, width: int
 ) -> np.ndarray:
@@ -285,8 +304,7 @@ def write_world(
     if condition is not None:
         source = RasterCondition(condition, generator, RasterGrid(crs_value, transform, size, size))
     field = TerrainField(generator, seed, group=group, cache_groups=cache_groups, condition=source)
-    step = max(1, math.ceil(size / preview_side))
-    preview = np.empty((math.ceil(size / step), math.ceil(size / step)), dtype=np.float32)
+    preview = Preview(size, size, preview_side)
     tags = {"generator": "landformer.terrain.world", "seed": seed, "offset_m": offset, "scale_m": scale}
     start = time.perf_counter()
     windows = list(iter_windows(size, size, block))
@@ -301,16 +319,14 @@ def write_world(
                 )[:height, :width]
                 metres = generator.to_metres(normalized, offset, scale)
                 dst.write(metres[None], window=window)
-                rows = np.arange(-window.row_off % step, height, step)
-                cols = np.arange(-window.col_off % step, width, step)
-                preview[np.ix_((window.row_off + rows) // step, (window.col_off + cols) // step)] = metres[
-                    np.ix_(rows, cols)
-                ]
+                preview.add(metres, window.row_off, window.col_off)
     finally:
         if source is not None:
             source.close()
     seconds = time.perf_counter() - start
-    png = save_elevation_png(out.with_suffix(".png"), preview, pixel * step, title=f"seed {seed}, {size} px")
+    png = save_elevation_png(
+        out.with_suffix(".png"), preview.image, pixel * preview.step, title=f"seed {seed}, {size} px"
+    )
     summary = {
         "geotiff": str(out),
         "preview": str(png),
@@ -336,43 +352,83 @@ def edge_relief(elevation: np.ndarray, tile_px: int) -> float:
 
     Tokens mean per-tile normalised shapes, so the edge is normalised by the scale of a *tile* there; the
     standard deviation of a whole long band would include large-scale trends and flatten what is generated.
+    Nodata (NaN) inside the squares, further from the edge than the context band, is left out.
     """
     side = min(tile_px, elevation.shape[1])
     column = elevation[:, -side:].astype(np.float64)
     starts = range(0, max(column.shape[0] - side, 0) + 1, side)
-    return float(np.median([column[start : start + side].std() for start in starts]))
+    return float(np.nanmedian([np.nanstd(column[start : start + side]) for start in starts]))
 
 
-def extend_right(generator: TerrainGenerator, elevation: np.ndarray, amount: int, seed: int, stream: int) -> np.ndarray:
-    """``elevation`` (H, W) metres with ``amount`` new columns on the right (see the module docstring)."""
+def band_depth(generator: TerrainGenerator) -> int:
+    """Pixels of map beside an edge that expanding it reads: the context band plus the encoder's margin, or the
+    training-size squares of :func:`edge_relief`, whichever is deeper. Nothing further from the edge matters."""
+    context = generator.grid - generator.tile
+    return max(generator.grid, context + generator.tokenizer.model.encoder_margin()) * generator.downsample
+
+
+def encode_tall(tokenizer: LoadedTokenizer, normalized: np.ndarray, chunk_px: int = 512) -> np.ndarray:
+    """Tokens of a tall (H, w) normalised array, encoded ``chunk_px`` rows at a time with the encoder's margin
+    around each chunk: the tokens of encoding it whole, in memory that does not grow with H."""
+    f = tokenizer.downsample
+    margin = tokenizer.model.encoder_margin() * f
+    chunk_px = max(chunk_px // f, 1) * f
+    rows = normalized.shape[0]
+    parts = []
+    for start in range(0, rows, chunk_px):
+        stop = min(start + chunk_px, rows)
+        top, bottom = max(start - margin, 0), min(stop + margin, rows)
+        tokens = tokenizer.encode(normalized[None, top:bottom])[0]
+        parts.append(tokens[(start - top) // f : (stop - top) // f])
+    return np.concatenate(parts)
+
+
+def decode_tall(tokenizer: LoadedTokenizer, tokens: np.ndarray, chunk_tokens: int = 128) -> np.ndarray:
+    """Normalised elevation of a tall (h, w) token grid, decoded ``chunk_tokens`` rows at a time with the
+    decoder's margin around each chunk: the pixels of decoding it whole, in memory that does not grow with h."""
+    f = tokenizer.downsample
+    margin = tokenizer.model.decoder_margin()
+    rows = tokens.shape[0]
+    parts = []
+    for start in range(0, rows, chunk_tokens):
+        stop = min(start + chunk_tokens, rows)
+        top, bottom = max(start - margin, 0), min(stop + margin, rows)
+        pixels = tokenizer.decode(tokens[None, top:bottom])[0]
+        parts.append(pixels[(start - top) * f : (stop - top) * f])
+    return np.concatenate(parts)
+
+
+def extend_right(generator: TerrainGenerator, band: np.ndarray, amount: int, seed: int, stream: int) -> np.ndarray:
+    """(H, ``amount``) new columns to the right of ``band``, the last :func:`band_depth` columns of a map
+    (or all of it, when narrower), in metres (see the module docstring)."""
     tokenizer = generator.tokenizer
     f, window = generator.downsample, generator.grid
     new_side = generator.tile  # tokens generated per pass
     context = window - new_side  # tokens of context kept beside them
     context_px = context * f
-    height = elevation.shape[0]
-    if elevation.shape[1] < context_px:
-        raise UserError(f"the map is {elevation.shape[1]} px across; expanding needs at least {context_px} px of it")
-    band = elevation[:, -context_px:].astype(np.float64)
-    if not np.isfinite(band).all():
+    height = band.shape[0]
+    if band.shape[1] < context_px:
+        raise UserError(f"the map is {band.shape[1]} px across; expanding needs at least {context_px} px of it")
+    edge = band[:, -context_px:].astype(np.float64)
+    if not np.isfinite(edge).all():
         raise UserError(f"the map has nodata within {context_px} px of the edge being expanded; fill or crop it first")
-    offset, scale = float(band.mean()), edge_relief(elevation, window * f)
+    offset, scale = float(edge.mean()), edge_relief(band, window * f)
     tiny = 1e-6 * max(1.0, abs(offset))
     if scale <= tiny:  # flat squares along most of the edge: fall back to the band's own spread
-        scale = float(band.std())
+        scale = float(edge.std())
     if scale <= tiny:
         raise UserError(
             f"the {context_px} px band along the edge being expanded is flat ({offset:g} m); nothing to continue"
         )
     # Encode the context band with the encoder's margin of map beside it (where the map has it), so its tokens
     # are those of the whole map rather than of a band cut out of it; decoding keeps them as context too.
-    read_px = min(elevation.shape[1] // f, context + tokenizer.model.encoder_margin()) * f
-    if not np.isfinite(elevation[:, -read_px:]).all():
+    read_px = min(band.shape[1] // f, context + tokenizer.model.encoder_margin()) * f
+    if not np.isfinite(band[:, -read_px:]).all():
         read_px = context_px
     padded_height = -(-height // f) * f
-    normalized = (elevation[:, -read_px:].astype(np.float64) - offset) / scale
+    normalized = (band[:, -read_px:].astype(np.float64) - offset) / scale
     normalized = np.pad(normalized, ((0, padded_height - height), (0, 0)), mode="edge")
-    tokens = tokenizer.encode(normalized[None].astype(np.float32))[0]
+    tokens = encode_tall(tokenizer, normalized.astype(np.float32))
     rows = tokens.shape[0]
     window_rows = min(window, rows)
     starts = list(range(0, rows - window_rows + 1, max(window_rows // 2, 1)))
@@ -396,30 +452,108 @@ def extend_right(generator: TerrainGenerator, elevation: np.ndarray, amount: int
             strip[rows_here] = decoded[:, context:]
             done[rows_here] = True
         tokens = np.concatenate([tokens, strip], axis=1)
-    decoded = tokenizer.decode(tokens[None])[0][:height]
+    decoded = decode_tall(tokenizer, tokens)[:height]
     new = decoded[:, read_px : read_px + amount].astype(np.float64)
     # Fade the original edge's reconstruction error out over one band width, so heights continue across the seam.
     residual = normalized[:height, -1] - decoded[:, read_px - 1]
     fade = np.clip(1.0 - np.arange(1, amount + 1) / (context_px + 1), 0.0, 1.0)
     new += residual[:, None] * fade[None, :]
-    return np.concatenate([elevation, (new * scale + offset).astype(elevation.dtype)], axis=1)
+    return (new * scale + offset).astype(np.float32)
+
+
+class GrowingMap:
+    """A map being expanded, on the grid of the output: the original at rows [top, top + height) and columns
+    [left, left + width), read through ``read_original(row, col, height, width)`` (NaN for nodata), plus the
+    strips generated so far. Only what :meth:`read` is asked for is in memory, never the whole map."""
+
+    def __init__(
+        self, read_original: Callable[[int, int, int, int], np.ndarray], height: int, width: int, top: int, left: int
+    ) -> None:
+        self.read_original = read_original
+        self.original = (top, left, height, width)
+        self.bounds = [top, left, top + height, left + width]  # top, left, bottom, right of what exists
+        self.strips: list[tuple[int, int, np.ndarray]] = []
+
+    def read(self, row: int, col: int, height: int, width: int) -> np.ndarray:
+        """(height, width) float32 metres of the output grid from (row, col); NaN where nothing exists (yet)."""
+        out = np.full((height, width), np.nan, dtype=np.float32)
+        pieces: list[tuple[int, int, int, int, np.ndarray | None]] = [(*self.original, None)]
+        pieces += [(top, left, *strip.shape, strip) for top, left, strip in self.strips]
+        for top, left, piece_height, piece_width, strip in pieces:
+            r0, r1 = max(row, top), min(row + height, top + piece_height)
+            c0, c1 = max(col, left), min(col + width, left + piece_width)
+            if r0 >= r1 or c0 >= c1:
+                continue
+            if strip is None:
+                values = self.read_original(r0 - top, c0 - left, r1 - r0, c1 - c0)
+            else:
+                values = strip[r0 - top : r1 - top, c0 - left : c1 - left]
+            out[r0 - row : r1 - row, c0 - col : c1 - col] = values
+        return out
+
+    def grow(self, generator: TerrainGenerator, amounts: dict[str, int], seed: int) -> None:
+        """Generate the new strips, one side after another (right, down, left, up): each side's band includes
+        the strips made before it, so corners are filled too."""
+        depth = band_depth(generator)
+        for stream, side in enumerate(EXPAND_SIDES):
+            amount = int(amounts.get(side, 0))
+            if amount == 0:
+                continue
+            top, left, bottom, right = self.bounds
+            if side == "right":
+                band_rows, band_cols, at = (top, bottom), (max(left, right - depth), right), (top, right)
+                self.bounds[3] += amount
+            elif side == "down":
+                band_rows, band_cols, at = (max(top, bottom - depth), bottom), (left, right), (bottom, left)
+                self.bounds[2] += amount
+            elif side == "left":
+                band_rows, band_cols, at = (top, bottom), (left, min(right, left + depth)), (top, left - amount)
+                self.bounds[1] -= amount
+            else:
+                band_rows, band_cols, at = (top, min(bottom, top + depth)), (left, right), (top - amount, left)
+                self.bounds[0] -= amount
+            band = self.read(band_rows[0], band_cols[0], band_rows[1] - band_rows[0], band_cols[1] - band_cols[0])
+            turns = TURNS_TO_RIGHT[side]
+            strip = np.rot90(extend_right(generator, np.rot90(band, turns), amount, seed, stream), -turns)
+            self.strips.append((*at, np.ascontiguousarray(strip)))
+
+
+def _check_amounts(amounts: dict[str, int]) -> None:
+    unknown = sorted(set(amounts) - set(EXPAND_SIDES))
+    if unknown:
+        raise UserError(f"unknown side(s) {unknown}; choose from {', '.join(EXPAND_SIDES)}")
+    for side in EXPAND_SIDES:
+        if int(amounts.get(side, 0)) < 0:
+            raise UserError(f"cannot expand by a negative amount ({side} = {amounts[side]} px)")
 
 
 def expand_array(generator: TerrainGenerator, elevation: np.ndarray, amounts: dict[str, int], seed: int) -> np.ndarray:
     """``elevation`` grown by ``amounts[side]`` pixels on each side (right, down, left, up, in that order)."""
-    unknown = sorted(set(amounts) - set(EXPAND_SIDES))
-    if unknown:
-        raise UserError(f"unknown side(s) {unknown}; choose from {', '.join(EXPAND_SIDES)}")
+    _check_amounts(amounts)
     z = np.asarray(elevation, dtype=np.float32)
-    for stream, side in enumerate(EXPAND_SIDES):
-        amount = int(amounts.get(side, 0))
-        if amount < 0:
-            raise UserError(f"cannot expand by a negative amount ({side} = {amount} px)")
-        if amount == 0:
-            continue
-        turns = TURNS_TO_RIGHT[side]
-        z = np.rot90(extend_right(generator, np.rot90(z, turns), amount, seed, stream), -turns)
-    return np.ascontiguousarray(z)
+    up, left = int(amounts.get("up", 0)), int(amounts.get("left", 0))
+
+    def read_original(row: int, col: int, height: int, width: int) -> np.ndarray:
+        return z[row : row + height, col : col + width]
+
+    grown = GrowingMap(read_original, z.shape[0], z.shape[1], up, left)
+    grown.grow(generator, amounts, seed)
+    height, width = z.shape[0] + up + int(amounts.get("down", 0)), z.shape[1] + left + int(amounts.get("right", 0))
+    return grown.read(0, 0, height, width)
+
+
+def _has_data(dataset: Any, nodata: float | None, block: int) -> bool:
+    """Whether any pixel of band 1 is valid, reading window by window and stopping at the first one."""
+    from landformer.core.raster import iter_windows
+
+    for window in iter_windows(dataset.height, dataset.width, block):
+        values = dataset.read(1, window=window)
+        valid = np.isfinite(values) if values.dtype.kind == "f" else np.ones(values.shape, dtype=bool)
+        if nodata is not None and not np.isnan(nodata):
+            valid &= values != np.asarray(nodata).astype(values.dtype)
+        if valid.any():
+            return True
+    return False
 
 
 def expand_map(
@@ -428,43 +562,69 @@ def expand_map(
     out: str | os.PathLike[str],
     amounts: dict[str, int],
     seed: int = 0,
+    block: int = 512,
+    preview_side: int = 1024,
 ) -> dict[str, Any]:
-    """Grow a DEM GeoTIFF on any side; write the larger GeoTIFF (same pixel size and CRS, origin moved for
-    left/up growth) and a shaded-relief PNG beside it. The original pixels are copied unchanged."""
-    from rasterio.transform import Affine
+    """Grow a DEM GeoTIFF on any side; write the larger GeoTIFF and a shaded-relief PNG beside it.
 
-    from landformer.core.raster import open_raster, write_geotiff
+    The DEM is never read whole: the bands along its edges are read to generate the new strips, then the output
+    is written ``block`` x ``block`` pixels at a time, copying the original's pixels through unchanged (as
+    float32). Pixel size, CRS and nodata value stay; the origin moves for left/up growth.
+    """
+    from rasterio.transform import Affine
+    from rasterio.windows import Window
+    from tqdm import tqdm
+
+    from landformer.core.raster import geotiff_writer, iter_windows, open_raster
     from landformer.core.viz import save_elevation_png
     from landformer.terrain.data import pixel_size_metres
 
     if not any(amounts.get(side, 0) for side in EXPAND_SIDES):
         raise UserError("nothing to expand: give a number of pixels for at least one side (e.g. --right 64)")
-    with open_raster(dem) as dataset:
-        elevation = dataset.read(1).astype(np.float32)
-        if dataset.nodata is not None and not np.isnan(dataset.nodata):
-            elevation[elevation == np.float32(dataset.nodata)] = np.nan
-        transform, crs = dataset.transform, dataset.crs
-        pixel_size = pixel_size_metres(dataset)
-    if not np.isfinite(elevation).any():
-        raise UserError(f"DEM {dem} is full of nodata; there is nothing to expand")
-    start = time.perf_counter()
-    grown = expand_array(generator, elevation, amounts, seed)
-    seconds = time.perf_counter() - start
-    shifted = transform @ Affine.translation(-amounts.get("left", 0), -amounts.get("up", 0))
+    _check_amounts(amounts)
+    up, left = int(amounts.get("up", 0)), int(amounts.get("left", 0))
     out = Path(out)
-    tags = {
-        "generator": "landformer.terrain.expand",
-        "seed": seed,
-        "source": str(dem),
-        **{k: v for k, v in amounts.items()},
-    }
-    write_geotiff(out, grown, shifted, crs, nodata=float("nan"), band_names=["elevation_m"], tags=tags)
-    png = save_elevation_png(out.with_suffix(".png"), grown, pixel_size, title=f"expanded {Path(dem).name}")
+    with open_raster(dem) as dataset:
+        nodata = dataset.nodata
+        if not _has_data(dataset, nodata, block):
+            raise UserError(f"DEM {dem} is full of nodata; there is nothing to expand")
+        missing = np.float32(nodata) if nodata is not None and not np.isnan(nodata) else None
+
+        def read_original(row: int, col: int, height: int, width: int) -> np.ndarray:
+            values = dataset.read(1, window=Window(col, row, width, height)).astype(np.float32)
+            if missing is not None:
+                values[values == missing] = np.nan
+            return values
+
+        start = time.perf_counter()
+        grown = GrowingMap(read_original, dataset.height, dataset.width, up, left)
+        grown.grow(generator, amounts, seed)
+        seconds = time.perf_counter() - start
+        height = dataset.height + up + int(amounts.get("down", 0))
+        width = dataset.width + left + int(amounts.get("right", 0))
+        shifted = dataset.transform @ Affine.translation(-left, -up)
+        preview = Preview(height, width, preview_side)
+        tags = {"generator": "landformer.terrain.expand", "seed": seed, "source": str(dem), **amounts}
+        out_nodata = float(nodata) if nodata is not None else float("nan")
+        with geotiff_writer(
+            out, width, height, 1, "float32", shifted, dataset.crs, out_nodata, ["elevation_m"], tags
+        ) as dst:
+            for window in tqdm(list(iter_windows(height, width, block)), desc="expand", unit="block", disable=None):
+                values = grown.read(window.row_off, window.col_off, window.height, window.width)
+                preview.add(values, window.row_off, window.col_off)
+                if missing is not None:
+                    values[np.isnan(values)] = missing
+                dst.write(values[None], window=window)
+        pixel_size = pixel_size_metres(dataset)
+        original_shape = [dataset.height, dataset.width]
+    png = save_elevation_png(
+        out.with_suffix(".png"), preview.image, pixel_size * preview.step, title=f"expanded {Path(dem).name}"
+    )
     summary = {
         "geotiff": str(out),
         "preview": str(png),
-        "shape": list(grown.shape),
-        "original_shape": list(elevation.shape),
+        "shape": [height, width],
+        "original_shape": original_shape,
         "seed": seed,
         "amounts": amounts,
         "seconds": round(seconds, 2),
