@@ -7,7 +7,10 @@ large world written window by window.
   the 8 x 8 window can reach at most 6.4x);
 - training (tokens/s for MaskGIT, pixels/s for the tokenizer with its discriminator on) of the tiny recipes;
 - world: ``landformer terrain world --size 4096`` (``--quick``: 512) in a child process; its peak resident
-  memory (target: under 2 GB) and wall time.
+  memory (target: under 2 GB) and wall time;
+- expand: ``landformer terrain expand --right 16 --down 16`` of a small (1024 px) and a large (8192 px; ``--quick``:
+  256 and 1024) DEM GeoTIFF, each in a child process; its peak resident memory should not grow with the map
+  (the DEM is read and the output written window by window; only the edge bands are held).
 
 The trained tiny models are used when ``--maskgit`` points at a run folder; otherwise untrained models of the
 same size (speed and memory do not depend on the weights) are exported to a temporary folder.
@@ -139,19 +142,66 @@ def bench_world(maskgit: Path, size: int, threads: int, out: Path) -> dict[str, 
     return {"size": size, "seconds": seconds, "peak_rss_mb": peak_kib / 1024, "pixels_per_s": size * size / seconds}
 
 
+def write_test_dem(path: Path, size: int, block: int = 1024) -> Path:
+    """A ``size`` x ``size`` float32 DEM of smooth hills plus noise, written window by window (never whole)."""
+    import numpy as np
+    from rasterio.transform import Affine
+
+    from landformer.core.raster import geotiff_writer, iter_windows
+
+    rng = np.random.default_rng(0)
+    transform = Affine(30.0, 0.0, 500_000.0, 0.0, -30.0, 4_000_000.0)
+    with geotiff_writer(path, size, size, 1, "float32", transform, "EPSG:32617", -9999.0) as dst:
+        for window in iter_windows(size, size, block):
+            rows, cols = np.mgrid[
+                window.row_off : window.row_off + window.height, window.col_off : window.col_off + window.width
+            ]
+            z = 800.0 + 60.0 * np.sin(rows / 23.0) * np.cos(cols / 17.0) + 20.0 * np.sin((rows + cols) / 7.0)
+            dst.write((z + rng.normal(0.0, 2.0, z.shape)).astype(np.float32)[None], window=window)
+    return path
+
+
+def bench_expand(maskgit: Path, size: int, threads: int, scratch: Path) -> dict[str, float]:
+    """Expand a ``size`` px DEM by 16 px right and down in a child process that reports its own peak RSS."""
+    dem = write_test_dem(scratch / f"dem_{size}.tif", size)
+    script = (
+        "import resource, sys, torch; torch.set_num_threads(int(sys.argv[4]));"
+        "from landformer.terrain.export import load_generator;"
+        "from landformer.terrain.outpaint import expand_map;"
+        "expand_map(load_generator(sys.argv[1]), sys.argv[2], sys.argv[3], {'right': 16, 'down': 16}, seed=0);"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(maskgit), str(dem), str(scratch / f"grown_{size}.tif"), str(threads)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    seconds = time.perf_counter() - start
+    peak_kib = int(done.stdout.strip().splitlines()[-1])
+    for name in (f"dem_{size}.tif", f"grown_{size}.tif"):
+        (scratch / name).unlink()
+    return {"size": size, "seconds": seconds, "peak_rss_mb": peak_kib / 1024}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument("--maskgit", type=Path, default=None, help="trained generator run folder (else untrained)")
     parser.add_argument("--world-size", type=int, default=4096, help="side of the world in pixels")
     parser.add_argument("--skip-world", action="store_true", help="leave out the large world")
+    parser.add_argument(
+        "--expand-sizes", type=int, nargs=2, default=[1024, 8192], metavar=("SMALL", "LARGE"), help="DEM sides (px)"
+    )
+    parser.add_argument("--skip-expand", action="store_true", help="leave out the expansion memory measurement")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats of MaskGIT decoding (fastest kept)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest here under load)")
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_terrain_speed.json", help="JSON output")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.quick:
-        args.world_size, args.repeats = 512, 1
+        args.world_size, args.repeats, args.expand_sizes = 512, 1, [256, 1024]
     t0 = time.perf_counter()
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as scratch:
@@ -163,6 +213,10 @@ def main() -> int:
             "window_16": bench_decoding(model, 16, 1 if args.quick else 4, 10, args.repeats),
         }
         training = bench_training(8 if args.quick else 32, 2 if args.quick else 5)
+        expand = None
+        if not args.skip_expand:
+            small, large = (bench_expand(maskgit_path, size, args.threads, Path(scratch)) for size in args.expand_sizes)
+            expand = {"small": small, "large": large, "rss_ratio": large["peak_rss_mb"] / small["peak_rss_mb"]}
         world = None
         if not args.skip_world:
             world = bench_world(maskgit_path, args.world_size, args.threads, Path(scratch) / "world.tif")
@@ -206,6 +260,18 @@ def main() -> int:
             "target": "",
         },
     ]
+    if expand is not None:
+        small, large = expand["small"], expand["large"]
+        summary.append(
+            {
+                "metric": f"expand {large['size']} px DEM by 16 px right+down, peak RSS vs {small['size']} px",
+                "value": large["peak_rss_mb"],
+                "unit": "MB",
+                "baseline": small["peak_rss_mb"],
+                "ratio": expand["rss_ratio"],
+                "target": f"does not grow with the map ({(large['size'] / small['size']) ** 2:.0f}x the pixels)",
+            }
+        )
     if world is not None:
         summary += [
             {
@@ -236,6 +302,7 @@ def main() -> int:
         "maskgit_parameters": sum(p.numel() for p in model.parameters()),
         "decoding": decoding,
         "training": training,
+        "expand": expand,
         "world": world,
         "summary": summary,
         "wall_seconds": time.perf_counter() - t0,
