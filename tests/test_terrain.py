@@ -355,11 +355,12 @@ def test_both_stages_train_export_and_refuse_to_overwrite(tmp_path: Path) -> Non
     tokenizer_config = load_config(
         TokenizerConfig,
         None,
-        [*data, *train, "model.channels=4", "model.codebook_size=16", "model.disc_channels=8", "task.disc_start=1"],
+        [*data, *train, "model.channels=4", "model.codebook_size=16", "model.disc_channels=8", "task.disc_start=1"]
+        + ["train.max_steps=4", "train.val_every_steps=1"],
     )
     summary = fit_tokenizer(tokenizer_config, tmp_path / "tok")
     # max_steps counts tokenizer steps; the discriminator stepped too (its loss is logged) without counting.
-    assert summary["global_step"] == 3
+    assert summary["global_step"] == 4
     with open(next((tmp_path / "tok" / "logs" / "csv").glob("version_*/metrics.csv"))) as handle:
         rows = list(csv.DictReader(handle))
     assert any(row.get("train/d_loss") for row in rows)
@@ -368,6 +369,13 @@ def test_both_stages_train_export_and_refuse_to_overwrite(tmp_path: Path) -> Non
     assert 0 < summary["evaluation"]["codes_used"] <= 16
     tokenizer = load_tokenizer(tmp_path / "tok")
     assert tokenizer.identity == summary["identity"]
+    # The export holds the weights of the validation step with the lowest val/loss, not the last step's.
+    best = torch.load(tmp_path / "tok" / "checkpoints" / "best.ckpt", weights_only=True)
+    val_losses = {int(row["step"]) + 1: float(row["val/loss"]) for row in rows if row.get("val/loss")}
+    assert len(val_losses) == 4 and val_losses[best["global_step"]] == min(val_losses.values())
+    assert summary["exported_from"] == f"best.ckpt (step {best['global_step']})"
+    for name, value in tokenizer.model.state_dict().items():
+        assert torch.equal(value, best["state_dict"][f"tokenizer.{name}"]), name
     with pytest.raises(UserError, match="already holds a training run"):
         fit_tokenizer(tokenizer_config, tmp_path / "tok")
 

@@ -7,6 +7,7 @@ Every function writes under one run folder and returns a plain dict of what it w
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
@@ -39,7 +40,6 @@ from landformer.terrain.export import (
     load_generator,
     load_tokenizer,
 )
-from landformer.terrain.maskgit import MaskGIT
 from landformer.terrain.tasks import MaskGITTask, TokenizerTask
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,18 @@ def load_val_tiles(run_dir: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndar
     return arrays["val"], arrays["val_pixel_sizes"]
 
 
+def best_weights(network: torch.nn.Module, best_checkpoint: Path | None, prefix: str) -> tuple[torch.nn.Module, str]:
+    """``network`` with the weights of the best validation checkpoint (its ``prefix``-ed part of the task), and
+    where they came from; the final weights when there was no validation (so no best checkpoint)."""
+    if best_checkpoint is None:
+        return network, "final weights (no validation)"
+    checkpoint = load_torch(best_checkpoint)
+    state = {k.removeprefix(prefix): v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    best = copy.deepcopy(network)
+    best.load_state_dict(state)
+    return best, f"{best_checkpoint.name} (step {checkpoint['global_step']})"
+
+
 def fit_tokenizer(
     config: TokenizerConfig, run_dir: str | os.PathLike[str], resume: bool | str = False
 ) -> dict[str, Any]:
@@ -161,9 +173,8 @@ def fit_tokenizer(
         # a resumed run needs.
         warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
         result = fit(tokenizer_task, (train_loader, val_loader), train_config, run_dir, resume)
-    # The adversarial phase raises pixel losses a little, so "best val/loss" would favour the weights from
-    # before it: the tokenizer is exported from the end of training.
-    weights = export_tokenizer(run_dir, tokenizer_task.tokenizer.cpu(), tiles.summary())
+    network, exported_from = best_weights(tokenizer_task.tokenizer, result.best_checkpoint, "tokenizer.")
+    weights = export_tokenizer(run_dir, network.cpu(), tiles.summary())
     tokenizer = load_tokenizer(weights)
     evaluation = evaluate_tokenizer(tokenizer, tiles.val if len(tiles.val) else tiles.train[:256])
     panel = reconstruction_panel(run_dir / "reconstructions.png", tokenizer, tiles.val[:6], tiles.val_pixel_sizes[:6])
@@ -172,6 +183,7 @@ def fit_tokenizer(
         "tokenizer": str(weights),
         "identity": tokenizer.identity,
         "global_step": result.global_step,
+        "exported_from": exported_from,
         "seconds": round(result.seconds, 1),
         "tiles": {"train": len(tiles.train), "val": len(tiles.val)},
         "evaluation": evaluation,
@@ -359,11 +371,7 @@ def fit_maskgit(config: MaskGITConfig, run_dir: str | os.PathLike[str], resume: 
     start = time.perf_counter()
     result = fit(maskgit_task, (train_loader, val_loader), config.train, run_dir, resume)
     tokens_per_second = result.global_step * train_loader.batch_size * grid * grid / max(result.seconds, 1e-9)
-    network = maskgit_task.model
-    if result.best_checkpoint is not None:
-        state = load_torch(result.best_checkpoint)["state_dict"]
-        network = MaskGIT(maskgit_task.model_config)
-        network.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+    network, exported_from = best_weights(maskgit_task.model, result.best_checkpoint, "model.")
     weights = export_maskgit(
         run_dir,
         network.cpu(),
@@ -381,6 +389,7 @@ def fit_maskgit(config: MaskGITConfig, run_dir: str | os.PathLike[str], resume: 
         "maskgit": str(weights),
         "tokenizer_identity": tokenizer.identity,
         "global_step": result.global_step,
+        "exported_from": exported_from,
         "seconds": round(time.perf_counter() - start, 1),
         "train_tokens_per_second": round(tokens_per_second, 1),
         "token_grids": {"train": len(train_set), "val": len(val_loader.dataset) if val_loader else 0},
