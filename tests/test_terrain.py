@@ -352,11 +352,11 @@ def test_both_stages_train_export_and_refuse_to_overwrite(tmp_path: Path) -> Non
     data += ["data.block_size=32", "data.batch_size=8", "data.max_tiles_per_source=40"]
     train = ["train.max_steps=3", "train.val_every_steps=3", "train.log_every_steps=1", "train.progress_bar=false"]
     train += ["train.loggers=[csv]"]
+    tokenizer_train = ["task.disc_start=1", "train.max_steps=4", "train.val_every_steps=1"]
     tokenizer_config = load_config(
         TokenizerConfig,
         None,
-        [*data, *train, "model.channels=4", "model.codebook_size=16", "model.disc_channels=8", "task.disc_start=1"]
-        + ["train.max_steps=4", "train.val_every_steps=1"],
+        [*data, *train, "model.channels=4", "model.codebook_size=16", "model.disc_channels=8", *tokenizer_train],
     )
     summary = fit_tokenizer(tokenizer_config, tmp_path / "tok")
     # max_steps counts tokenizer steps; the discriminator stepped too (its loss is logged) without counting.
