@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
-from landformer.cli import add_command, add_group
+from landformer.cli import add_command, add_group, add_recipe_arguments
 
 DEFAULT_TOKENIZER_CONFIG = "configs/terrain_tokenizer_tiny.yaml"
 DEFAULT_MASKGIT_CONFIG = "configs/terrain_maskgit_tiny.yaml"
@@ -16,7 +17,7 @@ def _print(summary: dict) -> None:
     print(json.dumps(summary, indent=2, default=str))
 
 
-def _config_path(value: str | None, default: str) -> str | None:
+def _config_path(value: Path | None, default: str) -> Path | str | None:
     """The recipe given, else the tiny default when run from the repository, else the built-in defaults."""
     if value is not None:
         return value
@@ -28,7 +29,7 @@ def _fit_tokenizer(args: argparse.Namespace) -> None:
     from landformer.terrain.config import TokenizerConfig
     from landformer.terrain.pipeline import fit_tokenizer
 
-    config = load_config(TokenizerConfig, _config_path(args.config, DEFAULT_TOKENIZER_CONFIG), args.set)
+    config = load_config(TokenizerConfig, _config_path(args.config, DEFAULT_TOKENIZER_CONFIG), args.overrides)
     _print(fit_tokenizer(config, args.out, resume=args.resume))
     print(f"tokenizer written to {Path(args.out) / 'tokenizer.safetensors'}")
 
@@ -45,10 +46,22 @@ def _fit(args: argparse.Namespace) -> None:
     from landformer.terrain.config import MaskGITConfig
     from landformer.terrain.pipeline import fit_maskgit
 
-    overrides = list(args.set) + ([f"tokenizer={args.tokenizer}"] if args.tokenizer else [])
+    overrides = list(args.overrides) + ([f"tokenizer={args.tokenizer}"] if args.tokenizer else [])
     config = load_config(MaskGITConfig, _config_path(args.config, DEFAULT_MASKGIT_CONFIG), overrides)
     _print(fit_maskgit(config, args.out, resume=args.resume))
     print(f"generator written to {Path(args.out) / 'maskgit.safetensors'}")
+
+
+def _map_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of :func:`_add_map_arguments`, as keyword arguments of ``sample`` and ``write_world``."""
+    return {
+        "seed": args.seed,
+        "pixel_size": args.pixel_size,
+        "crs": args.crs,
+        "origin": tuple(args.origin),
+        "offset": args.offset,
+        "scale": args.scale,
+    }
 
 
 def _sample(args: argparse.Namespace) -> None:
@@ -58,14 +71,9 @@ def _sample(args: argparse.Namespace) -> None:
         args.model,
         args.out,
         count=args.count,
-        seed=args.seed,
-        pixel_size=args.pixel_size,
-        crs=args.crs,
-        origin=tuple(args.origin),
-        offset=args.offset,
-        scale=args.scale,
         condition_code=args.condition_code,
         tokenizer=args.tokenizer,
+        **_map_options(args),
     )
     _print(summary)
 
@@ -89,17 +97,7 @@ def _world(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     generator = load_generator(args.model, args.tokenizer)
     summary = write_world(
-        generator,
-        args.out,
-        args.size,
-        seed=args.seed,
-        pixel_size=args.pixel_size,
-        crs=args.crs,
-        origin=tuple(args.origin),
-        offset=args.offset,
-        scale=args.scale,
-        condition=args.condition,
-        block=args.block,
+        generator, args.out, args.size, condition=args.condition, block=args.block, **_map_options(args)
     )
     _print(summary)
 
@@ -107,10 +105,7 @@ def _world(args: argparse.Namespace) -> None:
 def _add_training_arguments(parser: argparse.ArgumentParser, default_config: str, out: str) -> None:
     from landformer.core.train import add_resume_argument
 
-    parser.add_argument("--config", default=None, help=f"recipe YAML (default: {default_config} if present)")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key: train.max_steps=50"
-    )
+    add_recipe_arguments(parser, f"{default_config} if present")
     parser.add_argument("--out", default=out, help="run folder")
     add_resume_argument(parser)
 

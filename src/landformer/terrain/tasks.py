@@ -183,18 +183,19 @@ class TokenizerTask(BaseTask):
         self.log("val/perplexity", entropy.exp())
 
     def configure_optimizers(self) -> Any:
-        """AdamW with betas (0.5, 0.9), as is usual for GANs, for each network; warmup-cosine schedules."""
+        """One AdamW with betas (0.5, 0.9), as is usual for GANs, per network (BaseTask's single optimiser over
+        all parameters does not fit two players), each on the shared warmup-cosine schedule."""
         hp = self.hparams
-        opt_g = torch.optim.AdamW(self.tokenizer.parameters(), lr=hp.lr, betas=(0.5, 0.9), weight_decay=hp.weight_decay)
-        opt_d = torch.optim.AdamW(
-            self.discriminator.parameters(), lr=hp.disc_lr, betas=(0.5, 0.9), weight_decay=hp.weight_decay
-        )
+        optimizers = [
+            torch.optim.AdamW(network.parameters(), lr=lr, betas=(0.5, 0.9), weight_decay=hp.weight_decay)
+            for network, lr in ((self.tokenizer, hp.lr), (self.discriminator, hp.disc_lr))
+        ]
         warmup, total, floor = hp.warmup_steps, hp.max_steps, hp.min_lr_ratio
         schedules = [
             torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, warmup, total, floor))
-            for opt in (opt_g, opt_d)
+            for opt in optimizers
         ]
-        return [opt_g, opt_d], schedules
+        return optimizers, schedules
 
 
 class MaskGITTask(BaseTask):
