@@ -13,6 +13,7 @@ from landformer.cli import main
 from landformer.embeddings.data import TileSource, load_dataset, quantize_int8, resolve_source
 from landformer.embeddings.evaluate import regression_metrics
 from landformer.embeddings.pca import PCA3, fit_pca, load_pca, save_pca
+from landformer.embeddings.regress import load_regressor, predict
 
 TINY = [
     "--set", "encoder.dim=32", "--set", "encoder.depth=1", "--set", "encoder.heads=2", "--set", "encoder.patch_size=4",
@@ -58,12 +59,17 @@ def test_stages_chain_and_evaluate_agrees_with_its_predictions(world_dataset: Pa
     dpo = json.loads((tmp_path / "dpo" / "summary.json").read_text())
     assert dpo["n_pairs"] == 2 * summary["metrics"]["sft"]["train"]["n"]
     assert dpo["sft_vs_dpo"]["test"]["sft_r2"] == pytest.approx(summary["metrics"]["sft"]["test"]["r2"], abs=1e-6)
-    text_route = ["--set", "dpo.route=text", "--set", "dpo.decimals=3", "--set", "data.batch_size=4"]
-    assert main(["embeddings", "dpo", "--out", str(tmp_path / "text"), "--sft", str(tmp_path / "sft"), *data, *TINY,
-                 *steps("dpo", 3), *text_route]) == 0  # fmt: skip
+    text_route = ["--set", "dpo.route=text", "--set", "dpo.decimals=3", "--set", "data.batch_size=4",
+                  "--set", "train_dpo.checkpoint_every_steps=3"]  # fmt: skip
+    text_dpo = ["embeddings", "dpo", "--out", str(tmp_path / "text"), "--sft", str(tmp_path / "sft"), *data, *TINY]
+    assert main([*text_dpo, *steps("dpo", 3), *text_route]) == 0
     text = json.loads((tmp_path / "text" / "summary.json").read_text())
     assert text["global_step"] == 3 and (tmp_path / "text" / "text_model" / "model.safetensors").is_file()
     assert text["generated_after"]["test"]["n"] == summary["metrics"]["sft"]["test"]["n"]
+    assert main([*text_dpo, *steps("dpo", 5), *text_route]) == 2  # a fresh run into a used folder is refused
+    assert main([*text_dpo, *steps("dpo", 5), *text_route, "--resume"]) == 0
+    resumed = json.loads((tmp_path / "text" / "summary.json").read_text())
+    assert resumed["global_step"] == 5 and resumed["resumed_from"].endswith("checkpoint-3")
     out = tmp_path / "eval"
     assert main(["embeddings", "evaluate", "--runs", str(tmp_path / "sft"), str(tmp_path / "dpo"),
                  "--out", str(out)]) == 0  # fmt: skip
@@ -150,6 +156,25 @@ def test_pca_command_writes_a_3_channel_dataset(world_dataset: Path, tmp_path: P
     np.testing.assert_allclose(converted.tiles[5], pca.project(original.tiles[5], original.valid[5][None]), atol=1e-6)
     np.testing.assert_array_equal(converted.split, original.split)
     assert (tmp_path / "pca" / "data" / "preview.png").is_file()
+
+
+def test_pca_dataset_trains_with_a_3_channel_encoder_on_the_same_split(world_dataset: Path, tmp_path: Path) -> None:
+    assert main(["embeddings", "pca", "--out", str(tmp_path / "pca"), "--dataset", str(world_dataset)]) == 0
+    sft = ["embeddings", "sft", "--out", str(tmp_path / "sft3"), "--dataset", str(tmp_path / "pca" / "data"), *TINY]
+    assert main([*sft, "--set", "encoder.in_channels=3", *steps("sft", 4)]) == 0
+    model = json.loads((tmp_path / "sft3" / "model.json").read_text())
+    assert model["encoder"]["in_channels"] == 3 and model["global_step"] == 4
+    summary = json.loads((tmp_path / "sft3" / "summary.json").read_text())
+    original = load_dataset(resolve_source(world_dataset), progress=False)
+    for split in ("train", "val", "test"):
+        assert summary["metrics"]["sft"][split]["n"] == len(original.indices(split))
+    converted = load_dataset(resolve_source(tmp_path / "pca" / "data"), progress=False)
+    np.testing.assert_array_equal(converted.split, original.split)
+    network, meta = load_regressor(tmp_path / "sft3")
+    test = converted.indices("test")
+    mean, _ = predict(network, meta, converted, test)
+    r2 = regression_metrics(converted.targets[test], mean)["r2"]
+    assert r2 == pytest.approx(summary["metrics"]["sft"]["test"]["r2"], abs=1e-5)
 
 
 def test_three_channel_tiles_are_read_with_the_encoders_channel_count(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from landformer.core.errors import UserError
 from landformer.embeddings.data import (
     INT8_NODATA,
     TileSource,
+    buffer_overlaps,
     dequantize_int8,
     load_dataset,
     quantize_int8,
@@ -191,6 +192,39 @@ def test_split_keeps_groups_whole_and_is_reproducible() -> None:
     assert (split == "val").any() and (split == "train").any()
     np.testing.assert_array_equal(split, split_by_group(groups, 0.2, 0.15, seed=3))
     assert not np.array_equal(split, split_by_group(groups, 0.2, 0.15, seed=4))
+
+
+def test_buffer_leaves_out_tiles_that_overlap_a_more_strictly_held_out_split() -> None:
+    # Tiles of side 0.5 degrees. A train city 0.3 degrees west of a test city shares pixels with it (a region
+    # border between them); one 0.5 degrees away only touches its edge; a val city overlaps the test city too.
+    lonlat = np.array([[10.0, 5.0], [9.7, 5.1], [10.5, 5.0], [10.0, 4.6], [20.0, 5.0], [20.2, 5.2], [30.0, 0.0]])
+    split = np.array(["test", "train", "train", "val", "val", "train", "train"])
+    buffered = buffer_overlaps(split, lonlat, tile_degrees=0.5)
+    np.testing.assert_array_equal(buffered, ["test", "buffer", "train", "buffer", "val", "buffer", "train"])
+    # Every pair of kept tiles in different splits is at least a tile side apart on one axis.
+    kept = np.flatnonzero(buffered != "buffer")
+    for i, j in itertools.combinations(kept, 2):
+        if buffered[i] != buffered[j]:
+            assert np.abs(lonlat[i] - lonlat[j]).max() >= 0.5
+    unknown = lonlat.copy()
+    unknown[1] = np.nan  # a tile without coordinates stays where it is
+    assert buffer_overlaps(split, unknown, 0.5)[1] == "train"
+
+
+def test_dataset_with_tile_extent_buffers_cities_across_region_borders(tmp_path: Path) -> None:
+    groups = [f"g{i}" for i in range(6)]
+    source = write_dataset(tmp_path, unit_tiles(6), groups)
+    table = pd.read_csv(source.labels)
+    table["lon"] = [0.0, 0.1, 5.0, 10.0, 15.0, 20.0]  # tiles 0 and 1 overlap whatever their splits
+    table["lat"] = 0.0
+    table["split"] = ["test", "train", "val", "train", "train", "test"]
+    table.to_csv(source.labels, index=False)
+    plain = load_dataset(source, progress=False)
+    assert plain.info["buffered"] == 0 and plain.split[1] == "train"
+    source.tile_degrees = 0.2
+    buffered = load_dataset(source, progress=False)
+    assert buffered.info["buffered"] == 1 and buffered.split[1] == "buffer"
+    np.testing.assert_array_equal(buffered.indices("train"), [3, 4])
 
 
 def test_split_needs_three_groups() -> None:

@@ -10,7 +10,7 @@ import torch
 
 from landformer.embeddings.augment import TileAugmenter, crop_resize, dihedral
 from landformer.embeddings.data import EmbeddingDataset
-from landformer.embeddings.encoders import ViTEncoder, build_encoder
+from landformer.embeddings.encoders import ViTEncoder, build_encoder, pool_tokens
 from landformer.embeddings.evaluate import fit_baselines, regression_metrics
 from landformer.embeddings.mae import MaskedAutoencoder
 from landformer.embeddings.prefer import DPOTask, dpo_loss, make_pairs
@@ -300,12 +300,26 @@ def test_ridge_probe_recovers_a_linear_target() -> None:
     assert baselines["knn"]["settings"]["k"] in (3, 5, 10, 20, 40)
 
 
+def test_stats_pooling_is_mean_centre_mean_and_spread_of_the_tokens() -> None:
+    tokens = torch.randn(2, 16, 5, generator=torch.Generator().manual_seed(0))
+    rows, cols = torch.meshgrid(torch.arange(4), torch.arange(4), indexing="ij")
+    positions = torch.stack([rows.flatten(), cols.flatten()], dim=-1)
+    pooled = pool_tokens(tokens, positions, "stats")
+    centre = [5, 6, 9, 10]  # the middle 2x2 patches of a 4x4 grid
+    expected = torch.cat([tokens.mean(1), tokens[:, centre].mean(1), tokens.std(1, unbiased=False)], dim=-1)
+    torch.testing.assert_close(pooled, expected)
+    torch.testing.assert_close(pool_tokens(tokens, positions, "mean"), tokens.mean(1))
+    # The order of the tokens does not matter, only their positions (the Qwen towers list patches block-wise).
+    order = torch.randperm(16, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(pool_tokens(tokens[:, order], positions[order], "stats"), pooled)
+
+
 def test_regressor_export_round_trip(tmp_path) -> None:
     from landformer.embeddings.pipeline import save_model
     from landformer.embeddings.regress import load_regressor
 
     torch.manual_seed(0)
-    model = Regressor(build_encoder(VIT, 1), 16, 0.1).eval()
+    model = Regressor(build_encoder(VIT, 1), 16, 0.1, pooling="stats").eval()
     meta = {
         "stage": "sft",
         "encoder": VIT,
@@ -313,6 +327,7 @@ def test_regressor_export_round_trip(tmp_path) -> None:
         "tile_size": 8,
         "head_hidden": 16,
         "head_dropout": 0.1,
+        "pooling": "stats",
         "lora": None,
         "target_mean": 1.0,
         "target_scale": 2.0,

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from landformer.cli import add_command, add_group
+from landformer.cli import add_command, add_group, add_recipe_arguments
 from landformer.core.errors import UserError
 from landformer.core.train import add_resume_argument
 
@@ -84,9 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         group, "pca", "fit PCA 64 -> 3 on training pixels and write a 3-channel copy of the data", run_pca
     )
     pca.add_argument("--out", type=Path, required=True, help="folder for pca.json/.npz and the 3-channel dataset")
-    pca.add_argument(
-        "--config", type=Path, default=None, help=f"recipe YAML for the data (default: {DEFAULT_CONFIG_NOTE})"
-    )
+    add_recipe_arguments(pca, DEFAULT_CONFIG_NOTE)
     pca.add_argument("--fit", type=Path, default=None, help="apply this pca.json instead of fitting a new one")
     pca.add_argument("--max-pixels", type=int, default=200_000, help="training pixels sampled for the fit")
     pca.add_argument("--seed", type=int, default=0, help="seed of the pixel sample")
@@ -96,16 +94,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _stage_command(group: argparse._SubParsersAction, name: str, help: str, func: Any) -> argparse.ArgumentParser:
     parser = add_command(group, name, help, func)
-    parser.add_argument("--config", type=Path, default=None, help=f"recipe YAML (default: {DEFAULT_CONFIG_NOTE})")
+    add_recipe_arguments(parser, DEFAULT_CONFIG_NOTE)
     parser.add_argument("--out", type=Path, required=True, help="run folder for checkpoints, model and pictures")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one recipe value, e.g. --set train_sft.max_steps=100 (repeatable)",
-    )
     _add_data_arguments(parser, DATA_NOTE)
     return parser
 
@@ -215,9 +205,7 @@ def run_dpo(args: argparse.Namespace) -> None:
     if config.dpo.route == "text":
         from landformer.embeddings.trl_route import text_dpo
 
-        if args.resume:
-            raise UserError("the text route (trl) cannot resume; start it in a new run folder")
-        summary = text_dpo(config, args.out, sft=args.sft)
+        summary = text_dpo(config, args.out, sft=args.sft, resume=args.resume)
         print(
             f"text-route DPO: {summary['global_step']} steps on {summary['n_train_pairs']} pairs, "
             f"train loss {summary['train_loss']:.4f}; model {summary['text_model']}"

@@ -135,6 +135,7 @@ class SFTConfig:
 
     head_hidden: int = 128
     head_dropout: float = 0.1
+    pooling: Literal["mean", "stats"] = "stats"  # stats: mean, centre-mean and spread of the patch tokens
     lr: float = 3e-4
     encoder_lr_scale: float = 0.3  # the encoder trains at lr * this once unfrozen
     freeze_epochs: int = 1  # epochs with the encoder frozen (the head learns first)

@@ -36,6 +36,7 @@ INT8_SCALE = 127.5
 TILE_SUFFIXES = (".tif", ".tiff", ".npy")
 LABEL_SUFFIXES = (".csv", ".xlsx", ".xlsm")
 SPLITS = ("train", "val", "test")
+BUFFER = "buffer"  # the split of tiles left out because they overlap a tile of a more strictly held-out split
 DATASET_JSON = "dataset.json"
 UNIT_NORM_TOLERANCE = 0.25  # a tile whose median pixel length is further than this from 1 is not an embedding
 
@@ -247,6 +248,33 @@ def split_by_group(groups: Sequence[str], test_fraction: float, val_fraction: fl
     return np.array([assignment[name] for name in groups])
 
 
+def buffer_overlaps(split: np.ndarray, lonlat: np.ndarray, tile_degrees: float) -> np.ndarray:
+    """``split`` with every tile that overlaps a tile of a more strictly held-out split moved to ``'buffer'``.
+
+    Regions are whole 10-degree cells, but a city just west of a cell border and one just east of it have tiles
+    that share pixels, so a test tile could be partly seen in training. Tiles are squares of ``tile_degrees`` around
+    their (lon, lat) centres; two overlap when both centre offsets are below ``tile_degrees``. Test keeps all its
+    tiles, a validation tile that overlaps a test tile is left out, and a training tile that overlaps a test or
+    validation tile is left out; tiles without coordinates are kept as they are.
+    """
+    from scipy.spatial import cKDTree
+
+    split = np.array(split, dtype="<U8")  # wide enough for "buffer"
+    known = np.flatnonzero(np.isfinite(lonlat).all(axis=1))
+    if tile_degrees <= 0 or len(known) < 2:
+        return split
+    strictness = {"test": 2, "val": 1, "train": 0}
+    level = np.array([strictness.get(name, -1) for name in split])
+    pairs = cKDTree(lonlat[known]).query_pairs(tile_degrees, p=np.inf, output_type="ndarray")
+    first, second = known[pairs[:, 0]], known[pairs[:, 1]]
+    closer = np.abs(lonlat[first] - lonlat[second]).max(axis=1) < tile_degrees  # touching edges do not overlap
+    first, second = first[closer], second[closer]
+    lower = np.where(level[first] < level[second], first, second)
+    crossing = level[first] != level[second]
+    split[np.unique(lower[crossing])] = BUFFER
+    return split
+
+
 # ---------------------------------------------------------------------------------------------- dataset
 
 
@@ -263,6 +291,7 @@ class TileSource:
     lon_column: str | None = "lon"
     lat_column: str | None = "lat"
     channels: int = EMBEDDING_DIM  # 64 for embeddings; 3 for a PCA-converted copy (no unit-length check then)
+    tile_degrees: float | None = None  # tile side in degrees: tiles overlapping across splits are left out
 
 
 @dataclass
@@ -332,7 +361,18 @@ def resolve_source(dataset: str | os.PathLike[str]) -> TileSource:
         lon_column=columns.get("lon", "lon"),
         lat_column=columns.get("lat", "lat"),
         channels=int(meta.get("channels", EMBEDDING_DIM)),
+        tile_degrees=_tile_degrees(meta),
     )
+
+
+def _tile_degrees(meta: dict[str, Any]) -> float | None:
+    """The tile side in degrees a dataset.json records (older city datasets: from their recipe), else None."""
+    if meta.get("tile_degrees") is not None:
+        return float(meta["tile_degrees"])
+    recipe = meta.get("recipe") or {}
+    if meta.get("kind") == "cities" and "tile_size" in recipe and "pixel_arcsec" in recipe:
+        return recipe["tile_size"] * recipe["pixel_arcsec"] / 3600.0
+    return None
 
 
 def write_bundle(path: str | os.PathLike[str], ids: Sequence[str], codes: np.ndarray) -> Path:
@@ -411,7 +451,8 @@ def load_dataset(
     ``source.tiles`` is a folder of tile files or a ``.npz`` bundle (:func:`write_bundle`). Errors (UserErrors
     naming the file): a tile without a label row or a label row without a tile, tiles of different sizes or
     channel counts, a tile with more than ``max_nodata`` of its pixels masked, pixels that are not unit vectors.
-    A ``split`` column in the label table (train/val/test) is used as given.
+    A ``split`` column in the label table (train/val/test) is used as given. With ``source.tile_degrees`` (and
+    lon/lat columns), tiles that overlap a tile of another split are left out (:func:`buffer_overlaps`).
     """
     table = read_labels(source.labels, source.id_column, source.target_column, source.group_column)
     ids = table[source.id_column].tolist()
@@ -439,13 +480,15 @@ def load_dataset(
             raise UserError(f"label table {source.labels}: split {unknown[0]!r} is not one of {', '.join(SPLITS)}")
     else:
         split = split_by_group(groups, test_fraction, val_fraction, split_seed)
-    for name in ("train", "val"):
-        if not (split == name).any():
-            raise UserError(f"the {name} split of {source.labels} is empty; use more groups or other fractions")
     lonlat = np.full((len(ids), 2), np.nan)
     for axis, column in enumerate((source.lon_column, source.lat_column)):
         if column is not None and column in table.columns:
             lonlat[:, axis] = table[column].to_numpy(dtype=np.float64)
+    if source.tile_degrees is not None:
+        split = buffer_overlaps(split, lonlat, source.tile_degrees)
+    for name in ("train", "val"):
+        if not (split == name).any():
+            raise UserError(f"the {name} split of {source.labels} is empty; use more groups or other fractions")
     return EmbeddingDataset(
         ids=ids,
         tiles=tiles,
@@ -458,6 +501,8 @@ def load_dataset(
         info={
             "tiles": str(source.tiles),
             "labels": str(source.labels),
+            "tile_degrees": source.tile_degrees,
+            "buffered": int((split == BUFFER).sum()),
             "columns": {
                 "id": source.id_column,
                 "target": source.target_column,

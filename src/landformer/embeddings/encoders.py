@@ -38,17 +38,45 @@ class PatchEncoder(nn.Module):
     def encode(self, patches: Tensor, positions: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def features(self, frames: Tensor) -> Tensor:
-        """(B, F, C, H, W) -> (B, width): the mean of every patch token (the regression input)."""
+    def tokens(self, frames: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, F, C, H, W) -> tokens (B, L, width) of every patch and their (L, 2) patch positions."""
         patches = self.patchify(frames)
         positions = self.patch_positions(frames.shape[-2], frames.shape[-1]).to(frames.device)
-        tokens = self.encode(patches, positions.unsqueeze(0).expand(len(patches), -1, -1))
-        return tokens.mean(dim=1)
+        return self.encode(patches, positions.unsqueeze(0).expand(len(patches), -1, -1)), positions
+
+    def features(self, frames: Tensor, pooling: str = "mean") -> Tensor:
+        """(B, F, C, H, W) -> (B, pooled_width(pooling)): the pooled patch tokens (the regression input)."""
+        return pool_tokens(*self.tokens(frames), pooling)
+
+    def pooled_width(self, pooling: str) -> int:
+        return self.width * POOLING_PARTS[pooling]
 
     def check_tile(self, height: int, width: int) -> None:
         """Raise ValueError if tiles of this size cannot be cut into whole patches (and groups)."""
         if height % self.patch_size or width % self.patch_size:
             raise ValueError(f"tile {height}x{width} is not a whole number of {self.patch_size}-pixel patches")
+
+
+POOLING_PARTS = {"mean": 1, "stats": 3}  # pooled width / token width
+
+
+def pool_tokens(tokens: Tensor, positions: Tensor, pooling: str = "mean") -> Tensor:
+    """Pool (B, L, D) patch tokens at (L, 2) positions into one vector per tile.
+
+    ``mean``: the mean token. ``stats``: the mean token, the mean of the tokens of the tile's middle half (patches
+    within a quarter of the side from the centre on both axes) and the per-channel standard deviation over the
+    tokens. When the label belongs to the tile's centre (a city), the centre tokens say what surrounds that place,
+    and the spread says how mixed the tile is: both are lost by a plain mean, which is all the probes see.
+    """
+    if pooling not in POOLING_PARTS:
+        raise ValueError(f"pooling {pooling!r} is not one of {sorted(POOLING_PARTS)}")
+    mean = tokens.mean(dim=1)
+    if pooling == "mean":
+        return mean
+    extent = positions.amax(dim=0).float() + 1.0  # patches per side (rows, cols)
+    offset = (positions.float() - (extent - 1.0) / 2.0).abs()
+    centre = (offset <= extent / 4.0).all(dim=1)
+    return torch.cat([mean, tokens[:, centre].mean(dim=1), tokens.std(dim=1, unbiased=False)], dim=-1)
 
 
 def take_frames(frames: Tensor, count: int) -> Tensor:

@@ -505,6 +505,7 @@ def make_city_dataset(out: str | Path, config: CityDatasetConfig, progress: bool
             "recipe": asdict(config),
             "count": len(rows),
             "tile_size": config.tile_size,
+            "tile_degrees": config.tile_size * pixel_degrees,
         },
     )
 

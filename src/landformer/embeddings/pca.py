@@ -154,6 +154,7 @@ def convert_dataset(dataset: EmbeddingDataset, pca: PCA3, labels: Path, out: str
             "next_tiles": folders[1] if len(folders) > 1 else None,
             "labels": f"labels{suffix}",
             "channels": 3,
+            "tile_degrees": source_meta.get("tile_degrees"),  # the same overlap buffer, so the same split
             "source": source_meta,
             "explained_variance_ratio": pca.explained_variance_ratio.tolist(),
             "columns": source_meta.get("columns", {}),

@@ -33,13 +33,20 @@ from torch.utils.data import DataLoader, Dataset
 
 from landformer.core.errors import UserError
 from landformer.core.io import write_json
-from landformer.core.task import BaseTask, warmup_cosine
+from landformer.core.task import BaseTask
 from landformer.core.train import fit, last_checkpoint, prepare_run, seed_everything
 from landformer.embeddings.config import EmbeddingsConfig
 from landformer.embeddings.data import EmbeddingDataset
 from landformer.embeddings.encoders import build_encoder
 from landformer.embeddings.evaluate import regression_metrics
-from landformer.embeddings.pipeline import eval_loader, load_data, load_task_weights, save_model, set_threads
+from landformer.embeddings.pipeline import (
+    eval_loader,
+    load_data,
+    load_task_weights,
+    save_model,
+    set_threads,
+    staged_adamw,
+)
 from landformer.embeddings.regress import Regressor, add_lora, gaussian_log_prob, load_regressor, predict, stage_report
 
 
@@ -112,6 +119,7 @@ class DPOTask(BaseTask):
         frames: int = 1,
         head_hidden: int = 128,
         head_dropout: float = 0.1,
+        pooling: str = "mean",
         lora: dict[str, Any] | None = None,
         beta: float = 0.1,
         train_encoder: bool = False,
@@ -127,14 +135,14 @@ class DPOTask(BaseTask):
 
     def configure_models(self) -> None:
         hp = self.hparams
-        self.policy = Regressor(build_encoder(hp.encoder, hp.frames), hp.head_hidden, hp.head_dropout)
+        self.policy = Regressor(build_encoder(hp.encoder, hp.frames), hp.head_hidden, hp.head_dropout, hp.pooling)
         if hp.lora:
             add_lora(self.policy.encoder, hp.lora["rank"], hp.lora["alpha"], hp.lora["dropout"], hp.lora["targets"])
         if not hp.train_encoder:
             self.policy.encoder.requires_grad_(False)
 
     def head_outputs(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
-        features = self.policy.encoder.features(inputs) if self.hparams.train_encoder else inputs
+        features = self.policy.features(inputs) if self.hparams.train_encoder else inputs
         return self.policy.head(features)
 
     def compute_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -161,15 +169,8 @@ class DPOTask(BaseTask):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        groups = [{"params": [p for p in self.policy.head.parameters() if p.requires_grad], "lr": hp.lr}]
-        encoder_params = [p for p in self.policy.encoder.parameters() if p.requires_grad]
-        if encoder_params:
-            groups.append({"params": encoder_params, "lr": hp.lr * hp.encoder_lr_scale})
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, hp.warmup_steps, hp.max_steps, hp.min_lr_ratio)
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        parts = [(self.policy.head, 1.0, 0), (self.policy.encoder, hp.encoder_lr_scale, 0)]
+        return staged_adamw(parts, hp.lr, hp.weight_decay, hp.warmup_steps, hp.max_steps, hp.min_lr_ratio)
 
 
 @torch.no_grad()
@@ -177,7 +178,7 @@ def pooled_features(model: Regressor, dataset: EmbeddingDataset, batch_size: int
     """(N, width) pooled encoder features of every tile (no augmentation)."""
     model.eval()
     loader = eval_loader(dataset, np.arange(len(dataset)), batch_size, 0.0, 1.0)
-    return torch.cat([model.encoder.features(batch["frames"]).float() for batch in loader])
+    return torch.cat([model.features(batch["frames"]).float() for batch in loader])
 
 
 def prefer(
@@ -241,6 +242,7 @@ def prefer(
         frames=meta["frames"],
         head_hidden=meta["head_hidden"],
         head_dropout=meta["head_dropout"],
+        pooling=meta.get("pooling", "mean"),
         lora=meta.get("lora"),
         beta=dpo.beta,
         train_encoder=dpo.train_encoder,

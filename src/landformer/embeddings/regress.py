@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from landformer.core.config import to_dict
 from landformer.core.errors import UserError
 from landformer.core.io import write_json
-from landformer.core.task import BaseTask, warmup_cosine
+from landformer.core.task import BaseTask
 from landformer.core.train import fit, last_checkpoint, prepare_run, seed_everything
 from landformer.embeddings.config import EmbeddingsConfig
 from landformer.embeddings.data import EmbeddingDataset
@@ -43,6 +43,7 @@ from landformer.embeddings.pipeline import (
     make_loaders,
     save_model,
     set_threads,
+    staged_adamw,
     target_scaling,
 )
 
@@ -68,15 +69,21 @@ class GaussianHead(nn.Module):
 
 
 class Regressor(nn.Module):
-    """Encoder + mean pooling + Gaussian head."""
+    """Encoder + pooling of its patch tokens (:func:`~landformer.embeddings.encoders.pool_tokens`) + Gaussian head."""
 
-    def __init__(self, encoder: PatchEncoder, head_hidden: int = 128, head_dropout: float = 0.1) -> None:
+    def __init__(
+        self, encoder: PatchEncoder, head_hidden: int = 128, head_dropout: float = 0.1, pooling: str = "mean"
+    ) -> None:
         super().__init__()
         self.encoder = encoder
-        self.head = GaussianHead(encoder.width, head_hidden, head_dropout)
+        self.pooling = pooling
+        self.head = GaussianHead(encoder.pooled_width(pooling), head_hidden, head_dropout)
+
+    def features(self, frames: Tensor) -> Tensor:
+        return self.encoder.features(frames, self.pooling)
 
     def forward(self, frames: Tensor) -> tuple[Tensor, Tensor]:
-        return self.head(self.encoder.features(frames))
+        return self.head(self.features(frames))
 
     def log_prob(self, frames: Tensor, values: Tensor) -> Tensor:
         """Gaussian log-density of ``values`` (B,) or (B, K) under the prediction for each tile."""
@@ -114,6 +121,7 @@ class RegressionTask(BaseTask):
         frames: int = 1,
         head_hidden: int = 128,
         head_dropout: float = 0.1,
+        pooling: str = "mean",
         freeze_steps: int = 0,
         encoder_lr_scale: float = 0.1,
         lora: dict[str, Any] | None = None,
@@ -128,7 +136,7 @@ class RegressionTask(BaseTask):
 
     def configure_models(self) -> None:
         hp = self.hparams
-        self.model = Regressor(build_encoder(hp.encoder, hp.frames), hp.head_hidden, hp.head_dropout)
+        self.model = Regressor(build_encoder(hp.encoder, hp.frames), hp.head_hidden, hp.head_dropout, hp.pooling)
         if hp.lora:
             add_lora(self.model.encoder, hp.lora["rank"], hp.lora["alpha"], hp.lora["dropout"], hp.lora["targets"])
 
@@ -137,7 +145,7 @@ class RegressionTask(BaseTask):
 
     def compute_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.encoder_frozen()):
-            features = self.model.encoder.features(batch["frames"])
+            features = self.model.features(batch["frames"])
         mean, log_var = self.model.head(features)
         target = batch["target"]
         mse = (mean - target).pow(2).mean()
@@ -160,36 +168,10 @@ class RegressionTask(BaseTask):
         self.log("val/r2_deficit", 1.0 - r2)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        """AdamW over head and encoder groups; the encoder's rate is 0 until ``freeze_steps``, then scaled."""
+        """The head at ``lr`` from the start; the encoder at ``lr * encoder_lr_scale`` from ``freeze_steps`` on."""
         hp = self.hparams
-        groups, lambdas = [], []
-        for part, scale, frozen_until in (
-            (self.model.head, 1.0, 0),
-            (self.model.encoder, hp.encoder_lr_scale, hp.freeze_steps),
-        ):
-            params = [p for p in part.parameters() if p.requires_grad]
-            for decay in (True, False):
-                chosen = [p for p in params if (p.ndim >= 2) == decay]
-                if not chosen:
-                    continue
-                groups.append(
-                    {"params": chosen, "weight_decay": hp.weight_decay if decay else 0.0, "lr": hp.lr * scale}
-                )
-                lambdas.append(_staged_schedule(frozen_until, hp.warmup_steps, hp.max_steps, hp.min_lr_ratio))
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def _staged_schedule(start: int, warmup: int, total: int, floor: float) -> Any:
-    """0 before ``start``, then warmup-cosine over the remaining steps."""
-
-    def multiplier(step: int) -> float:
-        if step < start:
-            return 0.0
-        return warmup_cosine(step - start, warmup, max(1, total - start), floor)
-
-    return multiplier
+        parts = [(self.model.head, 1.0, 0), (self.model.encoder, hp.encoder_lr_scale, hp.freeze_steps)]
+        return staged_adamw(parts, hp.lr, hp.weight_decay, hp.warmup_steps, hp.max_steps, hp.min_lr_ratio)
 
 
 def _lora_settings(config: EmbeddingsConfig) -> dict[str, Any] | None:
@@ -208,6 +190,7 @@ def build_regression_task(
         frames=frames,
         head_hidden=sft.head_hidden,
         head_dropout=sft.head_dropout,
+        pooling=sft.pooling,
         freeze_steps=freeze_steps,
         encoder_lr_scale=sft.encoder_lr_scale,
         lora=_lora_settings(config),
@@ -234,6 +217,7 @@ def model_meta(
         "tile_size": dataset.tile_size,
         "head_hidden": task_hparams["head_hidden"],
         "head_dropout": task_hparams["head_dropout"],
+        "pooling": task_hparams.get("pooling", "mean"),
         "lora": task_hparams.get("lora"),
         "target_mean": scaling[0],
         "target_scale": scaling[1],
@@ -244,7 +228,12 @@ def model_meta(
 def load_regressor(path: str | os.PathLike[str], device: str = "cpu") -> tuple[Regressor, dict[str, Any]]:
     """An exported SFT/DPO model (run folder or ``model.safetensors``) ready for :func:`predict`."""
     tensors, meta = load_model_file(path)
-    model = Regressor(build_encoder(meta["encoder"], meta["frames"]), meta["head_hidden"], meta["head_dropout"])
+    model = Regressor(
+        build_encoder(meta["encoder"], meta["frames"]),
+        meta["head_hidden"],
+        meta["head_dropout"],
+        meta.get("pooling", "mean"),
+    )
     lora = meta.get("lora")
     if lora:
         add_lora(model.encoder, lora["rank"], lora["alpha"], lora["dropout"], lora["targets"])

@@ -257,8 +257,39 @@ def _pair_records(dataset: EmbeddingDataset, split: str, mean: np.ndarray, sd: n
     return records
 
 
-def text_dpo(config: EmbeddingsConfig, run_dir: str | os.PathLike[str], sft: str | os.PathLike[str]) -> dict[str, Any]:
-    """Run trl's DPOTrainer on number-as-text preference pairs drawn from the SFT regressor in ``sft``."""
+def trl_checkpoint(run_dir: Path, resume: bool | str | os.PathLike[str]) -> str | None:
+    """The trainer checkpoint to resume from: None for a fresh run, the latest ``trl/checkpoint-*`` for
+    ``resume=True``, or the given folder. A fresh run into a folder that already holds checkpoints is refused."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder = run_dir / "trl"
+    latest = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    if resume is False:
+        if latest is not None:
+            raise UserError(f"{run_dir} already holds a text-route run ({latest}): resume it or choose another folder")
+        return None
+    if resume is True:
+        if latest is None:
+            raise UserError(f"nothing to resume: {folder} holds no checkpoint-* folder")
+        return latest
+    if not (Path(resume) / "trainer_state.json").is_file():
+        raise UserError(f"{resume} is not a trl checkpoint folder (it has no trainer_state.json)")
+    return str(resume)
+
+
+def text_dpo(
+    config: EmbeddingsConfig,
+    run_dir: str | os.PathLike[str],
+    sft: str | os.PathLike[str],
+    resume: bool | str | os.PathLike[str] = False,
+) -> dict[str, Any]:
+    """Run trl's DPOTrainer on number-as-text preference pairs drawn from the SFT regressor in ``sft``.
+
+    The trainer saves a checkpoint (safetensors weights; optimizer, scheduler and RNG states that transformers reads
+    back with ``weights_only=True``) every ``train_dpo.checkpoint_every_steps`` under ``run_dir/trl``; ``resume``
+    continues from the latest one (or a given one). The starting model is rebuilt the same way (the same local
+    checkpoint, or the same seeded tiny model), so the frozen reference is the same on resume.
+    """
     from datasets import Dataset
     from trl import DPOConfig as TrlDPOConfig
     from trl import DPOTrainer
@@ -268,8 +299,7 @@ def text_dpo(config: EmbeddingsConfig, run_dir: str | os.PathLike[str], sft: str
     start = time.perf_counter()
     run_dir = Path(run_dir)
     config.validate()
-    if (run_dir / "text_model" / "config.json").is_file():
-        raise UserError(f"{run_dir} already holds a text-route model; choose another run folder")
+    checkpoint = trl_checkpoint(run_dir, resume)
     regressor, meta = load_regressor(sft)
     prepare_run(run_dir, config, "embeddings dpo (text route)")
     set_threads(config)
@@ -321,7 +351,9 @@ def text_dpo(config: EmbeddingsConfig, run_dir: str | os.PathLike[str], sft: str
         logging_steps=config.train_dpo.log_every_steps,
         eval_strategy="steps" if val_records else "no",
         eval_steps=config.train_dpo.val_every_steps,
-        save_strategy="no",
+        save_strategy="steps",
+        save_steps=config.train_dpo.checkpoint_every_steps,
+        save_total_limit=2,
         report_to=[],
         remove_unused_columns=False,
         gradient_checkpointing=config.encoder.gradient_checkpointing,
@@ -339,7 +371,7 @@ def text_dpo(config: EmbeddingsConfig, run_dir: str | os.PathLike[str], sft: str
         processing_class=build_processor(kind, tokenizer),
         data_collator=collator,
     )
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=checkpoint)
     held_out = trainer.evaluate() if val_records else {}
     model = trainer.model
     generated_after = {
@@ -357,6 +389,7 @@ def text_dpo(config: EmbeddingsConfig, run_dir: str | os.PathLike[str], sft: str
         "n_train_pairs": len(train_records),
         "n_val_pairs": len(val_records),
         "global_step": int(result.global_step),
+        "resumed_from": checkpoint,
         "train_loss": float(result.training_loss),
         "held_out_pairs": {key: float(value) for key, value in held_out.items() if isinstance(value, int | float)},
         "generated_before": generated_before,
