@@ -104,7 +104,9 @@ def test_development_probability_over_several_windows(model: LandCoverRandAR, le
     developed = np.isin(labels, legend.group_indices("developed"))
     kept = ~reimagine & (labels >= 0)
     np.testing.assert_array_equal(probability[kept], developed[kept].astype(np.float32))
-    assert np.isnan(probability[(labels < 0) & ~reimagine]).all()
+    nodata = (labels < 0) & ~reimagine
+    np.testing.assert_array_equal(result.nodata, nodata)
+    assert np.isnan(probability[nodata]).all()
     inside = probability[reimagine]
     assert ((inside >= 0) & (inside <= 1)).all()
     # With every sample kept, the probability is the share of developed samples, pixel by pixel.
@@ -112,6 +114,7 @@ def test_development_probability_over_several_windows(model: LandCoverRandAR, le
     share = np.isin(result.samples, legend.group_indices("developed")).mean(axis=0)
     np.testing.assert_allclose(probability[reimagine], share[reimagine], atol=1e-6)
     np.testing.assert_array_equal(result.samples[:, kept], np.broadcast_to(labels[kept], (5, int(kept.sum()))))
+    assert (result.samples[:, nodata] == -1).all()  # nodata stays nodata in every sample
     assert (result.samples[:, reimagine] >= 0).all()
     assert result.windows == [(r, c) for r in (0, 4) for c in (0, 4, 8, 12)]  # windows with nothing new skipped
 
@@ -122,8 +125,19 @@ def test_development_probability_over_several_windows(model: LandCoverRandAR, le
     with rasterio.open(paths["geotiff"]) as dataset:
         assert dataset.transform == transform
         assert dataset.crs.to_epsg() == 5070
-        np.testing.assert_array_equal(dataset.read(1), probability)
+        assert dataset.nodata == apps.NODATA_PROBABILITY
+        stored = dataset.read(1, masked=True)
+    np.testing.assert_array_equal(stored.mask, nodata)
+    np.testing.assert_array_equal(stored.data[~nodata], probability[~nodata])
     assert paths["panel"].stat().st_size > 0
+
+    # Gap filling: without keep_nodata the same cells are drawn and get a probability like the region.
+    filled = apps.development_probability(
+        model, legend, labels, reimagine, n_samples=3, batch_size=3, keep_samples=3, steps=4, keep_nodata=False
+    )
+    assert not filled.nodata.any()
+    assert (filled.samples >= 0).all()
+    assert ((filled.probability >= 0) & (filled.probability <= 1)).all()
 
 
 def test_development_probability_bad_input(model: LandCoverRandAR, legend: Legend) -> None:
@@ -229,6 +243,7 @@ def cli_files(model: LandCoverRandAR, legend: Legend, tmp_path_factory: pytest.T
     metadata = {"legend": legend.to_dict(), "channel_names": ["landcover"], "chip_size": SIZE}
     write_chips(folder / "chips.npz", train, test, coords[:4], coords[4:], metadata)
     codes = np.asarray(legend.codes)[rng.integers(0, legend.n_classes, size=(24, 24))].astype(np.uint8)
+    codes[2:4, 4:8] = 0  # nodata pixels in the top rows, outside the re-imagined centre of the dev-prob window
     write_geotiff(folder / "landcover.tif", codes, RASTER_TRANSFORM, "EPSG:5070", nodata=0)
     return {"run": folder / "run", "chips": folder / "chips.npz", "raster": folder / "landcover.tif"}
 
@@ -286,9 +301,19 @@ def test_cli_dev_prob_geotiff_is_georeferenced_like_the_window(cli_files: dict[s
     assert probability.shape == (12, 16)
     reimagine = np.zeros((12, 16), dtype=bool)
     reimagine[3:9, 4:12] = True  # the central half of the window
-    developed = np.isin(legend.encode(window_codes), legend.group_indices("developed"))
-    np.testing.assert_array_equal(probability[~reimagine], developed[~reimagine].astype(np.float32))
+    classes = legend.encode(window_codes, unknown="nodata")
+    nodata = classes < 0
+    assert nodata[0:2, 0:4].all() and nodata.sum() == 8  # the raster's nodata pixels inside the window
+    with rasterio.open(tmp_path / "dev_prob.tif") as result:
+        assert result.nodata == -1.0
+        np.testing.assert_array_equal(result.read_masks(1) == 0, nodata)
+    developed = np.isin(classes, legend.group_indices("developed"))
+    outside = ~reimagine & ~nodata
+    np.testing.assert_array_equal(probability[outside], developed[outside].astype(np.float32))
+    np.testing.assert_array_equal(probability[nodata], -1.0)
     assert ((probability[reimagine] >= 0) & (probability[reimagine] <= 1)).all()
+    with np.load(tmp_path / "dev_prob.npz") as stored:
+        assert (stored["samples"][:, nodata] == -1).all()
 
 
 @pytest.mark.parametrize(

@@ -324,6 +324,40 @@ def test_inpainting_never_changes_a_known_pixel(model: LandCoverRandAR, steps: i
     assert torch.equal(complete, known[3:])
 
 
+def test_nodata_cells_stay_nodata_and_are_read_as_in_training(model: LandCoverRandAR) -> None:
+    """Cells in ``nodata`` come back -1 and reach the model as nodata tokens, exactly like nodata in a chip.
+
+    Greedy decoding (top-1) in raster order is a fixed point of the teacher-forced forward pass: run the model on
+    its own result, nodata cells included as -1, in the order sample used, and every drawn cell is the argmax.
+    """
+    generator = torch.Generator().manual_seed(31)
+    known = random_labels(3, 32)
+    known[torch.rand(3, SIZE, SIZE, generator=generator) < 0.6] = -1
+    nodata = torch.rand(3, SIZE, SIZE, generator=generator) < 0.2
+    nodata[0] = False  # one sample without nodata: the batch mixes different numbers of given cells
+    for steps in (None, 5):
+        result = decoding.sample(model, known=known, nodata=nodata, steps=steps, order="raster", top_k=1)
+        assert torch.equal(result[nodata], torch.full_like(result[nodata], -1))
+        given = (known >= 0) & ~nodata
+        assert torch.equal(result[given], known[given])
+        assert (result[~nodata] >= 0).all()
+    result = decoding.sample(model, known=known, nodata=nodata, order="raster", top_k=1)
+    flat_given = ((known >= 0) | nodata).reshape(3, N)
+    order = (~flat_given).to(torch.uint8).argsort(dim=1, stable=True)
+    with torch.no_grad():
+        logits, _ = model(result, order)
+    drawn = ~flat_given.gather(1, order)
+    argmax = logits.argmax(dim=-1)
+    assert torch.equal(argmax[drawn], result.reshape(3, N).gather(1, order)[drawn])
+    # Without the nodata mask those cells are drawn like any unknown cell.
+    filled = decoding.sample(model, known=known.masked_fill(nodata, -1), order="raster", top_k=1)
+    assert (filled >= 0).all()
+    holes = decoding.sample(model, nodata=nodata, steps=4, generator=generator)
+    assert torch.equal(holes < 0, nodata)
+    with pytest.raises(UserError, match="nodata mask has shape"):
+        decoding.sample(model, known=known, nodata=nodata[:2])
+
+
 def test_inpainting_conditions_on_known_pixels() -> None:
     """A sample inpainted alone equals the same sample inpainted in a batch with other known-pixel counts."""
     model = build(seed=2)

@@ -203,6 +203,35 @@ def test_inpainting_returns_known_pixels_unchanged(model_dir: Path, chips: Path,
     assert Path(summary["png"]).is_file()
 
 
+def test_inpainting_keeps_nodata_or_fills_it(model_dir: Path, chips: Path, tmp_path: Path) -> None:
+    """Nodata pixels that are not hidden stay nodata by default, and are drawn with keep_nodata=False."""
+    from landformer.core.chips import load_chips, write_chips
+
+    source = load_chips(chips)
+    test = source.test_data[:, :1].astype(np.int16)
+    test[:, 0, 0, :4] = -1  # a nodata stripe along the top edge, outside the centred box
+    holes = write_chips(
+        tmp_path / "holes.npz",
+        source.train_data[:, :1].astype(np.int16),
+        test,
+        source.train_coords,
+        source.test_coords,
+        {"legend": TOY_LEGEND, "channel_names": ["landcover"], "chip_size": SIZE},
+    )
+    results = {}
+    for keep in (True, False):
+        summary = lc.inpaint(model_dir, holes, tmp_path / str(keep), mask="box", ratio=0.4, n=4, keep_nodata=keep)
+        arrays = np.load(summary["npz"])
+        truth, hidden, results[keep] = arrays["truth"], arrays["mask"], arrays["result"]
+        given = ~hidden & (truth >= 0)
+        np.testing.assert_array_equal(results[keep][given], truth[given])
+        assert (results[keep][hidden] >= 0).all()
+    nodata = truth < 0
+    assert nodata.sum() == 4 * 4
+    assert (results[True][nodata] == -1).all()
+    assert (results[False][nodata] >= 0).all()
+
+
 def test_a_mask_of_the_wrong_shape_is_refused(model_dir: Path, chips: Path, tmp_path: Path) -> None:
     wrong = write_geotiff(tmp_path / "m.tif", np.ones((5, 5), np.uint8), from_origin(0, 150, 30, 30), "EPSG:5070")
     with pytest.raises(UserError, match=r"m\.tif is 5x5 pixels; the chips are 8x8"):

@@ -39,6 +39,7 @@ from landformer.landcover import decoding, evaluate
 from landformer.landcover.model import LandCoverRandAR, random_orders
 
 EmbedWhat = Literal["classes", "positions", "chips"]
+NODATA_PROBABILITY = -1.0  # dev_prob.tif's nodata value: outside [0, 1], and finite so no tool trips on NaN
 MIN_UMAP_POINTS = 32  # below this UMAP's neighbour graph says little; PCA shows so few points faithfully
 
 
@@ -371,10 +372,12 @@ def _sample_window(
     lonlat: Tensor | None,
     generator: torch.Generator,
     on_step: Callable[[Tensor], None] | None = None,
+    nodata: Tensor | None = None,
 ) -> Tensor:
     return decoding.sample(
         model,
         known=known,
+        nodata=nodata,
         steps=steps,
         temperature=temperature,
         top_k=top_k,
@@ -398,6 +401,7 @@ def _check_region(model: LandCoverRandAR, height: int, width: int, what: str) ->
 @dataclass
 class DevelopmentProbability:
     probability: np.ndarray  # (H, W) float32 in [0, 1]; NaN at nodata cells that were not re-imagined
+    nodata: np.ndarray  # (H, W) bool: the nodata cells outside the re-imagined region, kept as nodata
     samples: np.ndarray  # (n_kept, H, W) int16: the first few samples, for pictures
     n_samples: int
     windows: list[tuple[int, int]]  # top-left corners of the windows that were decoded, in order
@@ -419,6 +423,7 @@ def development_probability(
     keep_samples: int = 4,
     seed: int = 0,
     progress: bool = False,
+    keep_nodata: bool = True,
 ) -> DevelopmentProbability:
     """Share of ``n_samples`` inpainted maps in which each pixel is a "developed" class of the legend.
 
@@ -426,8 +431,10 @@ def development_probability(
     everything else is kept and conditions the draw, so its probability is exactly 0 or 1. A region larger
     than the model's chip is covered by chip-sized windows that overlap by ``overlap`` cells (default half a
     chip), decoded in raster order: each window redraws only the cells no earlier window drew and sees the
-    others as known, so a sample is one consistent map. Nodata cells are unknown to the sampler and get drawn
-    too (context for their neighbours); outside ``reimagine`` their probability is NaN. ``covariates``
+    others as known, so a sample is one consistent map. With ``keep_nodata``, nodata cells outside ``reimagine``
+    stay nodata: the model is told they are nodata (as training chips show it), samples keep -1 there and their
+    probability is NaN. Without it they are drawn (gap filling) and get a probability like the region; nodata
+    cells inside ``reimagine`` are always redrawn. ``covariates``
     (C, H, W) and ``lonlat`` (2,) condition a conditional model, the same for every sample.
     """
     labels = np.asarray(labels)
@@ -446,6 +453,8 @@ def development_probability(
     developed[legend.group_indices("developed")] = True
     generator = make_generator(model, seed)
     start = torch.as_tensor(np.where(reimagine, -1, labels), dtype=torch.long)
+    nodata = (labels < 0) & ~reimagine & keep_nodata
+    nodata_tensor = torch.as_tensor(nodata)
     hits = np.zeros((height, width), dtype=np.int64)
     kept: list[np.ndarray] = []
     decoded: list[tuple[int, int]] = []
@@ -457,14 +466,17 @@ def development_probability(
         canvas = start.expand(batch, height, width).clone()
         for row, col in windows:
             known = canvas[:, row : row + size, col : col + size]
+            window_nodata = nodata_tensor[row : row + size, col : col + size].expand(batch, size, size)
             bar.update(1)
-            if bool((known >= 0).all()):
+            if bool(((known >= 0) | window_nodata).all()):
                 continue
             window_covariates = None
             if covariates is not None:
                 window_covariates = covariates[:, row : row + size, col : col + size].expand(batch, -1, -1, -1)
             window_lonlat = lonlat.reshape(1, 2).expand(batch, 2) if lonlat is not None else None
-            drawn = _sample_window(model, known, steps, temperature, None, window_covariates, window_lonlat, generator)
+            drawn = _sample_window(
+                model, known, steps, temperature, None, window_covariates, window_lonlat, generator, None, window_nodata
+            )
             canvas[:, row : row + size, col : col + size] = drawn
             if begin == 0:
                 decoded.append((row, col))
@@ -473,8 +485,8 @@ def development_probability(
         kept.extend(maps[: max(keep_samples - len(kept), 0)].astype(np.int16))
     bar.close()
     probability = (hits / n_samples).astype(np.float32)
-    probability[(labels < 0) & ~reimagine] = np.nan
-    return DevelopmentProbability(probability, np.stack(kept), n_samples, decoded, time.perf_counter() - began)
+    probability[nodata] = np.nan
+    return DevelopmentProbability(probability, nodata, np.stack(kept), n_samples, decoded, time.perf_counter() - began)
 
 
 def probability_rgb(probability: np.ndarray, colormap: str = "magma") -> np.ndarray:
@@ -507,7 +519,8 @@ def write_development_probability(
 ) -> dict[str, Path]:
     """``dev_prob.png`` (input with the re-imagined region greyed, samples, probability), ``dev_prob_map.png``
     (the probability alone, magma, 0 black .. 1 light), ``dev_prob.npz`` and, when a ``transform`` and ``crs``
-    are given, ``dev_prob.tif`` (float32, NaN nodata) on the input window's grid."""
+    are given, ``dev_prob.tif`` (float32) on the input window's grid, whose nodata cells hold
+    :data:`NODATA_PROBABILITY`, declared as the file's nodata value."""
     from landformer.core.raster import write_geotiff
     from landformer.core.viz import save_panel, save_png, upscale
 
@@ -524,16 +537,22 @@ def write_development_probability(
         "map": save_png(out / "dev_prob_map.png", upscale(probability_rgb(result.probability), 4)),
         "npz": write_npz(
             out / "dev_prob.npz",
-            {"probability": result.probability, "reimagine": reimagine, "labels": labels, "samples": result.samples},
+            {
+                "probability": result.probability,
+                "nodata": result.nodata,
+                "reimagine": reimagine,
+                "labels": labels,
+                "samples": result.samples,
+            },
         ),
     }
     if transform is not None and crs is not None:
         paths["geotiff"] = write_geotiff(
             out / "dev_prob.tif",
-            result.probability,
+            np.where(result.nodata, NODATA_PROBABILITY, result.probability).astype(np.float32),
             transform,
             crs,
-            nodata=math.nan,
+            nodata=NODATA_PROBABILITY,
             band_names=["p_developed"],
             tags={
                 "samples": result.n_samples,

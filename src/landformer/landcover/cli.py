@@ -6,13 +6,15 @@ import argparse
 from pathlib import Path
 
 from landformer.cli import add_command, add_group, add_recipe_arguments
+from landformer.core.errors import UserError
 from landformer.core.train import add_resume_argument
-from landformer.landcover.cli_apps import add_app_commands
 
 MODEL_HELP = "run folder of `landcover train`, or its model.safetensors"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from landformer.landcover.cli_apps import add_app_commands  # it builds on the helpers below
+
     group = add_group(
         subparsers,
         "landcover",
@@ -51,54 +53,90 @@ def run_train(args: argparse.Namespace) -> None:
     print(f"run folder {summary['run_dir']}; model {summary['model']}")
 
 
-def _add_common(parser: argparse.ArgumentParser, out_help: str) -> None:
+# ------------------------------------------------------------------ arguments shared by the commands on a model
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, out_help: str, threads: int = 1) -> None:
+    """--model, --out, --seed, --device and --threads: every command that runs a trained model takes them."""
     parser.add_argument("--model", type=Path, required=True, help=MODEL_HELP)
     parser.add_argument("--out", type=Path, required=True, help=out_help)
-    parser.add_argument("--seed", type=int, default=0, help="seed for orders, masks and sampling")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed for orders, masks and sampling (same seed, same outputs)"
+    )
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads (0: all; the tiny model runs fastest on one)"
+        "--threads",
+        type=int,
+        default=threads,
+        help="torch CPU threads (0: torch's default; tiny models run fastest on 1)",
     )
 
 
-def _use_threads(args: argparse.Namespace) -> None:
+def add_chips_argument(
+    parser: argparse.ArgumentParser,
+    help: str = "chip file (.npz) whose test split is used (default: the chips the model was trained on)",
+    required: bool = False,
+) -> None:
+    parser.add_argument("--chips", type=Path, default=None, required=required, help=help)
+
+
+def add_decoding_arguments(
+    parser: argparse.ArgumentParser, steps: bool = True, top_k: bool = False, top_p: bool = False
+) -> None:
+    """--steps (parallel decoding), --temperature and optionally --top-k and --top-p."""
+    if steps:
+        parser.add_argument(
+            "--steps",
+            type=int,
+            default=None,
+            help="parallel decoding in this many steps (cosine schedule); default: one pixel per step (KV cache)",
+        )
+    parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (> 0)")
+    if top_k:
+        parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely classes only")
+    if top_p:
+        parser.add_argument("--top-p", type=float, default=None, help="sample from the smallest set reaching this mass")
+
+
+def add_batch_size_argument(parser: argparse.ArgumentParser, default: int, what: str = "maps") -> None:
+    parser.add_argument("--batch-size", type=int, default=default, help=f"{what} processed at once")
+
+
+def add_nodata_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--nodata",
+        choices=["keep", "draw"],
+        default="keep",
+        help="nodata pixels of the input outside the redrawn part: keep them as nodata (told to the model, "
+        "returned as nodata) or draw them like the rest (gap filling)",
+    )
+
+
+def check_at_least(name: str, value: int | None, minimum: int = 1) -> None:
+    if value is not None and value < minimum:
+        raise UserError(f"{name} must be at least {minimum}, got {value}")
+
+
+def use_device_and_threads(args: argparse.Namespace) -> None:
+    """Check --device and --threads and apply --threads, before anything loads a model."""
     import torch
 
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: no CUDA device is available")
+    check_at_least("--threads", args.threads, 0)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 
 
-def _add_chips(parser: argparse.ArgumentParser, required: bool = False) -> None:
-    parser.add_argument(
-        "--chips",
-        type=Path,
-        default=None,
-        required=required,
-        help="chip file (.npz) whose test split is used (default: the chips the model was trained on)",
-    )
-
-
-def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--steps",
-        type=int,
-        default=None,
-        help="parallel decoding in this many steps (cosine schedule); default: one pixel per step (KV cache)",
-    )
-    parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (> 0)")
-    parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely classes only")
-    parser.add_argument("--top-p", type=float, default=None, help="sample from the smallest set reaching this mass")
-
-
 def _register_sampling(group: argparse._SubParsersAction) -> None:
     sample = add_command(group, "sample", "generate maps from scratch (PNG grid, npz, GeoTIFFs)", run_sample)
-    _add_common(sample, "folder for samples.png, samples.npz (and sample_XXX.tif)")
+    add_model_arguments(sample, "folder for samples.png, samples.npz (and sample_XXX.tif)")
     sample.add_argument("--n", type=int, default=16, help="number of maps")
-    _add_sampling_options(sample)
+    add_decoding_arguments(sample, top_k=True, top_p=True)
     sample.add_argument(
         "--guidance", type=float, default=0.0, help="classifier-free guidance w: cond + w (cond - null); 0 is off"
     )
-    _add_chips(sample)
+    add_chips_argument(sample)
     sample.add_argument(
         "--reference",
         type=Path,
@@ -109,24 +147,24 @@ def _register_sampling(group: argparse._SubParsersAction) -> None:
     sample.add_argument(
         "--unconditional", action="store_true", help="sample a conditioned model with its null conditioning"
     )
-    sample.add_argument("--batch-size", type=int, default=64, help="maps generated at once")
+    add_batch_size_argument(sample, 64)
 
     animate = add_command(
         group, "animate", "GIF of a grid of maps generated pixel by pixel in random order", run_animate
     )
-    _add_common(animate, "folder for animation.gif and final.png")
+    add_model_arguments(animate, "folder for animation.gif and final.png")
     animate.add_argument("--nrows", type=int, default=3, help="rows of maps")
     animate.add_argument("--ncols", type=int, default=3, help="columns of maps")
-    animate.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (> 0)")
+    add_decoding_arguments(animate, steps=False)
     animate.add_argument("--fps", type=float, default=30.0, help="frames (pixels) per second")
-    _add_chips(animate)
+    add_chips_argument(animate)
     animate.add_argument(
         "--unconditional", action="store_true", help="animate a conditioned model with its null conditioning"
     )
 
     inpaint = add_command(group, "inpaint", "hide pixels of test chips and generate them from the rest", run_inpaint)
-    _add_common(inpaint, "folder for inpaint.png, inpaint.npz and inpaint.json")
-    _add_chips(inpaint)
+    add_model_arguments(inpaint, "folder for inpaint.png, inpaint.npz and inpaint.json")
+    add_chips_argument(inpaint)
     inpaint.add_argument(
         "--mask",
         default="box",
@@ -134,13 +172,14 @@ def _register_sampling(group: argparse._SubParsersAction) -> None:
     )
     inpaint.add_argument("--ratio", type=float, default=0.5, help="share of pixels hidden by box and random masks")
     inpaint.add_argument("--n", type=int, default=16, help="number of test chips")
-    _add_sampling_options(inpaint)
+    add_decoding_arguments(inpaint, top_k=True, top_p=True)
+    add_nodata_argument(inpaint)
 
     evaluate = add_command(
         group, "inpaint-eval", "inpainting accuracy and log-loss vs mask ratio, against two baselines", run_inpaint_eval
     )
-    _add_common(evaluate, "folder for inpaint_eval.json and inpaint_eval.png")
-    _add_chips(evaluate)
+    add_model_arguments(evaluate, "folder for inpaint_eval.json and inpaint_eval.png")
+    add_chips_argument(evaluate)
     evaluate.add_argument(
         "--ratios", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.7, 0.9], help="mask ratios to evaluate"
     )
@@ -149,32 +188,29 @@ def _register_sampling(group: argparse._SubParsersAction) -> None:
     evaluate.add_argument(
         "--steps", type=int, default=None, help="decoding steps of the sampled completion (default: one per pixel)"
     )
-    evaluate.add_argument("--batch-size", type=int, default=64, help="chips processed at once")
+    add_batch_size_argument(evaluate, 64, "chips")
 
 
 def _register_scoring(group: argparse._SubParsersAction) -> None:
     score = add_command(
         group, "perplexity", "held-out log-likelihood in random and raster orders (nats, bits)", run_perplexity
     )
-    _add_common(score, "folder for perplexity.json")
-    _add_chips(score)
-    score.add_argument("--orders", type=int, default=8, help="random orders to average over")
-    score.add_argument("--n", type=int, default=None, help="score only the first N test chips (default: all)")
-    score.add_argument("--batch-size", type=int, default=64, help="chips scored at once")
-
     info = add_command(group, "info", "bits per pixel of the model vs class entropy, gzip, bz2, lzma and PNG", run_info)
-    _add_common(info, "folder for info.json and info.png")
-    _add_chips(info)
-    info.add_argument("--orders", type=int, default=8, help="random orders to average the model's bits over")
-    info.add_argument("--n", type=int, default=None, help="use only the first N test chips (default: all)")
-    info.add_argument("--batch-size", type=int, default=64, help="chips scored at once")
+    for parser, out_help, n_help in (
+        (score, "folder for perplexity.json", "score only the first N test chips (default: all)"),
+        (info, "folder for info.json and info.png", "use only the first N test chips (default: all)"),
+    ):
+        add_model_arguments(parser, out_help)
+        add_chips_argument(parser)
+        parser.add_argument("--orders", type=int, default=8, help="random orders to average the model's bits over")
+        parser.add_argument("--n", type=int, default=None, help=n_help)
+        add_batch_size_argument(parser, 64, "chips")
 
 
 def run_sample(args: argparse.Namespace) -> None:
     from landformer.landcover.sample import sample_maps
 
-    _use_threads(args)
-
+    use_device_and_threads(args)
     summary = sample_maps(
         args.model,
         args.out,
@@ -200,8 +236,7 @@ def run_sample(args: argparse.Namespace) -> None:
 def run_animate(args: argparse.Namespace) -> None:
     from landformer.landcover.sample import animate
 
-    _use_threads(args)
-
+    use_device_and_threads(args)
     summary = animate(
         args.model,
         args.out,
@@ -220,8 +255,7 @@ def run_animate(args: argparse.Namespace) -> None:
 def run_inpaint(args: argparse.Namespace) -> None:
     from landformer.landcover.sample import inpaint
 
-    _use_threads(args)
-
+    use_device_and_threads(args)
     summary = inpaint(
         args.model,
         args.chips,
@@ -235,6 +269,7 @@ def run_inpaint(args: argparse.Namespace) -> None:
         top_p=args.top_p,
         seed=args.seed,
         device=args.device,
+        keep_nodata=args.nodata == "keep",
     )
     print(
         f"inpainted {summary['n']} chips ({summary['hidden_fraction']:.0%} hidden): accuracy on hidden pixels "
@@ -246,8 +281,7 @@ def run_inpaint(args: argparse.Namespace) -> None:
 def run_inpaint_eval(args: argparse.Namespace) -> None:
     from landformer.landcover.sample import inpaint_eval
 
-    _use_threads(args)
-
+    use_device_and_threads(args)
     summary = inpaint_eval(
         args.model,
         args.chips,
@@ -273,8 +307,7 @@ def run_inpaint_eval(args: argparse.Namespace) -> None:
 def run_perplexity(args: argparse.Namespace) -> None:
     from landformer.landcover.sample import perplexity
 
-    _use_threads(args)
-
+    use_device_and_threads(args)
     s = perplexity(
         args.model,
         args.chips,
@@ -296,8 +329,7 @@ def run_perplexity(args: argparse.Namespace) -> None:
 def run_info(args: argparse.Namespace) -> None:
     from landformer.landcover.sample import information_content
 
-    _use_threads(args)
-
+    use_device_and_threads(args)
     s = information_content(
         args.model,
         args.chips,

@@ -13,18 +13,29 @@ from typing import Any
 
 from landformer.cli import add_command
 from landformer.core.errors import UserError
+from landformer.landcover.cli import (
+    add_batch_size_argument,
+    add_chips_argument,
+    add_decoding_arguments,
+    add_model_arguments,
+    add_nodata_argument,
+    check_at_least,
+    use_device_and_threads,
+)
+
+OUT_HELP = "folder for the outputs"
 
 
 def add_app_commands(group: argparse._SubParsersAction) -> None:
     """Add the application sub-commands to the ``landcover`` group."""
     gibbs = add_command(group, "gibbs", "Gibbs chains that redraw blocks of cells from p(x_block | rest)", run_gibbs)
-    _model_arguments(gibbs)
-    gibbs.add_argument("--chips", type=Path, help="chip file whose chips start the chains (default: noise)")
+    add_model_arguments(gibbs, OUT_HELP, threads=0)
+    add_chips_argument(gibbs, "chip file whose chips start the chains (default: noise)")
     gibbs.add_argument("--split", choices=["test", "train"], default="test", help="which chips start the chains")
     gibbs.add_argument("--chains", type=int, default=16, help="number of chains, run as one batch")
     gibbs.add_argument("--sweeps", type=int, default=20, help="sweeps per chain (each visits every cell once)")
     gibbs.add_argument("--block-size", type=int, default=16, help="cells redrawn together, last in the order")
-    gibbs.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of every draw")
+    add_decoding_arguments(gibbs, steps=False)
     gibbs.add_argument(
         "--init", choices=["chips", "noise"], default=None, help="start from the chips or from random classes "
     )
@@ -33,9 +44,9 @@ def add_app_commands(group: argparse._SubParsersAction) -> None:
     embed = add_command(
         group, "embed-plot", "UMAP of class or position embeddings or of chip representations", run_embed
     )
-    _model_arguments(embed)
+    add_model_arguments(embed, OUT_HELP, threads=0)
     embed.add_argument("--what", choices=["classes", "positions", "chips"], default="classes", help="what to project")
-    embed.add_argument("--chips", type=Path, help="chip file (needed for --what chips)")
+    add_chips_argument(embed, "chip file (needed for --what chips)")
     embed.add_argument("--n", type=int, default=512, help="at most this many test chips for --what chips")
     embed.add_argument(
         "--method", choices=["auto", "umap", "pca"], default="auto", help="auto: UMAP, or PCA for few points"
@@ -44,12 +55,12 @@ def add_app_commands(group: argparse._SubParsersAction) -> None:
     dev = add_command(
         group, "dev-prob", "probability of development: many inpaintings of a region, share of developed", run_dev_prob
     )
-    _model_arguments(dev)
+    add_model_arguments(dev, OUT_HELP, threads=0)
     dev.add_argument("--raster", type=Path, help="class raster (codes of the model's legend)")
     dev.add_argument(
         "--window", type=int, nargs=4, metavar=("COL", "ROW", "W", "H"), help="pixel window of --raster to read"
     )
-    dev.add_argument("--chips", type=Path, help="chip file instead of a raster: use test chip --chip-index")
+    add_chips_argument(dev, "chip file instead of a raster: use test chip --chip-index")
     dev.add_argument("--chip-index", type=int, default=0, help="test chip to use with --chips")
     dev.add_argument(
         "--region",
@@ -59,60 +70,37 @@ def add_app_commands(group: argparse._SubParsersAction) -> None:
         help="box inside the window to re-imagine (default: the central half of the window)",
     )
     dev.add_argument("--samples", type=int, default=32, help="number of inpainted samples")
-    dev.add_argument("--steps", type=int, default=None, help="parallel decoding steps per window (default sequential)")
-    dev.add_argument("--temperature", type=float, default=1.0, help="softmax temperature")
-    dev.add_argument("--batch-size", type=int, default=32, help="samples decoded together")
+    add_decoding_arguments(dev)
+    add_batch_size_argument(dev, 32, "samples")
+    add_nodata_argument(dev)
     dev.add_argument("--overlap", type=int, default=None, help="cells shared by neighbouring windows (half a chip)")
 
     pano = add_command(group, "panorama", "a map wider than the chips by sliding-window outpainting", run_panorama)
-    _model_arguments(pano)
+    add_model_arguments(pano, OUT_HELP, threads=0)
     pano.add_argument("--width", type=int, default=96, help="panorama width in cells")
     pano.add_argument("--height", type=int, default=None, help="panorama height in cells (default: one chip)")
     pano.add_argument("--n", type=int, default=1, help="number of panoramas, drawn as one batch")
-    pano.add_argument("--steps", type=int, default=None, help="parallel decoding steps per window (default sequential)")
-    pano.add_argument("--temperature", type=float, default=1.0, help="softmax temperature")
-    pano.add_argument("--top-k", type=int, default=None, help="keep only the k most likely classes per draw")
+    add_decoding_arguments(pano, top_k=True)
     pano.add_argument("--overlap", type=int, default=None, help="cells shared by neighbouring windows (half a chip)")
     pano.add_argument("--fps", type=float, default=12.0, help="frames per second of the reveal GIF")
 
     realism = add_command(
         group, "evaluate", "realism of sequential and parallel samples against test chips (landscape metrics)", run_eval
     )
-    _model_arguments(realism)
-    realism.add_argument("--chips", type=Path, required=True, help="chip file whose test chips are the reference")
+    add_model_arguments(realism, OUT_HELP, threads=0)
+    add_chips_argument(realism, "chip file whose test chips are the reference", required=True)
     realism.add_argument("--n", type=int, default=64, help="samples per decoding setting (and test chips)")
     realism.add_argument(
         "--steps", type=int, nargs="+", default=[16], help="parallel decoding steps to compare with sequential"
     )
-    realism.add_argument("--temperature", type=float, default=1.0, help="softmax temperature")
-    realism.add_argument("--batch-size", type=int, default=64, help="samples decoded together")
-
-
-def _model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", type=Path, required=True, help="run folder of `landcover train` or model file")
-    parser.add_argument("--out", type=Path, required=True, help="folder for the outputs")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same outputs)")
-    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
-    parser.add_argument(
-        "--threads", type=int, default=0, help="torch CPU threads; 0: torch's default (1 is fastest for tiny models)"
-    )
-
-
-def _positive(name: str, value: int | None, minimum: int = 1) -> None:
-    if value is not None and value < minimum:
-        raise UserError(f"{name} must be at least {minimum}, got {value}")
+    add_decoding_arguments(realism, steps=False)
+    add_batch_size_argument(realism, 64, "samples")
 
 
 def _load_model(args: argparse.Namespace) -> Any:
-    import torch
-
     from landformer.landcover.export import load_model
 
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {args.device}: no CUDA device is available")
-    _positive("--threads", args.threads, 0)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_device_and_threads(args)
     return load_model(args.model, device=args.device)
 
 
@@ -145,9 +133,9 @@ def run_gibbs(args: argparse.Namespace) -> None:
 
     from landformer.landcover import apps
 
-    _positive("--chains", args.chains)
-    _positive("--sweeps", args.sweeps, 0)
-    _positive("--block-size", args.block_size)
+    check_at_least("--chains", args.chains)
+    check_at_least("--sweeps", args.sweeps, 0)
+    check_at_least("--block-size", args.block_size)
     init = args.init or ("chips" if args.chips else "noise")
     if init == "chips" and args.chips is None:
         raise UserError("gibbs --init chips needs --chips chips.npz")
@@ -181,7 +169,7 @@ def run_gibbs(args: argparse.Namespace) -> None:
 def run_embed(args: argparse.Namespace) -> None:
     from landformer.landcover import apps
 
-    _positive("--n", args.n)
+    check_at_least("--n", args.n)
     loaded = _load_model(args)
     labels = covariates = lonlat = None
     if args.what == "chips":
@@ -239,9 +227,9 @@ def _read_raster_window(path: Path, window: list[int], loaded: Any) -> tuple[Any
 def run_dev_prob(args: argparse.Namespace) -> None:
     from landformer.landcover import apps
 
-    _positive("--samples", args.samples)
-    _positive("--batch-size", args.batch_size)
-    _positive("--steps", args.steps)
+    check_at_least("--samples", args.samples)
+    check_at_least("--batch-size", args.batch_size)
+    check_at_least("--steps", args.steps)
     if (args.raster is None) == (args.chips is None):
         raise UserError("dev-prob needs either --raster with --window, or --chips")
     loaded = _load_model(args)
@@ -274,6 +262,7 @@ def run_dev_prob(args: argparse.Namespace) -> None:
         args.overlap,
         seed=args.seed,
         progress=True,
+        keep_nodata=args.nodata == "keep",
     )
     paths = apps.write_development_probability(result, loaded.legend, labels, reimagine, args.out, transform, crs)
     region = result.probability[reimagine]
@@ -284,9 +273,9 @@ def run_dev_prob(args: argparse.Namespace) -> None:
 def run_panorama(args: argparse.Namespace) -> None:
     from landformer.landcover import apps
 
-    _positive("--n", args.n)
-    _positive("--steps", args.steps)
-    _positive("--top-k", args.top_k)
+    check_at_least("--n", args.n)
+    check_at_least("--steps", args.steps)
+    check_at_least("--top-k", args.top_k)
     loaded = _load_model(args)
     result = apps.panorama(
         loaded.model,
@@ -309,10 +298,10 @@ def run_eval(args: argparse.Namespace) -> None:
 
     from landformer.landcover import apps
 
-    _positive("--n", args.n)
-    _positive("--batch-size", args.batch_size)
+    check_at_least("--n", args.n)
+    check_at_least("--batch-size", args.batch_size)
     for steps in args.steps:
-        _positive("--steps", steps)
+        check_at_least("--steps", steps)
     loaded = _load_model(args)
     labels, covariates, lonlat = _chip_inputs(args.chips, loaded, "test")
     if len(labels) < args.n:

@@ -178,10 +178,20 @@ class _Session:
 
 
 def _chip_shape(
-    model: LandCoverRandAR, n: int | None, known: Tensor | None, height: int | None, width: int | None
+    model: LandCoverRandAR,
+    n: int | None,
+    known: Tensor | None,
+    nodata: Tensor | None,
+    height: int | None,
+    width: int | None,
 ) -> tuple[int, int, int]:
-    if known is not None:
-        return known.shape[0], known.shape[1], known.shape[2]
+    given = known if known is not None else nodata
+    if known is not None and nodata is not None and nodata.shape != known.shape:
+        raise UserError(f"nodata mask has shape {tuple(nodata.shape)}, expected the known map's {tuple(known.shape)}")
+    if given is not None:
+        if given.dim() != 3:
+            raise UserError(f"known / nodata should be (B, H, W), got shape {tuple(given.shape)}")
+        return given.shape[0], given.shape[1], given.shape[2]
     if n is None or n < 1:
         raise UserError(f"give the number of samples n (>= 1) or a known map to inpaint, got n={n}")
     return n, height or model.config.chip_size, width or model.config.chip_size
@@ -199,6 +209,7 @@ def sample(
     lonlat: Tensor | None = None,
     guidance: float = 0.0,
     known: Tensor | None = None,
+    nodata: Tensor | None = None,
     height: int | None = None,
     width: int | None = None,
     generator: torch.Generator | None = None,
@@ -212,15 +223,19 @@ def sample(
     keeps the position instructions of a parallel step in the cache instead of running them again when their
     classes are committed: 2 instead of about 3 token passes per cell, with instructions that did not see the
     classes drawn beside them (see :meth:`LandCoverRandAR.decode_step`); sequential decoding is exact either
-    way. ``guidance`` w mixes
-    logits as ``cond + w * (cond - null)``. ``known`` (B, H, W) with -1 for unknown cells turns this into
-    inpainting: known cells are placed first and teacher-forced, and are returned unchanged. ``on_step``
-    receives the canvas (B, H, W), -1 where undecoded, after every step (frames for an animation).
+    way. ``guidance`` w mixes logits as ``cond + w * (cond - null)``.
+
+    ``known`` (B, H, W) with -1 for unknown cells turns this into inpainting: known cells are placed first and
+    teacher-forced, and are returned unchanged. -1 means "draw this cell", so nodata cells that must stay
+    nodata go in ``nodata`` (B, H, W) bool instead: they are given to the model as nodata, the way training
+    chips show it, whatever ``known`` holds there, and come back as -1. ``nodata`` alone (without ``known``)
+    samples maps around fixed holes. ``on_step`` receives the canvas (B, H, W), -1 where undecoded, after every
+    step (frames for an animation).
     """
     _check_sampling(temperature, top_k, top_p)
     if known is not None:
         _check_labels(model, known, "known")
-    batch, height, width = _chip_shape(model, n, known, height, width)
+    batch, height, width = _chip_shape(model, n, known, nodata, height, width)
     n_cells = height * width
     device = model.device
     with _inference(model):
@@ -228,8 +243,14 @@ def sample(
             known_flat = torch.full((batch, n_cells), -1, dtype=torch.long, device=device)
         else:
             known_flat = known.reshape(batch, n_cells).long().to(device)
-        cell_order = generation_order(known_flat, order or model.config.order, generator)
-        n_known = (known_flat >= 0).sum(dim=1).cpu()
+        given = known_flat >= 0
+        if nodata is not None:
+            nodata_flat = nodata.reshape(batch, n_cells).to(device=device, dtype=torch.bool)
+            known_flat = known_flat.masked_fill(nodata_flat, -1)
+            given |= nodata_flat
+        # generation_order puts cells >= 0 first: every given cell, nodata included.
+        cell_order = generation_order(torch.where(given, 0, -1), order or model.config.order, generator)
+        n_known = given.sum(dim=1).cpu()
         schedule = decoding_schedule(n_cells - n_known, steps)
         counts = schedule.diff(dim=1)
         most_known = int(n_known.max())
@@ -286,7 +307,7 @@ def sample_naive(
 ) -> Tensor:
     """Sequential sampling that re-encodes the whole decoded prefix at every step (no KV cache): the baseline."""
     _check_sampling(temperature, top_k, top_p)
-    batch, height, width = _chip_shape(model, n, None, height, width)
+    batch, height, width = _chip_shape(model, n, None, None, height, width)
     n_cells = height * width
     device = model.device
     with _inference(model):

@@ -483,11 +483,14 @@ def inpaint(
     top_p: float | None = None,
     seed: int = 0,
     device: str = "cpu",
+    keep_nodata: bool = True,
 ) -> dict[str, Any]:
     """Hide pixels of ``n`` test chips (``mask`` = box, random or a mask raster) and generate them given the rest.
 
     Writes ``inpaint.png`` (rows of truth | input with hidden pixels grey | result), ``inpaint.npz`` (truth,
     mask, result) and ``inpaint.json`` (accuracy on the hidden pixels). Known pixels come back unchanged.
+    With ``keep_nodata`` the chips' nodata pixels that are not hidden are given to the model as nodata and come
+    back as nodata (-1); without it they are filled like hidden pixels (gap filling).
     """
     loaded = _loaded(model, device)
     out = Path(out)
@@ -501,6 +504,7 @@ def inpaint(
     result = decoding.sample(
         loaded.model,
         known=known.to(loaded.model.device),
+        nodata=(truth < 0) & ~hidden if keep_nodata else None,
         steps=steps,
         temperature=temperature,
         top_k=top_k,
@@ -526,6 +530,7 @@ def inpaint(
         "ratio": ratio if mask in ("box", "random") else float(hidden.float().mean()),
         "hidden_fraction": float(hidden.float().mean()),
         "accuracy_hidden": accuracy,
+        "keep_nodata": keep_nodata,
         "seed": seed,
     }
     write_json(out / "inpaint.json", summary)
