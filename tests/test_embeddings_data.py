@@ -12,6 +12,7 @@ import rasterio
 from rasterio.transform import Affine
 
 from landformer.core.errors import UserError
+from landformer.embeddings.config import DataConfig
 from landformer.embeddings.data import (
     INT8_NODATA,
     TileSource,
@@ -32,6 +33,7 @@ from landformer.embeddings.make_dataset import (
     random_projection,
     stream_windows,
 )
+from landformer.embeddings.pipeline import load_data
 
 SIZE = 8
 
@@ -225,6 +227,8 @@ def test_dataset_with_tile_extent_buffers_cities_across_region_borders(tmp_path:
     buffered = load_dataset(source, progress=False)
     assert buffered.info["buffered"] == 1 and buffered.split[1] == "buffer"
     np.testing.assert_array_equal(buffered.indices("train"), [3, 4])
+    recipe = DataConfig(tiles=source.tiles, labels=source.labels, tile_degrees=0.2)  # the same from a recipe
+    np.testing.assert_array_equal(load_data(recipe, progress=False).split, buffered.split)
 
 
 def test_split_needs_three_groups() -> None:

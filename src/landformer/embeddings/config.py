@@ -34,6 +34,7 @@ class DataConfig:
     group_column: str | None = "group"  # region of each tile, held out as a whole; None: each tile alone
     lon_column: str | None = "lon"
     lat_column: str | None = "lat"
+    tile_degrees: float | None = None  # tiles + labels: tile side in degrees, to drop tiles overlapping across splits
     test_fraction: float = 0.2  # of the tiles, in whole groups
     val_fraction: float = 0.15
     split_seed: int = 0
@@ -56,6 +57,7 @@ class DataConfig:
             (0 < self.val_fraction < 1, f"val_fraction = {self.val_fraction} should lie in (0, 1)"),
             (self.test_fraction + self.val_fraction < 1, "test_fraction + val_fraction should leave training tiles"),
             (0 <= self.max_nodata <= 1, f"max_nodata = {self.max_nodata} should lie in [0, 1]"),
+            (self.tile_degrees is None or self.tile_degrees > 0, f"tile_degrees = {self.tile_degrees} should be > 0"),
             (self.batch_size >= 1, f"batch_size = {self.batch_size} should be at least 1"),
             (self.samples_per_tile >= 1, f"samples_per_tile = {self.samples_per_tile} should be at least 1"),
             (bool(self.crop_scales), "crop_scales should list at least one scale"),

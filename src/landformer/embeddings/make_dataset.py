@@ -16,7 +16,9 @@ as an int8 GeoTIFF with AlphaEarth's quantization and nodata -128. Two recipes:
     packaged stand-ins for it. A fixed random projection (seeded, saved in ``projection.npz``) maps the features
     to 64 values, a little noise is added and each pixel is scaled to unit length. Cities are drawn evenly over
     log-population bins (so the few big cities are not swamped by small towns) and grouped by 10-degree cells:
-    whole regions are held out, never single cities beside their neighbours.
+    whole regions are held out, never single cities beside their neighbours. ``dataset.json`` records the tile side
+    in degrees, so cities whose tiles overlap a tile across a region border of another split are left out of the
+    less strictly held-out split (:func:`~landformer.embeddings.data.buffer_overlaps`).
 
 ``world`` (synthetic, growth target)
     Square tiles of a synthetic world (``landformer synth world``): the embedding of a pixel in a year comes from

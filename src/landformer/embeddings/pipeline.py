@@ -49,6 +49,7 @@ def tile_source(data: DataConfig, channels: int = EMBEDDING_DIM, progress: bool 
             lon_column=data.lon_column,
             lat_column=data.lat_column,
             channels=channels,
+            tile_degrees=data.tile_degrees,
         )
     folder = Path(data.dataset) if data.dataset is not None else DEFAULT_DATASET
     if data.dataset is None and not (folder / DATASET_JSON).is_file():
