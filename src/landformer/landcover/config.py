@@ -72,7 +72,7 @@ class LandCoverModelSection:
 class LandCoverTaskSection:
     """Optimisation."""
 
-    lr: float = 3e-3
+    lr: float = 5e-3  # with 300 steps: the tiny recipe meets the quality targets in about 2.5 min of one core
     weight_decay: float = 0.01
     warmup_steps: int = 50
     min_lr_ratio: float = 0.1
@@ -91,7 +91,7 @@ class LandCoverImagesSection:
 
 def _tiny_train() -> TrainConfig:
     return TrainConfig(
-        max_steps=400, val_every_steps=100, checkpoint_every_steps=100, log_every_steps=10, loggers=["csv"]
+        max_steps=300, val_every_steps=100, checkpoint_every_steps=100, log_every_steps=10, loggers=["csv"]
     )
 
 
