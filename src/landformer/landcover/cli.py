@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from landformer.cli import add_command, add_group, add_recipe_arguments
 from landformer.core.errors import UserError
@@ -304,20 +305,24 @@ def run_inpaint_eval(args: argparse.Namespace) -> None:
     print(f"results: {Path(args.out) / 'inpaint_eval.json'}; plot: {summary['png']}")
 
 
+def _scoring_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """Apply --device/--threads; the keyword arguments that perplexity and info both take from the command line."""
+    use_device_and_threads(args)
+    return {
+        "chips": args.chips,
+        "out": args.out,
+        "orders": args.orders,
+        "n": args.n,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "device": args.device,
+    }
+
+
 def run_perplexity(args: argparse.Namespace) -> None:
     from landformer.landcover.sample import perplexity
 
-    use_device_and_threads(args)
-    s = perplexity(
-        args.model,
-        args.chips,
-        args.out,
-        orders=args.orders,
-        n=args.n,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        device=args.device,
-    )
+    s = perplexity(args.model, **_scoring_arguments(args))
     print(
         f"{s['chips']} ({s['pixels']} pixels): random orders {s['random_nats']:.4f} nats = {s['random_bits']:.4f} "
         f"bits/pixel (perplexity {s['random_perplexity']:.3f}); raster order {s['raster_nats']:.4f} nats = "
@@ -329,17 +334,7 @@ def run_perplexity(args: argparse.Namespace) -> None:
 def run_info(args: argparse.Namespace) -> None:
     from landformer.landcover.sample import information_content
 
-    use_device_and_threads(args)
-    s = information_content(
-        args.model,
-        args.chips,
-        args.out,
-        orders=args.orders,
-        n=args.n,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        device=args.device,
-    )
+    s = information_content(args.model, **_scoring_arguments(args))
     for name, bits in sorted(s["bits_per_pixel"].items(), key=lambda item: item[1]):
         print(f"{name:20s} {bits:.4f} bits/pixel")
     print(f"results: {s['json']}; chart: {s['png']}")
