@@ -156,7 +156,7 @@ class SamplingSection:
 
     steps: int = 10  # MaskGIT decoding steps for a fully masked window (fewer for fewer masked tokens)
     temperature: float = 1.0  # softmax temperature of the token samples
-    choice_temperature: float = 4.5  # Gumbel noise on the confidences, annealed to 0 over the steps
+    choice_temperature: float = 10.0  # Gumbel noise on the confidences, annealed to 0 over the steps
     bf16: bool = True  # run the transformer under bfloat16 autocast while sampling (about 2x faster on CPUs)
 
 

@@ -1,7 +1,7 @@
 """The terrain step of ``landformer demo``: both stages trained briefly, samples, an endless map, an expansion.
 
-Small on purpose (a minute or two on a 2-core CPU): the pictures show the pipeline working end to end, not the
-quality of a properly trained model (see the tiny recipes and the benchmarks for that).
+Small on purpose (about 36 s of single-thread CPU time, imports included): the pictures show the pipeline working
+end to end, not the quality of a properly trained model (see the tiny recipes and the benchmarks for that).
 """
 
 from __future__ import annotations
