@@ -13,6 +13,10 @@ Seams: a world written by the endless field (tiles of 16 px), and squares of it 
 ``expand``: mean |dz| across tile borders (expansion seams) against the interior (other token borders);
 target within 10% (ratio 0.9 .. 1.1).
 
+Tile grid: the world's power at the frequencies of a 16 px (one tile) and 32 px (the four decoding phases)
+lattice over the power right beside them (``lattice_contrast``); about 1 without a visible grid, next to the
+same number for a fractal-noise map of the world's size.
+
 Uses the trained models named by ``--tokenizer``/``--maskgit`` (default: the tiny recipes' run folders under
 ``runs/terrain``); with ``--train`` they are trained first (``--quick``: a few dozen steps, a smoke run).
 Writes ``benchmarks/results/bench_terrain_quality.json`` and prints a table.
@@ -36,6 +40,7 @@ from landformer.core.io import write_json
 from landformer.terrain.export import load_generator
 from landformer.terrain.metrics import (
     fractal_noise,
+    lattice_contrast,
     realism_distances,
     seam_profile,
     seam_statistics,
@@ -144,6 +149,14 @@ def main() -> int:
         world_tokens = args.world_size // f
         world = decode_block(generator, field, 0, 0, world_tokens, world_tokens)
         seams = seam_statistics(world, period=tile * f, token=f)
+        noise_world = fractal_noise(1, world.shape[0], beta, args.seed)[0]
+        lattice = {
+            f"{period}px": {
+                "world": lattice_contrast(world, period),
+                "fractal_noise": lattice_contrast(noise_world, period),
+            }
+            for period in (tile * f, 2 * tile * f)
+        }
         expand_seam = expansion_seams(generator, world, args.crop, args.seed)
 
     names = {
@@ -202,6 +215,17 @@ def main() -> int:
             "target": "ratio within 0.9 .. 1.1",
         },
     ]
+    summary += [
+        {
+            "metric": f"world tile grid: power at the {period} lattice vs beside it",
+            "value": values["world"],
+            "unit": "",
+            "baseline": values["fractal_noise"],
+            "ratio": None,
+            "target": "about 1, as for fractal noise (no visible grid)",
+        }
+        for period, values in lattice.items()
+    ]
     result = {
         "benchmark": "bench_terrain_quality",
         "machine": f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} cores, {platform.system()}",
@@ -215,6 +239,7 @@ def main() -> int:
         "fractal_beta": beta,
         "realism": realism,
         "world_seams": seams,
+        "world_lattice": lattice,
         "expand_seam": expand_seam,
         "summary": summary,
         "wall_seconds": time.perf_counter() - t0,

@@ -320,3 +320,15 @@ def test_perceptual_loss_runs_only_from_local_vgg_weights(tmp_path) -> None:
     save_safetensors(tmp_path / "other.safetensors", {"fc.weight": torch.zeros(2, 2)}, {})
     with pytest.raises(UserError, match="hold no 'features"):
         load_vgg_features(tmp_path / "other.safetensors")
+
+
+def test_lattice_contrast_finds_a_tile_grid_and_not_plain_terrain() -> None:
+    from landformer.terrain.metrics import fractal_noise, lattice_contrast
+
+    terrain = fractal_noise(1, 256, beta=2.5, seed=0)[0]
+    assert 0.3 < lattice_contrast(terrain, 16) < 3.0
+    rows, cols = np.mgrid[0:256, 0:256]
+    bumps = np.exp(-(((rows % 16) - 8) ** 2 + ((cols % 16) - 8) ** 2) / 8.0)  # one blob in every 16 px tile
+    assert lattice_contrast(terrain + 0.5 * bumps, 16) > 10 * lattice_contrast(terrain, 16)
+    with pytest.raises(ValueError, match="needs a map of at least 32 px"):
+        lattice_contrast(terrain[:20, :20], 16)

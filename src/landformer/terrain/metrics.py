@@ -127,3 +127,34 @@ def seam_profile(elevation: np.ndarray, column: int, width: int, period: int = 1
     around = [index for index in around if 0 <= index < step.shape[1]]
     nearby = float(step[:, around].mean())
     return {"seam_mean_abs_step": seam, "nearby_mean_abs_step": nearby, "ratio": seam / nearby}
+
+
+def lattice_contrast(elevation: np.ndarray, period: int, reach: int = 2) -> float:
+    """Power of a map at the frequencies of a ``period``-pixel lattice over the power right beside them.
+
+    The lattice frequencies are the 2-D harmonics (a, b) * side / period with a, b in -1, 0, 1 (not both 0); the
+    comparison is the mean power of the other frequencies up to ``reach`` bins around each. A pattern locked to
+    the tile grid (every tile growing the same shape in the same place) puts power on exactly those
+    frequencies, so the contrast grows well above 1; terrain without one gives about 1.
+    """
+    z = np.asarray(elevation, dtype=np.float64)
+    side = (min(z.shape) // period) * period
+    if side < 2 * period:
+        raise ValueError(f"a lattice of {period} px needs a map of at least {2 * period} px, got {z.shape}")
+    z = z[:side, :side]
+    power = np.abs(np.fft.fft2((z - z.mean()) / (z.std() or 1.0))) ** 2
+    k = side // period
+    lattice = {((a * k) % side, (b * k) % side) for a in (-1, 0, 1) for b in (-1, 0, 1) if (a, b) != (0, 0)}
+    around = (
+        {
+            ((row + dy) % side, (col + dx) % side)
+            for row, col in lattice
+            for dy in range(-reach, reach + 1)
+            for dx in range(-reach, reach + 1)
+        }
+        - lattice
+        - {(0, 0)}
+    )
+    on = np.mean([power[index] for index in lattice])
+    beside = np.mean([power[index] for index in around])
+    return float(on / beside)
