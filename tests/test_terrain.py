@@ -325,6 +325,8 @@ def test_cli_sample_and_bad_input(models: dict[str, Path], tmp_path: Path, capsy
                 str(world),
                 "--down",
                 "8",
+                "--block",
+                "16",
                 "--out",
                 str(grown),
             ]

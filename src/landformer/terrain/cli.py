@@ -84,7 +84,7 @@ def _expand(args: argparse.Namespace) -> None:
 
     generator = load_generator(args.model, args.tokenizer)
     amounts = {"right": args.right, "down": args.down, "left": args.left, "up": args.up}
-    _print(expand_map(generator, args.dem, args.out, amounts, seed=args.seed))
+    _print(expand_map(generator, args.dem, args.out, amounts, seed=args.seed, block=args.block))
 
 
 def _world(args: argparse.Namespace) -> None:
@@ -160,6 +160,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for side in ("left", "right", "up", "down"):
         parser.add_argument(f"--{side}", type=int, default=0, help=f"pixels to add on the {side}")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the new terrain")
+    parser.add_argument("--block", type=int, default=512, help="pixels per side of each window copied and written")
     parser.add_argument("--out", default="runs/terrain/expanded.tif", help="output GeoTIFF (PNG preview beside it)")
 
     parser = add_command(group, "world", "write a large endless-terrain GeoTIFF window by window", _world)
