@@ -3,19 +3,20 @@
 Builds, window by window in a temporary folder deleted afterwards, a SIZE x SIZE series of three HM-like float32
 GeoTIFFs (EPSG:5070, 30 m, tiled 256, deflate) with a DEM, and exports the tiny recipe's forecaster (3 inputs,
 4 horizons, 95 % interval heads: 12 output bands) with seeded random weights - speed does not depend on what the
-weights learned. Then, each phase in a fresh process so its peak RSS is its own:
+weights learned. Everything runs on ``--threads`` torch threads (default 1) with the tiny recipe's predict
+settings (512 px tiles, 32 px overlap, 4096 px panels, precision auto - bf16 on a CPU with native bf16 -, the
+gate arithmetic compiled). Two phases, each in a fresh process so its peak RSS is its own:
 
-- ``predict``: :func:`landformer.forecast.predict.predict_series` with the tiny recipe's predict settings
-  (256 px tiles, 32 px overlap, 4096 px panels): reads, forecasts, blends and writes four GeoTIFFs, window
-  by window;
-- ``model``:   the same network on as many tiles of the same shape, already in memory as tensors (a sample of
-  batches, extrapolated to the tile count of ``predict``): what the forecast costs without any raster work.
+- ``predict``:  :func:`landformer.forecast.predict.predict_series` on the whole raster: reads, forecasts, blends
+  and writes four GeoTIFFs window by window. Gives pixels/s and peak RSS (target: under 2 GB whatever the
+  raster's size).
+- ``overhead``: the overhead of tiling, timed on a CROP x CROP corner of the same series: ``predict`` on it
+  against the network alone on as many tiles of the same shape held in memory as tensors, alternated
+  ``--repeats`` times in one process (so both see the same load) after a warm-up of each; the median of the
+  per-repeat ratios is reported. Its peak RSS after the network alone's warm-up is the model's own memory.
 
-Reports pixels/s, peak RSS (target: under 2 GB, whatever the raster's size) and the overhead of tiling (predict
-time / model time on the same tiles; on a busy machine the two phases see different loads, so the share of
-predict's own time spent inside the network is reported too). Writes
-``benchmarks/results/bench_forecast_predict.json``; ``--quick`` runs a 1024 px raster (about a minute on an idle
-2-core CPU); ``--height`` runs a full-width strip of a big raster, which reaches the same peak memory.
+Writes ``benchmarks/results/bench_forecast_predict.json``; ``--quick`` runs a 1024 px raster (a smoke run of
+under a minute); ``--height`` runs a full-width strip of a big raster, which reaches the same peak memory.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import platform
 import resource
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,15 +42,23 @@ RESULTS = HERE / "results"
 ORIGIN = (1_469_985.0, 1_849_995.0)
 PIXEL_M = 30.0
 STRIP = 512
-MODEL_SAMPLE_BATCHES = 12
+YEARS = (2010, 2015, 2020)
 
 
-def tiling() -> tuple[int, int, int]:
-    """The tiny recipe's predict settings: tile, overlap, batch size."""
+def predict_settings() -> dict[str, object]:
+    """The tiny recipe's predict settings, as keyword arguments of ``predict_series``."""
     from landformer.forecast.config import ForecastPredictSection
 
     settings = ForecastPredictSection()
-    return settings.tile, settings.overlap, settings.batch_size
+    return {
+        "tile": settings.tile,
+        "overlap": settings.overlap,
+        "batch_size": settings.batch_size,
+        "panel_width": settings.panel_width,
+        "precision": settings.precision,
+        # What the recipe does on the full raster (16 Mpx or more), here on the crop of the overhead phase too.
+        "compile_gates": True,
+    }
 
 
 def hm_strip(row0: int, height: int, width: int, step: int) -> np.ndarray:
@@ -65,25 +75,33 @@ def dem_strip(row0: int, height: int, width: int) -> np.ndarray:
     return (400.0 + 150.0 * np.sin(rows / 301.0) * np.cos(cols / 257.0) + 0.01 * rows).astype(np.float32)
 
 
-def generate(workdir: Path, width: int, height: int) -> dict[str, float]:
-    """Write the series and the DEM strip by strip, and export a seeded tiny forecaster; sizes in MB."""
-    import torch
+def write_series(folder: Path, width: int, height: int) -> list[Path]:
+    """The three HM rasters and the DEM, strip by strip (memory independent of the size)."""
     from rasterio.transform import from_origin
 
     from landformer.core.raster import geotiff_writer
-    from landformer.forecast.config import ForecastConfig
-    from landformer.forecast.export import export_forecaster, model_config_dict
-    from landformer.forecast.model import ConvLSTMForecaster, ForecastModelConfig
-    from landformer.forecast.normalize import ZScore
 
+    folder.mkdir(parents=True, exist_ok=True)
     transform = from_origin(*ORIGIN, PIXEL_M, PIXEL_M)
-    paths = [workdir / f"hm_{year}.tif" for year in (2010, 2015, 2020)] + [workdir / "dem.tif"]
+    paths = [folder / f"hm_{year}.tif" for year in YEARS] + [folder / "dem.tif"]
     for index, path in enumerate(paths):
         with geotiff_writer(path, width, height, 1, np.float32, transform, "EPSG:5070", nodata=float("nan")) as dst:
             for row0 in range(0, height, STRIP):
                 rows = min(STRIP, height - row0)
                 block = dem_strip(row0, rows, width) if index == 3 else hm_strip(row0, rows, width, index)
                 dst.write(block[None], window=((row0, row0 + rows), (0, width)))
+    return paths
+
+
+def export_model(folder: Path) -> None:
+    """The tiny recipe's network with seeded random weights, exported as ``forecast train`` would."""
+    import torch
+
+    from landformer.forecast.config import ForecastConfig
+    from landformer.forecast.export import export_forecaster, model_config_dict
+    from landformer.forecast.model import ConvLSTMForecaster, ForecastModelConfig
+    from landformer.forecast.normalize import ZScore
+
     recipe = ForecastConfig()
     torch.manual_seed(0)
     config = ForecastModelConfig(
@@ -97,57 +115,83 @@ def generate(workdir: Path, width: int, height: int) -> dict[str, float]:
         "covariate_normalizer": ZScore((400.0,), (100.0,)).to_dict(),
         "channel_names": ["hm"],
         "covariate_names": ["dem"],
-        "years": [2010, 2015, 2020],
+        "years": list(YEARS),
         "cadence": 5,
         "scale": 1.0,
+        "valid_range": [0.0, 1.0],
     }
-    export_forecaster(workdir / "model", ConvLSTMForecaster(config).state_dict(), meta)
-    return {"input_mb": sum(path.stat().st_size for path in paths) / 1e6}
+    export_forecaster(folder, ConvLSTMForecaster(config).state_dict(), meta)
 
 
-def phase_predict(workdir: Path) -> dict[str, float]:
+def predict(folder: Path, model: Path, out: Path) -> dict:
     from landformer.forecast.data import SeriesSpec
     from landformer.forecast.predict import predict_series
 
-    spec = SeriesSpec.from_lists([workdir / f"hm_{year}.tif" for year in (2010, 2015, 2020)], [2010, 2015, 2020])
+    spec = SeriesSpec.from_lists([folder / f"hm_{year}.tif" for year in YEARS], list(YEARS))
+    return predict_series(model, spec, [folder / "dem.tif"], out, progress=False, **predict_settings())
+
+
+def phase_predict(workdir: Path) -> dict[str, float]:
     start = time.perf_counter()
-    result = predict_series(workdir / "model", spec, [workdir / "dem.tif"], workdir / "out", progress=False)
+    result = predict(workdir / "full", workdir / "model", workdir / "out")
     seconds = time.perf_counter() - start
     output_mb = sum(Path(path).stat().st_size for path in result["files"]) / 1e6
     return {
         "seconds": seconds,
         "model_seconds_inside": result["model_seconds"],
+        "precision": result["precision"],
         "tiles": result["tiles"],
         "tile_pixels": result["tile_pixels"],
         "output_mb": output_mb,
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
-def phase_model(workdir: Path, n_tiles: int) -> dict[str, float]:
-    """The network alone on ``n_tiles`` tiles of predict's shape (timed on a sample of batches, extrapolated)."""
+def phase_overhead(workdir: Path, repeats: int) -> dict:
+    """Predict on the crop and the network alone on as many tiles of predict's shape, alternated."""
     import torch
 
     from landformer.forecast.export import load_forecaster
 
-    forecaster = load_forecaster(workdir / "model")
-    tile, overlap, batch_size = tiling()
-    side = tile + overlap
+    settings = predict_settings()
+    forecaster = load_forecaster(workdir / "model", "cpu", settings["precision"], settings["compile_gates"])
+    side = settings["tile"] + settings["overlap"]
     generator = torch.Generator().manual_seed(0)
-    series = torch.rand(batch_size, 3, 1, side, side, generator=generator)
+    series = torch.rand(settings["batch_size"], len(YEARS), 1, side, side, generator=generator)
     mask = torch.ones_like(series, dtype=torch.bool)
-    covariates = torch.rand(batch_size, 1, side, side, generator=generator)
-    n_batches = -(-n_tiles // batch_size)
-    sample = min(n_batches, MODEL_SAMPLE_BATCHES)
-    with torch.inference_mode():
-        forecaster.model(series, mask, covariates)  # warm-up
+    covariates = torch.rand(settings["batch_size"], 1, side, side, generator=generator)
+
+    def model_alone(n_tiles: int) -> float:
         start = time.perf_counter()
-        for _ in range(sample):
-            forecaster.model(series, mask, covariates)
-        seconds = time.perf_counter() - start
-    return {"seconds": seconds * n_batches / sample, "sampled_batches": sample, "batches": n_batches}
+        for _ in range(-(-n_tiles // settings["batch_size"])):
+            forecaster.run_network(series, mask, covariates)
+        return time.perf_counter() - start
+
+    model_alone(1)  # warm-up: compiles the gate kernel for this shape
+    model_rss = peak_rss_mb()
+
+    def predict_crop() -> tuple[float, int]:
+        start = time.perf_counter()
+        result = predict(workdir / "crop", workdir / "model", workdir / "crop_out")
+        return time.perf_counter() - start, result["tiles"]
+
+    _, n_tiles = predict_crop()  # warm-up
+    predict_seconds, model_seconds = [], []
+    for _ in range(repeats):
+        predict_seconds.append(predict_crop()[0])
+        model_seconds.append(model_alone(n_tiles))
+    ratios = [p / m for p, m in zip(predict_seconds, model_seconds, strict=True)]
+    return {
+        "tiles": n_tiles,
+        "predict_seconds": predict_seconds,
+        "model_seconds": model_seconds,
+        "ratios": ratios,
+        "median_ratio": statistics.median(ratios),
+        "model_peak_rss_mb": model_rss,
+    }
 
 
-def run_phase(phase: str, workdir: Path, extra: list[str]) -> dict[str, float]:
+def run_phase(phase: str, workdir: Path, extra: list[str]) -> dict:
     command = [sys.executable, __file__, "--phase", phase, "--workdir", str(workdir), *extra]
     completed = subprocess.run(command, check=True, capture_output=True, text=True)
     return json.loads(completed.stdout.strip().splitlines()[-1])
@@ -159,7 +203,7 @@ def peak_rss_mb() -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="a 1024 px raster: a smoke run of about a minute")
+    parser.add_argument("--quick", action="store_true", help="a 1024 px raster: a smoke run of under a minute")
     parser.add_argument("--size", type=int, default=None, help="raster width in pixels (default 10000, quick 1024)")
     parser.add_argument(
         "--height",
@@ -168,61 +212,67 @@ def main() -> int:
         help="raster height (default: the width). A short, full-width strip peaks at the memory of the full "
         "raster, which depends on the width up to the panel width, never on the height",
     )
-    parser.add_argument("--phase", choices=["predict", "model"], help=argparse.SUPPRESS)
+    parser.add_argument("--crop", type=int, default=1536, help="side of the corner the overhead is timed on")
+    parser.add_argument("--repeats", type=int, default=5, help="alternations of predict and the model alone")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--phase", choices=["predict", "overhead"], help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--tiles", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.phase == "predict":
-        print(json.dumps(phase_predict(args.workdir) | {"peak_rss_mb": peak_rss_mb()}))
-        return 0
-    if args.phase == "model":
-        print(json.dumps(phase_model(args.workdir, args.tiles) | {"peak_rss_mb": peak_rss_mb()}))
+    if args.phase is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        phase = phase_predict(args.workdir) if args.phase == "predict" else phase_overhead(args.workdir, args.repeats)
+        print(json.dumps(phase))
         return 0
 
     size = args.size or (1024 if args.quick else 10000)
     height = args.height or size
+    crop = min(args.crop, size, height)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the temporary folder is still removed
     workdir = Path(tempfile.mkdtemp(prefix="bench_forecast_"))
+    phase_args = ["--threads", str(args.threads), "--repeats", str(args.repeats)]
     try:
         start = time.perf_counter()
-        generated = generate(workdir, size, height)
+        paths = write_series(workdir / "full", size, height)
+        write_series(workdir / "crop", crop, crop)
+        export_model(workdir / "model")
         generate_seconds = time.perf_counter() - start
+        input_mb = sum(path.stat().st_size for path in paths) / 1e6
         print(f"generated {height}x{size} series + DEM in {generate_seconds:.1f} s", flush=True)
-        predict = run_phase("predict", workdir, [])
+        overhead = run_phase("overhead", workdir, phase_args)
+        print(f"overhead on a {crop} px crop: ratios {[round(r, 3) for r in overhead['ratios']]}", flush=True)
+        predict = run_phase("predict", workdir, phase_args)
         print(f"predict: {predict['seconds']:.1f} s, peak RSS {predict['peak_rss_mb']:.0f} MB", flush=True)
-        model = run_phase("model", workdir, ["--tiles", str(predict["tiles"])])
-        print(f"model alone on the same tiles: {model['seconds']:.1f} s", flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    tile, overlap, batch_size = tiling()
+    settings = predict_settings()
     pixels = size * height
     throughput = pixels / predict["seconds"]
-    model_throughput = pixels / model["seconds"]
-    overhead = predict["seconds"] / model["seconds"]
     summary = [
         {
             "metric": "predict throughput",
             "value": throughput,
             "unit": "pixels/s",
-            "baseline": model_throughput,
-            "ratio": throughput / model_throughput,
+            "baseline": None,
+            "ratio": None,
             "target": "",
         },
         {
             "metric": "predict peak RSS",
             "value": predict["peak_rss_mb"],
             "unit": "MB",
-            "baseline": model["peak_rss_mb"],
-            "ratio": predict["peak_rss_mb"] / model["peak_rss_mb"],
+            "baseline": overhead["model_peak_rss_mb"],
+            "ratio": predict["peak_rss_mb"] / overhead["model_peak_rss_mb"],
             "target": "< 2048 MB",
         },
         {
-            "metric": "tiling overhead (predict time / model time, same tiles)",
-            "value": overhead,
+            "metric": f"tiling overhead (predict / model alone, {crop} px crop, median of {args.repeats})",
+            "value": overhead["median_ratio"],
             "unit": "x",
             "baseline": 1.0,
-            "ratio": overhead,
+            "ratio": overhead["median_ratio"],
             "target": "",
         },
         {
@@ -247,9 +297,8 @@ def main() -> int:
         "width": size,
         "height": height,
         "quick": args.quick,
-        "tile": tile,
-        "overlap": overlap,
-        "batch_size": batch_size,
+        "threads": args.threads,
+        "settings": settings,
         "machine": {
             "cpu_count": psutil.cpu_count(),
             "platform": platform.platform(),
@@ -257,19 +306,19 @@ def main() -> int:
             "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         },
         "generate_seconds": generate_seconds,
-        "input_mb": generated["input_mb"],
+        "input_mb": input_mb,
+        "overhead": overhead,
         "predict": predict,
-        "model": model,
         "summary": summary,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "bench_forecast_predict.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\n{height}x{size} px, tiles {tile}+{overlap} px, batch {batch_size}")
-    print(f"{'metric':<58} {'value':>12} {'unit':<9} {'baseline':>12} {'ratio':>7}  target")
+    print(f"\n{height}x{size} px, {settings}, {args.threads} thread(s)")
+    print(f"{'metric':<72} {'value':>12} {'unit':<9} {'baseline':>12} {'ratio':>7}  target")
     for row in summary:
         baseline = "" if row["baseline"] is None else f"{row['baseline']:.4g}"
         ratio = "" if row["ratio"] is None else f"{row['ratio']:.2f}"
-        print(f"{row['metric']:<58} {row['value']:>12.4g} {row['unit']:<9} {baseline:>12} {ratio:>7}  {row['target']}")
+        print(f"{row['metric']:<72} {row['value']:>12.4g} {row['unit']:<9} {baseline:>12} {ratio:>7}  {row['target']}")
     print(f"wrote {RESULTS / 'bench_forecast_predict.json'}")
     return 0
 

@@ -72,6 +72,7 @@ def test_train_writes_model_normalizer_panel_and_records_the_split(run: Path, wo
     assert meta["n_input_steps"] == 3 and meta["n_horizons"] == 4 and meta["cadence"] == 5
     assert meta["channel_names"] == ["hm"] and meta["covariate_names"] == ["elevation_m"]
     assert meta["model_config"]["quantiles"] == list(QUANTILES_95)
+    assert meta["valid_range"] == [0.0, 1.0]  # HM in 0..1: forecasts are clipped to it
     split = meta["data"]["split"]
     assert (split["n_train_blocks"], split["n_val_blocks"], split["n_test_blocks"]) == (10, 2, 4)
     # One 16 px chip per 16 px training block, so the normalizer's mean is the mean over the training blocks
@@ -210,6 +211,8 @@ def test_demo_step_trains_evaluates_predicts_and_reports_its_numbers(
     assert result["training_steps"] == 3
     assert result["skill_persistence"] == [row["skill_persistence"] for row in metrics["per_horizon"]]
     assert result["coverage"] == [row["coverage"] for row in metrics["per_horizon"]]
+    assert result["coverage_in_target"] == [0.9 <= row["coverage"] <= 0.99 for row in metrics["per_horizon"]]
+    assert read_json(tmp_path / "run" / "model.json")["model_config"]["hidden_channels"] == demo.DEMO_HIDDEN_CHANNELS
     assert result["forecast_years"] == [2025, 2030, 2035, 2040]
     for path in [*result["pictures"], *result["geotiffs"], result["model"]]:
         assert Path(path).is_file(), path

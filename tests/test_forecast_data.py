@@ -21,6 +21,7 @@ from landformer.forecast.data import (
     detect_scale,
     eval_starts,
     load_forecast_data,
+    series_valid_range,
     train_starts,
 )
 
@@ -285,3 +286,11 @@ def test_window_dataset_masks_and_augments_consistently(tmp_path: Path) -> None:
 def _symmetry(tensor: torch.Tensor, turns: int, flip: bool) -> torch.Tensor:
     tensor = torch.rot90(tensor, turns, dims=(-2, -1))
     return tensor.flip(-1) if flip else tensor
+
+
+def test_valid_range_is_0_to_1_for_hm_and_open_otherwise() -> None:
+    hm = np.array([[0.0, 0.3, np.nan], [1.0, 0.5, 0.2]], dtype=np.float32)
+    assert series_valid_range(None, hm) == (0.0, 1.0)
+    assert series_valid_range(None, hm * 3) is None  # not HM-like: nothing is known about its range
+    assert series_valid_range(None, hm - 0.5) is None
+    assert series_valid_range([-1.0, 2.5], hm) == (-1.0, 2.5)  # the recipe's data.valid_range wins

@@ -21,14 +21,23 @@ from landformer.forecast.predict import blend_weights, predict_series, tiled_for
 
 
 def export_random_model(
-    folder: Path, kernel_size: int = 1, quantiles: tuple[float, ...] = QUANTILES_95, n_covariates: int = 1
+    folder: Path,
+    kernel_size: int = 1,
+    quantiles: tuple[float, ...] = QUANTILES_95,
+    n_covariates: int = 1,
+    valid_range: list[float] | None = None,
+    head_bias: float | None = None,
 ) -> Path:
-    """An untrained, seeded model exported like a trained one (its weights are random, its plumbing real)."""
+    """An untrained, seeded model exported like a trained one (its weights are random, its plumbing real).
+    ``head_bias`` sets every head output's bias: a large one makes each horizon step far up."""
     torch.manual_seed(0)
     config = ForecastModelConfig(
         n_covariate_channels=n_covariates, hidden_channels=(4,), kernel_size=kernel_size, quantiles=quantiles
     )
     model = ConvLSTMForecaster(config)
+    if head_bias is not None:
+        with torch.no_grad():
+            model.head.bias.fill_(head_bias)
     meta = {
         "model_config": model_config_dict(config),
         "normalizer": ZScore((0.3,), (0.2,)).to_dict(),
@@ -38,6 +47,7 @@ def export_random_model(
         "years": [1990, 1995, 2000, 2005, 2010],
         "cadence": 5,
         "scale": 1.0,
+        "valid_range": valid_range,
     }
     weights, _ = export_forecaster(folder, model.state_dict(), meta)
     return weights
@@ -143,7 +153,16 @@ def test_predict_writes_one_geotiff_per_horizon_equal_to_the_untiled_forecast(tm
     paths, years, covariates = write_series(tmp_path, values)
     spec = SeriesSpec.from_lists(paths, years)
     result = predict_series(
-        model, spec, covariates, tmp_path / "out", tile=32, overlap=8, batch_size=4, panel_width=64, progress=False
+        model,
+        spec,
+        covariates,
+        tmp_path / "out",
+        tile=32,
+        overlap=8,
+        batch_size=4,
+        panel_width=64,
+        progress=False,
+        precision="fp32",
     )
     assert [Path(p).name for p in result["files"]] == [f"forecast_{y}.tif" for y in (2015, 2020, 2025, 2030)]
     assert [Path(p).name for p in result["inputs"]] == ["hm_2000.tif", "hm_2005.tif", "hm_2010.tif"]
@@ -175,7 +194,9 @@ def test_predict_keeps_integer_nodata_and_writes_in_the_input_scale(tmp_path: Pa
     raw[:, 0, :4] = 65535
     paths, years, covariates = write_series(tmp_path, raw, nodata=65535)
     spec = SeriesSpec.from_lists(paths, years)
-    result = predict_series(model, spec, covariates, tmp_path / "out", tile=16, overlap=4, progress=False)
+    result = predict_series(
+        model, spec, covariates, tmp_path / "out", tile=16, overlap=4, progress=False, precision="fp32"
+    )
     assert result["scale"] == 10000.0 and result["nodata"] == 65535
     forecaster = load_forecaster(model)
     with SeriesRasters(spec, covariates) as rasters:
@@ -223,3 +244,22 @@ def test_exported_model_loads_without_pickle_and_bad_files_are_user_errors(tmp_p
         load_forecaster(garbage)
     with pytest.raises(UserError, match=r"holds no model\.safetensors"):
         load_forecaster(tmp_path)
+
+
+def test_forecasts_and_interval_bounds_are_clipped_to_the_valid_range(tmp_path: Path) -> None:
+    """HM near 1 and a head that steps up 0.2 per horizon: unclipped forecasts pass 1, clipped ones are exactly
+    np.clip of them (point and both bounds, NaN where nothing was observed kept)."""
+    inputs = np.full((1, 3, 1, 12, 12), 0.95, dtype=np.float32)
+    inputs[0, :, 0, :, :6] = 0.02  # half the tile near 0, so the lower bound also meets the floor
+    inputs[0, :, 0, 0, 0] = np.nan
+    covariates = np.full((1, 1, 12, 12), 300.0, dtype=np.float32)
+    free = load_forecaster(export_random_model(tmp_path / "free", head_bias=1.0)).forecast(inputs, covariates)
+    clipped_model = export_random_model(tmp_path / "clipped", valid_range=[0.0, 1.0], head_bias=1.0)
+    forecaster = load_forecaster(clipped_model)
+    assert forecaster.valid_range == (0.0, 1.0)
+    clipped = forecaster.forecast(inputs, covariates)
+    assert np.nanmax(free.upper) > 1.0 and np.nanmax(free.point) > 1.0 and np.nanmin(free.lower) < 0.0
+    for name in ("point", "lower", "upper"):
+        unclipped, values = getattr(free, name), getattr(clipped, name)
+        np.testing.assert_array_equal(values, np.clip(unclipped, 0.0, 1.0))
+        assert np.isnan(values[0, :, 0, 0, 0]).all() and np.isfinite(values[0, :, 0, 1:]).all()

@@ -40,24 +40,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=0.0,
         help="a pixel 'changed' when it moved more than this (series units) since the last input",
     )
+    evaluate.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="fp32",
+        help="arithmetic of the convolutions (bf16 scores what a bf16 `forecast predict` writes)",
+    )
     _add_data_arguments(evaluate, note=" (default: the data the model was trained on)")
 
     predict = add_command(group, "predict", "forecast a whole raster into one GeoTIFF per horizon", run_predict)
     predict.add_argument("--model", type=Path, required=True, help=MODEL_HELP)
     _add_data_arguments(predict, note=" (the last K steps are used)")
     predict.add_argument("--out", type=Path, required=True, help="folder for forecast_<year>.tif files")
-    recipe = " (default: the run's recipe, predict section)"
-    predict.add_argument(
-        "--tile", type=int, default=None, help="output block side in pixels, a multiple of 256" + recipe
-    )
-    predict.add_argument(
-        "--overlap", type=int, default=None, help="pixels shared by neighbouring tiles (even)" + recipe
-    )
-    predict.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass" + recipe)
-    predict.add_argument("--panel-width", type=int, default=None, help="widest strip processed at once" + recipe)
-    predict.add_argument("--device", default=None, help="torch device: cpu, cuda, cuda:1, mps" + recipe)
-    predict.add_argument("--threads", type=int, default=None, help="torch CPU threads, 0 for torch's default" + recipe)
+    _add_predict_settings(predict)
     predict.add_argument("--prefix", default="forecast", help="output files are PREFIX_<year>.tif")
+
+
+# The predict section of the recipe, each overridable on the command line: (name, type, choices, help).
+PREDICT_SETTINGS: tuple[tuple[str, type, tuple[str, ...] | None, str], ...] = (
+    ("tile", int, None, "output block side in pixels, a multiple of 256"),
+    ("overlap", int, None, "pixels shared by neighbouring tiles (even)"),
+    ("batch_size", int, None, "tiles per forward pass"),
+    ("panel_width", int, None, "widest strip processed at once"),
+    ("device", str, None, "torch device: cpu, cuda, cuda:1, mps"),
+    ("threads", int, None, "torch CPU threads, 0 for torch's default"),
+    ("precision", str, ("auto", "fp32", "bf16"), "arithmetic of the convolutions: auto is bf16 where native"),
+)
+
+
+def _add_predict_settings(parser: argparse.ArgumentParser) -> None:
+    recipe = " (default: the run's recipe, predict section)"
+    for name, kind, choices, text in PREDICT_SETTINGS:
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, choices=choices, default=None, help=text + recipe)
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="compile the LSTM gate arithmetic (a C++ compiler; 10-40 s once; left out: on 16 Mpx or more)",
+    )
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser, note: str = "") -> None:
@@ -145,7 +165,9 @@ def run_evaluate(args: argparse.Namespace) -> None:
         _apply_data_arguments(data, args)
     elif args.covariates is not None or args.scale is not None:
         raise UserError("--covariate and --scale go with the data they describe: give --world, --series or --pattern")
-    result = evaluate_forecaster(args.model, args.out, data=data, change_threshold=args.change_threshold)
+    result = evaluate_forecaster(
+        args.model, args.out, data=data, change_threshold=args.change_threshold, precision=args.precision
+    )
     print(format_table(result))
     print(f"metrics: {result['files']['metrics']}")
     print(f"plot: {result['files']['plot']}")
@@ -159,7 +181,7 @@ def predict_settings(model: Path, args: argparse.Namespace) -> Any:
 
     recipe = (model if model.is_dir() else model.parent) / "config.yaml"
     settings = load_config(ForecastConfig, recipe).predict if recipe.is_file() else ForecastPredictSection()
-    for name in ("tile", "overlap", "batch_size", "panel_width", "device", "threads"):
+    for name in [name for name, *_ in PREDICT_SETTINGS] + ["compile"]:
         if getattr(args, name) is not None:
             setattr(settings, name, getattr(args, name))
     return settings
@@ -185,14 +207,11 @@ def run_predict(args: argparse.Namespace) -> None:
         spec,
         covariates,
         args.out,
-        tile=settings.tile,
-        overlap=settings.overlap,
-        batch_size=settings.batch_size,
-        panel_width=settings.panel_width,
         scale=args.scale,
         assume_crs=args.assume_crs,
-        device=settings.device,
         prefix=args.prefix,
+        compile_gates=settings.compile,
+        **{name: getattr(settings, name) for name, *_ in PREDICT_SETTINGS if name != "threads"},
     )
     print(f"forecast {result['height']}x{result['width']} px from {', '.join(Path(p).name for p in result['inputs'])}")
     for path in result["files"]:

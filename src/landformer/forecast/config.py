@@ -34,6 +34,9 @@ class ForecastDataConfig:
     world_size: int = 256  # side in pixels of the world built when no data is given
     world_seed: int | None = None  # seed of that world; None: the train seed
     scale: float | None = None  # raw value / scale = series units; None: 10000 if values exceed 1, else 1
+    # [low, high] in series units that forecasts are clipped to; None: 0..1 when the training values lie in it
+    # (HM), else no clipping
+    valid_range: list[float] | None = None
     align_series: bool = True  # resample series rasters on another grid onto the first one's (else refuse)
     assume_crs: str | None = None  # CRS for rasters that carry none
     n_input_steps: int = 3  # K: steps the model reads
@@ -80,6 +83,10 @@ class ForecastDataConfig:
             (self.test_fraction + self.val_fraction < 1, "test_fraction + val_fraction should leave training blocks"),
             (0 <= self.max_nodata <= 1, f"max_nodata = {self.max_nodata} should lie in [0, 1]"),
             (self.scale is None or self.scale > 0, f"scale = {self.scale} should be positive"),
+            (
+                self.valid_range is None or (len(self.valid_range) == 2 and self.valid_range[0] < self.valid_range[1]),
+                f"valid_range = {self.valid_range} should be [low, high] with low < high",
+            ),
             (self.world_size >= 32, f"world_size = {self.world_size} should be at least 32"),
             (self.batch_size >= 1, f"batch_size = {self.batch_size} should be at least 1"),
         ]
@@ -112,12 +119,16 @@ class ForecastTaskSection:
 class ForecastPredictSection:
     """Whole-raster inference (``forecast predict``)."""
 
-    tile: int = 256  # output block side, a multiple of the GeoTIFF block so every write fills whole blocks
-    overlap: int = 32  # pixels shared by neighbouring tiles, cross-faded linearly (even)
-    batch_size: int = 2  # tiles per forward pass (two 288 px tiles of the tiny model need about 0.4 GB)
+    tile: int = 512  # output block side, a multiple of the GeoTIFF block so every write fills whole blocks
+    overlap: int = 32  # pixels shared by neighbouring tiles, cross-faded linearly (even); 1.13 px forecast per px
+    batch_size: int = 1  # tiles per forward pass (one 544 px tile of the tiny model needs about 0.4 GB)
     panel_width: int = 4096  # widest strip of the raster processed at once; bounds memory on huge rasters
     device: str = "cpu"  # torch device for inference: cpu, cuda, cuda:1, mps
     threads: int = 0  # torch CPU threads for inference; 0: torch's default (on a busy CPU, 1 can be faster)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where the hardware has it natively
+    # fuse the LSTM gate arithmetic into one compiled kernel (needs a C++ compiler); None: on rasters of 16 Mpx
+    # or more, where its 10-40 s of compiling pay off
+    compile: bool | None = None
 
 
 def tiny_train_config() -> TrainConfig:

@@ -177,6 +177,17 @@ def detect_scale(max_value: float, source: str) -> float:
     return 1.0
 
 
+def series_valid_range(setting: Sequence[float] | None, values: np.ndarray) -> tuple[float, float] | None:
+    """The range forecasts are clipped to, in series units: ``setting`` when given, else 0..1 when every
+    observed value (already divided by the scale) lies in it, as HM's do; else None (an unbounded series)."""
+    if setting is not None:
+        return float(setting[0]), float(setting[1])
+    finite = values[np.isfinite(values)]
+    if finite.size and finite.min() >= 0.0 and finite.max() <= 1.0 + 1e-6:
+        return 0.0, 1.0
+    return None
+
+
 def same_grid(a: RasterGrid, b: RasterGrid) -> bool:
     """Same CRS and size, transforms equal to a millionth of a pixel."""
     if (a.width, a.height) != (b.width, b.height) or a.crs != b.crs:
@@ -525,6 +536,7 @@ class ForecastData:
     train: ChipStack
     val: ChipStack
     config: ForecastDataConfig
+    valid_range: tuple[float, float] | None
 
     @property
     def n_steps(self) -> int:
@@ -538,6 +550,7 @@ class ForecastData:
             "years": list(self.spec.years),
             "covariates": [str(path.resolve()) for path in self.covariate_paths],
             "scale": self.scale,
+            "valid_range": None if self.valid_range is None else list(self.valid_range),
             "align_series": config.align_series,
             "assume_crs": config.assume_crs,
             "chip_size": config.chip_size,
@@ -613,6 +626,7 @@ def load_forecast_data(config: ForecastDataConfig, spec: SeriesSpec, covariates:
             train=train,
             val=val,
             config=config,
+            valid_range=series_valid_range(config.valid_range, train.values),
         )
 
 

@@ -17,11 +17,17 @@ import numpy as np
 from landformer.core.io import read_json
 from landformer.forecast.config import ForecastConfig
 
-DEMO_STEPS = 120  # about a third of the tiny recipe: enough to beat persistence on the demo world
+# A quarter of the tiny recipe's width (8 instead of 16 channels per layer: about a quarter of its
+# convolution cost) at three times its learning rate: on the demo world it beats persistence and trend at every
+# horizon within the step's 45 s budget. Early stopping ends it near 180 steps; the cosine schedule still spans
+# DEMO_STEPS so the learning rate is not yet annealed there.
+DEMO_STEPS = 300
+DEMO_HIDDEN_CHANNELS = [8, 8]
+DEMO_LR = 0.01
 
 
 def demo_config(world_folder: Path, seed: int, world_size: int) -> ForecastConfig:
-    """The tiny recipe, shorter; blocks and chips shrink on worlds too small for 16 blocks of 64 px."""
+    """The tiny recipe, narrower and shorter; blocks and chips shrink on worlds too small for 16 blocks of 64 px."""
     config = ForecastConfig()
     config.data.world = Path(world_folder)
     config.data.block_size = min(config.data.block_size, max(world_size // 4, 16))
@@ -30,6 +36,8 @@ def demo_config(world_folder: Path, seed: int, world_size: int) -> ForecastConfi
     config.data.split_seed = seed
     config.train.seed = seed
     config.train.max_steps = DEMO_STEPS
+    config.model.hidden_channels = list(DEMO_HIDDEN_CHANNELS)
+    config.task.lr = DEMO_LR
     config.train.val_every_steps = 20
     config.train.early_stopping_patience = 3
     config.train.progress_bar = False
@@ -39,8 +47,9 @@ def demo_config(world_folder: Path, seed: int, world_size: int) -> ForecastConfi
 
 def run_demo_step(out: Path, world_folder: Path, seed: int) -> dict[str, Any]:
     """Train the tiny forecaster for a few dozen steps on the world in ``world_folder``, score it on the held-out
-    blocks, forecast the whole world past its last year, and return the key numbers and paths (about a minute
-    on two CPU cores)."""
+    blocks, forecast the whole world past its last year, and return the key numbers and paths (about 40 s of one
+    CPU core). ``coverage_in_target`` says per horizon whether the 95 % interval covers 90-99 % of the held-out
+    pixels: a short run can leave the furthest horizon's interval too narrow, and the demo says so."""
     import rasterio
     import torch
 
@@ -83,6 +92,7 @@ def run_demo_step(out: Path, world_folder: Path, seed: int) -> dict[str, Any]:
         "skill_persistence": [row["skill_persistence"] for row in rows],
         "skill_trend": [row["skill_trend"] for row in rows],
         "coverage": [row.get("coverage") for row in rows],
+        "coverage_in_target": [row.get("coverage") is not None and 0.9 <= row["coverage"] <= 0.99 for row in rows],
         "mae": [row["mae"] for row in rows],
         "horizons": [row["label"] for row in rows],
         "forecast_years": forecast["years"],

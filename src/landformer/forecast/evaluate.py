@@ -50,16 +50,18 @@ def evaluate_forecaster(
     out: str | os.PathLike[str],
     data: ForecastDataConfig | None = None,
     change_threshold: float = 0.0,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Score ``model`` (a run folder or its model.safetensors) on held-out blocks; write ``metrics.json`` and
-    ``error_vs_horizon.png`` into ``out`` and return the metrics.
+    ``error_vs_horizon.png`` into ``out`` and return the metrics. ``precision`` is the network's arithmetic
+    (fp32 by default: the numbers training saw; bf16 scores what a bf16 ``forecast predict`` writes).
 
     By default the data and the split are those recorded at training time. ``data`` evaluates on other rasters
     instead (a series, a pattern or a world, with its own split settings).
     """
     start_time = time.perf_counter()
     out = Path(out)
-    forecaster = load_forecaster(model)
+    forecaster = load_forecaster(model, precision=precision)
     if data is None:
         spec, covariates, recorded = _recorded_data(forecaster)
         settings = {key: recorded[key] for key in ("chip_size", "block_size", "test_fraction", "val_fraction")}
@@ -124,6 +126,8 @@ def evaluate_forecaster(
         "n_horizons": h,
         "interval": interval,
         "change_threshold": change_threshold,
+        "precision": forecaster.precision,
+        "valid_range": forecaster.valid_range,
         "split": split.to_dict(),
         "per_horizon": rows,
         "final_step": {"year": spec.years[-1], "per_horizon": final_rows},

@@ -43,13 +43,50 @@ class Forecast:
     observed: np.ndarray
 
 
-class ExportedForecaster:
-    """A trained ConvLSTM with its normalizers and the facts needed to feed it the right data."""
+PRECISIONS = ("auto", "fp32", "bf16")
 
-    def __init__(self, model: ConvLSTMForecaster, meta: dict[str, Any], source: str) -> None:
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 where the device computes it natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or
+    AMX, where oneDNN's bf16 convolutions are several times faster than float32), else fp32."""
+    if precision not in PRECISIONS:
+        raise UserError(f"precision {precision!r} should be one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu" and torch.backends.mkldnn.is_available():
+        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    return "fp32"
+
+
+class ExportedForecaster:
+    """A trained ConvLSTM with its normalizers and the facts needed to feed it the right data.
+
+    ``precision`` is the inference arithmetic of the convolutions (the LSTM cell state and the residual
+    roll-out stay float32): fp32 reproduces training's numbers; bf16 changes forecasts by about a thousandth of
+    the series' range (see ``tests/test_forecast_model.py``) and is several times faster on hardware with native
+    bf16. ``compile_gates`` fuses the LSTM gate arithmetic into one compiled kernel per tile shape, worth its
+    compile time (tens of seconds) only on large rasters.
+    """
+
+    def __init__(
+        self,
+        model: ConvLSTMForecaster,
+        meta: dict[str, Any],
+        source: str,
+        precision: str = "fp32",
+        compile_gates: bool = False,
+    ) -> None:
         self.model = model.eval()
         self.meta = meta
         self.source = source
+        self.precision = resolve_precision(precision, self.device)
+        if self.precision == "bf16":
+            # oneDNN's bf16 convolutions want channels-last tensors; in NCHW each call reorders its input.
+            self.model.use_channels_last()
+        if compile_gates:
+            self.model.compile_gates()
         self.normalizer = normalizer_from_dict(meta["normalizer"], f"{source}: normalizer")
         covariate_normalizer = meta.get("covariate_normalizer")
         self.covariate_normalizer: AffineNormalizer | None = (
@@ -87,6 +124,12 @@ class ExportedForecaster:
         return self.meta.get("cadence")
 
     @property
+    def valid_range(self) -> tuple[float, float] | None:
+        """(low, high) of the series in series units (0..1 for HM), or None when unbounded."""
+        bounds = self.meta.get("valid_range")
+        return None if bounds is None else (float(bounds[0]), float(bounds[1]))
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
@@ -109,6 +152,15 @@ class ExportedForecaster:
                 f"({expected}) but {len(covariate_names)} were given ({got}); pass the same --covariate rasters"
             )
 
+    def run_network(
+        self, series: torch.Tensor, series_mask: torch.Tensor, covariates: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The network alone on normalized tensors (see ``model.py`` for the layout), in this forecaster's
+        precision, without autograd: float32 (B, H, C, Y, X), or (B, H, C, Q, Y, X) with quantile heads."""
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        with torch.inference_mode(), autocast:
+            return self.model(series, series_mask, covariates, n_horizons=self.n_horizons).float()
+
     def forecast(self, inputs: np.ndarray, covariates: np.ndarray | None) -> Forecast:
         """Forecast H steps from inputs (N, K, C, Y, X) and covariates (N, V, Y, X), both in series units with
         NaN for missing values."""
@@ -118,23 +170,25 @@ class ExportedForecaster:
         def tensor(array: np.ndarray | None) -> torch.Tensor | None:
             return None if array is None else torch.from_numpy(np.ascontiguousarray(array)).to(device)
 
-        with torch.inference_mode():
-            pred = self.model(
-                tensor(normalized["series"]),
-                tensor(normalized["series_mask"]),
-                tensor(normalized["covariates"]),
-                n_horizons=self.n_horizons,
-            )
-        pred = pred.float().cpu().numpy()
+        pred = self.run_network(
+            tensor(normalized["series"]), tensor(normalized["series_mask"]), tensor(normalized["covariates"])
+        )
+        pred = pred.cpu().numpy()
         observed = normalized["series_mask"].any(axis=1)  # (N, C, Y, X)
         missing = ~observed[:, None]
         if not self.quantiles:
-            point = self.normalizer.inverse(pred, channel_axis=2)
+            point = self._clip(self.normalizer.inverse(pred, channel_axis=2))
             point[np.broadcast_to(missing, point.shape)] = np.nan
             return Forecast(point, None, None, observed)
-        heads = self.normalizer.inverse(pred, channel_axis=2)  # (N, H, C, Q, Y, X)
+        heads = self._clip(self.normalizer.inverse(pred, channel_axis=2))  # (N, H, C, Q, Y, X)
         heads[np.broadcast_to(missing[:, :, :, None], heads.shape)] = np.nan
         return Forecast(heads[:, :, :, median_index(self.quantiles)], heads[:, :, :, 0], heads[:, :, :, -1], observed)
+
+    def _clip(self, values: np.ndarray) -> np.ndarray:
+        """Forecasts (and interval bounds) inside the series' valid range: the residual roll-out can step past
+        it (HM up to about 1.05), and a value no observation can take is never a better forecast."""
+        bounds = self.valid_range
+        return values if bounds is None else np.clip(values, bounds[0], bounds[1], out=values)
 
 
 def export_forecaster(
@@ -152,8 +206,14 @@ def model_config_dict(config: ForecastModelConfig) -> dict[str, Any]:
     return {key: list(value) if isinstance(value, tuple) else value for key, value in plain.items()}
 
 
-def load_forecaster(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> ExportedForecaster:
-    """Load an exported model from a run folder or its ``model.safetensors``; anything off is a UserError."""
+def load_forecaster(
+    path: str | os.PathLike[str],
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    compile_gates: bool = False,
+) -> ExportedForecaster:
+    """Load an exported model from a run folder or its ``model.safetensors``; anything off is a UserError.
+    ``precision`` and ``compile_gates``: see :class:`ExportedForecaster`."""
     path = Path(path)
     weights = path / MODEL_FILE if path.is_dir() else path
     if path.is_dir() and not weights.is_file():
@@ -176,4 +236,4 @@ def load_forecaster(path: str | os.PathLike[str], device: str | torch.device = "
         model.load_state_dict(tensors)
     except RuntimeError as err:
         raise UserError(f"{weights}: weights do not fit the model config: {str(err).splitlines()[1].strip()}") from None
-    return ExportedForecaster(model, meta, str(weights)).to(device)
+    return ExportedForecaster(model.to(device), meta, str(weights), precision, compile_gates)

@@ -17,7 +17,7 @@ probability ``teacher_forcing`` the ground truth - scheduled sampling) plus the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -123,6 +123,21 @@ def masked_loss(
     return per_pixel.sum() / weight.sum().clamp(min=1.0)
 
 
+def lstm_gate_update(gates: torch.Tensor, cell: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The LSTM update from the (B, 4n, Y, X) gate pre-activations [input, forget, output, candidate]: returns
+    the new hidden map (in the gates' dtype, ready for the next convolution) and cell (float32 or wider).
+
+    The arithmetic runs in float32 even when the convolution ran in bf16, so a long roll-out does not accumulate
+    bf16 rounding in the cell. Training calls it as it is; fast inference fuses it into one compiled kernel
+    (:meth:`ConvLSTMForecaster.compile_gates`), because on a large tile these element-wise passes are
+    memory-bound and cost more than a bf16 convolution.
+    """
+    input_gate, forget_gate, output_gate, candidate = gates.float().chunk(4, dim=1)
+    cell = torch.sigmoid(forget_gate) * cell + torch.sigmoid(input_gate) * torch.tanh(candidate)
+    hidden = torch.sigmoid(output_gate) * torch.tanh(cell)
+    return hidden.to(gates.dtype), cell
+
+
 class ConvLSTMCell(nn.Module):
     """One ConvLSTM layer without peepholes: a single convolution over [x, h] gives all four gates."""
 
@@ -132,19 +147,22 @@ class ConvLSTMCell(nn.Module):
         self.gates = nn.Conv2d(
             in_channels + hidden_channels, 4 * hidden_channels, kernel_size, padding=kernel_size // 2
         )
+        self.gate_update: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] = lstm_gate_update
         with torch.no_grad():
             # A forget-gate bias of 1 keeps memory by default early in training (Jozefowicz et al. 2015).
             self.gates.bias[hidden_channels : 2 * hidden_channels].fill_(1.0)
 
     def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         hidden, cell = state
-        input_gate, forget_gate, output_gate, candidate = self.gates(torch.cat([x, hidden], dim=1)).chunk(4, dim=1)
-        cell = torch.sigmoid(forget_gate) * cell + torch.sigmoid(input_gate) * torch.tanh(candidate)
-        hidden = torch.sigmoid(output_gate) * torch.tanh(cell)
-        return hidden, cell
+        # x in the hidden map's dtype: under bf16 autocast the concatenation is then already in bf16.
+        return self.gate_update(self.gates(torch.cat([x.to(hidden.dtype), hidden], dim=1)), cell)
 
 
 State = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def _memory_format(tensor: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if tensor.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
 
 
 class ConvLSTMStack(nn.Module):
@@ -158,9 +176,11 @@ class ConvLSTMStack(nn.Module):
         )
 
     def initial_state(self, like: torch.Tensor) -> State:
+        """Zero hidden and cell maps in ``like``'s dtype, device and memory format."""
         batch, _, height, width = like.shape
         shapes = [(batch, layer.hidden_channels, height, width) for layer in self.layers]
-        return [(like.new_zeros(shape), like.new_zeros(shape)) for shape in shapes]
+        layout = _memory_format(like)
+        return [tuple(like.new_zeros(shape).contiguous(memory_format=layout) for _ in "hc") for shape in shapes]
 
     def forward(self, x: torch.Tensor, state: State) -> State:
         new_state = []
@@ -181,6 +201,8 @@ class ConvLSTMForecaster(nn.Module):
         self.forecaster = ConvLSTMStack(n_series + n_covariates, config.hidden_channels, config.kernel_size)
         # The head reads every forecaster layer (as in Shi et al.), giving lower layers a short gradient path.
         self.head = nn.Conv2d(sum(config.hidden_channels), n_series * self.n_outputs, kernel_size=1)
+        self.channels_last = False
+        self.gates_compiled = False
 
     def _check_inputs(self, series: torch.Tensor, series_mask: torch.Tensor, covariates: torch.Tensor | None) -> None:
         config = self.config
@@ -199,8 +221,15 @@ class ConvLSTMForecaster(nn.Module):
             got = None if covariates is None else tuple(covariates.shape)
             raise ValueError(f"covariates should be (B, {config.n_covariate_channels}, Y, X) like series, got {got}")
 
+    def use_channels_last(self) -> None:
+        """Run in channels-last memory: weights, states and every layer input. oneDNN's bf16 convolutions want
+        it; fed NCHW they reorder each input, and a concatenation of mixed layouts copies element by element."""
+        self.to(memory_format=torch.channels_last)
+        self.channels_last = True
+
     def _with_covariates(self, x: torch.Tensor, covariates: torch.Tensor | None) -> torch.Tensor:
-        return x if covariates is None else torch.cat([x, covariates.to(x.dtype)], dim=1)
+        x = x if covariates is None else torch.cat([x, covariates.to(x.dtype)], dim=1)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def forward_encoder(
         self, series: torch.Tensor, series_mask: torch.Tensor, covariates: torch.Tensor | None
@@ -210,10 +239,10 @@ class ConvLSTMForecaster(nn.Module):
         # Zero-filled values plus the mask channel: the mask, not the value, tells the network what is missing,
         # and NaN nodata cannot leak into the state.
         values = torch.where(mask, series, torch.zeros_like(series))
-        state = self.encoder.initial_state(values[:, 0])
+        state: State | None = None
         for step in range(series.shape[1]):
-            x = torch.cat([values[:, step], mask[:, step].to(values.dtype)], dim=1)
-            state = self.encoder(self._with_covariates(x, covariates), state)
+            x = self._with_covariates(torch.cat([values[:, step], mask[:, step].to(values.dtype)], dim=1), covariates)
+            state = self.encoder(x, self.encoder.initial_state(x) if state is None else state)
         return state
 
     def _ordered_quantiles(self, raw: torch.Tensor) -> torch.Tensor:
@@ -294,6 +323,16 @@ class ConvLSTMForecaster(nn.Module):
 
     def point_forecast(self, pred: torch.Tensor) -> torch.Tensor:
         return point_forecast(pred, self.config.quantiles)
+
+    def compile_gates(self) -> None:
+        """Fuse every cell's element-wise gate arithmetic into one compiled kernel (inference only: compiled once
+        per tile shape, which whole-raster prediction keeps fixed). The same function runs, so the numbers match
+        the eager model to float rounding."""
+        fused = torch.compile(lstm_gate_update, dynamic=False)
+        for module in self.modules():
+            if isinstance(module, ConvLSTMCell):
+                module.gate_update = fused
+        self.gates_compiled = True
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
         return masked_loss(pred, target, target_mask, self.config.quantiles or None)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 import numpy as np
 import torch
@@ -45,12 +45,33 @@ def _valid_values_per_channel(
 
 @dataclass(frozen=True)
 class AffineNormalizer:
-    """``(x - offset) / scale`` per channel; subclasses say how offset and scale are fitted and named."""
+    """``(x - offset) / scale`` per channel; subclasses say how one channel's offset and scale are fitted and
+    under which names they are saved."""
 
     offset: tuple[float, ...]
     scale: tuple[float, ...]
 
     kind = "affine"
+    offset_key = "offset"
+    scale_key = "scale"
+
+    @classmethod
+    def fit_channel(cls, values: np.ndarray) -> tuple[float, float]:
+        """(offset, spread) of one channel's valid float64 values."""
+        raise NotImplementedError
+
+    @classmethod
+    def fit(
+        cls,
+        values: np.ndarray | torch.Tensor,
+        mask: np.ndarray | torch.Tensor | None = None,
+        channel_axis: int = -3,
+    ) -> Self:
+        """Fit on the valid (mask true and finite) values of each channel."""
+        fitted = [cls.fit_channel(channel) for channel in _valid_values_per_channel(values, mask, channel_axis)]
+        return cls(
+            offset=tuple(offset for offset, _ in fitted), scale=tuple(_usable_scale(spread) for _, spread in fitted)
+        )
 
     @property
     def n_channels(self) -> int:
@@ -83,7 +104,8 @@ class AffineNormalizer:
         return x * scale + offset
 
     def to_dict(self) -> dict[str, Any]:
-        raise NotImplementedError
+        # Offset and scale are stored as they are (a span, not a high end), so from_dict(to_dict()) is bit-exact.
+        return {"kind": self.kind, self.offset_key: list(self.offset), self.scale_key: list(self.scale)}
 
 
 def _usable_scale(spread: float) -> float:
@@ -96,18 +118,12 @@ class ZScore(AffineNormalizer):
     """Subtract the mean and divide by the standard deviation of the valid training pixels."""
 
     kind = "zscore"
+    offset_key = "mean"
+    scale_key = "std"
 
     @classmethod
-    def fit(
-        cls,
-        values: np.ndarray | torch.Tensor,
-        mask: np.ndarray | torch.Tensor | None = None,
-        channel_axis: int = -3,
-    ) -> ZScore:
-        channels = _valid_values_per_channel(values, mask, channel_axis)
-        means = [float(channel.mean()) for channel in channels]
-        stds = [_usable_scale(float(channel.std())) for channel in channels]
-        return cls(offset=tuple(means), scale=tuple(stds))
+    def fit_channel(cls, values: np.ndarray) -> tuple[float, float]:
+        return float(values.mean()), float(values.std())
 
     @property
     def mean(self) -> tuple[float, ...]:
@@ -117,27 +133,19 @@ class ZScore(AffineNormalizer):
     def std(self) -> tuple[float, ...]:
         return self.scale
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "mean": list(self.offset), "std": list(self.scale)}
-
 
 @dataclass(frozen=True)
 class MinMax(AffineNormalizer):
     """Map the valid training range of each channel onto [0, 1] (later data may fall outside it)."""
 
     kind = "minmax"
+    offset_key = "low"
+    scale_key = "span"
 
     @classmethod
-    def fit(
-        cls,
-        values: np.ndarray | torch.Tensor,
-        mask: np.ndarray | torch.Tensor | None = None,
-        channel_axis: int = -3,
-    ) -> MinMax:
-        channels = _valid_values_per_channel(values, mask, channel_axis)
-        lows = [float(channel.min()) for channel in channels]
-        spans = [_usable_scale(float(channel.max()) - low) for channel, low in zip(channels, lows, strict=True)]
-        return cls(offset=tuple(lows), scale=tuple(spans))
+    def fit_channel(cls, values: np.ndarray) -> tuple[float, float]:
+        low = float(values.min())
+        return low, float(values.max()) - low
 
     @property
     def low(self) -> tuple[float, ...]:
@@ -147,15 +155,8 @@ class MinMax(AffineNormalizer):
     def high(self) -> tuple[float, ...]:
         return tuple(low + span for low, span in zip(self.offset, self.scale, strict=True))
 
-    def to_dict(self) -> dict[str, Any]:
-        # The span is stored, not the high end, so that from_dict(to_dict()) is bit-exact.
-        return {"kind": self.kind, "low": list(self.offset), "span": list(self.scale)}
 
-
-_KINDS: dict[str, tuple[type[AffineNormalizer], str, str]] = {
-    "zscore": (ZScore, "mean", "std"),
-    "minmax": (MinMax, "low", "span"),
-}
+_KINDS: dict[str, type[AffineNormalizer]] = {"zscore": ZScore, "minmax": MinMax}
 
 
 def fit_normalizer(
@@ -163,13 +164,11 @@ def fit_normalizer(
     values: np.ndarray | torch.Tensor,
     mask: np.ndarray | torch.Tensor | None = None,
     channel_axis: int = -3,
-) -> ZScore | MinMax:
+) -> AffineNormalizer:
     """Fit the normalizer named ``kind`` on the valid (mask true and finite) values of each channel."""
-    if kind == "zscore":
-        return ZScore.fit(values, mask, channel_axis)
-    if kind == "minmax":
-        return MinMax.fit(values, mask, channel_axis)
-    raise UserError(f"unknown normalizer {kind!r} (known: {', '.join(_KINDS)})")
+    if kind not in _KINDS:
+        raise UserError(f"unknown normalizer {kind!r} (known: {', '.join(_KINDS)})")
+    return _KINDS[kind].fit(values, mask, channel_axis)
 
 
 def normalizer_from_dict(data: dict[str, Any], source: str = "normalizer") -> AffineNormalizer:
@@ -177,7 +176,8 @@ def normalizer_from_dict(data: dict[str, Any], source: str = "normalizer") -> Af
     if not isinstance(data, dict) or data.get("kind") not in _KINDS:
         kind = data.get("kind") if isinstance(data, dict) else data
         raise UserError(f"{source}: unknown normalizer kind {kind!r} (known: {', '.join(_KINDS)})")
-    cls, offset_key, scale_key = _KINDS[data["kind"]]
+    cls = _KINDS[data["kind"]]
+    offset_key, scale_key = cls.offset_key, cls.scale_key
     offset, scale = data.get(offset_key), data.get(scale_key)
     for key, value in ((offset_key, offset), (scale_key, scale)):
         is_numbers = isinstance(value, list) and all(

@@ -172,6 +172,7 @@ def export_metadata(data: ForecastData, model_config: ForecastModelConfig, check
         "cadence": data.spec.cadence,
         "scale": data.scale,
         "units": "series value / scale",
+        "valid_range": None if data.valid_range is None else list(data.valid_range),
         "data": data.describe(),
         "checkpoint": str(checkpoint),
         "global_step": step,
