@@ -176,6 +176,19 @@ def test_recipes_load_and_the_tiny_one_is_the_default() -> None:
     assert ForecastConfig().predict == ForecastPredictSection()
 
 
+def test_predict_options_override_the_run_recipe(run: Path, tmp_path: Path) -> None:
+    from landformer.cli import build_parser
+    from landformer.forecast.cli import predict_settings
+
+    base = ["forecast", "predict", "--model", str(run), "--world", str(tmp_path), "--out", str(tmp_path)]
+    recipe = load_config(ForecastConfig, run / "config.yaml").predict
+    assert predict_settings(run, build_parser().parse_args(base)) == recipe
+    args = build_parser().parse_args([*base, "--tile", "256", "--precision", "fp32", "--no-compile"])
+    settings = predict_settings(run, args)
+    assert (settings.tile, settings.precision, settings.compile) == (256, "fp32", False)
+    assert (settings.overlap, settings.batch_size, settings.device) == (recipe.overlap, recipe.batch_size, "cpu")
+
+
 def test_point_head_learns_the_mean_and_outer_heads_the_quantiles() -> None:
     task = ForecastTask(hidden_channels=(4,), quantiles=QUANTILES_95, point_loss="mse", max_steps=10)
     generator = torch.Generator().manual_seed(0)
