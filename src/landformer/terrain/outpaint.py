@@ -367,35 +367,32 @@ def band_depth(generator: TerrainGenerator) -> int:
     return max(generator.grid, context + generator.tokenizer.model.encoder_margin()) * generator.downsample
 
 
-def encode_tall(tokenizer: LoadedTokenizer, normalized: np.ndarray, chunk_px: int = 512) -> np.ndarray:
-    """Tokens of a tall (H, w) normalised array, encoded ``chunk_px`` rows at a time with the encoder's margin
-    around each chunk: the tokens of encoding it whole, in memory that does not grow with H."""
-    f = tokenizer.downsample
-    margin = tokenizer.model.encoder_margin() * f
-    chunk_px = max(chunk_px // f, 1) * f
-    rows = normalized.shape[0]
+def in_row_chunks(
+    convert: Callable[[np.ndarray], np.ndarray], array: np.ndarray, chunk: int, margin: int, scale: float
+) -> np.ndarray:
+    """``convert`` (a tokenizer's encode or decode, which changes the side by ``scale``) applied to ``chunk`` rows
+    of a tall array at a time, each with ``margin`` rows of context either side: the result of converting it
+    whole, in memory that does not grow with its height."""
+    rows = array.shape[0]
     parts = []
-    for start in range(0, rows, chunk_px):
-        stop = min(start + chunk_px, rows)
+    for start in range(0, rows, chunk):
+        stop = min(start + chunk, rows)
         top, bottom = max(start - margin, 0), min(stop + margin, rows)
-        tokens = tokenizer.encode(normalized[None, top:bottom])[0]
-        parts.append(tokens[(start - top) // f : (stop - top) // f])
+        converted = convert(array[None, top:bottom])[0]
+        parts.append(converted[round((start - top) * scale) : round((stop - top) * scale)])
     return np.concatenate(parts)
+
+
+def encode_tall(tokenizer: LoadedTokenizer, normalized: np.ndarray, chunk_px: int = 512) -> np.ndarray:
+    """Tokens of a tall (H, w) normalised array, encoded in row chunks with the encoder's margin."""
+    f = tokenizer.downsample
+    chunk_px = max(chunk_px // f, 1) * f
+    return in_row_chunks(tokenizer.encode, normalized, chunk_px, tokenizer.model.encoder_margin() * f, 1 / f)
 
 
 def decode_tall(tokenizer: LoadedTokenizer, tokens: np.ndarray, chunk_tokens: int = 128) -> np.ndarray:
-    """Normalised elevation of a tall (h, w) token grid, decoded ``chunk_tokens`` rows at a time with the
-    decoder's margin around each chunk: the pixels of decoding it whole, in memory that does not grow with h."""
-    f = tokenizer.downsample
-    margin = tokenizer.model.decoder_margin()
-    rows = tokens.shape[0]
-    parts = []
-    for start in range(0, rows, chunk_tokens):
-        stop = min(start + chunk_tokens, rows)
-        top, bottom = max(start - margin, 0), min(stop + margin, rows)
-        pixels = tokenizer.decode(tokens[None, top:bottom])[0]
-        parts.append(pixels[(start - top) * f : (stop - top) * f])
-    return np.concatenate(parts)
+    """Normalised elevation of a tall (h, w) token grid, decoded in row chunks with the decoder's margin."""
+    return in_row_chunks(tokenizer.decode, tokens, chunk_tokens, tokenizer.model.decoder_margin(), tokenizer.downsample)
 
 
 def extend_right(generator: TerrainGenerator, band: np.ndarray, amount: int, seed: int, stream: int) -> np.ndarray:
