@@ -180,7 +180,11 @@ class ConvLSTMStack(nn.Module):
         batch, _, height, width = like.shape
         shapes = [(batch, layer.hidden_channels, height, width) for layer in self.layers]
         layout = _memory_format(like)
-        return [tuple(like.new_zeros(shape).contiguous(memory_format=layout) for _ in "hc") for shape in shapes]
+
+        def zeros(shape: tuple[int, ...]) -> torch.Tensor:
+            return like.new_zeros(shape).contiguous(memory_format=layout)
+
+        return [(zeros(shape), zeros(shape)) for shape in shapes]
 
     def forward(self, x: torch.Tensor, state: State) -> State:
         new_state = []

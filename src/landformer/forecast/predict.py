@@ -13,7 +13,12 @@ therefore depends on the tile, the panel width and the number of output bands, n
 panel also forecasts the tile column on each side of it (their overlap blends into its edge), which costs a
 little compute on rasters wider than one panel.
 
-Inputs are the series' last K steps; pixels where none of them is observed come out as nodata. Values are
+**Speed.** Where the hardware has native bf16 (``precision="auto"``), the convolutions run in bf16 on
+channels-last tensors, and on large rasters the LSTM gate arithmetic is compiled into one kernel (see
+``export.py``); the cell state, the roll-out and the outputs stay float32.
+
+Inputs are the series' last K steps; pixels where none of them is observed come out as nodata. Forecasts and
+interval bounds are clipped to the model's valid range (0..1 for HM). Values are
 written in the input rasters' own units (times ``scale``), with their CRS, transform and nodata value.
 """
 
@@ -215,7 +220,9 @@ def predict_series(
         forecaster.check_channels(rasters.n_channels, rasters.covariate_names, str(inputs_spec.paths[0]))
         scale = resolve_scale(scale, rasters)
         grid = rasters.grid
-        if compile_gates if compile_gates is not None else grid.height * grid.width >= COMPILE_MIN_PIXELS:
+        if compile_gates is None:
+            compile_gates = grid.height * grid.width >= COMPILE_MIN_PIXELS
+        if compile_gates:
             forecaster.model.compile_gates()
         band_names, stack = forecast_bands(forecaster)
         per_file = len(band_names)
