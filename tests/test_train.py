@@ -203,6 +203,39 @@ def test_learning_rate_follows_warmup_cosine(tmp_path: Path) -> None:
     assert len(logged) >= 8
 
 
+class StagedRegression(TinyRegression):
+    """The second layer from step 0 at lr; the first from step 3 at lr / 10 (a frozen-then-unfrozen encoder)."""
+
+    def parameter_parts(self) -> list[tuple[torch.nn.Module, float, int]]:
+        return [(self.net[2], 1.0, 0), (self.net[0], 0.1, 3)]
+
+
+def test_parameter_parts_train_at_their_own_rate_and_start_step() -> None:
+    task = StagedRegression(lr=0.01, warmup_steps=2, max_steps=10)
+    configured = task.configure_optimizers()
+    optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
+    groups = optimizer.param_groups
+    assert [(g["params"][0] is task.net[2].weight, g["weight_decay"]) for g in groups] == [
+        (True, 0.01),  # head matrix
+        (False, 0.0),  # head bias
+        (False, 0.01),  # first-layer matrix
+        (False, 0.0),  # first-layer bias
+    ]
+    for step in range(8):
+        head = 0.01 * warmup_cosine(step, 2, 10, 0.1)
+        first = 0.0 if step < 3 else 0.001 * warmup_cosine(step - 3, 2, 7, 0.1)
+        assert [g["lr"] for g in groups] == pytest.approx([head, head, first, first], rel=1e-9, abs=1e-15)
+        optimizer.step()
+        scheduler.step()
+
+
+def test_default_parameter_parts_is_the_whole_task_at_lr() -> None:
+    task = TinyRegression(lr=0.01, warmup_steps=2, max_steps=10)
+    groups = task.configure_optimizers()["optimizer"].param_groups
+    assert sum(len(g["params"]) for g in groups) == len(list(task.parameters()))
+    assert [g["lr"] for g in groups] == pytest.approx([0.005, 0.005])
+
+
 def test_warmup_cosine_shape() -> None:
     assert warmup_cosine(0, 4, 100, 0.1) == pytest.approx(0.25)
     assert warmup_cosine(3, 4, 100, 0.1) == pytest.approx(1.0)

@@ -14,7 +14,7 @@ passed to ``__init__`` would make the run impossible to resume. :meth:`BaseTask.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning
@@ -51,6 +51,17 @@ def warmup_cosine(step: int, warmup_steps: int, max_steps: int, min_lr_ratio: fl
         return (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _delayed_warmup_cosine(start: int, warmup: int, total: int, floor: float) -> Callable[[int], float]:
+    """Learning-rate multiplier: 0 before ``start``, then :func:`warmup_cosine` over the remaining steps."""
+
+    def multiplier(step: int) -> float:
+        if step < start:
+            return 0.0
+        return warmup_cosine(step - start, warmup, max(1, total - start), floor)
+
+    return multiplier
 
 
 class BaseTask(lightning.LightningModule):
@@ -100,14 +111,28 @@ class BaseTask(lightning.LightningModule):
         others = {f"val/{name}": value for name, value in losses.items() if name != "loss"}
         self.log_dict(others, on_epoch=True, sync_dist=True)
 
+    def parameter_parts(self) -> list[tuple[torch.nn.Module, float, int]]:
+        """The parts of the model that learn at their own pace: ``(module, lr_scale, start_step)`` each.
+
+        A part trains at ``lr * lr_scale`` from ``start_step`` on (rate 0 before it: a frozen stage) on the
+        warmup-cosine schedule of the remaining steps. The default is the whole task at ``lr`` from step 0;
+        staged fine-tuning overrides this, e.g. ``[(head, 1.0, 0), (encoder, 0.1, 500)]``.
+        """
+        return [(self, 1.0, 0)]
+
     def configure_optimizers(self) -> dict[str, Any]:
-        """AdamW with weight decay on matrices only (not on biases and norm gains), warmup-cosine per step."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.ndim >= 2], "weight_decay": self.hparams.weight_decay},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-        ]
-        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.hparams.lr)
-        warmup, total, floor = self.hparams.warmup_steps, self.hparams.max_steps, self.hparams.min_lr_ratio
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total, floor))
+        """AdamW with weight decay on matrices only (not on biases and norm gains), warmup-cosine per step,
+        one pair of parameter groups per :meth:`parameter_parts` entry. Parts with nothing to train are left out."""
+        hp = self.hparams
+        groups: list[dict[str, Any]] = []
+        schedules = []
+        for module, scale, start in self.parameter_parts():
+            trainable = [p for p in module.parameters() if p.requires_grad]
+            matrices, vectors = [p for p in trainable if p.ndim >= 2], [p for p in trainable if p.ndim < 2]
+            for params, decay in ((matrices, hp.weight_decay), (vectors, 0.0)):
+                if params:
+                    groups.append({"params": params, "weight_decay": decay, "lr": hp.lr * scale})
+                    schedules.append(_delayed_warmup_cosine(start, hp.warmup_steps, hp.max_steps, hp.min_lr_ratio))
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -119,48 +119,6 @@ def set_threads(config: EmbeddingsConfig) -> None:
         torch.set_num_threads(config.threads)
 
 
-def staged_adamw(
-    parts: list[tuple[Any, float, int]],
-    lr: float,
-    weight_decay: float,
-    warmup_steps: int,
-    max_steps: int,
-    min_lr_ratio: float,
-) -> dict[str, Any]:
-    """:meth:`BaseTask.configure_optimizers <landformer.core.task.BaseTask.configure_optimizers>` for a model in
-    parts that learn at different rates: each ``(module, lr_scale, start_step)`` trains at ``lr * lr_scale``, at
-    rate 0 before ``start_step`` (a frozen stage) and on core's warmup-cosine schedule after it. Weight decay goes
-    on matrices only, as in core. Parts whose parameters are all frozen are left out.
-    """
-    import torch
-
-    groups: list[dict[str, Any]] = []
-    schedules = []
-    for module, scale, start in parts:
-        trainable = [p for p in module.parameters() if p.requires_grad]
-        matrices = [p for p in trainable if p.ndim >= 2]
-        vectors = [p for p in trainable if p.ndim < 2]
-        for params, decay in ((matrices, weight_decay), (vectors, 0.0)):
-            if params:
-                groups.append({"params": params, "weight_decay": decay, "lr": lr * scale})
-                schedules.append(delayed_schedule(start, warmup_steps, max_steps, min_lr_ratio))
-    optimizer = torch.optim.AdamW(groups, lr=lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def delayed_schedule(start: int, warmup: int, total: int, floor: float) -> Any:
-    """Learning-rate multiplier: 0 before ``start``, then core's warmup-cosine over the remaining steps."""
-    from landformer.core.task import warmup_cosine
-
-    def multiplier(step: int) -> float:
-        if step < start:
-            return 0.0
-        return warmup_cosine(step - start, warmup, max(1, total - start), floor)
-
-    return multiplier
-
-
 def steps_per_epoch(n_samples: int, batch_size: int) -> int:
     return max(1, n_samples // batch_size if n_samples > batch_size else 1)
 

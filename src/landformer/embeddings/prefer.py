@@ -45,7 +45,6 @@ from landformer.embeddings.pipeline import (
     load_task_weights,
     save_model,
     set_threads,
-    staged_adamw,
 )
 from landformer.embeddings.regress import Regressor, add_lora, gaussian_log_prob, load_regressor, predict, stage_report
 
@@ -167,10 +166,9 @@ class DPOTask(BaseTask):
         self.log("val/r2", r2, prog_bar=True)
         self.log("val/r2_deficit", 1.0 - r2)
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        parts = [(self.policy.head, 1.0, 0), (self.policy.encoder, hp.encoder_lr_scale, 0)]
-        return staged_adamw(parts, hp.lr, hp.weight_decay, hp.warmup_steps, hp.max_steps, hp.min_lr_ratio)
+    def parameter_parts(self) -> list[tuple[torch.nn.Module, float, int]]:
+        """Head and encoder at their own rates from the start (the SFT stage already unfroze the encoder)."""
+        return [(self.policy.head, 1.0, 0), (self.policy.encoder, self.hparams.encoder_lr_scale, 0)]
 
 
 @torch.no_grad()

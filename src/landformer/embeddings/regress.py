@@ -43,7 +43,6 @@ from landformer.embeddings.pipeline import (
     make_loaders,
     save_model,
     set_threads,
-    staged_adamw,
     target_scaling,
 )
 
@@ -167,11 +166,10 @@ class RegressionTask(BaseTask):
         self.log("val/r2", r2, prog_bar=True)
         self.log("val/r2_deficit", 1.0 - r2)
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def parameter_parts(self) -> list[tuple[torch.nn.Module, float, int]]:
         """The head at ``lr`` from the start; the encoder at ``lr * encoder_lr_scale`` from ``freeze_steps`` on."""
         hp = self.hparams
-        parts = [(self.model.head, 1.0, 0), (self.model.encoder, hp.encoder_lr_scale, hp.freeze_steps)]
-        return staged_adamw(parts, hp.lr, hp.weight_decay, hp.warmup_steps, hp.max_steps, hp.min_lr_ratio)
+        return [(self.model.head, 1.0, 0), (self.model.encoder, hp.encoder_lr_scale, hp.freeze_steps)]
 
 
 def _lora_settings(config: EmbeddingsConfig) -> dict[str, Any] | None:
