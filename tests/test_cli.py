@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 import pytest
 
@@ -29,6 +30,9 @@ def test_every_subcommand_has_help_with_defaults(capsys: pytest.CaptureFixture[s
         assert exit_info.value.code == 0
         out = capsys.readouterr().out
         assert out.startswith("usage: landformer " + " ".join(path)), path
+        flat = " ".join(out.split())
+        assert "(default: None)" not in flat, path  # says nothing to the reader
+        assert not re.search(r"\(default[^)]*\)\s*\(default", flat), path  # a default named twice
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:

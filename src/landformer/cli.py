@@ -13,7 +13,16 @@ from collections.abc import Callable, Sequence
 from landformer import __version__
 from landformer.core.errors import UserError
 
-Formatter = argparse.ArgumentDefaultsHelpFormatter
+
+class Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each argument's default once: not when the help text already names it, and not for ``None``
+    (a required or optional-without-default argument), where "(default: None)" tells the reader nothing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help_text = action.help or ""
+        if "default" in help_text.lower() or action.default is None or action.default is argparse.SUPPRESS:
+            return help_text
+        return super()._get_help_string(action)
 
 
 def add_command(

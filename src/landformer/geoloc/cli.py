@@ -19,7 +19,7 @@ DATASET_FLAGS: tuple[tuple[str, str, type, str | None, str], ...] = (
     ("--block-degrees", "block_degrees", float, None, "side of the spatial split blocks in degrees"),
     ("--val-fraction", "val_fraction", float, None, "share of each region for validation"),
     ("--test-fraction", "test_fraction", float, None, "share of each region for the held-out test"),
-    ("--world", "world", str, None, "folder of `landformer synth world` (None: generate one)"),
+    ("--world", "world", str, None, "folder of `landformer synth world` (default: generate one)"),
     ("--world-size", "world_size", int, None, "side of the generated world in pixels"),
     ("--world-chips", "world_chips_per_region", int, None, "world chips per quadrant"),
     ("--world-chip-size", "world_chip_size", int, None, "world chip side in pixels"),
@@ -113,7 +113,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             nargs=nargs,
             default=argparse.SUPPRESS,
             metavar=key.upper(),
-            help=f"{text} (default: {shown})",
+            help=text if default is None else f"{text} (default: {shown})",
         )
     dataset.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
