@@ -120,7 +120,7 @@ def test_help_lists_the_commands(capsys) -> None:
 
 
 def test_demo_step_writes_its_pictures_and_numbers(tmp_path: Path, monkeypatch) -> None:
-    """The demo step on a small world, trained for 2 steps instead of 60 (the pipeline, not the quality)."""
+    """The demo step on a small world, trained for 2 steps instead of 70 (the pipeline, not the quality)."""
     from landformer.landcover import demo
     from landformer.landcover.export import load_model
     from landformer.synth.world import make_world
