@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from landformer.core import io
-from landformer.core.config import load_config, save_config, to_dict
+from landformer.core.config import from_dict, load_config, save_config, to_dict
 from landformer.core.errors import UserError
 from landformer.core.legend import NODATA_INDEX, Legend, load_legend
 
@@ -229,6 +229,36 @@ def test_config_reads_exponent_floats_that_pyyaml_leaves_as_strings(tmp_path: Pa
 def test_config_errors_name_the_file_and_key(tmp_path: Path, yaml_text: str, message: str) -> None:
     with pytest.raises(UserError, match=message):
         load_config(Recipe, write_yaml(tmp_path, yaml_text))
+
+
+@dataclass
+class _Steps:
+    max_steps: int = 200
+    lr: float = 1e-3
+    tags: dict[str, int] = field(default_factory=lambda: {"a": 1})
+
+
+@dataclass
+class _Stage:
+    train: _Steps = field(default_factory=lambda: _Steps(max_steps=300, lr=5e-3, tags={"a": 1, "b": 2}))
+
+
+@dataclass
+class _Recipe:
+    stage: _Stage = field(default_factory=lambda: _Stage(train=_Steps(max_steps=50)))
+    plain: _Steps = field(default_factory=_Steps)
+
+
+def test_partly_given_section_keeps_the_sections_own_defaults() -> None:
+    recipe = load_config(_Recipe, None, ["stage.train.lr=0.1"])
+    assert recipe.stage.train == _Steps(max_steps=50, lr=0.1)  # 50 from _Recipe's default, not 300 or 200
+    stage = from_dict(_Stage, {"train": {"max_steps": 7}})
+    assert stage.train == _Steps(max_steps=7, lr=5e-3, tags={"a": 1, "b": 2})
+    replaced = from_dict(_Stage, {"train": {"tags": {"c": 3}}})
+    assert replaced.train.tags == {"c": 3}  # a plain mapping is replaced, not merged
+    assert from_dict(_Recipe, {"plain": {"lr": 0.5}}).plain == _Steps(lr=0.5)
+    with pytest.raises(UserError, match=r"unknown key 'train.max_step'"):
+        from_dict(_Stage, {"train": {"max_step": 7}})
 
 
 def test_config_override_errors(tmp_path: Path) -> None:

@@ -112,6 +112,7 @@ def from_dict(cls: type[T], data: dict[str, Any], source: str = "config", prefix
         close = difflib.get_close_matches(str(key), list(fields), n=1)
         hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (known: {', '.join(fields)})"
         raise UserError(f"{source}: unknown key '{prefix}{key}'{hint}")
+    data = {name: _over_default_section(fields[name], value) for name, value in data.items()}
     kwargs = {name: _convert(value, hints[name], f"{prefix}{name}", source) for name, value in data.items()}
     missing = [
         name
@@ -121,6 +122,31 @@ def from_dict(cls: type[T], data: dict[str, Any], source: str = "config", prefix
     if missing:
         raise UserError(f"{source}: missing required key(s) {', '.join(prefix + name for name in missing)}")
     return cls(**kwargs)
+
+
+def _over_default_section(field: dataclasses.Field, value: Any) -> Any:
+    """A partly given section laid over the section's own default, not over its class's bare defaults.
+
+    A recipe's ``train`` section may default to, say, ``TrainConfig(max_steps=300, lr=5e-3)``; a YAML or
+    ``--set train.lr=1e-3`` that names only ``lr`` must keep ``max_steps=300`` rather than fall back to
+    ``TrainConfig``'s own default.
+    """
+    if not isinstance(value, dict) or field.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+        return value
+    default = field.default_factory()  # type: ignore[misc]
+    return _lay_over(default, value) if dataclasses.is_dataclass(default) else value
+
+
+def _lay_over(default: Any, update: dict[str, Any]) -> dict[str, Any]:
+    """``default`` (a dataclass instance) as a dict with ``update``'s keys on top; sub-sections merge the same
+    way, while any other value (a list, a plain dict) is replaced whole."""
+    merged = to_dict(default)
+    for key, value in update.items():
+        current = getattr(default, key, None)
+        merged[key] = (
+            _lay_over(current, value) if isinstance(value, dict) and dataclasses.is_dataclass(current) else value
+        )
+    return merged
 
 
 def check_values(section: str, checks: typing.Iterable[tuple[bool, str]]) -> None:
