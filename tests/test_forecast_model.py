@@ -13,6 +13,7 @@ from landformer.core.errors import UserError
 from landformer.forecast.metrics import ForecastMetrics
 from landformer.forecast.model import (
     QUANTILES_95,
+    CompiledOrEager,
     ConvLSTMForecaster,
     ForecastModelConfig,
     last_observed,
@@ -335,3 +336,18 @@ def test_compiled_gates_equal_the_eager_model() -> None:
         compiled = model(**inputs)
     assert model.gates_compiled
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+
+
+def test_a_failing_compiler_falls_back_to_the_eager_gate_update_with_one_warning() -> None:
+    fused = CompiledOrEager(lstm_gate_update)
+
+    def broken(*args: torch.Tensor) -> None:
+        raise RuntimeError("InductorError: no C++ compiler found\nlong trace")
+
+    fused.compiled = broken
+    gates, cell = torch.randn(1, 8, 3, 3), torch.randn(1, 2, 3, 3)
+    with pytest.warns(UserWarning, match="torch.compile failed, running uncompiled: InductorError: no C"):
+        hidden, new_cell = fused(gates, cell)
+    expected_hidden, expected_cell = lstm_gate_update(gates, cell)
+    assert torch.equal(hidden, expected_hidden) and torch.equal(new_cell, expected_cell)
+    assert fused.compiled is None  # later calls go straight to the eager function

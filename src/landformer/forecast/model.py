@@ -17,8 +17,10 @@ probability ``teacher_forcing`` the ground truth - scheduled sampling) plus the 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -136,6 +138,26 @@ def lstm_gate_update(gates: torch.Tensor, cell: torch.Tensor) -> tuple[torch.Ten
     cell = torch.sigmoid(forget_gate) * cell + torch.sigmoid(input_gate) * torch.tanh(candidate)
     hidden = torch.sigmoid(output_gate) * torch.tanh(cell)
     return hidden.to(gates.dtype), cell
+
+
+class CompiledOrEager:
+    """``torch.compile(function)``, falling back to ``function`` itself (with one warning) if compiling fails.
+
+    Inductor on CPU needs a C++ compiler at run time; a machine without one must still forecast, only slower.
+    """
+
+    def __init__(self, function: Callable[..., Any]) -> None:
+        self.function = function
+        self.compiled: Callable[..., Any] | None = torch.compile(function, dynamic=False)
+
+    def __call__(self, *args: torch.Tensor) -> Any:
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args)
+            except Exception as error:  # any compiler failure: the eager function computes the same numbers
+                warnings.warn(f"torch.compile failed, running uncompiled: {str(error).splitlines()[0]}", stacklevel=2)
+                self.compiled = None
+        return self.function(*args)
 
 
 class ConvLSTMCell(nn.Module):
@@ -332,7 +354,7 @@ class ConvLSTMForecaster(nn.Module):
         """Fuse every cell's element-wise gate arithmetic into one compiled kernel (inference only: compiled once
         per tile shape, which whole-raster prediction keeps fixed). The same function runs, so the numbers match
         the eager model to float rounding."""
-        fused = torch.compile(lstm_gate_update, dynamic=False)
+        fused = CompiledOrEager(lstm_gate_update)
         for module in self.modules():
             if isinstance(module, ConvLSTMCell):
                 module.gate_update = fused
