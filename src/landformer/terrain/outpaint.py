@@ -69,6 +69,7 @@ EXPAND_SIDES = ("right", "down", "left", "up")
 # np.rot90 turns (counter-clockwise) that bring each side of a map to the right-hand edge.
 TURNS_TO_RIGHT = {"right": 0, "down": 1, "left": 2, "up": -1}
 EXPAND_STREAM = 100  # seed-stream offset that keeps expansion windows apart from the field's phases
+EXPAND_GDAL_CACHE_BYTES = 64 * 2**20  # GDAL block cache while expanding: enough for the windows in flight
 
 
 def _zigzag(value: int) -> int:
@@ -568,6 +569,7 @@ def expand_map(
     is written ``block`` x ``block`` pixels at a time, copying the original's pixels through unchanged (as
     float32). Pixel size, CRS and nodata value stay; the origin moves for left/up growth.
     """
+    import rasterio
     from rasterio.transform import Affine
     from rasterio.windows import Window
     from tqdm import tqdm
@@ -581,7 +583,8 @@ def expand_map(
     _check_amounts(amounts)
     up, left = int(amounts.get("up", 0)), int(amounts.get("left", 0))
     out = Path(out)
-    with open_raster(dem) as dataset:
+    # GDAL's block cache (5% of RAM by default) would otherwise keep up to that much of a big map's blocks.
+    with rasterio.Env(GDAL_CACHEMAX=EXPAND_GDAL_CACHE_BYTES), open_raster(dem) as dataset:
         nodata = dataset.nodata
         if not _has_data(dataset, nodata, block):
             raise UserError(f"DEM {dem} is full of nodata; there is nothing to expand")
