@@ -41,7 +41,6 @@ def run_demo_step(out: Path, world_folder: Path, seed: int) -> dict[str, Any]:
     """Cut 16x16 chips from the world in ``world_folder``, train the tiny model for ``DEMO_STEPS`` steps into
     ``out/model``, then sample 16 maps, inpaint 8 held-out chips (centre box, half the pixels) and score held-out
     chips. Returns the key numbers and paths."""
-    import torch
 
     from landformer.landcover.sample import information_content, inpaint, sample_maps
     from landformer.landcover.train import chips_from_world, train_landcover
@@ -56,15 +55,11 @@ def run_demo_step(out: Path, world_folder: Path, seed: int) -> dict[str, Any]:
     chips = chips_from_world(
         Path(world_folder), out / "chips.npz", recipe.data.chip_size, recipe.data.stride, 0.2, False, seed
     )
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small kernels: one thread is fastest, and much faster than two on a busy CPU
-    try:
-        trained = train_landcover(demo_recipe(chips, seed), run_dir)
-        sampled = sample_maps(run_dir, out / "sample", n=16, steps=SAMPLE_STEPS, seed=seed)
-        inpainted = inpaint(run_dir, chips, out / "inpaint", mask="box", ratio=0.5, n=8, seed=seed)
-        info = information_content(run_dir, chips, out, orders=1, n=SCORED_CHIPS, seed=seed)
-    finally:
-        torch.set_num_threads(threads)
+    # Threads: `landformer demo` sets one torch thread for every step (small kernels; see landformer.demo).
+    trained = train_landcover(demo_recipe(chips, seed), run_dir)
+    sampled = sample_maps(run_dir, out / "sample", n=16, steps=SAMPLE_STEPS, seed=seed)
+    inpainted = inpaint(run_dir, chips, out / "inpaint", mask="box", ratio=0.5, n=8, seed=seed)
+    info = information_content(run_dir, chips, out, orders=1, n=SCORED_CHIPS, seed=seed)
     samples_png = shutil.copyfile(sampled["png"], out / "samples.png")
     inpaint_png = shutil.copyfile(inpainted["png"], out / "inpaint.png")
     return {
