@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import shutil
@@ -34,7 +35,8 @@ import numpy as np
 import psutil
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
+# LANDFORMER_BENCH_RESULTS: where `run_all.py --quick` sends smoke results, away from the committed ones.
+RESULTS = Path(os.environ.get("LANDFORMER_BENCH_RESULTS") or HERE / "results")
 NLCD_CODES = np.array([11, 21, 22, 23, 31, 41, 42, 43, 52, 71, 81, 82, 90, 95], dtype=np.uint8)
 ALBERS_ORIGIN = (-1_000_000.0, 2_000_000.0)  # top-left corner (x, y) in EPSG:5070, over Colorado/Utah
 PIXEL_M = 30.0

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import sys
@@ -33,7 +34,8 @@ import numpy as np
 import psutil
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
+# LANDFORMER_BENCH_RESULTS: where `run_all.py --quick` sends smoke results, away from the committed ones.
+RESULTS = Path(os.environ.get("LANDFORMER_BENCH_RESULTS") or HERE / "results")
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "src"))
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import shutil
@@ -38,7 +39,8 @@ import numpy as np
 import psutil
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
+# LANDFORMER_BENCH_RESULTS: where `run_all.py --quick` sends smoke results, away from the committed ones.
+RESULTS = Path(os.environ.get("LANDFORMER_BENCH_RESULTS") or HERE / "results")
 ORIGIN = (1_469_985.0, 1_849_995.0)
 PIXEL_M = 30.0
 STRIP = 512

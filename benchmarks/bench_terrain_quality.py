@@ -49,7 +49,8 @@ from landformer.terrain.metrics import (
 from landformer.terrain.outpaint import TerrainField, decode_block, expand_array
 from landformer.terrain.pipeline import load_val_tiles, normalize_tiles
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# LANDFORMER_BENCH_RESULTS: where `run_all.py --quick` sends smoke results, away from the committed ones.
+RESULTS = Path(os.environ.get("LANDFORMER_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 REPO = Path(__file__).resolve().parent.parent
 
 

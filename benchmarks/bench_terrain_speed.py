@@ -38,7 +38,8 @@ from landformer.terrain.maskgit import MaskGIT, MaskGITModelConfig, decode, deco
 from landformer.terrain.tasks import MaskGITTask, TokenizerTask
 from landformer.terrain.tokenizer import TokenizerModelConfig, VQTokenizer
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# LANDFORMER_BENCH_RESULTS: where `run_all.py --quick` sends smoke results, away from the committed ones.
+RESULTS = Path(os.environ.get("LANDFORMER_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 SAMPLING = {"steps": 10, "temperature": 1.0, "choice_temperature": 4.5, "bf16": True}
 SUMMARY = {"tile_size": 32, "pixel_size_m": 30.0, "median_offset_m": 500.0, "median_scale_m": 50.0}
 
