@@ -37,7 +37,6 @@ from landformer.core.task import BaseTask
 from landformer.core.train import fit, last_checkpoint, prepare_run, seed_everything
 from landformer.embeddings.config import EmbeddingsConfig
 from landformer.embeddings.data import EmbeddingDataset
-from landformer.embeddings.encoders import build_encoder
 from landformer.embeddings.evaluate import regression_metrics
 from landformer.embeddings.pipeline import (
     eval_loader,
@@ -46,7 +45,15 @@ from landformer.embeddings.pipeline import (
     save_model,
     set_threads,
 )
-from landformer.embeddings.regress import Regressor, add_lora, gaussian_log_prob, load_regressor, predict, stage_report
+from landformer.embeddings.regress import (
+    Regressor,
+    build_regressor,
+    gaussian_log_prob,
+    load_regressor,
+    log_validation_r2,
+    predict,
+    stage_report,
+)
 
 
 def dpo_loss(
@@ -133,11 +140,8 @@ class DPOTask(BaseTask):
         self._val_outputs: list[tuple[Tensor, Tensor]] = []
 
     def configure_models(self) -> None:
-        hp = self.hparams
-        self.policy = Regressor(build_encoder(hp.encoder, hp.frames), hp.head_hidden, hp.head_dropout, hp.pooling)
-        if hp.lora:
-            add_lora(self.policy.encoder, hp.lora["rank"], hp.lora["alpha"], hp.lora["dropout"], hp.lora["targets"])
-        if not hp.train_encoder:
+        self.policy = build_regressor(self.hparams)
+        if not self.hparams.train_encoder:
             self.policy.encoder.requires_grad_(False)
 
     def head_outputs(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
@@ -157,14 +161,7 @@ class DPOTask(BaseTask):
         self._val_outputs.append((mean.detach().float().cpu(), batch["target"].detach().float().cpu()))
 
     def on_validation_epoch_end(self) -> None:
-        if not self._val_outputs:
-            return
-        prediction = torch.cat([p for p, _ in self._val_outputs]).numpy()
-        truth = torch.cat([t for _, t in self._val_outputs]).numpy()
-        self._val_outputs.clear()
-        r2 = regression_metrics(truth, prediction)["r2"]
-        self.log("val/r2", r2, prog_bar=True)
-        self.log("val/r2_deficit", 1.0 - r2)
+        log_validation_r2(self, self._val_outputs)
 
     def parameter_parts(self) -> list[tuple[torch.nn.Module, float, int]]:
         """Head and encoder at their own rates from the start (the SFT stage already unfroze the encoder)."""

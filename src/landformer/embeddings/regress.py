@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,34 @@ def add_lora(encoder: nn.Module, rank: int, alpha: int, dropout: float, targets:
         param.requires_grad = "lora_" in name or "patch_embed" in name
 
 
+def build_regressor(spec: Mapping[str, Any]) -> Regressor:
+    """The Gaussian regressor that a task's hyperparameters or an exported model's JSON describe: ``encoder``,
+    ``frames``, ``head_hidden``, ``head_dropout``, ``pooling`` (older exports: mean) and optional ``lora``."""
+    model = Regressor(
+        build_encoder(spec["encoder"], spec["frames"]),
+        spec["head_hidden"],
+        spec["head_dropout"],
+        spec.get("pooling", "mean"),
+    )
+    lora = spec.get("lora")
+    if lora:
+        add_lora(model.encoder, lora["rank"], lora["alpha"], lora["dropout"], lora["targets"])
+    return model
+
+
+def log_validation_r2(task: BaseTask, outputs: list[tuple[Tensor, Tensor]]) -> None:
+    """Log the epoch's R2 of (prediction, truth) pairs as ``val/r2``, and ``val/r2_deficit`` = 1 - R2, the
+    quantity early stopping minimises; empties ``outputs`` for the next epoch."""
+    if not outputs:
+        return
+    prediction = torch.cat([p for p, _ in outputs]).numpy()
+    truth = torch.cat([t for _, t in outputs]).numpy()
+    outputs.clear()
+    r2 = regression_metrics(truth, prediction)["r2"] if len(truth) > 1 else float("nan")
+    task.log("val/r2", r2, prog_bar=True)
+    task.log("val/r2_deficit", 1.0 - r2)
+
+
 class RegressionTask(BaseTask):
     """Lightning task of the SFT stage: staged unfreezing, validation R2 for early stopping."""
 
@@ -134,10 +163,7 @@ class RegressionTask(BaseTask):
         self._val_outputs: list[tuple[Tensor, Tensor]] = []
 
     def configure_models(self) -> None:
-        hp = self.hparams
-        self.model = Regressor(build_encoder(hp.encoder, hp.frames), hp.head_hidden, hp.head_dropout, hp.pooling)
-        if hp.lora:
-            add_lora(self.model.encoder, hp.lora["rank"], hp.lora["alpha"], hp.lora["dropout"], hp.lora["targets"])
+        self.model = build_regressor(self.hparams)
 
     def encoder_frozen(self) -> bool:
         return self.training and self.global_step < self.hparams.freeze_steps
@@ -157,14 +183,7 @@ class RegressionTask(BaseTask):
         self._val_outputs.append((mean.detach().float().cpu(), batch["target"].detach().float().cpu()))
 
     def on_validation_epoch_end(self) -> None:
-        if not self._val_outputs:
-            return
-        prediction = torch.cat([p for p, _ in self._val_outputs]).numpy()
-        truth = torch.cat([t for _, t in self._val_outputs]).numpy()
-        self._val_outputs.clear()
-        r2 = regression_metrics(truth, prediction)["r2"] if len(truth) > 1 else float("nan")
-        self.log("val/r2", r2, prog_bar=True)
-        self.log("val/r2_deficit", 1.0 - r2)
+        log_validation_r2(self, self._val_outputs)
 
     def parameter_parts(self) -> list[tuple[torch.nn.Module, float, int]]:
         """The head at ``lr`` from the start; the encoder at ``lr * encoder_lr_scale`` from ``freeze_steps`` on."""
@@ -226,15 +245,7 @@ def model_meta(
 def load_regressor(path: str | os.PathLike[str], device: str = "cpu") -> tuple[Regressor, dict[str, Any]]:
     """An exported SFT/DPO model (run folder or ``model.safetensors``) ready for :func:`predict`."""
     tensors, meta = load_model_file(path)
-    model = Regressor(
-        build_encoder(meta["encoder"], meta["frames"]),
-        meta["head_hidden"],
-        meta["head_dropout"],
-        meta.get("pooling", "mean"),
-    )
-    lora = meta.get("lora")
-    if lora:
-        add_lora(model.encoder, lora["rank"], lora["alpha"], lora["dropout"], lora["targets"])
+    model = build_regressor(meta)
     try:
         model.load_state_dict(tensors)
     except RuntimeError as err:
