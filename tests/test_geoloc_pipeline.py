@@ -25,7 +25,7 @@ REGIONS = {"north": (50.0, 10.0), "south": (-30.0, 25.0), "pacific": (-17.0, 180
 SIZE = 16
 
 
-def _write_split(folder: Path, split: str, per_region: int, rng: np.random.Generator) -> None:
+def _write_split(folder: Path, split: str, per_region: int, rng: np.random.Generator, size: int = SIZE) -> None:
     rows = []
     for marker, (region, (lat0, lon0)) in enumerate(REGIONS.items()):
         frame = LocalFrame(lat0, lon0)
@@ -33,11 +33,11 @@ def _write_split(folder: Path, split: str, per_region: int, rng: np.random.Gener
         latitude, longitude = frame.to_global(local)
         for index in range(per_region):
             name = f"{split}_{region}_{index}.tif"
-            bands = np.empty((3, SIZE, SIZE), np.float32)
-            bands[0] = local[index, 0] + rng.normal(0, 0.05, (SIZE, SIZE))
-            bands[1] = local[index, 1] + rng.normal(0, 0.05, (SIZE, SIZE))
+            bands = np.empty((3, size, size), np.float32)
+            bands[0] = local[index, 0] + rng.normal(0, 0.05, (size, size))
+            bands[1] = local[index, 1] + rng.normal(0, 0.05, (size, size))
             bands[2] = 4.0 * marker
-            profile = {"driver": "GTiff", "width": SIZE, "height": SIZE, "count": 3, "dtype": "float32"}
+            profile = {"driver": "GTiff", "width": size, "height": size, "count": 3, "dtype": "float32"}
             transform = Affine(0.1, 0, float(longitude[index]), 0, -0.1, float(latitude[index]))
             with rasterio.open(folder / "images" / name, "w", crs="EPSG:4326", transform=transform, **profile) as dst:
                 dst.write(bands)
@@ -201,12 +201,16 @@ def test_default_recipe_beats_the_region_median_baseline_on_real_cities(tmp_path
 @pytest.mark.slow
 def test_training_runs_on_two_ddp_ranks_in_bf16(tmp_path: Path) -> None:
     """DDP (two CPU processes through ddp_spawn) and bf16 mixed precision go through the shared trainer; the
-    exported weights are those of the checkpoint the ranks wrote."""
+    exported weights are those of the checkpoint the ranks wrote.
+
+    64 px images: on 16 px ones test_resnet's last stage sees 1x1 maps, where torch's CPU bf16 convolution backward
+    intermittently returns non-finite weight gradients (reproduced with timm and torch alone, outside landformer).
+    """
     data = tmp_path / "data"
     (data / "images").mkdir(parents=True)
     rng = np.random.default_rng(1)
     for split, count in (("train", 24), ("val", 6)):
-        _write_split(data, split, count, rng)
+        _write_split(data, split, count, rng, size=64)
     run = tmp_path / "run"
     code = main(
         [
