@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from landformer.cli import main
 from landformer.demo import _numbers, _pictures, write_index
 
 
@@ -30,3 +33,10 @@ def test_index_shows_numbers_and_pictures_with_relative_paths(tmp_path: Path) ->
     assert "<td>bits_per_pixel</td><td>0.6681</td>" in text
     assert "<td>skill</td><td>0.1, n/a</td>" in text
     assert "<td>test_r2</td><td>ridge: 0.02, sft: 0.08</td>" in text
+
+
+def test_bad_thread_count_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--threads", "-1", "--out", str(tmp_path / "demo")]) == 2
+    err = capsys.readouterr().err
+    assert err == "landformer: error: demo: --threads -1 should be 0 (torch's default) or a positive count\n"
+    assert not (tmp_path / "demo").exists()  # refused before anything is written

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from landformer import __version__
+from landformer.core.errors import UserError
 from landformer.core.io import write_json, write_text
 
 
@@ -125,6 +126,8 @@ def run_demo(out: Path, size: int = 256, seed: int = 0, threads: int = 1) -> dic
     """
     import torch
 
+    if threads < 0:
+        raise UserError(f"demo: --threads {threads} should be 0 (torch's default) or a positive count")
     if threads:
         torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
