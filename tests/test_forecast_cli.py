@@ -176,7 +176,9 @@ def test_recipes_load_and_the_tiny_one_is_the_default() -> None:
     assert ForecastConfig().predict == ForecastPredictSection()
 
 
-def test_predict_options_override_the_run_recipe(run: Path, tmp_path: Path) -> None:
+def test_predict_options_override_the_run_recipe(
+    run: Path, world: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from landformer.cli import build_parser
     from landformer.forecast.cli import predict_settings
 
@@ -187,6 +189,10 @@ def test_predict_options_override_the_run_recipe(run: Path, tmp_path: Path) -> N
     settings = predict_settings(run, args)
     assert (settings.tile, settings.precision, settings.compile) == (256, "fp32", False)
     assert (settings.overlap, settings.batch_size, settings.device) == (recipe.overlap, recipe.batch_size, "cpu")
+    bad = ["forecast", "predict", "--model", str(run), "--world", str(world), "--out", str(tmp_path / "out")]
+    assert main([*bad, "--threads", "-2"]) == 2  # refused before any torch call or output
+    assert "forecast predict: threads = -2 should be 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_point_head_learns_the_mean_and_outer_heads_the_quantiles() -> None:

@@ -216,6 +216,9 @@ def test_expand_map_moves_the_origin_for_left_and_up(models: dict[str, Path], tm
         assert np.array_equal(grown.read(1)[4:, 8:], hills(32, 32))
     with pytest.raises(UserError, match="nothing to expand"):
         expand_map(generator, dem, tmp_path / "same.tif", {}, seed=0)
+    with pytest.raises(UserError, match="block = 0 should be at least 1 pixel"):
+        expand_map(generator, dem, tmp_path / "block.tif", {"right": 8}, seed=0, block=0)
+    assert not (tmp_path / "block.tif").exists()
     empty = write_dem(tmp_path / "empty.tif", np.full((32, 32), np.nan, dtype=np.float32))
     with pytest.raises(UserError, match="full of nodata"):
         expand_map(generator, empty, tmp_path / "x.tif", {"right": 8}, seed=0)

@@ -58,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 # The predict section of the recipe, each overridable on the command line: (name, type, choices, help).
 PREDICT_SETTINGS: tuple[tuple[str, type, tuple[str, ...] | None, str], ...] = (
-    ("tile", int, None, "output block side in pixels, a multiple of 256"),
+    ("tile", int, None, "output block side in pixels (a multiple of 256 writes whole GeoTIFF blocks)"),
     ("overlap", int, None, "pixels shared by neighbouring tiles (even)"),
     ("batch_size", int, None, "tiles per forward pass"),
     ("panel_width", int, None, "widest strip processed at once"),
@@ -198,6 +198,8 @@ def run_predict(args: argparse.Namespace) -> None:
     _apply_data_arguments(data, args)
     spec, covariates = resolve_series(data, None, seed=0)
     settings = predict_settings(args.model, args)
+    if settings.threads < 0:
+        raise UserError(f"forecast predict: threads = {settings.threads} should be 0 (torch's default) or more")
     if settings.threads:
         import torch
 

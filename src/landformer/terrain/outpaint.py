@@ -580,6 +580,8 @@ def expand_map(
 
     if not any(amounts.get(side, 0) for side in EXPAND_SIDES):
         raise UserError("nothing to expand: give a number of pixels for at least one side (e.g. --right 64)")
+    if block < 1:
+        raise UserError(f"expand: block = {block} should be at least 1 pixel")
     _check_amounts(amounts)
     up, left = int(amounts.get("up", 0)), int(amounts.get("left", 0))
     out = Path(out)
