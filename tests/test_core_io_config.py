@@ -259,6 +259,8 @@ def test_partly_given_section_keeps_the_sections_own_defaults() -> None:
     assert from_dict(_Recipe, {"plain": {"lr": 0.5}}).plain == _Steps(lr=0.5)
     with pytest.raises(UserError, match=r"unknown key 'train.max_step'"):
         from_dict(_Stage, {"train": {"max_step": 7}})
+    with pytest.raises(UserError, match=r"^--set: unknown key 'stage.nope'"):  # names where the key came from
+        load_config(_Recipe, None, ["stage.nope=1"])
 
 
 def test_config_override_errors(tmp_path: Path) -> None:

@@ -179,6 +179,10 @@ def test_world_is_the_same_whatever_the_block_size(models: dict[str, Path], tmp_
     assert Path(small["preview"]).is_file()
     # Heights follow the training statistics by default: mean offset, relief scaled from normalised units.
     assert abs(float(first.mean()) - SUMMARY["median_offset_m"]) < 3 * SUMMARY["median_scale_m"]
+    for block in (0, 6):
+        with pytest.raises(UserError, match=f"block {block} must be a positive multiple of the tokenizer's"):
+            write_world(generator, tmp_path / "c.tif", 42, seed=3, block=block)
+    assert not (tmp_path / "c.tif").exists()
 
 
 def test_expansion_keeps_the_map_and_is_deterministic(models: dict[str, Path]) -> None:

@@ -208,7 +208,7 @@ def read_yaml_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
 def load_config(cls: type[T], path: str | os.PathLike[str] | None = None, overrides: typing.Sequence[str] = ()) -> T:
     """Read a YAML file (or start from the defaults when ``path`` is None) into dataclass ``cls``."""
     data: dict[str, Any] = {}
-    source = "defaults"
+    source = "--set" if overrides else "defaults"
     if path is not None:
         data = read_yaml_mapping(path)
         source = str(path)

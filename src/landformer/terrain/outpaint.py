@@ -291,8 +291,8 @@ def write_world(
     if size < 1:
         raise UserError(f"world size must be at least 1 pixel, got {size}")
     f = generator.downsample
-    if block % f:
-        raise UserError(f"block {block} must be a multiple of the tokenizer's {f} pixels per token")
+    if block < f or block % f:
+        raise UserError(f"block {block} must be a positive multiple of the tokenizer's {f} pixels per token")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     pixel = float(pixel_size if pixel_size is not None else generator.meta["data"]["pixel_size_m"])
