@@ -27,16 +27,21 @@ def export_random_model(
     n_covariates: int = 1,
     valid_range: list[float] | None = None,
     head_bias: float | None = None,
+    weight_scale: float = 1.0,
 ) -> Path:
     """An untrained, seeded model exported like a trained one (its weights are random, its plumbing real).
-    ``head_bias`` sets every head output's bias: a large one makes each horizon step far up."""
+    ``head_bias`` sets every head output's bias: a large one makes each horizon step far up. ``weight_scale``
+    multiplies every weight: a large one lets an input change forecasts measurably up to the receptive field's
+    edge."""
     torch.manual_seed(0)
     config = ForecastModelConfig(
         n_covariate_channels=n_covariates, hidden_channels=(4,), kernel_size=kernel_size, quantiles=quantiles
     )
     model = ConvLSTMForecaster(config)
-    if head_bias is not None:
-        with torch.no_grad():
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(weight_scale)
+        if head_bias is not None:
             model.head.bias.fill_(head_bias)
     meta = {
         "model_config": model_config_dict(config),
@@ -99,9 +104,12 @@ def pixelwise(inputs: np.ndarray, covariates: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    ("tile", "overlap", "panel_width"), [(16, 8, 1000), (16, 0, 1000), (16, 8, 16), (32, 4, 64), (24, 16, 48)]
+    ("tile", "overlap", "panel_width", "context"),
+    [(16, 8, 1000, None), (16, 0, 1000, None), (16, 8, 16, None), (16, 8, 16, 0), (32, 4, 64, 3), (24, 16, 48, 0)],
 )
-def test_tiling_reproduces_a_pixelwise_model_exactly(tile: int, overlap: int, panel_width: int) -> None:
+def test_tiling_reproduces_a_pixelwise_model_exactly(
+    tile: int, overlap: int, panel_width: int, context: int | None
+) -> None:
     rng = np.random.default_rng(0)
     inputs = rng.uniform(0, 1, (3, 1, 70, 53)).astype(np.float32)
     covariates = rng.uniform(0, 1, (1, 70, 53)).astype(np.float32)
@@ -117,14 +125,20 @@ def test_tiling_reproduces_a_pixelwise_model_exactly(tile: int, overlap: int, pa
         overlap=overlap,
         batch_size=3,
         panel_width=panel_width,
+        context=context,
     )
     assert (raster.written == 1).all()  # every pixel written exactly once
     np.testing.assert_allclose(raster.out, pixelwise(inputs[None], covariates[None])[0], rtol=1e-5, atol=1e-6)
     for window in raster.windows:  # writes start on the tile grid: whole GeoTIFF blocks when tile is a multiple
         assert window.row_off % tile == 0 and window.col_off % tile == 0
     n_rows, n_cols = -(-70 // tile), -(-53 // tile)
-    assert counts["tiles"] >= n_rows * n_cols
-    assert counts["tile_pixels"] == counts["tiles"] * (tile + overlap) ** 2
+    n_panels = -(-n_cols // (panel_width // tile))
+    side = tile + overlap
+    # Each panel edge inside the raster forecasts one strip per tile row: the overlap's half plus the context.
+    strip = side if context is None else context + overlap // 2
+    assert counts["tiles"] == n_rows * n_cols
+    assert counts["strips"] == (n_rows * 2 * (n_panels - 1) if overlap else 0)
+    assert counts["tile_pixels"] == counts["tiles"] * side**2 + counts["strips"] * side * strip
 
 
 def test_overlapping_tiles_are_cross_faded_linearly() -> None:
@@ -263,3 +277,63 @@ def test_forecasts_and_interval_bounds_are_clipped_to_the_valid_range(tmp_path: 
         unclipped, values = getattr(free, name), getattr(clipped, name)
         np.testing.assert_array_equal(values, np.clip(unclipped, 0.0, 1.0))
         assert np.isnan(values[0, :, 0, 0, 0]).all() and np.isfinite(values[0, :, 0, 1:]).all()
+
+
+def test_receptive_radius_bounds_how_far_an_input_changes_the_forecast() -> None:
+    """One layer, 3x3 kernels, K = 3 and H = 4: seven convolutions in a chain, so the oldest input reaches the
+    last horizon exactly 7 pixels away and no further. Weights are scaled up 5x so the change stays above float32
+    rounding that far out."""
+    torch.manual_seed(0)
+    config = ForecastModelConfig(n_covariate_channels=0, hidden_channels=(4,), kernel_size=3, quantiles=())
+    model = ConvLSTMForecaster(config)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(5.0)
+    radius = model.receptive_radius(n_input_steps=3, n_horizons=4)
+    assert radius == 7
+    series = torch.zeros(1, 3, 1, 1, 40)
+    mask = torch.ones_like(series, dtype=torch.bool)
+    with torch.no_grad():
+        base = model(series, mask, n_horizons=4)[0, -1, 0, 0]
+        series[0, 0, 0, 0, 20] = 1.0  # oldest step, column 20
+        changed = (model(series, mask, n_horizons=4)[0, -1, 0, 0] != base).numpy()
+    assert changed[20 - radius] and changed[20 + radius]
+    assert not changed[: 20 - radius].any() and not changed[20 + radius + 1 :].any()
+
+
+def test_narrow_panel_edge_strips_give_the_single_panel_forecast(tmp_path: Path) -> None:
+    """A 3x3-kernel model on a raster 10 tiles wide: 64 px panels (5 of them, 8 edges) forecast what one panel
+    over the whole raster does, while each edge costs a 7 + 4 px strip instead of a whole 40 px tile. Weights
+    scaled 5x make a strip even 1 px narrower than that differ by more than the tolerance."""
+    model = export_random_model(tmp_path / "model", kernel_size=3, weight_scale=5.0)
+    values = growing_series(3, 300)[:, :40, :]
+    values[:, 10:14, 60:70] = np.nan  # across a panel edge (64): nodata out
+    paths, years, covariates = write_series(tmp_path, values)
+    spec = SeriesSpec.from_lists(paths, years)
+
+    def run(panel_width: int, out: str) -> dict:
+        return predict_series(
+            model,
+            spec,
+            covariates,
+            tmp_path / out,
+            tile=32,
+            overlap=8,
+            batch_size=4,
+            panel_width=panel_width,
+            progress=False,
+            precision="fp32",
+            compile_gates=False,
+        )
+
+    panels, single = run(64, "panels"), run(320, "single")
+    for narrow, wide in zip(panels["files"], single["files"], strict=True):
+        with rasterio.open(narrow) as a, rasterio.open(wide) as b:
+            assert a.crs == b.crs and a.transform == b.transform and a.descriptions == b.descriptions
+            got, want = a.read(), b.read()
+        assert np.isnan(got[:, 10:14, 60:70]).all() and np.array_equal(np.isnan(got), np.isnan(want))
+        # Float noise of convolutions over different widths stays near 2e-6; 1 px less context gives 2e-3.
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert single["strips"] == 0 and single["tile_pixels"] == 20 * 40 * 40
+    assert panels["tiles"] == 20 and panels["strips"] == 2 * 8
+    assert panels["tile_pixels"] == 20 * 40 * 40 + 16 * 40 * (7 + 4)  # whole edge tiles: + 16 * 40 * 40

@@ -350,6 +350,14 @@ class ConvLSTMForecaster(nn.Module):
     def point_forecast(self, pred: torch.Tensor) -> torch.Tensor:
         return point_forecast(pred, self.config.quantiles)
 
+    def receptive_radius(self, n_input_steps: int, n_horizons: int) -> int:
+        """How many pixels away an input can still change an output pixel (an upper bound). Each convolution
+        widens it by ``kernel_size // 2``, and a chain of dependencies passes each (step, layer) convolution at
+        most once, over the K encoder and H forecaster steps; the 1x1 head and the gates add nothing. Tiled
+        predict uses it to forecast narrow strips, not whole tiles, where it only needs a tile's edge."""
+        n_convolutions = len(self.config.hidden_channels) * (n_input_steps + n_horizons)
+        return self.config.kernel_size // 2 * n_convolutions
+
     def compile_gates(self) -> None:
         """Fuse every cell's element-wise gate arithmetic into one compiled kernel (inference only: compiled once
         per tile shape, which whole-raster prediction keeps fixed). The same function runs, so the numbers match

@@ -10,8 +10,8 @@ kernels) gives exactly the untiled result.
 **Memory.** Tiles are processed row by row inside vertical panels of at most ``panel_width`` pixels; a panel
 keeps a weighted sum for two tile rows and writes a row of blocks as soon as no later tile touches it. Memory
 therefore depends on the tile, the panel width and the number of output bands, never on the raster's size. A
-panel also forecasts the tile column on each side of it (their overlap blends into its edge), which costs a
-little compute on rasters wider than one panel.
+panel's edge blends with the tile column beside it; there predict forecasts only a narrow strip of that column
+(the overlap plus the network's receptive field), which gives those pixels the very values the whole tile would.
 
 **Speed.** Where the hardware has native bf16 (``precision="auto"``), the convolutions run in bf16 on
 channels-last tensors, and on large rasters the LSTM gate arithmetic is compiled into one kernel (see
@@ -89,13 +89,21 @@ def tiled_forecast(
     batch_size: int = 1,
     panel_width: int = 4096,
     progress: bool = True,
+    context: int | None = None,
 ) -> dict[str, int]:
     """Forecast a ``height`` x ``width`` raster tile by tile and hand finished blocks to ``write``.
 
     ``read(row, col, height, width)`` returns the window's model inputs (K, C, h, w) and covariates (V, h, w)
-    with NaN outside the raster; ``forecast(inputs (N, K, C, s, s), covariates (N, V, s, s))`` returns
-    (N, n_bands, s, s); ``write(window, values (n_bands, h, w))`` receives every block exactly once, in raster
-    order within each panel. Returns how many tiles and tile pixels were forecast.
+    with NaN outside the raster; ``forecast(inputs (N, K, C, s, w), covariates (N, V, s, w))`` returns
+    (N, n_bands, s, w); ``write(window, values (n_bands, h, w))`` receives every block exactly once, in raster
+    order within each panel. ``context`` is how many pixels away an input can change the forecast (its
+    receptive-field radius; None: unknown). Returns how many tiles, panel-edge strips and pixels were forecast.
+
+    A panel's edge blends with the tile just outside it, of which only the ``overlap / 2`` columns inside the
+    panel count. Those columns see at most ``context`` pixels further out and the tile's own edge on the panel
+    side, so a strip of ``context + overlap / 2`` columns ending where the tile ends gives them exactly the
+    tile's values, at a fraction of a tile's cost. With ``context`` unknown, or as wide as the tile, the whole
+    tile is forecast instead.
     """
     check_tiling(tile, overlap, batch_size, panel_width)
     if height <= tile and width <= tile:
@@ -106,48 +114,66 @@ def tiled_forecast(
     n_block_rows, n_block_cols = math.ceil(height / tile), math.ceil(width / tile)
     panel_blocks = max(1, panel_width // tile)
     panels = [(p, min(p + panel_blocks, n_block_cols)) for p in range(0, n_block_cols, panel_blocks)]
-    reach = 1 if overlap else 0  # tile columns beyond a panel whose overlap falls inside it
-    total = sum(min(p1 + reach, n_block_cols) - max(p0 - reach, 0) for p0, p1 in panels) * n_block_rows
-    bar = tqdm(total=total, desc="forecast tiles", unit="tile", disable=None if progress else True, dynamic_ncols=True)
+    # Width of a strip standing in for the neighbour tile at a panel edge: the tile's columns from ``margin``
+    # before the panel edge to its own far edge.
+    margin = tile + half if context is None else min(context, tile + half)
+    strip = margin + half
+    n_strips = sum((p0 > 0) + (p1 < n_block_cols) for p0, p1 in panels) if overlap else 0
+    bar = tqdm(
+        total=(n_block_cols + n_strips) * n_block_rows,
+        desc="forecast tiles",
+        unit="tile",
+        disable=None if progress else True,
+        dynamic_ncols=True,
+    )
     # The accumulator holds block rows i-1 and i plus the overlap reaching into row i+1, while tile row i is added.
     acc_rows = 2 * tile + half
-    n_tiles = 0
+    counts = {"tiles": 0, "strips": 0, "tile_pixels": 0}
     with bar:
         for p0, p1 in panels:
             col0, col1 = p0 * tile, min(p1 * tile, width)
-            j0, j1 = max(p0 - reach, 0), min(p1 + reach, n_block_cols)
-            read_col = j0 * tile - half
-            read_width = (j1 - j0) * tile + overlap
+            # (left edge, weights' columns) of every tile and edge strip.
+            tiles = [(j * tile - half, slice(0, side)) for j in range(p0, p1)]
+            strips = []
+            if overlap and p0 > 0:
+                strips.append((col0 - margin, slice(side - strip, side)))
+            if overlap and p1 < n_block_cols:
+                strips.append((p1 * tile - half, slice(0, strip)))
+            read_col = min(left for left, _ in tiles + strips)
+            read_end = max(left + cols.stop - cols.start for left, cols in tiles + strips)
             acc = np.zeros((n_bands + 1, acc_rows, col1 - col0), dtype=np.float32)
             for i in range(n_block_rows):
-                inputs, covariates = read(i * tile - half, read_col, side, read_width)
-                columns = [(j, (j - j0) * tile) for j in range(j0, j1)]
-                for first in range(0, len(columns), batch_size):
-                    batch = columns[first : first + batch_size]
-                    batch_inputs = np.stack([inputs[..., offset : offset + side] for _, offset in batch])
-                    batch_covariates = np.stack([covariates[..., offset : offset + side] for _, offset in batch])
-                    predictions = forecast(batch_inputs, batch_covariates)
-                    for (j, _), prediction in zip(batch, predictions, strict=True):
-                        _accumulate(acc, prediction, weights, j * tile - half, col0, col1, tile - half)
-                    n_tiles += len(batch)
-                    bar.update(len(batch))
+                inputs, covariates = read(i * tile - half, read_col, side, read_end - read_col)
+                for group, kind in ((tiles, "tiles"), (strips, "strips")):
+                    for first in range(0, len(group), batch_size):
+                        batch = group[first : first + batch_size]
+                        offsets = [(left - read_col, left - read_col + cols.stop - cols.start) for left, cols in batch]
+                        predictions = forecast(
+                            np.stack([inputs[..., a:b] for a, b in offsets]),
+                            np.stack([covariates[..., a:b] for a, b in offsets]),
+                        )
+                        for (left, cols), prediction in zip(batch, predictions, strict=True):
+                            _accumulate(acc, prediction, weights[:, cols], left, col0, col1, tile - half)
+                        counts[kind] += len(batch)
+                        counts["tile_pixels"] += predictions.shape[0] * predictions.shape[-2] * predictions.shape[-1]
+                        bar.update(len(batch))
                 if i >= 1:
                     _emit(acc, write, (i - 1) * tile, tile, height, col0, col1)
                 acc[:, : acc_rows - tile] = acc[:, tile:]
                 acc[:, acc_rows - tile :] = 0.0
             _emit(acc, write, (n_block_rows - 1) * tile, tile, height, col0, col1)
-    return {"tiles": n_tiles, "tile_pixels": n_tiles * side * side}
+    return counts
 
 
 def _accumulate(
     acc: np.ndarray, prediction: np.ndarray, weights: np.ndarray, tile_col: int, col0: int, col1: int, acc_row: int
 ) -> None:
-    """Add one weighted tile (bands, s, s) whose left edge is global column ``tile_col`` to the panel's sums."""
-    side = weights.shape[0]
-    left, right = max(tile_col, col0), min(tile_col + side, col1)
+    """Add one weighted tile or strip (bands, s, w) whose left edge is global column ``tile_col`` to the panel's
+    sums; ``weights`` (s, w) are the blending weights of the tile columns it forecasts."""
+    left, right = max(tile_col, col0), min(tile_col + weights.shape[1], col1)
     if left >= right:
         return
-    rows = slice(acc_row, acc_row + side)
+    rows = slice(acc_row, acc_row + weights.shape[0])
     tile_cols, acc_cols = slice(left - tile_col, right - tile_col), slice(left - col0, right - col0)
     acc[:-1, rows, acc_cols] += prediction[:, :, tile_cols] * weights[:, tile_cols]
     acc[-1, rows, acc_cols] += weights[:, tile_cols]
@@ -289,6 +315,7 @@ def predict_series(
                 batch_size=batch_size,
                 panel_width=panel_width,
                 progress=progress,
+                context=forecaster.model.receptive_radius(k, h),
             )
     seconds = time.perf_counter() - start_time
     return {
