@@ -360,8 +360,9 @@ class ConvLSTMForecaster(nn.Module):
 
     def compile_gates(self) -> None:
         """Fuse every cell's element-wise gate arithmetic into one compiled kernel (inference only: compiled once
-        per tile shape, which whole-raster prediction keeps fixed). The same function runs, so the numbers match
-        the eager model to float rounding."""
+        per input shape, and whole-raster prediction uses few: its tile and, on rasters wider than a panel, the
+        narrow strip at panel edges). The same function runs, so the numbers match the eager model to float
+        rounding."""
         fused = CompiledOrEager(lstm_gate_update)
         for module in self.modules():
             if isinstance(module, ConvLSTMCell):
