@@ -98,6 +98,11 @@ def test_fit_writes_checkpoints_logs_and_learns(tmp_path: Path) -> None:
     assert state["global_step"] == 20
     assert state["hyper_parameters"]["width"] == 8
     assert torch.equal(state["state_dict"]["net.0.weight"], task.net[0].weight.detach())
+    # Export takes the best checkpoint's weights, not the task's final ones.
+    best = load_torch(result.best_checkpoint)["state_dict"]
+    fresh = TinyRegression()
+    assert result.load_best_into(fresh) == result.best_checkpoint
+    assert all(torch.equal(value, best[name]) for name, value in fresh.state_dict().items())
     # The final validation loss is what the module reports, and it improved on the untrained model.
     assert result.metrics["val/loss"] == pytest.approx(val_mse(task, val), rel=1e-5)
     assert result.metrics["val/loss"] < untrained
@@ -176,6 +181,7 @@ def test_training_without_validation_keeps_last_only(tmp_path: Path) -> None:
     assert result.global_step == 7
     # last.ckpt is refreshed at the end even though 7 is not a multiple of checkpoint_every_steps.
     assert load_torch(result.last_checkpoint)["global_step"] == 7
+    assert result.load_best_into(TinyRegression()) == result.last_checkpoint  # no validation: the last weights
     assert "val/loss" not in result.metrics
 
 

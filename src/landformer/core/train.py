@@ -101,6 +101,17 @@ class FitResult:
     metrics: dict[str, float]  # the latest value of every logged metric
     seconds: float  # wall time of this fit call
 
+    def load_best_into(self, task: Any) -> Path:
+        """Put the weights of the best checkpoint (the last one when there was no validation) into ``task``, for
+        export; returns that checkpoint's path. Loaded with ``weights_only=True``."""
+        from landformer.core.io import load_torch
+
+        checkpoint = self.best_checkpoint or self.last_checkpoint
+        if checkpoint is None:
+            raise RuntimeError(f"fit() left no checkpoint in {self.run_dir}")
+        task.load_state_dict(load_torch(checkpoint, "checkpoint")["state_dict"])
+        return checkpoint
+
 
 def resolve_precision(precision: str, accelerator: str = "auto") -> str:
     """``"auto"`` becomes ``"bf16-mixed"`` when training will run on a CUDA GPU that supports bf16, else

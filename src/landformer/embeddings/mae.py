@@ -30,7 +30,7 @@ from landformer.core.task import BaseTask
 from landformer.core.train import fit, last_checkpoint, prepare_run, seed_everything
 from landformer.embeddings.config import EmbeddingsConfig
 from landformer.embeddings.encoders import PatchEncoder, build_encoder, count_parameters
-from landformer.embeddings.pipeline import load_data, load_task_weights, make_loaders, save_encoder, set_threads
+from landformer.embeddings.pipeline import load_data, make_loaders, save_encoder, set_threads
 
 
 class MaskedAutoencoder(nn.Module):
@@ -192,9 +192,7 @@ def pretrain(
     except ValueError as err:
         raise UserError(f"embeddings encoder: {err} (change encoder.patch_size)") from None
     result = fit(task, (train_loader, val_loader), config.train_pretrain, run_dir, resume=resume)
-    checkpoint = result.best_checkpoint or result.last_checkpoint
-    assert checkpoint is not None, "fit() always leaves last.ckpt"
-    load_task_weights(task, checkpoint)
+    checkpoint = result.load_best_into(task)
     task.eval()
     meta = {
         "stage": "pretrain",

@@ -159,12 +159,5 @@ def load_model_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[
     return load_safetensors(_locate(path, MODEL_FILE, "regression model"), "regression model")
 
 
-def load_task_weights(task: Any, checkpoint: str | os.PathLike[str]) -> None:
-    """Put the weights of a Lightning checkpoint (loaded with weights_only=True) into ``task``."""
-    from landformer.core.io import load_torch
-
-    task.load_state_dict(load_torch(checkpoint)["state_dict"])
-
-
 def read_stage_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return read_json(Path(run_dir) / "summary.json", "stage summary")

@@ -41,7 +41,6 @@ from landformer.embeddings.evaluate import regression_metrics
 from landformer.embeddings.pipeline import (
     eval_loader,
     load_data,
-    load_task_weights,
     save_model,
     set_threads,
 )
@@ -253,9 +252,7 @@ def prefer(
         if not dpo.train_encoder:
             task.policy.encoder.requires_grad_(False)
     result = fit(task, (train_loader, val_loader), config.train_dpo, run_dir, resume=resume)
-    checkpoint = result.best_checkpoint or result.last_checkpoint
-    assert checkpoint is not None, "fit() always leaves last.ckpt"
-    load_task_weights(task, checkpoint)
+    checkpoint = result.load_best_into(task)
     task.eval()
     dpo_meta = {
         **meta,

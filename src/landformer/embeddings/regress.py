@@ -40,7 +40,6 @@ from landformer.embeddings.pipeline import (
     load_data,
     load_encoder_file,
     load_model_file,
-    load_task_weights,
     make_loaders,
     save_model,
     set_threads,
@@ -339,9 +338,7 @@ def finetune(
     if encoder_state is not None and resume is False:
         task.model.encoder.load_state_dict(encoder_state)
     result = fit(task, (train_loader, val_loader), config.train_sft, run_dir, resume=resume)
-    checkpoint = result.best_checkpoint or result.last_checkpoint
-    assert checkpoint is not None, "fit() always leaves last.ckpt"
-    load_task_weights(task, checkpoint)
+    checkpoint = result.load_best_into(task)
     task.eval()
     exported = exported_encoder_config(encoder_values, task.model.encoder)
     meta = model_meta("sft", exported, dataset.n_frames, dataset, dict(task.hparams), scaling)

@@ -28,7 +28,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from landformer.core.errors import UserError
-from landformer.core.io import load_torch, write_json
+from landformer.core.io import write_json
 from landformer.core.task import BaseTask
 from landformer.core.train import fit, last_checkpoint, prepare_run, seed_everything
 from landformer.forecast.config import ForecastConfig
@@ -212,11 +212,6 @@ def draw_test_panel(forecaster: ExportedForecaster, data: ForecastData, path: Pa
     )
 
 
-def _load_task_weights(task: ForecastTask, checkpoint: Path) -> None:
-    state = load_torch(checkpoint, "checkpoint")["state_dict"]
-    task.load_state_dict(state)
-
-
 def train_forecaster(
     config: ForecastConfig, run_dir: str | os.PathLike[str], resume: bool | str | os.PathLike[str] = False
 ) -> dict[str, Any]:
@@ -249,9 +244,7 @@ def train_forecaster(
     seed_everything(config.train.seed)
     task = build_task(config, data)
     result = fit(task, (train_loader, val_loader), config.train, run_dir, resume=resume)
-    checkpoint = result.best_checkpoint or result.last_checkpoint
-    assert checkpoint is not None, "fit() always leaves last.ckpt"
-    _load_task_weights(task, checkpoint)
+    checkpoint = result.load_best_into(task)
     meta = export_metadata(data, task.model.config, checkpoint, result.global_step)
     weights, meta_path = export_forecaster(run_dir, task.model.state_dict(), meta)
     forecaster = ExportedForecaster(task.model.cpu(), meta, str(weights))

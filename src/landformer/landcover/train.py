@@ -244,10 +244,7 @@ def train_landcover(
         warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
         result = fit(task, (train_loader, val_loader), train, run_dir, resume=resume, callbacks=[throughput, images])
 
-    checkpoint = result.best_checkpoint or result.last_checkpoint
-    assert checkpoint is not None, "fit() always leaves last.ckpt"
-    state = load_torch(checkpoint)["state_dict"]
-    task.load_state_dict(state)
+    checkpoint = result.load_best_into(task)
     extra = {
         "global_step": result.global_step,
         "checkpoint": str(checkpoint),
