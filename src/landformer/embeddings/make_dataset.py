@@ -47,6 +47,7 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
+from landformer.core.config import check_values
 from landformer.core.errors import UserError
 from landformer.core.io import atomic_path, write_json, write_npz
 from landformer.embeddings.data import DATASET_JSON, EMBEDDING_DIM, INT8_NODATA, quantize_int8, write_bundle
@@ -105,9 +106,7 @@ class CityDatasetConfig:
             (self.region_degrees > 0, f"region_degrees = {self.region_degrees} should be positive"),
             (self.noise >= 0, f"noise = {self.noise} should not be negative"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(f"make-dataset cities: {message}")
+        check_values("make-dataset cities", checks)
 
 
 @dataclass

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from landformer.core.errors import UserError
+from landformer.core.config import check_values
 
 QUANTILES_95 = (0.025, 0.5, 0.975)
 
@@ -56,9 +56,7 @@ class ForecastModelConfig:
             increasing = all(a < b for a, b in zip(self.quantiles, self.quantiles[1:], strict=False))
             checks.append((in_range and increasing, "quantiles should increase strictly inside (0, 1)"))
             checks.append((0.5 in self.quantiles, "quantiles should include 0.5, the point forecast"))
-        for ok, message in checks:
-            if not ok:
-                raise UserError(f"forecast model config: {message}")
+        check_values("forecast model config", checks)
 
 
 def tiny() -> ForecastModelConfig:

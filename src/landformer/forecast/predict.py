@@ -38,6 +38,7 @@ import rasterio
 from rasterio.windows import Window
 from tqdm import tqdm
 
+from landformer.core.config import check_values
 from landformer.core.errors import UserError
 from landformer.core.raster import geotiff_writer
 from landformer.forecast.data import SeriesRasters, SeriesSpec, resolve_scale
@@ -72,9 +73,7 @@ def check_tiling(tile: int, overlap: int, batch_size: int, panel_width: int) -> 
         (batch_size >= 1, f"batch_size = {batch_size} should be at least 1"),
         (panel_width >= tile, f"panel_width = {panel_width} should be at least one tile ({tile})"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise UserError(f"forecast predict: {message}")
+    check_values("forecast predict", checks)
 
 
 def tiled_forecast(
