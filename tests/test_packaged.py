@@ -185,3 +185,74 @@ def test_cli_packaged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert "bbox is required" in capsys.readouterr().err
     assert main(["synth", "packaged", "jacksboro", "--out", str(tmp_path / "j.tif")]) == 0
     assert (tmp_path / "j.tif").exists()
+
+
+# --- IGBP land cover (MODIS MCD12C1 2019) ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def igbp_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LANDFORMER_CACHE", str(cache))
+    return cache
+
+
+def test_igbp_legend_has_water_as_a_class_and_fill_as_nodata() -> None:
+    legend = load_legend("igbp")
+    assert legend.codes == list(range(17)) and legend.nodata_codes == (255,)
+    assert legend.names[0] == "Water Bodies" and legend.names[13] == "Urban and Built-up Lands"
+    assert legend.classes[0].color == "#1c0dff" and legend.classes[16].color == "#f9ffa4"
+    assert legend.group_indices("developed") == [13]
+    np.testing.assert_array_equal(legend.encode(np.array([0, 16, 255])), [0, 16, -1])
+
+
+def test_igbp_places_grid_crs_and_legend(tmp_path: Path, igbp_cache: Path) -> None:
+    path = packaged.igbp_landcover(tmp_path / "europe.tif", bbox=(-10.0, 40.0, 10.0, 55.0))
+    with check_wgs84(path) as dataset:
+        assert dataset.shape == (300, 400)  # 0.05 degree
+        assert dataset.bounds == pytest.approx((-10.0, 40.0, 10.0, 55.0))
+        assert dataset.nodata == 255 and dataset.dtypes[0] == "uint8"
+        assert "Clarke 1866" in dataset.tags()["crs_note"]
+    assert value_at(path, 2.35, 48.86) == 13  # Paris: urban and built-up
+    assert value_at(path, -0.12, 51.5) == 13  # London
+    assert value_at(path, -5.0, 45.0) == 0  # the Bay of Biscay: water bodies
+    assert load_legend(tmp_path / "europe.legend.json") == load_legend("igbp")
+    world = packaged.igbp_landcover(tmp_path / "world.tif", bbox=(-180, -90, 180, 90), allow_large=True)
+    for lon, lat, code in [(10.0, 24.0, 16), (-62.0, -4.0, 2), (-40.0, 75.0, 15), (-30.0, 30.0, 0), (-93.5, 42.0, 12)]:
+        assert value_at(world, lon, lat) == code  # Sahara barren, Amazon forest, Greenland ice, Atlantic, Iowa crops
+    with pytest.raises(UserError, match="allow_large"):
+        packaged.igbp_landcover(tmp_path / "big.tif", bbox=(-120, 20, -80, 50))
+
+
+def test_igbp_tiled_copy_is_cached_once(igbp_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = packaged.igbp_tiled()
+    assert first.parent == igbp_cache and [p.name for p in igbp_cache.iterdir()] == [first.name]
+    with rasterio.open(first) as cached, rasterio.open(packaged.package_file(*packaged.IGBP_SOURCE)) as source:
+        assert cached.block_shapes == [(256, 256)] and source.block_shapes == [(1, 7200)]
+        assert cached.crs.to_epsg() == 4326 and cached.transform == source.transform
+        np.testing.assert_array_equal(cached.read(1), source.read(1))
+    stamp = first.stat().st_mtime_ns
+
+    def no_write(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the cached copy should be reused, not written again")
+
+    monkeypatch.setattr("landformer.core.raster.write_geotiff", no_write)
+    assert packaged.igbp_tiled() == first and first.stat().st_mtime_ns == stamp
+
+
+def test_igbp_cache_that_cannot_be_written_is_a_user_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("LANDFORMER_CACHE", str(blocker / "cache"))
+    with pytest.raises(UserError, match="LANDFORMER_CACHE"):
+        packaged.igbp_tiled()
+
+
+def test_cli_packaged_igbp(tmp_path: Path, igbp_cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "alps.tif"
+    assert main(["synth", "packaged", "igbp", "--out", str(out), "--bbox", "6", "45", "11", "48"]) == 0
+    assert capsys.readouterr().out.split() == [str(out), str(tmp_path / "alps.legend.json")]
+    with rasterio.open(out) as dataset:
+        assert dataset.shape == (60, 100)
+    assert main(["synth", "packaged", "igbp", "--out", str(tmp_path / "none.tif")]) == 2
+    assert "bbox is required" in capsys.readouterr().err

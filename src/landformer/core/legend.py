@@ -1,6 +1,6 @@
 """Class legends: raw raster codes <-> contiguous class indices, names and colours.
 
-A legend is fixed before any data is seen (NLCD, CORINE, or a user's JSON file), so every split, chip file
+A legend is fixed before any data is seen (NLCD, CORINE, IGBP, or a user's JSON file), so every split, chip file
 and checkpoint agrees on the mapping. Pixels whose code is a nodata code become :data:`NODATA_INDEX`.
 
 Legend JSON::
@@ -25,7 +25,7 @@ from landformer.core.errors import UserError
 from landformer.core.io import read_json
 
 NODATA_INDEX = -1
-BUILTIN_LEGENDS = ("nlcd", "corine")
+BUILTIN_LEGENDS = ("nlcd", "corine", "igbp")
 _NOT_IN_LEGEND = -2  # internal marker while encoding
 _MAX_TABLE = 1 << 16  # widest code range encoded through a lookup table
 
@@ -209,7 +209,7 @@ def _fallback_color(index: int) -> str:
 
 
 def load_legend(name_or_path: str | os.PathLike[str]) -> Legend:
-    """A built-in legend by name (``nlcd``, ``corine``) or a legend JSON file."""
+    """A built-in legend by name (``nlcd``, ``corine``, ``igbp``) or a legend JSON file."""
     key = str(name_or_path)
     if key.lower() in BUILTIN_LEGENDS:
         text = resources.files("landformer.core").joinpath("legends", f"{key.lower()}.json").read_text()

@@ -23,7 +23,7 @@ def _world(args: argparse.Namespace) -> None:
 
 
 def _packaged(args: argparse.Namespace) -> None:
-    from landformer.synth.packaged import write_packaged
+    from landformer.synth.packaged import legend_path, write_packaged
 
     path = write_packaged(
         args.layer,
@@ -34,8 +34,8 @@ def _packaged(args: argparse.Namespace) -> None:
         allow_large=args.allow_large,
     )
     print(path)
-    legend = path.with_name(path.stem + ".legend.json")
-    if args.layer in ("koppen", "countries") and legend.exists():
+    legend = legend_path(path)
+    if args.layer in ("koppen", "igbp", "countries") and legend.exists():
         print(legend)
 
 
@@ -57,7 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "layer",
         choices=LAYERS,
         help="jacksboro / topobathy: DEMs from matplotlib; altitude: pvlib's global DEM; koppen: Koppen-Geiger "
-        "classes; landmask: 1 land / 0 water; countries: Natural Earth countries rasterized",
+        "classes; igbp: MODIS MCD12C1 2019 IGBP land cover (0.05 degree); landmask: 1 land / 0 water; countries: "
+        "Natural Earth countries rasterized",
     )
     packaged.add_argument("--out", required=True, help="GeoTIFF to write (EPSG:4326)")
     packaged.add_argument(
@@ -65,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         nargs=4,
         metavar=("WEST", "SOUTH", "EAST", "NORTH"),
-        help="window in degrees (required for koppen and landmask; optional for altitude and countries)",
+        help="window in degrees (required for koppen, igbp and landmask; optional for altitude and countries)",
     )
     packaged.add_argument("--resolution", type=float, default=0.1, help="countries: pixel size in degrees")
     packaged.add_argument("--attribute", choices=COUNTRY_ATTRIBUTES, default="continent", help="countries: value")

