@@ -67,6 +67,32 @@ def test_nodata_is_not_a_class_nor_an_edge() -> None:
     assert all(math.isnan(values[0]) for values in all_nodata.values())
 
 
+def test_single_pixel_share_by_hand() -> None:
+    grid = np.array([[0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 2], [0, 0, 0, 2]])
+    # 8 neighbours: the two 1s touch diagonally -> patches {0}, {1, 1}, {2, 2}: none of one cell.
+    assert evaluate.landscape_metrics(grid, 3)["single_pixel_share"][0] == 0
+    # 4 neighbours: the 1s are two one-cell patches of four.
+    assert evaluate.landscape_metrics(grid, 3, connectivity=4)["single_pixel_share"][0] == pytest.approx(2 / 4)
+    np.testing.assert_array_equal(evaluate.patch_statistics(np.stack([grid, CHECKERBOARD]), 3, 4)[1], [2, 16])
+    island = np.zeros((3, 3), dtype=np.int64)
+    island[1, 1] = 1  # a ring of 0 around one cell of 1: two patches, one of them a single cell
+    assert evaluate.landscape_metrics(island, 2)["single_pixel_share"][0] == pytest.approx(1 / 2)
+    assert evaluate.landscape_metrics(TWO_HALVES, 2)["single_pixel_share"][0] == 0
+
+
+def test_noise_floor_compares_alternate_halves() -> None:
+    reference = np.stack([TWO_HALVES, CHECKERBOARD, TWO_HALVES.T, CHECKERBOARD, TWO_HALVES])
+    floor = evaluate.noise_floor(reference, 2)
+    assert floor == evaluate.compare_to_reference(reference[[0, 2, 4]], reference[[1, 3]], 2)
+    report = evaluate.realism_report({"samples": reference}, reference, 2)
+    assert report["noise_floor"] == floor
+    assert "noise_floor" not in evaluate.realism_report({"samples": reference[:1]}, reference[:1], 2)
+    same = evaluate.noise_floor(np.stack([TWO_HALVES] * 4), 2)
+    assert all(same[name]["relative_difference"] == 0 for name in evaluate.LANDSCAPE_METRICS)
+    with pytest.raises(UserError, match="at least 2"):
+        evaluate.noise_floor(TWO_HALVES[None], 2)
+
+
 def test_maps_do_not_join_across_the_batch() -> None:
     top = np.ones((4, 4), dtype=np.int64)
     top[3] = 0  # class 0 on the last row of the first map ...

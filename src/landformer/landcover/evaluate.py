@@ -15,13 +15,17 @@ metric is computed per chip over its valid (non-nodata) cells and averaged over 
   ``(1 + sum_ij q_ij ln q_ij / (2 ln t)) * 100``, where q_ij is the share of ordered 4-neighbour pairs
   (each adjacency counted twice, once from each side) with classes (i, j) and t the number of classes present.
   Undefined (NaN, left out of the average) for a chip with fewer than two classes.
+- ``single_pixel_share``: patches of exactly one cell as a share of all patches (same connectivity). Speckle:
+  maps with a minimum mapping unit (CORINE's is 25 cells at 100 m) have none.
 
 Class histograms are compared on the pooled class fractions of each set: L1 distance and Jensen-Shannon
 divergence (base 2, so it lies in [0, 1]).
 
 The shuffled-pixel baseline permutes the valid pixels of every reference chip: it has exactly the reference's
 class histogram and none of its spatial structure, so it shows how much of the gap the landscape metrics see
-that the histogram cannot.
+that the histogram cannot. The noise floor compares one half of the reference chips with the other (alternate
+chips, so both halves cover the same ground): the gaps two sets of real chips show by chance alone. Its halves
+hold half as many chips as the reference, so it is a little larger than the floor for n samples against n chips.
 """
 
 from __future__ import annotations
@@ -35,18 +39,24 @@ from scipy import ndimage
 from landformer.core.errors import UserError
 
 LANDSCAPE_METRICS = ("patch_density", "edge_density", "mean_patch_area", "shannon_diversity", "contagion")
+# Every per-map metric. The single-pixel share is kept out of LANDSCAPE_METRICS, the ones compared by relative
+# gap: real maps often have no single-cell patch (a minimum mapping unit), so a relative gap to them is undefined
+# or huge; compare it as a ratio.
+ALL_METRICS = (*LANDSCAPE_METRICS, "single_pixel_share")
 METRIC_UNITS = {
     "patch_density": "patches / 100 cells",
     "edge_density": "edge sides / cell",
     "mean_patch_area": "cells",
     "shannon_diversity": "nats",
     "contagion": "%",
+    "single_pixel_share": "share of patches",
     "class_l1": "L1",
     "class_js": "JS (bits)",
 }
 
 
-def _check_maps(maps: np.ndarray, n_classes: int, what: str) -> np.ndarray:
+def check_maps(maps: np.ndarray, n_classes: int, what: str) -> np.ndarray:
+    """(N, H, W) (or one (H, W)) integer maps of -1 (nodata) and classes 0..n_classes-1 as int64; else a UserError."""
     maps = np.asarray(maps)
     if maps.ndim == 2:
         maps = maps[None]
@@ -63,23 +73,32 @@ def _check_maps(maps: np.ndarray, n_classes: int, what: str) -> np.ndarray:
 
 def patch_counts(maps: np.ndarray, n_classes: int, connectivity: int = 8) -> np.ndarray:
     """Number of patches (connected one-class regions) in each of (N, H, W) maps, (N,) int64."""
+    return patch_statistics(maps, n_classes, connectivity)[0]
+
+
+def patch_statistics(maps: np.ndarray, n_classes: int, connectivity: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Per map of (N, H, W) maps: the number of patches and the number of those made of one cell, (N,) int64 each."""
     if connectivity not in (4, 8):
         raise UserError(f"connectivity must be 4 or 8, got {connectivity}")
-    maps = _check_maps(maps, n_classes, "patch_counts")
+    maps = check_maps(maps, n_classes, "patch_counts")
     n_maps, height, width = maps.shape
     # A 3-D structure whose outer slices are empty labels all maps at once without joining neighbouring maps.
     structure = np.zeros((3, 3, 3), dtype=bool)
     structure[1] = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
     counts = np.zeros(n_maps, dtype=np.int64)
+    single = np.zeros(n_maps, dtype=np.int64)
     for k in range(n_classes):
         labelled, n_patches = ndimage.label(maps == k, structure=structure)
         if n_patches == 0:
             continue
         flat = labelled.ravel()
         patch_cells = np.flatnonzero(flat)  # label 0 is the background
-        _, first_cell = np.unique(flat[patch_cells], return_index=True)
-        counts += np.bincount(patch_cells[first_cell] // (height * width), minlength=n_maps)
-    return counts
+        _, first_cell = np.unique(flat[patch_cells], return_index=True)  # patch labels 1..n_patches in order
+        patch_map = patch_cells[first_cell] // (height * width)
+        one_cell = np.bincount(flat, minlength=n_patches + 1)[1:] == 1
+        counts += np.bincount(patch_map, minlength=n_maps)
+        single += np.bincount(patch_map[one_cell], minlength=n_maps)
+    return counts, single
 
 
 def adjacency_counts(maps: np.ndarray, n_classes: int) -> np.ndarray:
@@ -87,7 +106,7 @@ def adjacency_counts(maps: np.ndarray, n_classes: int) -> np.ndarray:
 
     Pairs with a nodata cell are left out.
     """
-    maps = _check_maps(maps, n_classes, "adjacency_counts")
+    maps = check_maps(maps, n_classes, "adjacency_counts")
     n_maps = maps.shape[0]
     index = np.arange(n_maps).reshape(-1, 1, 1)
     counts = np.zeros(n_maps * n_classes * n_classes, dtype=np.int64)
@@ -102,7 +121,7 @@ def adjacency_counts(maps: np.ndarray, n_classes: int) -> np.ndarray:
 
 def class_counts(maps: np.ndarray, n_classes: int) -> np.ndarray:
     """Valid cells of each class in each map, (N, K) int64."""
-    maps = _check_maps(maps, n_classes, "class_counts")
+    maps = check_maps(maps, n_classes, "class_counts")
     flat = maps.reshape(maps.shape[0], -1)
     chip = np.broadcast_to(np.arange(flat.shape[0])[:, None], flat.shape)
     valid = flat >= 0
@@ -115,11 +134,11 @@ def landscape_metrics(maps: np.ndarray, n_classes: int, connectivity: int = 8) -
 
     A map with no valid cell gets NaN everywhere.
     """
-    maps = _check_maps(maps, n_classes, "landscape_metrics")
+    maps = check_maps(maps, n_classes, "landscape_metrics")
     cells = class_counts(maps, n_classes)
     n_valid = cells.sum(axis=1).astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        patches = patch_counts(maps, n_classes, connectivity).astype(np.float64)
+        patches, single = (counts.astype(np.float64) for counts in patch_statistics(maps, n_classes, connectivity))
         adjacency = adjacency_counts(maps, n_classes).astype(np.float64)
         unlike_sides = (adjacency.sum(axis=(1, 2)) - np.trace(adjacency, axis1=1, axis2=2)) / 2
         fractions = cells / n_valid[:, None]
@@ -136,6 +155,7 @@ def landscape_metrics(maps: np.ndarray, n_classes: int, connectivity: int = 8) -
             "mean_patch_area": n_valid / patches,
             "shannon_diversity": shannon,
             "contagion": contagion,
+            "single_pixel_share": single / patches,
         }
     empty = n_valid == 0
     return {name: np.where(empty, np.nan, values) for name, values in metrics.items()}
@@ -204,7 +224,7 @@ def compare_to_reference(
 ) -> dict[str, dict[str, float]]:
     """Realism of ``samples`` against ``reference`` maps (test chips).
 
-    Returns ``{metric: {"value", "reference", "relative_difference"}}`` for every landscape metric, plus
+    Returns ``{metric: {"value", "reference", "relative_difference"}}`` for every metric of :data:`ALL_METRICS`, plus
     ``class_l1`` and ``class_js`` (distances between pooled class fractions, whose reference value is 0).
     """
     sample_means = mean_landscape_metrics(samples, n_classes, connectivity)
@@ -215,12 +235,20 @@ def compare_to_reference(
             "reference": reference_means[name],
             "relative_difference": relative_difference(sample_means[name], reference_means[name]),
         }
-        for name in LANDSCAPE_METRICS
+        for name in ALL_METRICS
     }
     p, q = class_fractions(samples, n_classes), class_fractions(reference, n_classes)
     for name, distance in (("class_l1", l1_distance(p, q)), ("class_js", jensen_shannon(p, q))):
         table[name] = {"value": distance, "reference": 0.0, "relative_difference": math.nan}
     return table
+
+
+def noise_floor(reference: np.ndarray, n_classes: int, connectivity: int = 8) -> dict[str, dict[str, float]]:
+    """:func:`compare_to_reference` of the even-numbered reference maps against the odd-numbered ones."""
+    reference = check_maps(reference, n_classes, "noise floor")
+    if len(reference) < 2:
+        raise UserError(f"the noise floor needs at least 2 reference maps, got {len(reference)}")
+    return compare_to_reference(reference[0::2], reference[1::2], n_classes, connectivity)
 
 
 def realism_report(
@@ -230,19 +258,21 @@ def realism_report(
     connectivity: int = 8,
     seed: int = 0,
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """:func:`compare_to_reference` for every named set of samples and for the shuffled-pixel baseline
-    (key ``"shuffled_baseline"``)."""
+    """:func:`compare_to_reference` for every named set of samples, the shuffled-pixel baseline (key
+    ``"shuffled_baseline"``) and, with two or more reference maps, the noise floor (key ``"noise_floor"``)."""
     report = {
         name: compare_to_reference(maps, reference, n_classes, connectivity) for name, maps in sample_sets.items()
     }
     report["shuffled_baseline"] = compare_to_reference(
         shuffled_baseline(reference, seed), reference, n_classes, connectivity
     )
+    if len(reference) >= 2:
+        report["noise_floor"] = noise_floor(reference, n_classes, connectivity)
     return report
 
 
 def max_relative_gap(candidate: Mapping[str, float], baseline: Mapping[str, float]) -> float:
-    """Largest |candidate - baseline| / |baseline| over the landscape metrics (NaN if any is undefined)."""
+    """Largest |candidate - baseline| / |baseline| over :data:`LANDSCAPE_METRICS` (NaN if any is undefined)."""
     gaps = [abs(relative_difference(candidate[name], baseline[name])) for name in LANDSCAPE_METRICS]
     return max(gaps) if all(math.isfinite(gap) for gap in gaps) else math.nan
 
