@@ -27,8 +27,11 @@ from landformer.core.chips import (
     ChipConfig,
     ChipSet,
     RandomWindows,
+    as_class_indices,
     load_chips,
     make_chips,
+    split_class_shares,
+    warn_if_splits_differ,
     write_chips,
 )
 from landformer.core.config import load_config
@@ -273,7 +276,11 @@ def test_nodata_chips_are_dropped_and_replaced(tmp_path: Path) -> None:
             tmp_path / "lenient.npz",
         )
     )
-    assert lenient.metadata["counts"]["windows_read"] == 30 and (lenient.train_data == NODATA_INDEX).any()
+    counts = lenient.metadata["counts"]
+    assert len(lenient.train_data) == 30 and (lenient.train_data == NODATA_INDEX).any()
+    # Nothing is dropped for nodata; chips wholly in the empty half are all alike, so only the first is kept.
+    assert counts["dropped_nodata"] == 0 and counts["windows_read"] == 30 + counts["dropped_duplicates"]
+    assert counts["dropped_duplicates"] > 0 and (lenient.train_data == NODATA_INDEX).all(axis=(1, 2, 3)).sum() == 1
 
 
 def test_asking_for_more_chips_than_positions_returns_each_position_once(tmp_path: Path, caplog) -> None:
@@ -339,6 +346,211 @@ def test_random_windows_are_distinct_and_reproducible_on_huge_rasters() -> None:
     more_rows, more_cols = first.draw(5000)
     drawn = set(zip(rows.tolist(), cols.tolist(), strict=True))
     assert not drawn & set(zip(more_rows.tolist(), more_cols.tolist(), strict=True))
+
+
+# --- filters: class fractions and duplicates ------------------------------------------------------------------------
+
+
+def test_max_class_fraction_drops_chips_dominated_by_a_class(tmp_path: Path) -> None:
+    # Sixteen 4x4 chips on a grid; chip k (row-major) holds k water (11) pixels and forest (41) elsewhere.
+    codes = np.full((16, 16), 41, dtype=np.uint8)
+    for k in range(16):
+        rows, cols = np.unravel_index(np.arange(k), (4, 4))
+        codes[4 * (k // 4) + rows, 4 * (k % 4) + cols] = 11
+    raster = write_classes(tmp_path / "coast.tif", codes)
+    config = ChipConfig(class_raster=raster, chip_size=4, stride=4, test_fraction=0, max_class_fraction={11: 0.25})
+    chips = load_chips(make_chips(config, tmp_path / "land.npz"))
+    water = (chips.train_data[:, 0] == 0).sum(axis=(1, 2))  # index 0 of the NLCD legend is code 11
+    np.testing.assert_array_equal(water, np.arange(5))  # at most 4 of 16 pixels water: chips 0..4
+    counts = chips.metadata["counts"]
+    assert (counts["windows_read"], counts["dropped_class_fraction"], counts["dropped_nodata"]) == (16, 11, 0)
+    assert counts["dropped_duplicates"] is None  # grid chips are every position: nothing is de-duplicated
+    assert chips.metadata["sampling"]["max_class_fraction"] == {"11": 0.25}
+
+    loaded = load_config(ChipConfig, None, [f"class_raster={raster}", "max_class_fraction={11: 0.5}"])
+    assert loaded.max_class_fraction == {11: 0.5}
+    with pytest.raises(UserError, match=r"code\(s\) \[13\], which are not classes of legend 'nlcd'"):
+        make_chips(ChipConfig(class_raster=raster, max_class_fraction={13: 0.5}), tmp_path / "x.npz")
+    with pytest.raises(UserError, match="max class fraction of code 11 must lie in"):
+        make_chips(ChipConfig(class_raster=raster, max_class_fraction={11: 1.5}), tmp_path / "x.npz")
+    with pytest.raises(UserError, match="'water' is not an integer class code"):
+        ChipConfig(class_raster=raster, max_class_fraction={"water": 0.5})  # type: ignore[dict-item]
+    with pytest.raises(UserError, match=r"none of 16 chip\(s\) passes --max-nodata 0 --max-class-fraction 41=0"):
+        make_chips(
+            ChipConfig(class_raster=raster, chip_size=4, stride=4, test_fraction=0, max_class_fraction={41: 0.0}),
+            tmp_path / "x.npz",
+        )
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_random_chips_keep_identical_chips_once(tmp_path: Path, caplog) -> None:
+    # A uniform raster: all 13 x 13 = 169 positions of a 4 px chip hold the same chip.
+    raster = write_classes(tmp_path / "uniform.tif", np.full((16, 16), 41, dtype=np.uint8))
+    with caplog.at_level(logging.WARNING):
+        config = ChipConfig(class_raster=raster, chip_size=4, count=10, test_fraction=0)
+        chips = load_chips(make_chips(config, tmp_path / "u.npz"))
+    assert len(chips.train_data) == 1
+    assert chips.metadata["counts"]["windows_read"] == 169 and chips.metadata["counts"]["dropped_duplicates"] == 168
+    assert "only 1 of 10 requested chips pass --max-nodata 0 and are distinct" in caplog.text
+
+    # Patchy codes: the number dropped is the number of positions minus the distinct windows, counted by hand.
+    codes = nlcd_like(20, 20, seed=5)
+    raster = write_classes(tmp_path / "patchy.tif", codes)
+    windows = np.lib.stride_tricks.sliding_window_view(codes, (4, 4)).reshape(-1, 16)
+    distinct = len(np.unique(windows, axis=0))
+    assert distinct < len(windows) == 289  # the raster has repeated windows to find
+    config = ChipConfig(class_raster=raster, chip_size=4, count=1000, test_fraction=0)
+    chips = load_chips(make_chips(config, tmp_path / "p.npz"))
+    assert len(chips.train_data) == distinct
+    assert len(np.unique(chips.train_data.reshape(len(chips.train_data), -1), axis=0)) == distinct
+    assert chips.metadata["counts"]["dropped_duplicates"] == 289 - distinct
+
+    # Identical classes with different covariate values are different chips.
+    uniform = np.full((16, 16), 41, dtype=np.uint8)
+    raster = write_classes(tmp_path / "flat.tif", uniform)
+    slope = write_geotiff(tmp_path / "slope.tif", np.arange(256, dtype=np.float32).reshape(16, 16), TRANSFORM, ALBERS)
+    config = ChipConfig(class_raster=raster, covariates=[slope], chip_size=4, count=20, test_fraction=0)
+    chips = load_chips(make_chips(config, tmp_path / "s.npz"))
+    assert len(chips.train_data) == 20 and chips.metadata["counts"]["dropped_duplicates"] == 0
+
+
+def test_the_first_drawn_copy_is_kept_and_counts_stop_at_the_last_chip_kept(tmp_path: Path) -> None:
+    codes = nlcd_like(40, 40, seed=6)
+    codes[:, :20] = 41  # the western half is one uniform forest
+    raster = write_classes(tmp_path / "half.tif", codes)
+    config = ChipConfig(class_raster=raster, chip_size=4, count=30, test_fraction=0, seed=2)
+    chips = load_chips(make_chips(config, tmp_path / "h.npz"))
+    rows, cols = chip_positions(chips.train_coords, 4)
+    sampler = RandomWindows(np.arange(37), np.arange(37), seed=2, expected=30)
+    drawn_rows, drawn_cols = sampler.draw(37 * 37)
+    seen, expected = set(), []
+    for row, col in zip(drawn_rows.tolist(), drawn_cols.tolist(), strict=True):
+        chip = codes[row : row + 4, col : col + 4].tobytes()
+        if chip not in seen:
+            seen.add(chip)
+            expected.append((row, col))
+        if len(expected) == 30:
+            break
+    assert list(zip(rows.tolist(), cols.tolist(), strict=True)) == expected
+    counts = chips.metadata["counts"]
+    assert counts["windows_read"] == len(expected) + counts["dropped_duplicates"]
+    assert counts["windows_read"] == int(np.flatnonzero((drawn_rows == row) & (drawn_cols == col))[0]) + 1
+
+
+# --- class histogram and the classes of each split -----------------------------------------------------------------
+
+
+TOY_LEGEND = {
+    "name": "toy",
+    "nodata": [0],
+    "classes": [{"code": c, "name": n} for c, n in ((1, "water"), (2, "forest"), (3, "crops"), (4, "town"))],
+}
+
+
+def hand_made_chips(path: Path) -> Path:
+    """Two 2x2 train chips and one test chip with known class shares (indices; -1 is nodata)."""
+    train = np.array([[[[0, 0], [1, -1]]], [[[0, 0], [0, 2]]]], dtype=np.int16)
+    test = np.array([[[[1, 1], [1, 3]]]], dtype=np.int16)
+    coords = np.array([[10.0, 50.0], [11.0, 50.0]])
+    metadata = {"legend": TOY_LEGEND, "channel_names": ["landcover"], "chip_size": 2}
+    return write_chips(path, train, test, coords, coords[:1], metadata)
+
+
+def test_class_shares_and_the_warning_about_classes_missing_from_a_split(tmp_path: Path, caplog) -> None:
+    chips = load_chips(hand_made_chips(tmp_path / "hand.npz"))
+    shares = split_class_shares(chips)
+    np.testing.assert_allclose(shares["train"], [5 / 8, 1 / 8, 1 / 8, 0])  # the other 1/8 is nodata
+    np.testing.assert_allclose(shares["test"], [0, 3 / 4, 0, 1 / 4])
+    with caplog.at_level(logging.WARNING):
+        warn_if_splits_differ(chips.legend, chips.train_data, chips.test_data, "hand.npz")
+    assert caplog.messages == [
+        "hand.npz: train and test chips hold different classes; missing from test: water (1), crops (3); "
+        "missing from train: town (4)"
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        warn_if_splits_differ(chips.legend, chips.train_data, chips.train_data[::-1], "same.npz")
+        warn_if_splits_differ(chips.legend, chips.train_data, chips.test_data[:0], "no test split")
+    assert caplog.messages == []
+
+
+def test_make_chips_warns_when_the_splits_hold_different_classes(tmp_path: Path, caplog) -> None:
+    codes = np.full((32, 32), 41, dtype=np.uint8)
+    codes[:16, :16] = 11  # one of the four 16 px blocks is water: it is in one split only
+    raster = write_classes(tmp_path / "lake.tif", codes)
+    config = ChipConfig(class_raster=raster, chip_size=8, stride=8, block_size=16, test_fraction=0.25, seed=0)
+    with caplog.at_level(logging.WARNING):
+        chips = load_chips(make_chips(config, tmp_path / "lake.npz"))
+    shares = split_class_shares(chips)
+    lake_in_test = shares["test"][0] > 0
+    assert shares["train" if lake_in_test else "test"][0] == 0
+    missing = "train" if lake_in_test else "test"
+    assert f"missing from {missing}: Open Water (11)" in caplog.text and caplog.text.count("\n") == 1
+
+
+# --- class values of chip files without a legend -------------------------------------------------------------------
+
+
+def legacy_file(path: Path, train: np.ndarray, test: np.ndarray) -> ChipSet:
+    coords = np.zeros((len(train), 2)), np.zeros((len(test), 2))
+    np.savez(path, train_data=train, test_data=test, train_coords=coords[0], test_coords=coords[1])
+    return load_chips(path)
+
+
+def test_raw_corine_codes_are_never_shifted_silently(tmp_path: Path) -> None:
+    corine = load_legend("corine")
+    codes = (np.arange(6 * 64).reshape(6, 1, 8, 8) % 41 + 1).astype(np.uint8)  # raw codes 1..41 of 44 classes
+    chips = legacy_file(tmp_path / "clc.npz", codes[:4], codes[4:])
+    with pytest.raises(
+        UserError, match=r"clc\.npz records no legend and its class values 1\.\.41 .*data\.class_values=raw"
+    ):
+        as_class_indices(chips, corine, None, setting="data.class_values")
+    raw = as_class_indices(chips, corine, "raw")
+    np.testing.assert_array_equal(raw.train_data, codes[:4].astype(np.int16) - 1)  # CORINE: index = code - 1
+    np.testing.assert_array_equal(raw.test_data, codes[4:].astype(np.int16) - 1)
+    as_is = as_class_indices(chips, corine, "indices")
+    np.testing.assert_array_equal(as_is.train_data, codes[:4])
+    # Nodata codes become -1, and a float file keeps its covariates.
+    with_dem = np.stack([np.full((2, 4, 4), 48.0), np.ones((2, 4, 4))], axis=1).astype(np.float32)
+    with_dem[0, 0, 0, 0] = 12.0
+    with_dem[1, 0, 0, 0] = np.nan
+    encoded = as_class_indices(legacy_file(tmp_path / "f.npz", with_dem, with_dem), corine, "raw")
+    assert encoded.train_data.dtype == np.float32 and encoded.train_data[0, 0, 0, 0] == 11.0
+    assert (encoded.train_data[0, 0].ravel()[1:] == -1).all() and encoded.train_data[1, 0, 0, 0] == -1
+    np.testing.assert_array_equal(encoded.train_data[:, 1], with_dem[:, 1])
+
+
+def test_class_values_read_the_only_way_they_fit(tmp_path: Path, caplog) -> None:
+    nlcd = load_legend("nlcd")
+    codes = np.array([11, 21, 41, 95, 0], dtype=np.uint8)[np.arange(2 * 16).reshape(2, 1, 4, 4) % 5]
+    chips = legacy_file(tmp_path / "nlcd.npz", codes, codes)
+    with caplog.at_level(logging.WARNING):
+        read = as_class_indices(chips, nlcd, None, setting="data.class_values")
+    np.testing.assert_array_equal(read.train_data, nlcd.encode(codes))
+    assert caplog.messages == [
+        f"chip file {tmp_path / 'nlcd.npz'}: class values 0..95 fit legend 'nlcd' only as raw codes: read so "
+        "(set data.class_values=raw to say it)"
+    ]
+    caplog.clear()
+    indices = (np.arange(32).reshape(2, 1, 4, 4) % 21 - 1).astype(np.int16)  # -1..19: indices, not codes
+    with caplog.at_level(logging.WARNING):
+        assert as_class_indices(legacy_file(tmp_path / "i.npz", indices, indices), nlcd, None) is not None
+    assert "only as class indices" in caplog.text
+    caplog.clear()
+    # IGBP codes 0..16 are their own indices: both readings agree, nothing to ask or say.
+    igbp = np.arange(32).reshape(2, 1, 4, 4) % 17
+    with caplog.at_level(logging.WARNING):
+        same = as_class_indices(legacy_file(tmp_path / "g.npz", igbp, igbp), load_legend("igbp"), None)
+    np.testing.assert_array_equal(same.train_data, igbp)
+    assert caplog.messages == []
+    with pytest.raises(UserError, match=r"class values 0\.\.300 are neither codes of legend 'nlcd' nor"):
+        as_class_indices(legacy_file(tmp_path / "bad.npz", codes, codes * 0 + [[[[300]]]]), nlcd, None)
+    with pytest.raises(UserError, match=r"seven\.npz: data\.class_values=raw, but class values 7 are not codes of"):
+        as_class_indices(legacy_file(tmp_path / "seven.npz", codes, codes * 0 + 7), nlcd, "raw", "data.class_values")
+    with_legend = load_chips(hand_made_chips(tmp_path / "hand.npz"))
+    assert as_class_indices(with_legend, nlcd, None) is with_legend
+    with pytest.raises(UserError, match="records its legend, so it holds class indices; unset class_values"):
+        as_class_indices(with_legend, nlcd, "raw")
 
 
 # --- legends --------------------------------------------------------------------------------------------------------

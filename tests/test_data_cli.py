@@ -4,6 +4,7 @@ bad input, nothing left behind."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -196,3 +197,87 @@ def test_align_writes_the_dem_on_the_class_grid(tmp_path: Path, nlcd: Path, dem:
         values = aligned.read(1)
     assert values.dtype == np.float32 and not np.isnan(values).any()
     assert 200 <= values.min() < values.max() <= 900  # bilinear stays within the source's range
+
+
+def histogram_rows(printed: str) -> dict[str, list[str]]:
+    """Class histogram lines as ``{name: [train share, test share]}``."""
+    rows = {}
+    for line in printed.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[-1].endswith("%") and parts[-2].endswith("%"):
+            rows[" ".join(parts[:-2])] = parts[-2:]
+    return rows
+
+
+def test_chips_class_filter_counts_and_histogram(tmp_path: Path, capsys) -> None:
+    codes = np.full((16, 16), 41, dtype=np.uint8)
+    codes[:8, :8] = 11  # chip A: all water, dropped by 11=0.5
+    codes[:8, 8:12] = 11  # chip B: half water, kept (0.5 is not above 0.5)
+    codes[8:10, :8] = 21  # chip C: forest with 16 px developed
+    codes[8:, 8:] = 82  # chip D: crops with 8 px nodata
+    codes[15, 8:] = 0
+    raster = write_geotiff(tmp_path / "four.tif", codes, TRANSFORM, ALBERS, nodata=0)
+    out = tmp_path / "four.npz"
+    argv = ["data", "chips", str(raster), "--out", str(out), "--chip-size", "8", "--stride", "8"]
+    assert main([*argv, "--test-fraction", "0", "--max-nodata", "0.2", "--max-class-fraction", "11=0.5"]) == 0
+    printed = capsys.readouterr().out
+    assert "3 train / 0 test chips of 1x8x8 int16 (channels: landcover; 0 dropped for nodata, 1 for" in printed
+    rows = histogram_rows(printed)
+    # 192 pixels: water 32, forest 32 + 48, developed 16, crops 56, nodata 8.
+    assert rows == {
+        "11 Open Water": ["16.67%", "0.00%"],
+        "21 Developed, Open Space": ["8.33%", "0.00%"],
+        "41 Deciduous Forest": ["41.67%", "0.00%"],
+        "82 Cultivated Crops": ["29.17%", "0.00%"],
+        "nodata": ["4.17%", "0.00%"],
+    }
+    assert "(16 of the 20 classes of legend 'nlcd' are in neither split)" in printed
+    assert load_chips(out).metadata["sampling"]["max_class_fraction"] == {"11": 0.5}
+
+    for bad in ("11", "water=0.5", "11=half"):
+        assert main([*argv, "--max-class-fraction", bad]) == 2
+        assert f"--max-class-fraction '{bad}' should be CODE=FRACTION" in one_line_error(capsys)
+    assert main([*argv, "--max-class-fraction", "11=2"]) == 2
+    assert "max class fraction of code 11 must lie in [0, 1], got 2.0" in one_line_error(capsys)
+
+
+def test_chips_reports_duplicates_and_warns_about_classes_missing_from_a_split(tmp_path: Path, capsys, caplog) -> None:
+    patches = np.array([41, 42, 82], dtype=np.uint8)[np.random.default_rng(1).integers(0, 3, (16, 16))]
+    codes = np.kron(patches, np.ones((2, 2), dtype=np.uint8))
+    codes[:16, :16] = 11  # a lake filling one of four 16 px blocks: train or test lacks it
+    raster = write_geotiff(tmp_path / "lake.tif", codes, TRANSFORM, ALBERS, nodata=0)
+    out = tmp_path / "lake.npz"
+    argv = ["data", "chips", str(raster), "--out", str(out), "--chip-size", "4", "--count", "50"]
+    with caplog.at_level(logging.WARNING):
+        assert main([*argv, "--block-size", "16", "--test-fraction", "0.25"]) == 0
+    chips = load_chips(out)
+    counts = chips.metadata["counts"]
+    # Every chip inside the lake is the same all-water chip: one is kept, the others are dropped and replaced.
+    assert len(chips.train_data) + len(chips.test_data) == 50
+    lake = [(chip[0] == 0).all() for chip in np.concatenate([chips.train_data, chips.test_data])]
+    assert sum(lake) == 1 and counts["dropped_duplicates"] > 0
+    assert counts["windows_read"] == 50 + counts["dropped_duplicates"]
+    assert f"0 dropped for nodata, {counts['dropped_duplicates']} duplicates)" in capsys.readouterr().out
+    lake_split = "train" if (chips.train_data[:, 0] == 0).any() else "test"
+    other = "test" if lake_split == "train" else "train"
+    assert caplog.messages == [
+        f"{out}: train and test chips hold different classes; missing from {other}: Open Water (11)"
+    ]
+
+
+def test_info_prints_the_class_histogram_of_a_hand_made_chip_file(tmp_path: Path, capsys) -> None:
+    from landformer.core.chips import write_chips
+
+    legend = {"name": "toy", "nodata": [0], "classes": [{"code": c, "name": f"c{c}"} for c in (1, 2, 3, 4)]}
+    train = np.array([[[[0, 0], [1, -1]]], [[[0, 0], [0, 2]]]], dtype=np.int16)
+    test = np.array([[[[1, 1], [1, 3]]]], dtype=np.int16)
+    coords = np.array([[10.0, 50.0], [11.0, 50.0]])
+    out = write_chips(tmp_path / "hand.npz", train, test, coords, coords[:1], {"legend": legend})
+    assert main(["data", "info", str(out)]) == 0
+    assert histogram_rows(capsys.readouterr().out) == {
+        "1 c1": ["62.50%", "0.00%"],
+        "2 c2": ["12.50%", "75.00%"],
+        "3 c3": ["12.50%", "0.00%"],
+        "4 c4": ["0.00%", "25.00%"],
+        "nodata": ["12.50%", "0.00%"],
+    }

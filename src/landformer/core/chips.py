@@ -8,23 +8,30 @@ The steps, in order:
 3. read the windows in raster order, region by region, so each part of the raster is decompressed once and
    memory stays bounded whatever the raster's size; covariates (a DEM in any CRS and resolution) are
    resampled bilinearly onto the class grid (:class:`~landformer.core.raster.AlignedCovariate`);
-4. map raw class codes to indices through the legend and drop chips with too much nodata;
+4. map raw class codes to indices through the legend and drop chips with too much nodata or too large a share
+   of a limited class (``max_class_fraction``, e.g. ``{0: 0.5}`` keeps IGBP chips that are at least half land);
+   random chips are also de-duplicated (identical class + covariate chips are kept once, the first drawn);
+   grid chips are every position, so identical chips of uniform areas stay;
 5. write the chip file: ``train_data``/``test_data`` (N, C, H, W), ``train_coords``/``test_coords`` (N, 2)
    lon/lat of chip centres, a ``metadata`` JSON string, and the same JSON as a sidecar file.
 
 Channel 0 holds class indices 0..K-1 with nodata :data:`~landformer.core.legend.NODATA_INDEX`; the data are
 int16 without covariates and float32 with them (covariate nodata is NaN).
+
+Files in the original four-array format record no legend; :func:`as_class_indices` says whether their channel 0
+holds raw legend codes or indices, and refuses to guess when both readings fit but differ.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,6 +57,8 @@ REGION_SIZE = 512  # side of the raster regions read in one go; a few compressed
 BATCH_SIZE = 4096  # windows whose covariate positions are projected in one call
 GDAL_CACHE_BYTES = 128 * 2**20
 MAX_DRAW_FACTOR = 20  # random sampling gives up after drawing this many times `count` windows
+# Why each window read was kept or dropped (an int8 per window; counted into the chip file's metadata).
+KEPT, DROPPED_NODATA, DROPPED_CLASS, DROPPED_DUPLICATE = 0, 1, 2, 3
 
 
 @dataclass
@@ -58,16 +67,28 @@ class ChipConfig:
 
     class_raster: Path  # categorical raster (band 1) whose codes the legend maps to indices
     covariates: list[Path] = field(default_factory=list)  # continuous rasters; every band becomes a channel
-    legend: str = "nlcd"  # built-in name (nlcd, corine) or legend JSON path
+    legend: str = "nlcd"  # built-in name (nlcd, corine, igbp) or legend JSON path
     chip_size: int = 32
     count: int | None = None  # random sampling of `count` chips ...
     stride: int | None = None  # ... or a regular grid with this stride (default: count=1000)
     max_nodata: float = 0.0  # drop chips whose nodata fraction (any channel) exceeds this
+    max_class_fraction: dict[int, float] = field(default_factory=dict)  # raw class code -> drop chips whose share
+    # of that class exceeds this, e.g. {0: 0.5} for chips that are at least half land under the IGBP legend
     test_fraction: float = 0.2  # fraction of spatial blocks held out
     block_size: int | None = None  # side of the split blocks in pixels; default 8 * chip_size
     seed: int = 0
     unknown: Literal["error", "nodata"] = "error"  # class codes the legend lacks
     assume_crs: str | None = None  # CRS for any input raster that carries none
+
+    def __post_init__(self) -> None:
+        # YAML mappings and the config loader give keys as strings; class codes are integers.
+        limits = {}
+        for code, fraction in self.max_class_fraction.items():
+            try:
+                limits[int(code)] = fraction
+            except ValueError:
+                raise UserError(f"max class fraction: {code!r} is not an integer class code") from None
+        self.max_class_fraction = limits
 
     def validate(self) -> None:
         """Refuse impossible settings before any raster is opened."""
@@ -81,6 +102,9 @@ class ChipConfig:
             raise UserError(f"stride must be at least 1 pixel, got {self.stride}")
         if not 0.0 <= self.max_nodata <= 1.0:
             raise UserError(f"max nodata fraction must lie in [0, 1], got {self.max_nodata}")
+        for code, fraction in self.max_class_fraction.items():
+            if not 0.0 <= fraction <= 1.0:
+                raise UserError(f"max class fraction of code {code} must lie in [0, 1], got {fraction}")
         if not 0.0 <= self.test_fraction <= 1.0:
             raise UserError(f"test fraction must lie in [0, 1], got {self.test_fraction}")
         if self.block_size is not None and self.block_size < self.chip_size:
@@ -365,37 +389,119 @@ def nodata_fraction(chips: np.ndarray) -> np.ndarray:
     return missing.mean(axis=(1, 2))
 
 
+def class_pixel_counts(data: np.ndarray, n_classes: int) -> np.ndarray:
+    """Pixels of each class index 0..n_classes-1 in channel 0 of (N, C, H, W) chips; nodata is not counted."""
+    classes = data[:, 0]
+    valid = (classes >= 0) & (classes < n_classes)
+    return np.bincount(classes[valid].astype(np.int64), minlength=n_classes)
+
+
+def split_class_shares(chips: ChipSet) -> dict[str, np.ndarray]:
+    """Per split (``train``, ``test``), each class's share of all the split's pixels, in legend order; what the
+    shares leave to 1 is nodata. An empty split has all shares 0."""
+    n_classes = chips.legend.n_classes
+    shares = {}
+    for split, data in (("train", chips.train_data), ("test", chips.test_data)):
+        pixels = data.shape[0] * data.shape[2] * data.shape[3]
+        shares[split] = class_pixel_counts(data, n_classes) / pixels if pixels else np.zeros(n_classes)
+    return shares
+
+
+def warn_if_splits_differ(legend: Legend, train: np.ndarray, test: np.ndarray, source: str) -> None:
+    """One warning line when train and test chips do not hold the same classes, naming what each split lacks:
+    a class never seen in training cannot be scored fairly, one never tested is never checked."""
+    if len(train) == 0 or len(test) == 0:
+        return
+    in_train = class_pixel_counts(train, legend.n_classes) > 0
+    in_test = class_pixel_counts(test, legend.n_classes) > 0
+    missing = []
+    for split, lacking in (("test", in_train & ~in_test), ("train", in_test & ~in_train)):
+        if lacking.any():
+            names = ", ".join(f"{legend.names[i]} ({legend.codes[i]})" for i in np.flatnonzero(lacking))
+            missing.append(f"missing from {split}: {names}")
+    if missing:
+        log.warning("%s: train and test chips hold different classes; %s", source, "; ".join(missing))
+
+
+@dataclass(frozen=True)
+class ChipFilter:
+    """Which chips to keep: nodata fraction at most ``max_nodata``, and for each limited class index, its share
+    of the chip's pixels at most the limit."""
+
+    max_nodata: float
+    class_limits: dict[int, float]  # class index -> largest share of the chip's pixels
+
+    def reasons(self, chips: np.ndarray) -> np.ndarray:
+        """Per chip, KEPT, DROPPED_NODATA or DROPPED_CLASS (int8)."""
+        reasons = np.where(nodata_fraction(chips) > self.max_nodata, DROPPED_NODATA, KEPT).astype(np.int8)
+        for index, limit in self.class_limits.items():
+            share = (chips[:, 0] == index).mean(axis=(1, 2))
+            reasons[(reasons == KEPT) & (share > limit)] = DROPPED_CLASS
+        return reasons
+
+
 @dataclass
 class _Sampled:
-    """Chips that passed the nodata filter, in their final order: chip i is ``buffer[selection[i]]``.
+    """Chips that passed the filters, in their final order: chip i is ``buffer[selection[i]]``.
 
     Keeping the read buffer and an index (rather than reordered copies) lets the train/test split gather
-    each chip once, so peak memory stays near the size of the output.
+    each chip once, so peak memory stays near the size of the output. ``reasons`` holds why each window read was
+    kept or dropped; ``windows_read`` counts the windows needed for the chips kept.
     """
 
     rows: np.ndarray
     cols: np.ndarray
     buffer: np.ndarray
     selection: np.ndarray
-    windows_read: int
+    reasons: np.ndarray
+    deduplicated: bool
+
+    @property
+    def windows_read(self) -> int:
+        return len(self.reasons)
+
+    def counts(self) -> dict[str, int | None]:
+        """Windows read and dropped per reason (duplicates None where chips were not de-duplicated)."""
+        dropped = np.bincount(self.reasons, minlength=4)
+        return {
+            "windows_read": self.windows_read,
+            "dropped_nodata": int(dropped[DROPPED_NODATA]),
+            "dropped_class_fraction": int(dropped[DROPPED_CLASS]),
+            "dropped_duplicates": int(dropped[DROPPED_DUPLICATE]) if self.deduplicated else None,
+        }
 
 
 def _extract_kept(
-    extractor: ChipExtractor, rows: np.ndarray, cols: np.ndarray, max_nodata: float, bar: tqdm
-) -> tuple[np.ndarray, np.ndarray]:
-    """Read every window and keep the chips within the nodata limit: (positions kept, their chips)."""
+    extractor: ChipExtractor, rows: np.ndarray, cols: np.ndarray, chip_filter: ChipFilter, bar: tqdm
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read every window and keep the chips that pass the filter: (positions kept, their chips, the reason of
+    every window)."""
     size = extractor.chip_size
     buffer = np.empty((len(rows), len(extractor.channel_names), size, size), dtype=extractor.dtype)
+    reasons = np.empty(len(rows), dtype=np.int8)
     kept_positions = [np.empty(0, dtype=np.int64)]
     n_kept = 0
     for positions, chips in extractor.read_groups(rows, cols):
-        keep = nodata_fraction(chips) <= max_nodata
+        reasons[positions] = chip_filter.reasons(chips)
+        keep = reasons[positions] == KEPT
         n_new = int(keep.sum())
         buffer[n_kept : n_kept + n_new] = chips[keep]
         kept_positions.append(positions[keep])
         n_kept += n_new
         bar.update(len(positions))
-    return np.concatenate(kept_positions), buffer[:n_kept]
+    return np.concatenate(kept_positions), buffer[:n_kept], reasons
+
+
+def _first_copies(positions: np.ndarray, buffer: np.ndarray, seen: set[bytes]) -> np.ndarray:
+    """Which chips of ``buffer`` (read at draw ``positions``) are not copies of one drawn earlier: this call's
+    earlier draws or any chip whose digest is in ``seen`` (updated). 128-bit digests: a collision is never."""
+    first = np.zeros(len(positions), dtype=bool)
+    for i in np.argsort(positions, kind="stable").tolist():
+        digest = hashlib.blake2b(buffer[i].tobytes(), digest_size=16).digest()
+        if digest not in seen:
+            seen.add(digest)
+            first[i] = True
+    return first
 
 
 def make_chips(config: ChipConfig, out: str | os.PathLike[str]) -> Path:
@@ -403,6 +509,7 @@ def make_chips(config: ChipConfig, out: str | os.PathLike[str]) -> Path:
     config.validate()
     out = _chip_path(out)
     legend = load_legend(config.legend)
+    chip_filter = ChipFilter(config.max_nodata, _class_limits(config, legend))
     size = config.chip_size
     with contextlib.ExitStack() as stack:
         classes = stack.enter_context(open_raster(config.class_raster, config.assume_crs))
@@ -425,13 +532,12 @@ def make_chips(config: ChipConfig, out: str | os.PathLike[str]) -> Path:
         col_offsets = split.axis_offsets(classes.width, size)
         bar = stack.enter_context(tqdm(desc="chips", unit="chip", disable=None, dynamic_ncols=True))
         sample = (_grid_chips if config.stride is not None else _random_chips)(
-            extractor, row_offsets, col_offsets, config, bar
+            extractor, row_offsets, col_offsets, config, chip_filter, bar
         )
-        rows, cols, drawn = sample.rows, sample.cols, sample.windows_read
+        rows, cols = sample.rows, sample.cols
         if len(rows) == 0:
             raise UserError(
-                f"{config.class_raster}: none of {drawn} chip(s) has a nodata fraction within --max-nodata "
-                f"{config.max_nodata}"
+                f"{config.class_raster}: none of {sample.windows_read} chip(s) passes {_filter_flags(config)}"
             )
         lon, lat = chip_centre_lonlat(extractor.grid, rows, cols, size)
         coords = np.stack([lon, lat], axis=1)
@@ -453,6 +559,7 @@ def make_chips(config: ChipConfig, out: str | os.PathLike[str]) -> Path:
                 "count": (config.count or DEFAULT_COUNT) if config.stride is None else None,
                 "stride": config.stride,
                 "max_nodata": config.max_nodata,
+                "max_class_fraction": {str(code): limit for code, limit in config.max_class_fraction.items()},
                 "unknown": config.unknown,
             },
             "split": {
@@ -462,45 +569,73 @@ def make_chips(config: ChipConfig, out: str | os.PathLike[str]) -> Path:
                 "n_blocks": split.n_blocks,
                 "n_test_blocks": split.n_test_blocks,
             },
-            "counts": {
-                "train": int((~test).sum()),
-                "test": int(test.sum()),
-                "windows_read": drawn,
-                "dropped_nodata": drawn - len(rows),
-            },
+            "counts": {"train": int((~test).sum()), "test": int(test.sum()), **sample.counts()},
         }
         train_chips, test_chips = sample.buffer[sample.selection[~test]], sample.buffer[sample.selection[test]]
         del sample
+        warn_if_splits_differ(legend, train_chips, test_chips, str(out))
         return write_chips(out, train_chips, test_chips, coords[~test], coords[test], metadata)
 
 
+def _class_limits(config: ChipConfig, legend: Legend) -> dict[int, float]:
+    """``max_class_fraction`` by class index; a code the legend lacks is a UserError."""
+    index_of = {code: index for index, code in enumerate(legend.codes)}
+    unknown = sorted(set(config.max_class_fraction) - set(index_of))
+    if unknown:
+        raise UserError(
+            f"max class fraction names code(s) {unknown}, which are not classes of legend '{legend.name}' "
+            f"(codes {legend.codes[0]}..{legend.codes[-1]})"
+        )
+    return {index_of[code]: limit for code, limit in config.max_class_fraction.items()}
+
+
+def _filter_flags(config: ChipConfig) -> str:
+    """The filters a chip must pass, as the flags that set them: ``--max-nodata 0 --max-class-fraction 0=0.5``."""
+    flags = f"--max-nodata {config.max_nodata:g}"
+    for code, limit in config.max_class_fraction.items():
+        flags += f" --max-class-fraction {code}={limit:g}"
+    return flags
+
+
 def _grid_chips(
-    extractor: ChipExtractor, row_offsets: np.ndarray, col_offsets: np.ndarray, config: ChipConfig, bar: tqdm
+    extractor: ChipExtractor,
+    row_offsets: np.ndarray,
+    col_offsets: np.ndarray,
+    config: ChipConfig,
+    chip_filter: ChipFilter,
+    bar: tqdm,
 ) -> _Sampled:
-    """Every ``stride``-th position that fits a block, in row-major order, minus the chips with too much nodata."""
+    """Every ``stride``-th position that fits a block, in row-major order, minus the chips the filter drops."""
     assert config.stride is not None
     grid_rows = row_offsets[row_offsets % config.stride == 0]
     grid_cols = col_offsets[col_offsets % config.stride == 0]
     rows, cols = (axis.ravel() for axis in np.meshgrid(grid_rows, grid_cols, indexing="ij"))
     bar.reset(total=len(rows))
-    positions, buffer = _extract_kept(extractor, rows, cols, config.max_nodata, bar)
+    positions, buffer, reasons = _extract_kept(extractor, rows, cols, chip_filter, bar)
     selection = np.argsort(positions, kind="stable")
     positions = positions[selection]
-    return _Sampled(rows[positions], cols[positions], buffer, selection, len(rows))
+    return _Sampled(rows[positions], cols[positions], buffer, selection, reasons, deduplicated=False)
 
 
 def _random_chips(
-    extractor: ChipExtractor, row_offsets: np.ndarray, col_offsets: np.ndarray, config: ChipConfig, bar: tqdm
+    extractor: ChipExtractor,
+    row_offsets: np.ndarray,
+    col_offsets: np.ndarray,
+    config: ChipConfig,
+    chip_filter: ChipFilter,
+    bar: tqdm,
 ) -> _Sampled:
-    """The first ``count`` random windows (in draw order) that pass the nodata filter.
+    """The first ``count`` random windows (in draw order) that pass the filter and are no copy of an earlier one.
 
     Windows are drawn in rounds: the first asks for exactly ``count``; later rounds make up for dropped chips,
     scaled by the share kept so far, until ``count`` chips pass, every position was tried, or
-    ``MAX_DRAW_FACTOR * count`` windows were read.
+    ``MAX_DRAW_FACTOR * count`` windows were read. Identical chips (a uniform forest, open water) would weigh
+    twice in training and could sit in both splits, so only the first drawn is kept.
     """
     count = config.count or DEFAULT_COUNT
     sampler = RandomWindows(row_offsets, col_offsets, config.seed, expected=count)
-    all_rows, all_cols, kept_draws, buffers = [], [], [], []
+    all_rows, all_cols, all_reasons, kept_draws, buffers = [], [], [], [], []
+    seen: set[bytes] = set()
     n_kept = 0
     bar.reset(total=count)
     while n_kept < count and not sampler.exhausted and sampler.drawn < MAX_DRAW_FACTOR * count:
@@ -511,19 +646,23 @@ def _random_chips(
         if sampler.drawn > count:
             bar.total = sampler.drawn
             bar.refresh()
-        positions, buffer = _extract_kept(extractor, rows, cols, config.max_nodata, bar)
+        positions, buffer, reasons = _extract_kept(extractor, rows, cols, chip_filter, bar)
+        first = _first_copies(positions, buffer, seen)
+        reasons[positions[~first]] = DROPPED_DUPLICATE
+        positions, buffer = positions[first], buffer[first]
         all_rows.append(rows)
         all_cols.append(cols)
+        all_reasons.append(reasons)
         kept_draws.append(positions + first_draw)
         buffers.append(buffer)
         n_kept += len(positions)
     if n_kept < count:
         log.warning(
-            "%s: only %d of %d requested chips pass --max-nodata %s (%d windows tried)",
+            "%s: only %d of %d requested chips pass %s and are distinct (%d windows tried)",
             config.class_raster,
             n_kept,
             count,
-            config.max_nodata,
+            _filter_flags(config),
             sampler.drawn,
         )
     draws = np.concatenate(kept_draws)
@@ -531,7 +670,9 @@ def _random_chips(
     draws = draws[selection]
     rows, cols = np.concatenate(all_rows)[draws], np.concatenate(all_cols)[draws]
     buffer = buffers[0] if len(buffers) == 1 else np.concatenate(buffers)
-    return _Sampled(rows, cols, buffer, selection, sampler.drawn)
+    # Windows after the last chip kept were read only because rounds overshoot: a one-by-one draw stops there.
+    needed = int(draws[-1]) + 1 if n_kept >= count else sampler.drawn
+    return _Sampled(rows, cols, buffer, selection, np.concatenate(all_reasons)[:needed], deduplicated=True)
 
 
 def _version() -> str:
@@ -661,3 +802,84 @@ def _check_metadata(path: Path, chips: ChipSet) -> None:
                     f"chip file {path}: channel 0 holds class indices {lo:g}..{hi:g}, outside "
                     f"{NODATA_INDEX}..{n_classes - 1} of legend '{chips.legend.name}'"
                 )
+
+
+def as_class_indices(
+    chips: ChipSet,
+    legend: Legend,
+    class_values: Literal["raw", "indices"] | None,
+    setting: str = "class_values",
+) -> ChipSet:
+    """``chips`` with channel 0 holding class indices of ``legend`` (nodata codes become NODATA_INDEX).
+
+    A file that records a legend holds indices by contract. A file in the original four-array format may hold
+    raw legend codes (NLCD 11..95) or indices 0..K-1, and ``class_values`` says which. Left unset, the values
+    decide when only one reading fits them (one warning line says which was taken) or when both readings give
+    the same indices (IGBP codes 0..16); when both fit and differ, as CORINE codes 1..41 do (valid indices of its
+    44 classes too), it is a UserError naming ``setting``: a guess would shift every class by one.
+    """
+    source = chips.source or "chip file"
+    if "legend" in chips.metadata:
+        if class_values == "raw":
+            raise UserError(f"chip file {source} records its legend, so it holds class indices; unset {setting}")
+        return chips
+    values = _channel0_values(chips)
+    if class_values is None:
+        class_values = _reading_of(values, legend, str(source), setting)
+    if class_values == "indices":
+        return chips
+    unknown = values[~np.isin(values, [*legend.codes, *legend.nodata_codes])]
+    if unknown.size:
+        shown = ", ".join(f"{value:g}" for value in unknown[:20]) + (" ..." if unknown.size > 20 else "")
+        raise UserError(f"chip file {source}: {setting}=raw, but class values {shown} are not codes of '{legend.name}'")
+    where = f"chip file {source}"
+    return replace(
+        chips,
+        train_data=_codes_to_indices(chips.train_data, legend, where),
+        test_data=_codes_to_indices(chips.test_data, legend, where),
+    )
+
+
+def _channel0_values(chips: ChipSet) -> np.ndarray:
+    """The distinct values of channel 0 over both splits, NaN (nodata of float files) left out."""
+    values = np.unique(np.concatenate([np.unique(chips.train_data[:, 0]), np.unique(chips.test_data[:, 0])]))
+    return values[~np.isnan(values)] if values.dtype.kind == "f" else values
+
+
+def _reading_of(values: np.ndarray, legend: Legend, source: str, setting: str) -> Literal["raw", "indices"]:
+    """``"raw"`` or ``"indices"``: the one reading that fits ``values``; a UserError when none or two differing do."""
+    integral = bool(np.all(values == np.round(values)))
+    fits_indices = integral and bool(np.all((values >= NODATA_INDEX) & (values < legend.n_classes)))
+    fits_codes = integral and bool(np.all(np.isin(values, [*legend.codes, *legend.nodata_codes])))
+    span = f"{values.min():g}..{values.max():g}" if values.size else "none"
+    if fits_indices and fits_codes:
+        if np.array_equal(legend.encode(values), values):
+            return "indices"  # the legend maps these codes to themselves: both readings agree
+        raise UserError(
+            f"chip file {source} records no legend and its class values {span} are both '{legend.name}' codes and "
+            f"class indices, which differ: set {setting}=raw or {setting}=indices"
+        )
+    if fits_codes or fits_indices:
+        reading: Literal["raw", "indices"] = "raw" if fits_codes else "indices"
+        what = "raw codes" if fits_codes else "class indices"
+        log.warning(
+            "chip file %s: class values %s fit legend '%s' only as %s: read so (set %s=%s to say it)",
+            source,
+            span,
+            legend.name,
+            what,
+            setting,
+            reading,
+        )
+        return reading
+    raise UserError(
+        f"chip file {source}: class values {span} are neither codes of legend '{legend.name}' nor its class indices "
+        f"{NODATA_INDEX}..{legend.n_classes - 1}"
+    )
+
+
+def _codes_to_indices(data: np.ndarray, legend: Legend, source: str) -> np.ndarray:
+    """(N, C, H, W) chips with channel 0 mapped from raw codes to legend indices; covariates unchanged."""
+    out = data.astype(np.result_type(data.dtype, np.int16))
+    out[:, 0] = legend.encode(data[:, 0], source=source)
+    return out

@@ -63,7 +63,9 @@ def _register_chips(group: argparse._SubParsersAction) -> None:
         help="continuous raster aligned onto the class grid as extra channels, e.g. a DEM (repeatable)",
     )
     parser.add_argument(
-        "--legend", default=suppress, help="built-in legend (nlcd, corine) or legend JSON file" + default("legend")
+        "--legend",
+        default=suppress,
+        help="built-in legend (nlcd, corine, igbp) or legend JSON file" + default("legend"),
     )
     parser.add_argument("--chip-size", type=int, default=suppress, help="chip side in pixels" + default("chip_size"))
     sampling = parser.add_mutually_exclusive_group()
@@ -74,6 +76,14 @@ def _register_chips(group: argparse._SubParsersAction) -> None:
         type=float,
         default=suppress,
         help="drop chips whose nodata fraction exceeds this" + default("max_nodata"),
+    )
+    parser.add_argument(
+        "--max-class-fraction",
+        action="append",
+        default=suppress,
+        metavar="CODE=FRACTION",
+        help="drop chips whose share of pixels of raw class CODE exceeds FRACTION, e.g. 0=0.5 keeps IGBP chips "
+        "that are at least half land (repeatable)",
     )
     parser.add_argument(
         "--test-fraction",
@@ -106,6 +116,8 @@ def chip_config_from_args(args: argparse.Namespace) -> Any:
     }
     if given.get("class_raster") is None:  # an optional positional cannot be suppressed like the flags
         given.pop("class_raster", None)
+    if "max_class_fraction" in given:
+        given["max_class_fraction"] = _class_fractions(given["max_class_fraction"])
     if "count" in given or "stride" in given:  # choosing one sampling mode on the command line replaces the file's
         data.pop("count", None)
         data.pop("stride", None)
@@ -115,6 +127,18 @@ def chip_config_from_args(args: argparse.Namespace) -> Any:
     return from_dict(ChipConfig, data, source=str(args.config) if args.config is not None else "command line")
 
 
+def _class_fractions(items: list[str]) -> dict[int, float]:
+    """``["0=0.5", "13=0.2"]`` -> ``{0: 0.5, 13: 0.2}``; anything else is a UserError naming the item."""
+    limits = {}
+    for item in items:
+        code, _, fraction = item.partition("=")
+        try:
+            limits[int(code)] = float(fraction)
+        except ValueError:
+            raise UserError(f"--max-class-fraction {item!r} should be CODE=FRACTION, e.g. 0=0.5") from None
+    return limits
+
+
 def run_chips(args: argparse.Namespace) -> None:
     from landformer.core.chips import load_chips, make_chips
 
@@ -122,11 +146,43 @@ def run_chips(args: argparse.Namespace) -> None:
     chips = load_chips(out)
     counts = chips.metadata["counts"]
     shape = "x".join(str(n) for n in chips.train_data.shape[1:])
+    dropped = f"{counts['dropped_nodata']} dropped for nodata"
+    if chips.metadata["sampling"]["max_class_fraction"]:
+        dropped += f", {counts['dropped_class_fraction']} for --max-class-fraction"
+    if counts["dropped_duplicates"] is not None:
+        dropped += f", {counts['dropped_duplicates']} duplicates"
     print(f"wrote {out} and {out.with_suffix('.json')}")
     print(
         f"{counts['train']} train / {counts['test']} test chips of {shape} {chips.train_data.dtype} "
-        f"(channels: {', '.join(chips.channel_names)}; {counts['dropped_nodata']} dropped for nodata)"
+        f"(channels: {', '.join(chips.channel_names)}; {dropped})"
     )
+    print_class_histogram(chips)
+
+
+def print_class_histogram(chips: Any) -> None:
+    """Each class's share of the pixels of the train and test splits, classes present in either split only."""
+    from landformer.core.chips import split_class_shares
+
+    legend = chips.legend
+    shares = split_class_shares(chips)
+    present = [i for i in range(legend.n_classes) if shares["train"][i] > 0 or shares["test"][i] > 0]
+    width = max([len(legend.names[i]) for i in present] + [len("nodata")]) + 6
+    print(f"  {'class (share of pixels)':<{width}} {'train':>8} {'test':>8}")
+    for i in present:
+        label = f"{legend.codes[i]:>4}  {legend.names[i]}"
+        print(f"  {label:<{width}} {_share(shares['train'][i])} {_share(shares['test'][i])}")
+    sizes = {"train": len(chips.train_data), "test": len(chips.test_data)}
+    nodata = {split: 1.0 - value.sum() if sizes[split] else 0.0 for split, value in shares.items()}
+    if max(nodata.values()) > 1e-12:
+        print(f"  {'      nodata':<{width}} {_share(nodata['train'])} {_share(nodata['test'])}")
+    absent = legend.n_classes - len(present)
+    if absent:
+        print(f"  ({absent} of the {legend.n_classes} classes of legend '{legend.name}' are in neither split)")
+
+
+def _share(value: float) -> str:
+    """A share as a percentage 8 characters wide; a class present below 0.01 % is not shown as 0."""
+    return f"{'<0.01%':>8}" if 0 < value < 5e-5 else f"{value:8.2%}"
 
 
 def run_info(args: argparse.Namespace) -> None:
@@ -170,6 +226,7 @@ def _print_chip_info(path: Path) -> None:
     split = meta.get("split", {})
     print(f"  split:    blocks of {split.get('block_size')} px, test fraction {split.get('test_fraction')}")
     print(f"  sources:  {meta.get('sources', {})}")
+    print_class_histogram(chips)
 
 
 def run_align(args: argparse.Namespace) -> None:
