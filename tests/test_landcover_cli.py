@@ -69,6 +69,7 @@ def test_every_command_runs_on_the_trained_model(run: Path, chips: Path, tmp_pat
     ]
     info = json.loads((out / "info" / "info.json").read_text())
     assert info["n_chips"] == 8 and "lzma" in info["bits_per_pixel"]
+    assert {"context", "lzma_per_chip", "webp"} <= set(info["bits_per_pixel"]) and info["ratio_to_context"] > 0
 
 
 def _non_square(path: Path) -> Path:
@@ -117,6 +118,18 @@ def test_help_lists_the_commands(capsys) -> None:
     text = capsys.readouterr().out
     for command in ("train", "sample", "animate", "inpaint", "inpaint-eval", "perplexity", "info"):
         assert command in text
+
+
+def test_info_help_names_every_baseline(capsys) -> None:
+    from landformer.landcover.baselines import CODECS
+
+    with pytest.raises(SystemExit):
+        main(["landcover", "info", "--help"])
+    text = capsys.readouterr().out
+    baselines = text[text.index("baselines:") :]
+    for name in ("context", "class_entropy", "per_chip", *CODECS):
+        assert name in baselines, name
+    assert "W, N, NW, NE" in baselines
 
 
 def test_demo_step_writes_its_pictures_and_numbers(tmp_path: Path, monkeypatch) -> None:

@@ -20,7 +20,7 @@ from test_landcover_train import SIZE, TOY_LEGEND, make_chip_file
 from landformer.core.errors import UserError
 from landformer.core.legend import Legend
 from landformer.core.raster import write_geotiff
-from landformer.landcover import decoding
+from landformer.landcover import baselines, decoding
 from landformer.landcover import sample as lc
 from landformer.landcover.data import class_entropy_bits
 from landformer.landcover.export import CovariateStats, load_model, save_model
@@ -285,14 +285,42 @@ def test_perplexity_equals_the_mean_log_likelihood(model_dir: Path, chips: Path,
 def test_information_content_against_compressors(model_dir: Path, chips: Path, tmp_path: Path) -> None:
     summary = lc.information_content(model_dir, chips, tmp_path, orders=2)
     loaded = load_model(model_dir)
-    labels = lc.select_chips(loaded, lc.open_chips(loaded, chips)[0], None).labels.numpy()
+    chip_set = lc.open_chips(loaded, chips)[0]
+    fair, heldout = baselines.fair_test_split(chip_set)
+    labels = lc.select_chips(loaded, fair, None).labels.numpy()
+    assert summary["n_chips"] == len(heldout.indices) == len(labels)
+    assert summary["heldout"] == heldout.to_dict()
     bits = summary["bits_per_pixel"]
     expected_lzma = 8 * len(lzma.compress(labels.astype(np.uint8).tobytes(), preset=9 | lzma.PRESET_EXTREME))
     assert bits["lzma"] == pytest.approx(expected_lzma / labels.size)
     assert bits["class_entropy"] == pytest.approx(class_entropy_bits(labels, K))
-    assert set(bits) == {"model_random_order", "model_raster_order", "class_entropy", "gzip", "bz2", "lzma", "png"}
+    context = baselines.CausalContextModel.fit(baselines.chip_labels(chip_set.train_data), K)
+    assert bits["context"] == pytest.approx(context.bits_per_pixel(labels))
+    assert summary["ratio_to_context"] == pytest.approx(bits["model_random_order"] / bits["context"])
+    codecs = {*baselines.CODECS, *(f"{codec}_per_chip" for codec in baselines.CODECS)}
+    assert set(bits) == {"model_random_order", "model_raster_order", "context", "class_entropy", *codecs}
+    assert set(summary["baselines"]) == set(bits) - {"model_random_order", "model_raster_order"}
     assert summary["model_below"]["png"] == (bits["model_random_order"] < bits["png"])
     assert Path(summary["png"]).is_file()
+
+
+def test_information_content_scores_fair_chips_and_says_when_there_is_no_context_model(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """Test chips: two copies of one chip and a chip overlapping another; no train split."""
+    from landformer.core.chips import load_chips, write_chips
+
+    original = load_chips(make_chip_file(tmp_path / "toy.npz", elevation=True))
+    test = original.test_data[[0, 0, 1, 2]]
+    coords = np.array([[-100.0, 40.0], [-100.0, 40.0], [-100.0, 40.0001], [-99.0, 41.0]])  # chip 2 overlaps 0
+    metadata = {**original.metadata, "crs": "EPSG:4326", "pixel_size": [0.001, 0.001]}
+    empty = original.train_data[:0]
+    path = write_chips(tmp_path / "unfair.npz", empty, test, np.empty((0, 2)), coords, metadata)
+    summary = lc.information_content(model_dir, path, tmp_path / "info", orders=1)
+    assert summary["n_chips"] == 2
+    assert (summary["heldout"]["duplicates_dropped"], summary["heldout"]["overlapping_dropped"]) == (1, 1)
+    assert "context" not in summary["bits_per_pixel"] and summary["ratio_to_context"] is None
+    assert any("train split is empty" in note for note in summary["notes"])
 
 
 def test_class_entropy_of_known_distributions() -> None:

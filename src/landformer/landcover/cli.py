@@ -6,11 +6,33 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from landformer.cli import add_command, add_group, add_recipe_arguments
+from landformer.cli import Formatter, add_command, add_group, add_recipe_arguments
 from landformer.core.errors import UserError
 from landformer.core.train import add_resume_argument
 
 MODEL_HELP = "run folder of `landcover train`, or its model.safetensors"
+
+
+# Spelled out here rather than imported from landcover.baselines, whose imports would slow every --help.
+INFO_BASELINES = {
+    "context": "causal-context model: class counts given the W, N, NW, NE neighbours (chip edge and nodata: "
+    "'outside'), fitted on the train split, add-1/2 smoothing, raster order",
+    "class_entropy": "i.i.d. pixels with the test chips' own class frequencies",
+    "CODEC": "gzip, bz2, lzma, png, webp (lossless): all test chips in one stream or mosaic, headers paid once",
+    "CODEC_per_chip": "the same codecs on each chip alone, headers included",
+    "test chips": "exact duplicates, and chips sharing a pixel with a chip kept before them, are dropped first",
+}
+
+
+class ListFormatter(argparse.RawDescriptionHelpFormatter, Formatter):
+    """``--help`` that keeps the line breaks of the description and epilog (one baseline per line)."""
+
+
+def add_baselines_epilog(parser: argparse.ArgumentParser, lines: dict[str, str]) -> None:
+    """List ``name: what it is`` under the arguments of ``parser``'s ``--help``, one per line."""
+    width = max(map(len, lines))
+    parser.epilog = "baselines:\n" + "\n".join(f"  {name:<{width}}  {text}" for name, text in lines.items())
+    parser.formatter_class = ListFormatter
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -196,7 +218,13 @@ def _register_scoring(group: argparse._SubParsersAction) -> None:
     score = add_command(
         group, "perplexity", "held-out log-likelihood in random and raster orders (nats, bits)", run_perplexity
     )
-    info = add_command(group, "info", "bits per pixel of the model vs class entropy, gzip, bz2, lzma and PNG", run_info)
+    info = add_command(
+        group,
+        "info",
+        "bits per pixel of the model vs a causal-context model, class entropy and compressors (fair test chips)",
+        run_info,
+    )
+    add_baselines_epilog(info, INFO_BASELINES)
     for parser, out_help, n_help in (
         (score, "folder for perplexity.json", "score only the first N test chips (default: all)"),
         (info, "folder for info.json and info.png", "use only the first N test chips (default: all)"),
@@ -335,6 +363,10 @@ def run_info(args: argparse.Namespace) -> None:
     from landformer.landcover.sample import information_content
 
     s = information_content(args.model, **_scoring_arguments(args))
+    for note in s["notes"]:
+        print(f"note: {note}")
     for name, bits in sorted(s["bits_per_pixel"].items(), key=lambda item: item[1]):
         print(f"{name:20s} {bits:.4f} bits/pixel")
+    if s["ratio_to_context"] is not None:
+        print(f"model / context model: {s['ratio_to_context']:.3f} (random orders; below 1 beats four neighbours)")
     print(f"results: {s['json']}; chart: {s['png']}")

@@ -15,15 +15,13 @@ covariates.
 Scores. Log-likelihoods are natural logs per valid pixel (nats); bits = nats / ln 2. Inpainting accuracy is
 measured on the hidden pixels only, for the model's per-pixel most likely class given the known pixels (one
 forward pass that asks for every hidden cell after the known ones), for one sampled completion, and for two
-baselines: the majority class of the known pixels and the class of the nearest known pixel.
+baselines: the majority class of the known pixels and the class of the nearest known pixel. ``info`` sets the
+model's bits beside the strong baselines of :mod:`landformer.landcover.baselines` (causal-context model,
+per-chip and pooled compressors) on fair test chips: no exact duplicates, no two chips sharing a pixel.
 """
 
 from __future__ import annotations
 
-import bz2
-import gzip
-import io
-import lzma
 import math
 import os
 import warnings
@@ -41,7 +39,7 @@ from landformer.core.errors import UserError
 from landformer.core.io import write_json, write_npz
 from landformer.core.legend import Legend
 from landformer.core.viz import DPI, new_figure, save_figure
-from landformer.landcover import decoding
+from landformer.landcover import baselines, decoding
 from landformer.landcover.data import ChipTensors, class_entropy_bits, lonlat_inputs
 from landformer.landcover.export import LoadedModel, check_chips_match, load_model
 from landformer.landcover.task import class_grid
@@ -745,36 +743,6 @@ def perplexity(
     return summary
 
 
-def compressed_bits(labels: np.ndarray) -> dict[str, float]:
-    """Bits per pixel of general-purpose compressors on (N, H, W) class maps, all chips in one stream.
-
-    Pixels are one byte each (nodata 255); gzip, bz2 and lzma compress the stack at their strongest settings,
-    PNG (8-bit grey, level 9) a mosaic of the chips side by side. One stream for all chips is generous to the
-    compressors: header costs are paid once and they share statistics across chips.
-    """
-    from PIL import Image
-
-    pixels = np.where(labels >= 0, labels, 255).astype(np.uint8)
-    n_pixels = pixels.size
-    raw = pixels.tobytes()
-    sizes = {
-        "gzip": len(gzip.compress(raw, compresslevel=9, mtime=0)),
-        "bz2": len(bz2.compress(raw, compresslevel=9)),
-        "lzma": len(lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME)),
-    }
-    count, height, width = pixels.shape
-    columns = math.ceil(math.sqrt(count))
-    rows = math.ceil(count / columns)
-    mosaic = np.full((rows * height, columns * width), 255, dtype=np.uint8)
-    for i, chip in enumerate(pixels):
-        r, c = divmod(i, columns)
-        mosaic[r * height : (r + 1) * height, c * width : (c + 1) * width] = chip
-    buffer = io.BytesIO()
-    Image.fromarray(mosaic, mode="L").save(buffer, format="PNG", optimize=True, compress_level=9)
-    sizes["png"] = len(buffer.getvalue())
-    return {name: 8.0 * size / n_pixels for name, size in sizes.items()}
-
-
 def information_content(
     model: ModelLike,
     chips: str | os.PathLike[str] | None,
@@ -785,45 +753,95 @@ def information_content(
     seed: int = 0,
     device: str = "cpu",
 ) -> dict[str, Any]:
-    """How many bits a pixel of the test chips carries: the model's bits/pixel (random orders and raster order)
-    against the class entropy (i.i.d. pixels with the test chips' own class frequencies) and gzip, bz2, lzma and
-    PNG on the same chips. Writes ``info.json`` and ``info.png``.
+    """How many bits a pixel of the held-out chips carries under the model and under strong simple baselines, all
+    on the same fair test chips (exact duplicates and chips overlapping a kept chip dropped,
+    :func:`~landformer.landcover.baselines.heldout_chips`). Writes ``info.json`` and ``info.png``.
 
-    The model's bits exclude its weights (~0.8 MB for the tiny preset): this is the information content of a
-    pixel under the model, not a file size; the compressors' figures include their headers.
+    - model: bits/pixel averaged over ``orders`` random orders (``model_random_order``) and in raster order;
+    - ``context``: the causal-context model (class counts given the W, N, NW, NE neighbours) fitted on the chip
+      file's train split, add-1/2, raster order; left out, with a note, when the train split is empty;
+    - ``class_entropy``: i.i.d. pixels with the test chips' own class frequencies;
+    - ``gzip``, ``bz2``, ``lzma``, ``png``, ``webp``: all test chips in one stream or mosaic (headers paid once);
+    - ``gzip_per_chip`` ... ``webp_per_chip``: each chip compressed alone, headers included.
+
+    ``ratio_to_context`` is the model's random-order bits over the context model's: a model below 1 has
+    learned more than four neighbours tell. The model's bits exclude its weights: this is the information content
+    of a pixel under the model, not a file size; the compressors' figures include their headers.
     """
     loaded = _loaded(model, device)
     chip_set, path = open_chips(loaded, chips)
-    tensors = select_chips(loaded, chip_set, n)
+    fair, heldout = baselines.fair_test_split(chip_set)
+    tensors = select_chips(loaded, fair, n)
     scores = negative_log_likelihood(loaded, tensors, orders, batch_size, seed)
     labels = tensors.labels.numpy()
-    baselines = {"class_entropy": class_entropy_bits(labels, loaded.legend.n_classes), **compressed_bits(labels)}
-    bits = {"model_random_order": scores["random_bits"], "model_raster_order": scores["raster_bits"], **baselines}
+    n_classes = loaded.legend.n_classes
+    notes = [heldout.describe()]
+    baseline_bits: dict[str, float] = {}
+    context = baselines.fit_context_model(chip_set, n_classes)
+    if context is None:
+        notes.append(f"chip file {path}: the train split is empty, so there is no causal-context model to compare")
+    else:
+        baseline_bits["context"] = context.bits_per_pixel(labels)
+    baseline_bits["class_entropy"] = class_entropy_bits(labels, n_classes)
+    baseline_bits.update(baselines.compressed_bits(labels))
+    bits = {"model_random_order": scores["random_bits"], "model_raster_order": scores["raster_bits"], **baseline_bits}
     summary = {
         "chips": str(path),
         "model": str(loaded.path),
         "n_chips": len(tensors),
         "pixels": scores["pixels"],
+        "heldout": heldout.to_dict(),
         "bits_per_pixel": bits,
-        "model_below": {name: scores["random_bits"] < value for name, value in baselines.items()},
+        "ratio_to_context": scores["random_bits"] / baseline_bits["context"] if context is not None else None,
+        "model_below": {name: scores["random_bits"] < value for name, value in baseline_bits.items()},
+        "baselines": {name: baselines.BASELINE_DESCRIPTIONS[name] for name in baseline_bits},
+        "notes": notes,
         "random_nats_per_order": scores["random_nats_per_order"],
         "seed": seed,
     }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    summary["png"] = str(plot_information(bits, out / "info.png"))
+    title = f"{len(tensors)} held-out {loaded.chip_size}x{loaded.chip_size} chips"
+    summary["png"] = str(plot_information(bits, out / "info.png", title, summary["ratio_to_context"]))
     summary["json"] = str(write_json(out / "info.json", summary))
     return summary
 
 
-def plot_information(bits: dict[str, float], path: Path) -> Path:
-    """Horizontal bars of bits per pixel, smallest first."""
-    figure, axis = _figure(6, 3.2)
-    names = sorted(bits, key=lambda name: bits[name])
-    colours = ["tab:green" if name.startswith("model") else "tab:grey" for name in names]
-    axis.barh(names, [bits[name] for name in names], color=colours)
+BAR_LABELS = {
+    "model_random_order": "model, random orders",
+    "model_raster_order": "model, raster order",
+    "context": "context model (W, N, NW, NE)",
+    "class_entropy": "class entropy (i.i.d.)",
+}
+
+
+def _bar_label(name: str) -> str:
+    if name in BAR_LABELS:
+        return BAR_LABELS[name]
+    codec, per_chip, _ = name.partition("_per_chip")
+    return f"{codec}, {'per chip' if per_chip else 'pooled'}"
+
+
+def _bar_colour(name: str) -> str:
+    if name.startswith("model"):
+        return "tab:green"
+    if name == "context":
+        return "tab:orange"
+    return "dimgray" if name.endswith("_per_chip") else "darkgray"
+
+
+def plot_information(bits: dict[str, float], path: Path, title: str, ratio_to_context: float | None) -> Path:
+    """Horizontal bars of bits per pixel, smallest at the top: model green, context model orange, compressors
+    grey (dark: per chip, light: pooled)."""
+    names = sorted(bits, key=lambda name: bits[name], reverse=True)
+    figure, axis = _figure(7, 0.32 * len(names) + 1.4)
+    colours = [_bar_colour(name) for name in names]
+    axis.barh([_bar_label(name) for name in names], [bits[name] for name in names], color=colours)
     for y, name in enumerate(names):
         axis.text(bits[name], y, f" {bits[name]:.3f}", va="center", fontsize=8)
-    axis.set(xlabel="bits per pixel (lower = more predictable)", title="information content of held-out chips")
+    if ratio_to_context is not None:
+        title += f"; model / context model = {ratio_to_context:.2f}"
+    axis.set(xlabel="bits per pixel (lower = more predictable)", title=title)
+    axis.title.set_fontsize(9)
     axis.set_xlim(0, max(bits.values()) * 1.2)
     return save_figure(figure, path)
