@@ -12,6 +12,7 @@ from affine import Affine
 from landformer.core.errors import UserError
 from landformer.core.legend import Legend, load_legend
 from landformer.landcover import apps, evaluate
+from landformer.landcover.baselines import CausalContextModel
 from landformer.landcover.model import LandCoverConfig, LandCoverRandAR, random_orders
 
 SIZE = 8
@@ -208,7 +209,8 @@ def test_embed_plot_umap_on_positions(model: LandCoverRandAR, legend: Legend, tm
 def test_sample_realism_report(model: LandCoverRandAR, legend: Legend, tmp_path) -> None:
     reference = labels_with_nodata(6, legend.n_classes, seed=5)
     result = apps.sample_realism(model, reference, n=4, steps_list=[None, 4], batch_size=3, seed=0)
-    assert set(result.report) == {"sequential", "parallel_4", "shuffled_baseline"}
+    assert set(result.report) == {"sequential", "parallel_4", "shuffled_baseline", "noise_floor"}
+    assert result.report["noise_floor"] == evaluate.noise_floor(reference[:4], legend.n_classes)
     for name, samples in result.samples.items():
         assert samples.shape == (4, SIZE, SIZE) and samples.min() >= 0 and samples.max() < legend.n_classes
         means = evaluate.mean_landscape_metrics(samples, legend.n_classes)
@@ -221,6 +223,23 @@ def test_sample_realism_report(model: LandCoverRandAR, legend: Legend, tmp_path)
     np.testing.assert_array_equal(par, result.samples["parallel_4"])
     paths = apps.write_realism(result, legend, tmp_path, columns=2)
     assert paths["panel"].stat().st_size > 0
+    assert set(summary["gaps_to_test"]) == set(result.report)
+
+
+def test_sample_realism_beside_the_context_model(model: LandCoverRandAR, legend: Legend, tmp_path) -> None:
+    reference = labels_with_nodata(6, legend.n_classes, seed=5)
+    context = CausalContextModel.fit(labels_with_nodata(10, legend.n_classes, seed=6), legend.n_classes)
+    result = apps.sample_realism(model, reference, n=4, steps_list=[None], seed=2, context=context)
+    expected = context.sample(4, SIZE, SIZE, np.random.default_rng(2))
+    np.testing.assert_array_equal(result.baselines["context_model"], expected)
+    assert result.report["context_model"] == evaluate.compare_to_reference(expected, reference[:4], legend.n_classes)
+    summary = result.summary()
+    assert set(summary["settings"]) == {"sequential"}  # a baseline is not a decoding setting
+    gaps = summary["gaps_to_test"]["context_model"]
+    single = result.report["context_model"]["single_pixel_share"]
+    assert gaps["single_pixel_ratio"] == pytest.approx(single["value"] / single["reference"])
+    assert gaps["patch_density"] == result.report["context_model"]["patch_density"]["relative_difference"]
+    assert apps.write_realism(result, legend, tmp_path, columns=2)["panel"].stat().st_size > 0
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -280,7 +299,9 @@ def test_cli_gibbs_panorama_embed_evaluate(cli_files: dict[str, Path], legend: L
 
     record = read_json(tmp_path / "eval" / "realism.json")
     assert set(record["settings"]) == {"sequential", "parallel_4"}
-    assert set(record["report"]) == {"sequential", "parallel_4", "shuffled_baseline"}
+    baselines = {"context_model", "shuffled_baseline", "noise_floor"}
+    assert set(record["report"]) == {"sequential", "parallel_4", *baselines}
+    assert any("6 of 6 test chips kept" in note for note in record["notes"])
     assert (tmp_path / "eval" / "realism_panel.png").exists()
 
 

@@ -15,7 +15,8 @@ names or colours) and plain arrays, so it runs the same on a model loaded with
 - :func:`panorama`: outpaint a map wider (and taller) than the chips window by window, each new window
   conditioned on the part it shares with what is already drawn.
 - :func:`generate_samples` / :func:`sample_realism`: samples with sequential or parallel decoding and their
-  landscape metrics against test chips (:mod:`landformer.landcover.evaluate`).
+  landscape metrics against test chips (:mod:`landformer.landcover.evaluate`), beside samples of the
+  causal-context model, shuffled pixels and the noise floor of two halves of the test chips.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from landformer.core.errors import UserError
 from landformer.core.io import write_json, write_npz
 from landformer.core.legend import Legend
 from landformer.landcover import decoding, evaluate
+from landformer.landcover.baselines import CausalContextModel
 from landformer.landcover.model import LandCoverRandAR, random_orders
 
 EmbedWhat = Literal["classes", "positions", "chips"]
@@ -704,10 +706,12 @@ def steps_name(steps: int | None) -> str:
 
 @dataclass
 class RealismResult:
-    samples: dict[str, np.ndarray]  # setting name -> (n, H, W)
+    samples: dict[str, np.ndarray]  # decoding setting name -> (n, H, W)
     seconds: dict[str, float]
     report: dict[str, dict[str, dict[str, float]]]  # see evaluate.realism_report
     reference: np.ndarray
+    baselines: dict[str, np.ndarray] = field(default_factory=dict)  # "context_model" -> (n, H, W) samples
+    notes: list[str] = field(default_factory=list)  # what a reader should know: chips dropped, baselines missing
 
     def summary(self) -> dict[str, Any]:
         n = next(iter(self.samples.values())).shape[0]
@@ -721,7 +725,24 @@ class RealismResult:
                 "metrics": metrics,
                 "max_gap_to_sequential": evaluate.max_relative_gap(metrics, sequential) if sequential else None,
             }
-        return {"n": n, "settings": settings, "report": self.report, "table": evaluate.format_report(self.report)}
+        return {
+            "n": n,
+            "notes": self.notes,
+            "settings": settings,
+            "gaps_to_test": {name: gaps_to_reference(table) for name, table in self.report.items()},
+            "report": self.report,
+            "table": evaluate.format_report(self.report),
+        }
+
+
+def gaps_to_reference(table: dict[str, dict[str, float]]) -> dict[str, float]:
+    """The relative difference of each landscape metric, the single-pixel share as a ratio (the speckle target is
+    one) and the class-histogram L1 distance, from one entry of :func:`evaluate.realism_report`."""
+    gaps = {metric: table[metric]["relative_difference"] for metric in evaluate.LANDSCAPE_METRICS}
+    single = table["single_pixel_share"]
+    gaps["single_pixel_ratio"] = single["value"] / single["reference"] if single["reference"] > 0 else math.nan
+    gaps["class_l1"] = table["class_l1"]["value"]
+    return gaps
 
 
 def sample_realism(
@@ -734,10 +755,13 @@ def sample_realism(
     lonlat: Tensor | None = None,
     batch_size: int = 64,
     seed: int = 0,
+    context: CausalContextModel | None = None,
 ) -> RealismResult:
-    """Draw ``n`` samples per decoding setting and compare each set, and the shuffled-pixel baseline, with the
-    ``reference`` test chips (n, H, W) (:func:`evaluate.realism_report`). Conditional models draw sample i with
-    the covariates / lon-lat of reference chip i. Every setting starts from the same seed."""
+    """Draw ``n`` samples per decoding setting and compare each set with the ``reference`` test chips (n, H, W)
+    (:func:`evaluate.realism_report`, which adds the shuffled-pixel baseline and the noise floor). With a fitted
+    ``context`` model, ``n`` maps drawn from it in raster order are compared too (key ``"context_model"``): the
+    4-neighbour Markov-chain baseline. Conditional models draw sample i with the covariates / lon-lat of reference
+    chip i. Every setting starts from the same seed."""
     reference = np.asarray(reference)[:n]
     if reference.shape[0] < n:
         raise UserError(f"realism: asked for {n} samples but only {reference.shape[0]} test chips to compare with")
@@ -747,20 +771,29 @@ def sample_realism(
         samples[name], seconds[name] = generate_samples(
             model, n, steps, temperature, None, covariates, lonlat, batch_size, seed
         )
-    report = evaluate.realism_report(samples, reference, model.config.n_classes, seed=seed)
-    return RealismResult(samples, seconds, report, reference)
+    extra = {}
+    if context is not None:
+        extra["context_model"] = context.sample(n, *reference.shape[1:], np.random.default_rng(seed))
+    report = evaluate.realism_report({**samples, **extra}, reference, model.config.n_classes, seed=seed)
+    return RealismResult(samples, seconds, report, reference, extra)
 
 
 def write_realism(
     result: RealismResult, legend: Legend, out_dir: str | os.PathLike[str], columns: int = 6
 ) -> dict[str, Path]:
-    """``realism.json`` (summary, per-setting speed and metrics, text table) and ``realism_panel.png``: a row of
-    test chips, a row per decoding setting and a row of the shuffled baseline."""
+    """``realism.json`` (summary, per-setting speed and metrics, gaps to the test chips, text table) and
+    ``realism_panel.png``: a row of test chips, a row per decoding setting, a row of context-model samples (when
+    there are any) and a row of the shuffled baseline."""
     from landformer.core.viz import save_panel
 
     out = Path(out_dir)
     columns = min(columns, result.reference.shape[0])
-    rows = {"test": result.reference, **result.samples, "shuffled": evaluate.shuffled_baseline(result.reference)}
+    rows = {
+        "test": result.reference,
+        **result.samples,
+        **{name.replace("_", " "): maps for name, maps in result.baselines.items()},
+        "shuffled": evaluate.shuffled_baseline(result.reference),
+    }
     images, titles = [], []
     for name, maps in rows.items():
         for i in range(columns):

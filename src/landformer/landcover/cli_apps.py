@@ -14,6 +14,7 @@ from typing import Any
 from landformer.cli import add_command
 from landformer.core.errors import UserError
 from landformer.landcover.cli import (
+    add_baselines_epilog,
     add_batch_size_argument,
     add_chips_argument,
     add_decoding_arguments,
@@ -85,7 +86,10 @@ def add_app_commands(group: argparse._SubParsersAction) -> None:
     pano.add_argument("--fps", type=float, default=12.0, help="frames per second of the reveal GIF")
 
     realism = add_command(
-        group, "evaluate", "realism of sequential and parallel samples against test chips (landscape metrics)", run_eval
+        group,
+        "evaluate",
+        "realism of sequential and parallel samples against test chips (landscape metrics), beside baselines",
+        run_eval,
     )
     add_model_arguments(realism, OUT_HELP, threads=0)
     add_chips_argument(realism, "chip file whose test chips are the reference", required=True)
@@ -95,6 +99,16 @@ def add_app_commands(group: argparse._SubParsersAction) -> None:
     )
     add_decoding_arguments(realism, steps=False)
     add_batch_size_argument(realism, 64, "samples")
+    add_baselines_epilog(
+        realism,
+        {
+            "context_model": "n maps drawn cell by cell in raster order from the causal-context model (class counts "
+            "given the W, N, NW, NE neighbours) fitted on the train split",
+            "shuffled_baseline": "the test chips with their pixels shuffled: same class histogram, no structure",
+            "noise_floor": "alternate halves of the test chips against each other: the gaps chance alone makes",
+            "test chips": "exact duplicates, and chips sharing a pixel with a chip kept before them, are dropped first",
+        },
+    )
 
 
 def _load_model(args: argparse.Namespace) -> Any:
@@ -104,23 +118,34 @@ def _load_model(args: argparse.Namespace) -> Any:
     return load_model(args.model, device=args.device)
 
 
-def _chip_inputs(path: Path, loaded: Any, split: str = "test", limit: int | None = None) -> tuple[Any, Any, Any]:
-    """Labels (N, H, W), covariates (N, c, H, W) or None, lon/lat (N, 2) or None of one split of a chip file."""
+def _load_chips(path: Path, loaded: Any) -> Any:
+    """The chip file at ``path``, checked against the model."""
     from landformer.core.chips import load_chips
-    from landformer.landcover.data import lonlat_inputs, model_inputs
     from landformer.landcover.export import check_chips_match
 
     chips = load_chips(path)
     check_chips_match(loaded, chips, str(path))
+    return chips
+
+
+def _split_inputs(chips: Any, loaded: Any, split: str = "test", limit: int | None = None) -> tuple[Any, Any, Any]:
+    """Labels (N, H, W), covariates (N, c, H, W) or None, lon/lat (N, 2) or None of one split of loaded chips."""
+    from landformer.landcover.data import lonlat_inputs, model_inputs
+
     data = chips.test_data if split == "test" else chips.train_data
     coords = chips.test_coords if split == "test" else chips.train_coords
     if len(data) == 0:
-        raise UserError(f"chip file {path}: the {split} split holds no chips")
+        raise UserError(f"chip file {chips.source}: the {split} split holds no chips")
     if limit is not None:
         data, coords = data[:limit], coords[:limit]
     labels, covariates = model_inputs(data, loaded)
     lonlat = lonlat_inputs(coords) if loaded.config.use_lonlat else None
     return labels, covariates, lonlat
+
+
+def _chip_inputs(path: Path, loaded: Any, split: str = "test", limit: int | None = None) -> tuple[Any, Any, Any]:
+    """:func:`_split_inputs` of the chip file at ``path``."""
+    return _split_inputs(_load_chips(path, loaded), loaded, split, limit)
 
 
 def _report(paths: dict[str, Path]) -> None:
@@ -296,16 +321,24 @@ def run_panorama(args: argparse.Namespace) -> None:
 def run_eval(args: argparse.Namespace) -> None:
     import torch
 
-    from landformer.landcover import apps
+    from landformer.landcover import apps, baselines
 
     check_at_least("--n", args.n)
     check_at_least("--batch-size", args.batch_size)
     for steps in args.steps:
         check_at_least("--steps", steps)
     loaded = _load_model(args)
-    labels, covariates, lonlat = _chip_inputs(args.chips, loaded, "test")
+    chips = _load_chips(args.chips, loaded)
+    fair, heldout = baselines.fair_test_split(chips)
+    notes = [heldout.describe()]
+    labels, covariates, lonlat = _split_inputs(fair, loaded, "test")
     if len(labels) < args.n:
-        raise UserError(f"chip file {args.chips} has {len(labels)} test chips; --n {args.n} asks for more")
+        raise UserError(f"chip file {args.chips}: {heldout.describe()}; --n {args.n} asks for more")
+    context = baselines.fit_context_model(chips, loaded.legend.n_classes)
+    if context is None:
+        notes.append(f"chip file {args.chips}: the train split is empty, so there are no context-model samples")
+    for note in notes:
+        print(f"note: {note}")
     picked = torch.as_tensor(apps.spread_indices(len(labels), args.n))
     labels = labels[picked]
     covariates = covariates[picked] if covariates is not None else None
@@ -320,7 +353,9 @@ def run_eval(args: argparse.Namespace) -> None:
         lonlat,
         args.batch_size,
         args.seed,
+        context,
     )
+    result.notes.extend(notes)
     summary = result.summary()
     print(summary["table"])
     for name, setting in summary["settings"].items():
