@@ -309,6 +309,102 @@ def test_a_chip_file_without_a_legend_needs_data_legend(tmp_path: Path) -> None:
         train_landcover(tiny_recipe(raw, steps=1), tmp_path / "run")
 
 
+def test_legend_less_raw_corine_codes_need_data_class_values(tmp_path: Path, monkeypatch) -> None:
+    """Raw CORINE codes 1..41 are valid indices of its 44 classes too: unset, training refuses to guess; raw maps
+    code c to index c - 1; indices takes the values as they are."""
+    import landformer.landcover.train as train_module
+
+    codes = (toy_maps(8, SIZE, 0)[:, None] * 10 + 1).astype(np.int16)  # codes 1, 11, 21, 31, 41 of CORINE
+    coords = np.zeros((4, 2))
+    raw = tmp_path / "clc.npz"
+    np.savez(raw, train_data=codes[:4], test_data=codes[4:], train_coords=coords, test_coords=coords)
+    with pytest.raises(UserError, match=r"clc\.npz records no legend .* set data\.class_values=raw or"):
+        train_landcover(tiny_recipe(raw, steps=1, **{"data.legend": "corine"}), tmp_path / "unset")
+    seen = {}
+    original = train_module.check_training_chips
+
+    def spy(chips: Any, n_classes: int, source: Path, covariates: bool) -> None:
+        seen["train"] = chips.train_data
+        original(chips, n_classes, source, covariates)
+
+    monkeypatch.setattr(train_module, "check_training_chips", spy)
+    for reading, expected in (("raw", codes[:4] - 1), ("indices", codes[:4])):
+        settings = {"data.legend": "corine", "data.class_values": reading}
+        run = train_landcover(tiny_recipe(raw, steps=1, **settings), tmp_path / reading)
+        np.testing.assert_array_equal(seen["train"], expected)
+        assert load_model(run["run_dir"]).legend.name == "corine"
+
+
+def training_without_data(*settings: str) -> LandCoverRecipe:
+    """The tiny test model with no chips and no world given: the recipe's data source decides."""
+    return load_config(
+        LandCoverRecipe,
+        None,
+        [
+            "data.batch_size=8",
+            "data.val_chips=8",
+            "model.n_layers=1",
+            "model.n_heads=2",
+            "model.dim=16",
+            "task.threads=1",
+            "images.n=2",
+            "images.steps=2",
+            "train.max_steps=1",
+            "train.val_every_steps=1",
+            "train.progress_bar=false",
+            "train.accelerator=cpu",
+            *settings,
+        ],
+    )
+
+
+def test_training_without_data_cuts_real_igbp_chips(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("LANDFORMER_CACHE", str(tmp_path / "cache"))
+    recipe = training_without_data("data.igbp_region=[0, 40, 20, 50]")  # Europe: 400 x 200 px
+    assert recipe.data.source == "igbp" and recipe.data.igbp_max_water == 0.5
+    summary = train_landcover(recipe, tmp_path / "run")
+    assert "chips of real IGBP land cover (MODIS MCD12C1 2019)" in capsys.readouterr().out
+    run = tmp_path / "run"
+    chips = load_chips(run / "chips.npz")
+    assert chips.legend.name == "igbp" and chips.chip_size == 16 and chips.metadata["sampling"]["stride"] == 8
+    assert chips.metadata["sources"]["class_raster"] == str(run / "chips_igbp.tif")
+    assert chips.metadata["sampling"]["max_class_fraction"] == {"0": 0.5}
+    water = np.concatenate([chips.train_data, chips.test_data])[:, 0] == 0
+    assert water.mean(axis=(1, 2)).max() <= 0.5 and chips.metadata["counts"]["dropped_class_fraction"] > 0
+    assert summary["n_train_chips"] == len(chips.train_data) > 100 and len(chips.test_data) > 10
+    assert load_model(run).legend.name == "igbp" and not (run / "world").exists()
+
+
+def test_data_source_synthetic_is_the_former_default(tmp_path: Path) -> None:
+    from landformer.landcover.train import chips_from_world
+
+    recipe = training_without_data("data.source=synthetic", "data.world_size=128", "data.chip_size=8")
+    train_landcover(recipe, tmp_path / "run")
+    run = tmp_path / "run"
+    assert (run / "world" / "world.json").is_file() and not (run / "chips_igbp.tif").exists()
+    built = load_chips(run / "chips.npz")
+    assert built.legend.name == "nlcd"
+    again = load_chips(chips_from_world(run / "world", tmp_path / "again.npz", 8, 8, 0.2, False, 0))
+    np.testing.assert_array_equal(built.train_data, again.train_data)
+    np.testing.assert_array_equal(built.test_coords, again.test_coords)
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("data.covariates=true", "the IGBP chips have no elevation channel"),
+        ("data.igbp_max_water=1.5", "igbp_max_water = 1.5 should lie in"),
+        ("data.igbp_region=[10, 0, 5, 5]", "igbp_region .* must satisfy"),
+        ("data.class_values=codes", "is not one of 'raw', 'indices', None"),
+        ("data.source=nlcd", "is not one of 'igbp', 'synthetic'"),
+    ],
+)
+def test_bad_data_settings_are_refused_before_anything_is_written(tmp_path: Path, setting: str, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        train_landcover(training_without_data(setting), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_covariates_asked_for_but_absent(tmp_path: Path, chips: Path) -> None:
     with pytest.raises(UserError, match="has only the class channel"):
         train_landcover(tiny_recipe(chips, steps=1, **{"data.covariates": "true"}), tmp_path / "run")
@@ -334,7 +430,7 @@ def test_tiny_preset_meets_the_quality_targets_on_the_synthetic_world(tmp_path: 
     from landformer.landcover.sample import information_content, inpaint_eval
     from landformer.landcover.train import chips_from_world
 
-    recipe = load_config(LandCoverRecipe, None, ["train.progress_bar=false"])
+    recipe = load_config(LandCoverRecipe, None, ["train.progress_bar=false", "data.source=synthetic"])
     run = Path(train_landcover(recipe, tmp_path / "run")["run_dir"])
     size = recipe.data.chip_size
     heldout = chips_from_world(run / "world", tmp_path / "heldout.npz", size, size, 0.2, False, recipe.train.seed)

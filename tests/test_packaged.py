@@ -256,3 +256,23 @@ def test_cli_packaged_igbp(tmp_path: Path, igbp_cache: Path, capsys: pytest.Capt
         assert dataset.shape == (60, 100)
     assert main(["synth", "packaged", "igbp", "--out", str(tmp_path / "none.tif")]) == 2
     assert "bbox is required" in capsys.readouterr().err
+
+
+def test_igbp_chips_are_land_dominated_and_split_by_blocks(tmp_path: Path, igbp_cache: Path) -> None:
+    from landformer.core.chips import load_chips
+
+    folder = tmp_path / "chips"
+    out = packaged.igbp_chips(folder / "c.npz", chip_size=8, stride=8, seed=1, bbox=(-10, 35, 20, 60), max_water=0.25)
+    chips = load_chips(out)
+    assert chips.legend == load_legend("igbp") and chips.metadata["crs"] == "EPSG:4326"
+    everything = np.concatenate([chips.train_data, chips.test_data])[:, 0]
+    assert (everything == 0).mean(axis=(1, 2)).max() <= 0.25
+    counts = chips.metadata["counts"]
+    # A 600 x 500 px box: every 8 px grid position lies inside one 64 px block, so every one is read.
+    assert counts["windows_read"] == (600 // 8) * (500 // 8)
+    assert counts["train"] + counts["test"] + counts["dropped_class_fraction"] == counts["windows_read"]
+    assert chips.metadata["split"]["block_size"] == 64 and chips.metadata["split"]["seed"] == 1
+    assert sorted(p.name for p in folder.iterdir()) == ["c.json", "c.npz", "c_igbp.legend.json", "c_igbp.tif"]
+    with pytest.raises(UserError, match="chip size must be at least 1"):
+        packaged.igbp_chips(tmp_path / "bad" / "c.npz", chip_size=0)
+    assert not (tmp_path / "bad").exists()

@@ -15,20 +15,30 @@ from typing import Literal
 from landformer.core.config import check_values
 from landformer.core.errors import UserError
 from landformer.core.train import TrainConfig
+from landformer.synth.packaged import IGBP_TRAINING_BBOX, check_bbox
 
 
 @dataclass
 class LandCoverDataSection:
     """Where the chips come from. Give ``chips`` (a chip file) or ``world`` (a synthetic world folder); with
-    neither, training builds a synthetic world of ``world_size`` pixels and its chips inside the run folder."""
+    neither, training cuts chips inside the run folder from ``source``: real IGBP land cover (MODIS MCD12C1 2019,
+    0.05 degree, chips of ``igbp_region`` that are at most ``igbp_max_water`` water), or a synthetic world of
+    ``world_size`` pixels."""
 
     chips: Path | None = None  # chip file of `landformer data chips` (or the original 4-array format)
     world: Path | None = None  # folder of `landformer synth world`: chips are cut from its land cover (+ DEM)
-    legend: str | None = None  # legend for chip files that record none (nlcd, corine or a JSON path)
-    world_size: int = 512  # side in pixels of the world built when no data is given
+    legend: str | None = None  # legend for chip files that record none (nlcd, corine, igbp or a JSON path)
+    # What channel 0 of a chip file without a legend holds: raw legend codes (mapped through the legend) or class
+    # indices; None: decided from the values, an error when both readings fit and differ (CORINE codes 1..41).
+    # None sits inside the Literal so that a wrong value's error lists all three choices.
+    class_values: Literal["raw", "indices", None] = None
+    source: Literal["igbp", "synthetic"] = "igbp"  # data built when neither chips nor world is given
+    igbp_region: tuple[float, float, float, float] = IGBP_TRAINING_BBOX  # west, south, east, north (degrees)
+    igbp_max_water: float = 0.5  # drop IGBP chips whose share of water bodies exceeds this
+    world_size: int = 512  # side in pixels of the synthetic world (source: synthetic)
     world_seed: int | None = None  # seed of that world; None: the train seed
-    chip_size: int = 16  # side of the chips cut from a world
-    stride: int = 8  # step between chips cut from a world
+    chip_size: int = 16  # side of the chips cut from IGBP or a world
+    stride: int = 8  # step between those chips
     test_fraction: float = 0.2  # share of spatial blocks held out (validation and all held-out scores)
     covariates: bool = False  # feed chip channels 1.. (elevation) to the model as conditioning
     augment: bool = True  # random quarter turns and flips of training chips (land cover has no up)
@@ -39,11 +49,19 @@ class LandCoverDataSection:
     def validate(self) -> None:
         if self.chips is not None and self.world is not None:
             raise UserError("landcover data: give either chips or world, not both")
+        builds_igbp = self.chips is None and self.world is None and self.source == "igbp"
+        if builds_igbp and self.covariates:
+            raise UserError(
+                "landcover data: covariates = true, but the IGBP chips have no elevation channel; give chips or a "
+                "world with one, or set data.source=synthetic"
+            )
+        check_bbox(self.igbp_region, allow_large=True, what="landcover data: igbp_region")
         checks = [
             (self.world_size >= 64, f"world_size = {self.world_size} should be at least 64"),
             (self.chip_size >= 2, f"chip_size = {self.chip_size} should be at least 2"),
             (self.stride >= 1, f"stride = {self.stride} should be at least 1"),
             (0 <= self.test_fraction < 1, f"test_fraction = {self.test_fraction} should lie in [0, 1)"),
+            (0 <= self.igbp_max_water <= 1, f"igbp_max_water = {self.igbp_max_water} should lie in [0, 1]"),
             (self.batch_size >= 1, f"batch_size = {self.batch_size} should be at least 1"),
             (self.val_chips >= 1, f"val_chips = {self.val_chips} should be at least 1"),
             (self.num_workers >= 0, f"num_workers = {self.num_workers} should be at least 0"),

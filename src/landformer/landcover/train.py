@@ -1,9 +1,12 @@
-"""``landcover train``: chips (given, cut from a world, or from a synthetic world built on the spot) -> a run folder.
+"""``landcover train``: chips (given, cut from a world, or built on the spot from real IGBP land cover or a
+synthetic world) -> a run folder.
 
 A run folder holds::
 
     RUN/config.yaml, run.json        the resolved recipe and how the run was started (core/train.py)
-    RUN/world/, RUN/chips.npz        the synthetic world and its chips, when no data was given
+    RUN/chips.npz                    the chips built when no data was given, from
+    RUN/chips_igbp.tif               the IGBP land cover of data.igbp_region (data.source: igbp, the default)
+    RUN/world/                       or a synthetic world (data.source: synthetic)
     RUN/checkpoints/                 last.ckpt (resume), best.ckpt (lowest validation loss), periodic ones
     RUN/samples/gen_*.png, gt_*.png, pred_*.png   pictures written while training
     RUN/model.safetensors + model.json            the best weights, ready for sample/inpaint/perplexity/...
@@ -27,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from landformer.core.chips import ChipConfig, ChipSet, load_chips, make_chips
+from landformer.core.chips import ChipConfig, ChipSet, as_class_indices, load_chips, make_chips
 from landformer.core.errors import UserError
 from landformer.core.io import load_torch, read_json, write_json
 from landformer.core.legend import load_legend
@@ -68,7 +71,8 @@ def chips_from_world(
 
 
 def resolve_chips(recipe: LandCoverRecipe, run_dir: Path) -> Path:
-    """The chip file to train on: the recipe's, one cut from its world, or one cut from a world built in RUN.
+    """The chip file to train on: the recipe's, one cut from its world, or one built in RUN from IGBP land cover
+    (``data.source: igbp``) or from a synthetic world built there (``data.source: synthetic``).
 
     Chips built here are kept in the run folder and reused on resume, so a resumed run sees the same data.
     """
@@ -79,6 +83,19 @@ def resolve_chips(recipe: LandCoverRecipe, run_dir: Path) -> Path:
     if out.is_file():
         return out
     world = data.world
+    if world is None and data.source == "igbp":
+        from landformer.synth.packaged import igbp_chips
+
+        print(f"cutting {data.chip_size} px chips of real IGBP land cover (MODIS MCD12C1 2019) into {out}")
+        return igbp_chips(
+            out,
+            data.chip_size,
+            data.stride,
+            data.test_fraction,
+            recipe.train.seed,
+            data.igbp_region,
+            data.igbp_max_water,
+        )
     if world is None:
         from landformer.synth.world import make_world
 
@@ -176,6 +193,7 @@ def train_landcover(
     chips_path = resolve_chips(recipe, run_dir)
     chips = load_chips(chips_path)
     legend = chips_legend(chips, recipe.data.legend, chips_path)
+    chips = as_class_indices(chips, legend, recipe.data.class_values, setting="data.class_values")
     check_training_chips(chips, legend.n_classes, chips_path, recipe.data.covariates)
     n_covariates = chips.train_data.shape[1] - 1 if recipe.data.covariates else 0
     stats = CovariateStats.fit(chips.train_data[:, 1 : 1 + n_covariates]) if n_covariates else CovariateStats()

@@ -279,6 +279,41 @@ def igbp_landcover(out: Path, bbox: Sequence[float], allow_large: bool = False) 
     return path
 
 
+def igbp_chips(
+    out: Path,
+    chip_size: int = 16,
+    stride: int = 8,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    bbox: Sequence[float] = IGBP_TRAINING_BBOX,
+    max_water: float = 0.5,
+    block_size: int | None = None,
+) -> Path:
+    """Land-dominated IGBP chips: a grid of ``chip_size`` chips every ``stride`` pixels over ``bbox``, without
+    those whose share of water bodies exceeds ``max_water``, split into train and test by spatial blocks of
+    ``block_size`` pixels (default 8 x chip size) chosen by ``seed``.
+
+    The class raster of ``bbox`` is kept beside the chip file (``OUT_igbp.tif`` and its legend), so held-out chips
+    of other sizes can be cut from the same grid. The default box holds all land but Antarctica.
+    """
+    from landformer.core.chips import ChipConfig, make_chips
+
+    out = Path(out)
+    config = ChipConfig(
+        class_raster=out.with_name(f"{out.stem}_igbp.tif"),
+        legend="igbp",
+        chip_size=chip_size,
+        stride=stride,
+        test_fraction=test_fraction,
+        block_size=block_size,
+        seed=seed,
+        max_class_fraction={IGBP_WATER: max_water},
+    )
+    config.validate()  # before the class raster is written
+    igbp_landcover(config.class_raster, bbox, allow_large=True)
+    return make_chips(config, out)
+
+
 @contextlib.contextmanager
 def land_mask_rows() -> Iterator[tuple[BinaryIO, int, int]]:
     """The packaged 30 arc-second water mask as a stream of rows: ``(stream, height, width)``.
