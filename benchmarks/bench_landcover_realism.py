@@ -1,11 +1,14 @@
 """Land-cover samples: parallel against KV-cached sequential decoding, in realism and in speed.
 
-A trained model (``--model RUN``, or a tiny one trained here on the synthetic world) draws ``--n`` samples
+A trained model (``--model RUN``, or a tiny one trained here on the recipe's default data) draws ``--n`` samples
 sequentially (one cell per step, temperature 1) and in parallel on the cosine schedule (8, 16, 32 steps) at a
 few temperatures; a conditional model is conditioned like test chips spread over the test split. For every
 setting we compute the landscape metrics of :mod:`landformer.landcover.evaluate` (patch density, edge density,
-mean patch area, Shannon diversity, contagion) and class-histogram distances against those test chips, beside
-the shuffled-pixel baseline.
+mean patch area, Shannon diversity, contagion, single-pixel patch share) and class-histogram distances against
+those test chips, beside the shuffled-pixel baseline, samples of the causal-context model (class counts given the
+W, N, NW, NE neighbours, fitted on the chip file's train split, drawn in raster order) and the noise floor of two
+halves of the test chips. Test chips are the fair ones of ``landcover info``: exact duplicates and overlapping
+chips dropped.
 
 "Equal realism": every landscape metric of the parallel samples lies within ``--tolerance`` (10 %) of the
 sequential samples' value. Both sets are finite, so a second sequential set drawn with another seed gives the
@@ -39,7 +42,7 @@ import torch
 
 from landformer.core.chips import load_chips
 from landformer.core.io import write_json
-from landformer.landcover import apps, evaluate
+from landformer.landcover import apps, baselines, evaluate
 from landformer.landcover.data import default_chips_path, lonlat_inputs, model_inputs
 from landformer.landcover.export import check_chips_match, load_model
 
@@ -122,12 +125,18 @@ def main() -> int:
     loaded = load_model(args.model, device=args.device)
     chips = load_chips(chips_path)
     check_chips_match(loaded, chips, str(chips_path))
-    n = min(args.n, len(chips.test_data))
-    picked = apps.spread_indices(len(chips.test_data), n)
-    labels, covariates = model_inputs(chips.test_data[picked], loaded)
-    lonlat = lonlat_inputs(chips.test_coords[picked]) if loaded.config.use_lonlat else None
+    fair, heldout = baselines.fair_test_split(chips)
+    print(f"test chips: {heldout.describe()}")
+    n = min(args.n, len(fair.test_data))
+    picked = apps.spread_indices(len(fair.test_data), n)
+    labels, covariates = model_inputs(fair.test_data[picked], loaded)
+    lonlat = lonlat_inputs(fair.test_coords[picked]) if loaded.config.use_lonlat else None
     reference = labels.numpy()
     model, n_classes = loaded.model, loaded.legend.n_classes
+    context = baselines.fit_context_model(chips, n_classes)
+    context_sets = {}
+    if context is not None:
+        context_sets["context_model"] = context.sample(n, *reference.shape[1:], np.random.default_rng(args.seed))
     load_before = os.getloadavg()[0]
 
     # Realism: one set of n samples per setting, all from the same seed, in batches of the largest size.
@@ -142,11 +151,12 @@ def main() -> int:
         )
     reseeded, _ = apps.generate_samples(model, n, None, 1.0, None, covariates, lonlat, realism_batch, args.seed + 1)
     report = evaluate.realism_report(
-        {**sample_sets, "sequential_reseeded": reseeded}, reference, n_classes, seed=args.seed
+        {**sample_sets, "sequential_reseeded": reseeded, **context_sets}, reference, n_classes, seed=args.seed
     )
     compared = {
         **sample_sets,
         "sequential_reseeded": reseeded,
+        **context_sets,
         "shuffled_baseline": evaluate.shuffled_baseline(reference, args.seed),  # the report's baseline
     }
     values = {name: {metric: row["value"] for metric, row in table.items()} for name, table in report.items()}
@@ -248,6 +258,9 @@ def main() -> int:
             }
         )
     shuffled_gap = realism["shuffled_baseline"]["max_metric_gap_to_test"]
+    test_gaps = {name: apps.gaps_to_reference(table) for name, table in report.items()}
+    floor = test_gaps.get("noise_floor")
+    floor_gap = max(abs(floor[metric]) for metric in evaluate.LANDSCAPE_METRICS) if floor else math.nan
     summary.append(
         {
             "metric": "sequential samples: largest landscape-metric gap to test chips",
@@ -258,6 +271,40 @@ def main() -> int:
             "target": "well below the shuffled-pixel baseline",
         }
     )
+    summary.append(
+        {
+            "metric": "noise floor: largest landscape-metric gap between alternate halves of the test chips",
+            "value": floor_gap,
+            "unit": "relative",
+            "baseline": None,
+            "ratio": None,
+            "target": "",
+        }
+    )
+    for name in ("sequential", *context_sets):
+        label = name.replace("_", "-")
+        gap = realism[name]["max_metric_gap_to_test"]
+        summary.append(
+            {
+                "metric": f"{label} samples: largest landscape-metric gap to test chips vs noise floor",
+                "value": gap,
+                "unit": "relative",
+                "baseline": floor_gap,
+                "ratio": gap / floor_gap if floor_gap > 0 else None,
+                "target": "",
+            }
+        )
+        single = test_gaps[name]["single_pixel_ratio"]
+        summary.append(
+            {
+                "metric": f"{label} samples: single-pixel patch share over the test chips'",
+                "value": single,
+                "unit": "ratio",
+                "baseline": floor["single_pixel_ratio"] if floor else None,
+                "ratio": None,
+                "target": "<= 1.5 (baseline: noise floor)",
+            }
+        )
     result = {
         "benchmark": "bench_landcover_realism",
         "machine": f"{platform.machine()}, {psutil.cpu_count()} cores, {platform.system()}",
@@ -285,7 +332,11 @@ def main() -> int:
             "tolerance": args.tolerance,
             "temperatures": args.temperatures,
         },
+        "heldout": heldout.to_dict(),
+        "context_model": "fitted on the train split" if context is not None else "none: the train split is empty",
         "noise_floor_sequential_reseeded": noise_floor,
+        "noise_floor_halves": floor_gap,
+        "gaps_to_test": test_gaps,
         "equal_realism": {"steps": chosen, "temperature": passing.get(chosen) if chosen else None},
         "speedup_at_equal_realism": headline,
         "target_met": {batch: bool(ratio >= TARGET_SPEEDUP) for batch, ratio in headline.items()},
@@ -302,6 +353,7 @@ def main() -> int:
 
     print(result["table"])
     print(f"\nnoise floor (sequential vs sequential, another seed): {noise_floor:.3f}")
+    print(f"noise floor (alternate halves of the test chips vs each other): {floor_gap:.3f}")
     print(f"{'setting':<22} {'gap to seq':>11} {'class L1 to seq':>16} {'gap to test':>12}")
     for name, row in realism.items():
         print(
