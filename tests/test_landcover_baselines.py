@@ -61,25 +61,48 @@ def test_probabilities_sum_to_one_in_every_context() -> None:
 
 
 def test_sampling_reproduces_a_deterministic_table() -> None:
-    model = CausalContextModel.fit(np.full((200, 8, 8), 2), n_classes=4)
-    samples = model.sample(10, 8, 8, np.random.default_rng(0))
-    assert samples.shape == (10, 8, 8) and samples.dtype == np.int64
-    # Every seen context holds class 2 only: p(2) = (n + 1/2) / (n + 2) with n >= 200 counts.
-    assert (samples == 2).mean() > 0.95
-    again = model.sample(10, 8, 8, np.random.default_rng(0))
-    np.testing.assert_array_equal(samples, again)
-    cold = model.sample(10, 8, 8, np.random.default_rng(1), temperature=0.05)
-    assert (cold == 2).all()
+    model = CausalContextModel.fit(np.full((5, 8, 8), 2), n_classes=4)
+    samples = model.sample(10, 8, 12, np.random.default_rng(0))
+    assert samples.shape == (10, 8, 12) and samples.dtype == np.int64
+    # Sampling reads the raw counts, not the smoothed table: class 2 everywhere, even where the wider map
+    # meets contexts never seen (the last 4 columns back off to shorter contexts, all class 2).
+    assert (samples == 2).all()
+    rng = np.random.default_rng(3)
+    maps = rng.integers(0, 3, size=(4, 6, 6))
+    mixed = CausalContextModel.fit(maps, n_classes=3)
+    np.testing.assert_array_equal(
+        mixed.sample(5, 6, 6, np.random.default_rng(1)), mixed.sample(5, 6, 6, np.random.default_rng(1))
+    )
+    assert np.isin(mixed.sample(5, 6, 6, np.random.default_rng(1), temperature=0.01), [0, 1, 2]).all()
+
+
+def test_sampling_backs_off_to_the_longest_seen_context() -> None:
+    """Counts of TRAIN (see the table at the top), o = outside, base 3."""
+    model = CausalContextModel.fit(TRAIN, n_classes=2)
+    o = 2
+
+    def context(west: int, north: int, north_west: int, north_east: int) -> int:
+        return ((west * 3 + north) * 3 + north_west) * 3 + north_east
+
+    ids = [
+        context(0, o, o, o),  # seen: [3, 1]
+        context(0, o, o, 0),  # unseen; (0, o, o) seen as 0ooo: [3, 1]
+        context(1, 0, 0, 1),  # unseen; (1, 0, 0) seen as 1000 and 100o: [0, 2]
+        context(1, 1, 1, 1),  # unseen, (1, 1, 1) too; (1, 1) seen as 110o: [0, 1]
+        context(o, 1, 0, 0),  # only W = o seen, as oooo and o0o0: [3, 1]
+    ]
+    np.testing.assert_array_equal(model.sampling_weights(np.array(ids)), [[3, 1], [3, 1], [0, 2], [0, 1], [3, 1]])
+    lone = CausalContextModel.fit(np.array([[[1]]]), n_classes=3)
+    np.testing.assert_array_equal(lone.sampling_weights(np.array([context(0, 0, 0, 0)])), [[0, 1, 0]])
 
 
 def test_samples_follow_a_stripe_table() -> None:
     """Training maps of vertical stripes 0 1 0 1 ...: each cell is determined by its west and north neighbours."""
     stripes = np.tile(np.arange(8) % 2, (30, 8, 1))
     model = CausalContextModel.fit(stripes, n_classes=2)
-    samples = model.sample(50, 8, 8, np.random.default_rng(0))
-    repeats_above = (samples[:, 1:] == samples[:, :-1]).mean()
-    alternates = (samples[:, :, 1:] != samples[:, :, :-1]).mean()
-    assert repeats_above > 0.9 and alternates > 0.9
+    np.testing.assert_array_equal(model.sample(3, 8, 8, np.random.default_rng(0)), stripes[:3])
+    wider = model.sample(3, 8, 12, np.random.default_rng(0))
+    np.testing.assert_array_equal(wider, np.tile(np.arange(12) % 2, (3, 8, 1)))
     assert model.bits_per_pixel(stripes) < 0.1 < model.bits_per_pixel(np.tile(np.arange(8) // 4 % 2, (30, 8, 1)))
 
 

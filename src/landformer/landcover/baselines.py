@@ -6,7 +6,8 @@ A model of land cover has learned something only if it beats these (DATA.md, "St
   north-east neighbours, fitted on training chips, smoothed add-1/2 and scored in raster order. Neighbours
   outside the chip, and nodata neighbours, read as one extra symbol "outside": both say "no class here". On real
   32x32 land-cover chips it needs about 0.4-0.5 bits/pixel where the class entropy is about 3. Drawn in raster
-  order from its table it is also a 4-neighbour Markov-chain generator: the realism baseline for samples.
+  order from its counts (backing off to shorter contexts where a context was never seen) it is also a
+  4-neighbour Markov-chain generator: the realism baseline for samples.
 - :func:`compressed_bits`: gzip, bz2, lzma, PNG and WebP-lossless, both on each chip alone (headers included,
   as a file per chip would cost) and on all chips in one stream or mosaic (generous: headers paid once,
   statistics shared across chips).
@@ -27,6 +28,7 @@ import lzma
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -85,6 +87,12 @@ class CausalContextModel:
     Only contexts seen in training are stored (``contexts``, sorted, with their per-class ``counts``): the full
     table has (K+1)^4 x K cells, 200 million for CORINE's 45 classes. An unseen context has no counts, so its
     smoothed distribution is uniform.
+
+    Sampling draws from the raw counts of the longest seen part of the context instead: (W, N, NW, NE), else
+    (W, N, NW), else (W, N), else W, else the class frequencies. Drawing from the smoothed table is a weak
+    generator: add-1/2 gives a rarely seen context's unseen classes much of its mass (K/2 pseudo-counts), and one
+    such draw leads into unseen contexts whose uniform distributions spread noise over the rest of the map (on a
+    256 px synthetic world's 16x16 chips: patch density +2000 % against test chips, +116 % with the back-off).
     """
 
     n_classes: int
@@ -140,9 +148,36 @@ class CausalContextModel:
         valid = np.isfinite(log2_p)
         return float(-log2_p[valid].sum() / valid.sum()) if valid.any() else math.nan
 
+    @cached_property
+    def backoff_tables(self) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """(divisor, sorted keys, (M_k, K) counts) for the contexts (W, N, NW, NE), (W, N, NW), (W, N) and W: a
+        context id floor-divided by (K + 1)^k drops its last k neighbours."""
+        base = self.n_classes + 1
+        tables = []
+        for dropped in range(4):
+            divisor = base**dropped
+            # Ids are sorted, so the ids sharing a shorter context are contiguous: sum them in runs.
+            keys, first = np.unique(self.contexts // divisor, return_index=True)
+            tables.append((divisor, keys, np.add.reduceat(self.counts, first, axis=0)))
+        return tables
+
+    def sampling_weights(self, ids: np.ndarray) -> np.ndarray:
+        """(n, K) unnormalised class weights for (n,) context ids: the counts of the longest seen part of each
+        context (see the class docstring)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        weights = np.tile(self.counts.sum(axis=0), (len(ids), 1))
+        found = np.zeros(len(ids), dtype=bool)
+        for divisor, keys, counts in self.backoff_tables:
+            shorter = ids // divisor
+            position = np.minimum(np.searchsorted(keys, shorter), len(keys) - 1)
+            use = (keys[position] == shorter) & ~found
+            weights[use] = counts[position[use]]
+            found |= use
+        return weights
+
     def sample(self, n: int, height: int, width: int, rng: np.random.Generator, temperature: float = 1.0) -> np.ndarray:
-        """(n, height, width) int64 maps drawn cell by cell in raster order, each from p(class | its context)
-        raised to 1 / ``temperature`` and renormalised."""
+        """(n, height, width) int64 maps drawn cell by cell in raster order, each from its
+        :meth:`sampling_weights` raised to 1 / ``temperature`` and renormalised."""
         if n < 1 or height < 1 or width < 1:
             raise UserError(f"context model samples need n, height and width >= 1, got {n}, {height}, {width}")
         if not temperature > 0:
@@ -153,7 +188,8 @@ class CausalContextModel:
             for col in range(1, width + 1):
                 above = canvas[:, row - 1]
                 ids = _context_id(canvas[:, row, col - 1], above[:, col], above[:, col - 1], above[:, col + 1], base)
-                weights = self.probabilities(ids) ** (1.0 / temperature)
+                weights = self.sampling_weights(ids).astype(np.float64)
+                weights = (weights / weights.max(axis=-1, keepdims=True)) ** (1.0 / temperature)  # no overflow
                 cumulative = np.cumsum(weights, axis=-1)
                 draw = rng.random(n) * cumulative[:, -1]
                 canvas[:, row, col] = np.minimum((cumulative < draw[:, None]).sum(axis=-1), self.n_classes - 1)

@@ -827,12 +827,14 @@ def _bar_colour(name: str) -> str:
         return "tab:green"
     if name == "context":
         return "tab:orange"
+    if name == "class_entropy":
+        return "tab:purple"
     return "dimgray" if name.endswith("_per_chip") else "darkgray"
 
 
 def plot_information(bits: dict[str, float], path: Path, title: str, ratio_to_context: float | None) -> Path:
-    """Horizontal bars of bits per pixel, smallest at the top: model green, context model orange, compressors
-    grey (dark: per chip, light: pooled)."""
+    """Horizontal bars of bits per pixel, smallest at the top: model green, context model orange, class entropy
+    purple, compressors grey (dark: per chip, light: pooled)."""
     names = sorted(bits, key=lambda name: bits[name], reverse=True)
     figure, axis = _figure(7, 0.32 * len(names) + 1.4)
     colours = [_bar_colour(name) for name in names]
@@ -840,7 +842,7 @@ def plot_information(bits: dict[str, float], path: Path, title: str, ratio_to_co
     for y, name in enumerate(names):
         axis.text(bits[name], y, f" {bits[name]:.3f}", va="center", fontsize=8)
     if ratio_to_context is not None:
-        title += f"; model / context model = {ratio_to_context:.2f}"
+        title += f"; model (random orders) / context model = {ratio_to_context:.2f}"
     axis.set(xlabel="bits per pixel (lower = more predictable)", title=title)
     axis.title.set_fontsize(9)
     axis.set_xlim(0, max(bits.values()) * 1.2)
