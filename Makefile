@@ -9,7 +9,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export MPLBACKEND ?= Agg
 
-.PHONY: setup demo test test-all bench lint format clean
+.PHONY: setup demo test test-all bench lint format clean igbp-model
 
 setup: $(STAMP)
 
@@ -36,6 +36,14 @@ test-all: setup
 
 bench: setup
 	$(PY) benchmarks/run_all.py
+
+# The packaged land-cover model (`--model igbp`): train configs/landcover_igbp.yaml (about an hour of one core),
+# then install its exported weights and record into the package.
+IGBP_RUN ?= runs/igbp
+igbp-model: setup
+	$(VENV)/bin/landformer landcover train --config configs/landcover_igbp.yaml --out $(IGBP_RUN)
+	cp $(IGBP_RUN)/model.safetensors src/landformer/landcover/pretrained/igbp.safetensors
+	cp $(IGBP_RUN)/model.json src/landformer/landcover/pretrained/igbp.json
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -327,3 +327,40 @@ def test_class_entropy_of_known_distributions() -> None:
     assert class_entropy_bits(np.array([0, 1, 0, 1, -1]), 4) == pytest.approx(1.0)
     assert class_entropy_bits(np.array([2, 2, 2]), 4) == pytest.approx(0.0)
     assert class_entropy_bits(np.arange(4), 4) == pytest.approx(2.0)
+
+
+def test_a_model_trained_on_igbp_chips_built_on_the_spot_finds_them_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the recorded chip file is gone (the packaged model on a user's machine), the IGBP chips are cut again
+    into the data cache with the recorded settings, once, and the held-out split is the same block split."""
+    from landformer.core.chips import load_chips
+    from landformer.core.legend import load_legend
+    from landformer.synth.packaged import igbp_chips
+
+    monkeypatch.setenv("LANDFORMER_CACHE", str(tmp_path / "cache"))
+    legend = load_legend("igbp")
+    settings = {"chip_size": 8, "stride": 8, "test_fraction": 0.2, "seed": 3, "bbox": [0, 40, 10, 50], "max_water": 0.5}
+    model = LandCoverRandAR(LandCoverConfig(n_classes=legend.n_classes, chip_size=8, n_layers=1, n_heads=1, dim=16))
+    extra = {"chips": str(tmp_path / "gone.npz"), "igbp_chips": settings}
+    loaded = load_model(save_model(model, legend, tmp_path / "run", extra))
+    chip_set, path = lc.open_chips(loaded, None)
+    assert path.parent == tmp_path / "cache"
+    expected = load_chips(igbp_chips(tmp_path / "direct.npz", **settings))
+    np.testing.assert_array_equal(chip_set.test_data, expected.test_data)
+    np.testing.assert_array_equal(chip_set.train_data, expected.train_data)
+    stamp = path.stat().st_mtime_ns
+    assert lc.open_chips(loaded, None)[1] == path and path.stat().st_mtime_ns == stamp  # reused, not cut again
+
+
+def test_samples_beside_real_chips_list_only_classes_present(tmp_path: Path) -> None:
+    legend = Legend.from_dict(TOY_LEGEND)
+    samples = np.zeros((4, SIZE, SIZE), dtype=np.int64)
+    real = np.ones((4, SIZE, SIZE), dtype=np.int64)
+    png = lc.samples_beside_real(tmp_path / "side.png", samples, real, legend)
+    image = iio.imread(png)
+    assert image.ndim == 3 and image.shape[1] > image.shape[0]  # two grids side by side
+    palette = legend.palette()
+    colours = {tuple(pixel) for pixel in image[..., :3].reshape(-1, 3)}
+    assert tuple(palette[0]) in colours and tuple(palette[1]) in colours
+    assert not any(tuple(palette[k]) in colours for k in range(2, legend.n_classes))  # absent classes: no swatch

@@ -305,11 +305,13 @@ def save_panel(
     ncols: int | None = None,
     legend: Legend | None = None,
     panel_px: int = 256,
+    present: np.ndarray | None = None,
 ) -> Path:
     """Several images side by side with a title each, for comparisons (input / target / prediction).
 
     Images are (H, W, 3) uint8 RGB, or (H, W) class indices when ``legend`` is given; the latter are drawn in
-    the legend's colours and a shared legend lists the classes that occur in any of them.
+    the legend's colours and a shared legend lists the classes that occur in any of them, or the class indices
+    ``present`` when given (for RGB images already drawn in the legend's colours, such as grids of chips).
     """
     from matplotlib.patches import Patch
 
@@ -330,8 +332,9 @@ def save_panel(
         else:
             pictures.append(_as_rgb(image, f"{path}: image {i}"))
     handles: list[Patch] = []
-    if legend is not None and class_maps:
-        handles = _legend_handles(legend, np.concatenate([m.ravel() for m in class_maps]))
+    if legend is not None and (class_maps or present is not None):
+        shown = np.asarray(present) if present is not None else np.concatenate([m.ravel() for m in class_maps])
+        handles = _legend_handles(legend, shown)
     legend_h = (LEGEND_ROW_PX * math.ceil(len(handles) / 3) + MARGIN_PX) if handles else 0
     figure = new_figure(ncols * (panel_px + 2 * MARGIN_PX), nrows * (panel_px + TITLE_PX + MARGIN_PX) + legend_h)
     bottom = legend_h / (figure.get_figheight() * DPI)

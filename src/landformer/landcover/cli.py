@@ -10,7 +10,7 @@ from landformer.cli import Formatter, add_command, add_group, add_recipe_argumen
 from landformer.core.errors import UserError
 from landformer.core.train import add_resume_argument
 
-MODEL_HELP = "run folder of `landcover train`, or its model.safetensors"
+MODEL_HELP = "run folder of `landcover train`, its model.safetensors, or igbp (the packaged real-IGBP model)"
 
 
 # Spelled out here rather than imported from landcover.baselines, whose imports would slow every --help.
@@ -50,7 +50,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _register_train(group: argparse._SubParsersAction) -> None:
-    train = add_command(group, "train", "train the model (on a synthetic world when no data is given)", run_train)
+    train = add_command(
+        group,
+        "train",
+        "train the model (on real IGBP chips when no data is given; --set data.source=synthetic for a synthetic world)",
+        run_train,
+    )
     add_recipe_arguments(train, "built-in, same as configs/landcover_tiny.yaml")
     source = train.add_mutually_exclusive_group()
     source.add_argument("--chips", type=Path, default=None, help="chip file of `landformer data chips` (.npz)")

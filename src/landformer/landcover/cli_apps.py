@@ -92,7 +92,7 @@ def add_app_commands(group: argparse._SubParsersAction) -> None:
         run_eval,
     )
     add_model_arguments(realism, OUT_HELP, threads=0)
-    add_chips_argument(realism, "chip file whose test chips are the reference", required=True)
+    add_chips_argument(realism, "chip file whose test chips are the reference (default: the model's training chips)")
     realism.add_argument("--n", type=int, default=64, help="samples per decoding setting (and test chips)")
     realism.add_argument(
         "--steps", type=int, nargs="+", default=[16], help="parallel decoding steps to compare with sequential"
@@ -327,8 +327,10 @@ def run_eval(args: argparse.Namespace) -> None:
     check_at_least("--batch-size", args.batch_size)
     for steps in args.steps:
         check_at_least("--steps", steps)
+    from landformer.landcover.sample import open_chips
+
     loaded = _load_model(args)
-    chips = _load_chips(args.chips, loaded)
+    chips, args.chips = open_chips(loaded, args.chips)
     fair, heldout = baselines.fair_test_split(chips)
     notes = [heldout.describe()]
     labels, covariates, lonlat = _split_inputs(fair, loaded, "test")

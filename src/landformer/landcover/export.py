@@ -27,6 +27,7 @@ from landformer.core.legend import NODATA_INDEX, Legend
 from landformer.landcover.model import LandCoverConfig, LandCoverRandAR
 
 EXPORT_FORMAT = "landformer-landcover"
+PRETRAINED = ("igbp",)  # models installed with the package, loadable by name (``--model igbp``)
 EXPORT_VERSION = 1
 MODEL_FILE = "model.safetensors"
 META_FILE = "model.json"
@@ -138,9 +139,25 @@ def save_model(
     return path
 
 
+def pretrained_path(name: str) -> Path:
+    """The file of a model installed with the package (``landcover/pretrained/NAME.safetensors``)."""
+    from importlib import resources
+
+    path = Path(str(resources.files("landformer.landcover").joinpath("pretrained", f"{name}.safetensors")))
+    if not path.is_file():
+        raise UserError(
+            f"the packaged land-cover model {name!r} is missing from this install ({path}); rebuild it with "
+            f"`make {name}-model`"
+        )
+    return path
+
+
 def model_path(path: str | os.PathLike[str]) -> Path:
-    """The model file of a run folder (``RUN/model.safetensors``), or ``path`` itself when it is a file."""
+    """The model file of a run folder (``RUN/model.safetensors``), ``path`` itself when it is a file, or the
+    packaged model of that name (:data:`PRETRAINED`) when no such file or folder exists."""
     path = Path(path)
+    if str(path) in PRETRAINED and not path.exists():
+        return pretrained_path(str(path))
     if path.is_dir():
         candidate = path / MODEL_FILE
         if not candidate.is_file():

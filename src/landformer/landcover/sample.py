@@ -22,6 +22,7 @@ per-chip and pooled compressors) on fair test chips: no exact duplicates, no two
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import warnings
@@ -63,8 +64,23 @@ def _generator(loaded: LoadedModel, seed: int) -> torch.Generator:
 
 
 def _training_chips_path(loaded: LoadedModel) -> Path | None:
-    recorded = loaded.metadata.get("extra", {}).get("chips")
-    return Path(recorded) if recorded and Path(recorded).is_file() else None
+    """The chip file the model was trained on: the recorded one while it exists, else, for a model trained on
+    IGBP chips built on the spot (the packaged ``igbp`` model), the same chips cut again into the data cache."""
+    extra = loaded.metadata.get("extra", {})
+    recorded = extra.get("chips")
+    if recorded and Path(recorded).is_file():
+        return Path(recorded)
+    settings = extra.get("igbp_chips")
+    if not settings:
+        return None
+    from landformer.synth.packaged import cache_dir, igbp_chips
+
+    key = "_".join(str(value) for value in settings.values()).replace(" ", "")
+    cached = cache_dir() / f"igbp_chips_{hashlib.sha1(key.encode()).hexdigest()[:12]}.npz"
+    if not cached.is_file():
+        print(f"cutting the IGBP chips model {loaded.path.name} was trained on into {cached}")
+        igbp_chips(cached, **settings)
+    return cached
 
 
 def open_chips(loaded: LoadedModel, chips: str | os.PathLike[str] | None) -> tuple[ChipSet, Path]:
@@ -300,6 +316,20 @@ def sample_maps(
     }
     write_json(out / "sample.json", summary)
     return summary
+
+
+def samples_beside_real(
+    path: str | os.PathLike[str], samples: np.ndarray, real: np.ndarray, legend: Legend, title: str = "samples"
+) -> Path:
+    """Generated chips and real chips as two grids in the same colours, with one legend listing only the classes
+    that occur in either."""
+    from landformer.core.viz import save_panel
+
+    n = min(len(samples), len(real))
+    grids = [class_grid(samples[:n], legend), class_grid(real[:n], legend)]
+    present = np.union1d(np.unique(samples[:n]), np.unique(real[:n]))
+    side = max(grid.shape[1] for grid in grids)
+    return save_panel(path, grids, [title, "real held-out chips"], legend=legend, panel_px=side, present=present)
 
 
 def animate(

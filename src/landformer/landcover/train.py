@@ -70,6 +70,19 @@ def chips_from_world(
     return make_chips(config, out)
 
 
+def igbp_chip_settings(recipe: LandCoverRecipe) -> dict[str, Any]:
+    """The arguments of :func:`landformer.synth.packaged.igbp_chips` that cut this recipe's IGBP chips."""
+    data = recipe.data
+    return {
+        "chip_size": data.chip_size,
+        "stride": data.stride,
+        "test_fraction": data.test_fraction,
+        "seed": recipe.train.seed,
+        "bbox": list(data.igbp_region),
+        "max_water": data.igbp_max_water,
+    }
+
+
 def resolve_chips(recipe: LandCoverRecipe, run_dir: Path) -> Path:
     """The chip file to train on: the recipe's, one cut from its world, or one built in RUN from IGBP land cover
     (``data.source: igbp``) or from a synthetic world built there (``data.source: synthetic``).
@@ -87,15 +100,7 @@ def resolve_chips(recipe: LandCoverRecipe, run_dir: Path) -> Path:
         from landformer.synth.packaged import igbp_chips
 
         print(f"cutting {data.chip_size} px chips of real IGBP land cover (MODIS MCD12C1 2019) into {out}")
-        return igbp_chips(
-            out,
-            data.chip_size,
-            data.stride,
-            data.test_fraction,
-            recipe.train.seed,
-            data.igbp_region,
-            data.igbp_max_water,
-        )
+        return igbp_chips(out, **igbp_chip_settings(recipe))
     if world is None:
         from landformer.synth.world import make_world
 
@@ -270,6 +275,9 @@ def train_landcover(
         "val_loss": result.metrics.get("val/loss"),
         "use_lonlat": use_lonlat,
     }
+    if recipe.data.chips is None and recipe.data.world is None and recipe.data.source == "igbp":
+        # How to cut the same chips again where the run folder is gone (the packaged model, `--model igbp`).
+        extra["igbp_chips"] = igbp_chip_settings(recipe)
     model_file = save_model(task.model.cpu(), legend, run_dir, extra, chips.channel_names, stats)
     summary = {
         "run_dir": str(run_dir),
