@@ -3,6 +3,7 @@ weights (so probabilities vary and identities are meaningful), checked against d
 
 from __future__ import annotations
 
+import json
 import lzma
 import math
 import warnings
@@ -364,3 +365,19 @@ def test_samples_beside_real_chips_list_only_classes_present(tmp_path: Path) -> 
     colours = {tuple(pixel) for pixel in image[..., :3].reshape(-1, 3)}
     assert tuple(palette[0]) in colours and tuple(palette[1]) in colours
     assert not any(tuple(palette[k]) in colours for k in range(2, legend.n_classes))  # absent classes: no swatch
+
+
+def test_a_cold_sampled_fill_of_one_hidden_pixel_is_the_most_likely_class(
+    model_dir: Path, chips: Path, tmp_path: Path
+) -> None:
+    """With one hidden pixel per chip the sampled fill draws from the same p(x | known) the most-likely fill
+    takes the argmax of; near temperature 0 the two agree. The temperature reaches the JSON and leaves the
+    most-likely fill alone."""
+    ratio = 1 / SIZE**2
+    cold = lc.inpaint_eval(model_dir, chips, tmp_path / "cold", ratios=(ratio,), n=8, temperature=1e-4, seed=3)
+    (row,) = cold["rows"]
+    assert cold["temperature"] == 1e-4 and row["hidden_pixels"] == 8
+    assert row["model_sample_accuracy"] == row["model_accuracy"]
+    warm = lc.inpaint_eval(model_dir, chips, tmp_path / "warm", ratios=(ratio,), n=8, temperature=1.0, seed=3)
+    assert json.loads((tmp_path / "warm" / "inpaint_eval.json").read_text())["temperature"] == 1.0
+    assert warm["rows"][0]["model_accuracy"] == row["model_accuracy"]

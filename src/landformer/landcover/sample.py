@@ -588,13 +588,15 @@ def inpaint_eval(
     n: int = 64,
     mask: MaskKind = "random",
     steps: int | None = None,
+    temperature: float = 1.0,
     batch_size: int = 64,
     seed: int = 0,
     device: str = "cpu",
 ) -> dict[str, Any]:
     """Accuracy and log-loss on the hidden pixels of ``n`` test chips at each mask ratio, for the model (its
-    most likely class per pixel given the known ones, and one sampled completion) and two baselines (majority
-    class of the known pixels; nearest known pixel). Writes ``inpaint_eval.json`` and ``inpaint_eval.png``.
+    most likely class per pixel given the known ones, and one sampled completion at ``temperature``) and two
+    baselines (majority class of the known pixels; nearest known pixel). Writes ``inpaint_eval.json`` and
+    ``inpaint_eval.png``.
 
     Log-losses are nats per hidden pixel. The majority baseline's probabilities are the known pixels' class
     frequencies; the nearest-pixel baseline puts probability ``a`` on its class and spreads ``1 - a`` over the
@@ -628,6 +630,7 @@ def inpaint_eval(
                     loaded.model,
                     known=part_known,
                     steps=steps,
+                    temperature=temperature,
                     covariates=covariates,
                     lonlat=lonlat,
                     generator=sample_generator,
@@ -666,6 +669,7 @@ def inpaint_eval(
         "n": count,
         "mask": mask,
         "steps": steps,
+        "temperature": temperature,
         "seed": seed,
         "rows": rows,
         "model_beats_baselines": all(
