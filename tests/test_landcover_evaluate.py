@@ -200,3 +200,15 @@ def test_bad_maps_are_user_errors() -> None:
         evaluate.landscape_metrics(np.zeros((2, 2), dtype=np.float32), n_classes=2)
     with pytest.raises(UserError, match="connectivity"):
         evaluate.patch_counts(np.zeros((1, 2, 2), dtype=np.int64), 2, connectivity=6)
+
+
+def test_realism_report_treats_duplicate_samples_like_the_deduplicated_reference() -> None:
+    rng = np.random.default_rng(0)
+    reference = rng.integers(0, 3, size=(6, 4, 4))
+    uniform = np.zeros((1, 4, 4), dtype=np.int64)
+    samples = np.concatenate([reference[:3], uniform, uniform, uniform])  # the uniform chip drawn three times
+    report = evaluate.realism_report({"s": samples}, reference, 3)
+    once = evaluate.realism_report({"s": samples[:4]}, reference, 3)
+    assert report["s"] == once["s"]
+    kept_all = evaluate.realism_report({"s": samples}, reference, 3, distinct=False)
+    assert kept_all["s"]["mean_patch_area"]["value"] > report["s"]["mean_patch_area"]["value"]

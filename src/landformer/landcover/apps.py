@@ -775,7 +775,12 @@ def sample_realism(
     if context is not None:
         extra["context_model"] = context.sample(n, *reference.shape[1:], np.random.default_rng(seed))
     report = evaluate.realism_report({**samples, **extra}, reference, model.config.n_classes, seed=seed)
-    return RealismResult(samples, seconds, report, reference, extra)
+    notes = [
+        f"{name}: {len(evaluate.first_occurrences(maps))} of {len(maps)} samples distinct; duplicates are dropped "
+        "before comparing, as they are from the test chips"
+        for name, maps in {**samples, **extra}.items()
+    ]
+    return RealismResult(samples, seconds, report, reference, extra, notes)
 
 
 def write_realism(

@@ -35,7 +35,7 @@ import numpy as np
 
 from landformer.core.chips import ChipSet
 from landformer.core.errors import UserError
-from landformer.landcover.evaluate import check_maps
+from landformer.landcover.evaluate import check_maps, first_occurrences
 
 CODECS = ("gzip", "bz2", "lzma", "png", "webp")
 NODATA_BYTE = 255  # compressors see nodata as this byte: no class index reaches it
@@ -306,16 +306,6 @@ class HeldOut:
             "overlapping_dropped": self.overlapping,
             "description": self.describe(),
         }
-
-
-def first_occurrences(data: np.ndarray) -> np.ndarray:
-    """Sorted indices of the chips of (N, ...) ``data`` that are not an exact byte copy of an earlier chip."""
-    flat = np.ascontiguousarray(np.asarray(data).reshape(len(data), -1))
-    if len(flat) == 0:
-        return np.empty(0, dtype=np.int64)
-    rows = flat.view(np.dtype((np.void, flat.dtype.itemsize * flat.shape[1]))).ravel()
-    _, first = np.unique(rows, return_index=True)
-    return np.sort(first).astype(np.int64)
 
 
 def non_overlapping(rows: np.ndarray, cols: np.ndarray, chip_size: int) -> np.ndarray:

@@ -251,17 +251,38 @@ def noise_floor(reference: np.ndarray, n_classes: int, connectivity: int = 8) ->
     return compare_to_reference(reference[0::2], reference[1::2], n_classes, connectivity)
 
 
+def first_occurrences(data: np.ndarray) -> np.ndarray:
+    """Sorted indices of the chips of (N, ...) ``data`` that are not an exact byte copy of an earlier chip."""
+    flat = np.ascontiguousarray(np.asarray(data).reshape(len(data), -1))
+    if len(flat) == 0:
+        return np.empty(0, dtype=np.int64)
+    rows = flat.view(np.dtype((np.void, flat.dtype.itemsize * flat.shape[1]))).ravel()
+    _, first = np.unique(rows, return_index=True)
+    return np.sort(first).astype(np.int64)
+
+
 def realism_report(
     sample_sets: Mapping[str, np.ndarray],
     reference: np.ndarray,
     n_classes: int,
     connectivity: int = 8,
     seed: int = 0,
+    distinct: bool = True,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """:func:`compare_to_reference` for every named set of samples, the shuffled-pixel baseline (key
-    ``"shuffled_baseline"``) and, with two or more reference maps, the noise floor (key ``"noise_floor"``)."""
+    ``"shuffled_baseline"``) and, with two or more reference maps, the noise floor (key ``"noise_floor"``).
+
+    With ``distinct`` (for a reference of fair test chips, which hold no exact duplicate) each sample set drops
+    its exact duplicates too. Real land cover repeats some chips very often (a uniform barren, ice or forest
+    chip); de-duplicated test chips keep one of each, so a generator that draws them as often as the real map
+    holds them would otherwise read as far too homogeneous (on IGBP 16x16 chips: mean patch area +84 % against
+    +28 % once both sets are treated alike).
+    """
     report = {
-        name: compare_to_reference(maps, reference, n_classes, connectivity) for name, maps in sample_sets.items()
+        name: compare_to_reference(
+            np.asarray(maps)[first_occurrences(maps)] if distinct else maps, reference, n_classes, connectivity
+        )
+        for name, maps in sample_sets.items()
     }
     report["shuffled_baseline"] = compare_to_reference(
         shuffled_baseline(reference, seed), reference, n_classes, connectivity
