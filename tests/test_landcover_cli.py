@@ -11,6 +11,7 @@ import pytest
 from test_landcover_train import SIZE, TOY_LEGEND, make_chip_file
 
 from landformer.cli import main
+from landformer.core.errors import UserError
 from landformer.core.raster import write_geotiff
 
 TINY = [
@@ -133,19 +134,35 @@ def test_info_help_names_every_baseline(capsys) -> None:
 
 
 def test_demo_step_writes_its_pictures_and_numbers(tmp_path: Path, monkeypatch) -> None:
-    """The demo step on a small world, trained for 2 steps instead of 70 (the pipeline, not the quality)."""
+    """The demo step trained for 2 steps instead of 70 (the pipeline, not the quality); its pictures and scores
+    come from the packaged IGBP model, on that model's own held-out chips."""
     from landformer.landcover import demo
     from landformer.landcover.export import load_model
-    from landformer.synth.world import make_world
 
     monkeypatch.setattr(demo, "DEMO_STEPS", 2)
     monkeypatch.setattr(demo, "SCORED_CHIPS", 8)
-    world = make_world(tmp_path / "world", size=256, seed=1).folder
-    result = demo.run_demo_step(tmp_path / "landcover", world, seed=1)
+    result = demo.run_demo_step(tmp_path / "landcover", tmp_path / "unused_world", seed=1)
     assert result["training_steps"] == 2
-    for key in ("samples_png", "inpaint_png", "info_json", "info_png", "chips"):
+    for key in ("samples_png", "inpaint_png", "info_json", "info_png", "chips", "short_run_model"):
         assert Path(result[key]).is_file(), key
-    assert load_model(result["model_dir"]).legend.name == "nlcd"
+    assert load_model(result["short_run_model"]).legend.name == "igbp"
     info = json.loads(Path(result["info_json"]).read_text())
+    assert info["model"] == str(load_model("igbp").path)
     assert result["heldout_bits_per_pixel"] == pytest.approx(info["bits_per_pixel"]["model_random_order"])
-    assert set(result["bits_per_pixel"]) >= {"model_random_order", "lzma", "png", "class_entropy"}
+    assert result["ratio_to_context"] == pytest.approx(
+        info["bits_per_pixel"]["model_random_order"] / info["bits_per_pixel"]["context"]
+    )
+    assert set(result["bits_per_pixel"]) >= {"model_random_order", "context", "lzma", "png", "class_entropy"}
+
+
+def test_the_packaged_igbp_model_loads_by_name_and_fits_the_size_limit(tmp_path: Path, monkeypatch) -> None:
+    from landformer.landcover.export import load_model, model_path
+
+    loaded = load_model("igbp")
+    assert loaded.legend.name == "igbp" and loaded.legend.n_classes == 17 and loaded.chip_size == 16
+    assert loaded.path.stat().st_size <= 10 * 2**20
+    assert loaded.metadata["extra"]["igbp_chips"]["chip_size"] == 16  # its chips can be cut again anywhere
+    (tmp_path / "igbp").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=r"holds no model\.safetensors"):
+        model_path("igbp")  # a folder of that name is the user's run folder, never silently the packaged model

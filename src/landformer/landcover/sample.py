@@ -328,7 +328,8 @@ def samples_beside_real(
     n = min(len(samples), len(real))
     grids = [class_grid(samples[:n], legend), class_grid(real[:n], legend)]
     present = np.union1d(np.unique(samples[:n]), np.unique(real[:n]))
-    side = max(grid.shape[1] for grid in grids)
+    # Wide enough panels that three columns of long class names fit under them.
+    side = max(384, *(grid.shape[1] for grid in grids))
     return save_panel(path, grids, [title, "real held-out chips"], legend=legend, panel_px=side, present=present)
 
 
