@@ -12,7 +12,7 @@ from landformer.core.train import add_resume_argument
 
 # Temperature of sampled inpainting fills: below 1, a fill favours the likeliest class of each hidden pixel a
 # little more, which is what accuracy against the truth rewards (chosen on validation chips, bench_landcover_quality).
-INPAINT_TEMPERATURE = 0.5
+INPAINT_TEMPERATURE = 0.3
 MODEL_HELP = "run folder of `landcover train`, its model.safetensors, or igbp (the packaged real-IGBP model)"
 
 
