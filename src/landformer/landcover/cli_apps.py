@@ -118,16 +118,6 @@ def _load_model(args: argparse.Namespace) -> Any:
     return load_model(args.model, device=args.device)
 
 
-def _load_chips(path: Path, loaded: Any) -> Any:
-    """The chip file at ``path``, checked against the model."""
-    from landformer.core.chips import load_chips
-    from landformer.landcover.export import check_chips_match
-
-    chips = load_chips(path)
-    check_chips_match(loaded, chips, str(path))
-    return chips
-
-
 def _split_inputs(chips: Any, loaded: Any, split: str = "test", limit: int | None = None) -> tuple[Any, Any, Any]:
     """Labels (N, H, W), covariates (N, c, H, W) or None, lon/lat (N, 2) or None of one split of loaded chips."""
     from landformer.landcover.data import lonlat_inputs, model_inputs
@@ -144,8 +134,10 @@ def _split_inputs(chips: Any, loaded: Any, split: str = "test", limit: int | Non
 
 
 def _chip_inputs(path: Path, loaded: Any, split: str = "test", limit: int | None = None) -> tuple[Any, Any, Any]:
-    """:func:`_split_inputs` of the chip file at ``path``."""
-    return _split_inputs(_load_chips(path, loaded), loaded, split, limit)
+    """:func:`_split_inputs` of the chip file at ``path``, checked against the model."""
+    from landformer.landcover.sample import open_chips
+
+    return _split_inputs(open_chips(loaded, path)[0], loaded, split, limit)
 
 
 def _report(paths: dict[str, Path]) -> None:
@@ -322,13 +314,12 @@ def run_eval(args: argparse.Namespace) -> None:
     import torch
 
     from landformer.landcover import apps, baselines
+    from landformer.landcover.sample import open_chips
 
     check_at_least("--n", args.n)
     check_at_least("--batch-size", args.batch_size)
     for steps in args.steps:
         check_at_least("--steps", steps)
-    from landformer.landcover.sample import open_chips
-
     loaded = _load_model(args)
     chips, args.chips = open_chips(loaded, args.chips)
     fair, heldout = baselines.fair_test_split(chips)

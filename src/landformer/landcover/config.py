@@ -46,11 +46,15 @@ class LandCoverDataSection:
     val_chips: int = 128  # test chips used for the validation loss (spread evenly through the test split)
     num_workers: int = 0
 
+    @property
+    def builds_igbp(self) -> bool:
+        """True when training cuts its own IGBP chips: neither chips nor a world given, source igbp."""
+        return self.chips is None and self.world is None and self.source == "igbp"
+
     def validate(self) -> None:
         if self.chips is not None and self.world is not None:
             raise UserError("landcover data: give either chips or world, not both")
-        builds_igbp = self.chips is None and self.world is None and self.source == "igbp"
-        if builds_igbp and self.covariates:
+        if self.builds_igbp and self.covariates:
             raise UserError(
                 "landcover data: covariates = true, but the IGBP chips have no elevation channel; give chips or a "
                 "world with one, or set data.source=synthetic"

@@ -75,14 +75,14 @@ def run_demo_step(out: Path, world_folder: Path, seed: int) -> dict[str, Any]:
     short_run = information_content(run_dir, chips, out / "short_run", orders=1, n=SCORED_CHIPS, seed=seed)
 
     packaged = load_model(PACKAGED_MODEL)
-    own_chips, _ = open_chips(packaged, None)
+    own_chips, own_path = open_chips(packaged, None)  # its held-out chips, cut again if need be
     sampled = sample_maps(packaged, out / "sample", n=16, temperature=SAMPLE_TEMPERATURE, seed=seed)
     real = select_chips(packaged, own_chips, 16).labels.numpy()
     samples_png = samples_beside_real(
         out / "samples.png", read_npz(sampled["npz"], ("classes",))["classes"], real, packaged.legend, "--model igbp"
     )
-    inpainted = inpaint(packaged, None, out / "inpaint", mask="box", ratio=0.5, n=8, seed=seed)
-    info = information_content(packaged, None, out, orders=1, n=SCORED_CHIPS, seed=seed)
+    inpainted = inpaint(packaged, own_path, out / "inpaint", mask="box", ratio=0.5, n=8, seed=seed)
+    info = information_content(packaged, own_path, out, orders=1, n=SCORED_CHIPS, seed=seed)
     inpaint_png = shutil.copyfile(inpainted["png"], out / "inpaint.png")
     bits = info["bits_per_pixel"]
     return {

@@ -96,7 +96,7 @@ def resolve_chips(recipe: LandCoverRecipe, run_dir: Path) -> Path:
     if out.is_file():
         return out
     world = data.world
-    if world is None and data.source == "igbp":
+    if data.builds_igbp:
         from landformer.synth.packaged import igbp_chips
 
         print(f"cutting {data.chip_size} px chips of real IGBP land cover (MODIS MCD12C1 2019) into {out}")
@@ -275,7 +275,7 @@ def train_landcover(
         "val_loss": result.metrics.get("val/loss"),
         "use_lonlat": use_lonlat,
     }
-    if recipe.data.chips is None and recipe.data.world is None and recipe.data.source == "igbp":
+    if recipe.data.builds_igbp:
         # How to cut the same chips again where the run folder is gone (the packaged model, `--model igbp`).
         extra["igbp_chips"] = igbp_chip_settings(recipe)
     model_file = save_model(task.model.cpu(), legend, run_dir, extra, chips.channel_names, stats)
