@@ -1,14 +1,18 @@
 """The one ``landformer`` command. Each pipeline registers its own sub-commands; this file only dispatches.
 
 User mistakes (:class:`~landformer.core.errors.UserError`) become one line on stderr and exit code 2;
-``--debug`` shows the full traceback instead.
+``--debug`` shows the full traceback instead. A command's ``--out`` is checked, locked and cleaned up after a
+failure by :func:`landformer.core.io.output_guard`; SIGTERM unwinds like Ctrl-C, so temporary files go too.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 from landformer import __version__
 from landformer.core.errors import UserError
@@ -30,8 +34,27 @@ def add_command(
 ) -> argparse.ArgumentParser:
     """Add one runnable sub-command whose ``--help`` shows every default."""
     parser = subparsers.add_parser(name, help=help, description=help, formatter_class=Formatter)
-    parser.set_defaults(func=func)
+    parser.set_defaults(func=func, command_parser=parser)
     return parser
+
+
+def guarded_output(args: argparse.Namespace) -> contextlib.AbstractContextManager[Any]:
+    """:func:`~landformer.core.io.output_guard` for the command's ``--out``, when it has one and it is set.
+
+    Whether ``--out`` names a file or a folder is read from its help text ("run folder", "folder for ...",
+    "output GeoTIFF", "chip file ..."), which every command states.
+    """
+    from landformer.core.io import output_guard
+
+    parser = getattr(args, "command_parser", None)
+    for action in parser._actions if parser is not None else []:
+        if "--out" in action.option_strings:
+            value = getattr(args, action.dest, None)
+            if value is None:
+                break
+            kind = "folder" if "folder" in (action.help or "").lower() else "file"
+            return output_guard(Path(value), kind)
+    return contextlib.nullcontext()
 
 
 def add_group(subparsers: argparse._SubParsersAction, name: str, help: str) -> argparse._SubParsersAction:
@@ -89,16 +112,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 0
+    from landformer.core.io import Terminated, signals_as_exceptions
+
     try:
-        args.func(args)
+        with signals_as_exceptions(), guarded_output(args):
+            args.func(args)
     except UserError as err:
         if debug:
             raise
         print(f"landformer: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("landformer: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        terminated = isinstance(err, Terminated)
+        print(f"landformer: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
     return 0
 
 

@@ -8,8 +8,10 @@ The steps, in order:
 3. read the windows in raster order, region by region, so each part of the raster is decompressed once and
    memory stays bounded whatever the raster's size; covariates (a DEM in any CRS and resolution) are
    resampled bilinearly onto the class grid (:class:`~landformer.core.raster.AlignedCovariate`);
-4. map raw class codes to indices through the legend and drop chips with too much nodata or too large a share
-   of a limited class (``max_class_fraction``, e.g. ``{0: 0.5}`` keeps IGBP chips that are at least half land);
+4. map raw class codes to indices through the legend (with ``unknown="error"``, a code the legend lacks
+   anywhere in the class raster is refused before any chip is cut, not only one in a sampled window) and drop
+   chips with too much nodata or too large a share of a limited class (``max_class_fraction``, e.g. ``{0: 0.5}``
+   keeps IGBP chips that are at least half land);
    random chips are also de-duplicated (identical class + covariate chips are kept once, the first drawn);
    grid chips are every position, so identical chips of uniform areas stay;
 5. write the chip file: ``train_data``/``test_data`` (N, C, H, W), ``train_coords``/``test_coords`` (N, 2)
@@ -44,7 +46,14 @@ from tqdm import tqdm
 from landformer.core.errors import UserError
 from landformer.core.io import atomic_path, read_json, read_npz
 from landformer.core.legend import NODATA_INDEX, Legend, load_legend
-from landformer.core.raster import AlignedCovariate, RasterGrid, chip_centre_lonlat, crs_name, open_raster
+from landformer.core.raster import (
+    AlignedCovariate,
+    RasterGrid,
+    chip_centre_lonlat,
+    crs_name,
+    iter_windows,
+    open_raster,
+)
 
 log = logging.getLogger(__name__)
 
@@ -342,6 +351,12 @@ class ChipExtractor:
             channel += covariate.count
         return chips
 
+    def check_codes(self, tile: int = 1024) -> None:
+        """Refuse class codes the legend lacks anywhere in the class raster, not only in the windows that happen
+        to be sampled (one windowed pass over the raster; a table lookup per pixel for 8- and 16-bit codes)."""
+        for window in iter_windows(self.grid.height, self.grid.width, tile):
+            self._encode(self.classes.read(1, window=window), window)
+
     def _encode(self, raw: np.ndarray, window: Window) -> np.ndarray:
         """Legend indices of raw class codes; the raster's own nodata value is nodata whatever the legend says."""
         if self._lookup is not None:
@@ -519,6 +534,8 @@ def make_chips(config: ChipConfig, out: str | os.PathLike[str]) -> Path:
             )
         covariates = [stack.enter_context(open_raster(path, config.assume_crs)) for path in config.covariates]
         extractor = stack.enter_context(ChipExtractor(classes, covariates, legend, size, config.unknown))
+        if config.unknown == "error":
+            extractor.check_codes()
         split = BlockSplit.random(
             classes.height,
             classes.width,

@@ -18,6 +18,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info = add_command(group, "info", "describe a raster (size, CRS, bounds, dtype) or a chip file", run_info)
     info.add_argument("path", type=Path, help="a raster GDAL reads, or a chip file (.npz)")
     info.add_argument("--assume-crs", default=None, help="CRS for a raster that carries none, e.g. EPSG:5070")
+    info.add_argument(
+        "--verify",
+        action="store_true",
+        help="decode every block of the raster (reads it whole); without it a truncated file is still caught",
+    )
 
     align = add_command(group, "align", "resample a raster onto the grid of a reference raster", run_align)
     align.add_argument("source", type=Path, help="raster to resample, e.g. a DEM")
@@ -189,13 +194,13 @@ def run_info(args: argparse.Namespace) -> None:
     if args.path.suffix == ".npz":
         _print_chip_info(args.path)
     else:
-        _print_raster_info(args.path, args.assume_crs)
+        _print_raster_info(args.path, args.assume_crs, args.verify)
 
 
-def _print_raster_info(path: Path, assume_crs: str | None) -> None:
+def _print_raster_info(path: Path, assume_crs: str | None, verify: bool) -> None:
     from landformer.core.raster import raster_info
 
-    info = raster_info(path, assume_crs)
+    info = raster_info(path, assume_crs, verify)
     print(f"{info['path']} ({info['driver']})")
     print(f"  size:     {info['width']} x {info['height']} pixels, {info['bands']} band(s), {info['dtype']}")
     print(f"  nodata:   {info['nodata']}")
@@ -203,7 +208,8 @@ def _print_raster_info(path: Path, assume_crs: str | None) -> None:
     print(f"  pixel:    {info['pixel_size'][0]:g} x {info['pixel_size'][1]:g}")
     print(f"  bounds:   {', '.join(f'{v:.6g}' for v in info['bounds'])} (left, bottom, right, top)")
     print(f"  lon/lat:  {', '.join(f'{v:.6f}' for v in info['lonlat_bounds'])} (west, south, east, north)")
-    print(f"  blocks:   {info['block_shape'][0]} x {info['block_shape'][1]}")
+    checked = "every block decoded" if info["verified"] else "every block inside the file"
+    print(f"  blocks:   {info['block_shape'][0]} x {info['block_shape'][1]} ({checked})")
     if any(info["band_names"]):
         print(f"  bands:    {', '.join(info['band_names'])}")
 

@@ -1,9 +1,13 @@
 """Rasters: open anything GDAL reads, windowed reads, pixel lon/lat, alignment, GeoTIFF writing.
 
-All reads are windowed so memory does not grow with the raster's size. Pixel positions are "array
-coordinates": row and column may be fractional, the top-left corner of the raster is (0, 0) and the centre of
-pixel (i, j) is (i + 0.5, j + 0.5), so a chip of side ``s`` at top-left (r, c) has its centre at
-(r + s / 2, c + s / 2).
+All reads are windowed so memory does not grow with the raster's size. Rasters opened here (and the aligned
+views of them) read through :class:`CheckedReader`: a block that cannot be decoded (a truncated or corrupt file)
+is a UserError naming the file, band and window, and so is a +-inf pixel, which landformer refuses everywhere
+rather than guess whether it is data or nodata (NaN and the raster's nodata value are nodata).
+
+Pixel positions are "array coordinates": row and column may be fractional, the top-left corner of the raster is
+(0, 0) and the centre of pixel (i, j) is (i + 0.5, j + 0.5), so a chip of side ``s`` at top-left (r, c) has its
+centre at (r + s / 2, c + s / 2).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.errors import CRSError, NotGeoreferencedWarning, RasterioIOError
+from rasterio.io import DatasetReader
 from rasterio.transform import Affine
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
@@ -46,15 +51,10 @@ def open_raster(path: str | os.PathLike[str], assume_crs: str | None = None) -> 
     """Open a raster for reading; a missing file, a non-raster or a raster without CRS is a UserError.
 
     ``assume_crs`` (e.g. ``"EPSG:5070"``) is used for rasters that carry no CRS; without it they are refused.
-    It is attached through GDAL's ``vrt://`` connection (``a_srs``), so the file is never modified.
+    It is attached through GDAL's ``vrt://`` connection (``a_srs``), so the file is never modified. Reads of
+    the returned dataset are checked (see :class:`CheckedReader`).
     """
-    path = require_file(path, "raster")
-    try:
-        with warnings.catch_warnings():  # a raster without georeferencing is refused below, in one line
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            dataset = rasterio.open(path)
-    except RasterioIOError as err:
-        raise UserError(f"{path} is not a raster GDAL can open: {str(err).splitlines()[0]}") from None
+    dataset = open_any_raster(path)
     if dataset.crs is not None:
         return dataset
     georeferenced = not dataset.transform.is_identity
@@ -64,7 +64,104 @@ def open_raster(path: str | os.PathLike[str], assume_crs: str | None = None) -> 
     if assume_crs is None:
         raise UserError(f"{path} has no CRS; pass --assume-crs (e.g. EPSG:4326) if you know it")
     crs = parse_crs(assume_crs, "--assume-crs")
-    return rasterio.open(f"vrt://{path.resolve()}?a_srs={crs.to_string()}")
+    return checked(rasterio.open(f"vrt://{Path(path).resolve()}?a_srs={crs.to_string()}"), str(path))
+
+
+def open_any_raster(path: str | os.PathLike[str]) -> rasterio.DatasetReader:
+    """Open a raster with or without georeferencing (image chips, tiles); reads are checked as in
+    :func:`open_raster`. A missing file or one GDAL cannot open is a UserError."""
+    path = require_file(path, "raster")
+    try:
+        with warnings.catch_warnings():  # a raster without georeferencing is refused below, in one line
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            dataset = rasterio.open(path)
+    except RasterioIOError as err:
+        raise UserError(f"{path} is not a raster GDAL can open: {str(err).splitlines()[0]}") from None
+    return checked(dataset, str(path))
+
+
+def _window_text(window: Any, dataset: Any) -> str:
+    """``rows 0..256, cols 512..768`` of a rasterio window (a Window, a pair of ranges, or None: all)."""
+    if window is None:
+        return f"rows 0..{dataset.height}, cols 0..{dataset.width}"
+    if not isinstance(window, Window):
+        window = Window.from_slices(*window)
+    row, col = int(window.row_off), int(window.col_off)
+    return f"rows {row}..{row + int(window.height)}, cols {col}..{col + int(window.width)}"
+
+
+def _bands_text(indexes: Any) -> str:
+    if indexes is None:
+        return "all bands"
+    if isinstance(indexes, int):
+        return f"band {indexes}"
+    return "bands " + ", ".join(str(index) for index in indexes)
+
+
+def _gdal_reason(err: BaseException) -> str:
+    """GDAL's own first line about a failed read (kept in the exception's cause), else rasterio's."""
+    for candidate in (err.__cause__, err.__context__, err):
+        text = str(candidate or "").strip()
+        if text and "See previous exception" not in text:
+            return text.splitlines()[0]
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+class CheckedReads:
+    """Reads that fail in one line: an undecodable block and a +-inf pixel are UserErrors naming the file,
+    the band(s) and the window. +-inf is allowed only where it is the raster's declared nodata value."""
+
+    source_name: str
+
+    def read(self, indexes: Any = None, *args: Any, **kwargs: Any) -> Any:
+        window = kwargs.get("window", args[1] if len(args) > 1 else None)
+        try:
+            data = super().read(indexes, *args, **kwargs)  # type: ignore[misc]
+        except RasterioIOError as err:
+            raise UserError(
+                f"{self.source_name}: {_bands_text(indexes)}, {_window_text(window, self)} cannot be read; the file "
+                f"is truncated or corrupt ({_gdal_reason(err)})"
+            ) from None
+        values = np.ma.getdata(data)
+        if values.dtype.kind == "f":
+            nodata = getattr(self, "nodata", None)
+            infinite = np.isinf(values)
+            if nodata is not None and np.isinf(nodata):
+                infinite &= values != nodata
+            if infinite.any():
+                where = np.argwhere(infinite)[0][-2:]
+                row0, col0 = (0, 0) if window is None else _window_offsets(window)
+                raise UserError(
+                    f"{self.source_name}: {_bands_text(indexes)}, {_window_text(window, self)}: {int(infinite.sum())} "
+                    f"infinite value(s) (first at row {row0 + int(where[0])}, col {col0 + int(where[1])}); landformer "
+                    "refuses +-inf: mark missing pixels with the nodata value or NaN"
+                )
+        return data
+
+
+def _window_offsets(window: Any) -> tuple[int, int]:
+    if not isinstance(window, Window):
+        window = Window.from_slices(*window)
+    return int(window.row_off), int(window.col_off)
+
+
+class CheckedReader(CheckedReads, DatasetReader):
+    """A rasterio dataset whose reads are checked (see :class:`CheckedReads`)."""
+
+
+class CheckedWarpedVRT(CheckedReads, WarpedVRT):
+    """A warped view whose reads are checked; errors name the source raster."""
+
+    def __init__(self, source: Any, **kwargs: Any) -> None:
+        super().__init__(source, **kwargs)
+        self.source_name = getattr(source, "source_name", source.name)
+
+
+def checked(dataset: Any, name: str) -> Any:
+    """``dataset`` (an open :class:`rasterio.io.DatasetReader`) with checked reads, errors naming ``name``."""
+    dataset.__class__ = CheckedReader
+    dataset.source_name = name
+    return dataset
 
 
 @dataclass(frozen=True)
@@ -194,8 +291,8 @@ def aligned_vrt(source: Any, reference: RasterGrid, categorical: bool = False) -
         "height": reference.height,
     }
     if categorical:
-        return WarpedVRT(source, resampling=Resampling.nearest, **common)
-    return WarpedVRT(source, resampling=Resampling.bilinear, nodata=np.nan, dtype="float32", **common)
+        return CheckedWarpedVRT(source, resampling=Resampling.nearest, **common)
+    return CheckedWarpedVRT(source, resampling=Resampling.bilinear, nodata=np.nan, dtype="float32", **common)
 
 
 class AlignedCovariate:
@@ -526,11 +623,52 @@ def align_raster(
     return Path(out_path)
 
 
-def raster_info(path: str | os.PathLike[str], assume_crs: str | None = None) -> dict[str, Any]:
-    """What a user wants to know before chipping a raster: size, CRS, bounds (also in lon/lat), dtype, nodata."""
+def check_complete(dataset: Any, path: str | os.PathLike[str], verify: bool = False) -> int:
+    """Refuse a truncated raster: every block of a GeoTIFF must lie inside the file, and the last block of any
+    raster must decode. ``verify`` decodes every block (a corrupt one is named). Returns the blocks checked."""
+    blocks = 0
+    file_size = Path(path).stat().st_size if Path(path).is_file() else None
+    if dataset.driver == "GTiff" and file_size is not None:
+        for band in range(1, dataset.count + 1):
+            block_rows, block_cols = dataset.block_shapes[band - 1]
+            for y in range(-(-dataset.height // block_rows)):
+                for x in range(-(-dataset.width // block_cols)):
+                    offset = dataset.get_tag_item(f"BLOCK_OFFSET_{x}_{y}", "TIFF", bidx=band)
+                    length = dataset.get_tag_item(f"BLOCK_SIZE_{x}_{y}", "TIFF", bidx=band)
+                    blocks += 1
+                    if offset is None or length is None:
+                        continue  # a sparse block, never written: it reads as nodata
+                    end = int(offset) + int(length)
+                    if end > file_size:
+                        raise UserError(
+                            f"{path} is truncated: band {band}, rows {y * block_rows}..{(y + 1) * block_rows}, cols "
+                            f"{x * block_cols}..{(x + 1) * block_cols} is stored up to byte {end:,} but the file "
+                            f"has {file_size:,} bytes"
+                        )
+    windows = [window for _, window in dataset.block_windows(1)] if verify else [_last_block(dataset)]
+    for window in windows:
+        dataset.read(window=window)
+    return max(blocks, len(windows))
+
+
+def _last_block(dataset: Any) -> Window:
+    block_rows, block_cols = dataset.block_shapes[0]
+    row = (dataset.height - 1) // block_rows * block_rows
+    col = (dataset.width - 1) // block_cols * block_cols
+    return Window(col, row, min(block_cols, dataset.width - col), min(block_rows, dataset.height - row))
+
+
+def raster_info(path: str | os.PathLike[str], assume_crs: str | None = None, verify: bool = False) -> dict[str, Any]:
+    """What a user wants to know before chipping a raster: size, CRS, bounds (also in lon/lat), dtype, nodata.
+
+    A truncated file is refused (:func:`check_complete`); ``verify`` decodes every block as well.
+    """
     with open_raster(path, assume_crs) as dataset:
         grid = RasterGrid.of(dataset)
+        blocks_checked = check_complete(dataset, path, verify)
         return {
+            "blocks_checked": blocks_checked,
+            "verified": verify,
             "path": str(path),
             "driver": dataset.driver,
             "width": dataset.width,
