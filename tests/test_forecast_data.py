@@ -133,17 +133,17 @@ def test_series_on_another_grid_is_aligned_or_refused(tmp_path: Path) -> None:
     # The last raster at 60 m instead of 30 m: aligned (bilinear) onto the first raster's 30 m grid.
     write_geotiff(paths[-1], plane(60.0, 16), grid_transform(60.0), CRS, nodata=float("nan"))
     spec = SeriesSpec.from_lists(paths, years)
-    with SeriesRasters(spec) as rasters:
+    with SeriesRasters(spec, align_series=True) as rasters:
         read = rasters.read_series(0, 0, 32, 32)
         assert read.shape == (3, 1, 32, 32)
         np.testing.assert_array_equal(read[0, 0], values[0])
         np.testing.assert_allclose(read[2, 0, 1:-1, 1:-1], plane(30.0, 32)[1:-1, 1:-1], atol=1e-5)
     with pytest.raises(UserError, match="lies on another grid"):
-        SeriesRasters(spec, align_series=False)
+        SeriesRasters(spec)
     far = grid_transform(30.0, shift=(1e6, 0.0))
     write_geotiff(paths[-1], values[-1], far, CRS, nodata=float("nan"))
     with pytest.raises(UserError, match="does not overlap"):
-        SeriesRasters(spec)
+        SeriesRasters(spec, align_series=True)
 
 
 def test_band_count_and_non_overlapping_covariate_are_refused(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ from typing import Any
 
 from landformer.core.config import save_config
 from landformer.core.errors import UserError
-from landformer.core.io import read_json, require_file, unpickling_reason, write_json
+from landformer.core.io import make_folder, read_json, require_file, unpickling_reason, write_json
 
 LOGGERS = ("csv", "tensorboard", "wandb")
 CHECKPOINT_DIR = "checkpoints"
@@ -195,8 +195,7 @@ def prepare_run(run_dir: str | os.PathLike[str], config: Any, name: str) -> Path
 
     from landformer import __version__
 
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = make_folder(run_dir)
     if not _is_rank_zero():
         return run_dir
     save_config(config, run_dir / "config.yaml")

@@ -103,6 +103,12 @@ def _add_data_arguments(parser: argparse.ArgumentParser, note: str = "") -> None
         help="static covariate raster, e.g. a DEM, on any grid (repeatable; a world adds its elevation)",
     )
     parser.add_argument("--scale", type=float, default=None, help="raw value / scale = series units (default: detect)")
+    parser.add_argument(
+        "--align-series",
+        action="store_true",
+        default=None,
+        help="resample series rasters on another grid than the first onto it (bilinear) instead of refusing them",
+    )
     parser.add_argument("--assume-crs", default=None, help="CRS for rasters that carry none, e.g. EPSG:5070")
 
 
@@ -140,6 +146,8 @@ def _apply_data_arguments(data: Any, args: argparse.Namespace) -> None:
         data.scale = args.scale
     if args.assume_crs is not None:
         data.assume_crs = args.assume_crs
+    if args.align_series:
+        data.align_series = True
 
 
 def run_train(args: argparse.Namespace) -> None:
@@ -163,8 +171,11 @@ def run_evaluate(args: argparse.Namespace) -> None:
     if _data_given(args):
         data = ForecastDataConfig()
         _apply_data_arguments(data, args)
-    elif args.covariates is not None or args.scale is not None:
-        raise UserError("--covariate and --scale go with the data they describe: give --world, --series or --pattern")
+    elif args.covariates is not None or args.scale is not None or args.align_series:
+        raise UserError(
+            "--covariate, --scale and --align-series go with the data they describe: give --world, --series or "
+            "--pattern"
+        )
     result = evaluate_forecaster(
         args.model, args.out, data=data, change_threshold=args.change_threshold, precision=args.precision
     )
@@ -210,6 +221,7 @@ def run_predict(args: argparse.Namespace) -> None:
         covariates,
         args.out,
         scale=args.scale,
+        align_series=data.align_series,
         assume_crs=args.assume_crs,
         prefix=args.prefix,
         compile_gates=settings.compile,

@@ -37,7 +37,9 @@ class ForecastDataConfig:
     # [low, high] in series units that forecasts are clipped to; None: 0..1 when the training values lie in it
     # (HM), else no clipping
     valid_range: list[float] | None = None
-    align_series: bool = True  # resample series rasters on another grid onto the first one's (else refuse)
+    # Series rasters must share the first one's size, CRS and transform; true resamples those on another grid onto
+    # it (bilinear) instead of refusing them.
+    align_series: bool = False
     assume_crs: str | None = None  # CRS for rasters that carry none
     n_input_steps: int = 3  # K: steps the model reads
     n_horizons: int = 4  # H: steps it forecasts

@@ -2,10 +2,11 @@
 
 **Series.** A list of rasters with their years (a config list, or a filename pattern such as
 ``hm_{year}.tif``), oldest first and evenly spaced: the ConvLSTM advances one cadence per step, so an irregular
-series is refused rather than silently mis-timed. Every raster is read on the grid of the first one; a raster
-on another grid is resampled onto it (bilinear, through core/raster.py) when it overlaps, and refused when it
-does not or when ``align_series`` is off. Values are divided by ``scale`` (10000 for HM published as integers
-0..10000, detected when not given) so the "series units" of every report are the index itself. Nodata pixels
+series is refused rather than silently mis-timed. Every raster must share the first one's size, CRS and
+transform; one on another grid is refused unless ``align_series`` is on, which resamples it onto the first
+(bilinear, through core/raster.py) where it overlaps. A model's inputs must lie in its valid range (0..1 for HM):
+values outside are refused, not clipped into a forecast. Values are divided by ``scale`` (10000 for HM published
+as integers 0..10000, detected when not given) so the "series units" of every report are the index itself. Nodata pixels
 and NaN are *missing*: they are masked in inputs, loss and metrics, never filled with zeros.
 
 **Covariates** (a DEM, ...) are static rasters on any grid, aligned onto the series grid (bilinear, NaN where
@@ -230,9 +231,12 @@ def _on_grid(dataset: Any, grid: RasterGrid, align: bool, what: str, reference: 
     if same_grid(RasterGrid.of(dataset), grid):
         return dataset
     if not align:
+        origin = f"origin {dataset.transform.c:g}, {dataset.transform.f:g}, pixel {dataset.transform.a:g}"
         raise UserError(
             f"{what} {dataset.name} lies on another grid than {reference} ({dataset.width}x{dataset.height} px, "
-            f"{dataset.crs}); align it with `landformer data align` or set data.align_series=true"
+            f"{dataset.crs}, {origin} vs {grid.width}x{grid.height} px, {grid.crs}, origin {grid.transform.c:g}, "
+            f"{grid.transform.f:g}, pixel {grid.transform.a:g}); align it with `landformer data align`, or resample "
+            "it on the fly with --align-series (data.align_series: true)"
         )
     return aligned_vrt(dataset, grid)  # refuses, in one line, a raster that does not overlap
 
@@ -244,7 +248,7 @@ class SeriesRasters:
         self,
         spec: SeriesSpec,
         covariates: Sequence[str | Path] = (),
-        align_series: bool = True,
+        align_series: bool = False,
         assume_crs: str | None = None,
     ) -> None:
         self.spec = spec
@@ -630,19 +634,50 @@ def load_forecast_data(config: ForecastDataConfig, spec: SeriesSpec, covariates:
         )
 
 
+def check_valid_range(
+    values: np.ndarray,
+    valid_range: tuple[float, float] | None,
+    paths: Sequence[Path],
+    scale: float,
+    row: int,
+    col: int,
+) -> None:
+    """Refuse series values (T, C, h, w) in series units outside a model's valid range: a forecast from them
+    would be clipped into that range without a word. ``paths`` are the T rasters, (row, col) the window's corner."""
+    if valid_range is None:
+        return
+    low, high = valid_range
+    tolerance = 1e-6 * max(1.0, high - low)
+    with np.errstate(invalid="ignore"):
+        outside = (values < low - tolerance) | (values > high + tolerance)
+    if not outside.any():
+        return
+    step, _, y, x = (int(i) for i in np.argwhere(outside)[0])
+    value = float(values[step, :, y, x][outside[step, :, y, x]][0])
+    raw = f"{value * scale:g} ({value:g} after dividing by scale {scale:g})" if scale != 1 else f"{value:g}"
+    raise UserError(
+        f"{paths[step]}: value {raw} at row {row + y}, col {col + x} lies outside the model's valid range "
+        f"{low:g}..{high:g} ({int(outside.sum())} such pixel(s) in rows {row}..{row + values.shape[-2]}); "
+        "fix the raster, mark those pixels nodata, or give the right --scale"
+    )
+
+
 def iter_block_windows(
     rasters: SeriesRasters,
     blocks: Sequence[tuple[int, int, int, int]],
     scale: float,
     n_input_steps: int,
     n_horizons: int,
+    valid_range: tuple[float, float] | None = None,
 ) -> Iterator[tuple[tuple[int, int, int, int], list[int], np.ndarray, np.ndarray, np.ndarray]]:
     """Per block: (block, starts, inputs (N, K, C, Y, X), targets (N, H, C, Y, X), covariates (N, V, Y, X)),
-    every window with a target in the series, in series units (missing = NaN)."""
+    every window with a target in the series, in series units (missing = NaN); values outside ``valid_range``
+    are refused (:func:`check_valid_range`)."""
     n_steps = rasters.spec.n_steps
     starts = eval_starts(n_steps, n_input_steps)
     for block in blocks:
         values = rasters.read_series(*block) / np.float32(scale)
+        check_valid_range(values, valid_range, rasters.spec.paths, scale, block[0], block[1])
         inputs, targets = cut_windows(values, starts, n_input_steps, n_horizons, last_target_step=n_steps - 1)
         static = rasters.read_covariates(*block)
         covariates = np.broadcast_to(static, (len(starts), *static.shape))

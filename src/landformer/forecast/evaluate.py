@@ -94,7 +94,7 @@ def evaluate_forecaster(
         blocks = split.blocks("test", grid.height, grid.width)
         everything = ForecastMetrics(h, n_channels, change_threshold=change_threshold)
         last_step = ForecastMetrics(h, n_channels, change_threshold=change_threshold)
-        windows = iter_block_windows(rasters, blocks, scale, k, h)
+        windows = iter_block_windows(rasters, blocks, scale, k, h, forecaster.valid_range)
         for _, starts, inputs, targets, block_covariates in tqdm(
             windows, total=len(blocks), desc="evaluate blocks", unit="block", disable=None, dynamic_ncols=True
         ):

@@ -17,8 +17,9 @@ panel's edge blends with the tile column beside it; there predict forecasts only
 channels-last tensors, and on large rasters the LSTM gate arithmetic is compiled into one kernel (see
 ``export.py``); the cell state, the roll-out and the outputs stay float32.
 
-Inputs are the series' last K steps; pixels where none of them is observed come out as nodata. Forecasts and
-interval bounds are clipped to the model's valid range (0..1 for HM). Values are
+Inputs are the series' last K steps, on one grid (``align_series`` resamples rasters on another grid); pixels
+where none of them is observed come out as nodata, and inputs outside the model's valid range (0..1 for HM) are
+refused. Forecasts and interval bounds are clipped to that range. Values are
 written in the input rasters' own units (times ``scale``), with their CRS, transform and nodata value.
 """
 
@@ -41,7 +42,7 @@ from tqdm import tqdm
 from landformer.core.config import check_values
 from landformer.core.errors import UserError
 from landformer.core.raster import geotiff_writer
-from landformer.forecast.data import SeriesRasters, SeriesSpec, resolve_scale
+from landformer.forecast.data import SeriesRasters, SeriesSpec, check_valid_range, resolve_scale
 from landformer.forecast.export import ExportedForecaster, Forecast, load_forecaster
 
 log = logging.getLogger(__name__)
@@ -214,7 +215,7 @@ def predict_series(
     batch_size: int = 1,
     panel_width: int = 4096,
     scale: float | None = None,
-    align_series: bool = True,
+    align_series: bool = False,
     assume_crs: str | None = None,
     device: str = "cpu",
     prefix: str = "forecast",
@@ -254,9 +255,9 @@ def predict_series(
         nodata = rasters.nodata if rasters.nodata is not None else float("nan")
 
         def read(row: int, col: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-            return rasters.read_series(row, col, height, width) / np.float32(scale), rasters.read_covariates(
-                row, col, height, width
-            )
+            values = rasters.read_series(row, col, height, width) / np.float32(scale)
+            check_valid_range(values, forecaster.valid_range, inputs_spec.paths, scale, row, col)
+            return values, rasters.read_covariates(row, col, height, width)
 
         model_seconds = 0.0
 
