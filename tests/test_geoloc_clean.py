@@ -79,7 +79,7 @@ def test_clean_labels_reports_every_drop_with_its_reason() -> None:
     assert reasons["img3.png"] == "excluded" and reasons["img150.png"] == "excluded"
     assert not keep[[3, 100, 101, 150]].any()
     assert keep.sum() == len(lat) - len(report["dropped"])
-    assert report["regions"]["A"] == {"rows": 102, "excluded": 1, "mad": 1, "dbscan": 1, "kept": 99}
+    assert report["regions"]["A"] == {"rows": 102, "off_globe": 0, "excluded": 1, "mad": 1, "dbscan": 1, "kept": 99}
     assert report["regions"]["B"]["excluded"] == 1
     assert report["total"]["kept"] == int(keep.sum())
     assert report["excluded_not_found"] == ["nothere.png"]

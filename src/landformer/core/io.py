@@ -433,15 +433,18 @@ def load_safetensors(path: str | os.PathLike[str], what: str = "model file") -> 
     return tensors, json.loads(raw)
 
 
-def load_torch(path: str | os.PathLike[str], what: str = "checkpoint") -> Any:
-    """Load a ``.ckpt``/``.pt`` file with ``weights_only=True``: tensors and plain containers only."""
+def load_torch(path: str | os.PathLike[str], what: str = "checkpoint", mmap: bool = False) -> Any:
+    """Load a ``.ckpt``/``.pt`` file with ``weights_only=True``: tensors and plain containers only.
+
+    ``mmap`` maps the tensors of a zip-format file instead of reading them (cheap for a check of a large file).
+    """
     import pickle
 
     import torch
 
     path = require_file(path, what)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, KeyError, ValueError) as err:
         # Garbage input surfaces as KeyError/ValueError from the unpickler, so those count as unreadable too.
         raise UserError(f"{what} {path} cannot be loaded safely: {unpickling_reason(err)}") from None
@@ -451,14 +454,23 @@ def unpickling_reason(err: BaseException) -> str:
     """One line saying why ``torch.load(weights_only=True)`` refused a file.
 
     For a disallowed object that is the "Unsupported global: GLOBAL module.Class" line; torch's own first line
-    suggests re-loading with ``weights_only=False``, which is exactly what must not be done with unknown files.
+    suggests re-loading with ``weights_only=False``, which is exactly what must not be done with unknown files,
+    so no line of that advice (nor its pointer to the documentation) is ever repeated.
     """
-    text = str(err).strip()
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
     match = re.search(r"Unsupported global: GLOBAL [\w.]+", text)
     if match:
         return f"it holds an object that is not plain data ({match.group(0)})"
+    match = re.search(r"unsupported GLOBAL ([\w.]+) whose module ([\w.]+) is blocked", text)
+    if match:
+        return f"it holds a call to {match.group(1)} (module {match.group(2)} is blocked): a pickle that runs code"
     if "WeightsUnpickler error" in text:
         detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
         return "it is a pickle that is not a plain-data checkpoint" + (f" ({detail.group(1)})" if detail else "")
-    first_line = re.sub(r"\x1b\[[0-9;]*m", "", text.splitlines()[0]) if text else ""
-    return f"{type(err).__name__}: {first_line}" if first_line else type(err).__name__
+    advice = ("weights_only", "Weights only load failed", "documentation of torch.load", "trusted source")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [line for line in lines if not any(phrase in line for phrase in advice)]
+    first = lines[0].split(". ")[0].rstrip(".") if lines else ""
+    if not first and isinstance(err, EOFError):
+        return "the file is empty or ends too early"
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__

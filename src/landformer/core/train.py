@@ -34,7 +34,7 @@ from typing import Any
 
 from landformer.core.config import save_config
 from landformer.core.errors import UserError
-from landformer.core.io import make_folder, read_json, require_file, unpickling_reason, write_json
+from landformer.core.io import load_torch, make_folder, read_json, require_file, unpickling_reason, write_json
 
 LOGGERS = ("csv", "tensorboard", "wandb")
 CHECKPOINT_DIR = "checkpoints"
@@ -392,8 +392,17 @@ def _resume_path(run_dir: Path, resume: bool | str | os.PathLike[str]) -> Path |
         path = last_checkpoint(run_dir)
         if path is None:
             raise UserError(f"cannot resume: no checkpoint {run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT} (train first)")
-        return path
-    return require_file(resume, "checkpoint to resume from")
+        return check_training_checkpoint(path)
+    return check_training_checkpoint(require_file(resume, "checkpoint to resume from"))
+
+
+def check_training_checkpoint(path: Path) -> Path:
+    """Refuse, before training starts, a checkpoint that cannot be loaded safely or is no training checkpoint."""
+    state = load_torch(path, "checkpoint to resume from", mmap=True)
+    if not isinstance(state, dict) or "state_dict" not in state or "global_step" not in state:
+        keys = ", ".join(sorted(map(str, state))[:8]) if isinstance(state, dict) else type(state).__name__
+        raise UserError(f"{path} is not a training checkpoint of `fit` (it holds {keys or 'nothing'})")
+    return path
 
 
 def fit(

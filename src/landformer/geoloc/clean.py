@@ -2,6 +2,8 @@
 
 Region by region:
 
+0. coordinates off the globe (latitude beyond +-90 or longitude beyond +-180, typically latitude and longitude
+   swapped) are dropped, whether cleaning is enabled or not: no frame or distance is defined for them;
 1. excluded filenames (an optional list) are dropped;
 2. Median Absolute Deviation: each coordinate's modified z-score ``0.6745 (x - median) / MAD`` (Iglewicz and
    Hoaglin) is computed in the region's local frame (see :mod:`landformer.geoloc.frames`), so longitudes across
@@ -138,9 +140,13 @@ def clean_labels(
 
     for region in sorted(set(region_array.tolist())):
         members = np.flatnonzero(region_array == region)
-        counts = {"rows": len(members), "excluded": 0, "mad": 0, "dbscan": 0}
+        counts = {"rows": len(members), "off_globe": 0, "excluded": 0, "mad": 0, "dbscan": 0}
         for index in members:
-            if filenames[index] in excluded_names:
+            lat, lon = latitude[index], longitude[index]
+            if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
+                drop(int(index), "off_globe", f"latitude {lat:g}, longitude {lon:g} outside [-90, 90] x [-180, 180]")
+                counts["off_globe"] += 1
+            elif filenames[index] in excluded_names:
                 drop(int(index), "excluded", "listed in clean.exclude")
                 counts["excluded"] += 1
         if config.enabled and config.mad_threshold is not None:
@@ -180,7 +186,7 @@ def clean_labels(
         "regions": per_region,
         "total": {
             key: sum(counts[key] for counts in per_region.values())
-            for key in ("rows", "excluded", "mad", "dbscan", "kept")
+            for key in ("rows", "off_globe", "excluded", "mad", "dbscan", "kept")
         },
         "excluded_not_found": unknown,
         "dropped": dropped,
@@ -189,11 +195,11 @@ def clean_labels(
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """A small table: rows, excluded, MAD outliers, DBSCAN-isolated and kept per region."""
-    lines = [f"{'region':>8} {'rows':>6} {'excluded':>8} {'mad':>5} {'dbscan':>6} {'kept':>6}"]
+    """A small table: rows, off the globe, excluded, MAD outliers, DBSCAN-isolated and kept per region."""
+    lines = [f"{'region':>8} {'rows':>6} {'off_globe':>9} {'excluded':>8} {'mad':>5} {'dbscan':>6} {'kept':>6}"]
     for region, counts in [*report["regions"].items(), ("all", report["total"])]:
         lines.append(
-            f"{region:>8} {counts['rows']:>6} {counts['excluded']:>8} {counts['mad']:>5} "
+            f"{region:>8} {counts['rows']:>6} {counts['off_globe']:>9} {counts['excluded']:>8} {counts['mad']:>5} "
             f"{counts['dbscan']:>6} {counts['kept']:>6}"
         )
     return "\n".join(lines)

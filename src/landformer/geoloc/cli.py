@@ -74,7 +74,7 @@ def _clean(args: argparse.Namespace) -> None:
     from landformer.geoloc.clean import CleanConfig, clean_labels, format_report
     from landformer.geoloc.data import read_filename_list, read_labels
 
-    table = read_labels(args.csv)
+    table = read_labels(args.csv, out_of_range=True)  # reported as dropped, like the other outliers
     assert table.latitude is not None and table.longitude is not None and table.regions is not None
     config = CleanConfig(
         mad_threshold=args.mad_threshold, dbscan_eps_km=args.dbscan_eps_km, dbscan_min_samples=args.dbscan_min_samples

@@ -70,12 +70,14 @@ def _number(text: str, path: Path, line: int, column: str) -> float:
     return value
 
 
-def read_labels(path: str | os.PathLike[str], labelled: bool = True) -> LabelTable:
+def read_labels(path: str | os.PathLike[str], labelled: bool = True, out_of_range: bool = False) -> LabelTable:
     """Read and check a label CSV. ``labelled=False`` needs only ``filename`` (for ``geoloc predict``), reads
     ``Region_ID`` when it is there, and the coordinates only when all four columns are present.
 
-    Refused with the line and value: missing columns, empty filenames or regions, non-numbers, latitudes outside
-    [-90, 90], longitudes outside [-180, 180], a filename listed twice, a file with no rows.
+    Refused with the line and value: missing columns, empty filenames or regions, non-numbers, a filename listed
+    twice, a file with no rows, and latitudes outside [-90, 90] or longitudes outside [-180, 180] unless
+    ``out_of_range`` keeps them (training labels: label cleaning drops and reports them, see
+    :func:`landformer.geoloc.clean.clean_labels`).
     """
     path = require_file(path, "label CSV")
     try:
@@ -117,9 +119,9 @@ def read_labels(path: str | os.PathLike[str], labelled: bool = True) -> LabelTab
             continue
         lat = _number((row.get("latitude") or "").strip(), path, line, "latitude")
         lon = _number((row.get("longitude") or "").strip(), path, line, "longitude")
-        if not -90.0 <= lat <= 90.0:
+        if not out_of_range and not -90.0 <= lat <= 90.0:
             raise UserError(f"{path} line {line}: latitude {lat} of {filename} is outside [-90, 90]")
-        if not -180.0 <= lon <= 180.0:
+        if not out_of_range and not -180.0 <= lon <= 180.0:
             raise UserError(f"{path} line {line}: longitude {lon} of {filename} is outside [-180, 180]")
         latitude.append(lat)
         longitude.append(lon)

@@ -220,7 +220,7 @@ def train_geoloc(config: GeolocConfig, resume: bool = False) -> dict[str, Any]:
     data = config.data
     if data.train_csv is None:
         raise UserError("no training labels: give --train-csv (or data.train_csv in the config)")
-    train_table = read_labels(data.train_csv)
+    train_table = read_labels(data.train_csv, out_of_range=True)  # cleaning drops and reports those
     val_table = read_labels(data.val_csv) if data.val_csv is not None else None
     images = Path(data.images) if data.images is not None else Path(data.train_csv).parent / "images"
     val_images = Path(data.val_images) if data.val_images is not None else images
