@@ -125,7 +125,7 @@ def test_broken_missing_and_mismatched_images_are_named(tmp_path: Path) -> None:
     (tmp_path / "broken.tif").write_bytes(b"II*\x00garbage")
     with pytest.raises(UserError, match=r"broken.png does not open"):
         check_images(tmp_path, ["rgb.png", "broken.png"])
-    with pytest.raises(UserError, match=r"broken.tif does not open"):
+    with pytest.raises(UserError, match=r"broken.tif is not a raster GDAL can open"):
         read_image(tmp_path / "broken.tif")
     with pytest.raises(UserError, match=r"missing.png not found"):
         check_images(tmp_path, ["missing.png"])

@@ -53,6 +53,7 @@ from landformer.core.raster import (
     crs_name,
     iter_windows,
     open_raster,
+    refuse_infinite,
 )
 
 log = logging.getLogger(__name__)
@@ -761,6 +762,7 @@ def load_chips(path: str | os.PathLike[str]) -> ChipSet:
             raise UserError(f"chip file {path}: {name} should be (N, C, H, W) with H == W, got {data.shape}")
         if data.dtype.kind not in "iuf":
             raise UserError(f"chip file {path}: {name} holds {data.dtype}, expected numbers")
+        refuse_infinite(data, f"chip file {path}: {name}")
     if train.shape[1:] != test.shape[1:]:
         raise UserError(f"chip file {path}: train chips {train.shape[1:]} and test chips {test.shape[1:]} differ")
     _check_coords(path, "train_coords", arrays["train_coords"], len(train))

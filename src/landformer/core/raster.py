@@ -139,6 +139,15 @@ class CheckedReads:
         return data
 
 
+def refuse_infinite(values: np.ndarray, source: str) -> None:
+    """The same rule for arrays that do not come from a raster (chip files, .npy tiles): +-inf is refused."""
+    if values.dtype.kind == "f" and np.isinf(values).any():
+        raise UserError(
+            f"{source} holds {int(np.isinf(values).sum())} infinite value(s); landformer refuses +-inf: mark missing "
+            "values with NaN"
+        )
+
+
 def _window_offsets(window: Any) -> tuple[int, int]:
     if not isinstance(window, Window):
         window = Window.from_slices(*window)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +80,10 @@ def read_tile(path: str | os.PathLike[str], channels: int = EMBEDDING_DIM) -> np
         raise UserError(f"embedding tile {path}: unknown suffix {path.suffix!r} (use {', '.join(TILE_SUFFIXES)})")
     if values.shape[0] != channels:
         raise UserError(f"embedding tile {path} has {values.shape[0]} channels, expected {channels}")
+    if values.dtype.kind == "f" and np.isinf(values).any():
+        from landformer.core.raster import refuse_infinite
+
+        refuse_infinite(values, f"embedding tile {path}")
     return values
 
 
@@ -101,18 +104,13 @@ def _read_npy_tile(path: Path, channels: int) -> np.ndarray:
 
 
 def _read_tiff_tile(path: Path) -> np.ndarray:
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+    from landformer.core.raster import open_any_raster
 
-    try:
-        with warnings.catch_warnings():  # tiles need no georeferencing: only their pixels are used
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(path) as dataset:
-                raw = dataset.read()
-                nodata = dataset.nodata
-                south_up = dataset.transform.e > 0
-    except RasterioIOError as err:
-        raise UserError(f"embedding tile {path} is not a raster GDAL can open: {str(err).splitlines()[0]}") from None
+    # Tiles need no georeferencing (only their pixels are used); reads are checked (corrupt blocks, +-inf).
+    with open_any_raster(path) as dataset:
+        raw = dataset.read()
+        nodata = dataset.nodata
+        south_up = dataset.transform.e > 0
     if south_up:  # "bottom-up" COGs (positive y resolution) are flipped so row 0 is north, as everywhere else
         raw = raw[:, ::-1]
     if raw.dtype == np.int8:

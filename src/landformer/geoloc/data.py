@@ -170,18 +170,10 @@ def _image_path(folder: Path, filename: str) -> Path:
 def probe_image(path: Path) -> tuple[int, int, int]:
     """(bands, height, width) from the file's header, without decoding the pixels."""
     if path.suffix.lower() in RASTER_SUFFIXES:
-        import warnings
+        from landformer.core.raster import open_any_raster
 
-        import rasterio
-        from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
-
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                with rasterio.open(path) as dataset:
-                    return dataset.count, dataset.height, dataset.width
-        except RasterioIOError as err:
-            raise UserError(f"image {path} does not open: {str(err).splitlines()[0]}") from None
+        with open_any_raster(path) as dataset:
+            return dataset.count, dataset.height, dataset.width
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -195,18 +187,10 @@ def probe_image(path: Path) -> tuple[int, int, int]:
 def read_image(path: Path) -> np.ndarray:
     """(bands, H, W) float32; GeoTIFF nodata and masked pixels become NaN, palette PNGs become RGB."""
     if path.suffix.lower() in RASTER_SUFFIXES:
-        import warnings
+        from landformer.core.raster import open_any_raster
 
-        import rasterio
-        from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
-
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                with rasterio.open(path) as dataset:
-                    data = dataset.read(masked=True)
-        except RasterioIOError as err:
-            raise UserError(f"image {path} does not open: {str(err).splitlines()[0]}") from None
+        with open_any_raster(path) as dataset:  # checked reads: a corrupt block or +-inf is one line
+            data = dataset.read(masked=True)
         return np.ma.filled(data.astype(np.float32), np.nan)
     from PIL import Image, UnidentifiedImageError
 
@@ -311,9 +295,9 @@ def band_names_of(path: Path) -> list[str]:
     """Band descriptions of a GeoTIFF (empty strings where unnamed); [] for pictures."""
     if path.suffix.lower() not in RASTER_SUFFIXES:
         return []
-    import rasterio
+    from landformer.core.raster import open_any_raster
 
-    with rasterio.open(path) as dataset:
+    with open_any_raster(path) as dataset:
         return [name or "" for name in dataset.descriptions]
 
 
