@@ -394,14 +394,22 @@ def read_npz(
 ) -> dict[str, np.ndarray]:
     """Load every array of an ``.npz`` without pickle; corrupt files and missing keys are UserErrors."""
     path = require_file(path, what)
+    with open(path, "rb") as handle:
+        magic = handle.read(6)
+    if not zipfile.is_zipfile(path) and magic != b"\x93NUMPY":
+        raise UserError(f"{what} {path} is corrupt or truncated: it is neither an .npz archive nor a .npy array")
     try:
         loaded = np.load(path, allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):
             raise UserError(f"{what} {path} is a single .npy array, not an .npz archive of named arrays")
         with loaded as npz:
             arrays = {key: npz[key] for key in npz.files}
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as err:
-        raise UserError(f"{what} {path} is corrupt, truncated or holds pickled objects: {err}") from None
+    except ValueError as err:
+        if "pickle" in str(err):  # numpy's message goes on to suggest allow_pickle=True: never for unknown files
+            raise UserError(f"{what} {path} holds pickled objects, which are never loaded") from None
+        raise UserError(f"{what} {path} is corrupt or truncated: {err}") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
+        raise UserError(f"{what} {path} is corrupt or truncated: {err}") from None
     missing = [key for key in required if key not in arrays]
     if missing:
         raise UserError(f"{what} {path} lacks key(s) {', '.join(missing)} (has: {', '.join(sorted(arrays))})")

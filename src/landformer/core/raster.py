@@ -13,6 +13,7 @@ centre at (r + s / 2, c + s / 2).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import warnings
 from collections.abc import Iterator
@@ -42,7 +43,8 @@ GEOTIFF_BLOCK = 256
 def parse_crs(text: str, what: str = "CRS") -> CRS:
     """A CRS from ``"EPSG:5070"``, a PROJ string or WKT; a UserError names the text if it is not one."""
     try:
-        return CRS.from_user_input(text)
+        with rasterio.Env():  # GDAL's and PROJ's complaints go to the error below, not straight to stderr
+            return CRS.from_user_input(text)
     except (CRSError, ValueError) as err:
         raise UserError(f"{what} {text!r} is not a coordinate reference system: {err}") from None
 
@@ -77,6 +79,11 @@ def open_any_raster(path: str | os.PathLike[str]) -> rasterio.DatasetReader:
             dataset = rasterio.open(path)
     except RasterioIOError as err:
         raise UserError(f"{path} is not a raster GDAL can open: {str(err).splitlines()[0]}") from None
+    try:
+        check_complete(dataset, path, last_blocks_only=True)
+    except BaseException:
+        dataset.close()
+        raise
     return checked(dataset, str(path))
 
 
@@ -632,28 +639,41 @@ def align_raster(
     return Path(out_path)
 
 
-def check_complete(dataset: Any, path: str | os.PathLike[str], verify: bool = False) -> int:
+def check_complete(
+    dataset: Any, path: str | os.PathLike[str], verify: bool = False, last_blocks_only: bool = False
+) -> int:
     """Refuse a truncated raster: every block of a GeoTIFF must lie inside the file, and the last block of any
-    raster must decode. ``verify`` decodes every block (a corrupt one is named). Returns the blocks checked."""
+    raster must decode. ``verify`` decodes every block (a corrupt one is named). Returns the blocks checked.
+
+    ``last_blocks_only`` looks only at where the last block of each band is stored and decodes nothing: a file
+    cut short loses the blocks written last, so this cheap check (every :func:`open_raster` makes it) catches most
+    truncated GeoTIFFs before any work starts.
+    """
     blocks = 0
     file_size = Path(path).stat().st_size if Path(path).is_file() else None
     if dataset.driver == "GTiff" and file_size is not None:
         for band in range(1, dataset.count + 1):
             block_rows, block_cols = dataset.block_shapes[band - 1]
-            for y in range(-(-dataset.height // block_rows)):
-                for x in range(-(-dataset.width // block_cols)):
-                    offset = dataset.get_tag_item(f"BLOCK_OFFSET_{x}_{y}", "TIFF", bidx=band)
-                    length = dataset.get_tag_item(f"BLOCK_SIZE_{x}_{y}", "TIFF", bidx=band)
-                    blocks += 1
-                    if offset is None or length is None:
-                        continue  # a sparse block, never written: it reads as nodata
-                    end = int(offset) + int(length)
-                    if end > file_size:
-                        raise UserError(
-                            f"{path} is truncated: band {band}, rows {y * block_rows}..{(y + 1) * block_rows}, cols "
-                            f"{x * block_cols}..{(x + 1) * block_cols} is stored up to byte {end:,} but the file "
-                            f"has {file_size:,} bytes"
-                        )
+            n_rows, n_cols = -(-dataset.height // block_rows), -(-dataset.width // block_cols)
+            if last_blocks_only:
+                positions: Any = [(n_rows - 1, n_cols - 1)]
+            else:
+                positions = itertools.product(range(n_rows), range(n_cols))
+            for y, x in positions:
+                blocks += 1
+                offset = dataset.get_tag_item(f"BLOCK_OFFSET_{x}_{y}", "TIFF", bidx=band)
+                length = dataset.get_tag_item(f"BLOCK_SIZE_{x}_{y}", "TIFF", bidx=band)
+                if offset is None or length is None:
+                    continue  # a sparse block, never written: it reads as nodata
+                end = int(offset) + int(length)
+                if end > file_size:
+                    raise UserError(
+                        f"{path} is truncated: band {band}, rows {y * block_rows}..{(y + 1) * block_rows}, cols "
+                        f"{x * block_cols}..{(x + 1) * block_cols} is stored up to byte {end:,} but the file "
+                        f"has {file_size:,} bytes"
+                    )
+    if last_blocks_only:
+        return blocks
     windows = [window for _, window in dataset.block_windows(1)] if verify else [_last_block(dataset)]
     for window in windows:
         dataset.read(window=window)

@@ -415,7 +415,7 @@ def _read_tile_files(source: TileSource, ids: list[str], progress: bool) -> np.n
     _check_ids_match(set(on_disk), ids, str(source.tiles), source.labels)
     folders = [source.tiles] + ([source.next_tiles] if source.next_tiles is not None else [])
     stack: np.ndarray | None = None
-    for index, tile_id in enumerate(tqdm(ids, desc="reading tiles", disable=not progress, leave=False)):
+    for index, tile_id in enumerate(tqdm(ids, desc="reading tiles", disable=None if progress else True, leave=False)):
         for frame, folder in enumerate(folders):
             path = on_disk[tile_id] if frame == 0 else find_tile(folder, tile_id)
             if path is None:

@@ -457,7 +457,7 @@ def make_city_dataset(out: str | Path, config: CityDatasetConfig, progress: bool
         tqdm(
             list(zip(cities, windows, land_crops, koppen_crops, strict=True)),
             desc="building city tiles",
-            disable=not progress,
+            disable=None if progress else True,
         )
     ):
         features = city_features(land, koppen, altitude, countries, airports, window, margin, float(city["latitude"]))
@@ -575,7 +575,7 @@ def make_world_dataset(
         raise UserError(f"world of {world.size} px holds fewer than 2x2 tiles of {size} px")
     rows = []
     codes = np.empty((n_tiles * n_tiles, 2, EMBEDDING_DIM, size, size), dtype=np.int8)
-    for row in tqdm(range(n_tiles), desc="building world tiles", disable=not progress):
+    for row in tqdm(range(n_tiles), desc="building world tiles", disable=None if progress else True):
         for col in range(n_tiles):
             tile_id = f"r{row:03d}c{col:03d}"
             window = np.s_[row * size : (row + 1) * size, col * size : (col + 1) * size]

@@ -46,7 +46,7 @@ def _train(args: argparse.Namespace) -> None:
     from landformer.geoloc.config import config_from_args
     from landformer.geoloc.training import train_geoloc
 
-    train_geoloc(config_from_args(args), resume=args.resume is not False)
+    train_geoloc(config_from_args(args), resume=args.resume)
 
 
 def _evaluate(args: argparse.Namespace) -> None:

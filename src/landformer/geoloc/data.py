@@ -222,7 +222,7 @@ def check_images(
     folder = Path(folder)
     first: tuple[int, int, int] | None = None
     first_name = ""
-    for filename in tqdm(filenames, desc=f"checking {what}", disable=not progress, leave=False):
+    for filename in tqdm(filenames, desc=f"checking {what}", disable=None if progress else True, leave=False):
         shape = probe_image(_image_path(folder, filename))
         if first is None:
             first, first_name = shape, filename
@@ -334,7 +334,9 @@ class ImageStore:
         self.images: Any = None
         if preload:
             tensor = torch.empty((len(self.filenames), normalizer.bands, *self.shape), dtype=torch.float32)
-            for index in tqdm(range(len(self.filenames)), desc="loading images", disable=not progress, leave=False):
+            for index in tqdm(
+                range(len(self.filenames)), desc="loading images", disable=None if progress else True, leave=False
+            ):
                 tensor[index] = self._prepare(raw[index] if raw is not None else self._read(index), index)
             self.images = tensor
 
@@ -371,7 +373,7 @@ def fit_normalizer(
     kept: list[np.ndarray] | None = [] if keep else None
 
     def images() -> Iterable[np.ndarray]:
-        for filename in tqdm(filenames, desc="band statistics", disable=not progress, leave=False):
+        for filename in tqdm(filenames, desc="band statistics", disable=None if progress else True, leave=False):
             image = read_image(_image_path(folder, filename))
             if kept is not None:
                 kept.append(image)

@@ -424,7 +424,7 @@ def make_cities_dataset(config: DatasetConfig, progress: bool = True) -> Path:
         load_cities(config.city_list), config.per_region, config.min_region_cities, config.seed, config.min_spacing_km
     )
     rows = []
-    for city in tqdm(cities, desc="city chips", disable=not progress, leave=False):
+    for city in tqdm(cities, desc="city chips", disable=None if progress else True, leave=False):
         filename = f"{city['continent']}_{city['geonameid']}.tif"
         bands, transform = mosaic.chip(city["latitude"], city["longitude"], config.chip_size)
         write_geotiff(folder / "images" / filename, bands, transform, "EPSG:4326", band_names=list(FEATURE_BANDS))
@@ -509,7 +509,9 @@ def make_world_dataset(config: DatasetConfig, progress: bool = True) -> Path:
     lon, lat = pixel_to_lonlat(transform, crs, top_rows + chip / 2, top_cols + chip / 2)
     rows = []
     for index, ((row, col, quadrant), latitude, longitude) in enumerate(
-        tqdm(list(zip(tops, lat, lon, strict=True)), desc="world chips", disable=not progress, leave=False)
+        tqdm(
+            list(zip(tops, lat, lon, strict=True)), desc="world chips", disable=None if progress else True, leave=False
+        )
     ):
         filename = f"{quadrant}_{index:05d}.png"
         with atomic_path(folder / "images" / filename) as tmp:

@@ -53,7 +53,7 @@ def make_generator(model: LandCoverRandAR, seed: int) -> torch.Generator:
 def _progress(total: int, desc: str, enabled: bool) -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
+    return tqdm(total=total, desc=desc, disable=None if enabled else True, leave=False)
 
 
 def _map_scale(height: int, width: int, side: int = 128) -> int:

@@ -34,7 +34,7 @@ from landformer.core.chips import ChipConfig, ChipSet, as_class_indices, load_ch
 from landformer.core.errors import UserError
 from landformer.core.io import load_torch, read_json, write_json
 from landformer.core.legend import load_legend
-from landformer.core.train import fit, last_checkpoint, prepare_run, seed_everything
+from landformer.core.train import check_training_checkpoint, fit, last_checkpoint, prepare_run, seed_everything
 from landformer.landcover.config import LandCoverRecipe
 from landformer.landcover.data import (
     ChipTensors,
@@ -176,7 +176,7 @@ def _resume_step(run_dir: Path, resume: bool | str | os.PathLike[str]) -> int:
     path = last_checkpoint(run_dir) if resume is True else Path(resume)
     if path is None:
         raise UserError(f"cannot resume: no checkpoint {run_dir / 'checkpoints' / 'last.ckpt'} (train first)")
-    return int(load_torch(path, "checkpoint to resume from")["global_step"])
+    return int(load_torch(check_training_checkpoint(path), "checkpoint to resume from")["global_step"])
 
 
 def train_landcover(
