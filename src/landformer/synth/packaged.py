@@ -250,8 +250,9 @@ def igbp_tiled() -> Path:
     tags = {"source": source.name, "crs_note": IGBP_CRS_NOTE}
     try:
         return write_geotiff(cached, classes, transform, WGS84, nodata=IGBP_NODATA, tags=tags)
-    except OSError as err:
-        raise UserError(f"cannot write the IGBP cache {cached} ({err.strerror}); set LANDFORMER_CACHE") from None
+    except (OSError, UserError) as err:  # core.io names a cache folder it cannot create; point to the setting
+        reason = err.strerror if isinstance(err, OSError) else str(err)
+        raise UserError(f"cannot write the IGBP cache {cached} ({reason}); set LANDFORMER_CACHE") from None
 
 
 def igbp_landcover(out: Path, bbox: Sequence[float], allow_large: bool = False) -> Path:
