@@ -256,25 +256,32 @@ def test_expand_map_copies_the_original_through_windows_and_keeps_grid_and_nodat
     assert np.array_equal(values[new], expected[new])
 
 
-def test_expansion_reads_only_bands_along_the_edges(models: dict[str, Path]) -> None:
-    """Memory stays constant in the map's size: growing asks the original only for bands along its edges."""
+@pytest.mark.parametrize("scales", [1, 2])
+def test_expansion_reads_only_bands_along_the_edges(models: dict[str, Path], scales: int) -> None:
+    """Memory stays constant in the map's size: growing asks the original only for bands along its edges, deeper
+    by the scale factor for each coarser scale continued."""
+    from landformer.terrain.config import SCALE_FACTOR
     from landformer.terrain.outpaint import GrowingMap, band_depth
 
     generator = load_generator(models["maskgit"])
-    original = hills(96, 88, seed=2)
+    depth = band_depth(generator, scales)
+    assert depth == band_depth(generator) * SCALE_FACTOR ** (scales - 1)
+    height, width = depth + 40, depth + 32
+    original = hills(height, width, seed=2)
     asked: list[tuple[int, int, int, int]] = []
 
-    def read_original(row: int, col: int, height: int, width: int) -> np.ndarray:
-        asked.append((row, col, height, width))
-        return original[row : row + height, col : col + width]
+    def read_original(row: int, col: int, rows: int, cols: int) -> np.ndarray:
+        asked.append((row, col, rows, cols))
+        return original[row : row + rows, col : col + cols]
 
-    grown = GrowingMap(read_original, 96, 88, top=0, left=0)
-    grown.grow(generator, {"right": 8, "down": 8}, seed=1)
-    depth = band_depth(generator)
-    assert depth < 88 and len(asked) == 2
-    assert asked[0] == (0, 88 - depth, 96, depth)  # the right band
-    assert asked[1] == (96 - depth, 0, depth, 88)  # the bottom band (the new right strip comes from memory)
-    assert np.array_equal(grown.read(0, 0, 104, 96), expand_array(generator, original, {"right": 8, "down": 8}, 1))
+    grown = GrowingMap(read_original, height, width, top=0, left=0)
+    grown.grow(generator, {"right": 8, "down": 8}, seed=1, scales=scales)
+    assert len(asked) == 2
+    assert asked[0] == (0, width - depth, height, depth)  # the right band
+    assert asked[1] == (height - depth, 0, depth, width)  # the bottom band (the new right strip comes from memory)
+    expanded = expand_array(generator, original, {"right": 8, "down": 8}, 1, scales=scales)
+    assert np.array_equal(grown.read(0, 0, height + 8, width + 8), expanded)
+    assert np.array_equal(expanded[:height, :width], original)
 
 
 def test_tall_encoding_and_decoding_in_chunks_match_the_whole(models: dict[str, Path]) -> None:

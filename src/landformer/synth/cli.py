@@ -56,7 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     packaged.add_argument(
         "layer",
         choices=LAYERS,
-        help="jacksboro / topobathy: DEMs from matplotlib; altitude: pvlib's global DEM; koppen: Koppen-Geiger "
+        help="jacksboro / topobathy: DEMs from matplotlib (jacksboro-west: the part the terrain models train on, "
+        "jacksboro-east: the part they never see); altitude: pvlib's global DEM; koppen: Koppen-Geiger "
         "classes; igbp: MODIS MCD12C1 2019 IGBP land cover (0.05 degree); landmask: 1 land / 0 water; countries: "
         "Natural Earth countries rasterized",
     )

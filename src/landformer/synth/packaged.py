@@ -157,16 +157,33 @@ def _write_legend(out: Path, name: str, classes: Sequence[tuple[int, str, str]])
 # ------------------------------------------------------------------------------------------------- DEMs
 
 
-def jacksboro_dem(out: Path) -> Path:
-    """The Jacksboro fault DEM (Tennessee, 3 arc-second) as float32 metres, nodata NaN."""
+# The Jacksboro DEM is the only packaged DEM at the pixel size of the DEMs users bring (about 80 m), so the
+# terrain models train on its west part and its east part stays unseen: the held-out real DEM that
+# `terrain evaluate` and the terrain benchmark expand (columns 240..402, 163 px, about 13.6 km across).
+JACKSBORO_SPLIT_COLUMN = 240
+JACKSBORO_PARTS = ("all", "west", "east")
+
+
+def jacksboro_dem(out: Path, part: str = "all") -> Path:
+    """The Jacksboro fault DEM (Tennessee, 3 arc-second) as float32 metres, nodata NaN: all of it, or the part
+    west or east of :data:`JACKSBORO_SPLIT_COLUMN`."""
     from rasterio.transform import Affine
 
+    if part not in JACKSBORO_PARTS:
+        raise UserError(f"unknown part {part!r} of the Jacksboro DEM; choose one of {', '.join(JACKSBORO_PARTS)}")
     source = package_file("matplotlib", "mpl-data", "sample_data", "jacksboro_fault_dem.npz")
     with np.load(source) as data:
         elevation = data["elevation"].astype(np.float32)
         west, dx, dy = float(data["xmin"]), float(data["dx"]), float(data["dy"])
         north = float(data["ymin"])  # the key named ymin holds the northern edge
-    return _write(out, elevation, Affine(dx, 0.0, west, 0.0, -dy, north), float("nan"), source.name)
+    if part == "west":
+        elevation = elevation[:, :JACKSBORO_SPLIT_COLUMN]
+    elif part == "east":
+        elevation = elevation[:, JACKSBORO_SPLIT_COLUMN:]
+        west += JACKSBORO_SPLIT_COLUMN * dx
+    return _write(
+        out, np.ascontiguousarray(elevation), Affine(dx, 0.0, west, 0.0, -dy, north), float("nan"), source.name
+    )
 
 
 def topobathy_dem(out: Path) -> Path:
@@ -442,7 +459,17 @@ def _read_wkb(buffer: memoryview, offset: int) -> tuple[list[list[list[tuple[flo
     return [rings], offset
 
 
-LAYERS = ("jacksboro", "topobathy", "altitude", "koppen", "igbp", "landmask", "countries")
+LAYERS = (
+    "jacksboro",
+    "jacksboro-west",
+    "jacksboro-east",
+    "topobathy",
+    "altitude",
+    "koppen",
+    "igbp",
+    "landmask",
+    "countries",
+)
 
 
 def write_packaged(
@@ -454,8 +481,8 @@ def write_packaged(
     allow_large: bool = False,
 ) -> Path:
     """Write one packaged layer by name (see :data:`LAYERS`); the CLI's entry point."""
-    if layer == "jacksboro":
-        return jacksboro_dem(out)
+    if layer.startswith("jacksboro"):
+        return jacksboro_dem(out, layer.partition("-")[2] or "all")
     if layer == "topobathy":
         return topobathy_dem(out)
     if layer == "altitude":

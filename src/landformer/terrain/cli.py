@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from landformer.cli import add_command, add_group, add_recipe_arguments
+from landformer.terrain.config import EXPAND_SCALES, SCALE_FACTOR
 
 DEFAULT_TOKENIZER_CONFIG = "configs/terrain_tokenizer_tiny.yaml"
 DEFAULT_MASKGIT_CONFIG = "configs/terrain_maskgit_tiny.yaml"
@@ -24,12 +25,20 @@ def _config_path(value: Path | None, default: str) -> Path | str | None:
     return default if Path(default).is_file() else None
 
 
+def _add_dem_flags(config: Any, args: argparse.Namespace) -> None:
+    """``--dem`` adds the user's DEMs to the recipe's sources; ``--no-packaged`` drops the packaged ones."""
+    config.data.dems = [*config.data.dems, *(Path(path) for path in args.dem)]
+    if args.no_packaged:
+        config.data.packaged = []
+
+
 def _fit_tokenizer(args: argparse.Namespace) -> None:
     from landformer.core.config import load_config
     from landformer.terrain.config import TokenizerConfig
     from landformer.terrain.pipeline import fit_tokenizer
 
     config = load_config(TokenizerConfig, _config_path(args.config, DEFAULT_TOKENIZER_CONFIG), args.overrides)
+    _add_dem_flags(config, args)
     _print(fit_tokenizer(config, args.out, resume=args.resume))
     print(f"tokenizer written to {Path(args.out) / 'tokenizer.safetensors'}")
 
@@ -48,6 +57,7 @@ def _fit(args: argparse.Namespace) -> None:
 
     overrides = list(args.overrides) + ([f"tokenizer={args.tokenizer}"] if args.tokenizer else [])
     config = load_config(MaskGITConfig, _config_path(args.config, DEFAULT_MASKGIT_CONFIG), overrides)
+    _add_dem_flags(config, args)
     _print(fit_maskgit(config, args.out, resume=args.resume))
     print(f"generator written to {Path(args.out) / 'maskgit.safetensors'}")
 
@@ -84,7 +94,7 @@ def _expand(args: argparse.Namespace) -> None:
 
     generator = load_generator(args.model, args.tokenizer)
     amounts = {"right": args.right, "down": args.down, "left": args.left, "up": args.up}
-    _print(expand_map(generator, args.dem, args.out, amounts, seed=args.seed, block=args.block))
+    _print(expand_map(generator, args.dem, args.out, amounts, seed=args.seed, block=args.block, scales=args.scales))
 
 
 def _world(args: argparse.Namespace) -> None:
@@ -102,16 +112,48 @@ def _world(args: argparse.Namespace) -> None:
     _print(summary)
 
 
+def _evaluate(args: argparse.Namespace) -> None:
+    from landformer.terrain.evaluate import evaluate, format_report
+
+    summary = evaluate(
+        args.model,
+        args.out,
+        dem=args.dem,
+        amount=args.amount,
+        samples=args.samples,
+        seed=args.seed,
+        scales=args.scales,
+        tokenizer=args.tokenizer,
+    )
+    print(format_report(summary))
+    print(f"evaluation written to {Path(args.out) / 'evaluation.json'}")
+
+
 def _add_training_arguments(parser: argparse.ArgumentParser, default_config: str, out: str) -> None:
     from landformer.core.train import add_resume_argument
 
     add_recipe_arguments(parser, f"{default_config} if present")
+    parser.add_argument(
+        "--dem",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="your DEM GeoTIFFs (metres, any GDAL raster), trained on beside the packaged real DEMs",
+    )
+    parser.add_argument(
+        "--no-packaged", action="store_true", help="leave out the packaged DEMs (Jacksboro, topobathy, pvlib)"
+    )
     parser.add_argument("--out", default=out, help="run folder")
     add_resume_argument(parser)
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="runs/terrain/maskgit", help="generator run folder or maskgit.safetensors")
+    parser.add_argument(
+        "--model",
+        default="real",
+        help="generator run folder, maskgit.safetensors, or a packaged model's name (real: trained on the packaged "
+        "real DEMs)",
+    )
     parser.add_argument(
         "--tokenizer", default=None, help="tokenizer run folder or .safetensors (default: the one it was trained with)"
     )
@@ -160,8 +202,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for side in ("left", "right", "up", "down"):
         parser.add_argument(f"--{side}", type=int, default=0, help=f"pixels to add on the {side}")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the new terrain")
+    parser.add_argument(
+        "--scales",
+        type=int,
+        default=EXPAND_SCALES,
+        help=f"scales continued, each {SCALE_FACTOR}x coarser than the last (1: only the map's own)",
+    )
     parser.add_argument("--block", type=int, default=512, help="pixels per side of each window copied and written")
     parser.add_argument("--out", default="runs/terrain/expanded.tif", help="output GeoTIFF (PNG preview beside it)")
+
+    parser = add_command(
+        group,
+        "evaluate",
+        "realism against held-out tiles and fractal noise, seams, grid, relief, valleys and pits at the edge of an "
+        "expanded real DEM, and codebook use",
+        _evaluate,
+    )
+    _add_model_arguments(parser)
+    parser.add_argument(
+        "--dem", default=None, help="held-out DEM GeoTIFF (default: the east part of Jacksboro, never trained on)"
+    )
+    parser.add_argument("--amount", type=int, default=64, help="pixels the DEM is grown by on every side")
+    parser.add_argument("--samples", type=int, default=64, help="samples compared with the DEM's tiles")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of samples and expansion")
+    parser.add_argument("--scales", type=int, default=EXPAND_SCALES, help="scales the expansion continues")
+    parser.add_argument("--out", default="runs/terrain/evaluate", help="output folder")
 
     parser = add_command(group, "world", "write a large endless-terrain GeoTIFF window by window", _world)
     _add_model_arguments(parser)

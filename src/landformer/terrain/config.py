@@ -15,9 +15,14 @@ from landformer.core.config import check_values
 from landformer.core.errors import UserError
 from landformer.core.train import TrainConfig
 
-PACKAGED_DEMS = ("jacksboro", "topobathy", "pvlib")
-# Mountain and hill country in pvlib's global 5' grid (west, south, east, north): Alps, Rockies, Himalaya, Andes.
-DEFAULT_PVLIB_BOXES = [[4.0, 42.0, 17.0, 49.0], [-116.0, 34.0, -104.0, 46.0], [78.0, 26.0, 96.0, 36.0]]
+# jacksboro_west: the Jacksboro DEM but its east part, which stays unseen for evaluation (synth/packaged.py).
+PACKAGED_DEMS = ("jacksboro_west", "jacksboro", "topobathy", "pvlib")
+DEFAULT_PACKAGED_DEMS = ("jacksboro_west", "topobathy", "pvlib")
+# pvlib's global 5' grid over all land but Antarctica (west, south, east, north); its flat tiles are dropped
+# (see PVLIB_MIN_RELIEF_M in data.py), which leaves about 3,400 tiles of hill and mountain country at stride 16.
+DEFAULT_PVLIB_BOXES = [[-180.0, -56.0, 180.0, 84.0]]
+SCALE_FACTOR = 4  # between the scales of a multi-scale expansion (outpaint.extend_right_multiscale)
+EXPAND_SCALES = 2  # scales `terrain expand` continues by default: the map's own and one SCALE_FACTOR coarser
 
 
 @dataclass
@@ -32,10 +37,10 @@ class TerrainDataConfig:
     dems: list[Path] = field(default_factory=list)  # GeoTIFF (any GDAL raster) DEMs in metres, any size
     chips: list[Path] = field(default_factory=list)  # chip files (core/chips.py) holding an elevation channel
     chip_channel: str | None = None  # that channel's name; None: the first named like "elevation" or "dem"
-    packaged: list[str] = field(default_factory=lambda: list(PACKAGED_DEMS))  # any of jacksboro, topobathy, pvlib
+    packaged: list[str] = field(default_factory=lambda: list(DEFAULT_PACKAGED_DEMS))  # any of PACKAGED_DEMS
     pvlib_boxes: list[list[float]] = field(default_factory=lambda: [list(box) for box in DEFAULT_PVLIB_BOXES])
     world: Path | None = None  # folder of `landformer synth world`; its elevation.tif is used
-    world_size: int = 256  # side of the synthetic world built when `world` is not given; 0: none
+    world_size: int = 0  # side of a synthetic world built in the run folder when `world` is not given; 0: none
     world_seed: int | None = None  # seed of that world; None: the train seed
     conditions: list[Path] = field(default_factory=list)  # one categorical raster per DEM in `dems`
     condition_legend: str | None = None  # legend of the condition rasters (nlcd, corine or a JSON path); None: off
@@ -44,7 +49,7 @@ class TerrainDataConfig:
     block_size: int = 128  # side of the square blocks of the spatial train/validation split
     val_fraction: float = 0.2  # fraction of blocks held out for validation (and the realism benchmark)
     split_seed: int = 0  # which blocks are held out
-    max_tiles_per_source: int = 1500  # random subset of a source's training tiles when it offers more
+    max_tiles_per_source: int = 4000  # random subset of a source's training tiles when it offers more
     min_relief: float = 1.0  # drop tiles whose standard deviation (m) is below this: per-tile scaling needs relief
     augment: bool = True  # random flips and quarter turns (terrain has no preferred orientation)
     batch_size: int = 32

@@ -32,6 +32,9 @@ from landformer.terrain.config import TerrainDataConfig
 log = logging.getLogger(__name__)
 
 METRES_PER_DEGREE = 111_320.0
+# pvlib's altitude grid stores heights in steps of 28 m: a tile with less relief than four steps is a staircase
+# of terraces, not terrain, and teaches the models flat plateaus with cliffs between them.
+PVLIB_MIN_RELIEF_M = 4 * 28.0
 
 
 @dataclass
@@ -41,6 +44,7 @@ class DemSource:
     name: str
     path: Path
     condition: Path | None = None
+    min_relief: float = 0.0  # this source's own floor on a tile's standard deviation (m), above the recipe's
 
 
 @dataclass
@@ -147,10 +151,16 @@ def read_dem_tiles(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, dict[str, Any]]:
     """Tiles of one DEM: (train, val, train conditions, val conditions, report), read block by block.
 
-    At most ``max_tiles_per_source`` training tiles (and a matching share of validation tiles) are drawn at
-    random before reading, so a continent-sized DEM costs no more memory than a small one.
+    At most ``max_tiles_per_source`` training tiles (and a matching share of validation tiles) are kept. Tile
+    positions are drawn at random in rounds of about twice what is still missing, until enough usable tiles
+    (no nodata, relief above the floor) are found or the DEM has no more: a continent-sized DEM costs no more
+    memory than a small one, and a mostly-ocean raster still gives its land tiles.
     """
     tile, stride = config.tile_size, config.stride
+    min_relief = max(config.min_relief, source.min_relief, 1e-6)
+    max_val = math.ceil(config.max_tiles_per_source * config.val_fraction / (1 - config.val_fraction))
+    kept: dict[str, list[tuple[np.ndarray, np.ndarray | None]]] = {"train": [], "val": []}
+    dropped_nodata = dropped_flat = drawn = 0
     with open_raster(source.path, config.assume_crs) as dem:
         if dem.height < tile or dem.width < tile:
             raise UserError(f"DEM {source.path} ({dem.height}x{dem.width} px) is smaller than one {tile} px tile")
@@ -160,51 +170,54 @@ def read_dem_tiles(
         grid_rows, grid_cols = (axis.ravel() for axis in np.meshgrid(rows, cols, indexing="ij"))
         is_val = split.is_test(grid_rows, grid_cols)
         rng = np.random.default_rng([seed, 7])
-        max_val = math.ceil(config.max_tiles_per_source * config.val_fraction / (1 - config.val_fraction))
-        chosen = []
-        for mask, limit in ((~is_val, config.max_tiles_per_source), (is_val, max_val)):
-            candidates = np.flatnonzero(mask)
-            # Draw twice the limit: nodata and flat tiles are dropped after reading.
-            chosen.append(rng.permutation(candidates)[: 2 * limit])
-        picked = np.concatenate(chosen)
         condition_vrt = None
         if source.condition is not None:
             condition_raster = open_raster(source.condition, config.assume_crs)
             condition_vrt = aligned_vrt(condition_raster, RasterGrid.of(dem), categorical=True)
         try:
-            tiles, conditions = _read_tiles(
-                dem, condition_vrt, legend, grid_rows[picked], grid_cols[picked], tile, split.block_size
-            )
+            for name, mask, limit in (("train", ~is_val, config.max_tiles_per_source), ("val", is_val, max_val)):
+                candidates = rng.permutation(np.flatnonzero(mask))
+                n_kept = position = 0
+                while n_kept < limit and position < len(candidates):
+                    chunk = candidates[position : position + max(2 * (limit - n_kept), 256)]
+                    position += len(chunk)
+                    tiles, conditions = _read_tiles(
+                        dem, condition_vrt, legend, grid_rows[chunk], grid_cols[chunk], tile, split.block_size
+                    )
+                    finite = np.isfinite(tiles).all(axis=(1, 2))
+                    _, scales = tile_statistics(np.where(np.isfinite(tiles), tiles, 0.0))
+                    usable = np.flatnonzero(finite & (scales >= min_relief))[: limit - n_kept]
+                    dropped_nodata += int((~finite).sum())
+                    dropped_flat += int((finite & (scales < min_relief)).sum())
+                    drawn += len(chunk)
+                    kept[name].append((tiles[usable], conditions[usable] if conditions is not None else None))
+                    n_kept += len(usable)
         finally:
             if condition_vrt is not None:
                 condition_vrt.close()
                 condition_raster.close()
         pixel_size = pixel_size_metres(dem)
-    finite = np.isfinite(tiles).all(axis=(1, 2))
-    _, scales = tile_statistics(np.where(np.isfinite(tiles), tiles, 0.0))
-    relief = scales >= max(config.min_relief, 1e-6)
-    keep = finite & relief
-    val_flags = is_val[picked]
-    n_train_kept, n_val_kept = int((keep & ~val_flags).sum()), int((keep & val_flags).sum())
-    if n_train_kept + n_val_kept == 0:
-        reason = "nodata" if not finite.any() else f"relief below min_relief {config.min_relief} m"
-        raise UserError(
-            f"DEM {source.path}: none of {len(picked)} tiles of {tile} px is usable (every one has {reason})"
-        )
-    train_index = np.flatnonzero(keep & ~val_flags)[: config.max_tiles_per_source]
-    val_index = np.flatnonzero(keep & val_flags)[:max_val]
+
+    def joined(name: str, part: int) -> np.ndarray | None:
+        pieces = [pair[part] for pair in kept[name]]
+        if part == 1 and (not pieces or pieces[0] is None):
+            return None
+        return np.concatenate(pieces) if pieces else np.empty((0, tile, tile), np.float32)
+
+    train, val = joined("train", 0), joined("val", 0)
+    if len(train) + len(val) == 0:
+        reason = "nodata" if dropped_flat == 0 else f"nodata or relief below {min_relief:g} m"
+        raise UserError(f"DEM {source.path}: none of {drawn} tiles of {tile} px is usable (every one has {reason})")
     report = {
         "name": source.name,
         "path": str(source.path),
         "pixel_size_m": pixel_size,
-        "n_train": len(train_index),
-        "n_val": len(val_index),
-        "dropped_nodata": int((~finite).sum()),
-        "dropped_flat": int((finite & ~relief).sum()),
+        "n_train": len(train),
+        "n_val": len(val),
+        "dropped_nodata": dropped_nodata,
+        "dropped_flat": dropped_flat,
     }
-    train_conditions = conditions[train_index] if conditions is not None else None
-    val_conditions = conditions[val_index] if conditions is not None else None
-    return tiles[train_index], tiles[val_index], train_conditions, val_conditions, report
+    return train, val, joined("train", 1), joined("val", 1), report
 
 
 def _read_tiles(
@@ -290,12 +303,15 @@ def build_sources(config: TerrainDataConfig, data_dir: Path, seed: int) -> list[
     data_dir.mkdir(parents=True, exist_ok=True)
     if "jacksboro" in config.packaged:
         sources.append(DemSource("jacksboro", packaged.jacksboro_dem(data_dir / "jacksboro.tif")))
+    elif "jacksboro_west" in config.packaged:
+        path = packaged.jacksboro_dem(data_dir / "jacksboro_west.tif", "west")
+        sources.append(DemSource("jacksboro_west", path))
     if "topobathy" in config.packaged:
         sources.append(DemSource("topobathy", packaged.topobathy_dem(data_dir / "topobathy.tif")))
     if "pvlib" in config.packaged:
         for index, box in enumerate(config.pvlib_boxes):
             path = packaged.pvlib_altitude(data_dir / f"pvlib_{index}.tif", box)
-            sources.append(DemSource(f"pvlib_{index}", path))
+            sources.append(DemSource(f"pvlib_{index}", path, min_relief=PVLIB_MIN_RELIEF_M))
     world_folder = config.world
     if world_folder is None and config.world_size:
         from landformer.synth.world import make_world

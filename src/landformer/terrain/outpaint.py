@@ -59,6 +59,7 @@ import torch
 
 from landformer.core.errors import UserError
 from landformer.core.io import write_json
+from landformer.terrain.config import EXPAND_SCALES, SCALE_FACTOR
 from landformer.terrain.export import LoadedTokenizer, TerrainGenerator
 from landformer.terrain.maskgit import steps_for
 
@@ -70,6 +71,7 @@ EXPAND_SIDES = ("right", "down", "left", "up")
 TURNS_TO_RIGHT = {"right": 0, "down": 1, "left": 2, "up": -1}
 EXPAND_STREAM = 100  # seed-stream offset that keeps expansion windows apart from the field's phases
 EXPAND_GDAL_CACHE_BYTES = 64 * 2**20  # GDAL block cache while expanding: enough for the windows in flight
+SEAM_BLEND_PX = 16  # columns over which join_edge fades the shift that continues the map's slope
 
 
 def _zigzag(value: int) -> int:
@@ -361,11 +363,70 @@ def edge_relief(elevation: np.ndarray, tile_px: int) -> float:
     return float(np.nanmedian([np.nanstd(column[start : start + side]) for start in starts]))
 
 
-def band_depth(generator: TerrainGenerator) -> int:
+def band_depth(generator: TerrainGenerator, scales: int = 1) -> int:
     """Pixels of map beside an edge that expanding it reads: the context band plus the encoder's margin, or the
-    training-size squares of :func:`edge_relief`, whichever is deeper. Nothing further from the edge matters."""
+    training-size squares of :func:`edge_relief`, whichever is deeper, at the coarsest of ``scales`` (each
+    :data:`SCALE_FACTOR` times coarser than the last). Nothing further from the edge matters."""
     context = generator.grid - generator.tile
-    return max(generator.grid, context + generator.tokenizer.model.encoder_margin()) * generator.downsample
+    depth = max(generator.grid, context + generator.tokenizer.model.encoder_margin()) * generator.downsample
+    return depth * SCALE_FACTOR ** (scales - 1)
+
+
+def block_mean(values: np.ndarray, factor: int) -> np.ndarray:
+    """(H / factor, W / factor) means of ``factor`` x ``factor`` blocks; H and W must be multiples of it."""
+    height, width = values.shape
+    return values.reshape(height // factor, factor, width // factor, factor).mean(axis=(1, 3))
+
+
+def upsample(values: np.ndarray, factor: int) -> np.ndarray:
+    """Bilinear interpolation between block centres back to ``factor`` times the size (the inverse grid of
+    :func:`block_mean`); edges are held constant."""
+    from scipy.ndimage import zoom
+
+    return zoom(values, factor, order=1, mode="nearest", grid_mode=True)
+
+
+def extend_right_multiscale(
+    generator: TerrainGenerator, band: np.ndarray, amount: int, seed: int, stream: int, scales: int
+) -> np.ndarray:
+    """:func:`extend_right` with relief at ``scales`` scales (a Laplacian pyramid, :data:`SCALE_FACTOR` apart).
+
+    One window of the model sees a training tile (32 px for the tiny recipe), so on its own it can only continue
+    what lies within half a tile of the edge: valleys and ridges wider than that, and the relief of the map at
+    its own scale, fade into the model's typical tile. So the band is also averaged ``SCALE_FACTOR`` x
+    ``SCALE_FACTOR`` and continued at that coarser scale (recursively); the new strip keeps the details of the
+    fine continuation and takes its broad shape (everything the block averages hold) from the coarse one. The
+    models are trained on DEMs from 80 m to 9 km pixels with per-tile normalisation, so the same model serves
+    every scale. The last column of the map is kept continuous by fading the difference out as
+    :func:`extend_right` does.
+    """
+    fine = extend_right(generator, band, amount, seed, stream)
+    factor = SCALE_FACTOR
+    usable = (band.shape[1] // factor) * factor
+    context_px = (generator.grid - generator.tile) * generator.downsample
+    if scales <= 1 or usable // factor < context_px or band.shape[0] < factor * generator.downsample:
+        return fine
+    height = band.shape[0]
+    padded = -(-height // factor) * factor
+    new_px = -(-amount // factor) * factor
+    rows = ((0, padded - height), (0, 0))
+    band_part = np.pad(band[:, band.shape[1] - usable :].astype(np.float64), rows, mode="edge")
+    if not np.isfinite(band_part).all():  # nodata away from the edge: the coarse scale would need it
+        return fine
+    coarse_band = block_mean(band_part, factor)
+    coarse_new = extend_right_multiscale(
+        generator, coarse_band, new_px // factor, seed, stream + len(EXPAND_SIDES), scales - 1
+    )
+    fine_new = np.pad(fine.astype(np.float64), ((0, padded - height), (0, new_px - amount)), mode="edge")
+    fine_full = np.concatenate([band_part, fine_new], axis=1)
+    coarse_full = np.concatenate([coarse_band, coarse_new.astype(np.float64)], axis=1)
+    composed = fine_full - upsample(block_mean(fine_full, factor), factor) + upsample(coarse_full, factor)
+    composed = composed[:height]
+    new = composed[:, usable : usable + amount]
+    # Bilinear blending reaches half a block back over the edge; keep the map's last column continuous.
+    residual = band[:, -1].astype(np.float64) - composed[:, usable - 1]
+    fade = np.clip(1.0 - np.arange(1, amount + 1) / (context_px + 1), 0.0, 1.0)
+    return (new + residual[:, None] * fade[None, :]).astype(np.float32)
 
 
 def in_row_chunks(
@@ -398,7 +459,7 @@ def decode_tall(tokenizer: LoadedTokenizer, tokens: np.ndarray, chunk_tokens: in
 
 def extend_right(generator: TerrainGenerator, band: np.ndarray, amount: int, seed: int, stream: int) -> np.ndarray:
     """(H, ``amount``) new columns to the right of ``band``, the last :func:`band_depth` columns of a map
-    (or all of it, when narrower), in metres (see the module docstring)."""
+    (or all of it, when narrower), in metres, at the map's own scale (see the module docstring)."""
     tokenizer = generator.tokenizer
     f, window = generator.downsample, generator.grid
     new_side = generator.tile  # tokens generated per pass
@@ -459,6 +520,27 @@ def extend_right(generator: TerrainGenerator, band: np.ndarray, amount: int, see
     return (new * scale + offset).astype(np.float32)
 
 
+def join_edge(band: np.ndarray, new: np.ndarray, blend: int = SEAM_BLEND_PX) -> np.ndarray:
+    """``new`` (the columns right of ``band``) shifted near the edge so the map's slope runs on across it.
+
+    The decoder draws the first generated tokens beside the map's last ones, and where they disagree it draws a
+    short cliff: a line along the whole edge that the eye finds at once, however well the rest continues. So the
+    first new column is moved to where the map's own last step would take it (last column + that step, row by
+    row), and the shift fades out linearly over ``blend`` columns: the step across the edge is the real one,
+    and the difference is spread thinly over the strip instead of piling up on one column.
+    """
+    if band.shape[1] < 2 or new.shape[1] == 0:
+        return new
+    band64 = band.astype(np.float64)
+    continued = 2.0 * band64[:, -1] - band64[:, -2]
+    shift = continued - new[:, 0].astype(np.float64)
+    width = min(blend, new.shape[1])
+    fade = 1.0 - np.arange(width) / width
+    joined = new.astype(np.float64)
+    joined[:, :width] += shift[:, None] * fade[None, :]
+    return joined.astype(new.dtype)
+
+
 class GrowingMap:
     """A map being expanded, on the grid of the output: the original at rows [top, top + height) and columns
     [left, left + width), read through ``read_original(row, col, height, width)`` (NaN for nodata), plus the
@@ -489,10 +571,10 @@ class GrowingMap:
             out[r0 - row : r1 - row, c0 - col : c1 - col] = values
         return out
 
-    def grow(self, generator: TerrainGenerator, amounts: dict[str, int], seed: int) -> None:
+    def grow(self, generator: TerrainGenerator, amounts: dict[str, int], seed: int, scales: int = 1) -> None:
         """Generate the new strips, one side after another (right, down, left, up): each side's band includes
         the strips made before it, so corners are filled too."""
-        depth = band_depth(generator)
+        depth = band_depth(generator, scales)
         for stream, side in enumerate(EXPAND_SIDES):
             amount = int(amounts.get(side, 0))
             if amount == 0:
@@ -512,7 +594,9 @@ class GrowingMap:
                 self.bounds[0] -= amount
             band = self.read(band_rows[0], band_cols[0], band_rows[1] - band_rows[0], band_cols[1] - band_cols[0])
             turns = TURNS_TO_RIGHT[side]
-            strip = np.rot90(extend_right(generator, np.rot90(band, turns), amount, seed, stream), -turns)
+            turned = np.rot90(band, turns)
+            new = extend_right_multiscale(generator, turned, amount, seed, stream, scales)
+            strip = np.rot90(join_edge(turned, new), -turns)
             self.strips.append((*at, np.ascontiguousarray(strip)))
 
 
@@ -525,8 +609,15 @@ def _check_amounts(amounts: dict[str, int]) -> None:
             raise UserError(f"cannot expand by a negative amount ({side} = {amounts[side]} px)")
 
 
-def expand_array(generator: TerrainGenerator, elevation: np.ndarray, amounts: dict[str, int], seed: int) -> np.ndarray:
-    """``elevation`` grown by ``amounts[side]`` pixels on each side (right, down, left, up, in that order)."""
+def expand_array(
+    generator: TerrainGenerator,
+    elevation: np.ndarray,
+    amounts: dict[str, int],
+    seed: int,
+    scales: int = EXPAND_SCALES,
+) -> np.ndarray:
+    """``elevation`` grown by ``amounts[side]`` pixels on each side (right, down, left, up, in that order), its
+    relief continued at ``scales`` scales (:func:`extend_right_multiscale`)."""
     _check_amounts(amounts)
     z = np.asarray(elevation, dtype=np.float32)
     up, left = int(amounts.get("up", 0)), int(amounts.get("left", 0))
@@ -535,7 +626,7 @@ def expand_array(generator: TerrainGenerator, elevation: np.ndarray, amounts: di
         return z[row : row + height, col : col + width]
 
     grown = GrowingMap(read_original, z.shape[0], z.shape[1], up, left)
-    grown.grow(generator, amounts, seed)
+    grown.grow(generator, amounts, seed, scales)
     height, width = z.shape[0] + up + int(amounts.get("down", 0)), z.shape[1] + left + int(amounts.get("right", 0))
     return grown.read(0, 0, height, width)
 
@@ -562,6 +653,7 @@ def expand_map(
     seed: int = 0,
     block: int = 512,
     preview_side: int = 1024,
+    scales: int = EXPAND_SCALES,
 ) -> dict[str, Any]:
     """Grow a DEM GeoTIFF on any side; write the larger GeoTIFF and a shaded-relief PNG beside it.
 
@@ -600,7 +692,7 @@ def expand_map(
 
         start = time.perf_counter()
         grown = GrowingMap(read_original, dataset.height, dataset.width, up, left)
-        grown.grow(generator, amounts, seed)
+        grown.grow(generator, amounts, seed, scales)
         seconds = time.perf_counter() - start
         height = dataset.height + up + int(amounts.get("down", 0))
         width = dataset.width + left + int(amounts.get("right", 0))
