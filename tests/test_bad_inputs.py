@@ -700,6 +700,15 @@ add("terrain-expand-dem-minus-inf", lambda w: expand(w, w.dem(poke=-np.inf)), "i
 add("terrain-expand-dem-is-text", lambda w: expand(w, w.text("dem.tif", "elevation")), "not a raster")
 output_place_cases("terrain-expand", lambda w, out: expand(w, w.dem(), out=out)[0], "file")
 output_place_cases("terrain-world", lambda w, out: terrain(w, "world", "--size", "32", out=out)[0], "file")
+add("terrain-world-pixel-size-zero", lambda w: terrain(w, "world", "--size", "32", "--pixel-size", "0"), "pixel size")
+add("terrain-world-pixel-size-nan", lambda w: terrain(w, "world", "--size", "32", "--pixel-size", "nan"), "pixel size")
+add(
+    "terrain-sample-pixel-size-zero",
+    lambda w: (["terrain", "sample", "--model", w.shared.terrain_models["maskgit"], "--count", "1", "--pixel-size",
+                "0", "--out", w.path("s")], w.path("s")),
+    "pixel size",
+)  # fmt: skip
+add("terrain-world-crs-unknown", lambda w: terrain(w, "world", "--size", "32", "--crs", "EPSG:1"), "EPSG:1")
 add("terrain-world-condition-missing", lambda w: terrain(w, "world", "--condition", w.path("c.tif")), "condition")
 add("terrain-sample-model-missing", lambda w: (["terrain", "sample", "--model", w.path("m"), "--out", w.path("s")],
                                                w.path("s")), "not found")  # fmt: skip
@@ -795,6 +804,12 @@ add(
 add("emb-make-dataset-world-with-cities", lambda w: emb(w, "make-dataset", "--world", w.path("w")), "--source world")
 add("emb-make-dataset-no-cities", lambda w: emb(w, "make-dataset", "--n-cities", "0"), "cities")
 add("emb-make-dataset-pixel-not-multiple", lambda w: emb(w, "make-dataset", "--pixel-arcsec", "45"), "45")
+add(
+    "emb-pretrain-resume-checkpoint-that-runs-code",
+    lambda w: emb(w, "pretrain", *tiles(w), "--resume", ckpt_with_code(w)),
+    "posix.system",
+    refuse="weights_only",
+)
 output_place_cases("emb-pretrain", lambda w, out: emb(w, "pretrain", *tiles(w), out=out)[0], "folder")
 output_place_cases("emb-make-dataset", lambda w, out: emb(w, "make-dataset", out=out)[0], "folder", lockable=False)
 
@@ -881,6 +896,12 @@ add(
     ),
     "mine/images",
 )  # fmt: skip
+add(
+    "geo-train-pretrained-weights-that-run-code",
+    lambda w: geo_train(w, geo_images(w), "--backbone", "test_resnet", "--pretrained", ckpt_with_code(w)),
+    "posix.system",
+    refuse="weights_only",
+)
 output_place_cases("geo-train", lambda w, out: geo_train(w, geo_images(w), out=out)[0], "folder")
 add("geo-evaluate-run-missing", lambda w: (["geoloc", "evaluate", "--run", w.path("run"), "--csv", geo_images(w),
                                             "--out", w.path("ev")], w.path("ev")), "run")  # fmt: skip
@@ -1028,6 +1049,12 @@ add("fc-train-inf-block", lambda w: fc_train(w, "--series", *hm_with(w, np.full(
 add("fc-train-unknown-key", lambda w: fc_train(w, "--set", "data.wings=1"), "wings")
 add("fc-train-world-missing", lambda w: fc_train(w, "--world", w.path("w")), "w")
 add("fc-train-years-without-series", lambda w: fc_train(w, "--years", "2000"), "--years")
+add(
+    "fc-train-resume-checkpoint-that-runs-code",
+    lambda w: fc_train(w, "--series", *w.hm_series(), "--resume", ckpt_with_code(w)),
+    "posix.system",
+    refuse="weights_only",
+)
 output_place_cases("fc-train", lambda w, out: fc_train(w, out=out)[0], "folder")
 add("fc-evaluate-model-missing", lambda w: (["forecast", "evaluate", "--model", w.path("m"), "--out", w.path("e")],
                                            w.path("e")), "m")  # fmt: skip

@@ -584,8 +584,15 @@ def geotiff_writer(
 ) -> Iterator[Any]:
     """Open a tiled, deflate-compressed GeoTIFF for writing window by window: ``dst.write(block, window=w)``.
 
-    The file appears at ``path`` only when the block exits cleanly; an error leaves nothing behind.
+    The file appears at ``path`` only when the block exits cleanly; an error leaves nothing behind. A grid whose
+    pixels have no size (a zero, NaN or infinite pixel size) is refused before the file is created.
     """
+    coefficients = [transform.a, transform.b, transform.c, transform.d, transform.e, transform.f]
+    if not np.isfinite(coefficients).all() or transform.determinant == 0:
+        raise UserError(
+            f"cannot write {path}: pixel size {transform.a:g} x {-transform.e:g} gives pixels no area on the ground "
+            "(give a positive, finite pixel size)"
+        )
     profile = _geotiff_profile(width, height, count, dtype, transform, crs, nodata)
     with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
         for band, name in enumerate(band_names or [], start=1):
