@@ -391,6 +391,7 @@ add(
     "larger than",
 )
 add("chips-chip-size-zero", lambda w: chips(w, w.nlcd(), "--chip-size", "0"), "chip size")
+add("chips-seed-negative", lambda w: chips(w, w.nlcd(), "--seed", "-1"), "seed")
 add("chips-count-zero", lambda w: chips(w, w.nlcd(), "--count", "0"), "count")
 add("chips-stride-zero", lambda w: ["data", "chips", w.nlcd(), "--out", w.path("c.npz"), "--stride", "0"], "stride")
 add("chips-max-nodata-above-one", lambda w: chips(w, w.nlcd(), "--max-nodata", "2"), "max nodata")
@@ -664,6 +665,17 @@ add(
 output_place_cases("lc-sample", lambda w, out: ["landcover", "sample", "--model", w.shared.landcover_model,
                                                 "--out", out], "folder")  # fmt: skip
 add("lc-animate-rows-zero", lambda w: lc(w, "animate", "--nrows", "0"), "nrows")
+add("lc-animate-fps-nan", lambda w: lc(w, "animate", "--fps", "nan"), "fps")
+add("lc-animate-fps-zero", lambda w: lc(w, "animate", "--fps", "0"), "fps")
+add("lc-sample-temperature-inf", lambda w: lc(w, "sample", "--temperature", "inf"), "temperature")
+add("lc-sample-batch-size-zero", lambda w: lc(w, "sample", "--batch-size", "0"), "--batch-size")
+add("lc-sample-device-unknown", lambda w: lc(w, "sample", "--device", "banana"), "banana")
+add("lc-inpaint-eval-batch-size-zero", lambda w: lc(w, "inpaint-eval", "--batch-size", "0"), "--batch-size")
+add("lc-perplexity-batch-size-zero", lambda w: lc(w, "perplexity", "--batch-size", "0"), "--batch-size")
+add("lc-panorama-height-zero", lambda w: lc(w, "panorama", "--height", "0"), "panorama")
+add(
+    "lc-train-model-dim-zero", lambda w: lc_train(w, "--chips", w.shared.landcover_chips, "--set", "model.dim=0"), "dim"
+)
 add("lc-inpaint-ratio-above-one", lambda w: lc(w, "inpaint", "--ratio", "1.5"), "ratio")
 add("lc-inpaint-chips-missing", lambda w: lc(w, "inpaint", "--chips", w.path("c.npz")), "c.npz")
 add("lc-inpaint-eval-ratio-zero", lambda w: lc(w, "inpaint-eval", "--ratios", "0"), "ratio")
@@ -797,6 +809,7 @@ add("emb-sft-unknown-key", lambda w: emb(w, "sft", "--set", "encoder.wings=3"), 
 add("emb-pretrain-config-missing", lambda w: emb(w, "pretrain", "--config", w.path("e.yaml")), "e.yaml")
 add("emb-dpo-sft-missing", lambda w: emb(w, "dpo", "--sft", w.path("sft"), *tiles(w)), "sft")
 add("emb-evaluate-run-missing", lambda w: emb(w, "evaluate", "--runs", w.path("sft"), *tiles(w)), "sft")
+add("emb-pca-max-pixels-zero", lambda w: emb(w, "pca", "--max-pixels", "0", *tiles(w)), "--max-pixels")
 add("emb-pca-fit-missing", lambda w: emb(w, "pca", "--fit", w.path("pca.json"), *tiles(w)), "pca.json")
 add(
     "emb-make-dataset-world-missing", lambda w: emb(w, "make-dataset", "--source", "world", "--world", w.path("w")), "w"
@@ -1020,6 +1033,7 @@ add("fc-predict-pattern-matches-nothing", lambda w: (["forecast", "predict", "--
                                                     w.path("f")), "matches")  # fmt: skip
 add("fc-predict-tile-too-small", lambda w: predict(w, extra=("--tile", "8")), "tile")
 add("fc-predict-overlap-odd", lambda w: predict(w, extra=("--overlap", "3")), "overlap")
+add("fc-predict-device-unknown", lambda w: predict(w, extra=("--device", "banana")), "banana")
 add("fc-predict-threads-negative", lambda w: predict(w, extra=("--threads", "-2")), "threads")
 add("fc-predict-covariate-missing", lambda w: predict(w, extra=("--covariate", w.path("dem.tif"))), "dem.tif")
 add("fc-predict-all-nodata", lambda w: predict(w, *w.hm_series([np.full((40, 40), np.nan, np.float32)] * 3)),

@@ -119,6 +119,8 @@ class ChipConfig:
             raise UserError(f"test fraction must lie in [0, 1], got {self.test_fraction}")
         if self.block_size is not None and self.block_size < self.chip_size:
             raise UserError(f"block size {self.block_size} is smaller than the chip size {self.chip_size}")
+        if self.seed < 0:
+            raise UserError(f"seed must be 0 or more, got {self.seed}")
         if self.unknown not in ("error", "nodata"):
             raise UserError(f"unknown must be 'error' or 'nodata', got {self.unknown!r}")
 

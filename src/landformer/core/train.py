@@ -351,6 +351,20 @@ def build_trainer(
         raise UserError(f"train config: {str(err).strip().splitlines()[0]}") from None
 
 
+def check_device(name: str, flag: str = "--device") -> None:
+    """Refuse a torch device name that is not one, or a CUDA/MPS device this machine does not have."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"{flag} {name!r} is not a torch device (cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"{flag} {name}: no CUDA device is available")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"{flag} {name}: no MPS device is available")
+
+
 def add_resume_argument(parser: Any) -> None:
     """The ``--resume`` option every training command shares; pass ``args.resume`` straight to :func:`fit`."""
     parser.add_argument(

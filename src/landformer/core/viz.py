@@ -132,8 +132,8 @@ def write_gif(path: str | os.PathLike[str], frames: Sequence[np.ndarray], fps: f
     shapes = {frame.shape for frame in stack}
     if len(shapes) > 1:
         raise UserError(f"{path}: frames differ in size: {sorted(shapes)}")
-    if fps <= 0:
-        raise UserError(f"{path}: fps should be positive, got {fps}")
+    if not (fps > 0 and math.isfinite(fps)):
+        raise UserError(f"{path}: fps should be a positive number, got {fps}")
     with atomic_path(path) as tmp:
         iio.imwrite(tmp, np.stack(stack), extension=".gif", duration=1000.0 / fps, loop=loop)
     return Path(path)

@@ -51,7 +51,9 @@ def fit_baselines(dataset: EmbeddingDataset) -> dict[str, dict[str, Any]]:
     train, val = dataset.indices("train"), dataset.indices("val")
     targets = dataset.targets
     ridge = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS)).fit(features[train], targets[train])
-    best_k, best_score = KNN_CHOICES[0], -np.inf
+    if len(train) == 0:
+        raise UserError("the dataset has no training tiles to fit the ridge and kNN baselines on")
+    best_k, best_score = min(KNN_CHOICES[0], len(train)), -np.inf
     for k in KNN_CHOICES:
         if k > len(train):
             break

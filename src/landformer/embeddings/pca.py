@@ -79,6 +79,8 @@ class PCA3:
 
 def fit_pca(dataset: EmbeddingDataset, max_pixels: int = 200_000, seed: int = 0) -> PCA3:
     """Fit on a seeded sample of the observed pixels of the training tiles (every frame)."""
+    if max_pixels < 3:
+        raise UserError(f"--max-pixels {max_pixels}: a 3-component PCA needs at least 3 pixels")
     train = dataset.indices("train")
     if len(train) == 0:
         raise UserError("the dataset has no training tiles to fit the PCA on")

@@ -14,7 +14,7 @@ from typing import Any
 
 from landformer.cli import add_command, add_group, add_recipe_arguments
 from landformer.core.errors import UserError
-from landformer.core.train import add_resume_argument
+from landformer.core.train import add_resume_argument, check_device
 
 DEFAULT_CONFIG_NOTE = "built-in defaults, the same as configs/forecast_tiny.yaml"
 MODEL_HELP = "run folder of `forecast train`, or its model.safetensors"
@@ -209,6 +209,7 @@ def run_predict(args: argparse.Namespace) -> None:
     _apply_data_arguments(data, args)
     spec, covariates = resolve_series(data, None, seed=0)
     settings = predict_settings(args.model, args)
+    check_device(settings.device)
     if settings.threads < 0:
         raise UserError(f"forecast predict: threads = {settings.threads} should be 0 (torch's default) or more")
     if settings.threads:

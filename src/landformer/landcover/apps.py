@@ -596,7 +596,7 @@ def panorama(
     ``frames_per_window`` canvases per window, taken during its decoding, for the reveal animation.
     """
     size = model.config.chip_size
-    height = height or size
+    height = size if height is None else height
     _check_region(model, height, width, "the panorama")
     if n < 1:
         raise UserError(f"panorama: n must be >= 1, got {n}")

@@ -149,12 +149,15 @@ def check_at_least(name: str, value: int | None, minimum: int = 1) -> None:
 
 
 def use_device_and_threads(args: argparse.Namespace) -> None:
-    """Check --device and --threads and apply --threads, before anything loads a model."""
+    """Check --device, --threads (and --batch-size where there is one) and apply --threads, before anything loads
+    a model."""
     import torch
 
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {args.device}: no CUDA device is available")
+    from landformer.core.train import check_device
+
+    check_device(args.device)
     check_at_least("--threads", args.threads, 0)
+    check_at_least("--batch-size", getattr(args, "batch_size", None))
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 

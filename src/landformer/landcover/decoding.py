@@ -53,8 +53,8 @@ def _check_labels(model: LandCoverRandAR, labels: Tensor, name: str) -> None:
 
 
 def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if not temperature > 0:
-        raise UserError(f"temperature must be > 0, got {temperature} (use top_k=1 for greedy decoding)")
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise UserError(f"temperature must be > 0 and finite, got {temperature} (use top_k=1 for greedy decoding)")
     if top_k is not None and top_k < 1:
         raise UserError(f"top_k must be >= 1, got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:

@@ -169,7 +169,7 @@ class LandCoverRandAR(nn.Module):
 
     def __init__(self, config: LandCoverConfig) -> None:
         super().__init__()
-        if config.dim % (4 * config.n_heads) != 0:
+        if config.dim < 4 * config.n_heads or config.dim % (4 * config.n_heads) != 0:
             raise UserError(
                 f"landcover model: dim {config.dim} must be a multiple of 4 * n_heads ({4 * config.n_heads}) "
                 "for 2-D rotary embeddings"

@@ -353,6 +353,8 @@ def animate(
     out = Path(out)
     if nrows < 1 or ncols < 1:
         raise UserError(f"nrows and ncols should be at least 1, got {nrows} x {ncols}")
+    if not (fps > 0 and math.isfinite(fps)):
+        raise UserError(f"fps should be a positive number, got {fps}")
     n = nrows * ncols
     conditioning = sampling_conditioning(loaded, n, chips, None, unconditional, seed)
     frames: list[np.ndarray] = []
