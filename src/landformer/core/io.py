@@ -156,7 +156,6 @@ def sweep_stale_temps(folder: str | os.PathLike[str], name: str | None = None, r
 # ------------------------------------------------------------------------------ output paths, locks, cleanup
 
 OutputKind = Literal["file", "folder"]
-RUN_RECORDS = ("config.yaml", "run.json")
 
 
 def check_output_path(path: str | os.PathLike[str], kind: OutputKind, flag: str = "--out") -> Path:

@@ -74,7 +74,7 @@ def open_any_raster(path: str | os.PathLike[str]) -> rasterio.DatasetReader:
     :func:`open_raster`. A missing file or one GDAL cannot open is a UserError."""
     path = require_file(path, "raster")
     try:
-        with warnings.catch_warnings():  # a raster without georeferencing is refused below, in one line
+        with warnings.catch_warnings():  # tiles and images need no georeferencing; open_raster refuses it
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             dataset = rasterio.open(path)
     except RasterioIOError as err:
