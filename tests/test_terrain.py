@@ -309,16 +309,66 @@ def test_reconstruct_refuses_empty_and_flat_dems(models: dict[str, Path], tmp_pa
     assert summary["tiles"] == 3 and Path(summary["panel"]).is_file()
 
 
-def test_sample_writes_png_and_georeferenced_geotiff(models: dict[str, Path], tmp_path: Path) -> None:
+def test_sample_writes_png_and_georeferenced_mosaic(models: dict[str, Path], tmp_path: Path) -> None:
     summary = sample(models["maskgit"], tmp_path, count=3, seed=4, pixel_size=10.0, crs="EPSG:32610", offset=1200)
     with rasterio.open(summary["geotiff"]) as samples:
-        assert samples.count == 3 and samples.shape == (16, 16) and samples.crs.to_epsg() == 32610
-        assert samples.transform.a == 10.0
-        heights = samples.read()
-    assert abs(float(heights.mean()) - 1200) < 3 * SUMMARY["median_scale_m"]
+        # 3 samples of 16 px on a 2 x 2 grid with 4 px nodata gutters: one map of all of them.
+        assert samples.count == 1 and samples.shape == (36, 36) and samples.crs.to_epsg() == 32610
+        assert samples.transform.a == 10.0 and samples.dtypes[0] == "float32"
+        mosaic = samples.read(1)
+    tiles = [mosaic[:16, :16], mosaic[:16, 20:], mosaic[20:, :16]]
+    assert all(np.isfinite(tile).all() for tile in tiles)
+    assert np.isnan(mosaic[16:20]).all() and np.isnan(mosaic[20:, 20:]).all()
+    assert abs(float(np.mean(tiles)) - 1200) < 3 * SUMMARY["median_scale_m"]
     again = sample(models["maskgit"], tmp_path / "again", count=3, seed=4, pixel_size=10.0, offset=1200)
     with rasterio.open(again["geotiff"]) as repeat:
-        assert np.array_equal(repeat.read(), heights)
+        assert np.array_equal(repeat.read(1), mosaic, equal_nan=True)
+
+
+def test_samples_and_worlds_take_the_training_dems_grid_and_int16(models: dict[str, Path], tmp_path: Path) -> None:
+    """A model trained on an int16 DEM samples int16 heights on that DEM's CRS, pixel size and corner."""
+    from landformer.terrain.export import MapGrid
+
+    reference = {
+        "name": "user_dem",
+        "pixel_size_m": 25.0,
+        "median_offset_m": 2000.0,
+        "median_scale_m": 50.0,
+        "crs": rasterio.crs.CRS.from_epsg(32633).to_wkt(),
+        "pixel_size_crs": [25.0, 25.0],
+        "origin": [400_000.0, 5_100_000.0],
+        "dtype": "int16",
+    }
+    tokenizer = load_tokenizer(models["tokenizer"])
+    maskgit = MaskGIT(MaskGITModelConfig(vocab_size=32, grid=4, dim=32, n_layers=2, n_heads=2, dropout=0.0))
+    summary_with_reference = {**SUMMARY, "reference": reference}
+    weights = export_maskgit(tmp_path / "m", maskgit, tokenizer, 2, SAMPLING, summary_with_reference, None)
+    generator = load_generator(weights)
+    grid = generator.map_grid()
+    assert grid.dtype == "int16" and grid.pixel == (25.0, 25.0) and grid.origin == (400_000.0, 5_100_000.0)
+    assert generator.default_offset_scale() == (2000.0, 50.0)
+    assert generator.map_grid(origin=(1.0, 2.0)).origin == (1.0, 2.0)
+    with pytest.raises(UserError, match="in degrees"):
+        generator.map_grid(crs="EPSG:4326")
+    summary = sample(weights, tmp_path / "s", count=2, seed=0)
+    with rasterio.open(summary["geotiff"]) as samples:
+        assert samples.dtypes[0] == "int16" and samples.nodata == -32768 and samples.crs.to_epsg() == 32633
+        assert (samples.transform.c, samples.transform.f, samples.transform.a) == (400_000.0, 5_100_000.0, 25.0)
+        heights = samples.read(1)
+    assert heights[:16, :16].min() > 1500 and (heights[:, 16:20] == -32768).all()
+    world = write_world(generator, tmp_path / "w.tif", 16, block=16)
+    with rasterio.open(world["geotiff"]) as written:
+        assert written.dtypes[0] == "int16" and written.crs.to_epsg() == 32633
+    values, nodata = MapGrid("EPSG:3857", (1.0, 1.0), (0.0, 0.0), "int16").cast(np.array([1.4, np.nan, 4e5]))
+    assert values.tolist() == [1, -32768, 32767] and nodata == -32768
+
+
+def test_expand_keeps_an_int16_dem_int16(models: dict[str, Path], tmp_path: Path) -> None:
+    dem = write_dem(tmp_path / "int.tif", np.round(hills(40, 40)).astype(np.int16), nodata=-32768)
+    grown = expand_map(load_generator(models["maskgit"]), dem, tmp_path / "grown.tif", {"right": 8}, scales=1)
+    with rasterio.open(dem) as original, rasterio.open(grown["geotiff"]) as larger:
+        assert larger.dtypes[0] == "int16" and larger.nodata == -32768
+        assert np.array_equal(larger.read(1)[:, :40], original.read(1))
 
 
 def test_cli_sample_and_bad_input(models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -444,3 +494,104 @@ def test_conditioned_generator_trains_samples_and_reads_a_condition_raster(
     assert (tokens[2:, 24:] == legend.n_classes).all()
     world = write_world(generator, tmp_path / "w.tif", 24, crs=CRS, origin=(500_000, 4_000_000), condition=cover)
     assert Path(world["geotiff"]).is_file()
+
+
+# ------------------------------------------------------------------------------------------------ real DEMs
+
+
+def test_jacksboro_west_and_east_parts_tile_the_whole_dem(tmp_path: Path) -> None:
+    from landformer.synth.packaged import JACKSBORO_SPLIT_COLUMN, jacksboro_dem
+
+    with rasterio.open(jacksboro_dem(tmp_path / "all.tif")) as whole:
+        everything, transform = whole.read(1), whole.transform
+    with rasterio.open(jacksboro_dem(tmp_path / "w.tif", "west")) as west:
+        assert np.array_equal(west.read(1), everything[:, :JACKSBORO_SPLIT_COLUMN])
+        assert west.transform == transform
+    with rasterio.open(jacksboro_dem(tmp_path / "e.tif", "east")) as east:
+        assert np.array_equal(east.read(1), everything[:, JACKSBORO_SPLIT_COLUMN:])
+        assert east.transform == transform @ Affine.translation(JACKSBORO_SPLIT_COLUMN, 0)
+    with pytest.raises(UserError, match="unknown part 'north'"):
+        jacksboro_dem(tmp_path / "n.tif", "north")
+
+
+def test_reference_grid_is_the_users_dem_else_the_finest_packaged_one() -> None:
+    from landformer.terrain.data import reference_source
+
+    def source(name: str, pixel: float, packaged: bool) -> dict:
+        grid = {"crs": "WKT", "pixel_size_crs": [pixel, pixel], "origin": [0.0, 0.0], "dtype": "float32"}
+        stats = {"median_offset_m": 1.0, "median_scale_m": 2.0}
+        return {"name": name, "pixel_size_m": pixel, "packaged": packaged, "grid": grid, **stats}
+
+    packaged = [source("pvlib_0", 9000.0, True), source("jacksboro_west", 83.0, True)]
+    assert reference_source(packaged)["name"] == "jacksboro_west"
+    assert reference_source([*packaged, source("mine", 900.0, False)])["name"] == "mine"
+    assert reference_source([{"name": "chips", "pixel_size_m": 30.0}]) is None
+
+
+def test_join_edge_runs_the_maps_last_step_on_and_fades_out() -> None:
+    from landformer.terrain.outpaint import join_edge
+
+    rows, cols = np.mgrid[0:6, 0:10]
+    band = (3.0 * cols + rows).astype(np.float32)  # last column 27 + row, last step 3
+    new = np.full((6, 20), 100.0, dtype=np.float32)  # a cliff of about 70 m right at the edge
+    joined = join_edge(band, new, blend=8)
+    np.testing.assert_allclose(joined[:, 0] - band[:, -1], 3.0, atol=1e-4)  # the real step, not the cliff
+    assert np.array_equal(joined[:, 8:], new[:, 8:])  # untouched beyond the blend
+    steps = np.diff(joined, axis=1)[:, :8]
+    np.testing.assert_allclose(steps, np.repeat(steps[:, :1], 8, axis=1), atol=1e-3)  # spread evenly over the blend
+
+
+def test_block_mean_and_upsample_are_a_pyramid_level() -> None:
+    from landformer.terrain.outpaint import block_mean, upsample
+
+    values = np.arange(64, dtype=np.float64).reshape(8, 8)
+    np.testing.assert_allclose(block_mean(values, 4), [[13.5, 17.5], [45.5, 49.5]])
+    ramp = np.add.outer(np.arange(16.0), 2 * np.arange(16.0))
+    rebuilt = upsample(block_mean(ramp, 4), 4)
+    assert rebuilt.shape == ramp.shape
+    np.testing.assert_allclose(rebuilt[2:-2, 2:-2], ramp[2:-2, 2:-2])  # exact between the outer block centres
+
+
+def test_multiscale_expansion_keeps_the_original_and_changes_the_broad_shape(models: dict[str, Path]) -> None:
+    from landformer.terrain.outpaint import band_depth
+
+    generator = load_generator(models["maskgit"])
+    side = band_depth(generator, 2) + 8
+    original = hills(side, side, seed=5)
+    one = expand_array(generator, original, {"right": 24}, seed=3, scales=1)
+    two = expand_array(generator, original, {"right": 24}, seed=3, scales=2)
+    assert np.array_equal(two[:, :side], original) and np.array_equal(one[:, :side], original)
+    assert np.isfinite(two).all() and not np.allclose(one, two)
+
+
+def test_evaluate_reports_every_measure_with_its_target(models: dict[str, Path], tmp_path: Path) -> None:
+    from landformer.terrain.evaluate import TARGETS, evaluate, format_report
+
+    dem = write_dem(tmp_path / "heldout.tif", hills(72, 64, seed=7))
+    summary = evaluate(models["maskgit"], tmp_path / "ev", dem=dem, amount=16, samples=8, scales=1)
+    assert set(summary["headline"]) == set(TARGETS)
+    assert set(summary["passed"]) == set(TARGETS) | {"samples_beat_fractal_noise"}
+    assert all(isinstance(flag, bool) for flag in summary["passed"].values())
+    assert 0 < summary["codebook"]["heldout_dem"]["usage"] <= 1
+    realism = summary["realism"]
+    assert set(realism["ratio_to_fractal_noise"]) == {"elevation_w1", "slope_w1", "spectrum_log10", "curvature_w1"}
+    name = "slope_w1"
+    assert realism["ratio_to_fractal_noise"][name] == pytest.approx(
+        realism["samples"][name] / realism["fractal_noise"][name]
+    )
+    with rasterio.open(summary["expanded"]) as grown, rasterio.open(dem) as original:
+        assert grown.shape == (104, 96) and np.array_equal(grown.read(1)[16:88, 16:80], original.read(1))
+    assert Path(summary["expanded_png"]).is_file() and Path(summary["samples_png"]).is_file()
+    report = format_report(summary)
+    assert "seam_ratio" in report and "target <= 1.15" in report
+    assert json.loads((tmp_path / "ev" / "evaluation.json").read_text())["headline"] == pytest.approx(
+        summary["headline"], nan_ok=True
+    )
+    with pytest.raises(UserError, match="too thin"):
+        evaluate(models["maskgit"], tmp_path / "ev2", dem=dem, amount=4)
+
+
+def test_cli_takes_dems_with_a_plain_flag(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    missing = tmp_path / "nowhere.tif"
+    code = main(["terrain", "fit-tokenizer", "--dem", str(missing), "--no-packaged", "--out", str(tmp_path / "t")])
+    assert code == 2 and "nowhere.tif" in capsys.readouterr().err

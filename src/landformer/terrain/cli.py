@@ -68,7 +68,7 @@ def _map_options(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "pixel_size": args.pixel_size,
         "crs": args.crs,
-        "origin": tuple(args.origin),
+        "origin": tuple(args.origin) if args.origin is not None else None,
         "offset": args.offset,
         "scale": args.scale,
     }
@@ -162,11 +162,16 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def _add_map_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same terrain)")
     parser.add_argument(
-        "--pixel-size", type=float, default=None, help="pixel size in CRS units (default: the training data's, m)"
+        "--pixel-size", type=float, default=None, help="pixel size in CRS units (default: the training DEM's)"
     )
-    parser.add_argument("--crs", default="EPSG:3857", help="CRS of the GeoTIFF")
+    parser.add_argument("--crs", default=None, help="CRS of the GeoTIFF (default: the training DEM's)")
     parser.add_argument(
-        "--origin", type=float, nargs=2, default=[0.0, 0.0], metavar=("X", "Y"), help="top-left corner in CRS units"
+        "--origin",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("X", "Y"),
+        help="where: top-left corner in CRS units (default: the training DEM's top-left corner)",
     )
     parser.add_argument("--offset", type=float, default=None, help="mean height in m (default: training median)")
     parser.add_argument("--scale", type=float, default=None, help="relief (std) in m (default: training median)")

@@ -45,6 +45,7 @@ class DemSource:
     path: Path
     condition: Path | None = None
     min_relief: float = 0.0  # this source's own floor on a tile's standard deviation (m), above the recipe's
+    packaged: bool = False  # a DEM that ships in a package (rather than one the user gave)
 
 
 @dataclass
@@ -81,7 +82,20 @@ class TileSet:
             "median_scale_m": float(np.median(scales)),
             "scale_quantiles_m": [float(q) for q in np.quantile(scales, [0.1, 0.5, 0.9])],
             "sources": self.sources,
+            "reference": reference_source(self.sources),
         }
+
+
+def reference_source(sources: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The DEM whose grid generated maps take by default: the first DEM the user gave, else the packaged DEM with
+    the finest pixels (Jacksboro's 3 arc-seconds); None when no source was a georeferenced DEM."""
+    dems = [source for source in sources if source.get("grid", {}).get("crs")]
+    if not dems:
+        return None
+    users = [source for source in dems if not source.get("packaged")]
+    chosen = users[0] if users else min(dems, key=lambda source: source["pixel_size_m"])
+    keys = ("name", "pixel_size_m", "median_offset_m", "median_scale_m")
+    return {**{key: chosen[key] for key in keys}, **chosen["grid"]}
 
 
 def tile_statistics(tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -197,6 +211,12 @@ def read_dem_tiles(
                 condition_vrt.close()
                 condition_raster.close()
         pixel_size = pixel_size_metres(dem)
+        grid = {
+            "crs": dem.crs.to_wkt() if dem.crs is not None else None,
+            "pixel_size_crs": [abs(dem.transform.a), abs(dem.transform.e)],
+            "origin": [dem.transform.c, dem.transform.f],
+            "dtype": str(dem.dtypes[0]),
+        }
 
     def joined(name: str, part: int) -> np.ndarray | None:
         pieces = [pair[part] for pair in kept[name]]
@@ -208,14 +228,19 @@ def read_dem_tiles(
     if len(train) + len(val) == 0:
         reason = "nodata" if dropped_flat == 0 else f"nodata or relief below {min_relief:g} m"
         raise UserError(f"DEM {source.path}: none of {drawn} tiles of {tile} px is usable (every one has {reason})")
+    offsets, scales = tile_statistics(train if len(train) else val)
     report = {
         "name": source.name,
         "path": str(source.path),
         "pixel_size_m": pixel_size,
+        "median_offset_m": float(np.median(offsets)),
+        "median_scale_m": float(np.median(scales)),
         "n_train": len(train),
         "n_val": len(val),
         "dropped_nodata": dropped_nodata,
         "dropped_flat": dropped_flat,
+        "packaged": source.packaged,
+        "grid": grid,
     }
     return train, val, joined("train", 1), joined("val", 1), report
 
@@ -302,16 +327,17 @@ def build_sources(config: TerrainDataConfig, data_dir: Path, seed: int) -> list[
     ]
     data_dir.mkdir(parents=True, exist_ok=True)
     if "jacksboro" in config.packaged:
-        sources.append(DemSource("jacksboro", packaged.jacksboro_dem(data_dir / "jacksboro.tif")))
+        sources.append(DemSource("jacksboro", packaged.jacksboro_dem(data_dir / "jacksboro.tif"), packaged=True))
     elif "jacksboro_west" in config.packaged:
         path = packaged.jacksboro_dem(data_dir / "jacksboro_west.tif", "west")
-        sources.append(DemSource("jacksboro_west", path))
+        sources.append(DemSource("jacksboro_west", path, packaged=True))
     if "topobathy" in config.packaged:
-        sources.append(DemSource("topobathy", packaged.topobathy_dem(data_dir / "topobathy.tif")))
+        path = packaged.topobathy_dem(data_dir / "topobathy.tif")
+        sources.append(DemSource("topobathy", path, packaged=True))
     if "pvlib" in config.packaged:
         for index, box in enumerate(config.pvlib_boxes):
             path = packaged.pvlib_altitude(data_dir / f"pvlib_{index}.tif", box)
-            sources.append(DemSource(f"pvlib_{index}", path, min_relief=PVLIB_MIN_RELIEF_M))
+            sources.append(DemSource(f"pvlib_{index}", path, min_relief=PVLIB_MIN_RELIEF_M, packaged=True))
     world_folder = config.world
     if world_folder is None and config.world_size:
         from landformer.synth.world import make_world
@@ -330,7 +356,7 @@ def build_sources(config: TerrainDataConfig, data_dir: Path, seed: int) -> list[
                     f"{config.condition_legend!r}; set world_size: 0 or condition_legend: nlcd"
                 )
             condition = world.landcover
-        sources.append(DemSource("world", world.elevation, condition))
+        sources.append(DemSource("world", world.elevation, condition, packaged=True))
     return sources
 
 

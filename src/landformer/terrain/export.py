@@ -33,6 +33,22 @@ MASKGIT_FORMAT = "landformer-terrain-maskgit"
 FORMAT_VERSION = 1
 TOKENIZER_FILE = "tokenizer.safetensors"
 MASKGIT_FILE = "maskgit.safetensors"
+# Models installed with the package, loadable by name (``--model real``): terrain/pretrained/NAME/ holds both
+# stages. `real`: trained on the packaged real DEMs by configs/terrain_*_real.yaml (`make terrain-model`).
+PRETRAINED = ("real",)
+
+
+def pretrained_folder(name: str) -> Path:
+    """The folder of a terrain model installed with the package (``terrain/pretrained/NAME/``)."""
+    from importlib import resources
+
+    folder = Path(str(resources.files("landformer.terrain").joinpath("pretrained", name)))
+    if not (folder / MASKGIT_FILE).is_file() or not (folder / TOKENIZER_FILE).is_file():
+        raise UserError(
+            f"the packaged terrain model {name!r} is missing from this install ({folder}); rebuild it with "
+            "`make terrain-model`"
+        )
+    return folder
 
 
 def model_identity(config: Mapping[str, Any], state: Mapping[str, Tensor]) -> str:
@@ -47,6 +63,8 @@ def model_identity(config: Mapping[str, Any], state: Mapping[str, Tensor]) -> st
 
 def _weights_path(path: str | os.PathLike[str], file_name: str, what: str) -> Path:
     path = Path(path)
+    if str(path) in PRETRAINED and not path.exists():
+        path = pretrained_folder(str(path))
     if path.is_dir():
         weights = path / file_name
         if not weights.is_file():
@@ -154,6 +172,41 @@ def load_vgg_features(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     return features
 
 
+@dataclasses.dataclass(frozen=True)
+class MapGrid:
+    """CRS, pixel size (x, y in CRS units), top-left corner and data type of a generated map."""
+
+    crs: str
+    pixel: tuple[float, float]
+    origin: tuple[float, float]
+    dtype: str  # "float32", or the integer type of the training DEM (int16 stays int16)
+
+    def transform(self, column: float = 0.0, row: float = 0.0) -> Any:
+        """The affine transform of a map whose top-left pixel is (row, column) pixels from the origin."""
+        from rasterio.transform import Affine
+
+        x = self.origin[0] + column * self.pixel[0]
+        y = self.origin[1] - row * self.pixel[1]
+        return Affine(self.pixel[0], 0.0, x, 0.0, -self.pixel[1], y)
+
+    def cast(self, metres: np.ndarray) -> tuple[np.ndarray, float]:
+        """``metres`` in this grid's data type and the nodata value used (see :func:`cast_heights`)."""
+        return cast_heights(metres, self.dtype)
+
+
+def cast_heights(metres: np.ndarray, dtype: str, nodata: float | None = None) -> tuple[np.ndarray, float]:
+    """Heights in a DEM's data type: floats become float32 (NaN stays NaN, or becomes ``nodata``); integers are
+    rounded and clipped to the type's range, NaN becoming ``nodata`` (default: the type's most negative value,
+    -32768 for int16, as SRTM and most int16 DEMs use). Returns the array and the nodata value."""
+    if np.dtype(dtype).kind not in "iu":
+        fill = float("nan") if nodata is None else float(nodata)
+        return np.where(np.isnan(metres), fill, metres).astype(np.float32), fill
+    info = np.iinfo(dtype)
+    fill = float(nodata) if nodata is not None else float(info.min if np.dtype(dtype).kind == "i" else info.max)
+    values = np.clip(np.round(np.nan_to_num(metres, nan=fill)), info.min, info.max).astype(dtype)
+    return values, fill
+
+
 class TerrainGenerator:
     """MaskGIT and its tokenizer, ready to sample token grids and turn them into metres."""
 
@@ -190,9 +243,43 @@ class TerrainGenerator:
         return self.maskgit.head.weight.device
 
     def default_offset_scale(self) -> tuple[float, float]:
-        """Median offset and scale (m) of the training tiles: the heights samples get unless told otherwise."""
+        """Median offset and scale (m) of the reference DEM's training tiles (see :meth:`map_grid`), or of all
+        training tiles for models trained before it was recorded: the heights samples get unless told otherwise."""
         data = self.meta["data"]
-        return float(data["median_offset_m"]), float(data["median_scale_m"])
+        reference = data.get("reference") or data
+        return float(reference["median_offset_m"]), float(reference["median_scale_m"])
+
+    def map_grid(
+        self,
+        pixel_size: float | None = None,
+        crs: str | None = None,
+        origin: tuple[float, float] | None = None,
+    ) -> MapGrid:
+        """Where generated maps go: the grid of the training DEM the data summary names as reference (the first DEM
+        the user gave, else the finest packaged one), each part overridable. Models without a reference write
+        EPSG:3857 at (0, 0) with the median training pixel size in metres."""
+        reference = self.meta["data"].get("reference")
+        if reference is None:
+            default = MapGrid("EPSG:3857", (float(self.meta["data"]["pixel_size_m"]),) * 2, (0.0, 0.0), "float32")
+        else:
+            size_x, size_y = reference["pixel_size_crs"]
+            default = MapGrid(reference["crs"], (float(size_x), float(size_y)), tuple(reference["origin"]), "float32")
+            if np.dtype(reference["dtype"]).kind in "iu":
+                default = dataclasses.replace(default, dtype=str(reference["dtype"]))
+        if crs is not None and pixel_size is None and crs != default.crs:
+            # Another CRS: metres of a projected one take the training pixel size in metres; degrees need telling.
+            from landformer.core.raster import parse_crs
+
+            if parse_crs(crs, "--crs").is_geographic:
+                raise UserError(f"--crs {crs} is in degrees, unlike the training DEM; give --pixel-size in degrees")
+            metres = float((reference or self.meta["data"])["pixel_size_m"])
+            default = dataclasses.replace(default, pixel=(metres, metres))
+        return MapGrid(
+            default.crs if crs is None else crs,
+            default.pixel if pixel_size is None else (float(pixel_size), float(pixel_size)),
+            default.origin if origin is None else (float(origin[0]), float(origin[1])),
+            default.dtype,
+        )
 
     def decode_windows(
         self,
@@ -268,6 +355,9 @@ def load_generator(
     if meta.get("format") != MASKGIT_FORMAT:
         raise UserError(f"{weights} is not a landformer terrain generator (format {meta.get('format')!r})")
     tokenizer_path = Path(tokenizer) if tokenizer is not None else Path(meta["tokenizer_path"])
+    beside = weights.parent / TOKENIZER_FILE
+    if tokenizer is None and not tokenizer_path.exists() and beside.is_file():
+        tokenizer_path = beside  # a run folder (or packaged model) moved with both stages in it
     loaded = load_tokenizer(tokenizer_path, device)
     if loaded.identity != meta["tokenizer_identity"]:
         raise UserError(

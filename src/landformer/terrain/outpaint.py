@@ -60,7 +60,7 @@ import torch
 from landformer.core.errors import UserError
 from landformer.core.io import write_json
 from landformer.terrain.config import EXPAND_SCALES, SCALE_FACTOR
-from landformer.terrain.export import LoadedTokenizer, TerrainGenerator
+from landformer.terrain.export import LoadedTokenizer, TerrainGenerator, cast_heights
 from landformer.terrain.maskgit import steps_for
 
 log = logging.getLogger(__name__)
@@ -272,8 +272,8 @@ def write_world(
     size: int,
     seed: int = 0,
     pixel_size: float | None = None,
-    crs: str = "EPSG:3857",
-    origin: tuple[float, float] = (0.0, 0.0),
+    crs: str | None = None,
+    origin: tuple[float, float] | None = None,
     offset: float | None = None,
     scale: float | None = None,
     condition: str | os.PathLike[str] | None = None,
@@ -283,8 +283,10 @@ def write_world(
     cache_groups: int = 2048,
 ) -> dict[str, Any]:
     """Write a ``size`` x ``size`` DEM of the endless field for ``seed`` as a GeoTIFF, block by block, plus a
-    shaded-relief PNG preview beside it (``<name>.png``); returns what was written and how long it took."""
-    from rasterio.transform import Affine
+    shaded-relief PNG preview beside it (``<name>.png``); returns what was written and how long it took.
+
+    The map is on the training DEM's grid (CRS, pixel size, data type) from its top-left corner unless ``crs``,
+    ``pixel_size`` or ``origin`` say otherwise (:meth:`TerrainGenerator.map_grid`)."""
     from tqdm import tqdm
 
     from landformer.core.raster import RasterGrid, geotiff_writer, iter_windows, parse_crs
@@ -297,12 +299,13 @@ def write_world(
         raise UserError(f"block {block} must be a positive multiple of the tokenizer's {f} pixels per token")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    pixel = float(pixel_size if pixel_size is not None else generator.meta["data"]["pixel_size_m"])
+    grid = generator.map_grid(pixel_size, crs, origin)
+    pixel = float(generator.meta["data"].get("reference", generator.meta["data"])["pixel_size_m"])
     default_offset, default_scale = generator.default_offset_scale()
     offset = default_offset if offset is None else offset
     scale = default_scale if scale is None else scale
-    transform = Affine(pixel, 0.0, origin[0], 0.0, -pixel, origin[1])
-    crs_value = parse_crs(crs, "--crs")
+    transform = grid.transform()
+    crs_value = parse_crs(grid.crs, "--crs")
     source = None
     if condition is not None:
         source = RasterCondition(condition, generator, RasterGrid(crs_value, transform, size, size))
@@ -312,16 +315,15 @@ def write_world(
     start = time.perf_counter()
     windows = list(iter_windows(size, size, block))
     try:
-        with geotiff_writer(
-            out, size, size, 1, "float32", transform, crs_value, float("nan"), ["elevation_m"], tags
-        ) as dst:
+        nodata = grid.cast(np.full(1, np.nan))[1]
+        with geotiff_writer(out, size, size, 1, grid.dtype, transform, crs_value, nodata, ["elevation_m"], tags) as dst:
             for window in tqdm(windows, desc="world", unit="block", disable=None):
                 height, width = int(window.height), int(window.width)
                 normalized = decode_block(
                     generator, field, window.row_off // f, window.col_off // f, -(-height // f), -(-width // f)
                 )[:height, :width]
                 metres = generator.to_metres(normalized, offset, scale)
-                dst.write(metres[None], window=window)
+                dst.write(grid.cast(metres)[0][None], window=window)
                 preview.add(metres, window.row_off, window.col_off)
     finally:
         if source is not None:
@@ -335,8 +337,9 @@ def write_world(
         "preview": str(png),
         "size": size,
         "seed": seed,
-        "pixel_size": pixel,
-        "crs": crs,
+        "pixel_size": list(grid.pixel),
+        "origin": list(grid.origin),
+        "dtype": grid.dtype,
         "offset_m": offset,
         "scale_m": scale,
         "seconds": round(seconds, 2),
@@ -699,16 +702,13 @@ def expand_map(
         shifted = dataset.transform @ Affine.translation(-left, -up)
         preview = Preview(height, width, preview_side)
         tags = {"generator": "landformer.terrain.expand", "seed": seed, "source": str(dem), **amounts}
-        out_nodata = float(nodata) if nodata is not None else float("nan")
-        with geotiff_writer(
-            out, width, height, 1, "float32", shifted, dataset.crs, out_nodata, ["elevation_m"], tags
-        ) as dst:
+        # The output keeps the DEM's data type: an int16 DEM stays int16 (new heights rounded to whole metres).
+        dtype = dataset.dtypes[0] if np.dtype(dataset.dtypes[0]).kind in "iu" else "float32"
+        with geotiff_writer(out, width, height, 1, dtype, shifted, dataset.crs, nodata, ["elevation_m"], tags) as dst:
             for window in tqdm(list(iter_windows(height, width, block)), desc="expand", unit="block", disable=None):
                 values = grown.read(window.row_off, window.col_off, window.height, window.width)
                 preview.add(values, window.row_off, window.col_off)
-                if missing is not None:
-                    values[np.isnan(values)] = missing
-                dst.write(values[None], window=window)
+                dst.write(cast_heights(values, dtype, nodata)[0][None], window=window)
         pixel_size = pixel_size_metres(dataset)
         original_shape = [dataset.height, dataset.width]
     png = save_elevation_png(

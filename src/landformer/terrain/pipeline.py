@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import math
 import os
 import time
 import warnings
@@ -430,32 +431,48 @@ def sample_tiles(
     )
 
 
+def sample_mosaic(tiles: np.ndarray, gutter: int) -> np.ndarray:
+    """(N, S, S) tiles laid out on a square-ish grid, ``gutter`` px of NaN between them: one map of all samples."""
+    count, size = len(tiles), tiles.shape[-1]
+    columns = math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    step = size + gutter
+    mosaic = np.full((rows * step - gutter, columns * step - gutter), np.nan, dtype=np.float32)
+    for index, tile in enumerate(tiles):
+        row, column = divmod(index, columns)
+        mosaic[row * step : row * step + size, column * step : column * step + size] = tile
+    return mosaic
+
+
 def sample(
     model: str | os.PathLike[str],
     out: str | os.PathLike[str],
     count: int = 16,
     seed: int = 0,
     pixel_size: float | None = None,
-    crs: str = "EPSG:3857",
-    origin: tuple[float, float] = (0.0, 0.0),
+    crs: str | None = None,
+    origin: tuple[float, float] | None = None,
     offset: float | None = None,
     scale: float | None = None,
     condition_code: int | None = None,
     tokenizer: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
-    """Sample tiles: ``samples.png`` (hillshade grid) and ``samples.tif`` (one band per sample) in ``out``.
+    """Sample tiles: ``samples.png`` (hillshade grid) and ``samples.tif`` (a mosaic of the samples with nodata
+    gutters between them) in ``out``.
 
-    The GeoTIFF's pixels are ``pixel_size`` units of ``crs`` (default: the training data's median pixel size
-    in metres) with the top-left corner at ``origin``.
+    The GeoTIFF is on the grid of the training DEM the model records as reference (its CRS, pixel size and data
+    type: int16 stays int16) with its top-left corner at that DEM's, unless ``crs``, ``pixel_size`` (in CRS units)
+    or ``origin`` say otherwise; heights follow that DEM's tiles unless ``offset``/``scale`` are given.
     """
-    from rasterio.transform import Affine
-
     from landformer.core.legend import Legend
     from landformer.core.raster import parse_crs, write_geotiff
 
     if count < 1:
         raise UserError(f"sample count must be at least 1, got {count}")
+    if pixel_size is not None and not pixel_size > 0:
+        raise UserError(f"pixel size must be positive, got {pixel_size}")
     generator = load_generator(model, tokenizer)
+    grid = generator.map_grid(pixel_size, crs, origin)
     condition_class = None
     if condition_code is not None:
         legend_data = generator.meta.get("condition_legend")
@@ -463,23 +480,30 @@ def sample(
             raise UserError(f"{generator.source} was trained without condition maps; drop --condition-code")
         legend = Legend.from_dict(legend_data)
         condition_class = int(legend.encode(np.array([condition_code]), source="--condition-code")[0])
-    pixel = float(pixel_size if pixel_size is not None else generator.meta["data"]["pixel_size_m"])
-    if not pixel > 0:
-        raise UserError(f"pixel size must be positive, got {pixel}")
     tiles = sample_tiles(generator, count, seed, offset, scale, condition_class)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    png = save_hillshade_grid(out / "samples.png", tiles, pixel)
-    transform = Affine(pixel, 0.0, origin[0], 0.0, -pixel, origin[1])
+    pixel_m = float(generator.meta["data"].get("reference", generator.meta["data"])["pixel_size_m"])
+    png = save_hillshade_grid(out / "samples.png", tiles, pixel_m)
+    values, nodata = grid.cast(sample_mosaic(tiles, gutter=max(tiles.shape[-1] // 4, 1)))
     tif = write_geotiff(
         out / "samples.tif",
-        tiles,
-        transform,
-        parse_crs(crs, "--crs"),
-        nodata=float("nan"),
-        band_names=[f"sample_{i}" for i in range(count)],
-        tags={"generator": "landformer.terrain", "seed": seed, "model": str(generator.source)},
+        values,
+        grid.transform(),
+        parse_crs(grid.crs, "--crs"),
+        nodata=nodata,
+        band_names=["elevation_m"],
+        tags={"generator": "landformer.terrain", "seed": seed, "model": str(generator.source), "samples": count},
     )
-    summary = {"png": str(png), "geotiff": str(tif), "count": count, "seed": seed, "pixel_size": pixel, "crs": crs}
+    summary = {
+        "png": str(png),
+        "geotiff": str(tif),
+        "count": count,
+        "seed": seed,
+        "pixel_size": list(grid.pixel),
+        "origin": list(grid.origin),
+        "dtype": grid.dtype,
+        "crs": grid.crs if len(grid.crs) < 40 else "the training DEM's (WKT in the GeoTIFF)",
+    }
     write_json(out / "samples.json", summary)
     return summary
