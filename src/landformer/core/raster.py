@@ -587,6 +587,7 @@ def geotiff_writer(
     The file appears at ``path`` only when the block exits cleanly; an error leaves nothing behind. A grid whose
     pixels have no size (a zero, NaN or infinite pixel size) is refused before the file is created.
     """
+    transform = transform if isinstance(transform, Affine) else Affine(*tuple(transform)[:6])
     coefficients = [transform.a, transform.b, transform.c, transform.d, transform.e, transform.f]
     if not np.isfinite(coefficients).all() or transform.determinant == 0:
         raise UserError(
