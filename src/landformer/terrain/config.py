@@ -100,6 +100,7 @@ class TokenizerModelSection:
     code_dim: int = 8  # dimension of the l2-normalised codes ("vq")
     fsq_levels: list[int] = field(default_factory=lambda: [8, 8, 8])  # levels per dimension ("fsq"): 512 codes
     commitment: float = 0.25  # weight of the commitment term of "vq"
+    upsample: Literal["nearest", "bilinear"] = "bilinear"  # decoder upsampling (nearest leaves a token lattice)
     disc_channels: int = 32  # PatchGAN discriminator width
     disc_layers: int = 2  # stride-2 layers of the discriminator
 

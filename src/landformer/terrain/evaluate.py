@@ -120,7 +120,15 @@ def continuation(
     relief = metrics.relief_ratio(expanded, r0, c0, height, width, window=min(amount, tile_px * 2))
     channel_cells = max(16.0, CHANNEL_AREA_KM2 * 1e6 / pixel_size_m**2)
     valleys = metrics.valley_continuation(
-        expanded, r0, c0, height, width, channel_cells=channel_cells, depth=8, pixel_size_m=pixel_size_m
+        expanded,
+        r0,
+        c0,
+        height,
+        width,
+        channel_cells=channel_cells,
+        depth=8,
+        pixel_size_m=pixel_size_m,
+        reference_margin=amount,
     )
     original = expanded[r0 : r0 + height, c0 : c0 + width]
     strip_pits, strip_area = 0.0, 0.0

@@ -630,6 +630,7 @@ def valley_continuation(
     channel_cells: float = 100,
     depth: int = 8,
     pixel_size_m: float = 1.0,
+    reference_margin: int | None = None,
 ) -> dict[str, Any]:
     """Whether valleys run on across the original DEM's edge, from D8 drainage of the depression-filled map.
 
@@ -652,7 +653,13 @@ def valley_continuation(
         raise ValueError("the expanded map has no new strip around the original window")
     expanded = d8_drainage(z)
     dem = z[r0 : r0 + h, c0 : c0 + w]
-    dem_fill_depth = (fill_depressions(dem) - dem)[depth : h - depth, depth : w - depth]
+    # Drained on its own, the DEM's border is all outlets: hollows near it drain that would pond behind a strip.
+    # So the reference is taken at least ``reference_margin`` px inside (give the strip width, so outlets lie as
+    # far from the reference as the map's outer edge lies from the seam; default ``depth``).
+    margin = depth if reference_margin is None else max(int(reference_margin), depth)
+    if h <= 2 * margin + 1 or w <= 2 * margin + 1:
+        margin = depth
+    dem_fill_depth = (fill_depressions(dem) - dem)[margin : h - margin, margin : w - margin]
     km_per_px = pixel_size_m / 1000.0
 
     crossings_per_line, interior_density = {}, {}

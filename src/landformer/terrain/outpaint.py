@@ -26,16 +26,16 @@ order, in one batch) with a ``torch.Generator`` seeded from (seed, phase, group 
 ``SeedSequence``; batch composition is fixed, so the floating-point results are too. Computed groups live in
 an LRU cache of ``cache_groups`` groups; an evicted group is recomputed identically when needed again.
 
-**Expanding a map** (:func:`expand_map`). The edge band of an existing DEM (W/2 tokens deep) is normalised
-with its mean and the relief of training-size squares along the edge (:func:`edge_relief`) and encoded; new
-columns are generated W/2 tokens at a time along the edge, in W x W windows that slide along it by half a
-window, each holding the band's tokens and the new tokens of the previous window as context. The band and the
-new tokens are decoded together, and the difference between the original edge and its reconstruction is faded
-out over the first band-width of new pixels, so the seam keeps the original's heights. Sides are grown in the
-order right, down, left, up, each band including the strips made before it (:class:`GrowingMap`), so corners are
-filled. Only the bands (:func:`band_depth` pixels deep) and the new strips are ever in memory: the band is encoded
-and decoded in row chunks with the tokenizer's margins, and the output GeoTIFF is written window by window,
-copying the original's pixels through unchanged.
+**Expanding a map** (:func:`expand_map`). New columns are generated ``W/2`` tokens at a time along the edge, in
+W x W windows that slide along it by half a window; each window is standardised like a training tile (with the
+mean and spread of the training-size square beside its new columns), holds the map's (or the previous pass's)
+pixels as known tokens and the new tokens as unknown, and is decoded back into metres on its own
+(:func:`extend_right`). The map is continued at two scales, its own and one 4x coarser, whose continuation gives
+the new strip its broad shape (:func:`extend_right_multiscale`), and the map's last step runs on across the edge
+(:func:`join_edge`). Sides are grown in the order right, down, left, up, each band including the strips made
+before it (:class:`GrowingMap`), so corners are filled. Only the bands (:func:`band_depth` pixels deep) and the
+new strips are ever in memory, and the output GeoTIFF is written window by window, copying the original's pixels
+through unchanged.
 
 **Writing a world** (:func:`write_world`). The output GeoTIFF is written block by block: each block's tokens
 (plus :meth:`~landformer.terrain.tokenizer.VQTokenizer.decoder_margin` tokens of context, taken from the
@@ -352,23 +352,9 @@ def write_world(
 # ------------------------------------------------------------------------------------------------ expand
 
 
-def edge_relief(elevation: np.ndarray, tile_px: int) -> float:
-    """The relief the model would see along the right edge: the median standard deviation of the training-size
-    squares (``tile_px``, or the map's width if smaller) lining that edge.
-
-    Tokens mean per-tile normalised shapes, so the edge is normalised by the scale of a *tile* there; the
-    standard deviation of a whole long band would include large-scale trends and flatten what is generated.
-    Nodata (NaN) inside the squares, further from the edge than the context band, is left out.
-    """
-    side = min(tile_px, elevation.shape[1])
-    column = elevation[:, -side:].astype(np.float64)
-    starts = range(0, max(column.shape[0] - side, 0) + 1, side)
-    return float(np.nanmedian([np.nanstd(column[start : start + side]) for start in starts]))
-
-
 def band_depth(generator: TerrainGenerator, scales: int = 1) -> int:
     """Pixels of map beside an edge that expanding it reads: the context band plus the encoder's margin, or the
-    training-size squares of :func:`edge_relief`, whichever is deeper, at the coarsest of ``scales`` (each
+    training-size squares of :func:`edge_statistics`, whichever is deeper, at the coarsest of ``scales`` (each
     :data:`SCALE_FACTOR` times coarser than the last). Nothing further from the edge matters."""
     context = generator.grid - generator.tile
     depth = max(generator.grid, context + generator.tokenizer.model.encoder_margin()) * generator.downsample
@@ -460,9 +446,40 @@ def decode_tall(tokenizer: LoadedTokenizer, tokens: np.ndarray, chunk_tokens: in
     return in_row_chunks(tokenizer.decode, tokens, chunk_tokens, tokenizer.model.decoder_margin(), tokenizer.downsample)
 
 
+def edge_statistics(band: np.ndarray, square: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row offset and scale along the right edge of ``band``: the mean and standard deviation of the
+    ``square`` x ``square`` squares lining the edge (every half square down it), interpolated linearly to every
+    row, the scale floored at a quarter of its median so a flat stretch is not blown up.
+
+    The tokenizer knows tiles standardised one by one. One mean and spread for a whole band would hand it heights
+    far outside that range (a ridge 5 standard deviations up), and it would misread the very edge the model has to
+    continue; fields that follow the terrain along the edge keep every window of it close to a standardised tile,
+    and, being smooth, keep one token grid (and one decoding) for the whole strip.
+    """
+    height = band.shape[0]
+    columns = band[:, -min(square, band.shape[1]) :].astype(np.float64)
+    rows = min(square, height)
+    starts = list(range(0, height - rows + 1, max(rows // 2, 1)))
+    if starts[-1] != height - rows:
+        starts.append(height - rows)
+    centres = np.array([start + (rows - 1) / 2 for start in starts])
+    means = np.array([np.nanmean(columns[start : start + rows]) for start in starts])
+    spreads = np.array([np.nanstd(columns[start : start + rows]) for start in starts])
+    every_row = np.arange(height)
+    offset = np.interp(every_row, centres, means)
+    scale = np.interp(every_row, centres, spreads)
+    return offset, np.maximum(scale, 0.25 * float(np.median(spreads)))
+
+
 def extend_right(generator: TerrainGenerator, band: np.ndarray, amount: int, seed: int, stream: int) -> np.ndarray:
-    """(H, ``amount``) new columns to the right of ``band``, the last :func:`band_depth` columns of a map
-    (or all of it, when narrower), in metres, at the map's own scale (see the module docstring)."""
+    """(H, ``amount``) new columns to the right of ``band``, the last :func:`band_depth` columns of a map (or all of
+    it, when narrower), in metres, at the map's own scale (see the module docstring).
+
+    The band is standardised row by row with :func:`edge_statistics` and encoded with the encoder's margin; new
+    columns are generated ``tile`` tokens at a time in W x W windows sliding down the edge by half a window, each
+    holding the band's (or the previous pass's) tokens as context; band and new tokens are decoded together, and
+    the difference between the map's last column and its decoding is faded out over one context width.
+    """
     tokenizer = generator.tokenizer
     f, window = generator.downsample, generator.grid
     new_side = generator.tile  # tokens generated per pass
@@ -474,13 +491,9 @@ def extend_right(generator: TerrainGenerator, band: np.ndarray, amount: int, see
     edge = band[:, -context_px:].astype(np.float64)
     if not np.isfinite(edge).all():
         raise UserError(f"the map has nodata within {context_px} px of the edge being expanded; fill or crop it first")
-    offset, scale = float(edge.mean()), edge_relief(band, window * f)
-    tiny = 1e-6 * max(1.0, abs(offset))
-    if scale <= tiny:  # flat squares along most of the edge: fall back to the band's own spread
-        scale = float(edge.std())
-    if scale <= tiny:
+    if float(edge.std()) <= 1e-6 * max(1.0, abs(float(edge.mean()))):
         raise UserError(
-            f"the {context_px} px band along the edge being expanded is flat ({offset:g} m); nothing to continue"
+            f"the {context_px} px band along the edge being expanded is flat ({edge.mean():g} m); nothing to continue"
         )
     # Encode the context band with the encoder's margin of map beside it (where the map has it), so its tokens
     # are those of the whole map rather than of a band cut out of it; decoding keeps them as context too.
@@ -488,8 +501,9 @@ def extend_right(generator: TerrainGenerator, band: np.ndarray, amount: int, see
     if not np.isfinite(band[:, -read_px:]).all():
         read_px = context_px
     padded_height = -(-height // f) * f
-    normalized = (band[:, -read_px:].astype(np.float64) - offset) / scale
-    normalized = np.pad(normalized, ((0, padded_height - height), (0, 0)), mode="edge")
+    padded = np.pad(band[:, -read_px:].astype(np.float64), ((0, padded_height - height), (0, 0)), mode="edge")
+    offset, scale = edge_statistics(padded, window * f)
+    normalized = (padded - offset[:, None]) / scale[:, None]
     tokens = encode_tall(tokenizer, normalized.astype(np.float32))
     rows = tokens.shape[0]
     window_rows = min(window, rows)
@@ -514,13 +528,12 @@ def extend_right(generator: TerrainGenerator, band: np.ndarray, amount: int, see
             strip[rows_here] = decoded[:, context:]
             done[rows_here] = True
         tokens = np.concatenate([tokens, strip], axis=1)
-    decoded = decode_tall(tokenizer, tokens)[:height]
-    new = decoded[:, read_px : read_px + amount].astype(np.float64)
-    # Fade the original edge's reconstruction error out over one band width, so heights continue across the seam.
-    residual = normalized[:height, -1] - decoded[:, read_px - 1]
+    metres = decode_tall(tokenizer, tokens).astype(np.float64) * scale[:, None] + offset[:, None]
+    new = metres[:height, read_px : read_px + amount]
+    # Fade the map's edge's reconstruction error out over one context width, so heights continue across the seam.
+    residual = band[:, -1].astype(np.float64) - metres[:height, read_px - 1]
     fade = np.clip(1.0 - np.arange(1, amount + 1) / (context_px + 1), 0.0, 1.0)
-    new += residual[:, None] * fade[None, :]
-    return (new * scale + offset).astype(np.float32)
+    return (new + residual[:, None] * fade[None, :]).astype(np.float32)
 
 
 def join_edge(band: np.ndarray, new: np.ndarray, blend: int = SEAM_BLEND_PX) -> np.ndarray:

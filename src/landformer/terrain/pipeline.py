@@ -148,6 +148,7 @@ def fit_tokenizer(
         code_dim=model.code_dim,
         fsq_levels=list(model.fsq_levels),
         commitment=model.commitment,
+        upsample=model.upsample,
         disc_channels=model.disc_channels,
         disc_layers=model.disc_layers,
         l1_weight=task.l1_weight,

@@ -48,6 +48,7 @@ class TokenizerTask(BaseTask):
         code_dim: int = 8,
         fsq_levels: list[int] | None = None,
         commitment: float = 0.25,
+        upsample: str = "nearest",
         disc_channels: int = 32,
         disc_layers: int = 2,
         l1_weight: float = 1.0,
@@ -86,6 +87,7 @@ class TokenizerTask(BaseTask):
             code_dim=hp.code_dim,
             fsq_levels=list(hp.fsq_levels or [8, 8, 8]),
             commitment=hp.commitment,
+            upsample=hp.get("upsample", "nearest"),
         )
 
     def configure_models(self) -> None:

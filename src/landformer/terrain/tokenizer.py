@@ -39,12 +39,18 @@ class TokenizerModelConfig:
     code_dim: int = 8
     fsq_levels: list[int] = field(default_factory=lambda: [8, 8, 8])
     commitment: float = 0.25
+    # How the decoder doubles its resolution. "nearest" copies each pixel into a 2x2 block, and the convolutions
+    # after it never quite smooth the copies away: decoded terrain carries a token-sized lattice (its power at
+    # the 4 px lattice frequencies 1.5-2x that beside them). "bilinear" interpolates instead.
+    upsample: str = "nearest"
 
     def __post_init__(self) -> None:
         if self.downsample < 1 or self.downsample & (self.downsample - 1):
             raise ValueError(f"downsample must be a power of two, got {self.downsample}")
         if self.quantizer not in ("vq", "fsq"):
             raise ValueError(f"quantizer must be 'vq' or 'fsq', got {self.quantizer!r}")
+        if self.upsample not in ("nearest", "bilinear"):
+            raise ValueError(f"upsample must be 'nearest' or 'bilinear', got {self.upsample!r}")
 
     @property
     def n_down(self) -> int:
@@ -128,7 +134,7 @@ class Decoder(nn.Module):
             for _ in range(config.res_blocks):
                 layers.append(ResBlock(width, config.level_channels(level)))
                 width = config.level_channels(level)
-            layers.extend([nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(width, width, 3, padding=1)])
+            layers.extend([nn.Upsample(scale_factor=2, mode=config.upsample), nn.Conv2d(width, width, 3, padding=1)])
         self.up = nn.Sequential(*layers)
         self.out_block = ResBlock(width, width)
         self.norm_out = ChannelNorm(width)
@@ -261,7 +267,7 @@ class VQTokenizer(nn.Module):
         """Tokens of context on each side that decoding a window needs to match decoding the whole grid.
 
         Every 3x3 convolution widens the receptive field by one pixel of its resolution, i.e. 2**-k tokens at
-        the k-th upsampling; nearest upsampling adds at most one token's worth in total.
+        the k-th upsampling; nearest upsampling adds at most one token's worth in total, bilinear up to one more.
         """
         config = self.config
         radius = 1.0 + 2.0  # conv_in and the two convolutions of the middle block, at token resolution
@@ -270,7 +276,7 @@ class VQTokenizer(nn.Module):
             radius += 2 * config.res_blocks * resolution  # residual blocks before this upsampling
             radius += 2.0 ** -(step + 1)  # the convolution after it
         radius += 3 * 2.0**-config.n_down  # output block and conv_out at full resolution
-        return math.ceil(radius) + 1
+        return math.ceil(radius) + (2 if config.upsample == "bilinear" else 1)
 
     def encoder_margin(self) -> int:
         """Tokens of context on each side that encoding a window needs to give the tokens of the whole map.
