@@ -752,6 +752,36 @@ add(
     "tok",
 )
 output_place_cases("terrain-fit-tokenizer", lambda w, out: ["terrain", "fit-tokenizer", "--out", out], "folder")
+add("terrain-world-threads-negative", lambda w: terrain(w, "world", "--size", "32", "--threads", "-1"), "--threads -1")
+add("terrain-sample-scale-negative", lambda w: terrain(w, "sample", "--count", "1", "--scale", "-5"), "--scale -5")
+add("terrain-sample-offset-nan", lambda w: terrain(w, "sample", "--count", "1", "--offset", "nan"), "--offset nan")
+add(
+    "terrain-reconstruct-count-zero",
+    lambda w: (
+        [
+            "terrain",
+            "reconstruct",
+            "--tokenizer",
+            w.shared.terrain_models["tokenizer"],
+            "--count",
+            "0",
+            "--out",
+            w.path("r"),
+        ],
+        w.path("r"),
+    ),
+    "count must be at least 1",
+)
+add(
+    "terrain-fit-dem-missing",
+    lambda w: (
+        ["terrain", "fit-tokenizer", "--dem", w.path("no.tif"), "--no-packaged", "--out", w.path("t")],
+        w.path("t"),
+    ),
+    "no.tif",
+)
+add("terrain-evaluate-amount-thin", lambda w: terrain(w, "evaluate", "--dem", w.dem(), "--amount", "4"), "too thin")
+add("terrain-evaluate-dem-missing", lambda w: terrain(w, "evaluate", "--dem", w.path("gone.tif")), "gone.tif")
 
 
 # --- embeddings ---------------------------------------------------------------------------------------------

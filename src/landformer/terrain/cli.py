@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from landformer.cli import add_command, add_group, add_recipe_arguments
+from landformer.core.errors import UserError
 from landformer.terrain.config import EXPAND_SCALES, SCALE_FACTOR
 
 DEFAULT_TOKENIZER_CONFIG = "configs/terrain_tokenizer_tiny.yaml"
@@ -101,6 +102,8 @@ def _world(args: argparse.Namespace) -> None:
     from landformer.terrain.export import load_generator
     from landformer.terrain.outpaint import write_world
 
+    if args.threads < 0:
+        raise UserError(f"--threads {args.threads}: give a number of threads, or 0 for torch's default")
     if args.threads:
         import torch
 

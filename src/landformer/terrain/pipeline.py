@@ -282,6 +282,8 @@ def reconstruct(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Reconstruct tiles of a DEM (or the tokenizer run's held-out tiles) and draw them as a PNG panel."""
+    if count < 1:
+        raise UserError(f"reconstruct count must be at least 1, got {count}")
     tokenizer = load_tokenizer(tokenizer_path)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -417,6 +419,11 @@ def sample_tiles(
 
     ``condition_class`` (a class index of the model's legend) conditions every token on that one class.
     """
+    for name, value in (("offset", offset), ("scale", scale)):
+        if value is not None and not math.isfinite(value):
+            raise UserError(f"--{name} {value}: heights need a finite number of metres")
+    if scale is not None and scale <= 0:
+        raise UserError(f"--scale {scale}: the relief (standard deviation, m) must be positive")
     condition = None
     if condition_class is not None:
         if not 0 <= condition_class < generator.n_condition_classes:
