@@ -9,7 +9,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export MPLBACKEND ?= Agg
 
-.PHONY: setup demo test test-all bench lint format clean igbp-model
+.PHONY: setup demo test test-all bench lint format clean igbp-model terrain-model
 
 setup: $(STAMP)
 
@@ -44,6 +44,17 @@ igbp-model: setup
 	$(VENV)/bin/landformer landcover train --config configs/landcover_igbp.yaml --out $(IGBP_RUN)
 	cp $(IGBP_RUN)/model.safetensors src/landformer/landcover/pretrained/igbp.safetensors
 	cp $(IGBP_RUN)/model.json src/landformer/landcover/pretrained/igbp.json
+
+# The packaged terrain model `real`: both stages on the packaged real DEMs (about 45 min on 2 CPU cores).
+TERRAIN_RUN ?= runs/terrain_real
+TERRAIN_PRETRAINED = src/landformer/terrain/pretrained/real
+terrain-model: setup
+	$(VENV)/bin/landformer terrain fit-tokenizer --config configs/terrain_tokenizer_real.yaml --out $(TERRAIN_RUN)/tokenizer
+	$(VENV)/bin/landformer terrain fit --config configs/terrain_maskgit_real.yaml --out $(TERRAIN_RUN)/maskgit \
+		--tokenizer $(TERRAIN_RUN)/tokenizer
+	mkdir -p $(TERRAIN_PRETRAINED)
+	cp $(TERRAIN_RUN)/tokenizer/tokenizer.safetensors $(TERRAIN_RUN)/tokenizer/tokenizer.json $(TERRAIN_PRETRAINED)/
+	cp $(TERRAIN_RUN)/maskgit/maskgit.safetensors $(TERRAIN_RUN)/maskgit/maskgit.json $(TERRAIN_PRETRAINED)/
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
