@@ -525,14 +525,28 @@ def test_reference_grid_is_the_users_dem_else_the_finest_packaged_one() -> None:
 def test_join_edge_runs_the_maps_last_step_on_and_fades_out() -> None:
     from landformer.terrain.outpaint import join_edge
 
-    rows, cols = np.mgrid[0:6, 0:10]
+    rows, cols = np.mgrid[0:24, 0:10]
     band = (3.0 * cols + rows).astype(np.float32)  # last column 27 + row, last step 3
-    new = np.full((6, 20), 100.0, dtype=np.float32)  # a cliff of about 70 m right at the edge
+    new = np.full((24, 20), 100.0, dtype=np.float32)  # a cliff of about 70 m right at the edge
     joined = join_edge(band, new, blend=8)
     np.testing.assert_allclose(joined[:, 0] - band[:, -1], 3.0, atol=1e-4)  # the real step, not the cliff
     assert np.array_equal(joined[:, 8:], new[:, 8:])  # untouched beyond the blend
-    steps = np.diff(joined, axis=1)[:, :8]
-    np.testing.assert_allclose(steps, np.repeat(steps[:, :1], 8, axis=1), atol=1e-3)  # spread evenly over the blend
+    steps = np.diff(joined, axis=1)[4:-4, :8]  # rows whose running mean is the shift itself (it is linear)
+    np.testing.assert_allclose(steps, np.repeat(steps[:, :1], 8, axis=1), atol=1e-3)  # spread evenly
+
+
+def test_fade_in_keeps_row_noise_near_the_edge_and_the_broad_difference_long() -> None:
+    """The row-to-row part of a difference fades within a token (it drew streaks when faded as far as the rest)."""
+    from landformer.terrain.outpaint import SHORT_FADE_PX, fade_in
+
+    broad = np.full(40, 6.0)
+    noise = np.where(np.arange(40) % 2, 1.0, -1.0)
+    faded = fade_in(np.zeros((40, 20)), broad + noise, reach=12)
+    np.testing.assert_allclose(faded[:, 0], broad + noise)  # all of it at the first column
+    # Beyond the short fade only the broad part is left: 6 (and +-1/9, the noise's share of a 9-row mean).
+    expected = 6.0 * (1 - np.arange(SHORT_FADE_PX, 12) / 12)
+    np.testing.assert_allclose(faded[8:-8, SHORT_FADE_PX:12], np.repeat(expected[None, :], 24, axis=0), atol=0.12)
+    assert np.array_equal(faded[:, 12:], np.zeros((40, 8)))
 
 
 def test_block_mean_and_upsample_are_a_pyramid_level() -> None:
@@ -589,3 +603,18 @@ def test_cli_takes_dems_with_a_plain_flag(tmp_path: Path, capsys: pytest.Capture
     missing = tmp_path / "nowhere.tif"
     code = main(["terrain", "fit-tokenizer", "--dem", str(missing), "--no-packaged", "--out", str(tmp_path / "t")])
     assert code == 2 and "nowhere.tif" in capsys.readouterr().err
+
+
+def test_the_packaged_real_model_loads_by_name_fits_the_size_limit_and_never_saw_the_east() -> None:
+    from landformer.terrain.export import pretrained_folder
+    from landformer.terrain.pipeline import sample_tiles
+
+    folder = pretrained_folder("real")
+    assert sum(path.stat().st_size for path in folder.glob("*.safetensors")) <= 15 * 2**20
+    generator = load_generator("real")
+    sources = [source["name"] for source in generator.meta["data"]["sources"]]
+    assert "jacksboro_west" in sources and "jacksboro" not in sources  # the east part is held out
+    assert generator.meta["data"]["reference"]["name"] == "jacksboro_west"
+    assert generator.map_grid().crs == generator.meta["data"]["reference"]["crs"]
+    tiles = sample_tiles(generator, 2, seed=0)
+    assert tiles.shape == (2, 32, 32) and np.isfinite(tiles).all()

@@ -157,7 +157,7 @@ def continuation(
     }
 
 
-def _read_dem(path: Path) -> tuple[np.ndarray, float]:
+def read_dem(path: Path) -> tuple[np.ndarray, float]:
     from landformer.core.raster import open_raster
     from landformer.terrain.data import pixel_size_metres
 
@@ -238,7 +238,7 @@ def evaluate(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dem_path = Path(dem) if dem is not None else packaged.jacksboro_dem(out / "jacksboro_east.tif", "east")
-    elevation, pixel_size = _read_dem(dem_path)
+    elevation, pixel_size = read_dem(dem_path)
     tile_px = generator.grid * generator.downsample
     reference = dem_tiles(elevation, tile_px, max(tile_px // 4, 1))
 
@@ -257,7 +257,7 @@ def evaluate(
         seed=seed,
         scales=scales,
     )
-    expanded, _ = _read_dem(Path(expand_summary["geotiff"]))
+    expanded, _ = read_dem(Path(expand_summary["geotiff"]))
     grown = continuation(expanded, amount, elevation.shape, pixel_size, generator)
 
     headline = {

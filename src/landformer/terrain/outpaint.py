@@ -72,6 +72,8 @@ TURNS_TO_RIGHT = {"right": 0, "down": 1, "left": 2, "up": -1}
 EXPAND_STREAM = 100  # seed-stream offset that keeps expansion windows apart from the field's phases
 EXPAND_GDAL_CACHE_BYTES = 64 * 2**20  # GDAL block cache while expanding: enough for the windows in flight
 SEAM_BLEND_PX = 16  # columns over which join_edge fades the shift that continues the map's slope
+SHORT_FADE_PX = 4  # columns over which the row-to-row part of a difference at an edge fades (fade_in)
+DETAIL_ROWS = 9  # rows of the running mean that separates a difference's broad part from its row-to-row part
 
 
 def _zigzag(value: int) -> int:
@@ -414,8 +416,7 @@ def extend_right_multiscale(
     new = composed[:, usable : usable + amount]
     # Bilinear blending reaches half a block back over the edge; keep the map's last column continuous.
     residual = band[:, -1].astype(np.float64) - composed[:, usable - 1]
-    fade = np.clip(1.0 - np.arange(1, amount + 1) / (context_px + 1), 0.0, 1.0)
-    return (new + residual[:, None] * fade[None, :]).astype(np.float32)
+    return fade_in(new, residual, context_px).astype(np.float32)
 
 
 def in_row_chunks(
@@ -532,8 +533,7 @@ def extend_right(generator: TerrainGenerator, band: np.ndarray, amount: int, see
     new = metres[:height, read_px : read_px + amount]
     # Fade the map's edge's reconstruction error out over one context width, so heights continue across the seam.
     residual = band[:, -1].astype(np.float64) - metres[:height, read_px - 1]
-    fade = np.clip(1.0 - np.arange(1, amount + 1) / (context_px + 1), 0.0, 1.0)
-    return (new + residual[:, None] * fade[None, :]).astype(np.float32)
+    return fade_in(new, residual, context_px).astype(np.float32)
 
 
 def join_edge(band: np.ndarray, new: np.ndarray, blend: int = SEAM_BLEND_PX) -> np.ndarray:
@@ -550,11 +550,25 @@ def join_edge(band: np.ndarray, new: np.ndarray, blend: int = SEAM_BLEND_PX) -> 
     band64 = band.astype(np.float64)
     continued = 2.0 * band64[:, -1] - band64[:, -2]
     shift = continued - new[:, 0].astype(np.float64)
-    width = min(blend, new.shape[1])
-    fade = 1.0 - np.arange(width) / width
-    joined = new.astype(np.float64)
-    joined[:, :width] += shift[:, None] * fade[None, :]
-    return joined.astype(new.dtype)
+    return fade_in(new, shift, blend).astype(new.dtype)
+
+
+def fade_in(new: np.ndarray, difference: np.ndarray, reach: int) -> np.ndarray:
+    """``new`` (columns right of an edge) plus a per-row ``difference`` at the edge that fades out into it.
+
+    The whole difference applies to the first column. Its broad part (a running mean over :data:`DETAIL_ROWS`
+    rows along the edge) fades out linearly over ``reach`` columns; its row-to-row part, the reconstruction's
+    pixel noise, over :data:`SHORT_FADE_PX` columns only: faded as far as the broad part, it drew streaks
+    across the edge, one per row.
+    """
+    from scipy.ndimage import uniform_filter1d
+
+    difference = np.asarray(difference, dtype=np.float64)
+    broad = uniform_filter1d(difference, size=DETAIL_ROWS, mode="nearest")
+    columns = np.arange(new.shape[1])
+    long_fade = np.clip(1.0 - columns / max(reach, 1), 0.0, 1.0)
+    short_fade = np.clip(1.0 - columns / SHORT_FADE_PX, 0.0, 1.0)
+    return new + broad[:, None] * long_fade[None, :] + (difference - broad)[:, None] * short_fade[None, :]
 
 
 class GrowingMap:
