@@ -618,3 +618,10 @@ def test_the_packaged_real_model_loads_by_name_fits_the_size_limit_and_never_saw
     assert generator.map_grid().crs == generator.meta["data"]["reference"]["crs"]
     tiles = sample_tiles(generator, 2, seed=0)
     assert tiles.shape == (2, 32, 32) and np.isfinite(tiles).all()
+
+
+def test_cli_writes_the_held_out_jacksboro_part(tmp_path: Path) -> None:
+    out = tmp_path / "east.tif"
+    assert main(["synth", "packaged", "jacksboro-east", "--out", str(out)]) == 0
+    with rasterio.open(out) as east:
+        assert east.shape == (344, 163) and east.crs.to_epsg() == 4326
