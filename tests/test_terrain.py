@@ -625,3 +625,54 @@ def test_cli_writes_the_held_out_jacksboro_part(tmp_path: Path) -> None:
     assert main(["synth", "packaged", "jacksboro-east", "--out", str(out)]) == 0
     with rasterio.open(out) as east:
         assert east.shape == (344, 163) and east.crs.to_epsg() == 4326
+
+
+def test_scale_classes_condition_tiles_samples_and_expansion(
+    models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scale-conditioned generator is told each map's pixel-size class: the map's own at the fine scale, four
+    times coarser at the coarse one; samples take the reference DEM's class."""
+    from landformer.terrain.data import prepare_tiles, scale_class
+    from landformer.terrain.export import TerrainGenerator
+    from landformer.terrain.pipeline import sample_tiles
+
+    assert scale_class(np.array([84.0, 500.0, 2400.0, 9000.0]), [500.0, 5000.0]).tolist() == [0, 1, 1, 2]
+    with pytest.raises(UserError, match="should rise"):
+        TerrainDataConfig(scale_classes=[5000.0, 500.0]).validate()
+    dem = write_dem(tmp_path / "dem.tif", hills(64, 64))
+    config = TerrainDataConfig(
+        dems=[dem], packaged=[], tile_size=16, stride=8, block_size=32, scale_classes=[20.0, 500.0]
+    )
+    tiles = prepare_tiles(config, tmp_path / "data", seed=0)
+    assert tiles.train_conditions.shape == tiles.train.shape and (tiles.train_conditions == 1).all()  # 30 m
+
+    tokenizer = load_tokenizer(models["tokenizer"])
+    maskgit = MaskGIT(
+        MaskGITModelConfig(vocab_size=32, grid=4, dim=32, n_layers=2, n_heads=2, dropout=0.0, n_condition_classes=3)
+    )
+    weights = export_maskgit(tmp_path / "m", maskgit, tokenizer, 2, SAMPLING, SUMMARY, None, [500.0, 5000.0])
+    generator = load_generator(weights)
+    assert generator.scale_class() == 0 and generator.scale_class(9000.0) == 2  # reference: SUMMARY's 30 m
+    told: list[set[int]] = []
+    original = TerrainGenerator.decode_windows
+
+    def recording(
+        self: TerrainGenerator,
+        tokens: np.ndarray,
+        known: np.ndarray,
+        rng: torch.Generator,
+        condition: np.ndarray | None = None,
+        steps: int | None = None,
+    ) -> np.ndarray:
+        told.append(set(np.unique(condition).tolist()) if condition is not None else {-1})
+        return original(self, tokens, known, rng, condition, steps)
+
+    monkeypatch.setattr(TerrainGenerator, "decode_windows", recording)
+    assert sample_tiles(generator, 2, seed=0).shape == (2, 16, 16) and told[-1] == {0}
+    told.clear()
+    side = 96
+    expand_array(generator, hills(side, side), {"right": 8}, seed=0, scales=2, pixel_size_m=1000.0)
+    assert told and all(classes == {1} for classes in told)  # 1000 m, and 4000 m at the coarse scale
+    told.clear()
+    expand_array(generator, hills(side, side), {"right": 8}, seed=0, scales=2, pixel_size_m=2000.0)
+    assert {2} in told and {1} in told  # 2000 m at the map's scale, 8000 m at the coarse one

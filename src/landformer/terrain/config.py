@@ -44,6 +44,10 @@ class TerrainDataConfig:
     world_seed: int | None = None  # seed of that world; None: the train seed
     conditions: list[Path] = field(default_factory=list)  # one categorical raster per DEM in `dems`
     condition_legend: str | None = None  # legend of the condition rasters (nlcd, corine or a JSON path); None: off
+    # Pixel-size classes (edges in metres) that MaskGIT is conditioned on, e.g. [500, 5000]: under 500 m, 500 m to
+    # 5 km, coarser. Tiles from 84 m and 9 km DEMs look different, and unconditioned samples drew the mix; with
+    # classes, a map is continued (and sampled) in the style of DEMs of its own pixel size. Empty: no classes.
+    scale_classes: list[float] = field(default_factory=list)
     tile_size: int = 32  # side of the training tiles in pixels
     stride: int = 16  # step between tiles inside a split block
     block_size: int = 128  # side of the square blocks of the spatial train/validation split
@@ -64,6 +68,12 @@ class TerrainDataConfig:
                 raise UserError(f"terrain data: pvlib box {box} should be [west, south, east, north]")
         if self.conditions and self.condition_legend is None:
             raise UserError("terrain data: condition rasters were given without a condition_legend (e.g. nlcd)")
+        if self.scale_classes:
+            edges = [float(edge) for edge in self.scale_classes]
+            if any(edge <= 0 for edge in edges) or edges != sorted(set(edges)):
+                raise UserError(f"terrain data: scale_classes {self.scale_classes} should rise, in positive metres")
+            if self.condition_legend is not None:
+                raise UserError("terrain data: condition on scale_classes or on condition rasters, not both")
         if self.condition_legend is not None:
             if len(self.conditions) != len(self.dems):
                 raise UserError(

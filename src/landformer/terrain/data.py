@@ -86,6 +86,11 @@ class TileSet:
         }
 
 
+def scale_class(pixel_size_m: np.ndarray | float, edges: list[float]) -> np.ndarray:
+    """Pixel-size class of each pixel size (metres) for the class edges of ``scale_classes``, as int16."""
+    return np.digitize(np.asarray(pixel_size_m, dtype=np.float64), np.asarray(edges, dtype=np.float64)).astype(np.int16)
+
+
 def reference_source(sources: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The DEM whose grid generated maps take by default: the first DEM the user gave, else the packaged DEM with
     the finest pixels (Jacksboro's 3 arc-seconds); None when no source was a georeferenced DEM."""
@@ -389,6 +394,13 @@ def prepare_tiles(config: TerrainDataConfig, data_dir: Path, seed: int) -> TileS
         raise UserError("terrain data: the sources gave no training tile")
     train_c = np.concatenate(parts["train_c"]) if legend is not None else None
     val_c = np.concatenate(parts["val_c"]) if legend is not None else None
+    if config.scale_classes:  # every pixel of a tile carries its source's pixel-size class
+        size = train.shape[-1]
+        classes = {key: scale_class(np.concatenate(parts[key]), config.scale_classes) for key in ("train_p", "val_p")}
+        train_c, val_c = (
+            np.ascontiguousarray(np.broadcast_to(classes[key][:, None, None], (len(classes[key]), size, size)))
+            for key in ("train_p", "val_p")
+        )
     return TileSet(
         train,
         np.concatenate(parts["val"]),

@@ -249,6 +249,18 @@ class TerrainGenerator:
         reference = data.get("reference") or data
         return float(reference["median_offset_m"]), float(reference["median_scale_m"])
 
+    def scale_class(self, pixel_size_m: float | None = None) -> int | None:
+        """The pixel-size class a scale-conditioned model is told for a map of ``pixel_size_m`` metres (default:
+        its reference DEM's); None for models without ``scale_classes``."""
+        from landformer.terrain.data import scale_class
+
+        edges = self.meta.get("scale_classes")
+        if not edges:
+            return None
+        if pixel_size_m is None:
+            pixel_size_m = float(self.meta["data"].get("reference", self.meta["data"])["pixel_size_m"])
+        return int(scale_class(pixel_size_m, edges))
+
     def map_grid(
         self,
         pixel_size: float | None = None,
@@ -323,6 +335,7 @@ def export_maskgit(
     sampling: dict[str, Any],
     data_summary: dict[str, Any],
     legend: dict[str, Any] | None,
+    scale_classes: list[float] | None = None,
 ) -> Path:
     """Write ``maskgit.safetensors`` + ``maskgit.json``, recording the identity and path of its tokenizer."""
     folder = Path(folder)
@@ -337,6 +350,7 @@ def export_maskgit(
         "sampling": sampling,
         "data": data_summary,
         "condition_legend": legend,
+        "scale_classes": scale_classes,
     }
     weights = save_safetensors(folder / MASKGIT_FILE, state, meta)
     write_json(folder / "maskgit.json", meta)

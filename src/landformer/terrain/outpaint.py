@@ -197,6 +197,19 @@ class TerrainField:
         return out
 
 
+class ConstantCondition:
+    """One class for every token: a scale-conditioned model's pixel-size class for a whole map."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def tokens(self, row: int, col: int, height: int, width: int) -> np.ndarray:
+        return np.full((height, width), self.value, dtype=np.int64)
+
+    def close(self) -> None:
+        pass
+
+
 class RasterCondition:
     """Condition classes of a categorical raster on the token grid of a map (majority per token)."""
 
@@ -308,9 +321,11 @@ def write_world(
     scale = default_scale if scale is None else scale
     transform = grid.transform()
     crs_value = parse_crs(grid.crs, "--crs")
-    source = None
+    source: ConditionSource | None = None
     if condition is not None:
         source = RasterCondition(condition, generator, RasterGrid(crs_value, transform, size, size))
+    elif generator.scale_class() is not None:
+        source = ConstantCondition(int(generator.scale_class()))
     field = TerrainField(generator, seed, group=group, cache_groups=cache_groups, condition=source)
     preview = Preview(size, size, preview_side)
     tags = {"generator": "landformer.terrain.world", "seed": seed, "offset_m": offset, "scale_m": scale}
@@ -378,7 +393,13 @@ def upsample(values: np.ndarray, factor: int) -> np.ndarray:
 
 
 def extend_right_multiscale(
-    generator: TerrainGenerator, band: np.ndarray, amount: int, seed: int, stream: int, scales: int
+    generator: TerrainGenerator,
+    band: np.ndarray,
+    amount: int,
+    seed: int,
+    stream: int,
+    scales: int,
+    pixel_size_m: float | None = None,
 ) -> np.ndarray:
     """:func:`extend_right` with relief at ``scales`` scales (a Laplacian pyramid, :data:`SCALE_FACTOR` apart).
 
@@ -391,7 +412,7 @@ def extend_right_multiscale(
     every scale. The last column of the map is kept continuous by fading the difference out as
     :func:`extend_right` does.
     """
-    fine = extend_right(generator, band, amount, seed, stream)
+    fine = extend_right(generator, band, amount, seed, stream, pixel_size_m)
     factor = SCALE_FACTOR
     usable = (band.shape[1] // factor) * factor
     context_px = (generator.grid - generator.tile) * generator.downsample
@@ -405,8 +426,9 @@ def extend_right_multiscale(
     if not np.isfinite(band_part).all():  # nodata away from the edge: the coarse scale would need it
         return fine
     coarse_band = block_mean(band_part, factor)
+    coarse_pixel = None if pixel_size_m is None else pixel_size_m * factor
     coarse_new = extend_right_multiscale(
-        generator, coarse_band, new_px // factor, seed, stream + len(EXPAND_SIDES), scales - 1
+        generator, coarse_band, new_px // factor, seed, stream + len(EXPAND_SIDES), scales - 1, coarse_pixel
     )
     fine_new = np.pad(fine.astype(np.float64), ((0, padded - height), (0, new_px - amount)), mode="edge")
     fine_full = np.concatenate([band_part, fine_new], axis=1)
@@ -472,7 +494,14 @@ def edge_statistics(band: np.ndarray, square: int) -> tuple[np.ndarray, np.ndarr
     return offset, np.maximum(scale, 0.25 * float(np.median(spreads)))
 
 
-def extend_right(generator: TerrainGenerator, band: np.ndarray, amount: int, seed: int, stream: int) -> np.ndarray:
+def extend_right(
+    generator: TerrainGenerator,
+    band: np.ndarray,
+    amount: int,
+    seed: int,
+    stream: int,
+    pixel_size_m: float | None = None,
+) -> np.ndarray:
     """(H, ``amount``) new columns to the right of ``band``, the last :func:`band_depth` columns of a map (or all of
     it, when narrower), in metres, at the map's own scale (see the module docstring).
 
@@ -512,6 +541,8 @@ def extend_right(generator: TerrainGenerator, band: np.ndarray, amount: int, see
     if starts[-1] != rows - window_rows:
         starts.append(rows - window_rows)
     n_passes = -(-math.ceil(amount / f) // new_side)
+    scale_class = generator.scale_class(pixel_size_m)
+    condition = None if scale_class is None else np.full((1, window_rows, window), scale_class, dtype=np.int64)
     for pass_index in range(n_passes):
         strip = np.zeros((rows, new_side), dtype=np.int64)
         done = np.zeros(rows, dtype=bool)
@@ -525,7 +556,7 @@ def extend_right(generator: TerrainGenerator, band: np.ndarray, amount: int, see
                 continue
             steps = steps_for(n_unknown, window * window, int(generator.sampling["steps"]))
             rng = torch.Generator().manual_seed(window_seed(seed, EXPAND_STREAM + stream, pass_index, start))
-            decoded = generator.decode_windows(window_tokens[None], known[None], rng, None, steps)[0]
+            decoded = generator.decode_windows(window_tokens[None], known[None], rng, condition, steps)[0]
             strip[rows_here] = decoded[:, context:]
             done[rows_here] = True
         tokens = np.concatenate([tokens, strip], axis=1)
@@ -601,9 +632,17 @@ class GrowingMap:
             out[r0 - row : r1 - row, c0 - col : c1 - col] = values
         return out
 
-    def grow(self, generator: TerrainGenerator, amounts: dict[str, int], seed: int, scales: int = 1) -> None:
+    def grow(
+        self,
+        generator: TerrainGenerator,
+        amounts: dict[str, int],
+        seed: int,
+        scales: int = 1,
+        pixel_size_m: float | None = None,
+    ) -> None:
         """Generate the new strips, one side after another (right, down, left, up): each side's band includes
-        the strips made before it, so corners are filled too."""
+        the strips made before it, so corners are filled too. ``pixel_size_m`` tells a scale-conditioned model
+        the map's pixel size (default: its reference DEM's)."""
         depth = band_depth(generator, scales)
         for stream, side in enumerate(EXPAND_SIDES):
             amount = int(amounts.get(side, 0))
@@ -625,7 +664,7 @@ class GrowingMap:
             band = self.read(band_rows[0], band_cols[0], band_rows[1] - band_rows[0], band_cols[1] - band_cols[0])
             turns = TURNS_TO_RIGHT[side]
             turned = np.rot90(band, turns)
-            new = extend_right_multiscale(generator, turned, amount, seed, stream, scales)
+            new = extend_right_multiscale(generator, turned, amount, seed, stream, scales, pixel_size_m)
             strip = np.rot90(join_edge(turned, new), -turns)
             self.strips.append((*at, np.ascontiguousarray(strip)))
 
@@ -645,9 +684,11 @@ def expand_array(
     amounts: dict[str, int],
     seed: int,
     scales: int = EXPAND_SCALES,
+    pixel_size_m: float | None = None,
 ) -> np.ndarray:
     """``elevation`` grown by ``amounts[side]`` pixels on each side (right, down, left, up, in that order), its
-    relief continued at ``scales`` scales (:func:`extend_right_multiscale`)."""
+    relief continued at ``scales`` scales (:func:`extend_right_multiscale`); ``pixel_size_m`` as in
+    :meth:`GrowingMap.grow`."""
     _check_amounts(amounts)
     z = np.asarray(elevation, dtype=np.float32)
     up, left = int(amounts.get("up", 0)), int(amounts.get("left", 0))
@@ -656,7 +697,7 @@ def expand_array(
         return z[row : row + height, col : col + width]
 
     grown = GrowingMap(read_original, z.shape[0], z.shape[1], up, left)
-    grown.grow(generator, amounts, seed, scales)
+    grown.grow(generator, amounts, seed, scales, pixel_size_m)
     height, width = z.shape[0] + up + int(amounts.get("down", 0)), z.shape[1] + left + int(amounts.get("right", 0))
     return grown.read(0, 0, height, width)
 
@@ -722,7 +763,7 @@ def expand_map(
 
         start = time.perf_counter()
         grown = GrowingMap(read_original, dataset.height, dataset.width, up, left)
-        grown.grow(generator, amounts, seed, scales)
+        grown.grow(generator, amounts, seed, scales, pixel_size_metres(dataset))
         seconds = time.perf_counter() - start
         height = dataset.height + up + int(amounts.get("down", 0))
         width = dataset.width + left + int(amounts.get("right", 0))

@@ -345,7 +345,10 @@ def fit_maskgit(config: MaskGITConfig, run_dir: str | os.PathLike[str], resume: 
     tiles = prepare_tiles(config.data, run_dir / "data", config.train.seed)
     write_json(run_dir / "tiles.json", tiles.summary())
     _save_val_tiles(run_dir, tiles)
-    n_classes = tiles.legend.n_classes if tiles.legend is not None else 0
+    if config.data.scale_classes:
+        n_classes = len(config.data.scale_classes) + 1
+    else:
+        n_classes = tiles.legend.n_classes if tiles.legend is not None else 0
     train_set = token_dataset(tokenizer, tiles.train, tiles.train_conditions, n_classes, config.data.augment)
     train_loader = _loader(train_set, config.data.batch_size, True)
     val_loader = None
@@ -384,6 +387,7 @@ def fit_maskgit(config: MaskGITConfig, run_dir: str | os.PathLike[str], resume: 
         sampling=dataclasses.asdict(config.sampling),
         data_summary=tiles.summary(),
         legend=tiles.legend.to_dict() if tiles.legend is not None else None,
+        scale_classes=[float(edge) for edge in config.data.scale_classes] or None,
     )
     generator = load_generator(weights)
     samples = sample_tiles(generator, 8, seed=config.train.seed)
@@ -425,6 +429,8 @@ def sample_tiles(
     if scale is not None and scale <= 0:
         raise UserError(f"--scale {scale}: the relief (standard deviation, m) must be positive")
     condition = None
+    if condition_class is None:
+        condition_class = generator.scale_class()  # a scale-conditioned model draws its reference DEM's style
     if condition_class is not None:
         if not 0 <= condition_class < generator.n_condition_classes:
             raise UserError(
