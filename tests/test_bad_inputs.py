@@ -1225,9 +1225,13 @@ def test_geoloc_clean_reports_labels_off_the_globe(tmp_path: Path, capsys) -> No
 
 
 SLOW_ALIGN = """
-import sys, time
+import signal, sys, time
 import landformer.core.raster as raster
 from landformer.cli import main
+
+# A test suite started in the background (make test &) hands its children SIGINT ignored, and Python then keeps
+# it ignored; a user pressing Ctrl-C in a terminal has it at Python's default, which this restores.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 windows = raster.iter_windows
 
