@@ -45,7 +45,7 @@ igbp-model: setup
 	cp $(IGBP_RUN)/model.safetensors src/landformer/landcover/pretrained/igbp.safetensors
 	cp $(IGBP_RUN)/model.json src/landformer/landcover/pretrained/igbp.json
 
-# The packaged terrain model `real`: both stages on the packaged real DEMs (about 45 min on 2 CPU cores).
+# The packaged terrain model `real`: both stages on the packaged real DEMs (about 30 min on 2 CPU cores).
 TERRAIN_RUN ?= runs/terrain_real
 TERRAIN_PRETRAINED = src/landformer/terrain/pretrained/real
 terrain-model: setup
