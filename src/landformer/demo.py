@@ -115,6 +115,7 @@ class Measure:
     unit: str = ""
     compared_with: str = ""
     better: bool | None = None
+    target: bool = False  # compared with a target (marked met / missed) rather than a baseline (better / worse)
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,7 @@ def in_bounds(label: str, value: float | None, unit: str, low: float | None, hig
     met = (
         value is not None and math.isfinite(value) and (low is None or value >= low) and (high is None or value <= high)
     )
-    return Measure(label, value, unit, f"target {bound}", met)
+    return Measure(label, value, unit, f"target {bound}", met, target=True)
 
 
 def percent_less(value: float, baseline: float) -> str:
@@ -174,9 +175,9 @@ def report_world(result: dict[str, Any]) -> StepReport:
     size = result.get("size_px")
     return StepReport(
         "the synthetic world",
-        f"A synthetic {size} x {size} pixel world with land cover that follows relief and drainage, elevation, "
-        "imagery and a human-modification series from 1990 to 2020, all on one geographic grid: the data the "
-        "embeddings and forecast steps learn from.",
+        f"A synthetic {number(size)} x {number(size)} pixel world with land cover that follows relief and drainage, "
+        "elevation, imagery and a human-modification series from 1990 to 2020, all on one geographic grid: the "
+        "data the embeddings and forecast steps learn from.",
         [Measure("side", size, "pixels")],
         {"world.png": "The synthetic world: land cover, shaded elevation, imagery and human modification"},
     )
@@ -192,6 +193,10 @@ def report_chips(result: dict[str, Any]) -> StepReport:
     )
 
 
+# The land-cover step's general-purpose compressors, each compressing all held-out chips in one stream or mosaic.
+COMPRESSORS = {"gzip": "gzip", "bz2": "bzip2", "lzma": "lzma", "png": "PNG", "webp": "WebP lossless"}
+
+
 def report_landcover(result: dict[str, Any]) -> StepReport:
     bits = result["heldout_bits_per_pixel"]
     context = result.get("context_model_bits_per_pixel")
@@ -201,9 +206,11 @@ def report_landcover(result: dict[str, Any]) -> StepReport:
         headline += f", {percent_less(bits, context)} a four-neighbour context model ({number(context)})"
     all_bits = result.get("bits_per_pixel", {})
     measures = [
-        against("held-out information, random pixel order", bits, unit, "four-neighbour context model", context, True),
         against(
-            "held-out information, raster order",
+            "bits per held-out pixel, random pixel order", bits, unit, "four-neighbour context model", context, True
+        ),
+        against(
+            "bits per held-out pixel, raster order",
             result.get("heldout_bits_raster_order"),
             unit,
             "four-neighbour context model",
@@ -211,16 +218,23 @@ def report_landcover(result: dict[str, Any]) -> StepReport:
             True,
         ),
     ]
-    for name, label in (("class_entropy", "class frequencies alone"), ("lzma", "lzma compressor"), ("png", "PNG")):
-        if name in all_bits:
-            measures.append(against(f"held-out information vs {label}", bits, unit, label, all_bits[name], True))
+    if "class_entropy" in all_bits:
+        label = "class frequencies alone"
+        measures.append(
+            against(f"bits per held-out pixel vs {label}", bits, unit, label, all_bits["class_entropy"], True)
+        )
+    compressors = {name: value for name, value in all_bits.items() if name in COMPRESSORS}
+    if compressors:
+        best = min(compressors, key=lambda name: compressors[name])
+        label = f"best general-purpose compressor ({COMPRESSORS[best]})"
+        measures.append(against("bits per held-out pixel vs compressors", bits, unit, label, compressors[best], True))
     accuracy = result.get("inpaint_accuracy_hidden")
     measures += [
-        Measure("inpainting: hidden pixels given their true class", None if accuracy is None else 100 * accuracy, "%"),
+        Measure("inpainting: hidden pixels given their true class", _percent(accuracy), "%"),
         Measure("short training run: steps", result.get("training_steps")),
         Measure("short training run: time", result.get("train_seconds"), "s"),
         Measure("short training run: speed", result.get("train_tokens_per_s"), "pixels/s"),
-        Measure("short training run: held-out information", result.get("short_run_heldout_bits_per_pixel"), unit),
+        Measure("short training run: bits per held-out pixel", result.get("short_run_heldout_bits_per_pixel"), unit),
     ]
     return StepReport(
         "land cover",
@@ -274,14 +288,14 @@ def report_terrain(result: dict[str, Any]) -> StepReport:
     missed = [TERRAIN_LABELS.get(name, _readable(name)) for name in evaluation if not passed.get(name)]
     beaten = sum(ratio < 1 for ratio in ratios.values())
     headline = (
-        f"Grown on every side, the held-out Jacksboro east DEM (never seen in training) meets {len(met)} of "
-        f"{len(evaluation)} targets"
+        f"Grown on every side by the packaged model, the held-out Jacksboro east DEM (never seen in training) meets "
+        f"{len(met)} of {len(evaluation)} targets for a seamless, realistic continuation"
     )
     headline += f" (missed: {', '.join(missed)})" if missed else ""
     headline += (
-        f"; the packaged model's samples are closer to real terrain than fractal noise on {beaten} of {len(ratios)} "
-        f"measures (at {number(min(ratios.values(), default=None))} to {number(max(ratios.values(), default=None))} "
-        "of noise's distance)."
+        f"; its samples are closer to real terrain than fractal noise on {beaten} of {len(ratios)} measures "
+        f"({number(min(ratios.values(), default=None))} to {number(max(ratios.values(), default=None))} times "
+        "noise's distance; below 1 is better)."
     )
     return StepReport(
         "terrain",
@@ -314,8 +328,9 @@ def report_embeddings(result: dict[str, Any]) -> StepReport:
         Measure("MAE pretraining: validation loss", result.get("mae_val_loss")),
     ]
     headline = (
-        f"Fine-tuned from a briefly pretrained MAE, the encoder predicts each held-out tile's human-modification "
-        f"growth (1995 to 2020) from its 64-channel embeddings with R2 {number(sft)}"
+        f"On {result.get('n_test_tiles')} held-out tiles, the encoder (briefly pretrained as a masked autoencoder, "
+        "then fine-tuned) predicts each tile's growth in human modification from 1995 to 2020 from its 64-channel "
+        f"embeddings with R2 {number(sft)}"
     )
     if probes and sft is not None:
         best = max(probes, key=lambda name: r2[name])
@@ -323,7 +338,7 @@ def report_embeddings(result: dict[str, Any]) -> StepReport:
         headline += f", {side} the better probe on the same embeddings ({probe_labels[best]}, {number(r2[best])})"
     return StepReport(
         "satellite embeddings",
-        headline + f" on {result.get('n_test_tiles')} held-out tiles. Higher R2 is better (1 is perfect).",
+        headline + ". Higher R2 is better (1 is perfect).",
         measures,
         {
             "scatter.png": "Predicted against true growth on the held-out tiles, the model and both probes",
@@ -347,11 +362,12 @@ def report_geoloc(result: dict[str, Any]) -> StepReport:
             baseline,
             True,
         ),
-        Measure("router picks the right continent", None if accuracy is None else 100 * accuracy, "%"),
+        Measure("router picks the right continent", _percent(accuracy), "%"),
         Measure("held-out images", result.get("test_images"), "images"),
     ]
     headline = (
-        f"Placing {result.get('test_images')} held-out city chips on the globe, the model's median error is "
+        f"Placing {result.get('test_images')} held-out cities on the globe from 8-band chips of their elevation, "
+        "coast and climate, the model's median error is "
         f"{number(routed, 'km')}"
     )
     if routed is not None and baseline:
@@ -363,7 +379,7 @@ def report_geoloc(result: dict[str, Any]) -> StepReport:
         "geolocation",
         headline + ". Lower error is better.",
         measures,
-        {"map.png": "Held-out cities: true places and the model's guesses over the continents"},
+        {"evaluation_map.png": "Held-out cities: true places and the model's guesses over the continents"},
     )
 
 
@@ -374,9 +390,18 @@ def report_forecast(result: dict[str, Any]) -> StepReport:
     measures = []
     for i, horizon in enumerate(horizons):
         measures += [
-            against(f"{horizon}: skill over persistence", persistence[i], "", "persistence", 0.0, False),
-            against(f"{horizon}: skill over the linear trend", trend[i], "", "trend", 0.0, False),
-            in_bounds(f"{horizon}: 95 % interval covers", coverage[i], "", 0.9, 0.99),
+            against(
+                f"{horizon}: squared error removed vs persistence",
+                _percent(persistence[i]),
+                "%",
+                "persistence",
+                0,
+                False,
+            ),
+            against(
+                f"{horizon}: squared error removed vs the linear trend", _percent(trend[i]), "%", "trend", 0, False
+            ),
+            in_bounds(f"{horizon}: held-out pixels inside the 95 % interval", _percent(coverage[i]), "%", 90, 99),
             Measure(f"{horizon}: mean absolute error", mae[i], "HM"),
         ]
     beats_persistence = sum(value is not None and value > 0 for value in persistence)
@@ -386,7 +411,8 @@ def report_forecast(result: dict[str, Any]) -> StepReport:
         f"Forecasting the world's human modification past its last year, the ConvLSTM beats persistence at "
         f"{beats_persistence} of {len(horizons)} horizons and the linear trend at {beats_trend} of {len(horizons)} "
         f"on held-out blocks, and its 95 % interval covers 90 to 99 % of held-out pixels at {covered} of "
-        f"{len(horizons)}. Skill is the share of the baseline's error removed: above 0 is better."
+        f"{len(horizons)}. Squared error removed is the share of the baseline's mean squared error that the model "
+        "avoids: above 0 % is better."
     )
     return StepReport(
         "forecast",
@@ -395,8 +421,16 @@ def report_forecast(result: dict[str, Any]) -> StepReport:
         {
             "forecast_panel.png": "Held-out blocks per horizon: target, forecast and their difference",
             "error_vs_horizon.png": "Error against horizon: the model, persistence and the trend",
+            **{
+                f"forecast_{year}.png": f"The whole world's forecast for {year}"
+                for year in result.get("forecast_years", [])
+            },
         },
     )
+
+
+def _percent(fraction: float | None) -> float | None:
+    return None if fraction is None else 100 * fraction
 
 
 def _readable(key: str) -> str:
@@ -431,7 +465,8 @@ def report_step(name: str, result: dict[str, Any]) -> StepReport:
     )
 
 
-MARKS = {True: ("better", "&#10004;", "better"), False: ("worse", "&#10008;", "worse")}
+MARKS = {True: ("better", "&#10004;"), False: ("worse", "&#10008;")}
+MARK_WORDS = {(True, False): "better", (False, False): "worse", (True, True): "met", (False, True): "missed"}
 STYLE = (
     "body{font-family:sans-serif;margin:2em;max-width:1600px}"
     "p.headline{font-size:1.15em;max-width:60em}"
@@ -440,6 +475,7 @@ STYLE = (
     "tr.better td.mark{color:#1a7f37;font-weight:bold}tr.worse td.mark{color:#cf222e;font-weight:bold}"
     ".pictures{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:1.5em}"
     "figure{margin:0}img{max-width:100%;height:auto;border:1px solid #ccc}figcaption{font-size:0.9em;color:#444}"
+    "img[src$='.gif']{width:100%;image-rendering:pixelated}"
 )
 
 
@@ -454,7 +490,16 @@ def write_index(out: Path, summary: dict[str, Any]) -> Path:
         f"<h1>landformer {html.escape(str(summary['landformer']))} demo (seed {summary['seed']})</h1>",
         "<p>Every pipeline of the toolkit, end to end, on its default data. Green marks: the model does better "
         "than the baseline or meets the target beside it; red marks: it does not. Click a picture for full size.</p>",
+        "<table class='overview'><tr><th>step</th><th>green</th><th>red</th><th>seconds</th></tr>",
     ]
+    for name, report in reports.items():
+        marks = [measure.better for measure in report.measures]
+        parts.append(
+            f"<tr><td><a href='#{html.escape(name)}'>{html.escape(report.title)}</a></td>"
+            f"<td>{marks.count(True)}</td><td>{marks.count(False)}</td>"
+            f"<td>{number(steps[name].get('seconds'))}</td></tr>"
+        )
+    parts.append("</table>")
     for name, result in steps.items():
         report = reports[name]
         seconds = result.get("seconds")
@@ -466,7 +511,8 @@ def write_index(out: Path, summary: dict[str, Any]) -> Path:
         if report.measures:
             parts.append("<table>")
             for measure in report.measures:
-                css, symbol, word = MARKS.get(measure.better, ("", "", ""))
+                css, symbol = MARKS.get(measure.better, ("", ""))
+                word = MARK_WORDS.get((measure.better, measure.target), "")
                 parts.append(
                     f"<tr class='{css}'><td>{html.escape(measure.label)}</td>"
                     f"<td class='value'>{html.escape(number(measure.value, measure.unit))}</td>"
