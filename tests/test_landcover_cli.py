@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from test_landcover_train import SIZE, TOY_LEGEND, make_chip_file
 
 from landformer.cli import main
@@ -143,8 +144,10 @@ def test_demo_step_writes_its_pictures_and_numbers(tmp_path: Path, monkeypatch) 
     monkeypatch.setattr(demo, "SCORED_CHIPS", 8)
     result = demo.run_demo_step(tmp_path / "landcover", tmp_path / "unused_world", seed=1)
     assert result["training_steps"] == 2
-    for key in ("samples_png", "inpaint_png", "info_json", "info_png", "chips", "short_run_model"):
+    for key in ("samples_png", "inpaint_png", "info_json", "info_png", "animation_gif", "chips", "short_run_model"):
         assert Path(result[key]).is_file(), key
+    with Image.open(result["animation_gif"]) as gif:  # one frame per pixel of a 16x16 chip (identical ones merged)
+        assert gif.n_frames > 16 * 16 // 2
     assert load_model(result["short_run_model"]).legend.name == "igbp"
     info = json.loads(Path(result["info_json"]).read_text())
     assert info["model"] == str(load_model("igbp").path)

@@ -8,7 +8,8 @@ Everything lands in ``out``:
   the summary; :data:`DEMO_STEPS` steps are far too few for good maps);
 - ``samples.png`` (samples of the packaged ``igbp`` model beside real held-out chips, one legend),
   ``inpaint.png`` and ``info.json`` + ``info.png`` (its held-out bits per pixel against the causal-context
-  model, the class entropy and general-purpose compressors).
+  model, the class entropy and general-purpose compressors);
+- ``animation/animation.gif``: a grid of maps of the packaged model generated pixel by pixel in random order.
 
 The packaged model's held-out chips are those of its own training split, cut again from the same seed, so the
 pictures and scores never show it a chip it was trained on.
@@ -28,6 +29,7 @@ DEMO_STEPS = 70  # enough to show the loss falling and checkpoints being written
 PACKAGED_MODEL = "igbp"
 SAMPLE_TEMPERATURE = 0.95  # sequential, at the temperature chosen on validation chips (bench_landcover_realism)
 SCORED_CHIPS = 64  # held-out chips scored for bits per pixel (and used for the validation loss)
+ANIMATION_GRID = (3, 3)  # rows and columns of maps in the GIF: 9 chips of 16x16 pixels, 256 frames, a few seconds
 
 
 def demo_recipe(chips: Path, seed: int) -> LandCoverRecipe:
@@ -47,11 +49,13 @@ def demo_recipe(chips: Path, seed: int) -> LandCoverRecipe:
 
 def run_demo_step(out: Path, world_folder: Path, seed: int) -> dict[str, Any]:
     """Cut IGBP chips, train the tiny recipe for ``DEMO_STEPS`` steps into ``out/model``, then draw 16 samples,
-    inpaint 8 held-out chips (centre box, half the pixels) and score held-out chips with the packaged model.
+    inpaint 8 held-out chips (centre box, half the pixels), score held-out chips and animate the generation of
+    ``ANIMATION_GRID`` maps with the packaged model.
     ``world_folder`` (the demo's synthetic world) is not used: the land-cover step runs on real data."""
 
     from landformer.landcover.export import load_model
     from landformer.landcover.sample import (
+        animate,
         information_content,
         inpaint,
         open_chips,
@@ -84,6 +88,8 @@ def run_demo_step(out: Path, world_folder: Path, seed: int) -> dict[str, Any]:
     inpainted = inpaint(packaged, own_path, out / "inpaint", mask="box", ratio=0.5, n=8, seed=seed)
     info = information_content(packaged, own_path, out, orders=1, n=SCORED_CHIPS, seed=seed)
     inpaint_png = shutil.copyfile(inpainted["png"], out / "inpaint.png")
+    rows, cols = ANIMATION_GRID
+    animation = animate(packaged, out / "animation", nrows=rows, ncols=cols, temperature=SAMPLE_TEMPERATURE, seed=seed)
     bits = info["bits_per_pixel"]
     return {
         "training_steps": trained["global_step"],
@@ -103,5 +109,6 @@ def run_demo_step(out: Path, world_folder: Path, seed: int) -> dict[str, Any]:
         "inpaint_png": str(inpaint_png),
         "info_json": info["json"],
         "info_png": info["png"],
+        "animation_gif": animation["gif"],
         "seconds": round(time.perf_counter() - start, 1),
     }
