@@ -1,7 +1,9 @@
 """``landformer demo``: the whole toolkit end to end on the embedded default data, into one run folder.
 
-Each pipeline adds one short step. The run folder collects every picture and number, and ``summary.json``
-lists what each step wrote and how long it took.
+Each pipeline adds one short step. The run folder collects every picture and number, ``summary.json`` lists what
+each step wrote and how long it took, and ``index.html`` reports each step in words (:data:`STEP_REPORTS`: a
+headline, labelled numbers marked against their baselines and targets, captioned pictures). Every path in both is
+relative to the run folder, so the folder can be moved or zipped.
 """
 
 from __future__ import annotations
