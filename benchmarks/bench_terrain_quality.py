@@ -17,8 +17,9 @@ Tile grid: the world's power at the frequencies of a 16 px (one tile) and 32 px 
 lattice over the power right beside them (``lattice_contrast``); about 1 without a visible grid, next to the
 same number for a fractal-noise map of the world's size.
 
-Uses the trained models named by ``--tokenizer``/``--maskgit`` (default: the tiny recipes' run folders under
-``runs/terrain``); with ``--train`` they are trained first (``--quick``: a few dozen steps, a smoke run).
+Uses the generator named by ``--maskgit`` (default: the packaged ``real`` model; a run folder compares with its own
+validation tiles, the packaged model with the held-out east part of Jacksboro, at its pixel size); with ``--train``
+the tiny recipes are trained first (``--quick``: a few dozen steps, a smoke run).
 Writes ``benchmarks/results/bench_terrain_quality.json`` and prints a table.
 """
 
@@ -46,8 +47,8 @@ from landformer.terrain.metrics import (
     seam_statistics,
     spectral_exponent,
 )
-from landformer.terrain.outpaint import TerrainField, decode_block, expand_array
-from landformer.terrain.pipeline import load_val_tiles, normalize_tiles
+from landformer.terrain.outpaint import ConstantCondition, TerrainField, decode_block, expand_array
+from landformer.terrain.pipeline import load_val_tiles, normalize_tiles, sample_tiles
 
 # LANDFORMER_BENCH_RESULTS: where `run_all.py --quick` sends smoke results, away from the committed ones.
 RESULTS = Path(os.environ.get("LANDFORMER_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
@@ -70,11 +71,22 @@ def train_models(folder: Path, quick: bool) -> tuple[Path, Path]:
     return folder / "tokenizer", folder / "maskgit"
 
 
+def held_out_tiles(generator: object, model: str | Path, scratch: Path) -> np.ndarray:
+    """The run's validation tiles, or (for a packaged model, which ships none) Jacksboro east's tiles."""
+    if (Path(model) / "val_tiles.npz").is_file():
+        return load_val_tiles(model)[0]
+    from landformer.synth.packaged import jacksboro_dem
+    from landformer.terrain.evaluate import dem_tiles, read_dem
+
+    east, _ = read_dem(jacksboro_dem(scratch / "east.tif", "east"))
+    tile = generator.grid * generator.downsample
+    return dem_tiles(east, tile, tile // 4)
+
+
 def sample_standardised(generator: object, count: int, seed: int, batch: int = 64) -> np.ndarray:
     tiles = []
     for start in range(0, count, batch):
-        tokens = generator.sample_tokens(min(batch, count - start), seed + start)
-        tiles.append(generator.tokenizer.decode(tokens))
+        tiles.append(sample_tiles(generator, min(batch, count - start), seed + start))  # told the scale class
     return np.concatenate(tiles)
 
 
@@ -113,7 +125,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes (and few training steps with --train)")
     parser.add_argument("--train", action="store_true", help="train the tiny recipes first (in a temporary folder)")
-    parser.add_argument("--maskgit", type=Path, default=REPO / "runs/terrain/maskgit", help="generator run folder")
+    parser.add_argument("--maskgit", default="real", help="generator run folder or packaged model name")
     parser.add_argument("--samples", type=int, default=512, help="samples (and at most this many held-out tiles)")
     parser.add_argument("--world-size", type=int, default=512, help="side of the world used for the seam statistics")
     parser.add_argument("--crop", type=int, default=128, help="side of the world squares grown for the seam test")
@@ -129,7 +141,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         maskgit_path = train_models(Path(scratch), args.quick)[1] if args.train else args.maskgit
         generator = load_generator(maskgit_path)
-        held_out, _ = load_val_tiles(maskgit_path)
+        held_out = held_out_tiles(generator, maskgit_path, Path(scratch))
         rng = np.random.default_rng(args.seed)
         held_out = held_out[rng.permutation(len(held_out))[: args.samples]]
         half = len(held_out) // 2
@@ -146,7 +158,8 @@ def main() -> int:
         }
 
         f, tile = generator.downsample, generator.tile
-        field = TerrainField(generator, args.seed)
+        scale = generator.scale_class()
+        field = TerrainField(generator, args.seed, condition=None if scale is None else ConstantCondition(scale))
         world_tokens = args.world_size // f
         world = decode_block(generator, field, 0, 0, world_tokens, world_tokens)
         seams = seam_statistics(world, period=tile * f, token=f)
