@@ -353,6 +353,11 @@ def test_samples_and_worlds_take_the_training_dems_grid_and_int16(models: dict[s
     world = write_world(generator, tmp_path / "w.tif", 16, block=16)
     with rasterio.open(world["geotiff"]) as written:
         assert written.dtypes[0] == "int16" and written.crs.to_epsg() == 32633
+    # Trained on chip files only, a model records no reference DEM: the summary of all its tiles stands in.
+    chips_only = export_maskgit(tmp_path / "c", maskgit, tokenizer, 2, SAMPLING, {**SUMMARY, "reference": None}, None)
+    fallback = load_generator(chips_only)
+    assert fallback.reference_pixel_size_m == PIXEL and fallback.default_offset_scale() == (500.0, 40.0)
+    assert fallback.map_grid().crs == "EPSG:3857"
     values, nodata = MapGrid("EPSG:3857", (1.0, 1.0), (0.0, 0.0), "int16").cast(np.array([1.4, np.nan, 4e5]))
     assert values.tolist() == [1, -32768, 32767] and nodata == -32768
 

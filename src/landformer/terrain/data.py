@@ -178,7 +178,8 @@ def read_dem_tiles(
     tile, stride = config.tile_size, config.stride
     min_relief = max(config.min_relief, source.min_relief, 1e-6)
     max_val = math.ceil(config.max_tiles_per_source * config.val_fraction / (1 - config.val_fraction))
-    kept: dict[str, list[tuple[np.ndarray, np.ndarray | None]]] = {"train": [], "val": []}
+    kept_tiles: dict[str, list[np.ndarray]] = {"train": [], "val": []}
+    kept_conditions: dict[str, list[np.ndarray]] = {"train": [], "val": []}
     dropped_nodata = dropped_flat = drawn = 0
     with open_raster(source.path, config.assume_crs) as dem:
         if dem.height < tile or dem.width < tile:
@@ -209,7 +210,9 @@ def read_dem_tiles(
                     dropped_nodata += int((~finite).sum())
                     dropped_flat += int((finite & (scales < min_relief)).sum())
                     drawn += len(chunk)
-                    kept[name].append((tiles[usable], conditions[usable] if conditions is not None else None))
+                    kept_tiles[name].append(tiles[usable])
+                    if conditions is not None:
+                        kept_conditions[name].append(conditions[usable])
                     n_kept += len(usable)
         finally:
             if condition_vrt is not None:
@@ -223,13 +226,10 @@ def read_dem_tiles(
             "dtype": str(dem.dtypes[0]),
         }
 
-    def joined(name: str, part: int) -> np.ndarray | None:
-        pieces = [pair[part] for pair in kept[name]]
-        if part == 1 and (not pieces or pieces[0] is None):
-            return None
-        return np.concatenate(pieces) if pieces else np.empty((0, tile, tile), np.float32)
+    def stacked(pieces: list[np.ndarray], dtype: type) -> np.ndarray:
+        return np.concatenate(pieces) if pieces else np.empty((0, tile, tile), dtype)
 
-    train, val = joined("train", 0), joined("val", 0)
+    train, val = stacked(kept_tiles["train"], np.float32), stacked(kept_tiles["val"], np.float32)
     if len(train) + len(val) == 0:
         reason = "nodata" if dropped_flat == 0 else f"nodata or relief below {min_relief:g} m"
         raise UserError(f"DEM {source.path}: none of {drawn} tiles of {tile} px is usable (every one has {reason})")
@@ -247,7 +247,10 @@ def read_dem_tiles(
         "packaged": source.packaged,
         "grid": grid,
     }
-    return train, val, joined("train", 1), joined("val", 1), report
+    if source.condition is None:
+        return train, val, None, None, report
+    conditions = stacked(kept_conditions["train"], np.int16), stacked(kept_conditions["val"], np.int16)
+    return train, val, *conditions, report
 
 
 def _read_tiles(

@@ -87,8 +87,9 @@ def run_demo_step(out: Path, world_folder: Path, seed: int) -> dict[str, Any]:
     start = time.perf_counter()
     trained = train_briefly(out, seed)
     generator = load_generator(PACKAGED_MODEL)
-    pixel_size = float(generator.meta["data"]["reference"]["pixel_size_m"])
-    samples = save_hillshade_grid(out / "terrain_samples.png", sample_tiles(generator, 8, seed), pixel_size, ncols=4)
+    samples = save_hillshade_grid(
+        out / "terrain_samples.png", sample_tiles(generator, 8, seed), generator.reference_pixel_size_m, ncols=4
+    )
     world = write_world(generator, out / "terrain_world.tif", 192, seed=seed, block=192)
     evaluation = evaluate(PACKAGED_MODEL, out / "evaluate", amount=GROW_PX, samples=SAMPLES, seed=seed)
     return {

@@ -83,8 +83,11 @@ def codebook_usage(generator: Any, tiles: np.ndarray) -> dict[str, float]:
     }
 
 
-def sample_realism(generator: Any, reference: np.ndarray, count: int, seed: int) -> dict[str, Any]:
-    """Realism distances of samples, fractal noise and the noise floor to the reference tiles; ratios to noise."""
+def sample_realism(
+    generator: Any, reference: np.ndarray, count: int, seed: int
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """Realism distances of samples, fractal noise and the noise floor to the reference tiles, and the ratios to
+    noise; with the sample and noise tiles themselves (for pictures)."""
     from landformer.terrain.pipeline import sample_tiles
 
     samples = sample_tiles(generator, count, seed)
@@ -96,15 +99,15 @@ def sample_realism(generator: Any, reference: np.ndarray, count: int, seed: int)
     fractal = metrics.realism_distances(noise, reference)
     floor = metrics.realism_distances(reference[order[:half]], reference[order[half:]])
     ratios = {name: model[name] / fractal[name] for name in model}
-    return {
+    distances = {
         "samples": model,
         "fractal_noise": fractal,
         "noise_floor": floor,
         "ratio_to_fractal_noise": ratios,
         "fractal_beta": beta,
         "beats_fractal_noise": all(ratio < 1.0 for ratio in ratios.values()),
-        "_tiles": (samples, noise),
     }
+    return distances, samples, noise
 
 
 def continuation(
@@ -254,8 +257,7 @@ def evaluate(
     val_tiles_path = Path(generator.source).parent / "val_tiles.npz"
     if val_tiles_path.is_file():
         usage["validation_tiles"] = codebook_usage(generator, load_val_tiles(val_tiles_path.parent)[0])
-    realism = sample_realism(generator, reference, samples, seed)
-    sample_tiles, noise_tiles = realism.pop("_tiles")
+    realism, sample_tiles, noise_tiles = sample_realism(generator, reference, samples, seed)
 
     expand_summary = expand_map(
         generator,

@@ -181,13 +181,11 @@ class MapGrid:
     origin: tuple[float, float]
     dtype: str  # "float32", or the integer type of the training DEM (int16 stays int16)
 
-    def transform(self, column: float = 0.0, row: float = 0.0) -> Any:
-        """The affine transform of a map whose top-left pixel is (row, column) pixels from the origin."""
+    def transform(self) -> Any:
+        """The affine transform of a north-up map whose top-left corner is at the origin."""
         from rasterio.transform import Affine
 
-        x = self.origin[0] + column * self.pixel[0]
-        y = self.origin[1] - row * self.pixel[1]
-        return Affine(self.pixel[0], 0.0, x, 0.0, -self.pixel[1], y)
+        return Affine(self.pixel[0], 0.0, self.origin[0], 0.0, -self.pixel[1], self.origin[1])
 
     def cast(self, metres: np.ndarray) -> tuple[np.ndarray, float]:
         """``metres`` in this grid's data type and the nodata value used (see :func:`cast_heights`)."""
@@ -242,12 +240,22 @@ class TerrainGenerator:
     def device(self) -> torch.device:
         return self.maskgit.head.weight.device
 
-    def default_offset_scale(self) -> tuple[float, float]:
-        """Median offset and scale (m) of the reference DEM's training tiles (see :meth:`map_grid`), or of all
-        training tiles for models trained before it was recorded: the heights samples get unless told otherwise."""
+    @property
+    def reference(self) -> dict[str, Any]:
+        """The data summary of the training DEM that generated maps follow (see :meth:`map_grid`): its pixel size
+        in metres, the median offset and scale of its tiles, its grid. Models trained before it was recorded, or
+        on chip files only, have none: then the summary of all training tiles stands in."""
         data = self.meta["data"]
-        reference = data.get("reference") or data
-        return float(reference["median_offset_m"]), float(reference["median_scale_m"])
+        return data.get("reference") or data
+
+    @property
+    def reference_pixel_size_m(self) -> float:
+        return float(self.reference["pixel_size_m"])
+
+    def default_offset_scale(self) -> tuple[float, float]:
+        """Median offset and scale (m) of the reference DEM's training tiles: the heights samples get unless told
+        otherwise."""
+        return float(self.reference["median_offset_m"]), float(self.reference["median_scale_m"])
 
     def scale_class(self, pixel_size_m: float | None = None) -> int | None:
         """The pixel-size class a scale-conditioned model is told for a map of ``pixel_size_m`` metres (default:
@@ -257,9 +265,7 @@ class TerrainGenerator:
         edges = self.meta.get("scale_classes")
         if not edges:
             return None
-        if pixel_size_m is None:
-            pixel_size_m = float(self.meta["data"].get("reference", self.meta["data"])["pixel_size_m"])
-        return int(scale_class(pixel_size_m, edges))
+        return int(scale_class(self.reference_pixel_size_m if pixel_size_m is None else pixel_size_m, edges))
 
     def map_grid(
         self,
@@ -284,7 +290,7 @@ class TerrainGenerator:
 
             if parse_crs(crs, "--crs").is_geographic:
                 raise UserError(f"--crs {crs} is in degrees, unlike the training DEM; give --pixel-size in degrees")
-            metres = float((reference or self.meta["data"])["pixel_size_m"])
+            metres = self.reference_pixel_size_m
             default = dataclasses.replace(default, pixel=(metres, metres))
         return MapGrid(
             default.crs if crs is None else crs,

@@ -26,16 +26,16 @@ order, in one batch) with a ``torch.Generator`` seeded from (seed, phase, group 
 ``SeedSequence``; batch composition is fixed, so the floating-point results are too. Computed groups live in
 an LRU cache of ``cache_groups`` groups; an evicted group is recomputed identically when needed again.
 
-**Expanding a map** (:func:`expand_map`). New columns are generated ``W/2`` tokens at a time along the edge, in
-W x W windows that slide along it by half a window; each window is standardised like a training tile (with the
-mean and spread of the training-size square beside its new columns), holds the map's (or the previous pass's)
-pixels as known tokens and the new tokens as unknown, and is decoded back into metres on its own
-(:func:`extend_right`). The map is continued at two scales, its own and one 4x coarser, whose continuation gives
-the new strip its broad shape (:func:`extend_right_multiscale`), and the map's last step runs on across the edge
-(:func:`join_edge`). Sides are grown in the order right, down, left, up, each band including the strips made
-before it (:class:`GrowingMap`), so corners are filled. Only the bands (:func:`band_depth` pixels deep) and the
-new strips are ever in memory, and the output GeoTIFF is written window by window, copying the original's pixels
-through unchanged.
+**Expanding a map** (:func:`expand_map`). The band along an edge is standardised row by row with the mean and
+spread of the training-size squares lining the edge (:func:`edge_statistics`), so every window of it looks like a
+standardised training tile, and encoded; new columns are generated ``W/2`` tokens at a time in W x W windows that
+slide along the edge by half a window, each holding the band's (or the previous pass's) tokens as context, and
+band and new tokens are decoded together (:func:`extend_right`). The map is continued at two scales, its own and
+one 4x coarser, whose continuation gives the new strip its broad shape (:func:`extend_right_multiscale`), and the
+map's last step runs on across the edge (:func:`join_edge`). Sides are grown in the order right, down, left, up,
+each band including the strips made before it (:class:`GrowingMap`), so corners are filled. Only the bands
+(:func:`band_depth` pixels deep) and the new strips are ever in memory, and the output GeoTIFF is written window
+by window, copying the original's pixels through unchanged.
 
 **Writing a world** (:func:`write_world`). The output GeoTIFF is written block by block: each block's tokens
 (plus :meth:`~landformer.terrain.tokenizer.VQTokenizer.decoder_margin` tokens of context, taken from the
@@ -315,7 +315,6 @@ def write_world(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     grid = generator.map_grid(pixel_size, crs, origin)
-    pixel = float(generator.meta["data"].get("reference", generator.meta["data"])["pixel_size_m"])
     default_offset, default_scale = generator.default_offset_scale()
     offset = default_offset if offset is None else offset
     scale = default_scale if scale is None else scale
@@ -324,8 +323,8 @@ def write_world(
     source: ConditionSource | None = None
     if condition is not None:
         source = RasterCondition(condition, generator, RasterGrid(crs_value, transform, size, size))
-    elif generator.scale_class() is not None:
-        source = ConstantCondition(int(generator.scale_class()))
+    elif (scale_class := generator.scale_class()) is not None:
+        source = ConstantCondition(scale_class)
     field = TerrainField(generator, seed, group=group, cache_groups=cache_groups, condition=source)
     preview = Preview(size, size, preview_side)
     tags = {"generator": "landformer.terrain.world", "seed": seed, "offset_m": offset, "scale_m": scale}
@@ -347,7 +346,10 @@ def write_world(
             source.close()
     seconds = time.perf_counter() - start
     png = save_elevation_png(
-        out.with_suffix(".png"), preview.image, pixel * preview.step, title=f"seed {seed}, {size} px"
+        out.with_suffix(".png"),
+        preview.image,
+        generator.reference_pixel_size_m * preview.step,
+        title=f"seed {seed}, {size} px",
     )
     summary = {
         "geotiff": str(out),

@@ -497,8 +497,7 @@ def sample(
     tiles = sample_tiles(generator, count, seed, offset, scale, condition_class)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    pixel_m = float(generator.meta["data"].get("reference", generator.meta["data"])["pixel_size_m"])
-    png = save_hillshade_grid(out / "samples.png", tiles, pixel_m)
+    png = save_hillshade_grid(out / "samples.png", tiles, generator.reference_pixel_size_m)
     values, nodata = grid.cast(sample_mosaic(tiles, gutter=max(tiles.shape[-1] // 4, 1)))
     tif = write_geotiff(
         out / "samples.tif",
