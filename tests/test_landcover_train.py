@@ -149,6 +149,26 @@ def test_the_learned_model_beats_uniform_guessing(trained: dict[str, Any]) -> No
     assert trained["val_loss_nats"] < math.log(4) - 0.2
 
 
+def test_a_second_stage_starts_from_the_first_stages_weights(
+    trained: dict[str, Any], chips: Path, tmp_path: Path
+) -> None:
+    """``task.init_from``: with a vanishing learning rate the second stage exports the first stage's weights,
+    while a fresh run from the same seed does not; a model of another shape is refused by name."""
+    first = load_model(trained["run_dir"]).model.state_dict()
+    stage = train_landcover(
+        tiny_recipe(chips, steps=2, **{"task.init_from": trained["run_dir"], "task.lr": 1e-12}), tmp_path / "two"
+    )
+    second = load_model(stage["run_dir"]).model.state_dict()
+    for name, tensor in first.items():
+        torch.testing.assert_close(second[name], tensor, rtol=0, atol=1e-8, msg=name)
+    fresh = load_model(train_landcover(tiny_recipe(chips, steps=2, **{"task.lr": 1e-12}), tmp_path / "f")["run_dir"])
+    assert not torch.allclose(fresh.model.state_dict()["head.weight"], first["head.weight"])
+    with pytest.raises(UserError, match=r"task.init_from = .* does not fit this recipe's model: dim 32 \(this run 16\)"):
+        train_landcover(
+            tiny_recipe(chips, steps=2, **{"task.init_from": trained["run_dir"], "model.dim": 16}), tmp_path / "bad"
+        )
+
+
 class KillAt(lightning.Callback):
     """Stands for a killed process: raises after the optimiser step ``step``."""
 

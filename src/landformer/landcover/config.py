@@ -99,6 +99,10 @@ class LandCoverTaskSection:
     warmup_steps: int = 50
     min_lr_ratio: float = 0.1
     threads: int = 1  # torch CPU threads while training (0: torch's default); small kernels on a shared CPU: 1
+    # Start from the weights of a trained model (a run folder, its model.safetensors, or a packaged name such as
+    # `igbp`) instead of random ones: a second training stage with a fresh learning-rate schedule. The model
+    # shape and legend must match. Ignored on resume, where the checkpoint holds the weights.
+    init_from: str | None = None
 
 
 @dataclass

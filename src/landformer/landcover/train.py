@@ -33,7 +33,7 @@ import torch
 from landformer.core.chips import ChipConfig, ChipSet, as_class_indices, load_chips, make_chips
 from landformer.core.errors import UserError
 from landformer.core.io import load_torch, read_json, write_json
-from landformer.core.legend import load_legend
+from landformer.core.legend import Legend, load_legend
 from landformer.core.train import check_training_checkpoint, fit, last_checkpoint, prepare_run, seed_everything
 from landformer.landcover.config import LandCoverRecipe
 from landformer.landcover.data import (
@@ -43,7 +43,7 @@ from landformer.landcover.data import (
     spread_indices,
     training_loader,
 )
-from landformer.landcover.export import CovariateStats, save_model
+from landformer.landcover.export import CovariateStats, load_model, save_model
 from landformer.landcover.model import LandCoverConfig
 from landformer.landcover.task import LandCoverTask, SampleImages, Throughput
 
@@ -179,6 +179,25 @@ def _resume_step(run_dir: Path, resume: bool | str | os.PathLike[str]) -> int:
     return int(load_torch(check_training_checkpoint(path), "checkpoint to resume from")["global_step"])
 
 
+def load_initial_weights(task: LandCoverTask, source: str, config: LandCoverConfig, legend: Legend) -> None:
+    """Copy the weights of a trained model (``task.init_from``) into ``task``: the second stage of a recipe
+    trained in two parts. Its shape and legend must be this run's, or every class would be relabelled."""
+    initial = load_model(source)
+    if initial.config != config:
+        differ = [
+            f"{key} {value!r} (this run {getattr(config, key)!r})"
+            for key, value in dataclasses.asdict(initial.config).items()
+            if getattr(config, key) != value
+        ]
+        raise UserError(f"task.init_from = {source!r} does not fit this recipe's model: {', '.join(differ)}")
+    if initial.legend.codes != legend.codes:
+        raise UserError(
+            f"task.init_from = {source!r} was trained on legend codes {initial.legend.codes}, these chips have "
+            f"{legend.codes}"
+        )
+    task.model.load_state_dict(initial.model.state_dict())
+
+
 def train_landcover(
     recipe: LandCoverRecipe, run_dir: str | os.PathLike[str], resume: bool | str | os.PathLike[str] = False
 ) -> dict[str, Any]:
@@ -246,6 +265,8 @@ def train_landcover(
         max_steps=train.max_steps,
         min_lr_ratio=recipe.task.min_lr_ratio,
     )
+    if recipe.task.init_from is not None and resume is False:
+        load_initial_weights(task, recipe.task.init_from, model_config, legend)
     keep = torch.from_numpy(spread_indices(len(val_tensors), recipe.images.n))
     image_chips = ChipTensors(
         val_tensors.labels[keep],
@@ -274,6 +295,7 @@ def train_landcover(
         "chips": str(Path(chips_path).resolve()),
         "val_loss": result.metrics.get("val/loss"),
         "use_lonlat": use_lonlat,
+        "init_from": recipe.task.init_from,
     }
     if recipe.data.builds_igbp:
         # How to cut the same chips again where the run folder is gone (the packaged model, `--model igbp`).
