@@ -163,7 +163,8 @@ def test_a_second_stage_starts_from_the_first_stages_weights(
         torch.testing.assert_close(second[name], tensor, rtol=0, atol=1e-8, msg=name)
     fresh = load_model(train_landcover(tiny_recipe(chips, steps=2, **{"task.lr": 1e-12}), tmp_path / "f")["run_dir"])
     assert not torch.allclose(fresh.model.state_dict()["head.weight"], first["head.weight"])
-    with pytest.raises(UserError, match=r"task.init_from = .* does not fit this recipe's model: dim 32 \(this run 16\)"):
+    refused = r"task.init_from = .* does not fit this recipe's model: dim 32 \(this run 16\)"
+    with pytest.raises(UserError, match=refused):
         train_landcover(
             tiny_recipe(chips, steps=2, **{"task.init_from": trained["run_dir"], "model.dim": 16}), tmp_path / "bad"
         )
