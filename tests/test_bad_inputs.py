@@ -316,6 +316,9 @@ def chips(w: Workspace, raster: Path | str, *extra: Any, out: Path | None = None
 
 add("chips-raster-missing", lambda w: chips(w, w.path("nope.tif")), "not found")
 add("chips-raster-is-text", lambda w: chips(w, w.text("notes.tif", "hello")), "not a raster GDAL can open")
+add("chips-raster-url-unreachable", lambda w: chips(w, "http://127.0.0.1:1/nlcd.tif"), "127.0.0.1:1/nlcd.tif")
+add("chips-raster-url-in-vsicurl", lambda w: chips(w, "/vsicurl/https://127.0.0.1:1/nlcd.tif"), "cannot be opened")
+add("chips-raster-zip-missing", lambda w: chips(w, f"/vsizip/{w.path('nope.zip')}/nlcd.tif"), "nope.zip/nlcd.tif")
 add(
     "chips-raster-without-crs",
     lambda w: chips(w, w.raster("nocrs.tif", NLCD_CODES[rng().integers(0, 8, (32, 32))], crs=None)),

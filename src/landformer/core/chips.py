@@ -533,7 +533,7 @@ def make_chips(config: ChipConfig, out: str | os.PathLike[str]) -> Path:
         classes = stack.enter_context(open_raster(config.class_raster, config.assume_crs))
         if size > classes.height or size > classes.width:
             raise UserError(
-                f"chip size {size} is larger than raster {config.class_raster} ({classes.height}x{classes.width} px)"
+                f"chip size {size} is larger than raster {classes.source_name} ({classes.height}x{classes.width} px)"
             )
         covariates = [stack.enter_context(open_raster(path, config.assume_crs)) for path in config.covariates]
         extractor = stack.enter_context(ChipExtractor(classes, covariates, legend, size, config.unknown))
@@ -546,7 +546,7 @@ def make_chips(config: ChipConfig, out: str | os.PathLike[str]) -> Path:
             config.resolved_block_size,
             config.test_fraction,
             config.seed,
-            source=str(config.class_raster),
+            source=classes.source_name,
         )
         row_offsets = split.axis_offsets(classes.height, size)
         col_offsets = split.axis_offsets(classes.width, size)
@@ -557,7 +557,7 @@ def make_chips(config: ChipConfig, out: str | os.PathLike[str]) -> Path:
         rows, cols = sample.rows, sample.cols
         if len(rows) == 0:
             raise UserError(
-                f"{config.class_raster}: none of {sample.windows_read} chip(s) passes {_filter_flags(config)}"
+                f"{classes.source_name}: none of {sample.windows_read} chip(s) passes {_filter_flags(config)}"
             )
         lon, lat = chip_centre_lonlat(extractor.grid, rows, cols, size)
         coords = np.stack([lon, lat], axis=1)
@@ -573,7 +573,10 @@ def make_chips(config: ChipConfig, out: str | os.PathLike[str]) -> Path:
             "channel_names": extractor.channel_names,
             "dtype": extractor.dtype.name,
             "nodata": {"class_index": NODATA_INDEX, "covariates": "NaN"},
-            "sources": {"class_raster": str(config.class_raster), "covariates": [str(p) for p in config.covariates]},
+            "sources": {
+                "class_raster": classes.source_name,
+                "covariates": [dataset.source_name for dataset in covariates],
+            },
             "sampling": {
                 "mode": "grid" if config.stride is not None else "random",
                 "count": (config.count or DEFAULT_COUNT) if config.stride is None else None,
@@ -679,7 +682,7 @@ def _random_chips(
     if n_kept < count:
         log.warning(
             "%s: only %d of %d requested chips pass %s and are distinct (%d windows tried)",
-            config.class_raster,
+            extractor.classes.source_name,
             n_kept,
             count,
             _filter_flags(config),

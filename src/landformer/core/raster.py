@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -52,39 +53,134 @@ def parse_crs(text: str, what: str = "CRS") -> CRS:
 def open_raster(path: str | os.PathLike[str], assume_crs: str | None = None) -> rasterio.DatasetReader:
     """Open a raster for reading; a missing file, a non-raster or a raster without CRS is a UserError.
 
+    ``path`` is a local file or anything GDAL opens remotely or inside an archive (see :func:`raster_source`).
     ``assume_crs`` (e.g. ``"EPSG:5070"``) is used for rasters that carry no CRS; without it they are refused.
     It is attached through GDAL's ``vrt://`` connection (``a_srs``), so the file is never modified. Reads of
     the returned dataset are checked (see :class:`CheckedReader`).
     """
-    dataset = open_any_raster(path)
+    source = raster_source(path)
+    dataset = open_any_raster(source)
     if dataset.crs is not None:
         return dataset
     georeferenced = not dataset.transform.is_identity
     dataset.close()
     if not georeferenced:
-        raise UserError(f"{path} has neither a CRS nor a geotransform, so its pixels have no place on the ground")
+        raise UserError(f"{source} has neither a CRS nor a geotransform, so its pixels have no place on the ground")
     if assume_crs is None:
-        raise UserError(f"{path} has no CRS; pass --assume-crs (e.g. EPSG:4326) if you know it")
+        raise UserError(f"{source} has no CRS; pass --assume-crs (e.g. EPSG:4326) if you know it")
     crs = parse_crs(assume_crs, "--assume-crs")
-    return checked(rasterio.open(f"vrt://{Path(path).resolve()}?a_srs={crs.to_string()}"), str(path))
+    target = source.gdal_path if source.remote else Path(source.gdal_path).resolve()
+    with _remote_open_env(source):
+        return checked(rasterio.open(f"vrt://{target}?a_srs={crs.to_string()}"), source.name)
+
+
+# GDAL's handlers for files behind a URL, by the scheme users write (``s3://bucket/key`` is ``/vsis3/bucket/key``).
+_URL_HANDLERS = {"http": "/vsicurl/", "https": "/vsicurl/", "s3": "/vsis3/", "gs": "/vsigs/"}
+_URL = re.compile(r"(?P<handler>/vsicurl(?:_streaming)?/)?(?P<scheme>[a-z][a-z0-9]*):/+(?P<rest>.+)", re.IGNORECASE)
+_HANDLER = re.compile(r"/vsi(?P<kind>[a-z0-9_]+)/(?P<rest>.*)", re.IGNORECASE)
+# Handlers whose path names an archive (or compressed file) and then, for archives, a member inside it.
+_ARCHIVES = ("zip", "tar", "gzip", "7z", "rar")
+# A remote open only needs the file itself: without this GDAL lists the "folder" (an HTTP or S3 listing request)
+# and probes for .aux.xml/.ovr/.msk sidecars, several round trips before the first pixel. A dead host fails
+# within the connect timeout instead of curl's five minutes.
+_REMOTE_OPEN_OPTIONS = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_HTTP_CONNECTTIMEOUT": 20}
+
+
+@dataclass(frozen=True)
+class RasterSource:
+    """A raster input as GDAL opens it (``gdal_path``) and as errors name it (``name``).
+
+    ``remote`` is true for files behind a URL (``/vsicurl/``, ``/vsis3/``, ...): no local checks apply to them.
+    """
+
+    gdal_path: str
+    name: str
+    remote: bool
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __fspath__(self) -> str:
+        return self.gdal_path
+
+
+def raster_source(path: str | os.PathLike[str]) -> RasterSource:
+    """What GDAL should open for a raster input: a local file (which must exist), an ``http(s)://``, ``s3://`` or
+    ``gs://`` URL (read by range requests through ``/vsicurl/``, ``/vsis3/``, ``/vsigs/``), or a GDAL virtual
+    path such as ``/vsicurl/https://...``, ``/vsis3/bucket/key`` or ``/vsizip/archive.zip/member.tif``.
+
+    ``pathlib.Path`` collapses the ``//`` of a URL (``https:/host/x.tif``) and of an absolute path inside an
+    archive handler (``/vsizip//data/a.zip/x.tif``): inputs that went through a Path on their way here (argparse,
+    YAML recipes) are mended, so a URL works wherever a raster path is taken.
+    """
+    if isinstance(path, RasterSource):
+        return path
+    text = os.fspath(path)
+    url = _URL.fullmatch(text)
+    if url is not None and (url["handler"] or url["scheme"].lower() in _URL_HANDLERS) and not Path(text).exists():
+        scheme, rest = url["scheme"].lower(), url["rest"]
+        if url["handler"]:
+            return RasterSource(f"{url['handler']}{scheme}://{rest}", f"{scheme}://{rest}", remote=True)
+        if _URL_HANDLERS[scheme] == "/vsicurl/":
+            return RasterSource(f"/vsicurl/{scheme}://{rest}", f"{scheme}://{rest}", remote=True)
+        return RasterSource(f"{_URL_HANDLERS[scheme]}{rest}", f"{scheme}://{rest}", remote=True)
+    handler = _HANDLER.fullmatch(text)
+    if handler is not None:
+        kind, rest = handler["kind"].lower(), handler["rest"]
+        if kind in _ARCHIVES:
+            inner = _archive_path(rest)
+            nested = f"/vsi{kind}/{inner.gdal_path}"
+            return RasterSource(nested, nested, inner.remote)
+        return RasterSource(text, text, remote=kind != "mem")
+    return RasterSource(str(require_file(path, "raster")), str(path), remote=False)
+
+
+def _archive_path(rest: str) -> RasterSource:
+    """The archive part of ``/vsizip/REST`` (archive path, then member), its lost leading ``/`` restored.
+
+    ``REST`` may itself be a handler or URL (``/vsizip//vsicurl/https://host/a.zip/x.tif``); otherwise the first
+    prefix of it that is a file is the archive, looked for relative to the working folder, then from the root.
+    """
+    if rest.startswith("{"):  # GDAL's braces delimit the archive path explicitly
+        return RasterSource(rest, rest, remote=False)
+    if _URL.fullmatch(rest):
+        return raster_source(rest)
+    if _HANDLER.fullmatch("/" + rest.lstrip("/")):
+        return raster_source("/" + rest.lstrip("/"))
+    parts = rest.split("/")
+    for end in range(1, len(parts) + 1):
+        prefix = "/".join(parts[:end])
+        if prefix and Path(prefix).is_file():
+            return RasterSource(rest, rest, remote=False)
+        if Path("/" + prefix.lstrip("/")).is_file():
+            absolute = "/" + rest.lstrip("/")
+            return RasterSource(absolute, absolute, remote=False)
+    return RasterSource(rest, rest, remote=False)
+
+
+def _remote_open_env(source: RasterSource) -> Any:
+    return rasterio.Env(**_REMOTE_OPEN_OPTIONS) if source.remote else contextlib.nullcontext()
 
 
 def open_any_raster(path: str | os.PathLike[str]) -> rasterio.DatasetReader:
     """Open a raster with or without georeferencing (image chips, tiles); reads are checked as in
-    :func:`open_raster`. A missing file or one GDAL cannot open is a UserError."""
-    path = require_file(path, "raster")
+    :func:`open_raster`. A missing file, an unreachable URL or a file GDAL cannot open is a UserError."""
+    source = raster_source(path)
     try:
-        with warnings.catch_warnings():  # tiles and images need no georeferencing; open_raster refuses it
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            dataset = rasterio.open(path)
+        with warnings.catch_warnings(), _remote_open_env(source):
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)  # open_raster refuses it where it matters
+            dataset = rasterio.open(source.gdal_path)
     except RasterioIOError as err:
-        raise UserError(f"{path} is not a raster GDAL can open: {str(err).splitlines()[0]}") from None
+        reason = str(err).splitlines()[0]
+        if source.remote:  # GDAL's line says why: "HTTP response code: 404", a refused connection, no credentials
+            raise UserError(f"{source} cannot be opened: {reason}") from None
+        raise UserError(f"{source} is not a raster GDAL can open: {reason}") from None
     try:
-        check_complete(dataset, path, last_blocks_only=True)
+        check_complete(dataset, source.gdal_path, last_blocks_only=True)
     except BaseException:
         dataset.close()
         raise
-    return checked(dataset, str(path))
+    return checked(dataset, source.name)
 
 
 def _window_text(window: Any, dataset: Any) -> str:
@@ -700,13 +796,14 @@ def raster_info(path: str | os.PathLike[str], assume_crs: str | None = None, ver
 
     A truncated file is refused (:func:`check_complete`); ``verify`` decodes every block as well.
     """
-    with open_raster(path, assume_crs) as dataset:
+    source = raster_source(path)
+    with open_raster(source, assume_crs) as dataset:
         grid = RasterGrid.of(dataset)
-        blocks_checked = check_complete(dataset, path, verify)
+        blocks_checked = check_complete(dataset, source.gdal_path, verify)
         return {
             "blocks_checked": blocks_checked,
             "verified": verify,
-            "path": str(path),
+            "path": source.name,
             "driver": dataset.driver,
             "width": dataset.width,
             "height": dataset.height,
