@@ -272,7 +272,8 @@ def test_igbp_chips_are_land_dominated_and_split_by_blocks(tmp_path: Path, igbp_
     assert counts["windows_read"] == (600 // 8) * (500 // 8)
     assert counts["train"] + counts["test"] + counts["dropped_class_fraction"] == counts["windows_read"]
     assert chips.metadata["split"]["block_size"] == 64 and chips.metadata["split"]["seed"] == 1
-    assert sorted(p.name for p in folder.iterdir()) == ["c.json", "c.npz", "c_igbp.legend.json", "c_igbp.tif"]
+    names = ["c.json", "c.npz", "c_igbp.legend.json", "c_igbp.tif", "c_igbp.tif.aux.xml"]  # aux.xml: class names
+    assert sorted(p.name for p in folder.iterdir()) == names
     with pytest.raises(UserError, match="chip size must be at least 1"):
         packaged.igbp_chips(tmp_path / "bad" / "c.npz", chip_size=0)
     assert not (tmp_path / "bad").exists()

@@ -17,6 +17,7 @@ import itertools
 import os
 import re
 import warnings
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import rasterio
+import rasterio.shutil
 import rasterio.warp
 from numpy.lib.stride_tricks import sliding_window_view
 from rasterio.crs import CRS
@@ -36,9 +38,11 @@ from rasterio.windows import Window
 
 from landformer.core.errors import UserError
 from landformer.core.io import atomic_path, require_file
+from landformer.core.legend import Legend
 
 LONLAT = CRS.from_epsg(4326)
 GEOTIFF_BLOCK = 256
+COG_MIN_SIDE = 512  # outputs wider or taller than this are Cloud-Optimized GeoTIFFs with overviews
 
 
 def parse_crs(text: str, what: str = "CRS") -> CRS:
@@ -665,6 +669,56 @@ def _geotiff_profile(
     return profile
 
 
+def _cog_options(dtype: Any, categorical: bool) -> dict[str, Any]:
+    """GDAL COG driver options matching :func:`_geotiff_profile`'s compression and block size."""
+    return {
+        "COMPRESS": "DEFLATE",
+        "PREDICTOR": "FLOATING_POINT" if np.dtype(dtype).kind == "f" else "NO",
+        "BLOCKSIZE": GEOTIFF_BLOCK,
+        "BIGTIFF": "IF_SAFER",
+        # Averaging class codes would invent classes (the mean of forest and water); a code is kept as it is.
+        "OVERVIEW_RESAMPLING": "NEAREST" if categorical else "AVERAGE",
+        "OVERVIEWS": "AUTO",
+    }
+
+
+def class_dtype(legend: Legend) -> np.dtype:
+    """The smallest GeoTIFF type that holds ``legend``'s codes and carries a colour table (GDAL allows colour
+    tables on Byte and UInt16 bands only); a legend with codes outside 0..65535 is a ValueError."""
+    codes = [*legend.codes, *legend.nodata_codes]
+    for dtype in (np.dtype(np.uint8), np.dtype(np.uint16)):
+        if min(codes) >= 0 and max(codes) <= np.iinfo(dtype).max:
+            return dtype
+    raise ValueError(f"legend '{legend.name}' has codes outside 0..65535, which no GeoTIFF colour table can hold")
+
+
+def legend_colormap(legend: Legend) -> dict[int, tuple[int, int, int, int]]:
+    """Colour table entries by raw code: each class in its legend colour, nodata codes transparent."""
+    entries = {code: (0, 0, 0, 0) for code in legend.nodata_codes}
+    for code, (red, green, blue) in zip(legend.codes, legend.palette().tolist(), strict=True):
+        entries[code] = (red, green, blue, 255)
+    return entries
+
+
+def pam_path(path: str | os.PathLike[str]) -> Path:
+    """GDAL's sidecar of ``path`` (``NAME.tif.aux.xml``): where GeoTIFF category names live."""
+    return Path(f"{os.fspath(path)}.aux.xml")
+
+
+def category_names_xml(legend: Legend, band: int = 1) -> str:
+    """A GDAL PAM document naming ``legend``'s classes by raw code (entry i names pixel value i), which GDAL,
+    QGIS and ArcGIS read beside the GeoTIFF: GeoTIFF itself has no place for category names."""
+    names = [""] * (max(legend.codes) + 1)
+    for code, name in zip(legend.codes, legend.names, strict=True):
+        names[code] = name
+    root = ET.Element("PAMDataset")
+    categories = ET.SubElement(ET.SubElement(root, "PAMRasterBand", band=str(band)), "CategoryNames")
+    for name in names:
+        ET.SubElement(categories, "Category").text = name
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
 @contextlib.contextmanager
 def geotiff_writer(
     path: str | os.PathLike[str],
@@ -677,8 +731,17 @@ def geotiff_writer(
     nodata: float | None = None,
     band_names: list[str] | None = None,
     tags: dict[str, Any] | None = None,
+    legend: Legend | None = None,
+    units: list[str] | None = None,
+    categorical: bool = False,
 ) -> Iterator[Any]:
     """Open a tiled, deflate-compressed GeoTIFF for writing window by window: ``dst.write(block, window=w)``.
+
+    GIS-ready: a ``legend`` (for a class raster of raw codes in band 1, of type :func:`class_dtype`) gives the
+    band its colour table and category names (``NAME.tif.aux.xml``), so QGIS shows the classes coloured and
+    named; ``band_names`` and ``units`` describe the bands. A raster wider or taller than :data:`COG_MIN_SIDE`
+    becomes a Cloud-Optimized GeoTIFF with overviews (nearest for ``categorical`` data and legends, average
+    otherwise) once the block exits.
 
     The file appears at ``path`` only when the block exits cleanly; an error leaves nothing behind. A grid whose
     pixels have no size (a zero, NaN or infinite pixel size) is refused before the file is created.
@@ -690,13 +753,38 @@ def geotiff_writer(
             f"cannot write {path}: pixel size {transform.a:g} x {-transform.e:g} gives pixels no area on the ground "
             "(give a positive, finite pixel size)"
         )
+    if legend is not None and np.dtype(dtype) not in (np.uint8, np.uint16):
+        raise ValueError(f"a colour table needs uint8 or uint16 codes (see class_dtype), got {np.dtype(dtype)}")
     profile = _geotiff_profile(width, height, count, dtype, transform, crs, nodata)
-    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
-        for band, name in enumerate(band_names or [], start=1):
-            dst.set_band_description(band, name)
-        if tags:
-            dst.update_tags(**{key: str(value) for key, value in tags.items()})
-        yield dst
+    cog = max(width, height) > COG_MIN_SIDE
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(atomic_path(path))
+        categories = stack.enter_context(atomic_path(pam_path(path))) if legend is not None else None
+        # A COG keeps its overviews before the full-resolution blocks, so it cannot be written window by window:
+        # the windows go to a plain tiled GeoTIFF (named after the temporary file, so its cleanup removes it
+        # too) that GDAL's COG driver then copies with overviews.
+        target = tmp.with_name(f"{tmp.name}.tiled.tif") if cog else tmp
+        with rasterio.open(target, "w", **profile) as dst:
+            for band, name in enumerate(band_names or [], start=1):
+                dst.set_band_description(band, name)
+            for band, unit in enumerate(units or [], start=1):
+                dst.set_band_unit(band, unit)
+            if tags:
+                dst.update_tags(**{key: str(value) for key, value in tags.items()})
+            if legend is not None:
+                dst.write_colormap(1, legend_colormap(legend))
+            yield dst
+        if cog:
+            try:
+                rasterio.shutil.copy(
+                    target, tmp, driver="COG", **_cog_options(dtype, categorical or legend is not None)
+                )
+            except RasterioIOError as err:
+                raise UserError(f"cannot write {path}: {str(err).splitlines()[0]}") from None
+        if categories is not None:
+            categories.write_text(category_names_xml(legend), encoding="utf-8")
+    if legend is None:  # what a sidecar of an earlier file at this path says (categories, statistics) is stale
+        pam_path(path).unlink(missing_ok=True)
 
 
 def write_geotiff(
@@ -707,13 +795,21 @@ def write_geotiff(
     nodata: float | None = None,
     band_names: list[str] | None = None,
     tags: dict[str, Any] | None = None,
+    legend: Legend | None = None,
+    units: list[str] | None = None,
+    categorical: bool = False,
 ) -> Path:
-    """Write a (bands, H, W) or (H, W) array as a tiled, compressed GeoTIFF, atomically."""
+    """Write a (bands, H, W) or (H, W) array as a tiled, compressed GeoTIFF, atomically; see
+    :func:`geotiff_writer` for ``legend`` (raw codes, stored as :func:`class_dtype`), ``units`` and COGs."""
     data = array[None] if array.ndim == 2 else array
     if data.ndim != 3:
         raise ValueError(f"expected a (bands, H, W) or (H, W) array, got shape {array.shape}")
+    if legend is not None:
+        data = data.astype(class_dtype(legend), copy=False)
     bands, height, width = data.shape
-    with geotiff_writer(path, width, height, bands, data.dtype, transform, crs, nodata, band_names, tags) as dst:
+    with geotiff_writer(
+        path, width, height, bands, data.dtype, transform, crs, nodata, band_names, tags, legend, units, categorical
+    ) as dst:
         dst.write(data)
     return Path(path)
 
@@ -737,7 +833,7 @@ def align_raster(
             names = [desc or "" for desc in source.descriptions]
             band_names = names if any(names) else None
             profile = (grid.width, grid.height, vrt.count, vrt.dtypes[0], grid.transform, grid.crs, vrt.nodata)
-            with geotiff_writer(out_path, *profile, band_names=band_names) as dst:
+            with geotiff_writer(out_path, *profile, band_names=band_names, categorical=categorical) as dst:
                 for window in iter_windows(grid.height, grid.width, tile):
                     dst.write(vrt.read(window=window), window=window)
     return Path(out_path)
@@ -817,6 +913,79 @@ def raster_info(path: str | os.PathLike[str], assume_crs: str | None = None, ver
             "block_shape": list(dataset.block_shapes[0]),
             "band_names": [desc or "" for desc in dataset.descriptions],
         }
+
+
+_GHOST = re.compile(rb"GDAL_STRUCTURAL_METADATA_SIZE=(\d{6}) bytes\n")
+
+
+def cog_problems(path: str | os.PathLike[str]) -> list[str]:
+    """Why a local GeoTIFF is not a Cloud-Optimized GeoTIFF; an empty list when it is one.
+
+    The checks of GDAL's ``validate_cloud_optimized_geotiff.py``, through rasterio: a raster over 512 px is
+    tiled and has internal overviews; the main IFD comes first (right after GDAL's structural-metadata header),
+    overview IFDs follow by decreasing size, and the image data run from the smallest overview to the full
+    resolution, so a reader fetches the header in one request and any level's blocks by range.
+    """
+    path = require_file(path, "GeoTIFF")
+    problems = []
+    with rasterio.open(path) as dataset:
+        if dataset.driver != "GTiff":
+            return [f"{path} is a {dataset.driver} file, not a GeoTIFF"]
+        n_overviews = len(dataset.overviews(1))
+        if Path(f"{path}.ovr").exists():
+            problems.append("its overviews are in an external .ovr file; they should be internal")
+        if max(dataset.width, dataset.height) > COG_MIN_SIDE:
+            if _untiled(dataset):
+                problems.append(f"it is larger than {COG_MIN_SIDE} px but not tiled")
+            if n_overviews == 0:
+                problems.append(f"it is larger than {COG_MIN_SIDE} px but has no internal overviews")
+        levels = [dataset.get_tag_item("IFD_OFFSET", "TIFF", bidx=1)]
+        data_offsets = [_first_block_offset(dataset)]
+        sizes = [(dataset.width, dataset.height)]
+    for level in range(n_overviews):
+        with rasterio.open(path, overview_level=level) as overview:
+            if _untiled(overview):
+                problems.append(f"overview {level} is not tiled")
+            levels.append(overview.get_tag_item("IFD_OFFSET", "TIFF", bidx=1))
+            data_offsets.append(_first_block_offset(overview))
+            sizes.append((overview.width, overview.height))
+    ifd_offsets = [int(offset) for offset in levels]
+    with open(path, "rb") as handle:
+        header = handle.read(1024)
+    start = 16 if header[2:4] in (b"+\x00", b"\x00+") else 8  # BigTIFF's header is 16 bytes, classic TIFF's 8
+    ghost = _GHOST.match(header, start)
+    expected = start if ghost is None else ghost.end() + int(ghost[1])
+    if ifd_offsets[0] not in (expected, expected + 1):  # + 1: IFDs start on a word boundary
+        problems.append(f"the main IFD is at byte {ifd_offsets[0]}, not first after the header (byte {expected})")
+    for level in range(1, len(sizes)):
+        if sizes[level][0] > sizes[level - 1][0] or sizes[level][1] > sizes[level - 1][1]:
+            problems.append(f"overview {level - 1} is larger than the level before it")
+        if ifd_offsets[level] < ifd_offsets[level - 1]:
+            problems.append(f"the IFD of overview {level - 1} comes before the IFD of the level above it")
+    if data_offsets[-1] and data_offsets[-1] < ifd_offsets[-1]:
+        problems.append("the first block of the smallest level comes before its IFD")
+    for level in range(len(data_offsets) - 2, -1, -1):
+        if data_offsets[level] and data_offsets[level] < data_offsets[level + 1]:
+            what = "the full resolution" if level == 0 else f"overview {level - 1}"
+            problems.append(f"the blocks of {what} come before those of overview {level}")
+    return problems
+
+
+def _untiled(dataset: Any) -> bool:
+    """Stored in strips as wide as the raster (GDAL's validator tolerates strips up to 1024 px wide)."""
+    _, block_cols = dataset.block_shapes[0]
+    return block_cols == dataset.width and block_cols > 1024
+
+
+def _first_block_offset(dataset: Any) -> int:
+    """Where the first stored block of band 1 begins (0 when every block is sparse)."""
+    block_rows, block_cols = dataset.block_shapes[0]
+    for y in range(-(-dataset.height // block_rows)):
+        for x in range(-(-dataset.width // block_cols)):
+            offset = dataset.get_tag_item(f"BLOCK_OFFSET_{x}_{y}", "TIFF", bidx=1)
+            if offset:
+                return int(offset)
+    return 0
 
 
 def crs_name(crs: CRS) -> str:

@@ -237,6 +237,7 @@ def _write_geotiffs(
                     nodata=nodata,
                     band_names=[legend.name],
                     tags={"legend": legend.name, "generator": "landformer landcover sample"},
+                    legend=legend,
                 )
             )
     return paths

@@ -46,6 +46,8 @@ from landformer.core.io import write_json
 if TYPE_CHECKING:
     from rasterio.transform import Affine
 
+    from landformer.core.legend import Legend
+
 BBox = tuple[float, float, float, float]  # west, south, east, north in degrees
 WGS84 = "EPSG:4326"
 MAX_BBOX_DEGREES = 30.0
@@ -133,10 +135,19 @@ def grid_window(
     return slice(row0, row1), slice(col0, col1), transform
 
 
-def _write(out: Path, array: np.ndarray, transform: Affine, nodata: float, source: str, **tags: Any) -> Path:
+def _write(
+    out: Path,
+    array: np.ndarray,
+    transform: Affine,
+    nodata: float,
+    source: str,
+    legend: Legend | None = None,
+    **tags: Any,
+) -> Path:
     from landformer.core.raster import write_geotiff
 
-    return write_geotiff(Path(out), array, transform, WGS84, nodata=nodata, tags={"source": source, **tags})
+    tags = {"source": source, **tags}
+    return write_geotiff(Path(out), array, transform, WGS84, nodata=nodata, tags=tags, legend=legend)
 
 
 def legend_path(raster: Path) -> Path:
@@ -292,8 +303,9 @@ def igbp_landcover(out: Path, bbox: Sequence[float], allow_large: bool = False) 
         rows, cols, transform = grid_window(window_box, left, top, cell, dataset.height, dataset.width)
         window = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
         classes = dataset.read(1, window=window)
-    path = _write(out, classes, transform, IGBP_NODATA, IGBP_SOURCE[1], crs_note=IGBP_CRS_NOTE)
-    write_json(legend_path(path), load_legend("igbp").to_dict())
+    legend = load_legend("igbp")
+    path = _write(out, classes, transform, IGBP_NODATA, IGBP_SOURCE[1], legend, crs_note=IGBP_CRS_NOTE)
+    write_json(legend_path(path), legend.to_dict())
     return path
 
 

@@ -822,6 +822,7 @@ def make_world(out: Path, size: int = 256, seed: int = 0, pixel_size: float = 30
     ``landcover.tif`` (uint8 NLCD codes, nodata 0), ``hm_<year>.tif`` (float32 in [0, 1]) for 1990..2020 every
     5 years, ``imagery.tif`` (3-band uint8 RGB).
     """
+    from landformer.core.legend import load_legend
     from landformer.core.raster import write_geotiff
 
     if not isinstance(size, numbers.Integral) or size < MIN_SIZE:
@@ -842,6 +843,7 @@ def make_world(out: Path, size: int = 256, seed: int = 0, pixel_size: float = 30
         nodata=float("nan"),
         band_names=["elevation_m"],
         tags=tags,
+        units=["m"],
     )
     landcover = write_geotiff(
         out / "landcover.tif",
@@ -851,6 +853,7 @@ def make_world(out: Path, size: int = 256, seed: int = 0, pixel_size: float = 30
         nodata=0,
         band_names=["nlcd"],
         tags=tags | {"legend": "nlcd"},
+        legend=load_legend("nlcd"),
     )
     hm = [
         write_geotiff(
