@@ -34,6 +34,9 @@ Recipe (all lengths are in metres, so a bigger world holds more valleys rather t
    (they stretch along valleys, not up slopes or over water) and grow every 5 years with a probability that
    rises with nearby development, road frontage and closeness to a town and falls with slope (nothing above
    15 degrees, never on water or wetlands), in blobs drawn from spatially correlated noise; never undone.
+   Land cover is written for every HM year too (``landcover_<year>.tif``): the same farms, forests, wetlands,
+   quarries and water with that year's developed land, so consecutive epochs are land-change pairs (farms and
+   forest turning into developed land, open space intensifying); the last epoch is ``landcover.tif``.
 9. **Human Modification.** A fuzzy sum (1 - prod(1 - h)) of development intensity, agriculture, and the reach
    of roads and built land, zero on water; a running maximum over the years makes it non-decreasing per pixel.
    Developed classes 21..24 are thresholds of the same intensity score (density, closeness to a big town's
@@ -48,7 +51,7 @@ from __future__ import annotations
 
 import io
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +96,21 @@ class World:
     seed: int
     crs: str
     pixel_size: float
+    # landcover_1990.tif ... landcover_2020.tif (one per HM year); empty for worlds written before epochs existed
+    landcover_series: list[Path] = field(default_factory=list)
+
+    def landcover_of(self, year: int) -> Path:
+        """The land-cover epoch of ``year``; a year without one, or a world without epochs, is a UserError."""
+        if not self.landcover_series:
+            raise UserError(
+                f"world in {self.folder} has no land-cover epochs (written by an older version); regenerate it with "
+                "`landformer synth world`"
+            )
+        if year not in self.hm_years:
+            raise UserError(
+                f"world in {self.folder} has land cover for the years {', '.join(map(str, self.hm_years))}, not {year}"
+            )
+        return self.landcover_series[self.hm_years.index(year)]
 
 
 # --------------------------------------------------------------------------------------------------- noise
@@ -763,6 +781,7 @@ class WorldLayers:
     landcover: np.ndarray  # uint8 NLCD codes
     hm: list[np.ndarray]  # float32 per HM year
     imagery: np.ndarray  # (3, H, W) uint8
+    landcover_series: list[np.ndarray]  # uint8 NLCD codes per HM year; the last is ``landcover``
 
 
 def generate_layers(size: int, seed: int, pixel_size: float = 30.0) -> WorldLayers:
@@ -794,9 +813,15 @@ def generate_layers(size: int, seed: int, pixel_size: float = 30.0) -> WorldLaye
     landcover[farms > 0] = farms[farms > 0]
     landcover[woody] = WOODY_WETLAND
     landcover[emergent] = EMERGENT_WETLAND
+    undeveloped = landcover.copy()
     landcover[developed > 0] = developed[developed > 0]
-    landcover[place_quarries(rngs["towns"], terrain, towns, water | wetland | (developed > 0), pixel_size)] = BARREN
+    quarries = place_quarries(rngs["towns"], terrain, towns, water | wetland | (developed > 0), pixel_size)
+    landcover[quarries] = BARREN
     landcover[water] = WATER
+    series = [
+        landcover_epoch(undeveloped, developed_classes(intensity, built), quarries, water)
+        for intensity, built in zip(settlement.intensity, settlement.developed, strict=True)
+    ]
     imagery = make_imagery(rngs["imagery"], landcover, farm_plan.parcels, terrain.elevation, size, pixel_size)
     progress.update()
     progress.close()
@@ -805,7 +830,23 @@ def generate_layers(size: int, seed: int, pixel_size: float = 30.0) -> WorldLaye
         landcover=landcover,
         hm=hm,
         imagery=imagery,
+        landcover_series=series,
     )
+
+
+def landcover_epoch(
+    undeveloped: np.ndarray, developed: np.ndarray, quarries: np.ndarray, water: np.ndarray
+) -> np.ndarray:
+    """Land cover of one HM year: natural cover and farms, that year's developed classes, quarries, water.
+
+    Built land only grows and its intensity only rises, and quarries avoid the last year's built land, so the
+    epochs differ only where land was developed or intensified, and the last one is the world's land cover.
+    """
+    epoch = undeveloped.copy()
+    epoch[developed > 0] = developed[developed > 0]
+    epoch[quarries] = BARREN
+    epoch[water] = WATER
+    return epoch
 
 
 def world_transform(pixel_size: float):
@@ -864,6 +905,18 @@ def make_world(out: Path, size: int = 256, seed: int = 0, pixel_size: float = 30
     imagery = write_geotiff(
         out / "imagery.tif", layers.imagery, transform, CRS, band_names=["red", "green", "blue"], tags=tags
     )
+    series = [
+        write_geotiff(
+            out / f"landcover_{year}.tif",
+            grid,
+            transform,
+            CRS,
+            nodata=0,
+            band_names=[f"nlcd_{year}"],
+            tags=tags | {"legend": "nlcd", "year": year},
+        )
+        for year, grid in zip(HM_YEARS, layers.landcover_series, strict=True)
+    ]
     codes, counts = np.unique(layers.landcover, return_counts=True)
     write_json(
         out / "world.json",
@@ -880,12 +933,13 @@ def make_world(out: Path, size: int = 256, seed: int = 0, pixel_size: float = 30
             "hm": [path.name for path in hm],
             "hm_years": HM_YEARS,
             "imagery": imagery.name,
+            "landcover_series": [path.name for path in series],
             "class_fractions": {
                 str(code): round(count / layers.landcover.size, 5) for code, count in zip(codes, counts, strict=True)
             },
         },
     )
-    return World(out, elevation, landcover, hm, list(HM_YEARS), imagery, size, seed, CRS, float(pixel_size))
+    return World(out, elevation, landcover, hm, list(HM_YEARS), imagery, size, seed, CRS, float(pixel_size), series)
 
 
 WORLD_KEYS = ("size", "seed", "crs", "pixel_size", "elevation", "landcover", "hm", "hm_years", "imagery")
@@ -904,7 +958,10 @@ def load_world(folder: Path) -> World:
         )
     if len(meta["hm"]) != len(meta["hm_years"]):
         raise UserError(f"{folder / 'world.json'}: {len(meta['hm'])} HM files for {len(meta['hm_years'])} years")
-    files = [meta["elevation"], meta["landcover"], *meta["hm"], meta["imagery"]]
+    series = list(meta.get("landcover_series", []))
+    if series and len(series) != len(meta["hm_years"]):
+        raise UserError(f"{folder / 'world.json'}: {len(series)} land-cover epochs for {len(meta['hm_years'])} years")
+    files = [meta["elevation"], meta["landcover"], *meta["hm"], meta["imagery"], *series]
     absent = [name for name in files if not (folder / name).is_file()]
     if absent:
         raise UserError(f"world in {folder} is incomplete: missing {', '.join(absent)}")
@@ -919,6 +976,7 @@ def load_world(folder: Path) -> World:
         seed=int(meta["seed"]),
         crs=str(meta["crs"]),
         pixel_size=float(meta["pixel_size"]),
+        landcover_series=[folder / name for name in series],
     )
 
 

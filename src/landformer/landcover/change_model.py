@@ -1,0 +1,687 @@
+"""The land-change model P(t2 | t1): train on pairs, simulate t2 from a t1 raster of any size, evaluate on
+held-out blocks against persistence and Markov-CA.
+
+**Model.** The land-cover random-order transformer unchanged, trained on pair chips (``change.py``): its
+covariate prefix reads the one-hot t1 map (z-scored like any covariate), and it generates t2. Training is
+``landcover train`` on those chips; the recipe (:class:`ChangeRecipe`) is the land-cover recipe plus a ``pair``
+section. Conditioning is dropped for ``model.cond_dropout`` of the chips, so the same network also gives
+p(t2) without t1 (its null branch), which is one of the references for the bits of t2 given t1.
+
+**Simulation.** A region is covered by chip windows overlapping by half a chip; each window draws
+``n_samples`` maps of t2 given its t1, and the class shares of the draws are blended with pyramid weights
+(highest at a window's centre, where it sees the most context), giving p(t2 = j) per pixel. From them: the
+probability of change (1 - p(t2 = t1)), of chosen transitions (into a legend group such as developed, from
+outside it), and the most likely map: each pixel's most likely new class j* (and p_j*); the model's own expected
+number of pixels of each transition i -> j (the sum of p_j over pixels of class i) is then given to the pixels of
+class i with destination j and the highest p_j* (:class:`QuantityAllocation`), so the map changes as much as the
+model expects and where it is surest, rather than hardly anywhere (a per-pixel argmax keeps almost every pixel).
+Large rasters are done tile by tile with a margin of half a chip, and written window by window (two passes:
+probabilities, then the map).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rasterio.windows import Window
+
+from landformer.core.errors import UserError
+from landformer.core.io import read_json, write_json
+from landformer.core.legend import NODATA_INDEX, Legend
+from landformer.core.raster import RasterGrid, geotiff_writer, iter_windows, open_raster
+from landformer.landcover import change, decoding
+from landformer.landcover.apps import window_starts
+from landformer.landcover.config import LandCoverRecipe
+from landformer.landcover.data import model_inputs
+from landformer.landcover.export import LoadedModel, load_model
+
+PAIR_RECORD = "change.json"
+PAIR_CHIPS = "pair_chips.npz"
+ALLOCATION_BINS = 10_000  # probability resolution of the quantity thresholds
+CA_RADII = (1, 2, 3, 5, 8)  # Markov-CA neighbourhood radii tried on the validation blocks
+NODATA_PROBABILITY = -1.0
+
+
+@dataclass
+class ChangePairSection:
+    """Which pair to train on: two rasters, or two epochs of a synthetic world (``data.world``, or one of
+    ``data.world_size`` px built in the run folder)."""
+
+    t1: Path | None = None
+    t2: Path | None = None
+    t1_year: int = 2000  # epochs of a synthetic world
+    t2_year: int = 2010
+    align: bool = False  # resample t2 onto t1's grid (nearest) when their grids differ, with a warning
+    block_size: int = 64  # side of the train / validation / test blocks
+    val_fraction: float = 0.1  # share of blocks for choosing settings (their chips give the validation loss)
+
+    def validate(self) -> None:
+        if (self.t1 is None) != (self.t2 is None):
+            raise UserError("landcover change pair: give both t1 and t2 rasters, or neither (a synthetic world)")
+        if self.t1 is None and self.t1_year >= self.t2_year:
+            raise UserError(f"landcover change pair: t1_year {self.t1_year} should come before t2_year {self.t2_year}")
+
+
+@dataclass
+class ChangeRecipe(LandCoverRecipe):
+    """The land-cover recipe plus the pair; ``configs/landcover_change_tiny.yaml`` is the CPU default."""
+
+    pair: ChangePairSection = field(default_factory=ChangePairSection)
+
+    def validate(self) -> None:
+        super().validate()
+        self.pair.validate()
+
+
+def resolve_pair(recipe: ChangeRecipe, run_dir: Path) -> tuple[Path, Path]:
+    """The (t1, t2) rasters of the recipe: given, or epochs of its synthetic world (built in RUN when none)."""
+    pair = recipe.pair
+    if pair.t1 is not None and pair.t2 is not None:
+        return Path(pair.t1), Path(pair.t2)
+    from landformer.synth.world import load_world, make_world
+
+    folder = recipe.data.world
+    if folder is None:
+        folder = run_dir / "world"
+        if not (folder / "world.json").is_file():
+            seed = recipe.train.seed if recipe.data.world_seed is None else recipe.data.world_seed
+            print(f"building a {recipe.data.world_size} px synthetic world with land-cover epochs in {folder}")
+            make_world(folder, size=recipe.data.world_size, seed=seed)
+    world = load_world(Path(folder))
+    return world.landcover_of(pair.t1_year), world.landcover_of(pair.t2_year)
+
+
+def pair_chip_config(recipe: ChangeRecipe, t1: Path, t2: Path) -> change.PairChipConfig:
+    data = recipe.data
+    return change.PairChipConfig(
+        t1=t1,
+        t2=t2,
+        legend=data.legend or "nlcd",
+        chip_size=data.chip_size,
+        stride=data.stride,
+        block_size=recipe.pair.block_size,
+        test_fraction=data.test_fraction,
+        val_fraction=recipe.pair.val_fraction,
+        seed=recipe.train.seed,
+        align=recipe.pair.align,
+    )
+
+
+def train_change(
+    recipe: ChangeRecipe, run_dir: str | os.PathLike[str], resume: bool | str | os.PathLike[str] = False
+) -> dict[str, Any]:
+    """Cut pair chips into RUN (once) and train the land-cover model on them with t1 as covariates; writes
+    ``RUN/change.json`` (the pair, its check and block roles) beside the usual run folder."""
+    from landformer.landcover.train import train_landcover
+
+    recipe.validate()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t1, t2 = resolve_pair(recipe, run_dir)
+    config = pair_chip_config(recipe, t1, t2)
+    chips = run_dir / PAIR_CHIPS
+    if not chips.is_file():
+        print(f"cutting {config.chip_size} px pair chips (t1 {t1.name} -> t2 {t2.name}) into {chips}")
+        change.make_pair_chips(config, chips)
+    from landformer.core.chips import load_chips
+
+    metadata = load_chips(chips).metadata
+    landcover = copy.deepcopy(recipe)
+    landcover.data.chips, landcover.data.world, landcover.data.covariates = chips, None, True
+    summary = train_landcover(landcover, run_dir, resume=resume)
+    record = {
+        "t1": str(Path(t1).resolve()),
+        "t2": str(Path(t2).resolve()),
+        "align": recipe.pair.align,
+        "legend": config.legend,
+        "chip_size": config.chip_size,
+        "block_size": config.block_size,
+        "test_fraction": config.test_fraction,
+        "val_fraction": config.val_fraction,
+        "seed": config.seed,
+        "roles": metadata["split"]["roles"],
+        "check": metadata["change_pair"]["check"],
+    }
+    write_json(run_dir / PAIR_RECORD, record)
+    summary["pair"] = record
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------- simulation
+
+
+def pyramid_weights(size: int) -> np.ndarray:
+    """(size, size) weights highest at the centre and 1 at the corners: a window trusts its middle most."""
+    ramp = np.minimum(np.arange(1, size + 1), np.arange(size, 0, -1)).astype(np.float32)
+    return np.outer(ramp, ramp)
+
+
+def t1_covariates(loaded: LoadedModel, t1: np.ndarray) -> torch.Tensor:
+    """(B, H, W) t1 class indices -> the model's z-scored one-hot covariates (B, K, H, W)."""
+    chips = np.concatenate(
+        [np.full((t1.shape[0], 1, *t1.shape[1:]), -1, np.float32), change.one_hot(t1, loaded.legend.n_classes)], 1
+    )
+    _, covariates = model_inputs(chips, loaded)
+    if covariates is None:
+        raise UserError(f"model {loaded.path} reads no covariates: it is not a change model (train it on pairs)")
+    return covariates
+
+
+def check_change_model(loaded: LoadedModel) -> None:
+    expected = loaded.legend.n_classes
+    if loaded.config.covariate_channels != expected:
+        raise UserError(
+            f"model {loaded.path} reads {loaded.config.covariate_channels} covariate channel(s), a change model of "
+            f"legend '{loaded.legend.name}' reads its {expected} one-hot t1 classes: train it with `landcover "
+            "change-train`"
+        )
+
+
+@dataclass
+class RegionSimulation:
+    probabilities: np.ndarray  # (K, H, W) float32: p(t2 = j) per pixel; 0 at t1 nodata
+    sample: np.ndarray  # (H, W) int64: one draw, each pixel from the window that weighs it most; -1 nodata
+
+
+def simulate_region(
+    loaded: LoadedModel,
+    t1: np.ndarray,
+    n_samples: int = 8,
+    steps: int | None = None,
+    temperature: float = 1.0,
+    batch_size: int = 64,
+    generator: torch.Generator | None = None,
+    keep: np.ndarray | None = None,
+) -> RegionSimulation:
+    """p(t2 = j | t1) per pixel of a region (H, W) at least a chip wide, from ``n_samples`` draws per window.
+
+    ``keep`` (H, W) bool marks pixels that cannot change (protected land, water): the model is told their t2 is
+    their t1 (they are known cells of an inpainting), so the draws around them know it too.
+    """
+    check_change_model(loaded)
+    size = loaded.chip_size
+    height, width = t1.shape
+    if height < size or width < size:
+        raise UserError(f"the t1 region is {height}x{width}; it must be at least the model's {size}x{size} chip")
+    n_classes = loaded.legend.n_classes
+    windows = [(r, c) for r in window_starts(height, size, size // 2) for c in window_starts(width, size, size // 2)]
+    weights = pyramid_weights(size)
+    totals = np.zeros((n_classes, height, width), dtype=np.float32)
+    weight_sum = np.zeros((height, width), dtype=np.float32)
+    sample = np.full((height, width), NODATA_INDEX, dtype=np.int64)
+    best_weight = np.zeros((height, width), dtype=np.float32)
+    jobs = [(index, draw) for index in range(len(windows)) for draw in range(n_samples)]
+    known = np.where(keep, t1, NODATA_INDEX) if keep is not None else np.full_like(t1, NODATA_INDEX)
+    for start in range(0, len(jobs), batch_size):
+        batch = jobs[start : start + batch_size]
+        corners = [windows[index] for index, _ in batch]
+        chips = np.stack([t1[r : r + size, c : c + size] for r, c in corners])
+        drawn = (
+            decoding.sample(
+                loaded.model,
+                covariates=t1_covariates(loaded, chips).to(loaded.model.device),
+                known=torch.from_numpy(np.stack([known[r : r + size, c : c + size] for r, c in corners])),
+                nodata=torch.from_numpy(chips < 0),
+                steps=steps,
+                temperature=temperature,
+                generator=generator,
+            )
+            .cpu()
+            .numpy()
+        )
+        for (index, draw), chip in zip(batch, drawn, strict=True):
+            r, c = windows[index]
+            view = (slice(r, r + size), slice(c, c + size))
+            for k in np.unique(chip[chip >= 0]):
+                totals[k][view] += (chip == k) * weights
+            weight_sum[view] += weights
+            if draw == 0:
+                better = weights > best_weight[view]
+                sample[view] = np.where(better, chip, sample[view])
+                best_weight[view] = np.maximum(best_weight[view], weights)
+    probabilities = totals / np.maximum(weight_sum, 1e-12)
+    probabilities[:, t1 < 0] = 0.0
+    sample[t1 < 0] = NODATA_INDEX
+    return RegionSimulation(probabilities.astype(np.float32), sample)
+
+
+@dataclass
+class ChangeMaps:
+    """Per-pixel summaries of p(t2 | t1) on a region; nodata pixels hold 0 and -1."""
+
+    p_change: np.ndarray  # (H, W) float32: 1 - p(t2 = t1)
+    destination: np.ndarray  # (H, W) int64: the most likely class other than t1's; -1 at nodata
+    p_destination: np.ndarray  # (H, W) float32: its probability
+
+
+def change_maps(t1: np.ndarray, probabilities: np.ndarray) -> ChangeMaps:
+    valid = t1 >= 0
+    own_class = np.where(valid, t1, 0)[None]
+    stay = np.take_along_axis(probabilities, own_class, axis=0)[0]
+    others = probabilities.copy()
+    np.put_along_axis(others, own_class, -1.0, axis=0)
+    destination = others.argmax(axis=0)
+    p_destination = np.take_along_axis(others, destination[None], axis=0)[0]
+    return ChangeMaps(
+        p_change=np.where(valid, 1.0 - stay, 0.0).astype(np.float32),
+        destination=np.where(valid, destination, NODATA_INDEX),
+        p_destination=np.where(valid, p_destination, 0.0).astype(np.float32),
+    )
+
+
+def transition_probability(t1: np.ndarray, probabilities: np.ndarray, targets: list[int]) -> np.ndarray:
+    """p(t2 in ``targets``) where t1 is outside them, 0 where it is inside (no transition) or nodata."""
+    into = probabilities[targets].sum(axis=0)
+    return np.where((t1 >= 0) & ~np.isin(t1, targets), into, 0.0).astype(np.float32)
+
+
+def probability_bins(p: np.ndarray, bins: int = ALLOCATION_BINS) -> np.ndarray:
+    return np.clip((p * bins).astype(np.int64), 0, bins)
+
+
+class QuantityAllocation:
+    """The most likely map under the model's own expected quantities (see the module docstring).
+
+    :meth:`add` regions one by one (tiles of a raster, held-out blocks), then :meth:`thresholds` gives, per
+    transition i -> j, the lowest probability bin at which the pixels of class i whose likeliest new class is j
+    number at most the expected count of that transition; :meth:`apply` changes the pixels at or above it.
+    """
+
+    def __init__(self, n_classes: int, bins: int = ALLOCATION_BINS) -> None:
+        self.n_classes, self.bins = n_classes, bins
+        self.expected = np.zeros((n_classes, n_classes))
+        self.histogram = np.zeros((n_classes, n_classes, bins + 1), dtype=np.int64)
+
+    def add(self, t1: np.ndarray, probabilities: np.ndarray, maps: ChangeMaps) -> None:
+        valid = t1 >= 0
+        for i in np.unique(t1[valid]):
+            self.expected[i] += probabilities[:, t1 == i].sum(axis=1)
+        bins = probability_bins(maps.p_destination[valid], self.bins)
+        np.add.at(self.histogram, (t1[valid], maps.destination[valid], bins), 1)
+
+    @property
+    def quantities(self) -> np.ndarray:
+        quantities = np.round(self.expected).astype(np.int64)
+        np.fill_diagonal(quantities, 0)
+        return quantities
+
+    def thresholds(self) -> np.ndarray:
+        """(K, K) int64 bins; ``bins + 1`` (never reached) where a transition gets no pixel."""
+        at_least = self.histogram[..., ::-1].cumsum(axis=-1)[..., ::-1]  # pixels in bin b or above
+        at_least = np.concatenate([at_least, np.zeros((*at_least.shape[:2], 1), dtype=np.int64)], axis=-1)
+        # Bin 0 (p below 1 / bins: kept pixels, classes the model never draws there) never changes.
+        return np.maximum((at_least <= self.quantities[..., None]).argmax(axis=-1), 1)
+
+    def apply(self, t1: np.ndarray, maps: ChangeMaps, thresholds: np.ndarray) -> np.ndarray:
+        valid = t1 >= 0
+        safe_t1, safe_destination = np.where(valid, t1, 0), np.where(valid, maps.destination, 0)
+        changes = valid & (probability_bins(maps.p_destination, self.bins) >= thresholds[safe_t1, safe_destination])
+        return np.where(changes, maps.destination, t1)
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+
+
+def run_folder_of(loaded: LoadedModel) -> Path:
+    return Path(loaded.path).parent
+
+
+def pair_record(loaded: LoadedModel) -> dict[str, Any]:
+    return read_json(run_folder_of(loaded) / PAIR_RECORD, "change model's pair record (change.json)")
+
+
+def heldout_chips(blocks_t1: list[np.ndarray], blocks_t2: list[np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Non-overlapping chips (N, S, S) of t1 and t2 inside the blocks, from each block's corner."""
+    firsts, seconds = [], []
+    for first, second in zip(blocks_t1, blocks_t2, strict=True):
+        for r in range(0, first.shape[0] - size + 1, size):
+            for c in range(0, first.shape[1] - size + 1, size):
+                firsts.append(first[r : r + size, c : c + size])
+                seconds.append(second[r : r + size, c : c + size])
+    if not firsts:
+        raise UserError(f"the held-out blocks hold no {size}x{size} chip to score")
+    return np.stack(firsts), np.stack(seconds)
+
+
+def model_bits(
+    loaded: LoadedModel,
+    t1_chips: np.ndarray,
+    t2_chips: np.ndarray,
+    conditional: bool,
+    orders: int = 2,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> float:
+    """Mean -log2 p(t2 | t1) per valid pixel over ``orders`` random orders (or p(t2), the null conditioning)."""
+    generator = torch.Generator(device=loaded.model.device).manual_seed(seed)
+    labels = torch.from_numpy(np.where(t1_chips >= 0, t2_chips, -1))
+    total, count = 0.0, int((labels >= 0).sum()) * orders
+    for _ in range(orders):
+        for start in range(0, len(labels), batch_size):
+            part = slice(start, start + batch_size)
+            covariates = t1_covariates(loaded, t1_chips[part]).to(loaded.model.device) if conditional else None
+            log_p = decoding.log_likelihood(loaded.model, labels[part], "random", covariates, None, generator)
+            total -= float(torch.nansum(log_p.double()))
+    return total / max(count, 1) / math.log(2)
+
+
+def unconditional_bits(model: str | os.PathLike[str], t2_chips: np.ndarray, orders: int, seed: int) -> float:
+    """Bits per pixel of t2 under a separately trained land-cover model without conditioning."""
+    loaded = load_model(model)
+    if loaded.model.is_conditional:
+        raise UserError(f"--unconditional model {model} is conditioned; give a model trained without covariates")
+    generator = torch.Generator().manual_seed(seed)
+    log_p = decoding.log_likelihood(loaded.model, torch.from_numpy(t2_chips), "random", None, None, generator)
+    totals = [float(-log_p.nanmean())]
+    for _ in range(orders - 1):
+        log_p = decoding.log_likelihood(loaded.model, torch.from_numpy(t2_chips), "random", None, None, generator)
+        totals.append(float(-log_p.nanmean()))
+    return sum(totals) / len(totals) / math.log(2)
+
+
+def choose_ca_radius(
+    blocks_t1: list[np.ndarray], blocks_t2: list[np.ndarray], matrix: np.ndarray, seed: int
+) -> tuple[int, dict[str, float]]:
+    """The Markov-CA neighbourhood radius with the best Figure of Merit on the validation blocks."""
+    n_classes = matrix.shape[0]
+    foms = {}
+    for radius in CA_RADII:
+        predicted = change.markov_ca(blocks_t1, matrix, radius, seed)
+        foms[str(radius)] = change.pooled_score(blocks_t1, blocks_t2, predicted, n_classes).figure_of_merit
+    best = max(CA_RADII, key=lambda radius: np.nan_to_num(foms[str(radius)], nan=-1.0))
+    return best, foms
+
+
+@dataclass
+class ChangeEvaluation:
+    summary: dict[str, Any]
+    blocks_t1: list[np.ndarray]
+    blocks_t2: list[np.ndarray]
+    predictions: dict[str, list[np.ndarray]]
+    p_change: list[np.ndarray]
+
+
+def evaluate_change(
+    model: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    t1: str | os.PathLike[str] | None = None,
+    t2: str | os.PathLike[str] | None = None,
+    n_samples: int = 8,
+    steps: int | None = None,
+    temperature: float = 1.0,
+    batch_size: int = 64,
+    orders: int = 2,
+    unconditional: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+) -> ChangeEvaluation:
+    """Score the change model, persistence and Markov-CA on the test blocks of the model's pair (or every block
+    of another pair of the same grid size); writes ``change_eval.json`` and ``change_eval.png`` into ``out``."""
+    began = time.perf_counter()
+    loaded = load_model(model, device)
+    check_change_model(loaded)
+    record = pair_record(loaded)
+    legend = loaded.legend
+    n_classes = legend.n_classes
+    t1 = Path(t1) if t1 is not None else Path(record["t1"])
+    t2 = Path(t2) if t2 is not None else Path(record["t2"])
+    roles = np.array(record["roles"], dtype=np.int8)
+    block = int(record["block_size"])
+    align = bool(record["align"])
+    with change.open_pair(t1, t2, legend, align) as (first, _, _):
+        height, width = first.height, first.width
+    if roles.shape != (-(-height // block), -(-width // block)):
+        raise UserError(
+            f"t1 raster {t1} is {height}x{width} px, not the size of the pair the model was trained on "
+            f"({record['t1']}); its held-out blocks would not be held out"
+        )
+
+    def read(role: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        pairs = change.read_pair_blocks(t1, t2, legend, change.role_blocks(roles, role, block, height, width), align)
+        return [a for a, _ in pairs], [b for _, b in pairs]
+
+    train_t1, train_t2 = read(change.TRAIN)
+    counts = sum(change.transition_counts(a, b, n_classes) for a, b in zip(train_t1, train_t2, strict=True))
+    matrix = change.transition_matrix(counts)
+    val_t1, val_t2 = read(change.VALIDATION)
+    radius, radius_foms = choose_ca_radius(val_t1, val_t2, matrix, seed) if val_t1 else (CA_RADII[0], {})
+    test_t1, test_t2 = read(change.TEST)
+    predictions = {
+        "persistence": [a.copy() for a in test_t1],
+        "markov_ca": change.markov_ca(test_t1, matrix, radius, seed),
+    }
+    generator = torch.Generator(device=loaded.model.device).manual_seed(seed)
+    allocation = QuantityAllocation(n_classes)
+    simulations, maps = [], []
+    for first in test_t1:
+        simulation = simulate_region(loaded, first, n_samples, steps, temperature, batch_size, generator)
+        simulations.append(simulation)
+        maps.append(change_maps(first, simulation.probabilities))
+        allocation.add(first, simulation.probabilities, maps[-1])
+    thresholds = allocation.thresholds()
+    predictions["model"] = [allocation.apply(a, m, thresholds) for a, m in zip(test_t1, maps, strict=True)]
+    predictions["model_one_draw"] = [s.sample for s in simulations]
+    scores = {
+        name: change.pooled_score(test_t1, test_t2, maps_, n_classes).to_dict() for name, maps_ in predictions.items()
+    }
+    observed = change.pooled_score(test_t1, test_t2, test_t2, n_classes)
+    t1_chips, t2_chips = heldout_chips(test_t1, test_t2, loaded.chip_size)
+    bits = {
+        "model_given_t1": model_bits(loaded, t1_chips, t2_chips, True, orders, batch_size, seed),
+        "model_null_conditioning": model_bits(loaded, t1_chips, t2_chips, False, orders, batch_size, seed),
+        "markov_per_pixel": change.markov_bits(t1_chips, t2_chips, counts),
+    }
+    if unconditional is not None:
+        bits["unconditional_model"] = unconditional_bits(
+            unconditional, np.where(t1_chips >= 0, t2_chips, -1), orders, seed
+        )
+    summary = {
+        "model": str(loaded.path),
+        "t1": str(t1),
+        "t2": str(t2),
+        "test_blocks": len(test_t1),
+        "test_pixels": observed.pixels,
+        "observed_change": (observed.hits + observed.wrong_hits) / max(observed.pixels, 1),
+        "expected_change_model": float(allocation.quantities.sum() / max(observed.pixels, 1)),
+        "n_samples": n_samples,
+        "steps": steps,
+        "temperature": temperature,
+        "markov_ca_radius": radius,
+        "markov_ca_radius_fom_on_validation": radius_foms,
+        "scores": scores,
+        "bits_per_pixel": bits,
+        "bits_chips": len(t1_chips),
+        "seconds": round(time.perf_counter() - began, 2),
+    }
+    result = ChangeEvaluation(summary, test_t1, test_t2, predictions, [m.p_change for m in maps])
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary["picture"] = str(change_picture(result, legend, out / "change_eval.png"))
+    summary["json"] = str(write_json(out / "change_eval.json", summary))
+    return result
+
+
+def change_picture(result: ChangeEvaluation, legend: Legend, path: Path) -> Path:
+    """t1, real t2, the model's t2, Markov-CA's t2 and the model's change probability on the test block with the
+    most observed change (pixels that changed are outlined in the real t2)."""
+    from landformer.core.viz import save_panel
+    from landformer.landcover.apps import probability_rgb
+
+    changed = [int(((a != b) & (a >= 0)).sum()) for a, b in zip(result.blocks_t1, result.blocks_t2, strict=True)]
+    index = int(np.argmax(changed))
+    images = [
+        result.blocks_t1[index],
+        result.blocks_t2[index],
+        result.predictions["model"][index],
+        result.predictions["markov_ca"][index],
+        probability_rgb(result.p_change[index]),
+    ]
+    titles = ["t1", "real t2", "model t2 (most likely)", "Markov-CA t2", "model P(change)"]
+    return save_panel(path, images, titles, legend=legend)
+
+
+# ------------------------------------------------------------------------------------------- large rasters
+
+
+def _span(start: int, length: int, total: int, margin: int, size: int) -> tuple[int, int]:
+    """The rows (or columns) read for an output span: ``margin`` more on each side, at least ``size`` wide."""
+    low, high = max(0, start - margin), min(total, start + length + margin)
+    if high - low < size:
+        low = max(0, high - size)
+        high = min(total, low + size)
+    return low, high
+
+
+def transition_targets(legend: Legend, name: str) -> list[int]:
+    """Class indices of a transition of interest: a legend group (developed) or one class code or name."""
+    if name in legend.groups:
+        return legend.group_indices(name)
+    for index, (code, class_name) in enumerate(zip(legend.codes, legend.names, strict=True)):
+        if name in (str(code), class_name):
+            return [index]
+    raise UserError(
+        f"--to {name!r} is neither a group ({', '.join(legend.groups) or 'none'}) nor a class code or name of legend "
+        f"'{legend.name}'"
+    )
+
+
+def simulate_change(
+    model: str | os.PathLike[str],
+    t1: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    n_samples: int = 8,
+    steps: int | None = None,
+    temperature: float = 1.0,
+    transitions: tuple[str, ...] = ("developed",),
+    tile: int = 256,
+    batch_size: int = 64,
+    seed: int = 0,
+    device: str = "cpu",
+    assume_crs: str | None = None,
+) -> dict[str, Any]:
+    """Simulate t2 from a t1 raster of any size, tile by tile; writes GeoTIFFs on t1's grid into ``out``:
+    ``t2_map.tif`` (the most likely map, legend codes), ``p_change.tif``, ``p_to_<name>.tif`` per transition,
+    ``destination.tif`` (each pixel's likeliest new class), ``p_destination.tif`` and ``change_simulation.json``."""
+    began = time.perf_counter()
+    if n_samples < 1 or tile < 1 or batch_size < 1:
+        raise UserError(f"change-simulate: samples {n_samples}, tile {tile} and batch size {batch_size} should be >= 1")
+    loaded = load_model(model, device)
+    check_change_model(loaded)
+    legend, size = loaded.legend, loaded.chip_size
+    targets = {name: transition_targets(legend, name) for name in transitions}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator(device=loaded.model.device).manual_seed(seed)
+    allocation = QuantityAllocation(legend.n_classes)
+    nodata_code = legend.nodata_codes[0] if legend.nodata_codes else 0
+    code_dtype = legend.decode(np.arange(legend.n_classes)).dtype
+    paths = {
+        "p_change": out / "p_change.tif",
+        "destination": out / "destination.tif",
+        "p_destination": out / "p_destination.tif",
+        **{f"p_to_{name}": out / f"p_to_{name}.tif" for name in transitions},
+    }
+    with open_raster(t1, assume_crs) as dataset:
+        grid = RasterGrid.of(dataset)
+        if grid.height < size or grid.width < size:
+            raise UserError(f"t1 raster {t1} is {grid.height}x{grid.width} px, smaller than the model's {size} px chip")
+        read = change.class_reader(dataset, legend)
+
+        with contextlib.ExitStack() as stack:
+            writers = {
+                name: stack.enter_context(
+                    geotiff_writer(
+                        path,
+                        grid.width,
+                        grid.height,
+                        1,
+                        code_dtype if name == "destination" else np.float32,
+                        grid.transform,
+                        grid.crs,
+                        nodata=nodata_code if name == "destination" else NODATA_PROBABILITY,
+                        band_names=[name],
+                        tags={"model": str(loaded.path), "t1": str(t1), "samples": n_samples},
+                    )
+                )
+                for name, path in paths.items()
+            }
+            for window in iter_windows(grid.height, grid.width, tile):
+                row, col, h, w = int(window.row_off), int(window.col_off), int(window.height), int(window.width)
+                rows = _span(row, h, grid.height, size // 2, size)
+                cols = _span(col, w, grid.width, size // 2, size)
+                region = read(Window(cols[0], rows[0], cols[1] - cols[0], rows[1] - rows[0]))
+                simulation = simulate_region(loaded, region, n_samples, steps, temperature, batch_size, generator)
+                inner = (slice(row - rows[0], row - rows[0] + h), slice(col - cols[0], col - cols[0] + w))
+                first = region[inner]
+                probabilities = simulation.probabilities[:, inner[0], inner[1]]
+                maps = change_maps(first, probabilities)
+                allocation.add(first, probabilities, maps)
+                nodata = first < 0
+                bands = {
+                    "p_change": maps.p_change,
+                    "destination": legend.decode(maps.destination, nodata_code),
+                    "p_destination": maps.p_destination,
+                    **{f"p_to_{n}": transition_probability(first, probabilities, t) for n, t in targets.items()},
+                }
+                for name, values in bands.items():
+                    if name != "destination":
+                        values = np.where(nodata, NODATA_PROBABILITY, values).astype(np.float32)
+                    writers[name].write(values[None], window=window)
+        thresholds = allocation.thresholds()
+        index_of = {code: index for index, code in enumerate(legend.codes)}
+        lookup = np.full(int(max(legend.codes)) + 1, NODATA_INDEX, dtype=np.int64)
+        lookup[list(index_of)] = list(index_of.values())
+        map_path = out / "t2_map.tif"
+        with (
+            open_raster(paths["destination"]) as destination_file,
+            open_raster(paths["p_destination"]) as probability_file,
+            geotiff_writer(
+                map_path,
+                grid.width,
+                grid.height,
+                1,
+                code_dtype,
+                grid.transform,
+                grid.crs,
+                nodata=nodata_code,
+                band_names=["t2"],
+                tags={"model": str(loaded.path), "t1": str(t1), "samples": n_samples, "legend": legend.name},
+            ) as writer,
+        ):
+            for window in iter_windows(grid.height, grid.width, tile):
+                first = read(window)
+                codes = destination_file.read(1, window=window).astype(np.int64)
+                destination = np.where(codes <= lookup.size - 1, lookup[np.minimum(codes, lookup.size - 1)], -1)
+                maps = ChangeMaps(
+                    np.zeros_like(first, np.float32), destination, probability_file.read(1, window=window)
+                )
+                predicted = allocation.apply(first, maps, thresholds)
+                writer.write(legend.decode(predicted, nodata_code)[None], window=window)
+    quantities = allocation.quantities
+    summary = {
+        "model": str(loaded.path),
+        "t1": str(t1),
+        "height": grid.height,
+        "width": grid.width,
+        "n_samples": n_samples,
+        "steps": steps,
+        "temperature": temperature,
+        "expected_changes": int(quantities.sum()),
+        "transitions": {
+            f"{legend.codes[i]}->{legend.codes[j]}": int(quantities[i, j])
+            for i, j in zip(*np.nonzero(quantities), strict=True)
+        },
+        "files": {name: str(path) for name, path in {**paths, "t2_map": map_path}.items()},
+        "seconds": round(time.perf_counter() - began, 2),
+    }
+    summary["json"] = str(write_json(out / "change_simulation.json", summary))
+    return summary
