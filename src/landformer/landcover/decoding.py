@@ -10,8 +10,8 @@ for a CPU model), so a seed reproduces a result exactly.
   against (same generator consumption, so it returns the same maps as sequential :func:`sample`).
 - :func:`log_likelihood` and :func:`perplexity` score maps in given, random or raster orders.
 - :func:`conditional_probs` gives p(x_site | every other cell) by putting the site last in the order.
-- :func:`gibbs` resamples blocks of sites from p(x_block | rest), the block last in the order, many chains at
-  once; :func:`gibbs_naive` is the one-site-one-full-forward baseline.
+- :func:`gibbs` resamples sites (or blocks of sites) from p(x | rest), the site last in the order, many chains at
+  once, re-encoding about sqrt(N) cells per update; :func:`gibbs_naive` is the one-site-one-full-forward baseline.
 """
 
 from __future__ import annotations
@@ -418,35 +418,59 @@ def conditional_probs(
         return logits.float().softmax(dim=-1).reshape(batch, n_sites, -1)
 
 
+def default_group_size(n_cells: int, block_size: int) -> int:
+    """Cells per Gibbs group for single-site updates: about sqrt(N), which balances a group's two costs (see
+    :func:`gibbs`), as a multiple of ``block_size``."""
+    return max(1, round(math.sqrt(n_cells) / block_size)) * block_size
+
+
 def gibbs(
     model: LandCoverRandAR,
     labels: Tensor,
     sweeps: int,
-    block_size: int = 1,
+    block_size: int | None = None,
     temperature: float = 1.0,
     covariates: Tensor | None = None,
     lonlat: Tensor | None = None,
     guidance: float = 0.0,
     fixed: Tensor | None = None,
     generator: torch.Generator | None = None,
+    group_size: int | None = None,
 ) -> Iterator[Tensor]:
     """Gibbs sampling of B chains started from ``labels`` (B, H, W); yields the state (B, H, W) after each sweep.
 
-    A sweep visits every cell once: a random permutation per chain is cut into blocks b_0 ... b_{M-1} of
-    ``block_size`` cells, and block b_j is redrawn from p(x_bj | rest) by putting it last in the order
-    [b_0, ..., b_{j-1}, b_{j+1}, ..., b_{M-1}, b_j]; its cells are decoded one at a time, so with
-    ``block_size=1`` this is single-site Gibbs with p(x_i | all other cells). In that order the cells
-    b_0 ... b_{j-2} have not changed since the previous block's pass, so their keys and values stay in the KV
-    cache; only b_{j-1} (just redrawn) and b_{j+1} ... b_{M-1} are teacher-forced again, in one pass. A sweep thus
-    re-encodes about half as many cells as re-encoding the whole rest for every block.
-    Nodata cells (-1) and cells where ``fixed`` is True keep their values and act as context.
+    A sweep visits every cell once: a random permutation per chain is cut into blocks of ``block_size`` cells,
+    and each block b is redrawn from p(x_b | rest) by putting it last in the order; its cells are decoded one at
+    a time, so ``block_size=1`` is single-site Gibbs with p(x_i | all other cells). The order of the rest is a
+    rearrangement of the sweep's permutation, so it is a uniformly random order of the other cells either way.
+
+    The permutation is also cut into groups of ``group_size`` cells (whole blocks). While the blocks of group g
+    are redrawn, the order is [the cells outside g in sweep order, g's other blocks in sweep order, the block].
+    What a KV cache can keep between two updates is the part of the order before the first cell that changed,
+    so the outside cells are encoded about once per group (half of them on average: the groups before g-1 stay
+    cached) and each block re-encodes about half of its group. Per single-site update that is about
+    N / (2 G) + G / 2 cells instead of the N / 2 of one group of all N cells, and G ~ sqrt(N) gives about
+    sqrt(N) (32 instead of 512 cells at 32x32).
+
+    ``block_size=None`` (the default) means single-site updates in groups of :func:`default_group_size`; with a
+    ``block_size`` and no ``group_size``, the whole sweep is one group (the order [other blocks, block], which
+    re-encodes about N/2 cells per block). Nodata cells (-1) and cells where ``fixed`` is True keep their values
+    and act as context.
     """
     _check_labels(model, labels, "labels")
     _check_sampling(temperature, None, None)
-    if sweeps < 0 or block_size < 1:
-        raise UserError(f"need sweeps >= 0 and block_size >= 1, got sweeps={sweeps}, block_size={block_size}")
     batch, height, width = labels.shape
     n_cells = height * width
+    if block_size is None:
+        block_size = 1
+        group_size = group_size or default_group_size(n_cells, block_size)
+    group_size = min(group_size or n_cells, n_cells)
+    # A group holds whole blocks; one group of every cell holds them all, the last one perhaps shorter.
+    if sweeps < 0 or block_size < 1 or group_size < 1 or (group_size < n_cells and group_size % block_size):
+        raise UserError(
+            f"need sweeps >= 0, block_size >= 1 and a group_size that is a multiple of block_size, got "
+            f"sweeps={sweeps}, block_size={block_size}, group_size={group_size}"
+        )
     device = model.device
     state = labels.to(device).reshape(batch, n_cells).long().clone()
     frozen = state < 0
@@ -458,20 +482,31 @@ def gibbs(
         session = _Session(model, batch, height, width, covariates, lonlat, guidance, n_cells, max_query=1)
     for _ in range(sweeps):
         with _inference(model):
-            blocks = random_orders(batch, n_cells, generator).to(device).split(block_size, dim=1)
-            for j, block in enumerate(blocks):
-                session.rewind(max(j - 1, 0) * block_size)
-                stale_blocks = blocks[max(j - 1, 0) : j] + blocks[j + 1 :]
-                if stale_blocks:
-                    stale = torch.cat(stale_blocks, dim=1)
-                    session.commit(stale, state.gather(1, stale))
-                classes = None
-                for t in range(block.shape[1]):
-                    site = block[:, t : t + 1]
-                    drawn = sample_from_logits(session.step(classes, site), temperature, generator=generator)
-                    classes = torch.where(frozen.gather(1, site), state.gather(1, site), drawn)
-                    state.scatter_(1, site, classes)
+            groups = random_orders(batch, n_cells, generator).to(device).split(group_size, dim=1)
+            for g, group in enumerate(groups):
+                # Groups before g - 1 are unchanged since the last group's pass: they stay cached.
+                _recommit_after(session, state, groups, g, cached_cells=max(g - 1, 0) * group_size)
+                outside = n_cells - group.shape[1]
+                blocks = group.split(block_size, dim=1)
+                for j, block in enumerate(blocks):
+                    _recommit_after(session, state, blocks, j, cached_cells=outside + max(j - 1, 0) * block_size)
+                    classes = None
+                    for t in range(block.shape[1]):
+                        site = block[:, t : t + 1]
+                        drawn = sample_from_logits(session.step(classes, site), temperature, generator=generator)
+                        classes = torch.where(frozen.gather(1, site), state.gather(1, site), drawn)
+                        state.scatter_(1, site, classes)
         yield state.reshape(batch, height, width).clone()
+
+
+def _recommit_after(session: _Session, state: Tensor, parts: tuple[Tensor, ...], j: int, cached_cells: int) -> None:
+    """Rewind the cache to its first ``cached_cells`` cells and commit, from ``state``, the part just redrawn
+    (j - 1) and the parts after j: the cache then holds every part but j, in their order, after what it kept."""
+    session.rewind(cached_cells)
+    stale_parts = parts[max(j - 1, 0) : j] + parts[j + 1 :]
+    if stale_parts:
+        stale = torch.cat(stale_parts, dim=1)
+        session.commit(stale, state.gather(1, stale))
 
 
 def gibbs_naive(

@@ -1,0 +1,492 @@
+"""Land-cover RandAR at the reference scale, against the machine's own matmul limit measured in the same run.
+
+The configuration of the original land-cover GPT work: 16 layers, 16 heads, dim 256, 16 classes, 32x32 chips
+(about 13M parameters), random weights (the cost of a step does not depend on the weights). Measured:
+
+- the limit: the best fp32 and bf16 throughput of 2048x2048 matmuls, at the start and at the end of the run;
+- training (AdamW step, fp32 and bf16 autocast), and the peak RSS of a batch-64 step made of micro-batches
+  (gradient accumulation, in a child process so the peak is that step's own);
+- 32-step parallel sampling, sequential sampling (batched, and at batch 1), log-likelihood of one order (fp32 and
+  bf16 autocast), Gibbs in its default mode (full sweeps), and inpainting one chip with 50 % of it known
+  (sequential and 32 steps).
+
+For each: time per unit, the model FLOPs it executed per second as a fraction of the limit, and a baseline
+written here that re-encodes every decided cell at every step (no KV cache kept between steps); the Gibbs
+baseline spends one full forward per site update. Where a baseline would run for many minutes, the steps it
+would take are timed at evenly spread points of its schedule and summed by interpolation (``estimated``).
+Model FLOPs are counted at the transformer's input: 2 x the block parameters per token plus causal attention,
+4 x dim per (query, key) pair and layer; one 32x32 chip forward is about 86 GFLOP, a training step three forwards.
+
+Writes ``benchmarks/results/bench_landcover_reference.json`` and prints a table. ``--quick`` shrinks the model and
+chip so the whole script runs in seconds (a smoke test of the code, not a measurement).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+from torch import Tensor
+
+from landformer.core.io import write_json
+from landformer.landcover import decoding
+from landformer.landcover.model import LandCoverConfig, LandCoverRandAR, reference_config
+
+RESULTS = Path(os.environ.get("LANDFORMER_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
+N_CLASSES = 16
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+BATCH_1_SEQUENTIAL = ("sample_sequential_batch_1", "inpaint_sequential_batch_1")
+
+
+def quick_config() -> LandCoverConfig:
+    """A model small enough that every measurement below takes well under a second."""
+    return LandCoverConfig(n_classes=N_CLASSES, chip_size=8, n_layers=2, n_heads=4, dim=64)
+
+
+# ------------------------------------------------------------------------------------------------ the limit
+
+
+def matmul_gflops(dtype: torch.dtype, size: int, repeats: int) -> float:
+    """Best throughput of ``repeats`` (size x size) @ (size x size) matmuls, after one warm-up."""
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    a @ b
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+# --------------------------------------------------------------------------------------------- FLOP counting
+
+
+def block_parameters(model: LandCoverRandAR) -> int:
+    """Weights every token multiplies through in the transformer blocks (norm gains left out)."""
+    return sum(p.numel() for p in model.transformer.blocks.parameters() if p.dim() == 2)
+
+
+def chunk_flops(model: LandCoverRandAR, batch: int, length: int, cached: int) -> float:
+    """FLOPs of ``length`` tokens after ``cached`` cached ones: linear layers plus causal attention."""
+    config = model.config
+    linear = 2 * block_parameters(model) * batch * length
+    attended_pairs = batch * (length * cached + length * (length + 1) / 2)
+    return linear + 4 * config.dim * config.n_layers * attended_pairs
+
+
+def forward_flops(model: LandCoverRandAR, chips: int) -> float:
+    """FLOPs of one teacher-forced forward over ``chips`` whole chips (start token, 2N - 1 tokens)."""
+    return chunk_flops(model, chips, 2 * model.config.chip_size**2, 0)
+
+
+class FlopCounter:
+    """Counts :func:`chunk_flops` of every transformer call of a model while active (a forward pre-hook)."""
+
+    def __init__(self, model: LandCoverRandAR) -> None:
+        self.model = model
+        self.flops = 0.0
+
+    def _hook(self, module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        x = args[0]
+        caches = kwargs.get("caches")
+        cached = caches[0].length if caches else 0
+        self.flops += chunk_flops(self.model, x.shape[0], x.shape[1], cached)
+
+    @contextmanager
+    def counting(self) -> Iterator[FlopCounter]:
+        self.flops = 0.0
+        handle = self.model.transformer.register_forward_pre_hook(self._hook, with_kwargs=True)
+        try:
+            yield self
+        finally:
+            handle.remove()
+
+
+def timed(run: Callable[[], object], repeats: int, warm_up: bool = True) -> float:
+    """Fastest wall time of ``repeats`` runs (after one warm-up run): the least disturbed by other processes."""
+    if warm_up:
+        run()
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def measured(
+    model: LandCoverRandAR, run: Callable[[], object], repeats: int, units: float, limit: float, warm_up: bool = True
+) -> dict:
+    """Seconds per unit, executed model FLOPs per second and their fraction of ``limit`` (GFLOP/s).
+
+    FLOPs are counted during the timed runs (one hook call per transformer pass costs microseconds); long runs
+    go without a warm-up (``warm_up=False``), whose only effect is one-time allocation.
+    """
+    counter = FlopCounter(model)
+    if warm_up:
+        run()
+    with counter.counting():
+        seconds = timed(run, repeats, warm_up=False)
+    flops = counter.flops / repeats
+    gflops = flops / seconds / 1e9
+    return {
+        "seconds": seconds,
+        "seconds_per_unit": seconds / units,
+        "gflop_per_unit": flops / units / 1e9,
+        "gflops": gflops,
+        "fraction_of_limit": gflops / limit,
+    }
+
+
+# ------------------------------------------------------------------------------------ the re-encoding baseline
+
+
+def reencode_step_seconds(model: LandCoverRandAR, batch: int, n_decided: int, n_query: int) -> float:
+    """Wall time of one step of a decoder that keeps no cache between steps: from an empty cache, commit the
+    ``n_decided`` cells decided so far and ask for ``n_query`` cells. Its cost depends only on the counts."""
+    n_cells = model.config.chip_size**2
+    generator = torch.Generator().manual_seed(n_decided)
+    order = torch.rand(batch, n_cells, generator=generator).argsort(dim=1)
+    classes = torch.randint(0, model.config.n_classes, (batch, n_decided), generator=generator)
+    size = model.config.chip_size
+    start = time.perf_counter()
+    with torch.no_grad():
+        state = model.start_decoding(batch, size, size, max_cells=n_cells, max_query=max(n_query, 1))
+        if n_decided:
+            model.decode_commit(state, order[:, :n_decided], classes)
+        model.decode_step(state, None, order[:, n_decided : n_decided + n_query])
+    return time.perf_counter() - start
+
+
+def reencode_seconds(model: LandCoverRandAR, batch: int, schedule: list[tuple[int, int]], points: int) -> dict:
+    """Total time of a re-encoding decoder over ``schedule`` [(cells decided before, cells asked for), ...].
+
+    Every step is timed when there are at most ``points`` of them; otherwise ``points`` steps spread evenly
+    over the schedule are timed and the rest interpolated linearly in the step index (``estimated``).
+    """
+    model.eval()
+    if len(schedule) <= points:
+        return {"seconds": sum(reencode_step_seconds(model, batch, d, q) for d, q in schedule), "estimated": False}
+    picks = sorted({round(i * (len(schedule) - 1) / (points - 1)) for i in range(points)})
+    times = {i: reencode_step_seconds(model, batch, *schedule[i]) for i in picks}
+    total = 0.0
+    for left, right in itertools.pairwise(picks):
+        # Steps left .. right - 1: linear between the two timed ends.
+        for i in range(left, right):
+            total += times[left] + (times[right] - times[left]) * (i - left) / (right - left)
+    return {"seconds": total + times[picks[-1]], "estimated": True, "timed_steps": len(picks)}
+
+
+def schedule_of(n_known: int, n_free: int, steps: int | None) -> list[tuple[int, int]]:
+    counts = decoding.decoding_schedule(torch.tensor([n_free]), steps)[0].tolist()
+    return [(n_known + counts[s], counts[s + 1] - counts[s]) for s in range(len(counts) - 1)]
+
+
+def reencode_flops(model: LandCoverRandAR, batch: int, schedule: list[tuple[int, int]]) -> float:
+    prefix = 1
+    return sum(chunk_flops(model, batch, prefix + 2 * d + q, 0) for d, q in schedule)
+
+
+# ------------------------------------------------------------------------------------------------ operations
+
+
+def training_step(model: LandCoverRandAR, batch: int, bf16: bool) -> Callable[[], None]:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4)
+    size = model.config.chip_size
+    labels = torch.randint(0, model.config.n_classes, (batch, size, size), generator=torch.Generator().manual_seed(0))
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            _, loss = model(labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def bench_training(model: LandCoverRandAR, batch: int, repeats: int, limits: dict[str, float]) -> dict:
+    model.train()
+    results = {}
+    for precision in ("fp32", "bf16"):
+        step = training_step(model, batch, bf16=precision == "bf16")
+        seconds = timed(step, repeats)
+        flops = 3 * forward_flops(model, batch)
+        results[precision] = {
+            "batch": batch,
+            "seconds_per_step": seconds,
+            "pixel_tokens_per_s": batch * model.config.chip_size**2 / seconds,
+            "gflops": flops / seconds / 1e9,
+            "fraction_of_limit": flops / seconds / 1e9 / limits[precision],
+        }
+    model.eval()
+    return results
+
+
+def memory_child(config: LandCoverConfig, batch: int, micro_batch: int, bf16: bool) -> dict:
+    """One AdamW step over ``batch`` chips as gradient-accumulated micro-batches; this process's peak RSS.
+
+    Each micro-batch's mean loss is weighted by its share of the batch's valid cells, so the gradient is the one
+    of the whole batch's mean loss (Lightning's ``accumulate_grad_batches`` gives the same when there is no
+    nodata). The peak is that of one micro-batch's activations, whatever the batch.
+    """
+    torch.manual_seed(0)
+    model = LandCoverRandAR(config).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4)
+    size = config.chip_size
+    labels = torch.randint(0, config.n_classes, (batch, size, size), generator=torch.Generator().manual_seed(0))
+    valid_total = int((labels >= 0).sum())
+    start = time.perf_counter()
+    for chunk in labels.split(micro_batch):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            _, loss = model(chunk)
+        (loss * int((chunk >= 0).sum()) / valid_total).backward()
+    optimizer.step()
+    # ru_maxrss is in KiB on Linux.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return {"peak_rss_gib": peak, "seconds": time.perf_counter() - start}
+
+
+def bench_memory(quick: bool, batch: int, micro_batch: int, threads: int) -> dict:
+    """Peak RSS of a training step in a fresh child process per precision."""
+    results = {}
+    for precision in ("fp32", "bf16"):
+        command = [sys.executable, __file__, "--memory-child", precision, "--threads", str(threads)]
+        command += ["--memory-batch", str(batch), "--micro-batch", str(micro_batch)] + (["--quick"] if quick else [])
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        results[precision] = {"batch": batch, "micro_batch": micro_batch, **json.loads(output.splitlines()[-1])}
+    return results
+
+
+def bench_decoding(model: LandCoverRandAR, args: argparse.Namespace, limits: dict[str, float]) -> dict:
+    size = model.config.chip_size
+    n_cells = size * size
+    results: dict[str, dict] = {}
+    fp32 = limits["fp32"]
+
+    def sampler(batch: int, steps: int | None, known: Tensor | None = None) -> Callable[[], None]:
+        def go() -> None:
+            decoding.sample(
+                model, batch, steps=steps, known=known, generator=torch.Generator().manual_seed(0), order="random"
+            )
+
+        return go
+
+    def with_baseline(name: str, result: dict, batch: int, schedule: list[tuple[int, int]], units: float) -> None:
+        baseline = reencode_seconds(model, batch, schedule, args.baseline_points)
+        result["baseline_seconds_per_unit"] = baseline["seconds"] / units
+        result["baseline_estimated"] = baseline["estimated"]
+        result["baseline_gflop_per_unit"] = reencode_flops(model, batch, schedule) / units / 1e9
+        result["speedup"] = result["baseline_seconds_per_unit"] / result["seconds_per_unit"]
+        results[name] = result
+
+    batch = args.batch
+    result = measured(model, sampler(batch, 32), args.repeats, batch, fp32)
+    with_baseline("sample_32_steps", result, batch, schedule_of(0, n_cells, 32), batch)
+
+    result = measured(model, sampler(batch, None), 1, batch, fp32, warm_up=False)
+    with_baseline("sample_sequential_batched", result, batch, schedule_of(0, n_cells, None), batch)
+    result = measured(model, sampler(1, None), 1, 1, fp32, warm_up=False)
+    with_baseline("sample_sequential_batch_1", result, 1, schedule_of(0, n_cells, None), 1)
+
+    # One chip with a random half of its cells known.
+    known = torch.randint(0, N_CLASSES, (1, size, size), generator=torch.Generator().manual_seed(1))
+    hidden = torch.rand(1, n_cells, generator=torch.Generator().manual_seed(2)).argsort(dim=1) < n_cells // 2
+    known = known.masked_fill(hidden.reshape(1, size, size), -1)
+    n_known = n_cells - n_cells // 2
+    result = measured(model, sampler(1, None, known), 1, 1, fp32, warm_up=False)
+    with_baseline("inpaint_sequential_batch_1", result, 1, schedule_of(n_known, n_cells - n_known, None), 1)
+    result = measured(model, sampler(1, 32, known), args.repeats, 1, fp32)
+    with_baseline("inpaint_32_steps_batch_1", result, 1, schedule_of(n_known, n_cells - n_known, 32), 1)
+
+    labels = torch.randint(0, N_CLASSES, (batch, size, size), generator=torch.Generator().manual_seed(4))
+    for precision in ("fp32", "bf16"):
+
+        def score(bf16: bool = precision == "bf16") -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                decoding.log_likelihood(model, labels, generator=torch.Generator().manual_seed(0))
+
+        results[f"log_likelihood_{precision}"] = measured(model, score, args.repeats, batch, limits[precision])
+    # The re-encoding scorer asks for one cell per step after all cells before it in the order.
+    with_baseline("log_likelihood_fp32", results["log_likelihood_fp32"], batch, schedule_of(0, n_cells, None), batch)
+
+    chains = args.chains
+    start = torch.randint(0, N_CLASSES, (chains, size, size), generator=torch.Generator().manual_seed(5))
+
+    def sweep() -> None:
+        for _ in decoding.gibbs(model, start, sweeps=1, generator=torch.Generator().manual_seed(0)):
+            pass
+
+    result = measured(model, sweep, 1, chains * n_cells, fp32, warm_up=False)
+    result["site_updates_per_s"] = 1 / result["seconds_per_unit"]
+    result["chains"] = chains
+    result["group_size"] = decoding.default_group_size(n_cells, 1)
+    sites = torch.randint(0, n_cells, (chains, 1), generator=torch.Generator().manual_seed(6))
+    naive = timed(lambda: decoding.conditional_probs(model, start, sites, rest_order="random"), args.repeats)
+    result["baseline_seconds_per_unit"] = naive / chains
+    result["baseline_estimated"] = False
+    result["baseline_gflop_per_unit"] = forward_flops(model, 1) / 1e9
+    result["speedup"] = naive / chains / result["seconds_per_unit"]
+    results["gibbs_default_sweep"] = result
+    return results
+
+
+def summary_rows(results: dict) -> list[dict]:
+    """Rows for ``run_all.py``'s table: each operation against its re-encoding baseline, and the limit fractions."""
+    units = {
+        "sample_32_steps": "s/chip",
+        "sample_sequential_batched": "s/chip",
+        "sample_sequential_batch_1": "s/chip",
+        "inpaint_sequential_batch_1": "s/chip",
+        "inpaint_32_steps_batch_1": "s/chip",
+        "log_likelihood_fp32": "s/chip",
+        "gibbs_default_sweep": "s/site update",
+    }
+    rows = []
+    for name, unit in units.items():
+        entry = results["decoding"][name]
+        rows.append(
+            {
+                "metric": f"{name.replace('_', ' ')} ({entry['fraction_of_limit']:.0%} of the fp32 limit)",
+                "value": entry["seconds_per_unit"],
+                "unit": unit,
+                "baseline": entry["baseline_seconds_per_unit"],
+                "ratio": entry["speedup"],
+                "target": "",
+            }
+        )
+    training = results["training"]
+    rows.append(
+        {
+            "metric": f"training step, bf16 autocast ({training['bf16']['fraction_of_limit']:.0%} of the bf16 limit)",
+            "value": training["bf16"]["pixel_tokens_per_s"],
+            "unit": "pixel tokens/s",
+            "baseline": training["fp32"]["pixel_tokens_per_s"],
+            "ratio": training["bf16"]["pixel_tokens_per_s"] / training["fp32"]["pixel_tokens_per_s"],
+            "target": ">= 45 % of the bf16 limit",
+        }
+    )
+    return rows
+
+
+def print_table(results: dict) -> None:
+    limits = results["limit_gflops"]
+    print(f"limit: fp32 {limits['fp32']:.0f} GFLOP/s, bf16 {limits['bf16']:.0f} GFLOP/s (best of start and end)")
+    print(f"{'operation':<32} {'per unit':>12} {'GFLOP/s':>8} {'of limit':>9} {'re-encoding':>12} {'speedup':>8}")
+    for name, entry in results["decoding"].items():
+        baseline = entry.get("baseline_seconds_per_unit")
+        mark = "~" if entry.get("baseline_estimated") else " "
+        base = f"{mark}{baseline:11.4g}" if baseline else f"{'':>12}"
+        speedup = f"{entry['speedup']:7.1f}x" if "speedup" in entry else f"{'':>8}"
+        print(
+            f"{name:<32} {entry['seconds_per_unit']:12.4g} {entry['gflops']:8.1f} "
+            f"{entry['fraction_of_limit']:9.0%} {base} {speedup}"
+        )
+    for precision, entry in results["training"].items():
+        print(
+            f"{'training ' + precision:<32} {entry['seconds_per_step'] / entry['batch']:12.4g} {entry['gflops']:8.1f} "
+            f"{entry['fraction_of_limit']:9.0%}   ({entry['pixel_tokens_per_s']:.0f} pixel tokens/s)"
+        )
+    for precision, entry in results.get("memory", {}).items():
+        print(
+            f"batch {entry['batch']} step, {precision}, micro-batches of {entry['micro_batch']}: "
+            f"peak RSS {entry['peak_rss_gib']:.2f} GiB ({entry['seconds']:.0f} s)"
+        )
+    print("units: seconds per chip (Gibbs: per site update); ~ marks an estimated baseline")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a small model and 8x8 chips: a smoke run in seconds")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the limit is measured with them)")
+    parser.add_argument("--batch", type=int, default=2, help="chips sampled / scored at once")
+    parser.add_argument("--chains", type=int, default=2, help="Gibbs chains run at once (one full sweep)")
+    parser.add_argument("--train-batch", type=int, default=2, help="chips per timed training step")
+    parser.add_argument("--memory-batch", type=int, default=64, help="chips per step of the peak-RSS measurement")
+    parser.add_argument("--micro-batch", type=int, default=8, help="micro-batch of the peak-RSS measurement")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS measurement (minutes)")
+    parser.add_argument("--repeats", type=int, default=1, help="timed repeats after a warm-up (fastest kept)")
+    parser.add_argument("--baseline-points", type=int, default=6, help="steps timed of a long re-encoding baseline")
+    parser.add_argument("--memory-child", choices=["fp32", "bf16"], help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=RESULTS / "bench_landcover_reference.json", help="JSON output")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    config = quick_config() if args.quick else reference_config(N_CLASSES)
+    if args.memory_child:
+        print(json.dumps(memory_child(config, args.memory_batch, args.micro_batch, args.memory_child == "bf16")))
+        return 0
+    if args.quick:
+        args.memory_batch, args.micro_batch = 4, 2
+    began = time.perf_counter()
+    load_start = os.getloadavg()[0]
+    matmul_size = 256 if args.quick else 2048
+    start_limits = {name: matmul_gflops(dtype, matmul_size, 3) for name, dtype in _DTYPES.items()}
+    torch.manual_seed(0)
+    model = LandCoverRandAR(config).eval()
+    # The limit of the run is the best each precision gave at its start or end (load changes in between).
+    limits = dict(start_limits)
+    decoding_results = bench_decoding(model, args, limits)
+    training = bench_training(model, args.train_batch, args.repeats, limits)
+    memory = {} if args.no_memory else bench_memory(args.quick, args.memory_batch, args.micro_batch, args.threads)
+    end_limits = {name: matmul_gflops(dtype, matmul_size, 3) for name, dtype in _DTYPES.items()}
+    limits = {name: max(start_limits[name], end_limits[name]) for name in _DTYPES}
+    _refresh_fractions(decoding_results, training, limits)
+    result: dict[str, Any] = {
+        "benchmark": "bench_landcover_reference",
+        "machine": f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} cores, {platform.system()}",
+        "torch": torch.__version__,
+        "torch_threads": args.threads,
+        "load_average_1m": {"start": load_start, "end": os.getloadavg()[0]},
+        "quick": args.quick,
+        "model": {
+            **{key: getattr(config, key) for key in ("n_classes", "chip_size", "n_layers", "n_heads", "dim")},
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "forward_gflop_per_chip": forward_flops(model, 1) / 1e9,
+            "trained": False,
+        },
+        "settings": {key: getattr(args, key) for key in ("batch", "chains", "train_batch", "repeats")},
+        "limit_gflops": limits,
+        "limit_gflops_start": start_limits,
+        "limit_gflops_end": end_limits,
+        "decoding": decoding_results,
+        "training": training,
+        "memory": memory,
+    }
+    result["summary"] = summary_rows(result)
+    result["wall_seconds"] = time.perf_counter() - began
+    write_json(args.out, result)
+    print_table(result)
+    print(f"load average (1 min) {load_start:.1f} at start, {os.getloadavg()[0]:.1f} at end; wrote {args.out}")
+    return 0
+
+
+def _refresh_fractions(decoding_results: dict, training: dict, limits: dict[str, float]) -> None:
+    """Fractions against the final limit (the best of start and end)."""
+    for name, entry in decoding_results.items():
+        precision = "bf16" if name.endswith("bf16") else "fp32"
+        entry["fraction_of_limit"] = entry["gflops"] / limits[precision]
+        if name in BATCH_1_SEQUENTIAL:
+            # Time beyond what the executed FLOPs take at the limit, in units of that time (target <= 2).
+            flop_seconds = entry["gflop_per_unit"] / limits[precision]
+            entry["overhead_over_flop_time"] = (entry["seconds_per_unit"] - flop_seconds) / flop_seconds
+    for precision, entry in training.items():
+        entry["fraction_of_limit"] = entry["gflops"] / limits[precision]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
