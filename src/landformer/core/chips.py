@@ -35,7 +35,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import rasterio
@@ -55,6 +55,9 @@ from landformer.core.raster import (
     open_raster,
     refuse_infinite,
 )
+
+if TYPE_CHECKING:
+    from landformer.core.chip_dataset import ChipSplit
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +92,7 @@ class ChipConfig:
     seed: int = 0
     unknown: Literal["error", "nodata"] = "error"  # class codes the legend lacks
     assume_crs: str | None = None  # CRS for any input raster that carries none
+    compress: bool = True  # false: chips stored uncompressed, so loaders memory-map them (see load_chips)
 
     def __post_init__(self) -> None:
         # YAML mappings and the config loader give keys as strings; class codes are integers.
@@ -156,6 +160,17 @@ class ChipSet:
     @property
     def chip_size(self) -> int:
         return int(self.train_data.shape[-1])
+
+    @property
+    def memory_mapped(self) -> bool:
+        """Whether the chips are mapped from the file (shared by every process that maps it) rather than read."""
+        return isinstance(self.train_data, np.memmap)
+
+    def dataset(self, split: Literal["train", "test"] = "train") -> ChipSplit:
+        """``split`` as a torch Dataset of torchgeo-style samples: a :class:`~.chip_dataset.ChipSplit`."""
+        from landformer.core.chip_dataset import ChipSplit
+
+        return ChipSplit(self, split)
 
 
 @dataclass(frozen=True)
@@ -597,7 +612,7 @@ def make_chips(config: ChipConfig, out: str | os.PathLike[str]) -> Path:
         train_chips, test_chips = sample.buffer[sample.selection[~test]], sample.buffer[sample.selection[test]]
         del sample
         warn_if_splits_differ(legend, train_chips, test_chips, str(out))
-        return write_chips(out, train_chips, test_chips, coords[~test], coords[test], metadata)
+        return write_chips(out, train_chips, test_chips, coords[~test], coords[test], metadata, config.compress)
 
 
 def _class_limits(config: ChipConfig, legend: Legend) -> dict[int, float]:
@@ -718,8 +733,14 @@ def write_chips(
     train_coords: np.ndarray,
     test_coords: np.ndarray,
     metadata: dict[str, Any],
+    compress: bool = True,
 ) -> Path:
-    """Write the chip file and its JSON sidecar together: both appear, or (on any error) neither does."""
+    """Write the chip file and its JSON sidecar together: both appear, or (on any error) neither does.
+
+    ``compress=False`` stores the arrays uncompressed (several times larger for class chips), so that
+    :func:`load_chips` maps them from the file instead of reading them: DDP ranks and data-loader workers on one
+    machine then share one copy in the page cache. Either way it is an ``.npz`` that ``np.load`` reads.
+    """
     out = _chip_path(out)
     text = json.dumps(metadata, indent=2)
     arrays = {
@@ -730,30 +751,35 @@ def write_chips(
         "metadata": np.array(text),
     }
     with atomic_path(out) as npz_tmp, atomic_path(out.with_suffix(".json")) as json_tmp:
-        _savez_fast(npz_tmp, arrays)
+        _save_npz(npz_tmp, arrays, compress)
         json_tmp.write_text(text + "\n", encoding="utf-8")
     return out
 
 
-def _savez_fast(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Like ``np.savez_compressed`` (same file format) but at deflate level 1: several times faster to write.
+def _save_npz(path: Path, arrays: dict[str, np.ndarray], compress: bool) -> None:
+    """Like ``np.savez_compressed`` (same file format) but at deflate level 1: several times faster to write;
+    like ``np.savez`` when not ``compress``.
 
     Class channels still shrink about tenfold; float covariates barely compress at any level.
     """
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+    compression = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(path, "w", compression=compression, compresslevel=1 if compress else None) as archive:
         for name, array in arrays.items():
             with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
                 np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
 
 
-def load_chips(path: str | os.PathLike[str]) -> ChipSet:
+def load_chips(path: str | os.PathLike[str], mmap: bool = True) -> ChipSet:
     """Load and check a chip file; anything off (keys, shapes, coordinates, class indices) is a UserError.
 
     Files with only the four arrays (the original land-cover GPT format) load with empty metadata, unless a
-    JSON sidecar lies beside them. (N, H, W) data count as one channel.
+    JSON sidecar lies beside them. (N, H, W) data count as one channel. With ``mmap``, chip arrays stored
+    uncompressed (``write_chips(compress=False)``, ``np.savez``) are memory-mapped copy-on-write rather than read
+    (:attr:`ChipSet.memory_mapped`); compressed ones are always read into memory.
     """
     path = Path(path)
-    arrays = read_npz(path, required=ARRAY_KEYS, what="chip file")
+    mapped = ("train_data", "test_data") if mmap else ()
+    arrays = read_npz(path, required=ARRAY_KEYS, what="chip file", mmap=mapped)
     metadata = _read_metadata(path, arrays.get("metadata"))
     train, test = arrays["train_data"], arrays["test_data"]
     if train.ndim == 3:
@@ -819,7 +845,7 @@ def _check_metadata(path: Path, chips: ChipSet) -> None:
         for data in (chips.train_data, chips.test_data):
             if data.size == 0:
                 continue
-            classes = data[:, 0]
+            classes = np.asarray(data)[:, 0]  # a plain view: nanmin copies array subclasses such as memmaps
             lo, hi = np.nanmin(classes), np.nanmax(classes)
             if lo < NODATA_INDEX or hi >= n_classes:
                 raise UserError(

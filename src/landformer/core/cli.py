@@ -107,6 +107,13 @@ def _register_chips(group: argparse._SubParsersAction) -> None:
         help="what to do with class codes the legend lacks" + default("unknown"),
     )
     parser.add_argument("--assume-crs", default=suppress, help="CRS for rasters that carry none, e.g. EPSG:5070")
+    parser.add_argument(
+        "--uncompressed",
+        dest="compress",
+        action="store_false",
+        default=suppress,
+        help="store the chips uncompressed, so DDP ranks and loader workers memory-map one shared copy",
+    )
     parser.add_argument("--config", type=Path, default=None, help="YAML file of chip settings; flags override it")
 
 

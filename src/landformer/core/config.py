@@ -4,6 +4,10 @@ A config is a (possibly nested) dataclass. :func:`load_config` reads YAML with `
 builds the dataclass, checking every key and type at the door: an unknown key, a misspelt key or a value of
 the wrong type is a :class:`UserError` that names the file and the dotted key. ``overrides`` such as
 ``["train.max_steps=50"]`` let the CLI change single values without editing the file.
+
+Recipes ship inside the package (``landformer/recipes``, the repository's ``configs/`` folder), so a recipe is
+given either as a path or by name: ``landcover_tiny`` is ``configs/landcover_tiny.yaml`` of the checkout or of
+the installed wheel alike.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from landformer.core.errors import UserError
 from landformer.core.io import require_file, write_text
 
 T = TypeVar("T")
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 _FLOAT_LITERAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
@@ -193,9 +198,30 @@ def apply_overrides(data: dict[str, Any], overrides: typing.Sequence[str], sourc
     return data
 
 
+def packaged_recipes() -> list[str]:
+    """Names of the recipes shipped in the package, e.g. ``landcover_tiny``."""
+    return sorted(path.stem for path in RECIPES.glob("*.yaml"))
+
+
+def recipe_path(path_or_name: str | os.PathLike[str]) -> Path:
+    """The recipe file at ``path_or_name``, else the packaged recipe of that name (``landcover_tiny`` or
+    ``landcover_tiny.yaml``); anything else is a UserError that says what exists."""
+    path = Path(path_or_name)
+    if path.exists():
+        return require_file(path, "config")
+    packaged = RECIPES / f"{path.stem}.yaml"
+    bare_name = len(path.parts) == 1 and path.suffix in ("", ".yaml")
+    if bare_name and packaged.is_file():
+        return packaged
+    if packaged.is_file():
+        raise UserError(f"config not found: {path} (a packaged recipe has that name: --config {path.stem})")
+    raise UserError(f"config not found: {path} (packaged recipes: {', '.join(packaged_recipes())})")
+
+
 def read_yaml_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The mapping in a YAML file (``{}`` for an empty file), read with ``safe_load``; anything else is a UserError."""
-    path = require_file(path, "config")
+    """The mapping in a YAML file (``{}`` for an empty file), read with ``safe_load``; anything else is a UserError.
+    ``path`` may name a packaged recipe (:func:`recipe_path`)."""
+    path = recipe_path(path)
     try:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
@@ -210,10 +236,16 @@ def load_config(cls: type[T], path: str | os.PathLike[str] | None = None, overri
     data: dict[str, Any] = {}
     source = "--set" if overrides else "defaults"
     if path is not None:
+        path = recipe_path(path)
         data = read_yaml_mapping(path)
         source = str(path)
     apply_overrides(data, overrides, source)
     return from_dict(cls, data, source=source)
+
+
+def config_yaml(config: Any) -> str:
+    """A config dataclass as the YAML text that :func:`load_config` reads back into an equal config."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
 
 
 def save_config(config: Any, path: str | os.PathLike[str]) -> Path:
@@ -224,4 +256,4 @@ def save_config(config: Any, path: str | os.PathLike[str]) -> Path:
     from landformer import __version__
 
     header = f"# resolved {type(config).__name__} written by landformer {__version__}\n"
-    return write_text(path, header + yaml.safe_dump(to_dict(config), sort_keys=False))
+    return write_text(path, header + config_yaml(config))

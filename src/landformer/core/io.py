@@ -23,6 +23,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import tempfile
 import threading
 import time
@@ -389,9 +390,14 @@ def write_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray], co
 
 
 def read_npz(
-    path: str | os.PathLike[str], required: tuple[str, ...] = (), what: str = "npz file"
+    path: str | os.PathLike[str], required: tuple[str, ...] = (), what: str = "npz file", mmap: tuple[str, ...] = ()
 ) -> dict[str, np.ndarray]:
-    """Load every array of an ``.npz`` without pickle; corrupt files and missing keys are UserErrors."""
+    """Load every array of an ``.npz`` without pickle; corrupt files and missing keys are UserErrors.
+
+    Arrays named in ``mmap`` that the archive stores uncompressed (``np.savez``, ``write_npz(compress=False)``)
+    are memory-mapped copy-on-write instead of read: processes mapping the same file share one copy in the page
+    cache, and writing to the array never changes the file. Compressed ones are read as usual.
+    """
     path = require_file(path, what)
     with open(path, "rb") as handle:
         magic = handle.read(6)
@@ -402,7 +408,8 @@ def read_npz(
         if not isinstance(loaded, np.lib.npyio.NpzFile):
             raise UserError(f"{what} {path} is a single .npy array, not an .npz archive of named arrays")
         with loaded as npz:
-            arrays = {key: npz[key] for key in npz.files}
+            mapped = _mapped_members(path, npz.zip, mmap)
+            arrays = {key: mapped[key] if key in mapped else npz[key] for key in npz.files}
     except ValueError as err:
         if "pickle" in str(err):  # numpy's message goes on to suggest allow_pickle=True: never for unknown files
             raise UserError(f"{what} {path} holds pickled objects, which are never loaded") from None
@@ -413,6 +420,44 @@ def read_npz(
     if missing:
         raise UserError(f"{what} {path} lacks key(s) {', '.join(missing)} (has: {', '.join(sorted(arrays))})")
     return arrays
+
+
+_LOCAL_HEADER = struct.Struct("<4s5H3I2H")  # a zip member's local file header, before its name and extra field
+
+
+def _mapped_members(path: Path, archive: zipfile.ZipFile, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Memory maps of the members ``keys`` (``KEY.npy``) stored uncompressed in the archive at ``path``.
+
+    An uncompressed member is a whole ``.npy`` file inside the archive: its array data start after the member's
+    local header and the ``.npy`` header, and can be mapped in place. Missing or compressed members are left out.
+    """
+    mapped = {}
+    with open(path, "rb") as handle:
+        for key in keys:
+            try:
+                info = archive.getinfo(f"{key}.npy")
+            except KeyError:
+                continue
+            if info.compress_type != zipfile.ZIP_STORED:
+                continue
+            handle.seek(info.header_offset)
+            fields = _LOCAL_HEADER.unpack(handle.read(_LOCAL_HEADER.size))
+            if fields[0] != b"PK\x03\x04":
+                raise ValueError(f"member {info.filename} has no local header at byte {info.header_offset}")
+            handle.seek(info.header_offset + _LOCAL_HEADER.size + fields[-2] + fields[-1])  # name, extra field
+            version = np.lib.format.read_magic(handle)
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran_order, dtype = read_header(handle)
+            if dtype.hasobject:
+                raise ValueError(f"member {info.filename} holds Python objects; cannot load them without pickle")
+            if math.prod(shape) == 0:  # nothing to map (mmap refuses length 0)
+                mapped[key] = np.empty(shape, dtype=dtype)
+                continue
+            order = "F" if fortran_order else "C"
+            mapped[key] = np.memmap(path, dtype=dtype, mode="c", offset=handle.tell(), shape=shape, order=order)
+    return mapped
 
 
 def save_safetensors(path: str | os.PathLike[str], tensors: Mapping[str, Any], metadata: Mapping[str, Any]) -> Path:

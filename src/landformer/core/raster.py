@@ -247,11 +247,18 @@ class CheckedReads:
 
 
 def refuse_infinite(values: np.ndarray, source: str) -> None:
-    """The same rule for arrays that do not come from a raster (chip files, .npy tiles): +-inf is refused."""
-    if values.dtype.kind == "f" and np.isinf(values).any():
+    """The same rule for arrays that do not come from a raster (chip files, .npy tiles): +-inf is refused.
+
+    Checked in slices, so a memory-mapped chip file needs no temporary as large as itself.
+    """
+    if values.dtype.kind != "f":
+        return
+    flat = np.asarray(values).reshape(-1)
+    step = 1 << 22
+    count = sum(int(np.count_nonzero(np.isinf(flat[i : i + step]))) for i in range(0, flat.size, step))
+    if count:
         raise UserError(
-            f"{source} holds {int(np.isinf(values).sum())} infinite value(s); landformer refuses +-inf: mark missing "
-            "values with NaN"
+            f"{source} holds {count} infinite value(s); landformer refuses +-inf: mark missing values with NaN"
         )
 
 

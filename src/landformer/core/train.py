@@ -253,6 +253,8 @@ def build_loggers(config: TrainConfig, run_dir: Path) -> list[Any]:
     resumed run never overwrites the metrics written before it."""
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
+    from landformer.core.extras import require
+
     log_dir = run_dir / "logs"
     loggers: list[Any] = []
     for name in config.loggers:
@@ -261,6 +263,7 @@ def build_loggers(config: TrainConfig, run_dir: Path) -> list[Any]:
         elif name == "tensorboard":
             loggers.append(TensorBoardLogger(save_dir=log_dir, name="tensorboard", default_hp_metric=False))
         elif name == "wandb":
+            require("wandb")
             log_dir.mkdir(parents=True, exist_ok=True)
             offline = os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun")
             loggers.append(

@@ -280,9 +280,11 @@ def project_2d(
         if method == "pca":
             note = f"{n} points are too few for UMAP (< {MIN_UMAP_POINTS}); PCA instead"
     if method == "umap":
-        import umap
+        from landformer.core.extras import require
 
-        reducer = umap.UMAP(n_components=2, n_neighbors=min(15, n - 1), random_state=seed, init="random", n_jobs=1)
+        reducer = require("umap").UMAP(
+            n_components=2, n_neighbors=min(15, n - 1), random_state=seed, init="random", n_jobs=1
+        )
         return np.asarray(reducer.fit_transform(vectors), dtype=np.float64), "umap", note
     if method != "pca":
         raise UserError(f"embed-plot: method must be auto, umap or pca, got {method!r}")

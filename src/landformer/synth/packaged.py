@@ -87,7 +87,11 @@ def package_file(package: str, *parts: str) -> Path:
     """
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"package {package!r} is not installed; it ships the data this loader needs (see DATA.md)")
+        from landformer.core.extras import data_install_hint
+
+        raise UserError(
+            f"package {package!r} is not installed; it ships the data this loader needs: {data_install_hint(package)}"
+        )
     path = Path(next(iter(spec.submodule_search_locations))).joinpath(*parts)
     if not path.is_file():
         raise UserError(f"{path} is missing from the installed package {package!r}; reinstall it")
