@@ -754,7 +754,9 @@ add(
     lambda w: (["terrain", "reconstruct", "--tokenizer", w.path("tok"), "--out", w.path("r")], w.path("r")),
     "tok",
 )
-output_place_cases("terrain-fit-tokenizer", lambda w, out: ["terrain", "fit-tokenizer", "--out", out], "folder")
+output_place_cases(
+    "terrain-fit-tokenizer", lambda w, out: ["terrain", "train", "--stage", "tokenizer", "--out", out], "folder"
+)
 add("terrain-world-threads-negative", lambda w: terrain(w, "world", "--size", "32", "--threads", "-1"), "--threads -1")
 add("terrain-sample-scale-negative", lambda w: terrain(w, "sample", "--count", "1", "--scale", "-5"), "--scale -5")
 add("terrain-sample-offset-nan", lambda w: terrain(w, "sample", "--count", "1", "--offset", "nan"), "--offset nan")
@@ -778,7 +780,7 @@ add(
 add(
     "terrain-fit-dem-missing",
     lambda w: (
-        ["terrain", "fit-tokenizer", "--dem", w.path("no.tif"), "--no-packaged", "--out", w.path("t")],
+        ["terrain", "train", "--stage", "tokenizer", "--dem", w.path("no.tif"), "--no-packaged", "--out", w.path("t")],
         w.path("t"),
     ),
     "no.tif",
@@ -809,8 +811,10 @@ def tiles(
 
 
 def emb(w: Workspace, command: str, *extra: Any, out: Path | None = None) -> tuple[list[Any], Path]:
+    """``embeddings COMMAND``, where a training stage's COMMAND becomes ``train --stage STAGE``."""
     out = out or w.path(command)
-    return ["embeddings", command, "--out", out, *extra], out
+    verb = ["train", "--stage", command] if command in ("pretrain", "sft", "dpo") else [command]
+    return ["embeddings", *verb, "--out", out, *extra], out
 
 
 add("emb-sft-tiles-without-labels", lambda w: emb(w, "sft", "--tiles", w.path("tiles")), "--labels")

@@ -15,6 +15,7 @@ from landformer.embeddings.evaluate import regression_metrics
 from landformer.embeddings.pca import PCA3, fit_pca, load_pca, save_pca
 from landformer.embeddings.regress import load_regressor, predict
 
+TRAIN_STAGE = ["embeddings", "train", "--stage"]  # then pretrain, sft or dpo
 TINY = [
     "--set", "encoder.dim=32", "--set", "encoder.depth=1", "--set", "encoder.heads=2", "--set", "encoder.patch_size=4",
     "--set", "mae.decoder_dim=32", "--set", "mae.decoder_depth=1", "--set", "mae.decoder_heads=2",
@@ -47,21 +48,21 @@ def test_make_dataset_world_writes_a_loadable_dataset(world_dataset: Path) -> No
 @pytest.mark.slow
 def test_stages_chain_and_evaluate_agrees_with_its_predictions(world_dataset: Path, tmp_path: Path) -> None:
     data = ["--dataset", str(world_dataset)]
-    assert main(["embeddings", "pretrain", "--out", str(tmp_path / "pre"), *data, *TINY, *steps("pretrain", 4)]) == 0
+    assert main([*TRAIN_STAGE, "pretrain", "--out", str(tmp_path / "pre"), *data, *TINY, *steps("pretrain", 4)]) == 0
     assert (tmp_path / "pre" / "encoder.safetensors").is_file()
     assert (tmp_path / "pre" / "reconstructions.png").is_file()
-    sft = ["embeddings", "sft", "--out", str(tmp_path / "sft"), "--init", str(tmp_path / "pre"), *data, *TINY]
+    sft = [*TRAIN_STAGE, "sft", "--out", str(tmp_path / "sft"), "--init", str(tmp_path / "pre"), *data, *TINY]
     assert main([*sft, *steps("sft", 6)]) == 0
     summary = json.loads((tmp_path / "sft" / "summary.json").read_text())
     assert set(summary["metrics"]) == {"ridge", "knn", "sft"}
-    assert main(["embeddings", "dpo", "--out", str(tmp_path / "dpo"), "--sft", str(tmp_path / "sft"), *data, *TINY,
+    assert main([*TRAIN_STAGE, "dpo", "--out", str(tmp_path / "dpo"), "--sft", str(tmp_path / "sft"), *data, *TINY,
                  *steps("dpo", 4)]) == 0  # fmt: skip
     dpo = json.loads((tmp_path / "dpo" / "summary.json").read_text())
     assert dpo["n_pairs"] == 2 * summary["metrics"]["sft"]["train"]["n"]
     assert dpo["sft_vs_dpo"]["test"]["sft_r2"] == pytest.approx(summary["metrics"]["sft"]["test"]["r2"], abs=1e-6)
     text_route = ["--set", "dpo.route=text", "--set", "dpo.decimals=3", "--set", "data.batch_size=4",
                   "--set", "train_dpo.checkpoint_every_steps=3"]  # fmt: skip
-    text_dpo = ["embeddings", "dpo", "--out", str(tmp_path / "text"), "--sft", str(tmp_path / "sft"), *data, *TINY]
+    text_dpo = [*TRAIN_STAGE, "dpo", "--out", str(tmp_path / "text"), "--sft", str(tmp_path / "sft"), *data, *TINY]
     assert main([*text_dpo, *steps("dpo", 3), *text_route]) == 0
     text = json.loads((tmp_path / "text" / "summary.json").read_text())
     assert text["global_step"] == 3 and (tmp_path / "text" / "text_model" / "model.safetensors").is_file()
@@ -86,12 +87,12 @@ def test_stages_chain_and_evaluate_agrees_with_its_predictions(world_dataset: Pa
 def test_second_fresh_run_into_the_same_folder_is_refused(world_dataset: Path, tmp_path: Path, capsys) -> None:
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     (tmp_path / "run" / "checkpoints" / "last.ckpt").write_bytes(b"x")
-    assert main(["embeddings", "pretrain", "--out", str(tmp_path / "run"), "--dataset", str(world_dataset)]) == 2
+    assert main([*TRAIN_STAGE, "pretrain", "--out", str(tmp_path / "run"), "--dataset", str(world_dataset)]) == 2
     assert "already holds a training run" in capsys.readouterr().err
 
 
 def test_tiles_without_labels_is_a_one_line_error(tmp_path: Path, capsys) -> None:
-    assert main(["embeddings", "sft", "--out", str(tmp_path / "r"), "--tiles", str(tmp_path)]) == 2
+    assert main([*TRAIN_STAGE, "sft", "--out", str(tmp_path / "r"), "--tiles", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("landformer: error: --tiles and --labels go together") and err.count("\n") == 1
 
@@ -103,7 +104,7 @@ def test_rgb_tiles_name_the_file_and_channel_count(tmp_path: Path, capsys) -> No
     pd.DataFrame({"id": [f"c{i}" for i in range(4)], "target": [1, 2, 3, 4], "group": list("abcd")}).to_csv(
         tmp_path / "labels.csv", index=False
     )
-    args = ["embeddings", "pretrain", "--out", str(tmp_path / "r"), "--tiles", str(tmp_path / "tiles"),
+    args = [*TRAIN_STAGE, "pretrain", "--out", str(tmp_path / "r"), "--tiles", str(tmp_path / "tiles"),
             "--labels", str(tmp_path / "labels.csv")]  # fmt: skip
     assert main(args) == 2
     assert "c0.npy has 3 channels, expected 64" in capsys.readouterr().err
@@ -114,7 +115,7 @@ def test_xlsx_with_other_columns_on_the_command_line(tmp_path: Path, capsys) -> 
     values = np.random.default_rng(0).normal(size=(64, 8, 8))
     np.save(tmp_path / "tiles" / "a.npy", quantize_int8(values / np.linalg.norm(values, axis=0)))
     pd.DataFrame({"city": ["a"], "growth": [0.1]}).to_excel(tmp_path / "labels.xlsx", index=False)
-    args = ["embeddings", "sft", "--out", str(tmp_path / "r"), "--tiles", str(tmp_path / "tiles"),
+    args = [*TRAIN_STAGE, "sft", "--out", str(tmp_path / "r"), "--tiles", str(tmp_path / "tiles"),
             "--labels", str(tmp_path / "labels.xlsx")]  # fmt: skip
     assert main(args) == 2
     assert "has no column 'id' (columns: city, growth)" in capsys.readouterr().err
@@ -160,7 +161,7 @@ def test_pca_command_writes_a_3_channel_dataset(world_dataset: Path, tmp_path: P
 
 def test_pca_dataset_trains_with_a_3_channel_encoder_on_the_same_split(world_dataset: Path, tmp_path: Path) -> None:
     assert main(["embeddings", "pca", "--out", str(tmp_path / "pca"), "--dataset", str(world_dataset)]) == 0
-    sft = ["embeddings", "sft", "--out", str(tmp_path / "sft3"), "--dataset", str(tmp_path / "pca" / "data"), *TINY]
+    sft = [*TRAIN_STAGE, "sft", "--out", str(tmp_path / "sft3"), "--dataset", str(tmp_path / "pca" / "data"), *TINY]
     assert main([*sft, "--set", "encoder.in_channels=3", *steps("sft", 4)]) == 0
     model = json.loads((tmp_path / "sft3" / "model.json").read_text())
     assert model["encoder"]["in_channels"] == 3 and model["global_step"] == 4
@@ -234,7 +235,7 @@ def test_reference_recipe_runs_lora_on_a_local_qwen_checkpoint(world_dataset: Pa
     root = Path(__file__).resolve().parents[1] / "configs"
     cpu = ["--set", "train_sft.accelerator=cpu", "--set", "train_sft.precision=32-true", "--set", "data.num_workers=0",
            "--set", "train_sft.loggers=[csv]", "--set", "data.batch_size=8"]  # fmt: skip
-    args = ["embeddings", "sft", "--config", str(root / "embeddings_qwen2_vl_7b.yaml"), "--out", str(tmp_path / "sft"),
+    args = [*TRAIN_STAGE, "sft", "--config", str(root / "embeddings_qwen2_vl_7b.yaml"), "--out", str(tmp_path / "sft"),
             "--dataset", str(world_dataset), "--set", f"encoder.pretrained={tmp_path / 'ckpt'}", *cpu,
             *steps("sft", 3)]  # fmt: skip
     assert main(args) == 0

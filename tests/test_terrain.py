@@ -606,7 +606,19 @@ def test_evaluate_reports_every_measure_with_its_target(models: dict[str, Path],
 
 def test_cli_takes_dems_with_a_plain_flag(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     missing = tmp_path / "nowhere.tif"
-    code = main(["terrain", "fit-tokenizer", "--dem", str(missing), "--no-packaged", "--out", str(tmp_path / "t")])
+    code = main(
+        [
+            "terrain",
+            "train",
+            "--stage",
+            "tokenizer",
+            "--dem",
+            str(missing),
+            "--no-packaged",
+            "--out",
+            str(tmp_path / "t"),
+        ]
+    )
     assert code == 2 and "nowhere.tif" in capsys.readouterr().err
 
 

@@ -11,6 +11,9 @@ same everywhere and are configured by one :class:`TrainConfig` section of a reci
       checkpoints/best.ckpt  lowest `monitor` value, when there is validation
       logs/csv/version_N/metrics.csv, logs/tensorboard/version_N/, logs/wandb/ (when asked)
 
+Pictures a task draws while it trains (samples, reconstructions) go to TensorBoard and W&B through
+:func:`log_images`, beside the PNG files in the run folder.
+
 The same code runs on one CPU, one CUDA GPU (bf16 mixed precision when the GPU supports it) and many GPUs or
 nodes: set ``strategy`` to ``ddp`` or ``fsdp`` and ``devices``/``num_nodes``, and launch with ``torchrun`` or SLURM
 as Lightning documents. Checkpoints are resumed with ``weights_only=True`` (see :mod:`landformer.core.task` for
@@ -23,10 +26,11 @@ import functools
 import os
 import pickle
 import platform
+import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +43,7 @@ from landformer.core.io import load_torch, make_folder, read_json, require_file,
 LOGGERS = ("csv", "tensorboard", "wandb")
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
+_STEP_SUFFIX = re.compile(r"_\d+$")  # gen_0000100 -> gen
 
 
 @dataclass
@@ -270,6 +275,40 @@ def build_loggers(config: TrainConfig, run_dir: Path) -> list[Any]:
                 WandbLogger(project=config.wandb_project, name=run_dir.name, save_dir=str(log_dir), offline=offline)
             )
     return loggers
+
+
+def log_images(trainer: Any, images: Mapping[str, Any], step: int) -> None:
+    """Send RGB images to every logger of ``trainer`` that shows pictures: TensorBoard and W&B (CSV keeps none;
+    the PNG files in the run folder stay the record). ``images`` maps a tag such as ``samples/gen`` to an
+    (H, W, 3) uint8 array or a PNG file. Only rank 0 logs, as it alone writes the run's files."""
+    from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+
+    if not trainer.is_global_zero:
+        return
+    arrays = {tag: _rgb(image) for tag, image in images.items()}
+    for logger in trainer.loggers:
+        for tag, rgb in arrays.items():
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image(tag, rgb, step, dataformats="HWC")
+            elif isinstance(logger, WandbLogger):
+                logger.log_image(key=tag, images=[rgb], step=step)
+
+
+def log_image_files(trainer: Any, paths: Iterable[Path], step: int, section: str = "images") -> None:
+    """:func:`log_images` for PNG files named ``<name>_<step>.png`` (or ``<name>.png``): each is tagged
+    ``<section>/<name>``, so the pictures of successive steps line up under one tag."""
+    log_images(trainer, {f"{section}/{_STEP_SUFFIX.sub('', Path(path).stem)}": Path(path) for path in paths}, step)
+
+
+def _rgb(image: Any) -> Any:
+    """An (H, W, 3) uint8 array from an array or an image file (grey and RGBA become RGB)."""
+    import imageio.v3 as iio
+    import numpy as np
+
+    array = np.asarray(iio.imread(image) if isinstance(image, (str, os.PathLike)) else image)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    return np.ascontiguousarray(array[..., :3])
 
 
 def build_trainer(

@@ -1,9 +1,10 @@
 """``landformer embeddings ...``: the embeddings pipeline's sub-commands (thin shells over its Python API).
 
 - ``embeddings make-dataset``  the default data: city tiles from packaged real layers, or synthetic-world tiles
-- ``embeddings pretrain``      stage 1, MAE -> encoder.safetensors
-- ``embeddings sft``           stage 2, regression head (+ encoder) -> model.safetensors, scored against ridge/kNN
-- ``embeddings dpo``           stage 3, DPO of the Gaussian head against the SFT model
+- ``embeddings train --stage pretrain``  stage 1, MAE -> encoder.safetensors
+- ``embeddings train --stage sft``       stage 2, regression head (+ encoder) -> model.safetensors, vs ridge/kNN
+- ``embeddings train --stage dpo``       stage 3, DPO of the Gaussian head against the SFT model
+  (``pretrain``, ``sft`` and ``dpo`` are deprecated aliases of these, kept for one release)
 - ``embeddings evaluate``      baselines and any sft/dpo runs on the held-out split: table, scatter, predictions
 - ``embeddings pca``           route B: PCA 64 -> 3 fitted on training pixels, and a 3-channel copy of the data
 """
@@ -15,11 +16,24 @@ import json
 from pathlib import Path
 from typing import Any
 
-from landformer.cli import add_command, add_group, add_recipe_arguments
+from landformer.cli import (
+    add_alias,
+    add_command,
+    add_group,
+    add_recipe_arguments,
+    add_training_flags,
+    recipe_overrides,
+    recipe_printed,
+)
 from landformer.core.errors import UserError
 from landformer.core.train import add_resume_argument
 
 DEFAULT_CONFIG_NOTE = "built-in defaults, the same as configs/embeddings_tiny.yaml"
+STAGES = {
+    "pretrain": "stage 1, MAE pretraining of the encoder",
+    "sft": "stage 2, fine-tune a regression head (and the encoder), scored against ridge/kNN",
+    "dpo": "stage 3, DPO against the frozen SFT model (Gaussian head, or dpo.route=text via trl)",
+}
 DATA_NOTE = "default: the recipe's data, else the city dataset in runs/embeddings/data (built on first use)"
 
 
@@ -54,25 +68,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--world-size", type=int, default=256, help="world: side of the world built when --world is absent"
     )
 
-    pretrain = _stage_command(group, "pretrain", "stage 1: MAE pretraining of the encoder", run_pretrain)
-    add_resume_argument(pretrain)
-
-    sft = _stage_command(
-        group, "sft", "stage 2: fine-tune a regression head (and the encoder); scores vs ridge/kNN", run_sft
+    train = add_command(
+        group, "train", "train a stage: " + "; ".join(f"{k}: {v}" for k, v in STAGES.items()), run_train
     )
-    sft.add_argument(
-        "--init",
-        type=Path,
-        default=None,
-        help="pretrain run folder (or its encoder.safetensors) to start the encoder from",
-    )
-    add_resume_argument(sft)
-
-    dpo = _stage_command(
-        group, "dpo", "stage 3: DPO against the frozen SFT model (Gaussian head, or dpo.route=text via trl)", run_dpo
-    )
-    dpo.add_argument("--sft", type=Path, required=True, help="sft run folder (or its model.safetensors)")
-    add_resume_argument(dpo)
+    _add_training_arguments(train, None)
+    for stage in STAGES:
+        _add_training_arguments(
+            add_alias(group, stage, f"embeddings train --stage {stage}", run_train, stage=stage), stage
+        )
 
     evaluate = add_command(group, "evaluate", "score ridge, kNN and sft/dpo runs on the held-out split", run_evaluate)
     evaluate.add_argument("--runs", type=Path, nargs="+", required=True, help="sft/dpo run folders to compare")
@@ -92,12 +95,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_data_arguments(pca, DATA_NOTE)
 
 
-def _stage_command(group: argparse._SubParsersAction, name: str, help: str, func: Any) -> argparse.ArgumentParser:
-    parser = add_command(group, name, help, func)
+def _add_training_arguments(parser: argparse.ArgumentParser, stage: str | None) -> None:
+    """The arguments of ``embeddings train``; an alias with a fixed ``stage`` has no --stage and only its own
+    stage's arguments."""
+    if stage is None:
+        parser.add_argument("--stage", choices=list(STAGES), default=None, help="pretrain, sft or dpo")
     add_recipe_arguments(parser, DEFAULT_CONFIG_NOTE)
+    add_training_flags(parser)
     parser.add_argument("--out", type=Path, required=True, help="run folder for checkpoints, model and pictures")
     _add_data_arguments(parser, DATA_NOTE)
-    return parser
+    if stage in (None, "sft"):
+        parser.add_argument(
+            "--init",
+            type=Path,
+            default=None,
+            help="--stage sft: pretrain run folder (or its encoder.safetensors) to start the encoder from",
+        )
+    if stage in (None, "dpo"):
+        parser.add_argument(
+            "--sft", type=Path, required=stage == "dpo", help="--stage dpo: sft run folder (or its model.safetensors)"
+        )
+    add_resume_argument(parser)
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser, note: str) -> None:
@@ -131,11 +149,13 @@ def _apply_data_arguments(data: Any, args: argparse.Namespace) -> None:
             setattr(data, name, value)
 
 
-def _recipe(args: argparse.Namespace) -> Any:
+def _recipe(args: argparse.Namespace, train_section: str | None = None) -> Any:
+    """The recipe with ``--set`` and the data flags applied, and the training flags on ``train_section``."""
     from landformer.core.config import load_config
     from landformer.embeddings.config import EmbeddingsConfig
 
-    config = load_config(EmbeddingsConfig, args.config, getattr(args, "overrides", []))
+    overrides = recipe_overrides(args, train_section) if train_section else args.overrides
+    config = load_config(EmbeddingsConfig, args.config, overrides)
     _apply_data_arguments(config.data, args)
     return config
 
@@ -180,28 +200,42 @@ def run_make_dataset(args: argparse.Namespace) -> None:
     print(f"wrote {meta['count']} tiles of {meta['tile_size']} px ({meta['kind']}); description: {path}")
 
 
-def run_pretrain(args: argparse.Namespace) -> None:
+def run_train(args: argparse.Namespace) -> None:
+    stage = args.stage
+    if stage is None:
+        raise UserError("embeddings train: choose --stage pretrain, sft or dpo")
+    for flag, owner in (("init", "sft"), ("sft", "dpo")):
+        if getattr(args, flag, None) is not None and stage != owner:
+            raise UserError(f"--{flag} goes with --stage {owner}")
+    config = _recipe(args, f"train_{stage}")
+    if recipe_printed(args, config):
+        return
+    if stage == "dpo" and args.sft is None:
+        raise UserError("--stage dpo needs --sft: the sft run to improve")
+    {"pretrain": _pretrain, "sft": _sft, "dpo": _dpo}[stage](config, args)
+
+
+def _pretrain(config: Any, args: argparse.Namespace) -> None:
     from landformer.embeddings.mae import pretrain
 
-    summary = pretrain(_recipe(args), args.out, resume=args.resume)
+    summary = pretrain(config, args.out, resume=args.resume)
     print(f"pretrained {summary['global_step']} steps in {summary['fit_seconds']} s; val loss {summary['val_loss']}")
     print(f"encoder: {summary['encoder']}")
     print(f"reconstructions: {summary['reconstructions']}")
 
 
-def run_sft(args: argparse.Namespace) -> None:
+def _sft(config: Any, args: argparse.Namespace) -> None:
     from landformer.embeddings.regress import finetune
 
-    summary = finetune(_recipe(args), args.out, init=args.init, resume=args.resume)
+    summary = finetune(config, args.out, init=args.init, resume=args.resume)
     print(f"fine-tuned {summary['global_step']} steps in {summary['fit_seconds']} s; model {summary['model']}")
     _print_metrics(summary)
     print(f"scatter: {summary['scatter']}")
 
 
-def run_dpo(args: argparse.Namespace) -> None:
+def _dpo(config: Any, args: argparse.Namespace) -> None:
     from landformer.embeddings.prefer import prefer
 
-    config = _recipe(args)
     if config.dpo.route == "text":
         from landformer.embeddings.trl_route import text_dpo
 
@@ -243,6 +277,8 @@ def run_pca(args: argparse.Namespace) -> None:
     from landformer.embeddings.pipeline import load_data, tile_source
 
     config = _recipe(args)
+    if recipe_printed(args, config):
+        return
     dataset = load_data(config.data)
     if args.fit is not None:
         pca = load_pca(args.fit)

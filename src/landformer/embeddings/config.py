@@ -192,7 +192,6 @@ def _stage_train(max_steps: int, monitor: str, patience: int | None, val_every: 
         val_every_steps=val_every,
         log_every_steps=10,
         checkpoint_every_steps=100,
-        loggers=["csv"],
         monitor=monitor,
         early_stopping_patience=patience,
     )

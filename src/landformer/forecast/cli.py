@@ -12,7 +12,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-from landformer.cli import add_command, add_group, add_recipe_arguments
+from landformer.cli import (
+    add_command,
+    add_group,
+    add_recipe_arguments,
+    add_training_flags,
+    recipe_overrides,
+    recipe_printed,
+)
 from landformer.core.errors import UserError
 from landformer.core.train import add_resume_argument, check_device
 
@@ -25,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     train = add_command(group, "train", "train a forecaster (on a synthetic world when no data is given)", run_train)
     add_recipe_arguments(train, DEFAULT_CONFIG_NOTE)
+    add_training_flags(train)
     _add_data_arguments(train)
     train.add_argument("--out", type=Path, required=True, help="run folder for checkpoints, model and pictures")
     add_resume_argument(train)
@@ -155,8 +163,10 @@ def run_train(args: argparse.Namespace) -> None:
     from landformer.forecast.config import ForecastConfig
     from landformer.forecast.task import train_forecaster
 
-    config = load_config(ForecastConfig, args.config, args.overrides)
+    config = load_config(ForecastConfig, args.config, recipe_overrides(args))
     _apply_data_arguments(config.data, args)
+    if recipe_printed(args, config):
+        return
     summary = train_forecaster(config, args.out, resume=args.resume)
     print(f"trained {summary['global_step']} steps in {summary['fit_seconds']} s; run folder {summary['run_dir']}")
     print(f"model: {summary['model']} (+ {Path(summary['model_json']).name})")

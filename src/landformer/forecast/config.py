@@ -141,7 +141,6 @@ def tiny_train_config() -> TrainConfig:
         checkpoint_every_steps=100,
         log_every_steps=10,
         early_stopping_patience=4,
-        loggers=["csv"],
     )
 
 

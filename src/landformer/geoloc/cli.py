@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from landformer.cli import add_command, add_group, add_recipe_arguments
+from landformer.cli import add_command, add_group, add_recipe_arguments, recipe_printed
 
 DATASET_FLAGS: tuple[tuple[str, str, type, str | None, str], ...] = (
     ("--out", "out", str, None, "folder for cities/, world/ and the cached layers/"),
@@ -38,6 +38,8 @@ def _make_dataset(args: argparse.Namespace) -> None:
         if value is not None:
             data[key] = value
     config = from_dict(DatasetConfig, data, source="command line")
+    if recipe_printed(args, config):
+        return
     for folder in make_dataset(config, progress=not args.no_progress).values():
         print(describe(folder))
 
@@ -46,7 +48,9 @@ def _train(args: argparse.Namespace) -> None:
     from landformer.geoloc.config import config_from_args
     from landformer.geoloc.training import train_geoloc
 
-    train_geoloc(config_from_args(args), resume=args.resume)
+    config = config_from_args(args)
+    if not recipe_printed(args, config):
+        train_geoloc(config, resume=args.resume)
 
 
 def _evaluate(args: argparse.Namespace) -> None:

@@ -6,7 +6,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from landformer.cli import Formatter, add_command, add_group, add_recipe_arguments
+from landformer.cli import (
+    Formatter,
+    add_command,
+    add_group,
+    add_recipe_arguments,
+    add_training_flags,
+    recipe_overrides,
+    recipe_printed,
+)
 from landformer.core.errors import UserError
 from landformer.core.train import add_resume_argument
 
@@ -60,6 +68,7 @@ def _register_train(group: argparse._SubParsersAction) -> None:
         run_train,
     )
     add_recipe_arguments(train, "built-in, same as configs/landcover_tiny.yaml")
+    add_training_flags(train)
     source = train.add_mutually_exclusive_group()
     source.add_argument("--chips", type=Path, default=None, help="chip file of `landformer data chips` (.npz)")
     source.add_argument("--world", type=Path, default=None, help="synthetic world folder to cut chips from")
@@ -72,11 +81,13 @@ def run_train(args: argparse.Namespace) -> None:
     from landformer.landcover.config import LandCoverRecipe
     from landformer.landcover.train import train_landcover
 
-    recipe = load_config(LandCoverRecipe, args.config, args.overrides)
+    recipe = load_config(LandCoverRecipe, args.config, recipe_overrides(args))
     if args.chips is not None:
         recipe.data.chips, recipe.data.world = args.chips, None
     if args.world is not None:
         recipe.data.world, recipe.data.chips = args.world, None
+    if recipe_printed(args, recipe):
+        return
     summary = train_landcover(recipe, args.out, resume=args.resume)
     val = summary["val_loss_nats"]
     val_text = f"; validation loss {val:.4f} nats/pixel" if val is not None else ""

@@ -119,9 +119,7 @@ def tiny_train_section() -> TrainConfig:
     """The ``train:`` section of the tiny recipe: 300 steps, about 2.5 min of one core. A recipe or ``--set``
     that gives only some ``train.*`` keys keeps these values for the others (core.config lays partial sections
     over their defaults)."""
-    return TrainConfig(
-        max_steps=300, val_every_steps=50, checkpoint_every_steps=100, log_every_steps=10, loggers=["csv"]
-    )
+    return TrainConfig(max_steps=300, val_every_steps=50, checkpoint_every_steps=100, log_every_steps=10)
 
 
 @dataclass

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from landformer.core.legend import Legend
 from landformer.core.task import BaseTask
+from landformer.core.train import log_image_files
 from landformer.landcover.data import ChipTensors
 from landformer.landcover.model import LandCoverConfig, LandCoverRandAR
 
@@ -141,11 +142,12 @@ class SampleImages(lightning.Callback):
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
         if trainer.is_global_zero and step % self.every_steps == 0 and step != self._last_step:
-            self.write(pl_module.model, step)
+            log_image_files(trainer, self.write(pl_module.model, step), step, section="samples")
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         if trainer.is_global_zero and trainer.global_step != self._last_step:
-            self.write(pl_module.model, trainer.global_step)
+            step = trainer.global_step
+            log_image_files(trainer, self.write(pl_module.model, step), step, section="samples")
 
 
 class Throughput(lightning.Callback):

@@ -7,23 +7,28 @@ import json
 from pathlib import Path
 from typing import Any
 
-from landformer.cli import add_command, add_group, add_recipe_arguments
+from landformer.cli import (
+    add_alias,
+    add_command,
+    add_group,
+    add_recipe_arguments,
+    add_training_flags,
+    recipe_overrides,
+    recipe_printed,
+)
 from landformer.core.errors import UserError
 from landformer.terrain.config import EXPAND_SCALES, SCALE_FACTOR
 
-DEFAULT_TOKENIZER_CONFIG = "configs/terrain_tokenizer_tiny.yaml"
-DEFAULT_MASKGIT_CONFIG = "configs/terrain_maskgit_tiny.yaml"
+# The packaged recipe each stage starts from when --config is not given.
+DEFAULT_RECIPES = {"tokenizer": "terrain_tokenizer_tiny", "maskgit": "terrain_maskgit_tiny"}
+STAGES = {
+    "tokenizer": "the VQ tokenizer (stage 1)",
+    "maskgit": "the MaskGIT generator (stage 2), on a tokenizer's tokens",
+}
 
 
 def _print(summary: dict) -> None:
     print(json.dumps(summary, indent=2, default=str))
-
-
-def _config_path(value: Path | None, default: str) -> Path | str | None:
-    """The recipe given, else the tiny default when run from the repository, else the built-in defaults."""
-    if value is not None:
-        return value
-    return default if Path(default).is_file() else None
 
 
 def _add_dem_flags(config: Any, args: argparse.Namespace) -> None:
@@ -33,15 +38,27 @@ def _add_dem_flags(config: Any, args: argparse.Namespace) -> None:
         config.data.packaged = []
 
 
-def _fit_tokenizer(args: argparse.Namespace) -> None:
+def _train(args: argparse.Namespace) -> None:
     from landformer.core.config import load_config
-    from landformer.terrain.config import TokenizerConfig
-    from landformer.terrain.pipeline import fit_tokenizer
+    from landformer.terrain.config import MaskGITConfig, TokenizerConfig
+    from landformer.terrain.pipeline import fit_maskgit, fit_tokenizer
 
-    config = load_config(TokenizerConfig, _config_path(args.config, DEFAULT_TOKENIZER_CONFIG), args.overrides)
+    if args.stage is None:
+        raise UserError("terrain train: choose --stage tokenizer or --stage maskgit")
+    if args.stage == "tokenizer" and args.tokenizer is not None:
+        raise UserError("--tokenizer goes with --stage maskgit: the tokenizer whose tokens the generator learns")
+    overrides = recipe_overrides(args) + ([f"tokenizer={args.tokenizer}"] if args.tokenizer else [])
+    recipe_class = TokenizerConfig if args.stage == "tokenizer" else MaskGITConfig
+    config = load_config(recipe_class, args.config or DEFAULT_RECIPES[args.stage], overrides)
     _add_dem_flags(config, args)
-    _print(fit_tokenizer(config, args.out, resume=args.resume))
-    print(f"tokenizer written to {Path(args.out) / 'tokenizer.safetensors'}")
+    if recipe_printed(args, config):
+        return
+    if args.stage == "tokenizer":
+        _print(fit_tokenizer(config, args.out, resume=args.resume))
+        print(f"tokenizer written to {Path(args.out) / 'tokenizer.safetensors'}")
+    else:
+        _print(fit_maskgit(config, args.out, resume=args.resume))
+        print(f"generator written to {Path(args.out) / 'maskgit.safetensors'}")
 
 
 def _reconstruct(args: argparse.Namespace) -> None:
@@ -49,18 +66,6 @@ def _reconstruct(args: argparse.Namespace) -> None:
 
     _print(reconstruct(args.tokenizer, args.out, dem=args.dem, count=args.count, seed=args.seed))
     print(f"panel written to {Path(args.out) / 'reconstructions.png'}")
-
-
-def _fit(args: argparse.Namespace) -> None:
-    from landformer.core.config import load_config
-    from landformer.terrain.config import MaskGITConfig
-    from landformer.terrain.pipeline import fit_maskgit
-
-    overrides = list(args.overrides) + ([f"tokenizer={args.tokenizer}"] if args.tokenizer else [])
-    config = load_config(MaskGITConfig, _config_path(args.config, DEFAULT_MASKGIT_CONFIG), overrides)
-    _add_dem_flags(config, args)
-    _print(fit_maskgit(config, args.out, resume=args.resume))
-    print(f"generator written to {Path(args.out) / 'maskgit.safetensors'}")
 
 
 def _map_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -132,10 +137,18 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(f"evaluation written to {Path(args.out) / 'evaluation.json'}")
 
 
-def _add_training_arguments(parser: argparse.ArgumentParser, default_config: str, out: str) -> None:
+def _add_training_arguments(parser: argparse.ArgumentParser, stage: str | None, out: str | None) -> None:
+    """The arguments of ``terrain train``; an alias with a fixed ``stage`` has no --stage, and its old default
+    run folder ``out``."""
     from landformer.core.train import add_resume_argument
 
-    add_recipe_arguments(parser, f"{default_config} if present")
+    if stage is None:
+        parser.add_argument(
+            "--stage", choices=list(STAGES), default=None, help="tokenizer (stage 1) or maskgit (stage 2)"
+        )
+    recipes = " or ".join(f"{name} for --stage {key}" for key, name in DEFAULT_RECIPES.items())
+    add_recipe_arguments(parser, DEFAULT_RECIPES[stage] if stage else recipes)
+    add_training_flags(parser)
     parser.add_argument(
         "--dem",
         nargs="+",
@@ -146,7 +159,11 @@ def _add_training_arguments(parser: argparse.ArgumentParser, default_config: str
     parser.add_argument(
         "--no-packaged", action="store_true", help="leave out the packaged DEMs (Jacksboro, topobathy, pvlib)"
     )
-    parser.add_argument("--out", default=out, help="run folder")
+    parser.add_argument("--out", default=out, required=out is None, help="run folder")
+    if stage != "tokenizer":
+        parser.add_argument(
+            "--tokenizer", default=None, help="--stage maskgit: tokenizer run folder (overrides the recipe's)"
+        )
     add_resume_argument(parser)
 
 
@@ -183,8 +200,8 @@ def _add_map_arguments(parser: argparse.ArgumentParser) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     group = add_group(subparsers, "terrain", "VQGAN tokenizer + MaskGIT elevation generator with endless outpainting")
 
-    parser = add_command(group, "fit-tokenizer", "train the VQ tokenizer (stage 1) on elevation tiles", _fit_tokenizer)
-    _add_training_arguments(parser, DEFAULT_TOKENIZER_CONFIG, "runs/terrain/tokenizer")
+    parser = add_command(group, "train", "train a stage: " + "; ".join(f"{k}: {v}" for k, v in STAGES.items()), _train)
+    _add_training_arguments(parser, None, None)
 
     parser = add_command(group, "reconstruct", "reconstruct DEM tiles through the tokenizer (PNG panels)", _reconstruct)
     parser.add_argument("--tokenizer", default="runs/terrain/tokenizer", help="tokenizer run folder or .safetensors")
@@ -192,10 +209,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--count", type=int, default=6, help="tiles to reconstruct")
     parser.add_argument("--seed", type=int, default=0, help="which tiles of the DEM are drawn")
     parser.add_argument("--out", default="runs/terrain/reconstruct", help="output folder")
-
-    parser = add_command(group, "fit", "train the MaskGIT generator (stage 2) on the tokenizer's tokens", _fit)
-    _add_training_arguments(parser, DEFAULT_MASKGIT_CONFIG, "runs/terrain/maskgit")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer run folder (overrides the recipe's)")
 
     parser = add_command(group, "sample", "sample elevation tiles: hillshade PNG grid and GeoTIFF", _sample)
     _add_model_arguments(parser)
@@ -246,3 +259,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--threads", type=int, default=0, help="torch CPU threads (0: torch's default; 1 is fastest on a busy machine)"
     )
     parser.add_argument("--out", default="runs/terrain/world.tif", help="output GeoTIFF (PNG preview beside it)")
+
+    for alias, stage in (("fit-tokenizer", "tokenizer"), ("fit", "maskgit")):
+        parser = add_alias(group, alias, f"terrain train --stage {stage}", _train, stage=stage, tokenizer=None)
+        _add_training_arguments(parser, stage, f"runs/terrain/{stage}")

@@ -1,0 +1,71 @@
+"""Pictures drawn during training reach TensorBoard and W&B through core.train.log_images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning
+import numpy as np
+import pytest
+from test_train import TinyRegression, make_loaders, quick_config
+
+from landformer.core.train import fit, log_image_files
+from landformer.core.viz import save_png
+
+
+class DrawEvery(lightning.Callback):
+    """Stands in for a task's sample callback: writes ``gen_<step>.png`` every ``every`` steps and logs it."""
+
+    def __init__(self, folder: Path, every: int) -> None:
+        self.folder = folder
+        self.every = every
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        step = trainer.global_step
+        if step % self.every == 0:
+            picture = np.full((8, 12, 3), step * 20, dtype=np.uint8)
+            log_image_files(trainer, [save_png(self.folder / f"gen_{step:07d}.png", picture)], step)
+
+
+def tensorboard_images(log_dir: Path) -> dict[str, list[int]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (version,) = (log_dir / "tensorboard").iterdir()
+    events = EventAccumulator(str(version), size_guidance={"images": 0})
+    events.Reload()
+    return {tag: [event.step for event in events.Images(tag)] for tag in events.Tags()["images"]}
+
+
+def test_images_reach_tensorboard_and_wandb_at_the_image_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    train, _ = make_loaders()
+    config = quick_config(max_steps=6, loggers=["csv", "tensorboard", "wandb"])
+    fit(TinyRegression(), train, config, tmp_path / "run", callbacks=[DrawEvery(tmp_path / "pictures", 2)])
+
+    assert tensorboard_images(tmp_path / "run/logs") == {"images/gen": [2, 4, 6]}
+    (wandb_run,) = (tmp_path / "run/logs/wandb").glob("offline-run-*")
+    assert len(list((wandb_run / "files/media/images").glob("images/gen_*.png"))) == 3
+
+
+def test_default_loggers_are_csv_and_tensorboard(tmp_path: Path) -> None:
+    train, _ = make_loaders()
+    config = quick_config(max_steps=2)
+    config.loggers = type(config)().loggers
+    fit(TinyRegression(), train, config, tmp_path / "run", callbacks=[DrawEvery(tmp_path / "pictures", 1)])
+    assert sorted(path.name for path in (tmp_path / "run/logs").iterdir()) == ["csv", "tensorboard"]
+    assert tensorboard_images(tmp_path / "run/logs") == {"images/gen": [1, 2]}
+
+
+def test_landcover_samples_reach_tensorboard_at_the_image_interval(tmp_path: Path) -> None:
+    from test_landcover_train import make_chip_file, tiny_recipe
+
+    from landformer.landcover.train import train_landcover
+
+    recipe = tiny_recipe(make_chip_file(tmp_path / "toy.npz"))
+    assert recipe.images.every_steps == 4 and recipe.train.max_steps == 8
+    run = Path(train_landcover(recipe, tmp_path / "run")["run_dir"])
+    assert tensorboard_images(run / "logs") == {f"samples/{name}": [4, 8] for name in ("gen", "gt", "pred")}
