@@ -191,11 +191,23 @@ def test_world_land_cover_is_coloured_and_its_elevation_in_metres(tmp_path: Path
 
     world = make_world(tmp_path / "world", size=48)
     legend = load_legend("nlcd")
-    with rasterio.open(world.landcover) as dataset:
-        assert dataset.colormap(1)[11] == (*legend.palette()[0].tolist(), 255)
+    for path in (world.landcover, *world.landcover_series):
+        with rasterio.open(path) as dataset:
+            assert dataset.colormap(1)[11] == (*legend.palette()[0].tolist(), 255)
     assert ET.parse(pam_path(world.landcover)).getroot().find("PAMRasterBand/CategoryNames") is not None
     with rasterio.open(world.elevation) as dataset:
         assert dataset.units == ("m",)
+
+
+def test_packaged_climate_classes_carry_the_legend_written_beside_them(tmp_path: Path) -> None:
+    from landformer.synth.packaged import koppen_geiger, legend_path
+
+    path = koppen_geiger(tmp_path / "kg.tif", (-10.0, 35.0, 20.0, 60.0))
+    legend = load_legend(legend_path(path))
+    with rasterio.open(path) as dataset:
+        table = dataset.colormap(1)
+    assert [table[code][:3] for code in legend.codes] == [tuple(rgb) for rgb in legend.palette().tolist()]
+    assert [gdal_category_names(path)[code] for code in legend.codes] == legend.names
 
 
 def test_landcover_samples_carry_the_legend_on_their_window(tmp_path: Path) -> None:

@@ -148,10 +148,15 @@ def _write(
     legend: Legend | None = None,
     **tags: Any,
 ) -> Path:
+    """``array`` as an EPSG:4326 GeoTIFF; a class raster's ``legend`` colours and names its classes there and is
+    written beside it (``NAME.legend.json``, see :func:`legend_path`)."""
     from landformer.core.raster import write_geotiff
 
     tags = {"source": source, **tags}
-    return write_geotiff(Path(out), array, transform, WGS84, nodata=nodata, tags=tags, legend=legend)
+    path = write_geotiff(Path(out), array, transform, WGS84, nodata=nodata, tags=tags, legend=legend)
+    if legend is not None:
+        write_json(legend_path(path), legend.to_dict())
+    return path
 
 
 def legend_path(raster: Path) -> Path:
@@ -159,14 +164,16 @@ def legend_path(raster: Path) -> Path:
     return Path(raster).with_name(Path(raster).stem + ".legend.json")
 
 
-def _write_legend(out: Path, name: str, classes: Sequence[tuple[int, str, str]]) -> Path:
-    """A legend JSON beside ``out`` (``NAME.legend.json``) that ``load_legend(path)`` reads."""
+def _legend(name: str, classes: Sequence[tuple[int, str, str]]) -> Legend:
+    """A legend of (code, name, colour) classes with nodata 0."""
+    from landformer.core.legend import Legend
+
     payload = {
         "name": name,
         "nodata": [0],
         "classes": [{"code": code, "name": label, "color": colour} for code, label, colour in classes],
     }
-    return write_json(legend_path(out), payload)
+    return Legend.from_dict(payload, source=name)
 
 
 # ------------------------------------------------------------------------------------------------- DEMs
@@ -260,9 +267,7 @@ def koppen_geiger(out: Path, bbox: Sequence[float], allow_large: bool = False) -
         rows, cols, transform = grid_window(window_box, left, top, cell, dataset.height, dataset.width)
         window = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
         classes = dataset.read(1, window=window)
-    path = _write(out, classes, transform, 0, source.name)
-    _write_legend(path, "koppen_geiger", KOPPEN_CLASSES)
-    return path
+    return _write(out, classes, transform, 0, source.name, _legend("koppen_geiger", KOPPEN_CLASSES))
 
 
 def igbp_tiled() -> Path:
@@ -307,10 +312,7 @@ def igbp_landcover(out: Path, bbox: Sequence[float], allow_large: bool = False) 
         rows, cols, transform = grid_window(window_box, left, top, cell, dataset.height, dataset.width)
         window = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
         classes = dataset.read(1, window=window)
-    legend = load_legend("igbp")
-    path = _write(out, classes, transform, IGBP_NODATA, IGBP_SOURCE[1], legend, crs_note=IGBP_CRS_NOTE)
-    write_json(legend_path(path), legend.to_dict())
-    return path
+    return _write(out, classes, transform, IGBP_NODATA, IGBP_SOURCE[1], load_legend("igbp"), crs_note=IGBP_CRS_NOTE)
 
 
 def igbp_chips(
@@ -431,9 +433,8 @@ def natural_earth_countries(
         for geometry in wkb_polygons(wkb)
     ]
     raster = rasterize(shapes, out_shape=(height, width), transform=transform, fill=0, dtype=dtype)
-    path = _write(out, raster, transform, 0, source.name, attribute=attribute)
-    _write_legend(path, f"naturalearth_{attribute}", [(code_of[n], n, _colour(i)) for i, n in enumerate(names)])
-    return path
+    legend = _legend(f"naturalearth_{attribute}", [(code_of[n], n, _colour(i)) for i, n in enumerate(names)])
+    return _write(out, raster, transform, 0, source.name, legend, attribute=attribute)
 
 
 def _colour(index: int) -> str:

@@ -914,6 +914,7 @@ def make_world(out: Path, size: int = 256, seed: int = 0, pixel_size: float = 30
             nodata=0,
             band_names=[f"nlcd_{year}"],
             tags=tags | {"legend": "nlcd", "year": year},
+            legend=load_legend("nlcd"),
         )
         for year, grid in zip(HM_YEARS, layers.landcover_series, strict=True)
     ]

@@ -332,7 +332,8 @@ def write_world(
     windows = list(iter_windows(size, size, block))
     try:
         nodata = grid.cast(np.full(1, np.nan))[1]
-        with geotiff_writer(out, size, size, 1, grid.dtype, transform, crs_value, nodata, ["elevation_m"], tags) as dst:
+        profile = (size, size, 1, grid.dtype, transform, crs_value, nodata, ["elevation_m"], tags)
+        with geotiff_writer(out, *profile, units=["m"]) as dst:
             for window in tqdm(windows, desc="world", unit="block", disable=None):
                 height, width = int(window.height), int(window.width)
                 normalized = decode_block(
@@ -774,7 +775,8 @@ def expand_map(
         tags = {"generator": "landformer.terrain.expand", "seed": seed, "source": str(dem), **amounts}
         # The output keeps the DEM's data type: an int16 DEM stays int16 (new heights rounded to whole metres).
         dtype = dataset.dtypes[0] if np.dtype(dataset.dtypes[0]).kind in "iu" else "float32"
-        with geotiff_writer(out, width, height, 1, dtype, shifted, dataset.crs, nodata, ["elevation_m"], tags) as dst:
+        profile = (width, height, 1, dtype, shifted, dataset.crs, nodata, ["elevation_m"], tags)
+        with geotiff_writer(out, *profile, units=["m"]) as dst:
             for window in tqdm(list(iter_windows(height, width, block)), desc="expand", unit="block", disable=None):
                 values = grown.read(window.row_off, window.col_off, window.height, window.width)
                 preview.add(values, window.row_off, window.col_off)

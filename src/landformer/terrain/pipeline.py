@@ -507,6 +507,7 @@ def sample(
         nodata=nodata,
         band_names=["elevation_m"],
         tags={"generator": "landformer.terrain", "seed": seed, "model": str(generator.source), "samples": count},
+        units=["m"],
     )
     summary = {
         "png": str(png),
