@@ -208,16 +208,29 @@ def test_simulated_probabilities_sum_to_one(loaded: LoadedModel, legend: Legend)
     assert (maps.destination[t1 >= 0] != t1[t1 >= 0]).all()
 
 
-def test_kept_pixels_never_change(loaded: LoadedModel, legend: Legend) -> None:
+def test_marginal_probabilities_sum_to_one(loaded: LoadedModel, legend: Legend) -> None:
+    rng = np.random.default_rng(2)
+    t1 = rng.integers(0, legend.n_classes, size=(SIZE, 13))
+    result = change_model.simulate_region(loaded, t1, batch_size=2, method="marginal")
+    assert np.allclose(result.probabilities.sum(axis=0), 1.0, atol=1e-5) and result.sample is None
+    # One window alone: the blend is that window's marginals.
+    window = change_model.window_marginals(loaded, t1[None, :, :SIZE])[0]
+    alone = change_model.simulate_region(loaded, t1[:, :SIZE], method="marginal")
+    assert np.allclose(alone.probabilities, window, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["samples", "marginal"])
+def test_kept_pixels_never_change(loaded: LoadedModel, legend: Legend, method: str) -> None:
     rng = np.random.default_rng(1)
     t1 = rng.integers(0, legend.n_classes, size=(SIZE, 12))
     keep = np.zeros(t1.shape, dtype=bool)
     keep[:, :4] = True
     generator = torch.Generator().manual_seed(1)
-    result = change_model.simulate_region(loaded, t1, 4, 4, batch_size=8, generator=generator, keep=keep)
+    result = change_model.simulate_region(loaded, t1, 4, 4, batch_size=8, generator=generator, keep=keep, method=method)
     kept_probability = np.take_along_axis(result.probabilities, t1[None], axis=0)[0]
     assert np.allclose(kept_probability[keep], 1.0)
-    assert (result.sample[keep] == t1[keep]).all()
+    if result.sample is not None:
+        assert (result.sample[keep] == t1[keep]).all()
     maps = change_model.change_maps(t1, result.probabilities)
     allocation = change_model.QuantityAllocation(legend.n_classes)
     allocation.add(t1, result.probabilities, maps)
@@ -236,6 +249,10 @@ def test_quantity_allocation_changes_the_expected_number_of_pixels() -> None:
     assert allocation.quantities[0, 1] == 2
     predicted = allocation.apply(t1, maps, allocation.thresholds())
     assert np.flatnonzero(predicted[0]).tolist() == [7, 8]
+    markov = allocation.markov_quantities(np.array([[0.7, 0.3], [0.0, 1.0]]))
+    assert markov.tolist() == [[0, 3], [0, 0]]
+    predicted = allocation.apply(t1, maps, allocation.thresholds(markov))
+    assert np.flatnonzero(predicted[0]).tolist() == [6, 7, 8]
 
 
 def test_model_without_t1_channels_is_refused(legend: Legend, tmp_path: Path) -> None:

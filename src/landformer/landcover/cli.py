@@ -47,6 +47,7 @@ def add_baselines_epilog(parser: argparse.ArgumentParser, lines: dict[str, str])
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from landformer.landcover.change_cli import add_change_commands  # it builds on the helpers below
     from landformer.landcover.cli_apps import add_app_commands  # it builds on the helpers below
 
     group = add_group(
@@ -58,6 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _register_sampling(group)
     _register_scoring(group)
     add_app_commands(group)
+    add_change_commands(group)
 
 
 def _register_train(group: argparse._SubParsersAction) -> None:
