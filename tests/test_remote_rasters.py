@@ -23,7 +23,7 @@ from rasterio.transform import from_origin
 
 from landformer.core.chips import ChipConfig, load_chips, make_chips
 from landformer.core.errors import UserError
-from landformer.core.raster import open_raster, raster_info, raster_source, read_window
+from landformer.core.raster import align_raster, open_raster, raster_info, raster_source, read_window
 
 ALBERS = "EPSG:5070"
 SIDE = 2048
@@ -276,6 +276,13 @@ def test_s3_without_credentials_is_one_line_saying_so(tmp_path: Path, monkeypatc
     with pytest.raises(UserError, match=r"^s3://bucket/x\.tif cannot be opened: .*AWS_NO_SIGN_REQUEST") as caught:
         open_raster(Path("s3://bucket/x.tif"))
     assert "\n" not in str(caught.value)
+
+
+def test_errors_about_a_remote_raster_name_its_url(server: RangeServer, tmp_path: Path) -> None:
+    elsewhere = write_cog(tmp_path / "elsewhere.tif", np.ones((64, 64), np.uint8), crs="EPSG:32633")
+    url = f"{server.url}/classes.tif"
+    with pytest.raises(UserError, match=rf"^{re.escape(url)} does not overlap the reference grid"):
+        align_raster(url, elsewhere, tmp_path / "aligned.tif")
 
 
 def test_a_missing_local_archive_is_one_line(tmp_path: Path) -> None:

@@ -51,6 +51,7 @@ from landformer.core.raster import (
     RasterGrid,
     chip_centre_lonlat,
     crs_name,
+    display_name,
     iter_windows,
     open_raster,
     refuse_infinite,
@@ -302,7 +303,9 @@ class ChipExtractor:
         self.channel_names = _channel_names(covariates)
         self.covariates: list[AlignedCovariate] = []
         for dataset in covariates:
-            self.covariates.append(AlignedCovariate(dataset, self.grid, reference_name=f"class raster {classes.name}"))
+            self.covariates.append(
+                AlignedCovariate(dataset, self.grid, reference_name=f"class raster {display_name(classes)}")
+            )
         self.dtype = np.dtype(np.float32 if covariates else np.int16)
         self._build_lookup()
 
@@ -386,7 +389,7 @@ class ChipExtractor:
         if nodata is not None:
             mask = np.isnan(raw) if np.isnan(nodata) else raw == nodata
             raw = np.where(mask, self.legend.codes[0], raw)
-        where = f"{self.classes.name} (rows {window.row_off}..{window.row_off + window.height})"
+        where = f"{display_name(self.classes)} (rows {window.row_off}..{window.row_off + window.height})"
         indices = self.legend.encode(raw, unknown=self.unknown, source=where)
         if mask is not None:
             indices[mask] = NODATA_INDEX

@@ -277,7 +277,12 @@ class CheckedWarpedVRT(CheckedReads, WarpedVRT):
 
     def __init__(self, source: Any, **kwargs: Any) -> None:
         super().__init__(source, **kwargs)
-        self.source_name = getattr(source, "source_name", source.name)
+        self.source_name = display_name(source)
+
+
+def display_name(dataset: Any) -> str:
+    """How errors name an open dataset: the path or URL the user gave, not GDAL's ``/vsicurl/`` form of it."""
+    return getattr(dataset, "source_name", dataset.name)
 
 
 def checked(dataset: Any, name: str) -> Any:
@@ -406,7 +411,7 @@ def aligned_vrt(source: Any, reference: RasterGrid, categorical: bool = False) -
     data; categorical data uses nearest neighbour and keeps its dtype and nodata, so no new codes appear.
     Reads of the view warp only the window asked for, so aligning costs no memory beyond that window.
     """
-    check_overlap(source, reference, source.name, "the reference grid")
+    check_overlap(source, reference, display_name(source), "the reference grid")
     common: dict[str, Any] = {
         "crs": reference.crs,
         "transform": reference.transform,
@@ -435,7 +440,7 @@ class AlignedCovariate:
     tolerance = 0.125
 
     def __init__(self, source: Any, reference: RasterGrid, reference_name: str = "the reference grid") -> None:
-        check_overlap(source, reference, source.name, reference_name)
+        check_overlap(source, reference, display_name(source), reference_name)
         self.source, self.reference = source, reference
         self.count = source.count
         self.descriptions = source.descriptions
