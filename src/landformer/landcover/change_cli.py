@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from landformer.cli import add_command, add_recipe_arguments
+from landformer.cli import add_command, add_recipe_arguments, add_training_flags, recipe_overrides, recipe_printed
 from landformer.core.errors import UserError
 from landformer.core.train import add_resume_argument
 from landformer.landcover.cli import (
@@ -26,6 +26,7 @@ def add_change_commands(group: argparse._SubParsersAction) -> None:
         run_change_train,
     )
     add_recipe_arguments(train, "built-in, same as configs/landcover_change_tiny.yaml")
+    add_training_flags(train)
     train.add_argument("--t1", type=Path, default=None, help="class raster of the first epoch (with --t2)")
     train.add_argument("--t2", type=Path, default=None, help="class raster of the second epoch, same legend")
     train.add_argument("--world", type=Path, default=None, help="synthetic world folder whose epochs are the pair")
@@ -107,7 +108,7 @@ def run_change_train(args: argparse.Namespace) -> None:
     from landformer.core.config import load_config
     from landformer.landcover.change_model import ChangeRecipe, train_change
 
-    recipe = load_config(ChangeRecipe, args.config, args.overrides)
+    recipe = load_config(ChangeRecipe, args.config, recipe_overrides(args))
     if (args.t1 is None) != (args.t2 is None):
         raise UserError("change-train: give --t1 and --t2 together")
     if args.t1 is not None and args.world is not None:
@@ -118,6 +119,8 @@ def run_change_train(args: argparse.Namespace) -> None:
         recipe.data.world = args.world
     if args.align:
         recipe.pair.align = True
+    if recipe_printed(args, recipe):
+        return
     summary = train_change(recipe, args.out, resume=args.resume)
     val = summary["val_bits_per_pixel"]
     val_text = f"; validation {val:.4f} bits/pixel of t2 given t1" if val is not None else ""
