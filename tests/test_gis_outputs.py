@@ -24,6 +24,7 @@ from landformer.core.raster import (
     geotiff_writer,
     iter_windows,
     pam_path,
+    raster_info,
     write_geotiff,
 )
 
@@ -140,6 +141,8 @@ def test_a_large_class_raster_is_a_valid_cog_with_nearest_overviews(tmp_path: Pa
         smallest = dataset.read(1, out_shape=(88, 138))
     assert set(np.unique(smallest)) <= {0, *legend.codes}, "overviews hold codes, never a mean of codes"
     assert gdal_category_names(path)[41] == "Deciduous Forest"
+    info = raster_info(path)
+    assert (info["cog_problems"], info["overviews"], info["band_names"]) == ([], [2, 4, 8], ["nlcd"])
 
 
 def test_a_large_raster_written_window_by_window_is_a_valid_cog(tmp_path: Path) -> None:
@@ -168,6 +171,7 @@ def test_outputs_up_to_512_px_stay_plain_geotiffs(tmp_path: Path) -> None:
     with rasterio.open(path) as dataset:
         assert dataset.overviews(1) == []
         assert "LAYOUT" not in dataset.tags(ns="IMAGE_STRUCTURE")
+    assert raster_info(path)["cog_problems"] == []  # small enough to need neither tiles nor overviews
 
 
 def test_cog_problems_names_what_a_plain_tiff_lacks(tmp_path: Path) -> None:

@@ -220,6 +220,7 @@ def test_s3_url_reads_through_vsis3(server: RangeServer, served: Served, monkeyp
     monkeypatch.setenv("AWS_NO_SIGN_REQUEST", "YES")
     info = raster_info("s3://bucket/noise.tif")
     assert (info["path"], info["width"], info["height"], info["crs"]) == ("s3://bucket/noise.tif", SIDE, SIDE, ALBERS)
+    assert info["remote"] and info["cog_problems"] is None and info["overviews"] == [2, 4, 8]
     size = (server.root / "bucket" / "noise.tif").stat().st_size
     assert 0 < served.bytes_by_path["/bucket/noise.tif"] < 0.05 * size
 

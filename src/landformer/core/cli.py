@@ -215,10 +215,18 @@ def _print_raster_info(path: Path, assume_crs: str | None, verify: bool) -> None
     print(f"  pixel:    {info['pixel_size'][0]:g} x {info['pixel_size'][1]:g}")
     print(f"  bounds:   {', '.join(f'{v:.6g}' for v in info['bounds'])} (left, bottom, right, top)")
     print(f"  lon/lat:  {', '.join(f'{v:.6f}' for v in info['lonlat_bounds'])} (west, south, east, north)")
-    checked = "every block decoded" if info["verified"] else "every block inside the file"
+    inside = "last block decoded" if info["remote"] else "every block inside the file"  # no size to check remotely
+    checked = "every block decoded" if info["verified"] else inside
     print(f"  blocks:   {info['block_shape'][0]} x {info['block_shape'][1]} ({checked})")
     if any(info["band_names"]):
         print(f"  bands:    {', '.join(info['band_names'])}")
+    if any(info["units"]):
+        print(f"  units:    {', '.join(info['units'])}")
+    if info["overviews"]:
+        print(f"  overviews: {', '.join(f'1/{factor}' for factor in info['overviews'])}")
+    if info["cog_problems"] is not None:
+        problems = "; ".join(info["cog_problems"])
+        print(f"  layout:   {'not a Cloud-Optimized GeoTIFF: ' + problems if problems else 'Cloud-Optimized GeoTIFF'}")
 
 
 def _print_chip_info(path: Path) -> None:

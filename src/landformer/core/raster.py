@@ -924,6 +924,11 @@ def raster_info(path: str | os.PathLike[str], assume_crs: str | None = None, ver
             "lonlat_bounds": list(lonlat_bounds(grid)),
             "block_shape": list(dataset.block_shapes[0]),
             "band_names": [desc or "" for desc in dataset.descriptions],
+            "units": [unit or "" for unit in dataset.units],
+            "overviews": dataset.overviews(1),
+            "remote": source.remote,
+            # Local GeoTIFFs only: the checks read the file's first bytes directly.
+            "cog_problems": cog_problems(source.gdal_path) if dataset.driver == "GTiff" and not source.remote else None,
         }
 
 
