@@ -37,15 +37,13 @@ test-all: setup
 bench: setup
 	$(PY) benchmarks/run_all.py
 
-# The packaged land-cover model (`--model igbp`) in two stages: configs/landcover_igbp.yaml (about an hour of one
-# core), then configs/landcover_igbp_continue.yaml from its weights; the second stage's export goes into the package.
+# The packaged land-cover model (`--model igbp`): train configs/landcover_igbp.yaml (about an hour of one core),
+# then install its exported weights and record into the package.
 IGBP_RUN ?= runs/igbp
 igbp-model: setup
 	$(VENV)/bin/landformer landcover train --config configs/landcover_igbp.yaml --out $(IGBP_RUN)
-	$(VENV)/bin/landformer landcover train --config configs/landcover_igbp_continue.yaml \
-		--set task.init_from=$(IGBP_RUN) --out $(IGBP_RUN)_continue
-	cp $(IGBP_RUN)_continue/model.safetensors src/landformer/landcover/pretrained/igbp.safetensors
-	cp $(IGBP_RUN)_continue/model.json src/landformer/landcover/pretrained/igbp.json
+	cp $(IGBP_RUN)/model.safetensors src/landformer/landcover/pretrained/igbp.safetensors
+	cp $(IGBP_RUN)/model.json src/landformer/landcover/pretrained/igbp.json
 
 # The packaged terrain model `real`: both stages on the packaged real DEMs (about 30 min on 2 CPU cores).
 TERRAIN_RUN ?= runs/terrain_real

@@ -20,7 +20,6 @@ RECIPE_COMMANDS = {
     "landcover_tiny": ["landcover", "train"],
     "landcover_reference": ["landcover", "train"],
     "landcover_igbp": ["landcover", "train"],
-    "landcover_igbp_continue": ["landcover", "train"],
     "terrain_tokenizer_tiny": ["terrain", "train", "--stage", "tokenizer"],
     "terrain_tokenizer_real": ["terrain", "train", "--stage", "tokenizer"],
     "terrain_tokenizer_reference": ["terrain", "train", "--stage", "tokenizer"],
