@@ -40,6 +40,15 @@ def test_figure_of_merit_and_components_by_hand() -> None:
     assert values["hits"] == pytest.approx(2 / 6) and values["false_alarms"] == pytest.approx(1 / 6)
 
 
+def test_outcome_map_colours_each_kind_of_pixel() -> None:
+    t1 = np.array([[0, 0, 0, 0, 1, -1]])
+    observed = np.array([[0, 1, 1, 1, 1, 1]])
+    predicted = np.array([[2, 1, 2, 0, 1, 1]])
+    colours = change_model.OUTCOME_COLOURS
+    expected = [colours[k] for k in ("false alarm", "hit", "wrong hit", "miss", "persistence")] + [(255, 255, 255)]
+    assert [tuple(pixel) for pixel in change_model.outcome_rgb(t1, observed, predicted)[0]] == expected
+
+
 def test_disagreement_by_hand() -> None:
     observed = np.array([0, 0, 0, 1, 1, 2])
     predicted = np.array([0, 0, 1, 1, 2, 2])
@@ -293,3 +302,30 @@ def test_world_grows_land_cover_epoch_by_epoch(tmp_path: Path) -> None:
     assert world.landcover_of(2020) == world.landcover_series[-1]
     with pytest.raises(UserError, match="not 2003"):
         world.landcover_of(2003)
+
+
+@pytest.mark.slow
+def test_change_commands_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import rasterio
+
+    from landformer.cli import main
+    from landformer.synth.world import make_world
+
+    world = make_world(tmp_path / "world", size=128, seed=1)
+    run, out = tmp_path / "run", tmp_path / "sim"
+    common = ["--threads", "1", "--seed", "0"]
+    train = ["landcover", "change-train", "--world", str(world.folder), "--out", str(run), "--max-steps", "3"]
+    assert main([*train, "--set", "train.val_every_steps=3", "--set", "images.every_steps=3"]) == 0
+    evaluate = ["landcover", "change-evaluate", "--model", str(run), "--out", str(tmp_path / "eval")]
+    assert main([*evaluate, "--method", "marginal", *common]) == 0
+    assert "| markov_ca |" in capsys.readouterr().out
+    t1 = world.landcover_of(2010)
+    simulate = ["landcover", "change-simulate", "--model", str(run), "--t1", str(t1), "--out", str(out)]
+    assert main([*simulate, "--samples", "1", "--steps", "4", "--tile", "64", "--keep", "11", *common]) == 0
+    with rasterio.open(out / "t2_map.tif") as simulated, rasterio.open(t1) as first:
+        predicted, before = simulated.read(1), first.read(1)
+        assert simulated.colormap(1)[41][:3] != (0, 0, 0)  # the legend's colours
+    assert (predicted[before == 11] == 11).all()  # water was kept
+    with rasterio.open(out / "p_change.tif") as probability:
+        values = probability.read(1)
+    assert values.min() >= 0 and values.max() <= 1

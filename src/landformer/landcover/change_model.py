@@ -637,9 +637,36 @@ def evaluate_change(
     return result
 
 
+OUTCOME_COLOURS = {  # the usual colours of a Figure-of-Merit map
+    "persistence": (235, 235, 235),
+    "hit": (30, 150, 60),
+    "wrong hit": (240, 180, 20),
+    "miss": (210, 40, 40),
+    "false alarm": (40, 90, 200),
+}
+
+
+def outcome_rgb(t1: np.ndarray, observed: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """(H, W, 3): each pixel's outcome (persistence agreed, hit, wrong hit, miss, false alarm); nodata white."""
+    observed_change, predicted_change = observed != t1, predicted != t1
+    outcome = np.select(
+        [
+            observed_change & predicted_change & (predicted == observed),
+            observed_change & predicted_change,
+            observed_change,
+            predicted_change,
+        ],
+        [1, 2, 3, 4],
+        0,
+    )
+    rgb = np.array(list(OUTCOME_COLOURS.values()), dtype=np.uint8)[outcome]
+    rgb[(t1 < 0) | (observed < 0)] = 255
+    return rgb
+
+
 def change_picture(result: ChangeEvaluation, legend: Legend, path: Path) -> Path:
-    """t1, real t2, the model's t2, Markov-CA's t2 and the model's change probability on the test block with the
-    most observed change."""
+    """t1, real t2, the model's t2, Markov-CA's t2, the model's change probability and its outcome map on the test
+    block with the most observed change."""
     from landformer.core.viz import save_panel
     from landformer.landcover.apps import probability_rgb
 
@@ -651,9 +678,17 @@ def change_picture(result: ChangeEvaluation, legend: Legend, path: Path) -> Path
         result.predictions["model"][index],
         result.predictions["markov_ca"][index],
         probability_rgb(result.p_change[index]),
+        outcome_rgb(result.blocks_t1[index], result.blocks_t2[index], result.predictions["model"][index]),
     ]
-    titles = ["t1", "real t2", "model t2 (most likely)", "Markov-CA t2", "model P(change)"]
-    return save_panel(path, images, titles, legend=legend)
+    titles = [
+        "t1",
+        "real t2",
+        "model t2 (most likely)",
+        "Markov-CA t2",
+        "model P(change), 0 black .. 1 light",
+        "model: hit green, miss red,\nfalse alarm blue, wrong hit yellow",
+    ]
+    return save_panel(path, images, titles, nrows=2, legend=legend)
 
 
 # ------------------------------------------------------------------------------------------- large rasters
