@@ -128,7 +128,8 @@ def write_cog(path: Path, values: np.ndarray, crs: str | None = ALBERS) -> Path:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RangeServer]:
     root = tmp_path_factory.mktemp("served")
-    # Random bytes barely compress: every block of the 4 MiB file costs about its raw size to fetch.
+    # Random bytes barely compress: every block of the 5 MiB file (4 MiB of pixels, then overviews) costs about
+    # its raw size to fetch.
     values = np.random.default_rng(0).integers(0, 255, (SIDE, SIDE), dtype=np.uint8)
     write_cog(root / "noise.tif", values)
     (root / "bucket").mkdir()
