@@ -21,6 +21,7 @@ import rasterio
 import rasterio.shutil
 from rasterio.transform import from_origin
 
+from landformer.core import raster
 from landformer.core.chips import ChipConfig, load_chips, make_chips
 from landformer.core.errors import UserError
 from landformer.core.raster import align_raster, open_raster, raster_info, raster_source, read_window
@@ -46,6 +47,7 @@ class RangeServer(http.server.ThreadingHTTPServer):
     def __init__(self, root: Path) -> None:
         super().__init__(("127.0.0.1", 0), RangeHandler)
         self.root, self.served, self.lock = root, Served(), threading.Lock()
+        self.failures_left = 0  # range requests still to answer "503 Service Unavailable", as a busy server does
 
     @property
     def url(self) -> str:
@@ -88,6 +90,15 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
             return
         data = path.read_bytes()
         wanted = self.headers.get("Range")
+        with self.server.lock:
+            fail = wanted is not None and self.server.failures_left > 0
+            self.server.failures_left -= fail
+        if fail:
+            self._record(0)
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if wanted is None:
             body = data
             self.send_response(200)
@@ -285,6 +296,34 @@ def test_errors_about_a_remote_raster_name_its_url(server: RangeServer, tmp_path
     url = f"{server.url}/classes.tif"
     with pytest.raises(UserError, match=rf"^{re.escape(url)} does not overlap the reference grid"):
         align_raster(url, elsewhere, tmp_path / "aligned.tif")
+
+
+@pytest.fixture
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    quick = raster._REMOTE_OPEN_OPTIONS | {"GDAL_HTTP_MAX_RETRY": 2, "GDAL_HTTP_RETRY_DELAY": 0.01}
+    monkeypatch.setattr(raster, "_REMOTE_OPEN_OPTIONS", quick)
+
+
+def test_a_read_outlasts_a_server_busy_for_a_moment(server: RangeServer, served: Served, quick_retries: None) -> None:
+    with open_raster(f"{server.url}/noise.tif?busy") as dataset:
+        server.failures_left = 2
+        window = read_window(dataset, 0, 0, BLOCK, BLOCK, bands=1)
+    with rasterio.open(server.root / "noise.tif") as local:
+        np.testing.assert_array_equal(window, local.read(1, window=((0, BLOCK), (0, BLOCK))))
+    assert server.failures_left == 0
+
+
+def test_a_read_that_keeps_failing_is_one_line_naming_the_url(server: RangeServer, quick_retries: None) -> None:
+    url = f"{server.url}/noise.tif?down"
+    with open_raster(url) as dataset:
+        server.failures_left = 1000
+        expected = rf"^{re.escape(url)}: band 1, rows 256\.\.512, cols 0\.\.256 cannot be read; the transfer failed"
+        try:
+            with pytest.raises(UserError, match=expected) as caught:
+                read_window(dataset, 256, 0, BLOCK, BLOCK, bands=1)
+        finally:
+            server.failures_left = 0
+    assert "\n" not in str(caught.value)
 
 
 def test_a_missing_local_archive_is_one_line(tmp_path: Path) -> None:

@@ -75,7 +75,7 @@ def open_raster(path: str | os.PathLike[str], assume_crs: str | None = None) -> 
     crs = parse_crs(assume_crs, "--assume-crs")
     target = source.gdal_path if source.remote else Path(source.gdal_path).resolve()
     with _remote_open_env(source):
-        return checked(rasterio.open(f"vrt://{target}?a_srs={crs.to_string()}"), source.name)
+        return checked(rasterio.open(f"vrt://{target}?a_srs={crs.to_string()}"), source.name, source.remote)
 
 
 # GDAL's handlers for files behind a URL, by the scheme users write (``s3://bucket/key`` is ``/vsis3/bucket/key``).
@@ -86,8 +86,15 @@ _HANDLER = re.compile(r"/vsi(?P<kind>[a-z0-9_]+)/(?P<rest>.*)", re.IGNORECASE)
 _ARCHIVES = ("zip", "tar", "gzip", "7z", "rar")
 # A remote open only needs the file itself: without this GDAL lists the "folder" (an HTTP or S3 listing request)
 # and probes for .aux.xml/.ovr/.msk sidecars, several round trips before the first pixel. A dead host fails
-# within the connect timeout instead of curl's five minutes.
-_REMOTE_OPEN_OPTIONS = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_HTTP_CONNECTTIMEOUT": 20}
+# within the connect timeout instead of curl's five minutes. Servers and networks fail for a moment (HTTP 429,
+# 5xx): the file's reads, for as long as it is open, retry those with growing delays (GDAL takes the setting
+# when the file is opened).
+_REMOTE_OPEN_OPTIONS = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "GDAL_HTTP_CONNECTTIMEOUT": 20,
+    "GDAL_HTTP_MAX_RETRY": 4,
+    "GDAL_HTTP_RETRY_DELAY": 1,
+}
 
 
 @dataclass(frozen=True)
@@ -184,7 +191,7 @@ def open_any_raster(path: str | os.PathLike[str]) -> rasterio.DatasetReader:
     except BaseException:
         dataset.close()
         raise
-    return checked(dataset, source.name)
+    return checked(dataset, source.name, source.remote)
 
 
 def _window_text(window: Any, dataset: Any) -> str:
@@ -216,18 +223,23 @@ def _gdal_reason(err: BaseException) -> str:
 
 class CheckedReads:
     """Reads that fail in one line: an undecodable block and a +-inf pixel are UserErrors naming the file,
-    the band(s) and the window. +-inf is allowed only where it is the raster's declared nodata value."""
+    the band(s) and the window. +-inf is allowed only where it is the raster's declared nodata value.
+
+    A failed read of a ``remote`` raster is the transfer's failure, not the file's (GDAL has already retried).
+    """
 
     source_name: str
+    remote: bool = False
 
     def read(self, indexes: Any = None, *args: Any, **kwargs: Any) -> Any:
         window = kwargs.get("window", args[1] if len(args) > 1 else None)
         try:
             data = super().read(indexes, *args, **kwargs)  # type: ignore[misc]
         except RasterioIOError as err:
+            cause = "the transfer failed" if self.remote else "the file is truncated or corrupt"
             raise UserError(
-                f"{self.source_name}: {_bands_text(indexes)}, {_window_text(window, self)} cannot be read; the file "
-                f"is truncated or corrupt ({_gdal_reason(err)})"
+                f"{self.source_name}: {_bands_text(indexes)}, {_window_text(window, self)} cannot be read; {cause} "
+                f"({_gdal_reason(err)})"
             ) from None
         values = np.ma.getdata(data)
         if values.dtype.kind == "f":
@@ -278,6 +290,7 @@ class CheckedWarpedVRT(CheckedReads, WarpedVRT):
     def __init__(self, source: Any, **kwargs: Any) -> None:
         super().__init__(source, **kwargs)
         self.source_name = display_name(source)
+        self.remote = getattr(source, "remote", False)
 
 
 def display_name(dataset: Any) -> str:
@@ -285,10 +298,11 @@ def display_name(dataset: Any) -> str:
     return getattr(dataset, "source_name", dataset.name)
 
 
-def checked(dataset: Any, name: str) -> Any:
+def checked(dataset: Any, name: str, remote: bool = False) -> Any:
     """``dataset`` (an open :class:`rasterio.io.DatasetReader`) with checked reads, errors naming ``name``."""
     dataset.__class__ = CheckedReader
     dataset.source_name = name
+    dataset.remote = remote
     return dataset
 
 
