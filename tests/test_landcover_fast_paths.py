@@ -178,12 +178,14 @@ def test_reference_benchmark_quick_run_writes_consistent_numbers(tmp_path: Path)
     subprocess.run([sys.executable, str(BENCHMARK), "--quick", "--out", str(out)], check=True, capture_output=True)
     result = json.loads(out.read_text())
     assert result["quick"] and result["model"]["chip_size"] == 8
-    limits = result["limit_gflops"]
-    assert limits["fp32"] > 0 and limits["bf16"] > 0
+    limits = result["limit"]
+    assert limits["fp32"] > 0 and limits["bf16"] > 0 and limits["read_gbps"] > 0
     for name, entry in result["decoding"].items():
         limit = limits["bf16" if name.endswith("bf16") else "fp32"]
         assert entry["fraction_of_limit"] == pytest.approx(entry["gflops"] / limit)
         assert entry["gflops"] == pytest.approx(entry["gflop_per_unit"] / entry["seconds_per_unit"])
+        floor = max(entry["gflop_per_unit"] / limit, entry["gb_read_per_unit"] / limits["read_gbps"])
+        assert entry["seconds_over_roofline"] == pytest.approx(entry["seconds_per_unit"] / floor)
         if "baseline_seconds_per_unit" in entry:
             assert entry["speedup"] == pytest.approx(entry["baseline_seconds_per_unit"] / entry["seconds_per_unit"])
     # One forward per chip scores it; a 32-step sample processes about one forward's tokens per chip.
@@ -195,3 +197,21 @@ def test_reference_benchmark_quick_run_writes_consistent_numbers(tmp_path: Path)
     assert gibbs["gflop_per_unit"] < forward
     assert set(result["memory"]) == {"fp32", "bf16"} and all(m["peak_rss_gib"] > 0 for m in result["memory"].values())
     assert {row["metric"].split(" (")[0] for row in result["summary"]} >= {"gibbs default sweep", "sample 32 steps"}
+
+
+def test_commit_and_query_in_one_pass_equals_commit_then_step(model: LandCoverRandAR) -> None:
+    """The one-pass form Gibbs uses gives the logits and the cache of decode_commit followed by decode_step."""
+    order = random_orders(2, N, torch.Generator().manual_seed(2))
+    classes = random_labels(2, 9).reshape(2, N).gather(1, order)
+    states = [model.start_decoding(2, SIZE, SIZE) for _ in range(2)]
+    with torch.no_grad():
+        for state in states:
+            model.decode_commit(state, order[:, :10], classes[:, :10])
+        model.decode_commit(states[0], order[:, 10:30], classes[:, 10:30])
+        separate = model.decode_step(states[0], None, order[:, 30:31])
+        merged = model.decode_commit_and_query(states[1], order[:, 10:30], classes[:, 10:30], order[:, 30:31])
+        torch.testing.assert_close(merged, separate, atol=1e-5, rtol=1e-5)
+        assert states[0].length == states[1].length == 1 + 2 * 30 + 1
+        # Both continue alike: the queried cell is pending in each.
+        after = [model.decode_step(state, classes[:, 30:31], order[:, 31:32]) for state in states]
+    torch.testing.assert_close(after[1], after[0], atol=1e-5, rtol=1e-5)

@@ -171,6 +171,14 @@ class _Session:
 
     def step(self, classes: Tensor | None, cells: Tensor, valid: Tensor | None = None) -> Tensor:
         logits = self.model.decode_step(self.state, self._twice(classes), self._twice(cells), self._twice(valid))
+        return self._guide(logits)
+
+    def commit_and_query(self, cells: Tensor, classes: Tensor, query_cell: Tensor) -> Tensor:
+        twice = self._twice
+        logits = self.model.decode_commit_and_query(self.state, twice(cells), twice(classes), twice(query_cell))
+        return self._guide(logits)
+
+    def _guide(self, logits: Tensor) -> Tensor:
         if not self.guided:
             return logits
         conditional, unconditional = logits.float().chunk(2)
@@ -485,28 +493,33 @@ def gibbs(
             groups = random_orders(batch, n_cells, generator).to(device).split(group_size, dim=1)
             for g, group in enumerate(groups):
                 # Groups before g - 1 are unchanged since the last group's pass: they stay cached.
-                _recommit_after(session, state, groups, g, cached_cells=max(g - 1, 0) * group_size)
+                stale = _rewind_to_stale(session, groups, g, cached_cells=max(g - 1, 0) * group_size)
+                if stale is not None:
+                    session.commit(stale, state.gather(1, stale))
                 outside = n_cells - group.shape[1]
                 blocks = group.split(block_size, dim=1)
                 for j, block in enumerate(blocks):
-                    _recommit_after(session, state, blocks, j, cached_cells=outside + max(j - 1, 0) * block_size)
+                    stale = _rewind_to_stale(session, blocks, j, cached_cells=outside + max(j - 1, 0) * block_size)
                     classes = None
                     for t in range(block.shape[1]):
                         site = block[:, t : t + 1]
-                        drawn = sample_from_logits(session.step(classes, site), temperature, generator=generator)
+                        if t == 0 and stale is not None:
+                            # The stale cells and the first query in one pass: the weights are read once.
+                            logits = session.commit_and_query(stale, state.gather(1, stale), site)
+                        else:
+                            logits = session.step(classes, site)
+                        drawn = sample_from_logits(logits, temperature, generator=generator)
                         classes = torch.where(frozen.gather(1, site), state.gather(1, site), drawn)
                         state.scatter_(1, site, classes)
         yield state.reshape(batch, height, width).clone()
 
 
-def _recommit_after(session: _Session, state: Tensor, parts: tuple[Tensor, ...], j: int, cached_cells: int) -> None:
-    """Rewind the cache to its first ``cached_cells`` cells and commit, from ``state``, the part just redrawn
-    (j - 1) and the parts after j: the cache then holds every part but j, in their order, after what it kept."""
+def _rewind_to_stale(session: _Session, parts: tuple[Tensor, ...], j: int, cached_cells: int) -> Tensor | None:
+    """Rewind the cache to its first ``cached_cells`` cells; return the cells to commit after them so that it
+    holds every part but j in their order: the part just redrawn (j - 1) and the parts after j (None if none)."""
     session.rewind(cached_cells)
     stale_parts = parts[max(j - 1, 0) : j] + parts[j + 1 :]
-    if stale_parts:
-        stale = torch.cat(stale_parts, dim=1)
-        session.commit(stale, state.gather(1, stale))
+    return torch.cat(stale_parts, dim=1) if stale_parts else None
 
 
 def gibbs_naive(

@@ -390,10 +390,34 @@ class LandCoverRandAR(nn.Module):
         """
         if state.pending_cells is not None:
             raise ValueError("decode_commit needs the classes of the pending cells first (call decode_step)")
-        positions = self.cell_positions(cells, state.width)
-        tokens = interleave(self.embed_instructions(positions), self.embed_classes(classes))
+        tokens, positions = self.known_tokens(cells, classes, state.width)
         pair_valid = valid.repeat_interleave(2, dim=1) if valid is not None else None
-        self._extend(state, tokens, positions.repeat_interleave(2, dim=1), pair_valid, tokens.shape[1], None)
+        self._extend(state, tokens, positions, pair_valid, tokens.shape[1], None)
+
+    def decode_commit_and_query(self, state: DecodeState, cells: Tensor, classes: Tensor, query_cell: Tensor) -> Tensor:
+        """:meth:`decode_commit` of ``cells`` (B, k) and :meth:`decode_step` of one ``query_cell`` (B, 1) in one pass.
+
+        [p(c1), x(c1), ..., p(ck), x(ck), p(q)] is a stretch of a training sequence, so plain causal attention
+        gives exactly the two calls' logits (B, 1, K) while reading the weights once instead of twice: what a
+        batch-1 step costs on a CPU. ``query_cell`` is pending afterwards, as after :meth:`decode_step`.
+        """
+        if state.pending_cells is not None:
+            raise ValueError("decode_commit_and_query needs the classes of the pending cells first (decode_step)")
+        if query_cell.shape[1] != 1:
+            raise ValueError(f"decode_commit_and_query asks for one cell per sample, got {query_cell.shape[1]}")
+        tokens, positions = self.known_tokens(cells, classes, state.width)
+        query_positions = self.cell_positions(query_cell, state.width)
+        tokens = torch.cat([tokens, self.embed_instructions(query_positions)], dim=1)
+        positions = torch.cat([positions, query_positions], dim=1)
+        hidden = self._extend(state, tokens, positions, None, tokens.shape[1], None)
+        state.pending_cells, state.pending_valid = query_cell, None
+        return self.head(hidden[:, -1:])
+
+    def known_tokens(self, cells: Tensor, classes: Tensor, width: int) -> tuple[Tensor, Tensor]:
+        """The training-sequence stretch [p(c1), x(c1), ..., p(ck), x(ck)] (B, 2k, dim) and its positions (B, 2k, 2)."""
+        positions = self.cell_positions(cells, width)
+        tokens = interleave(self.embed_instructions(positions), self.embed_classes(classes))
+        return tokens, positions.repeat_interleave(2, dim=1)
 
     def decode_step(
         self, state: DecodeState, classes: Tensor | None, query_cells: Tensor, query_valid: Tensor | None = None
@@ -428,15 +452,15 @@ class LandCoverRandAR(nn.Module):
             if classes is None:
                 raise ValueError("decode_step needs the classes of the cells queried in the previous step")
             n_pending = state.pending_cells.shape[1]
-            positions = self.cell_positions(state.pending_cells, state.width)
             if state.reuse_queries:
+                positions = self.cell_positions(state.pending_cells, state.width)
                 pieces.append((self.embed_classes(classes), positions, state.pending_valid))
             else:
-                tokens = interleave(self.embed_instructions(positions), self.embed_classes(classes))[:, 1:]
+                tokens, pair_positions = self.known_tokens(state.pending_cells, classes, state.width)
                 valid = (
                     state.pending_valid.repeat_interleave(2, dim=1)[:, 1:] if state.pending_valid is not None else None
                 )
-                pieces.append((tokens, positions.repeat_interleave(2, dim=1)[:, 1:], valid))
+                pieces.append((tokens[:, 1:], pair_positions[:, 1:], valid))
         pieces.append((self.embed_instructions(query_positions), query_positions, query_valid))
         tokens = torch.cat([piece[0] for piece in pieces], dim=1)
         positions = torch.cat([piece[1] for piece in pieces], dim=1)
