@@ -423,6 +423,7 @@ def read_npz(
 
 
 _LOCAL_HEADER = struct.Struct("<4s5H3I2H")  # a zip member's local file header, before its name and extra field
+_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
 def _mapped_members(path: Path, archive: zipfile.ZipFile, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -446,10 +447,9 @@ def _mapped_members(path: Path, archive: zipfile.ZipFile, keys: tuple[str, ...])
                 raise ValueError(f"member {info.filename} has no local header at byte {info.header_offset}")
             handle.seek(info.header_offset + _LOCAL_HEADER.size + fields[-2] + fields[-1])  # name, extra field
             version = np.lib.format.read_magic(handle)
-            read_header = (
-                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            )
-            shape, fortran_order, dtype = read_header(handle)
+            if version not in _NPY_HEADER_READERS:  # format 3.0 (UTF-8 field names) has no public reader: read it
+                continue
+            shape, fortran_order, dtype = _NPY_HEADER_READERS[version](handle)
             if dtype.hasobject:
                 raise ValueError(f"member {info.filename} holds Python objects; cannot load them without pickle")
             if math.prod(shape) == 0:  # nothing to map (mmap refuses length 0)
