@@ -190,3 +190,21 @@ def test_nlcd_map_png_has_only_nlcd_colours_in_map_area(tmp_path: Path) -> None:
     top, left = viz.TITLE_PX + viz.MARGIN_PX, viz.MARGIN_PX
     map_colours = colours_in(image[top : top + 32, left : left + 32])
     assert map_colours == {tuple(int(v) for v in nlcd.palette()[i]) for i in np.unique(indices)}
+
+
+def test_save_titled_rows_draws_each_strip_unresampled_under_its_title(tmp_path: Path, legend: Legend) -> None:
+    rng = np.random.default_rng(0)
+    strips = [rng.integers(0, 255, (12, 40, 3), dtype=np.uint8), rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)]
+    present = np.array([0, 2])
+    path = viz.save_titled_rows(tmp_path / "rows.png", [("first", strips[0]), ("second", strips[1])], legend, present)
+    image = iio.imread(path)[..., :3]
+    top = viz.MARGIN_PX + viz.TITLE_PX
+    left = viz.MARGIN_PX
+    np.testing.assert_array_equal(image[top : top + 12, left : left + 40], strips[0])
+    top += 12 + viz.MARGIN_PX + viz.TITLE_PX
+    np.testing.assert_array_equal(image[top : top + 20, left : left + 30], strips[1])
+    below = image[top + 20 :]
+    palette = [tuple(int(v) for v in colour) for colour in legend.palette()]
+    assert {palette[0], palette[2]} <= colours_in(below) and palette[1] not in colours_in(below)  # only those present
+    with pytest.raises(UserError, match="no rows"):
+        viz.save_titled_rows(tmp_path / "bad.png", [])

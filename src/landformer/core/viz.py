@@ -297,6 +297,36 @@ def save_elevation_png(
     return save_figure(figure, path)
 
 
+def save_titled_rows(
+    path: str | os.PathLike[str],
+    rows: Sequence[tuple[str, np.ndarray]],
+    legend: Legend | None = None,
+    present: np.ndarray | None = None,
+) -> Path:
+    """Wide (H, W, 3) images stacked top to bottom, each under its title, drawn unresampled, with a legend of the
+    class indices ``present`` underneath: comparisons whose rows are strips of chips (real | input | result)."""
+    if not rows:
+        raise UserError(f"{path}: no rows to draw")
+    pictures = [_as_rgb(image, f"{path}: row {i}") for i, (_, image) in enumerate(rows)]
+    handles = _legend_handles(legend, np.asarray(present)) if legend is not None and present is not None else []
+    columns = 3
+    legend_h = (LEGEND_ROW_PX * math.ceil(len(handles) / columns) + MARGIN_PX) if handles else 0
+    width = 2 * MARGIN_PX + max(picture.shape[1] for picture in pictures)
+    height = sum(TITLE_PX + picture.shape[0] + MARGIN_PX for picture in pictures) + MARGIN_PX + legend_h
+    figure = new_figure(width, height)
+    if handles:  # drawn once to measure it: long class names widen the figure rather than being cut off
+        drawn = figure.legend(handles=handles, loc="lower left", ncols=columns, frameon=False, fontsize=9)
+        width = max(width, math.ceil(drawn.get_window_extent(figure.canvas.get_renderer()).width) + 2 * MARGIN_PX)
+        figure.set_size_inches(width / DPI, height / DPI)
+    top = MARGIN_PX
+    for (title, _), picture in zip(rows, pictures, strict=True):
+        figure.text(MARGIN_PX / width, 1 - (top + 4) / height, title, ha="left", va="top", fontsize=10)
+        top += TITLE_PX
+        figure.figimage(picture, xo=MARGIN_PX, yo=height - top - picture.shape[0], origin="upper")
+        top += picture.shape[0] + MARGIN_PX
+    return save_figure(figure, path)
+
+
 def save_panel(
     path: str | os.PathLike[str],
     images: Sequence[np.ndarray],

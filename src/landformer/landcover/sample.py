@@ -572,16 +572,30 @@ def inpaint(
 def save_inpaint_panel(
     path: Path, truth: np.ndarray, hidden: np.ndarray, result: np.ndarray, legend: Legend, max_rows: int = 16
 ) -> Path:
-    """Rows of (truth, input with hidden pixels grey, result), up to ``max_rows`` chips."""
-    from landformer.core.viz import class_rgb, image_grid, save_png, upscale
+    """Three titled rows of up to ``max_rows`` chips: the real chips, the model's input (hidden pixels grey) and the
+    filled chips, with a legend of the classes they hold."""
+    from landformer.core.viz import class_rgb, image_grid, save_titled_rows, upscale
 
+    count = min(len(truth), max_rows)
     scale = max(1, 64 // truth.shape[-1])
-    tiles = []
-    for i in range(min(len(truth), max_rows)):
-        masked = class_rgb(truth[i], legend)
-        masked[hidden[i]] = 128
-        tiles += [class_rgb(truth[i], legend), masked, class_rgb(result[i], legend)]
-    return save_png(path, image_grid([upscale(tile, scale) for tile in tiles], ncols=3))
+
+    def strip(maps: np.ndarray, grey: np.ndarray | None = None) -> np.ndarray:
+        tiles = []
+        for i in range(count):
+            rgb = class_rgb(maps[i], legend)
+            if grey is not None:
+                rgb[grey[i]] = 128
+            tiles.append(upscale(rgb, scale))
+        return image_grid(tiles, nrows=1, pad=4)
+
+    hidden_share = float(hidden[:count].mean())
+    rows = [
+        ("real chips (held out)", strip(truth)),
+        (f"input: {hidden_share:.0%} of the pixels hidden (grey)", strip(truth, hidden)),
+        ("filled by the model: known pixels kept, hidden ones generated", strip(result)),
+    ]
+    present = np.concatenate([truth[:count].ravel(), result[:count].ravel()])
+    return save_titled_rows(path, rows, legend, present)
 
 
 def inpaint_eval(
