@@ -48,7 +48,6 @@ from landformer.core.legend import NODATA_INDEX, Legend, load_legend
 from landformer.core.raster import RasterGrid, aligned_vrt, chip_centre_lonlat, crs_name, iter_windows, open_raster
 
 TRAIN, VALIDATION, TEST = 0, 1, 2
-ROLE_NAMES = {TRAIN: "train", VALIDATION: "validation", TEST: "test"}
 SMOOTHING = 0.5  # add-1/2 on transition counts: the Markov baseline's bits stay finite for unseen transitions
 
 

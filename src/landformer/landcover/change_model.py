@@ -41,7 +41,7 @@ from landformer.core.legend import NODATA_INDEX, Legend
 from landformer.core.raster import RasterGrid, class_dtype, geotiff_writer, iter_windows, open_raster
 from landformer.core.train import TrainConfig
 from landformer.landcover import change, decoding
-from landformer.landcover.apps import window_starts
+from landformer.landcover.apps import NODATA_PROBABILITY, window_starts
 from landformer.landcover.config import (
     LandCoverDataSection,
     LandCoverImagesSection,
@@ -56,7 +56,6 @@ PAIR_RECORD = "change.json"
 PAIR_CHIPS = "pair_chips.npz"
 ALLOCATION_BINS = 10_000  # probability resolution of the quantity thresholds
 CA_RADII = (1, 2, 3, 5, 8)  # Markov-CA neighbourhood radii tried on the validation blocks
-NODATA_PROBABILITY = -1.0
 
 
 @dataclass
@@ -459,11 +458,11 @@ def unconditional_bits(model: str | os.PathLike[str], t2_chips: np.ndarray, orde
     if loaded.model.is_conditional:
         raise UserError(f"--unconditional model {model} is conditioned; give a model trained without covariates")
     generator = torch.Generator().manual_seed(seed)
-    log_p = decoding.log_likelihood(loaded.model, torch.from_numpy(t2_chips), "random", None, None, generator)
-    totals = [float(-log_p.nanmean())]
-    for _ in range(orders - 1):
-        log_p = decoding.log_likelihood(loaded.model, torch.from_numpy(t2_chips), "random", None, None, generator)
-        totals.append(float(-log_p.nanmean()))
+    labels = torch.from_numpy(t2_chips)
+    totals = [
+        float(-decoding.log_likelihood(loaded.model, labels, "random", None, None, generator).nanmean())
+        for _ in range(orders)
+    ]
     return sum(totals) / len(totals) / math.log(2)
 
 
