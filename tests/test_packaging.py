@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from packaging.requirements import Requirement
+from packaging.version import Version
 
 from landformer import cli
 from landformer.core.errors import UserError
@@ -125,7 +126,9 @@ def test_wheel_ships_recipes_and_resolves_beside_torchgeo(tmp_path: Path) -> Non
     wheel = footprint.build_wheel(tmp_path)  # type: ignore[attr-defined]
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"landformer/py.typed", "landformer/recipes/landcover_tiny.yaml"} <= names
-    assert any(name.endswith("licenses/LICENSE") or name.endswith("/LICENSE") for name in names)
+    assert any(name.endswith("/LICENSE") for name in names)
+    uv = footprint.resolver(tmp_path)  # type: ignore[attr-defined]
     for extra in ("", "[all]"):
-        resolved = dict(footprint.resolve([f"{wheel}{extra}", "torchgeo==0.10.*"], tmp_path / "r.json"))  # type: ignore[attr-defined]
+        resolved = footprint.resolve(uv, [f"{wheel}{extra}", "torchgeo==0.10.*"], tmp_path)  # type: ignore[attr-defined]
         assert resolved["torchgeo"].startswith("0.10.") and resolved["landformer"] == PYPROJECT["project"]["version"]
+        assert Version(resolved["torch"]) >= Version(LOCK["torch"])
