@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from landformer.cli import add_recipe_arguments
+from landformer.cli import TRAINING_FLAGS, add_recipe_arguments
 from landformer.core.config import check_values, from_dict, load_config, to_dict
 from landformer.core.train import TrainConfig
 from landformer.geoloc.clean import CleanConfig
@@ -124,7 +124,6 @@ FLAGS: tuple[tuple[str, str, Any, str | None, str], ...] = (
     ("--regions", "regions.only", str, "+", "train only these Region_IDs"),
     ("--router-backbone", "router.backbone", str, None, "timm model for the region router"),
     ("--router-steps", "router.max_steps", int, None, "optimiser steps for the router"),
-    ("--max-steps", "train.max_steps", int, None, "optimiser steps per region"),
     ("--val-every", "train.val_every_steps", int, None, "validate every this many steps"),
     ("--patience", "train.early_stopping_patience", int, None, "early stopping: validations without improvement"),
     ("--log-every", "train.log_every_steps", int, None, "write training metrics every this many steps"),
@@ -133,13 +132,10 @@ FLAGS: tuple[tuple[str, str, Any, str | None, str], ...] = (
     ("--gradient-clip", "train.gradient_clip", float, None, "clip the gradient norm (0: off)"),
     ("--accumulate", "train.accumulate_grad_batches", int, None, "batches summed per optimiser step"),
     ("--wandb-project", "train.wandb_project", str, None, "W&B project (WANDB_MODE=offline logs locally)"),
-    ("--precision", "train.precision", str, None, "auto, 32-true, bf16-mixed, 16-mixed"),
-    ("--accelerator", "train.accelerator", str, None, "auto, cpu, gpu"),
-    ("--devices", "train.devices", str, None, "devices per node (number, auto, or ids like 0,1)"),
     ("--strategy", "train.strategy", str, None, "auto, ddp, ddp_spawn, fsdp"),
     ("--num-nodes", "train.num_nodes", int, None, "machines taking part"),
-    ("--loggers", "train.loggers", str, "+", "any of csv, tensorboard, wandb"),
-    ("--seed", "train.seed", int, None, "random seed"),
+    # The training flags every pipeline's train command takes (--max-steps counts steps per region here).
+    *((flag, f"train.{key}", kind, nargs, text) for flag, key, kind, nargs, text in TRAINING_FLAGS),
 )
 SWITCHES: tuple[tuple[str, str, bool, str], ...] = (
     ("--no-clean", "clean.enabled", False, "skip MAD and DBSCAN cleaning (exclusions still apply)"),
