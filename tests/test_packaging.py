@@ -68,7 +68,7 @@ def test_umap_projection_without_umap_is_a_user_error(monkeypatch: pytest.Monkey
 
 
 def test_cli_turns_a_missing_optional_package_into_one_line(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from landformer.forecast import cli as forecast_cli
 
@@ -77,7 +77,8 @@ def test_cli_turns_a_missing_optional_package_into_one_line(
 
     monkeypatch.setitem(sys.modules, "trl", None)
     monkeypatch.setattr(forecast_cli, "run_train", needs_trl)
-    assert cli.main(["forecast", "train", "--out", "unused"]) == 2
+    assert cli.main(["forecast", "train", "--out", str(tmp_path / "run")]) == 2
+    assert not (tmp_path / "run").exists()
     assert (
         capsys.readouterr().err
         == "landformer: error: this needs the optional package 'trl': pip install 'landformer[embeddings]'\n"
