@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_train_images import tensorboard_images
 
 from landformer.cli import main
 from landformer.embeddings.data import TileSource, load_dataset, quantize_int8, resolve_source
@@ -51,6 +52,7 @@ def test_stages_chain_and_evaluate_agrees_with_its_predictions(world_dataset: Pa
     assert main([*TRAIN_STAGE, "pretrain", "--out", str(tmp_path / "pre"), *data, *TINY, *steps("pretrain", 4)]) == 0
     assert (tmp_path / "pre" / "encoder.safetensors").is_file()
     assert (tmp_path / "pre" / "reconstructions.png").is_file()
+    assert tensorboard_images(tmp_path / "pre" / "logs") == {"mae/reconstructions": [4]}  # every val_every_steps
     sft = [*TRAIN_STAGE, "sft", "--out", str(tmp_path / "sft"), "--init", str(tmp_path / "pre"), *data, *TINY]
     assert main([*sft, *steps("sft", 6)]) == 0
     summary = json.loads((tmp_path / "sft" / "summary.json").read_text())

@@ -69,3 +69,21 @@ def test_landcover_samples_reach_tensorboard_at_the_image_interval(tmp_path: Pat
     assert recipe.images.every_steps == 4 and recipe.train.max_steps == 8
     run = Path(train_landcover(recipe, tmp_path / "run")["run_dir"])
     assert tensorboard_images(run / "logs") == {f"samples/{name}": [4, 8] for name in ("gen", "gt", "pred")}
+
+
+def test_images_every_draws_in_eval_mode_and_only_for_loggers_that_show_pictures(tmp_path: Path) -> None:
+    from landformer.core.task import ImagesEvery
+
+    drawn_in_training_mode: list[bool] = []
+
+    def draw(task: TinyRegression) -> dict[str, np.ndarray]:
+        drawn_in_training_mode.append(task.training)
+        return {"net/picture": np.zeros((4, 6, 3), dtype=np.uint8)}
+
+    train, _ = make_loaders()
+    fit(TinyRegression(), train, quick_config(max_steps=5), tmp_path / "csv", callbacks=[ImagesEvery(draw, 2)])
+    assert drawn_in_training_mode == []  # CSV keeps no pictures: nothing is drawn
+    config = quick_config(max_steps=5, loggers=["tensorboard"])
+    fit(TinyRegression(), train, config, tmp_path / "tb", callbacks=[ImagesEvery(draw, 2)])
+    assert drawn_in_training_mode == [False, False, False]
+    assert tensorboard_images(tmp_path / "tb/logs") == {"net/picture": [2, 4, 5]}  # and once at the end

@@ -136,3 +136,37 @@ class BaseTask(lightning.LightningModule):
         optimizer = torch.optim.AdamW(groups, lr=hp.lr)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class ImagesEvery(lightning.Callback):
+    """Every ``every_steps`` optimiser steps and when training ends, draw pictures of the task with ``draw`` (in
+    eval mode, without gradients) and send them to TensorBoard and W&B with :func:`landformer.core.train.log_images`.
+
+    ``draw`` maps the task to ``{tag: (H, W, 3) uint8 array}``; it is not called when no logger shows pictures.
+    """
+
+    def __init__(self, draw: Callable[[Any], Mapping[str, Any]], every_steps: int) -> None:
+        self.draw = draw
+        self.every_steps = every_steps
+        self._last_step = -1
+
+    def _log(self, trainer: Any, pl_module: Any) -> None:
+        from landformer.core.train import log_images, shows_images
+
+        step = trainer.global_step
+        if step == self._last_step or not shows_images(trainer):
+            return
+        was_training = pl_module.training
+        pl_module.eval()
+        with torch.no_grad():
+            images = self.draw(pl_module)
+        pl_module.train(was_training)
+        log_images(trainer, images, step)
+        self._last_step = step
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step % self.every_steps == 0:
+            self._log(trainer, pl_module)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        self._log(trainer, pl_module)

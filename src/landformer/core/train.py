@@ -283,7 +283,7 @@ def log_images(trainer: Any, images: Mapping[str, Any], step: int) -> None:
     (H, W, 3) uint8 array or a PNG file. Only rank 0 logs, as it alone writes the run's files."""
     from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
-    if not trainer.is_global_zero:
+    if not shows_images(trainer):
         return
     arrays = {tag: _rgb(image) for tag, image in images.items()}
     for logger in trainer.loggers:
@@ -292,6 +292,14 @@ def log_images(trainer: Any, images: Mapping[str, Any], step: int) -> None:
                 logger.experiment.add_image(tag, rgb, step, dataformats="HWC")
             elif isinstance(logger, WandbLogger):
                 logger.log_image(key=tag, images=[rgb], step=step)
+
+
+def shows_images(trainer: Any) -> bool:
+    """Whether :func:`log_images` would send pictures anywhere: this is rank 0 and a logger shows them."""
+    from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+
+    image_loggers = (TensorBoardLogger, WandbLogger)
+    return trainer.is_global_zero and any(isinstance(logger, image_loggers) for logger in trainer.loggers)
 
 
 def log_image_files(trainer: Any, paths: Iterable[Path], step: int, section: str = "images") -> None:

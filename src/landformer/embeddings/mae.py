@@ -26,8 +26,9 @@ from landformer.core.config import to_dict
 from landformer.core.errors import UserError
 from landformer.core.io import write_json
 from landformer.core.nn import Transformer
-from landformer.core.task import BaseTask
+from landformer.core.task import BaseTask, ImagesEvery
 from landformer.core.train import fit, last_checkpoint, prepare_run, seed_everything
+from landformer.core.viz import save_png
 from landformer.embeddings.config import EmbeddingsConfig
 from landformer.embeddings.encoders import PatchEncoder, build_encoder, count_parameters
 from landformer.embeddings.pipeline import load_data, make_loaders, save_encoder, set_threads
@@ -191,7 +192,12 @@ def pretrain(
         task.mae.encoder.check_tile(dataset.tile_size, dataset.tile_size)
     except ValueError as err:
         raise UserError(f"embeddings encoder: {err} (change encoder.patch_size)") from None
-    result = fit(task, (train_loader, val_loader), config.train_pretrain, run_dir, resume=resume)
+    shown = dataset.indices("val")[:6]
+    pictures = ImagesEvery(
+        lambda task: {"mae/reconstructions": reconstruction_grid(task.mae, dataset, shown)},
+        config.train_pretrain.val_every_steps,
+    )
+    result = fit(task, (train_loader, val_loader), config.train_pretrain, run_dir, resume=resume, callbacks=[pictures])
     checkpoint = result.load_best_into(task)
     task.eval()
     meta = {
@@ -203,7 +209,7 @@ def pretrain(
         "global_step": result.global_step,
     }
     weights = save_encoder(run_dir, task.mae.encoder, meta)
-    picture = save_reconstructions(task.mae, dataset, dataset.indices("val")[:6], run_dir / "reconstructions.png")
+    picture = save_png(run_dir / "reconstructions.png", reconstruction_grid(task.mae, dataset, shown))
     summary = {
         "run_dir": str(run_dir),
         "encoder": str(weights),
@@ -221,30 +227,33 @@ def pretrain(
 
 
 @torch.no_grad()
-def save_reconstructions(mae: MaskedAutoencoder, dataset: Any, indices: np.ndarray, path: Path) -> Path:
+def reconstruction_grid(mae: MaskedAutoencoder, dataset: Any, indices: np.ndarray) -> np.ndarray:
     """Rows of (tile, masked tile, reconstruction), each shown through the tile's first three principal axes.
 
-    Reconstructions are un-normalized with the true patch's mean and spread (as in the MAE paper's figures).
+    Reconstructions are un-normalized with the true patch's mean and spread (as in the MAE paper's figures). The
+    tiles go to the model's device, so this also draws while training on a GPU.
     """
-    from landformer.core.viz import image_grid, save_png, upscale
+    from landformer.core.viz import image_grid, upscale
 
-    frames = torch.from_numpy(dataset.tiles[indices])
-    generator = torch.Generator().manual_seed(0)
+    device = next(mae.parameters()).device
+    frames = torch.from_numpy(dataset.tiles[indices]).to(device)
+    generator = torch.Generator(device=device).manual_seed(0)
     _, prediction, mask = mae(frames, generator=generator)
     patches = mae.patchify(frames)
     if mae.norm_pix_loss:
         mean = patches.mean(dim=-1, keepdim=True)
         std = (patches.var(dim=-1, keepdim=True) + 1e-6).sqrt()
         prediction = prediction * std + mean
-    shown = torch.where(mask[..., None].bool(), prediction, patches)
-    masked = torch.where(mask[..., None].bool(), torch.zeros_like(patches), patches)
+    shown = torch.where(mask[..., None].bool(), prediction, patches).cpu()
+    masked = torch.where(mask[..., None].bool(), torch.zeros_like(patches), patches).cpu()
+    patches = patches.cpu()
     size = dataset.tile_size
     cells = []
     for row in range(len(indices)):
         images = [_patches_to_tile(mae.encoder, p[row : row + 1], size) for p in (patches, masked, shown)]
         basis = _principal_axes(images[0])
         cells.extend(upscale(_as_rgb(image, basis), max(1, 96 // size)) for image in images)
-    return save_png(path, image_grid(cells, ncols=3))
+    return image_grid(cells, ncols=3)
 
 
 def _patches_to_tile(encoder: PatchEncoder, patches: Tensor, size: int) -> np.ndarray:
