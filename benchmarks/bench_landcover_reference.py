@@ -467,7 +467,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a small model and 8x8 chips: a smoke run in seconds")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the limit is measured with them)")
     parser.add_argument("--batch", type=int, default=2, help="chips sampled / scored at once")
-    parser.add_argument("--chains", type=int, default=2, help="Gibbs chains run at once (one full sweep)")
+    parser.add_argument("--chains", type=int, default=1, help="Gibbs chains run at once (one full sweep each)")
     parser.add_argument("--train-batch", type=int, default=2, help="chips per timed training step")
     parser.add_argument("--memory-batch", type=int, default=64, help="chips per step of the peak-RSS measurement")
     parser.add_argument(
