@@ -671,12 +671,14 @@ def change_picture(result: ChangeEvaluation, legend: Legend, path: Path) -> Path
 
     changed = [int(((a != b) & (a >= 0)).sum()) for a, b in zip(result.blocks_t1, result.blocks_t2, strict=True)]
     index = int(np.argmax(changed))
+    # Change is rare: stretched to the block's largest probability, the map shows where, not only that it is low.
+    top = max(float(result.p_change[index].max()), 1e-6)
     images = [
         result.blocks_t1[index],
         result.blocks_t2[index],
         result.predictions["model"][index],
         result.predictions["markov_ca"][index],
-        probability_rgb(result.p_change[index]),
+        probability_rgb(result.p_change[index] / top),
         outcome_rgb(result.blocks_t1[index], result.blocks_t2[index], result.predictions["model"][index]),
     ]
     titles = [
@@ -684,7 +686,7 @@ def change_picture(result: ChangeEvaluation, legend: Legend, path: Path) -> Path
         "real t2",
         "model t2 (most likely)",
         "Markov-CA t2",
-        "model P(change), 0 black .. 1 light",
+        f"model P(change), black 0 .. light {top:.2f}",
         "model: hit green, miss red,\nfalse alarm blue, wrong hit yellow",
     ]
     return save_panel(path, images, titles, nrows=2, legend=legend)
