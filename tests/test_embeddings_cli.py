@@ -251,3 +251,41 @@ def test_reference_recipe_runs_lora_on_a_local_qwen_checkpoint(world_dataset: Pa
     assert frozen > 0 and summary["trainable_parameters"] == summary["parameters"] - frozen  # LoRA: tower frozen
     meta = json.loads((tmp_path / "sft" / "model.json").read_text())
     assert meta["lora"]["rank"] == 16 and meta["encoder"]["tower_config"]["in_channels"] == 64
+
+
+# ------------------------------------------------------------------------ fine-tuning from the probe
+
+
+def probe_sft_run(world_dataset: Path, out: Path, *extra: str) -> dict:
+    args = [*TRAIN_STAGE, "sft", "--dataset", str(world_dataset), "--out", str(out), *TINY, *steps("sft", 6)]
+    assert main([*args, "--set", "train_sft.val_every_steps=3", "--set", "sft.start_from_probe=true", *extra]) == 0
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_sft_that_cannot_move_stays_exactly_the_ridge_probe(world_dataset: Path, tmp_path: Path) -> None:
+    summary = probe_sft_run(world_dataset, tmp_path / "sft", "--set", "sft.lr=0")
+    # Nothing trained, so the step-0 weights tie the best checkpoint on validation and are kept.
+    assert summary["kept_probe_start"] and summary["checkpoint"].endswith("probe_start.safetensors")
+    metrics = summary["metrics"]
+    for split in ("train", "val", "test"):
+        assert metrics["sft"][split]["r2"] == pytest.approx(metrics["ridge"][split]["r2"], abs=1e-5)
+
+
+def test_sft_from_probe_is_exported_and_scored_the_same_everywhere(world_dataset: Path, tmp_path: Path) -> None:
+    summary = probe_sft_run(world_dataset, tmp_path / "sft", "--set", "sft.lr=3e-3")
+    metrics = summary["metrics"]
+    # The step-0 weights are the ridge probe and remain a candidate, so validation never ends below the probe.
+    assert metrics["sft"]["val"]["r2"] >= metrics["ridge"]["val"]["r2"] - 1e-6
+    model, meta = load_regressor(tmp_path / "sft")
+    assert meta["probe"] is True and model.head.probe is not None
+    out = tmp_path / "eval"
+    assert main(["embeddings", "evaluate", "--runs", str(tmp_path / "sft"), "--out", str(out)]) == 0
+    evaluated = json.loads((out / "metrics.json").read_text())["metrics"]["sft:sft"]
+    for split in ("val", "test"):
+        assert evaluated[split]["r2"] == pytest.approx(metrics["sft"][split]["r2"], abs=1e-6)
+    # DPO rebuilds the probe branch from model.json and starts from the same predictions.
+    dpo = [*TRAIN_STAGE, "dpo", "--dataset", str(world_dataset), "--sft", str(tmp_path / "sft"),
+           "--out", str(tmp_path / "dpo"), *TINY, *steps("dpo", 2)]  # fmt: skip
+    assert main(dpo) == 0
+    sft_vs_dpo = json.loads((tmp_path / "dpo" / "summary.json").read_text())["sft_vs_dpo"]
+    assert sft_vs_dpo["test"]["sft_r2"] == pytest.approx(metrics["sft"]["test"]["r2"], abs=1e-6)

@@ -138,6 +138,10 @@ class SFTConfig:
     head_hidden: int = 128
     head_dropout: float = 0.1
     pooling: Literal["mean", "stats"] = "stats"  # stats: mean, centre-mean and spread of the patch tokens
+    # LP-FT: add a linear branch on the mean raw embedding, start it at the ridge probe's fit and the deep head's
+    # mean output at zero, so fine-tuning starts at the probe's predictions
+    start_from_probe: bool = False
+    probe_lr_scale: float = 1.0  # the probe branch trains at lr * this (0: it stays the ridge fit, a residual base)
     lr: float = 3e-4
     encoder_lr_scale: float = 0.3  # the encoder trains at lr * this once unfrozen
     freeze_epochs: int = 1  # epochs with the encoder frozen (the head learns first)
@@ -153,6 +157,8 @@ class SFTConfig:
     def validate(self) -> None:
         if self.freeze_epochs < 0:
             raise UserError(f"embeddings sft: freeze_epochs = {self.freeze_epochs} should not be negative")
+        if self.probe_lr_scale < 0:
+            raise UserError(f"embeddings sft: probe_lr_scale = {self.probe_lr_scale} should not be negative")
         if not 0 <= self.encoder_lr_scale <= 1:
             raise UserError(f"embeddings sft: encoder_lr_scale = {self.encoder_lr_scale} should lie in [0, 1]")
 

@@ -23,6 +23,7 @@ from landformer.core.nn import Transformer, swiglu_hidden
 class PatchEncoder(nn.Module):
     """Interface of the encoders (a base class so the MAE and the regression head can rely on it)."""
 
+    in_channels: int  # channels per pixel of the input tiles (64 for embeddings)
     patch_dim: int  # values per patch: the MAE's reconstruction target
     width: int  # channels of the output tokens
     group_size: int  # consecutive patches masked together

@@ -40,19 +40,28 @@ def regression_metrics(truth: np.ndarray, prediction: np.ndarray) -> dict[str, f
     }
 
 
-def fit_baselines(dataset: EmbeddingDataset) -> dict[str, dict[str, Any]]:
-    """Ridge and kNN on mean-pooled raw embeddings; predictions for every tile plus the chosen settings."""
+def fit_ridge_probe(dataset: EmbeddingDataset) -> Any:
+    """The ridge probe: standardized mean-pooled raw embeddings -> target, fitted on the training tiles, with its
+    penalty chosen by leave-one-out on them (a scikit-learn pipeline of StandardScaler and RidgeCV)."""
     from sklearn.linear_model import RidgeCV
-    from sklearn.neighbors import KNeighborsRegressor
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+
+    train = dataset.indices("train")
+    if len(train) == 0:
+        raise UserError("the dataset has no training tiles to fit the ridge and kNN baselines on")
+    features = dataset.mean_embeddings()[train]
+    return make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS)).fit(features, dataset.targets[train])
+
+
+def fit_baselines(dataset: EmbeddingDataset) -> dict[str, dict[str, Any]]:
+    """Ridge and kNN on mean-pooled raw embeddings; predictions for every tile plus the chosen settings."""
+    from sklearn.neighbors import KNeighborsRegressor
 
     features = dataset.mean_embeddings()
     train, val = dataset.indices("train"), dataset.indices("val")
     targets = dataset.targets
-    ridge = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS)).fit(features[train], targets[train])
-    if len(train) == 0:
-        raise UserError("the dataset has no training tiles to fit the ridge and kNN baselines on")
+    ridge = fit_ridge_probe(dataset)
     best_k, best_score = min(KNN_CHOICES[0], len(train)), -np.inf
     for k in KNN_CHOICES:
         if k > len(train):

@@ -11,6 +11,13 @@ large early gradients of a random head. Validation R2 picks the best checkpoint 
 (``train_sft.monitor`` is ``val/r2_deficit`` = 1 - R2, since the trainer minimizes). With ``sft.lora`` the
 encoder's attention and MLP projections get low-rank adapters (peft) and only those, the patch embedding and the
 head train: the option meant for the 7B towers.
+
+With ``sft.start_from_probe`` (LP-FT, Kumar et al. 2022) the head also holds a linear branch on the tile's mean raw
+embedding, set to the ridge probe fitted on the training tiles, and the deep head's mean output starts at zero:
+fine-tuning starts exactly at the probe, and the first gradients the encoder sees are the probe's residuals, not
+a random head's. The step-0 weights (``probe_start.safetensors``) stay a candidate of the validation choice, so
+fine-tuning that helps nowhere on validation leaves the probe as it was. ``sft.probe_lr_scale = 0`` keeps the
+branch at the ridge fit (the deep part then learns the probe's residual).
 """
 
 from __future__ import annotations
@@ -28,13 +35,19 @@ from torch import Tensor, nn
 
 from landformer.core.config import to_dict
 from landformer.core.errors import UserError
-from landformer.core.io import write_json
+from landformer.core.io import load_safetensors, save_safetensors, write_json
 from landformer.core.task import BaseTask
 from landformer.core.train import fit, last_checkpoint, prepare_run, seed_everything
 from landformer.embeddings.config import EmbeddingsConfig
 from landformer.embeddings.data import EmbeddingDataset
 from landformer.embeddings.encoders import PatchEncoder, build_encoder, count_parameters, exported_encoder_config
-from landformer.embeddings.evaluate import fit_baselines, regression_metrics, save_scatter, split_metrics
+from landformer.embeddings.evaluate import (
+    fit_baselines,
+    fit_ridge_probe,
+    regression_metrics,
+    save_scatter,
+    split_metrics,
+)
 from landformer.embeddings.pipeline import (
     eval_loader,
     load_data,
@@ -47,13 +60,52 @@ from landformer.embeddings.pipeline import (
 )
 
 LOG_VAR_RANGE = (-9.0, 4.0)  # standardized units: sd between 0.011 and 7.4
+PROBE_START_FILE = "probe_start.safetensors"  # the step-0 weights of a start_from_probe run
+
+
+def mean_embedding(frames: Tensor) -> Tensor:
+    """(B, F, C, H, W) -> (B, C): the mean of the first frame's pixel vectors over the pixels observed in every
+    frame, the input of the ridge and kNN probes (:meth:`~landformer.embeddings.data.EmbeddingDataset.mean_embeddings`).
+    Masked pixels arrive as zero vectors, and an observed embedding pixel is a unit vector, never zero."""
+    observed = (frames.abs().amax(dim=2) > 0).all(dim=1).flatten(1).to(frames.dtype)  # (B, H*W)
+    pixels = frames[:, 0].flatten(2)  # (B, C, H*W)
+    return torch.einsum("bcp,bp->bc", pixels, observed) / observed.sum(dim=1, keepdim=True).clamp_min(1.0)
+
+
+class LinearProbe(nn.Module):
+    """A linear model of the standardized target on the tile's mean raw embedding, with the embedding standardized
+    by fixed (buffered, exported) statistics: the ridge probe as a layer, so fine-tuning can start from it."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.register_buffer("feature_mean", torch.zeros(channels))
+        self.register_buffer("feature_scale", torch.ones(channels))
+        self.linear = nn.Linear(channels, 1)
+
+    def forward(self, embedding: Tensor) -> Tensor:
+        return self.linear((embedding - self.feature_mean) / self.feature_scale)[..., 0]
+
+    @torch.no_grad()
+    def set_from_ridge(self, ridge: Any, target_mean: float, target_scale: float) -> None:
+        """Copy a fitted ridge probe (:func:`~landformer.embeddings.evaluate.fit_ridge_probe`, in target units)
+        into this layer, converted to the standardized targets the heads predict."""
+        scaler, model = ridge[0], ridge[-1]
+        self.feature_mean.copy_(torch.as_tensor(scaler.mean_))
+        self.feature_scale.copy_(torch.as_tensor(scaler.scale_))
+        self.linear.weight.copy_(torch.as_tensor(model.coef_ / target_scale)[None])
+        self.linear.bias.fill_((float(model.intercept_) - target_mean) / target_scale)
 
 
 class GaussianHead(nn.Module):
-    """Pooled features -> (mean, log-variance) of the standardized target."""
+    """Pooled features -> (mean, log-variance) of the standardized target.
 
-    def __init__(self, width: int, hidden: int = 128, dropout: float = 0.1) -> None:
+    With ``probe_width`` the last ``probe_width`` feature columns are the tile's mean raw embedding, and a
+    :class:`LinearProbe` on them is added to the mean (the deep part sees only the encoder features).
+    """
+
+    def __init__(self, width: int, hidden: int = 128, dropout: float = 0.1, probe_width: int = 0) -> None:
         super().__init__()
+        self.width = width
         self.net = nn.Sequential(
             nn.LayerNorm(width),
             nn.Linear(width, hidden),
@@ -61,25 +113,53 @@ class GaussianHead(nn.Module):
             nn.Dropout(dropout),
             nn.Linear(hidden, 2),
         )
+        self.probe = LinearProbe(probe_width) if probe_width else None
 
     def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
-        out = self.net(features)
-        return out[..., 0], out[..., 1].clamp(*LOG_VAR_RANGE)
+        out = self.net(features[..., : self.width])
+        mean = out[..., 0]
+        if self.probe is not None:
+            mean = mean + self.probe(features[..., self.width :])
+        return mean, out[..., 1].clamp(*LOG_VAR_RANGE)
 
 
 class Regressor(nn.Module):
-    """Encoder + pooling of its patch tokens (:func:`~landformer.embeddings.encoders.pool_tokens`) + Gaussian head."""
+    """Encoder + pooling of its patch tokens (:func:`~landformer.embeddings.encoders.pool_tokens`) + Gaussian head;
+    with ``probe``, plus a linear probe on the tile's mean raw embedding (:class:`LinearProbe`)."""
 
     def __init__(
-        self, encoder: PatchEncoder, head_hidden: int = 128, head_dropout: float = 0.1, pooling: str = "mean"
+        self,
+        encoder: PatchEncoder,
+        head_hidden: int = 128,
+        head_dropout: float = 0.1,
+        pooling: str = "mean",
+        probe: bool = False,
     ) -> None:
         super().__init__()
         self.encoder = encoder
         self.pooling = pooling
-        self.head = GaussianHead(encoder.pooled_width(pooling), head_hidden, head_dropout)
+        self.probe = probe
+        probe_width = encoder.in_channels if probe else 0
+        self.head = GaussianHead(encoder.pooled_width(pooling), head_hidden, head_dropout, probe_width)
 
     def features(self, frames: Tensor) -> Tensor:
-        return self.encoder.features(frames, self.pooling)
+        """The head's input: pooled encoder features, followed by the mean raw embedding when ``probe`` is set."""
+        pooled = self.encoder.features(frames, self.pooling)
+        if not self.probe:
+            return pooled
+        return torch.cat([pooled, mean_embedding(frames).to(pooled.dtype)], dim=-1)
+
+    @torch.no_grad()
+    def start_from_probe(self, ridge: Any, target_mean: float, target_scale: float) -> None:
+        """Make the model's mean prediction exactly the ridge probe's (LP-FT, Kumar et al. 2022): the probe layer
+        takes the ridge fit and the deep head's mean output starts at zero, so fine-tuning begins at the probe
+        and the encoder's first gradients come from the probe's residuals, not from a random head."""
+        if self.head.probe is None:
+            raise ValueError("start_from_probe needs a Regressor built with probe=True")
+        self.head.probe.set_from_ridge(ridge, target_mean, target_scale)
+        last = self.head.net[-1]
+        last.weight[0].zero_()
+        last.bias[0].zero_()
 
     def forward(self, frames: Tensor) -> tuple[Tensor, Tensor]:
         return self.head(self.features(frames))
@@ -113,12 +193,14 @@ def add_lora(encoder: nn.Module, rank: int, alpha: int, dropout: float, targets:
 
 def build_regressor(spec: Mapping[str, Any]) -> Regressor:
     """The Gaussian regressor that a task's hyperparameters or an exported model's JSON describe: ``encoder``,
-    ``frames``, ``head_hidden``, ``head_dropout``, ``pooling`` (older exports: mean) and optional ``lora``."""
+    ``frames``, ``head_hidden``, ``head_dropout``, ``pooling`` (older exports: mean), ``probe`` (older exports:
+    none) and optional ``lora``."""
     model = Regressor(
         build_encoder(spec["encoder"], spec["frames"]),
         spec["head_hidden"],
         spec["head_dropout"],
         spec.get("pooling", "mean"),
+        bool(spec.get("probe", False)),
     )
     lora = spec.get("lora")
     if lora:
@@ -149,6 +231,8 @@ class RegressionTask(BaseTask):
         head_hidden: int = 128,
         head_dropout: float = 0.1,
         pooling: str = "mean",
+        probe: bool = False,
+        probe_lr_scale: float = 1.0,
         freeze_steps: int = 0,
         encoder_lr_scale: float = 0.1,
         lora: dict[str, Any] | None = None,
@@ -185,9 +269,14 @@ class RegressionTask(BaseTask):
         log_validation_r2(self, self._val_outputs)
 
     def parameter_parts(self) -> list[tuple[torch.nn.Module, float, int]]:
-        """The head at ``lr`` from the start; the encoder at ``lr * encoder_lr_scale`` from ``freeze_steps`` on."""
+        """The head at ``lr`` from the start (its linear probe at ``lr * probe_lr_scale``); the encoder at
+        ``lr * encoder_lr_scale`` from ``freeze_steps`` on."""
         hp = self.hparams
-        return [(self.model.head, 1.0, 0), (self.model.encoder, hp.encoder_lr_scale, hp.freeze_steps)]
+        head = self.model.head
+        parts = [(head.net, 1.0, 0), (self.model.encoder, hp.encoder_lr_scale, hp.freeze_steps)]
+        if head.probe is not None:
+            parts.append((head.probe, hp.probe_lr_scale, 0))
+        return parts
 
 
 def _lora_settings(config: EmbeddingsConfig) -> dict[str, Any] | None:
@@ -207,6 +296,8 @@ def build_regression_task(
         head_hidden=sft.head_hidden,
         head_dropout=sft.head_dropout,
         pooling=sft.pooling,
+        probe=sft.start_from_probe,
+        probe_lr_scale=sft.probe_lr_scale,
         freeze_steps=freeze_steps,
         encoder_lr_scale=sft.encoder_lr_scale,
         lora=_lora_settings(config),
@@ -234,6 +325,7 @@ def model_meta(
         "head_hidden": task_hparams["head_hidden"],
         "head_dropout": task_hparams["head_dropout"],
         "pooling": task_hparams.get("pooling", "mean"),
+        "probe": bool(task_hparams.get("probe", False)),
         "lora": task_hparams.get("lora"),
         "target_mean": scaling[0],
         "target_scale": scaling[1],
@@ -300,6 +392,32 @@ def stage_report(
     }
 
 
+def validation_r2(model: Regressor, dataset: EmbeddingDataset, scaling: tuple[float, float]) -> float:
+    """The model's R2 on the validation tiles, as the validation loop logs it (no augmentation, eval mode)."""
+    val = dataset.indices("val")
+    mean, _ = predict(model, {"target_mean": scaling[0], "target_scale": scaling[1]}, dataset, val)
+    return regression_metrics(dataset.targets[val], mean)["r2"]
+
+
+def keep_start_if_better(
+    model: Regressor, start_file: Path, checkpoint: Path, dataset: EmbeddingDataset, scaling: tuple[float, float]
+) -> Path:
+    """Put the step-0 weights (the ridge probe, :meth:`Regressor.start_from_probe`) back into ``model`` unless the
+    best checkpoint beats them on validation R2; returns the file the model's weights now come from.
+
+    Validation runs only after training steps, so without this the start is never among the candidates early
+    stopping chooses from, and fine-tuning that only hurts on validation would still replace the probe."""
+    if not start_file.is_file():
+        raise UserError(f"{start_file} is missing: it holds the step-0 weights a start_from_probe run compares with")
+    trained_state = {name: value.clone() for name, value in model.state_dict().items()}
+    trained_r2 = validation_r2(model, dataset, scaling)
+    model.load_state_dict(load_safetensors(start_file, "step-0 weights")[0])
+    if validation_r2(model, dataset, scaling) >= trained_r2:
+        return start_file
+    model.load_state_dict(trained_state)
+    return checkpoint
+
+
 def finetune(
     config: EmbeddingsConfig,
     run_dir: str | os.PathLike[str],
@@ -337,9 +455,15 @@ def finetune(
         raise UserError(f"embeddings encoder: {err} (change encoder.patch_size)") from None
     if encoder_state is not None and resume is False:
         task.model.encoder.load_state_dict(encoder_state)
+    start_file = run_dir / PROBE_START_FILE
+    if config.sft.start_from_probe and resume is False:
+        task.model.start_from_probe(fit_ridge_probe(dataset), *scaling)
+        save_safetensors(start_file, task.model.state_dict(), {"stage": "sft", "step": 0})
     result = fit(task, (train_loader, val_loader), config.train_sft, run_dir, resume=resume)
     checkpoint = result.load_best_into(task)
     task.eval()
+    if config.sft.start_from_probe:
+        checkpoint = keep_start_if_better(task.model, start_file, checkpoint, dataset, scaling)
     exported = exported_encoder_config(encoder_values, task.model.encoder)
     meta = model_meta("sft", exported, dataset.n_frames, dataset, dict(task.hparams), scaling)
     meta.update({"checkpoint": str(checkpoint), "global_step": result.global_step, "init": str(init) if init else None})
@@ -351,6 +475,7 @@ def finetune(
         "checkpoint": str(checkpoint),
         "global_step": result.global_step,
         "freeze_steps": freeze_steps,
+        "kept_probe_start": checkpoint == start_file,
         "trainable_parameters": count_parameters(task.model, trainable_only=True),
         "parameters": count_parameters(task.model),
         **report,
