@@ -441,7 +441,7 @@ def test_tiny_config_file_equals_the_built_in_defaults() -> None:
     assert (reference.data.chip_size, reference.data.batch_size, reference.task.lr) == (32, 64, 5e-4)
     assert (reference.train.max_steps, reference.train.precision) == (100_000, "auto")
     partial = load_config(LandCoverRecipe, None, ["train.progress_bar=false"]).train
-    assert (partial.max_steps, partial.progress_bar, partial.loggers) == (300, False, ["csv"])
+    assert (partial.max_steps, partial.progress_bar, partial.loggers) == (300, False, ["csv", "tensorboard"])
 
 
 @pytest.mark.slow

@@ -40,11 +40,15 @@ def tensorboard_images(log_dir: Path) -> dict[str, list[int]]:
 def test_images_reach_tensorboard_and_wandb_at_the_image_interval(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import wandb
+
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
+    wandb.finish()  # Lightning's W&B logger joins a run another test left open instead of starting its own
     train, _ = make_loaders()
     config = quick_config(max_steps=6, loggers=["csv", "tensorboard", "wandb"])
     fit(TinyRegression(), train, config, tmp_path / "run", callbacks=[DrawEvery(tmp_path / "pictures", 2)])
+    wandb.finish()
 
     assert tensorboard_images(tmp_path / "run/logs") == {"images/gen": [2, 4, 6]}
     (wandb_run,) = (tmp_path / "run/logs/wandb").glob("offline-run-*")
