@@ -58,8 +58,8 @@ igbp-model: setup
 TERRAIN_RUN ?= runs/terrain_real
 TERRAIN_PRETRAINED = src/landformer/terrain/pretrained/real
 terrain-model: setup
-	$(VENV)/bin/landformer terrain fit-tokenizer --config configs/terrain_tokenizer_real.yaml --out $(TERRAIN_RUN)/tokenizer
-	$(VENV)/bin/landformer terrain fit --config configs/terrain_maskgit_real.yaml --out $(TERRAIN_RUN)/maskgit \
+	$(VENV)/bin/landformer terrain train --stage tokenizer --config configs/terrain_tokenizer_real.yaml --out $(TERRAIN_RUN)/tokenizer
+	$(VENV)/bin/landformer terrain train --stage maskgit --config configs/terrain_maskgit_real.yaml --out $(TERRAIN_RUN)/maskgit \
 		--tokenizer $(TERRAIN_RUN)/tokenizer
 	mkdir -p $(TERRAIN_PRETRAINED)
 	cp $(TERRAIN_RUN)/tokenizer/tokenizer.safetensors $(TERRAIN_RUN)/tokenizer/tokenizer.json $(TERRAIN_PRETRAINED)/
