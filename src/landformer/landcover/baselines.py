@@ -1,6 +1,6 @@
 """Strong simple baselines for categorical maps, and the fair held-out chips to score models and baselines on.
 
-A model of land cover has learned something only if it beats these (DATA.md, "Strong simple baselines"):
+A model of land cover has learned something only if it beats these:
 
 - :class:`CausalContextModel`: a table of class counts given the classes of the west, north, north-west and
   north-east neighbours, fitted on training chips, smoothed add-1/2 and scored in raster order. Neighbours
