@@ -142,6 +142,9 @@ class SFTConfig:
     # mean output at zero, so fine-tuning starts at the probe's predictions
     start_from_probe: bool = False
     probe_lr_scale: float = 1.0  # the probe branch trains at lr * this (0: it stays the ridge fit, a residual base)
+    # the fine-tuned model replaces the step-0 probe only if its mean validation gain in squared error exceeds this
+    # many standard errors (paired over validation tiles); 0: any gain
+    probe_min_gain_se: float = 2.0
     lr: float = 3e-4
     encoder_lr_scale: float = 0.3  # the encoder trains at lr * this once unfrozen
     freeze_epochs: int = 1  # epochs with the encoder frozen (the head learns first)
@@ -159,6 +162,8 @@ class SFTConfig:
             raise UserError(f"embeddings sft: freeze_epochs = {self.freeze_epochs} should not be negative")
         if self.probe_lr_scale < 0:
             raise UserError(f"embeddings sft: probe_lr_scale = {self.probe_lr_scale} should not be negative")
+        if self.probe_min_gain_se < 0:
+            raise UserError(f"embeddings sft: probe_min_gain_se = {self.probe_min_gain_se} should not be negative")
         if not 0 <= self.encoder_lr_scale <= 1:
             raise UserError(f"embeddings sft: encoder_lr_scale = {self.encoder_lr_scale} should lie in [0, 1]")
 

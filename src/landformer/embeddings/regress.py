@@ -15,9 +15,10 @@ head train: the option meant for the 7B towers.
 With ``sft.start_from_probe`` (LP-FT, Kumar et al. 2022) the head also holds a linear branch on the tile's mean raw
 embedding, set to the ridge probe fitted on the training tiles, and the deep head's mean output starts at zero:
 fine-tuning starts exactly at the probe, and the first gradients the encoder sees are the probe's residuals, not
-a random head's. The step-0 weights (``probe_start.safetensors``) stay a candidate of the validation choice, so
-fine-tuning that helps nowhere on validation leaves the probe as it was. ``sft.probe_lr_scale = 0`` keeps the
-branch at the ridge fit (the deep part then learns the probe's residual).
+a random head's. The step-0 weights (``probe_start.safetensors``) stay a candidate of the validation choice: the
+fine-tuned model replaces them only when its validation gain is clear of noise (``sft.probe_min_gain_se``), so
+fine-tuning that does not clearly help leaves the probe as it was. ``sft.probe_lr_scale = 0`` keeps the branch at
+the ridge fit (the deep part then learns the probe's residual).
 """
 
 from __future__ import annotations
@@ -392,30 +393,42 @@ def stage_report(
     }
 
 
-def validation_r2(model: Regressor, dataset: EmbeddingDataset, scaling: tuple[float, float]) -> float:
-    """The model's R2 on the validation tiles, as the validation loop logs it (no augmentation, eval mode)."""
+def validation_errors(model: Regressor, dataset: EmbeddingDataset, scaling: tuple[float, float]) -> np.ndarray:
+    """Squared error on each validation tile (no augmentation, eval mode), in target units."""
     val = dataset.indices("val")
     mean, _ = predict(model, {"target_mean": scaling[0], "target_scale": scaling[1]}, dataset, val)
-    return regression_metrics(dataset.targets[val], mean)["r2"]
+    return (mean - dataset.targets[val]) ** 2
 
 
-def keep_start_if_better(
-    model: Regressor, start_file: Path, checkpoint: Path, dataset: EmbeddingDataset, scaling: tuple[float, float]
-) -> Path:
+def keep_start_unless_beaten(
+    model: Regressor,
+    start_file: Path,
+    checkpoint: Path,
+    dataset: EmbeddingDataset,
+    scaling: tuple[float, float],
+    min_gain_se: float,
+) -> tuple[Path, dict[str, float]]:
     """Put the step-0 weights (the ridge probe, :meth:`Regressor.start_from_probe`) back into ``model`` unless the
-    best checkpoint beats them on validation R2; returns the file the model's weights now come from.
+    best checkpoint's validation gain over them, the mean over validation tiles of (start's squared error - its
+    squared error), exceeds ``min_gain_se`` standard errors of that mean. Returns the file the model's weights now
+    come from and the gain.
 
     Validation runs only after training steps, so without this the start is never among the candidates early
-    stopping chooses from, and fine-tuning that only hurts on validation would still replace the probe."""
+    stopping chooses from. The margin is there because a few dozen validation tiles cannot tell a small gain
+    from noise, and a fine-tuned model that only looks better on them is usually no better on new tiles; tiles
+    of one region are correlated, so the standard error is, if anything, too small."""
     if not start_file.is_file():
         raise UserError(f"{start_file} is missing: it holds the step-0 weights a start_from_probe run compares with")
     trained_state = {name: value.clone() for name, value in model.state_dict().items()}
-    trained_r2 = validation_r2(model, dataset, scaling)
+    trained_errors = validation_errors(model, dataset, scaling)
     model.load_state_dict(load_safetensors(start_file, "step-0 weights")[0])
-    if validation_r2(model, dataset, scaling) >= trained_r2:
-        return start_file
+    gain = validation_errors(model, dataset, scaling) - trained_errors
+    standard_error = float(gain.std(ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else 0.0
+    report = {"mean": float(gain.mean()), "standard_error": standard_error, "min_gain_se": min_gain_se}
+    if gain.mean() <= min_gain_se * standard_error:
+        return start_file, report
     model.load_state_dict(trained_state)
-    return checkpoint
+    return checkpoint, report
 
 
 def finetune(
@@ -462,8 +475,11 @@ def finetune(
     result = fit(task, (train_loader, val_loader), config.train_sft, run_dir, resume=resume)
     checkpoint = result.load_best_into(task)
     task.eval()
+    probe_gain = None
     if config.sft.start_from_probe:
-        checkpoint = keep_start_if_better(task.model, start_file, checkpoint, dataset, scaling)
+        checkpoint, probe_gain = keep_start_unless_beaten(
+            task.model, start_file, checkpoint, dataset, scaling, config.sft.probe_min_gain_se
+        )
     exported = exported_encoder_config(encoder_values, task.model.encoder)
     meta = model_meta("sft", exported, dataset.n_frames, dataset, dict(task.hparams), scaling)
     meta.update({"checkpoint": str(checkpoint), "global_step": result.global_step, "init": str(init) if init else None})
@@ -476,6 +492,7 @@ def finetune(
         "global_step": result.global_step,
         "freeze_steps": freeze_steps,
         "kept_probe_start": checkpoint == start_file,
+        "validation_gain_over_probe": probe_gain,
         "trainable_parameters": count_parameters(task.model, trainable_only=True),
         "parameters": count_parameters(task.model),
         **report,
