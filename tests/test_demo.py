@@ -31,6 +31,11 @@ DEMO_STEPS: dict[str, dict[str, Any]] = {
         "ratio_to_context": 0.867,
         "bits_per_pixel": {"model_random_order": 0.72, "class_entropy": 1.6, "lzma": 0.77, "png": 0.9},
         "inpaint_accuracy_hidden": 0.61,
+        "change_training_steps": 20,
+        "change_model_figure_of_merit": 0.06,
+        "change_markov_ca_figure_of_merit": 0.05,
+        "change_model_bits_given_t1": 0.05,
+        "change_markov_bits": 0.1,
         "model": "igbp",
         "seconds": 50.0,
     },
@@ -82,6 +87,7 @@ def flipped(steps: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     land["heldout_bits_per_pixel"], land["context_model_bits_per_pixel"] = 0.9, 0.7
     land["heldout_bits_raster_order"] = 0.6
     land["bits_per_pixel"] = {"class_entropy": 0.5, "lzma": 1.2, "png": 0.8}
+    land["change_model_figure_of_merit"], land["change_model_bits_given_t1"] = 0.04, 0.2
     terrain = steps["terrain"]
     terrain["passed"] = {name: not passed for name, passed in terrain["passed"].items()}
     terrain["realism_ratio_to_fractal_noise"] = {
@@ -108,6 +114,12 @@ def expected_marks(steps: dict[str, dict[str, Any]]) -> dict[str, bool]:
         "bits per held-out pixel, raster order": land["heldout_bits_raster_order"] < context,
         "bits per held-out pixel vs class frequencies alone": bits < land["bits_per_pixel"]["class_entropy"],
         "bits per held-out pixel vs compressors": bits < min(land["bits_per_pixel"][name] for name in ("lzma", "png")),
+        "land change 2000 -> 2010 (20 training steps): Figure of Merit on held-out blocks": (
+            land["change_model_figure_of_merit"] > land["change_markov_ca_figure_of_merit"]
+        ),
+        "land change: bits per pixel of the 2010 map given 2000's": (
+            land["change_model_bits_given_t1"] < land["change_markov_bits"]
+        ),
         "median error, continent picked by the router": geoloc["routed_median_km"] < geoloc["baseline_median_km"],
         "median error, true continent's model": geoloc["oracle_median_km"] < geoloc["baseline_median_km"],
     }

@@ -238,6 +238,26 @@ def report_landcover(result: dict[str, Any]) -> StepReport:
         Measure("short training run: speed", result.get("train_tokens_per_s"), "pixels/s"),
         Measure("short training run: bits per held-out pixel", result.get("short_run_heldout_bits_per_pixel"), unit),
     ]
+    if "change_model_figure_of_merit" in result:
+        steps = result.get("change_training_steps")
+        measures += [
+            against(
+                f"land change 2000 -> 2010 ({steps} training steps): Figure of Merit on held-out blocks",
+                result["change_model_figure_of_merit"],
+                "",
+                "Markov transition matrix with neighbourhood allocation",
+                result.get("change_markov_ca_figure_of_merit"),
+                False,
+            ),
+            against(
+                "land change: bits per pixel of the 2010 map given 2000's",
+                result.get("change_model_bits_given_t1"),
+                unit,
+                "Markov transition matrix, pixel by pixel",
+                result.get("change_markov_bits"),
+                True,
+            ),
+        ]
     return StepReport(
         "land cover",
         headline + ". Lower is better: a model that predicts land cover well is surprised by few pixels.",
@@ -248,6 +268,9 @@ def report_landcover(result: dict[str, Any]) -> StepReport:
             "info.png": "Bits per pixel on held-out chips: the model against the context model, class entropy and "
             "general-purpose compressors (shorter bars are better)",
             "animation.gif": "A grid of maps generated one pixel at a time in random order",
+            "change_eval.png": "Land change on a held-out block of the synthetic world: real 2010, the change "
+            "model's most likely 2010 given 2000, hits / misses / false alarms, the Markov baseline's map and the "
+            "probability of change",
         },
     )
 
