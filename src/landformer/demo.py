@@ -9,7 +9,6 @@ relative to the run folder, so the folder can be moved or zipped.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import html
 import logging
 import math
@@ -166,7 +165,7 @@ def no_worse(
     """:func:`against` for an "at or above the baseline" target: a value level with the baseline meets it."""
     measure = against(label, value, unit, baseline_label, baseline, lower_is_better)
     if value is not None and baseline is not None and abs(value - baseline) <= LEVEL:
-        return dataclasses.replace(measure, better=True)
+        return replace(measure, better=True)
     return measure
 
 
