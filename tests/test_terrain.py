@@ -175,7 +175,9 @@ def test_world_is_the_same_whatever_the_block_size(models: dict[str, Path], tmp_
         assert a.transform == Affine(PIXEL, 0, 1000.0, 0, -PIXEL, 9000.0)
         first, second = a.read(1), b.read(1)
     assert np.isfinite(first).all()
-    assert np.array_equal(first, second)
+    # The same tokens decoded in differently sized blocks: equal up to float32 rounding, which depends on which
+    # convolution kernels the CPU's instruction set gets (bit-equal on one development machine, 1 ulp on another).
+    assert np.abs(first - second).max() <= 4 * np.spacing(np.abs(first).max())
     assert Path(small["preview"]).is_file()
     # Heights follow the training statistics by default: mean offset, relief scaled from normalised units.
     assert abs(float(first.mean()) - SUMMARY["median_offset_m"]) < 3 * SUMMARY["median_scale_m"]
