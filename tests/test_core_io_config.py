@@ -379,3 +379,24 @@ def test_bad_legend_json_is_a_user_error(data: dict, message: str) -> None:
 def test_load_legend_unknown_name() -> None:
     with pytest.raises(UserError, match="neither a built-in legend"):
         load_legend("nlcd2099")
+
+
+def test_other_ranks_of_a_launch_share_the_output_rank_0_guards(tmp_path: Path, monkeypatch) -> None:
+    """torchrun and SLURM run one command with one --out on every rank: rank 0 holds the lock, and a rank above
+    0 passes without being refused as a second writer, while a plain second command still is."""
+    from landformer.core.io import OutputLock, launch_rank, output_guard
+
+    out = tmp_path / "run"
+    rank_0 = OutputLock(out).acquire()
+    try:
+        monkeypatch.setenv("RANK", "1")
+        assert launch_rank() == 1
+        with output_guard(out, "folder") as path:
+            assert path == out
+        monkeypatch.delenv("RANK")
+        monkeypatch.setenv("SLURM_PROCID", "0")
+        assert launch_rank() == 0
+        with pytest.raises(UserError, match="being written by another landformer command"), output_guard(out, "folder"):
+            pass
+    finally:
+        rank_0.release()

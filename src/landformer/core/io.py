@@ -247,6 +247,15 @@ class OutputLock:
         self.release()
 
 
+def launch_rank() -> int:
+    """This process's global rank in a torchrun (``RANK``) or SLURM (``SLURM_PROCID``) launch; 0 outside one."""
+    for name in ("RANK", "SLURM_PROCID"):
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
 @contextlib.contextmanager
 def output_guard(path: str | os.PathLike[str], kind: OutputKind, flag: str = "--out") -> Iterator[Path]:
     """Run a command's work for output ``path`` (a file or a folder) safely.
@@ -257,6 +266,12 @@ def output_guard(path: str | os.PathLike[str], kind: OutputKind, flag: str = "--
     removed unless it holds a checkpoint to resume from, and parent folders made here are removed when empty.
     """
     path = check_output_path(path, kind, flag)
+    if launch_rank() > 0:
+        # A torchrun or SLURM launch runs the same command, with the same --out, on every rank: rank 0 guards the
+        # output, and the other ranks, which Lightning keeps from writing it, must not be refused as a second writer.
+        make_folder(path.parent)
+        yield path
+        return
     made = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]
     make_folder(path.parent)
     existed = path.exists()

@@ -32,7 +32,7 @@ import torch
 
 from landformer.core.chips import ChipConfig, ChipSet, as_class_indices, load_chips, make_chips
 from landformer.core.errors import UserError
-from landformer.core.io import load_torch, read_json, write_json
+from landformer.core.io import launch_rank, load_torch, read_json, write_json
 from landformer.core.legend import Legend, load_legend
 from landformer.core.train import check_training_checkpoint, fit, last_checkpoint, prepare_run, seed_everything
 from landformer.landcover.config import LandCoverRecipe
@@ -43,7 +43,7 @@ from landformer.landcover.data import (
     spread_indices,
     training_loader,
 )
-from landformer.landcover.export import CovariateStats, load_model, save_model
+from landformer.landcover.export import MODEL_FILE, CovariateStats, load_model, save_model
 from landformer.landcover.model import LandCoverConfig
 from landformer.landcover.task import LandCoverTask, SampleImages, Throughput
 
@@ -300,7 +300,13 @@ def train_landcover(
     if recipe.data.builds_igbp:
         # How to cut the same chips again where the run folder is gone (the packaged model, `--model igbp`).
         extra["igbp_chips"] = igbp_chip_settings(recipe)
-    model_file = save_model(task.model.cpu(), legend, run_dir, extra, chips.channel_names, stats)
+    # Every rank of a torchrun or SLURM launch ends with the same weights in the same run folder: rank 0 writes.
+    writer = launch_rank() == 0
+    model_file = (
+        save_model(task.model.cpu(), legend, run_dir, extra, chips.channel_names, stats)
+        if writer
+        else run_dir / MODEL_FILE
+    )
     summary = {
         "run_dir": str(run_dir),
         "model": str(model_file),
@@ -318,5 +324,6 @@ def train_landcover(
         "fit_seconds": round(result.seconds, 2),
         "seconds": round(time.perf_counter() - start_time, 2),
     }
-    write_json(run_dir / "train_summary.json", summary)
+    if writer:
+        write_json(run_dir / "train_summary.json", summary)
     return summary
