@@ -282,6 +282,11 @@ def test_cli_gibbs_panorama_embed_evaluate(cli_files: dict[str, Path], legend: L
     np.testing.assert_array_equal(frames[0], labels_with_nodata(6, legend.n_classes, 2)[:3])
     np.testing.assert_array_equal(frames[1:] < 0, np.broadcast_to(frames[0] < 0, frames[1:].shape))
     assert frames.max() < legend.n_classes
+    assert main([*argv, "--out", str(tmp_path / "gibbs_default")]) == 0  # grouped single-site updates
+    with np.load(tmp_path / "gibbs_default" / "gibbs_frames.npz") as stored:
+        default_frames = stored["frames"]
+    assert default_frames.shape == frames.shape and default_frames.max() < legend.n_classes
+    np.testing.assert_array_equal(default_frames[1:] < 0, np.broadcast_to(frames[0] < 0, frames[1:].shape))
 
     argv = ["landcover", "panorama", "--model", run, "--width", "20", "--height", "8", "--steps", "4"]
     assert main([*argv, "--out", str(tmp_path / "pano")]) == 0

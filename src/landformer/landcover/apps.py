@@ -83,7 +83,7 @@ def gibbs_chains(
     model: LandCoverRandAR,
     start: np.ndarray | Tensor,
     sweeps: int,
-    block_size: int = 1,
+    block_size: int | None = None,
     temperature: float = 1.0,
     covariates: Tensor | None = None,
     lonlat: Tensor | None = None,
@@ -92,7 +92,8 @@ def gibbs_chains(
     seed: int = 0,
     progress: bool = False,
 ) -> GibbsRun:
-    """Run one Gibbs chain per map in ``start`` (B, H, W) for ``sweeps`` sweeps (:func:`decoding.gibbs`).
+    """Run one Gibbs chain per map in ``start`` (B, H, W) for ``sweeps`` sweeps (:func:`decoding.gibbs`; the
+    default ``block_size=None`` is its grouped single-site mode).
 
     Nodata cells (-1) and cells where ``fixed`` (B, H, W) is True never change; they are context for the rest.
     """

@@ -35,7 +35,13 @@ def add_app_commands(group: argparse._SubParsersAction) -> None:
     gibbs.add_argument("--split", choices=["test", "train"], default="test", help="which chips start the chains")
     gibbs.add_argument("--chains", type=int, default=16, help="number of chains, run as one batch")
     gibbs.add_argument("--sweeps", type=int, default=20, help="sweeps per chain (each visits every cell once)")
-    gibbs.add_argument("--block-size", type=int, default=16, help="cells redrawn together, last in the order")
+    gibbs.add_argument(
+        "--block-size",
+        type=int,
+        default=None,
+        help="cells redrawn together, last in the order (default: single cells, exact p(x_i | all others), grouped "
+        "so that each update re-encodes about sqrt(N) cells)",
+    )
     add_decoding_arguments(gibbs, steps=False)
     gibbs.add_argument(
         "--init", choices=["chips", "noise"], default=None, help="start from the chips or from random classes "
@@ -152,7 +158,8 @@ def run_gibbs(args: argparse.Namespace) -> None:
 
     check_at_least("--chains", args.chains)
     check_at_least("--sweeps", args.sweeps, 0)
-    check_at_least("--block-size", args.block_size)
+    if args.block_size is not None:
+        check_at_least("--block-size", args.block_size)
     init = args.init or ("chips" if args.chips else "noise")
     if init == "chips" and args.chips is None:
         raise UserError("gibbs --init chips needs --chips chips.npz")
