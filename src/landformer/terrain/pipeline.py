@@ -14,6 +14,7 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import torch
 
 from landformer.core.errors import UserError
 from landformer.core.io import load_torch, read_npz, write_json, write_npz
+from landformer.core.task import ImagesEvery
 from landformer.core.train import fit, prepare_run, seed_everything
 from landformer.terrain.config import MaskGITConfig, TokenizerConfig
 from landformer.terrain.data import (
@@ -174,7 +176,8 @@ def fit_tokenizer(
         # Lightning warns that manual optimisation checkpoints hold the weights after the step: that is the state
         # a resumed run needs.
         warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
-        result = fit(tokenizer_task, (train_loader, val_loader), train_config, run_dir, resume)
+        pictures = ImagesEvery(reconstruction_drawer(tiles.val[:4]), config.train.val_every_steps)
+        result = fit(tokenizer_task, (train_loader, val_loader), train_config, run_dir, resume, callbacks=[pictures])
     network, exported_from = best_weights(tokenizer_task.tokenizer, result.best_checkpoint, "tokenizer.")
     weights = export_tokenizer(run_dir, network.cpu(), tiles.summary())
     tokenizer = load_tokenizer(weights)
@@ -193,6 +196,25 @@ def fit_tokenizer(
     }
     write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def reconstruction_drawer(tiles: np.ndarray) -> Callable[[Any], dict[str, np.ndarray]]:
+    """For TensorBoard and W&B while the tokenizer trains: hillshades of ``tiles`` (top row) over the task's
+    reconstructions of them (bottom row), shaded in normalised units so that only the shapes are compared."""
+    from landformer.core.viz import image_grid
+
+    normalized = normalize_tiles(tiles, "validation tiles")[0] if len(tiles) else tiles
+
+    def draw(task: Any) -> dict[str, np.ndarray]:
+        if len(normalized) == 0:
+            return {}
+        device = next(task.tokenizer.parameters()).device
+        inputs = torch.from_numpy(np.ascontiguousarray(normalized[:, None], dtype=np.float32)).to(device)
+        reconstructions = task.tokenizer(inputs)[0][:, 0].float().cpu().numpy()
+        shaded = [hillshade_picture(tile, 1.0) for tile in (*normalized, *reconstructions)]
+        return {"tokenizer/reconstructions": image_grid(shaded, nrows=2)}
+
+    return draw
 
 
 def evaluate_tokenizer(tokenizer: LoadedTokenizer, tiles: np.ndarray) -> dict[str, float]:
