@@ -93,19 +93,24 @@ def test_images_every_draws_in_eval_mode_and_only_for_loggers_that_show_pictures
     assert tensorboard_images(tmp_path / "tb/logs") == {"net/picture": [2, 4, 5]}  # and once at the end
 
 
-def test_terrain_tokenizer_reconstructions_reach_tensorboard(tmp_path: Path) -> None:
+def test_terrain_reconstructions_and_samples_reach_tensorboard(tmp_path: Path) -> None:
     from test_terrain import hills, write_dem
 
     from landformer.core.config import load_config
-    from landformer.terrain.config import TokenizerConfig
-    from landformer.terrain.pipeline import fit_tokenizer
+    from landformer.terrain.config import MaskGITConfig, TokenizerConfig
+    from landformer.terrain.pipeline import fit_maskgit, fit_tokenizer
 
     dem = write_dem(tmp_path / "dem.tif", hills(96, 96))
-    settings = [f"data.dems=[{dem}]", "data.packaged=[]", "data.world_size=0", "data.tile_size=16", "data.stride=8"]
-    settings += ["data.block_size=32", "data.batch_size=8", "data.max_tiles_per_source=40", "model.channels=4"]
-    settings += ["model.codebook_size=16", "model.disc_channels=8", "train.max_steps=4", "train.val_every_steps=2"]
-    settings += ["train.progress_bar=false", "train.loggers=[csv,tensorboard]"]
-    fit_tokenizer(load_config(TokenizerConfig, None, settings), tmp_path / "tok")
+    data = [f"data.dems=[{dem}]", "data.packaged=[]", "data.world_size=0", "data.tile_size=16", "data.stride=8"]
+    data += ["data.block_size=32", "data.batch_size=8", "data.max_tiles_per_source=40"]
+    train = ["train.max_steps=4", "train.val_every_steps=2", "train.progress_bar=false"]
+    train += ["train.loggers=[csv,tensorboard]"]
+    tokenizer = ["model.channels=4", "model.codebook_size=16", "model.disc_channels=8"]
+    fit_tokenizer(load_config(TokenizerConfig, None, [*data, *train, *tokenizer]), tmp_path / "tok")
     images = tensorboard_images(tmp_path / "tok" / "logs")
     assert list(images) == ["tokenizer/reconstructions"] and images["tokenizer/reconstructions"][-1] == 4
     assert len(images["tokenizer/reconstructions"]) >= 2  # at the interval and when training ends
+    maskgit = [f"tokenizer={tmp_path / 'tok'}", "model.dim=32", "model.n_layers=1", "model.n_heads=2"]
+    maskgit += ["sampling.steps=2", "sampling.bf16=false"]
+    fit_maskgit(load_config(MaskGITConfig, None, [*data, *train, *maskgit]), tmp_path / "mg")
+    assert tensorboard_images(tmp_path / "mg" / "logs") == {"maskgit/samples": [2, 4]}

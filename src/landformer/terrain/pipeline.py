@@ -398,7 +398,11 @@ def fit_maskgit(config: MaskGITConfig, run_dir: str | os.PathLike[str], resume: 
         min_lr_ratio=task.min_lr_ratio,
     )
     start = time.perf_counter()
-    result = fit(maskgit_task, (train_loader, val_loader), config.train, run_dir, resume)
+    condition = None
+    if n_classes and tiles.val_conditions is not None and len(tiles.val_conditions):
+        condition = condition_tokens(tiles.val_conditions[:1], downsample, n_classes)  # a validation tile's classes
+    pictures = ImagesEvery(sample_drawer(tokenizer, grid, config, condition), config.train.val_every_steps)
+    result = fit(maskgit_task, (train_loader, val_loader), config.train, run_dir, resume, callbacks=[pictures])
     tokens_per_second = result.global_step * train_loader.batch_size * grid * grid / max(result.seconds, 1e-9)
     network, exported_from = best_weights(maskgit_task.model, result.best_checkpoint, "model.")
     weights = export_maskgit(
@@ -428,6 +432,32 @@ def fit_maskgit(config: MaskGITConfig, run_dir: str | os.PathLike[str], resume: 
     }
     write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def sample_drawer(
+    tokenizer: LoadedTokenizer, grid: int, config: MaskGITConfig, condition: np.ndarray | None, count: int = 4
+) -> Callable[[Any], dict[str, np.ndarray]]:
+    """For TensorBoard and W&B while MaskGIT trains: hillshades of ``count`` tiles sampled from scratch with the
+    recipe's sampling settings and a fixed seed (so successive pictures differ only by training), in normalised
+    units."""
+    from landformer.core.viz import image_grid
+    from landformer.terrain.maskgit import decode
+
+    sampling = config.sampling
+
+    def draw(task: Any) -> dict[str, np.ndarray]:
+        device = next(task.model.parameters()).device
+        tokens = torch.zeros((count, grid, grid), dtype=torch.long, device=device)
+        known = torch.zeros_like(tokens, dtype=torch.bool)
+        classes = None if condition is None else torch.from_numpy(condition).to(device).expand(count, -1, -1)
+        rng = torch.Generator().manual_seed(config.train.seed)
+        sampled = decode(
+            task.model, tokens, known, sampling.steps, rng, sampling.temperature, sampling.choice_temperature, classes
+        )
+        heights = tokenizer.decode(sampled.cpu().numpy())
+        return {"maskgit/samples": image_grid([hillshade_picture(tile, 1.0) for tile in heights], nrows=1)}
+
+    return draw
 
 
 # ------------------------------------------------------------------------------------------------ sampling
