@@ -87,6 +87,16 @@ def test_train_writes_model_normalizer_panel_and_records_the_split(run: Path, wo
     assert normalizer["series"]["std"][0] == pytest.approx(held_in.std(), rel=1e-5)
 
 
+def test_training_sends_validation_forecasts_to_tensorboard(run: Path) -> None:
+    from test_train_images import tensorboard_images
+
+    assert tensorboard_images(run / "logs") == {"forecast/validation": [2, 4]}
+    assert sorted(path.name for path in (run / "images").glob("forecast_val_*.png")) == [
+        "forecast_val_0000002.png",
+        "forecast_val_0000004.png",
+    ]
+
+
 def test_evaluate_scores_every_window_on_the_held_out_blocks(run: Path, world: Path, tmp_path: Path) -> None:
     assert main(["forecast", "evaluate", "--model", str(run), "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "metrics.json").read_text())

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from torch.utils.data import DataLoader
 
 from landformer.core.errors import UserError
 from landformer.core.io import write_json
-from landformer.core.task import BaseTask
+from landformer.core.task import BaseTask, ImagesEvery
 from landformer.core.train import fit, last_checkpoint, prepare_run, seed_everything
 from landformer.forecast.config import ForecastConfig
 from landformer.forecast.data import (
@@ -212,6 +213,44 @@ def draw_test_panel(forecaster: ExportedForecaster, data: ForecastData, path: Pa
     )
 
 
+DRAWN_WINDOWS_SEARCHED = 64  # validation windows looked through for the one with the most change to draw
+
+
+def validation_drawer(windows: WindowDataset, folder: Path) -> Callable[[Any], dict[str, Path]]:
+    """For TensorBoard and W&B while training: the forecast of a validation window with ground truth at every
+    horizon, the one with the most change among those (target, prediction and difference per horizon, in
+    normalised units), also kept as
+    ``images/forecast_val_<step>.png``. Test blocks stay unseen until training is over."""
+
+    def ground_truth_then_change(i: int) -> tuple[int, float]:
+        window = windows[i]
+        known = window["target_mask"]
+        return int(known.sum()), float(((window["target"] - window["series"][-1:]).abs() * known).sum())
+
+    item = windows[max(range(min(len(windows), DRAWN_WINDOWS_SEARCHED)), key=ground_truth_then_change)]
+
+    def draw(task: Any) -> dict[str, Path]:
+        device = next(task.model.parameters()).device
+        batch = {name: value[None].to(device) for name, value in item.items()}
+        covariates = batch["covariates"] if task.hparams.n_covariate_channels else None
+        pred = task.model(batch["series"], batch["series_mask"], covariates, n_horizons=task.hparams.n_horizons)
+        point = task.model.point_forecast(pred)[0, :, 0].float().cpu().numpy()
+        target = np.where(item["target_mask"][:, 0].numpy(), item["target"][:, 0].numpy(), np.nan)
+        labels = [f"horizon {h + 1}" for h in range(len(point))]
+        step = task.global_step
+        path = save_forecast_panel(
+            folder / f"forecast_val_{step:07d}.png",
+            target,
+            point,
+            labels,
+            f"validation window, step {step}",
+            units="normalised units",
+        )
+        return {"forecast/validation": path}
+
+    return draw
+
+
 def train_forecaster(
     config: ForecastConfig, run_dir: str | os.PathLike[str], resume: bool | str | os.PathLike[str] = False
 ) -> dict[str, Any]:
@@ -243,7 +282,8 @@ def train_forecaster(
         torch.set_num_threads(config.task.threads)
     seed_everything(config.train.seed)
     task = build_task(config, data)
-    result = fit(task, (train_loader, val_loader), config.train, run_dir, resume=resume)
+    pictures = ImagesEvery(validation_drawer(val_loader.dataset, run_dir / "images"), config.train.val_every_steps)
+    result = fit(task, (train_loader, val_loader), config.train, run_dir, resume=resume, callbacks=[pictures])
     checkpoint = result.load_best_into(task)
     meta = export_metadata(data, task.model.config, checkpoint, result.global_step)
     weights, meta_path = export_forecaster(run_dir, task.model.state_dict(), meta)
