@@ -296,6 +296,11 @@ def test_sft_from_probe_is_exported_and_scored_the_same_everywhere(world_dataset
     assert summary["kept_probe_start"] == (gain["mean"] <= 2.0 * gain["standard_error"])
     model, meta = load_regressor(tmp_path / "sft")
     assert meta["probe"] is True and model.head.probe is not None
+    from test_train_images import tensorboard_images
+
+    # Every validation's scatter reaches TensorBoard (and stays as a PNG in the run folder).
+    assert tensorboard_images(tmp_path / "sft" / "logs") == {"regression/validation": [3, 6]}
+    assert len(list((tmp_path / "sft" / "images").glob("val_scatter_*.png"))) == 2
     out = tmp_path / "eval"
     assert main(["embeddings", "evaluate", "--runs", str(tmp_path / "sft"), "--out", str(out)]) == 0
     evaluated = json.loads((out / "metrics.json").read_text())["metrics"]["sft:sft"]

@@ -38,7 +38,7 @@ from landformer.core.config import to_dict
 from landformer.core.errors import UserError
 from landformer.core.io import load_safetensors, save_safetensors, write_json
 from landformer.core.task import BaseTask
-from landformer.core.train import fit, last_checkpoint, prepare_run, seed_everything
+from landformer.core.train import fit, last_checkpoint, log_images, prepare_run, seed_everything, shows_images
 from landformer.embeddings.config import EmbeddingsConfig
 from landformer.embeddings.data import EmbeddingDataset
 from landformer.embeddings.encoders import PatchEncoder, build_encoder, count_parameters, exported_encoder_config
@@ -220,6 +220,13 @@ def log_validation_r2(task: BaseTask, outputs: list[tuple[Tensor, Tensor]]) -> N
     r2 = regression_metrics(truth, prediction)["r2"] if len(truth) > 1 else float("nan")
     task.log("val/r2", r2, prog_bar=True)
     task.log("val/r2_deficit", 1.0 - r2)
+    trainer = task.trainer
+    if shows_images(trainer) and not trainer.sanity_checking:
+        # The validation scatter at every validation, in TensorBoard and W&B and as images/val_scatter_<step>.png.
+        step = task.global_step
+        path = Path(trainer.default_root_dir) / "images" / f"val_scatter_{step:07d}.png"
+        scatter = save_scatter(path, truth, {"model": prediction}, f"validation tiles, step {step}")
+        log_images(trainer, {"regression/validation": scatter}, step)
 
 
 class RegressionTask(BaseTask):
