@@ -170,6 +170,33 @@ def test_a_second_stage_starts_from_the_first_stages_weights(
         )
 
 
+def test_training_reads_a_mapped_chip_file_chip_by_chip_as_the_tensors_would(tmp_path: Path) -> None:
+    """An uncompressed chip file stays memory-mapped while training reads it (no per-rank copy), and every chip
+    it gives equals the one ChipTensors makes of the whole split: labels, scaled covariates with NaN as 0, lon/lat."""
+    from landformer.landcover.data import ChipSplitReader
+
+    source = load_chips(make_chip_file(tmp_path / "packed.npz", elevation=True))
+    path = write_chips(
+        tmp_path / "mapped.npz",
+        source.train_data,
+        source.test_data,
+        source.train_coords,
+        source.test_coords,
+        source.metadata,
+        compress=False,
+    )
+    chips = load_chips(path)
+    assert chips.memory_mapped
+    stats = CovariateStats.fit(chips.train_data[:, 1:2])
+    reader = ChipSplitReader.from_chips(chips, "train", stats, use_lonlat=True)
+    assert isinstance(reader.data, np.memmap) and len(reader) == len(chips.train_data) and reader.side == SIZE
+    tensors = ChipTensors.from_chips(chips, "train", stats, use_lonlat=True)
+    assert torch.isnan(torch.from_numpy(np.asarray(chips.train_data[0, 1]))).any()  # a NaN hole to scale
+    for index in range(len(reader)):
+        for got, expected in zip(reader.chip(index), tensors.chip(index), strict=True):
+            assert got.dtype == expected.dtype and torch.equal(got, expected)
+
+
 class KillAt(lightning.Callback):
     """Stands for a killed process: raises after the optimiser step ``step``."""
 

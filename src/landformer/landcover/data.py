@@ -120,6 +120,49 @@ class ChipTensors:
         labels, covariates = model_inputs(data, stats)
         return cls(labels, covariates, lonlat_inputs(coords) if use_lonlat else None)
 
+    @property
+    def side(self) -> int:
+        return self.labels.shape[-1]
+
+    def chip(self, index: int) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Labels (H, W), covariates (c, H, W) or None, lon/lat (2,) or None of chip ``index``."""
+        covariates = self.covariates[index] if self.covariates is not None else None
+        return self.labels[index], covariates, self.lonlat[index] if self.lonlat is not None else None
+
+
+class ChipSplitReader:
+    """One split of a chip file turned into model inputs chip by chip, for training: the split's array stays as
+    the chip file gave it, memory-mapped for an uncompressed file (``data chips --uncompressed``), so DDP ranks
+    and loader workers share its pages instead of each holding an int64 copy of every chip (what
+    :class:`ChipTensors` makes). Its chips equal :class:`ChipTensors`'."""
+
+    def __init__(
+        self, data: np.ndarray, coords: np.ndarray, stats: CovariateStats | LoadedModel | None, use_lonlat: bool
+    ) -> None:
+        self.data = data
+        self.stats = stats
+        self.lonlat = lonlat_inputs(coords) if use_lonlat else None
+
+    @classmethod
+    def from_chips(
+        cls, chips: ChipSet, split: str, stats: CovariateStats | LoadedModel | None, use_lonlat: bool
+    ) -> ChipSplitReader:
+        if split == "train":
+            return cls(chips.train_data, chips.train_coords, stats, use_lonlat)
+        return cls(chips.test_data, chips.test_coords, stats, use_lonlat)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    @property
+    def side(self) -> int:
+        return self.data.shape[-1]
+
+    def chip(self, index: int) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        labels, covariates = model_inputs(self.data[index : index + 1], self.stats)
+        lonlat = self.lonlat[index] if self.lonlat is not None else None
+        return labels[0], covariates[0] if covariates is not None else None, lonlat
+
 
 class ChipDataset(Dataset):
     """Items are dicts of ``labels``, ``order`` and, when used, ``covariates`` and ``lonlat``.
@@ -131,7 +174,12 @@ class ChipDataset(Dataset):
     """
 
     def __init__(
-        self, tensors: ChipTensors, seed: int, augment: bool, order: str = "random", cond_dropout: float = 0.0
+        self,
+        tensors: ChipTensors | ChipSplitReader,
+        seed: int,
+        augment: bool,
+        order: str = "random",
+        cond_dropout: float = 0.0,
     ) -> None:
         if len(tensors) == 0:
             raise UserError("no chips to train or validate on (the chip file's split is empty)")
@@ -140,7 +188,7 @@ class ChipDataset(Dataset):
         self.augment = augment
         self.order = order
         self.cond_dropout = cond_dropout
-        self.n_cells = tensors.labels.shape[1] * tensors.labels.shape[2]
+        self.n_cells = tensors.side * tensors.side
 
     def __len__(self) -> int:
         return len(self.tensors)
@@ -149,11 +197,12 @@ class ChipDataset(Dataset):
         generator = _sample_generator(self.seed, index)
         chip = index % len(self.tensors)
         symmetry = int(torch.randint(8, (1,), generator=generator)) if self.augment else 0
-        item = {"labels": dihedral(self.tensors.labels[chip], symmetry)}
-        if self.tensors.covariates is not None:
-            item["covariates"] = dihedral(self.tensors.covariates[chip], symmetry)
-        if self.tensors.lonlat is not None:
-            item["lonlat"] = self.tensors.lonlat[chip]
+        labels, covariates, lonlat = self.tensors.chip(chip)
+        item = {"labels": dihedral(labels, symmetry)}
+        if covariates is not None:
+            item["covariates"] = dihedral(covariates, symmetry)
+        if lonlat is not None:
+            item["lonlat"] = lonlat
         if self.order == "random":
             item["order"] = torch.randperm(self.n_cells, generator=generator)
         else:
@@ -221,7 +270,7 @@ def collate(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
 
 
 def training_loader(
-    tensors: ChipTensors,
+    tensors: ChipTensors | ChipSplitReader,
     batch_size: int,
     total_steps: int,
     seed: int,

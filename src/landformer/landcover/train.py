@@ -37,6 +37,7 @@ from landformer.core.legend import Legend, load_legend
 from landformer.core.train import check_training_checkpoint, fit, last_checkpoint, prepare_run, seed_everything
 from landformer.landcover.config import LandCoverRecipe
 from landformer.landcover.data import (
+    ChipSplitReader,
     ChipTensors,
     default_chips_path,
     evaluation_loader,
@@ -233,7 +234,7 @@ def train_landcover(
     record_data(run_dir, record, resuming=resume is not False)
 
     use_lonlat = recipe.model.use_lonlat
-    train_tensors = ChipTensors.from_chips(chips, "train", stats, use_lonlat)
+    train_tensors = ChipSplitReader.from_chips(chips, "train", stats, use_lonlat)  # chip by chip: no copy
     has_test = len(chips.test_data) > 0
     val_tensors = ChipTensors.from_chips(
         chips, "test" if has_test else "train", stats, use_lonlat, limit=recipe.data.val_chips
