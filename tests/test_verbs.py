@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from landformer.cli import TRAINING_FLAGS, build_parser, main
+from landformer.cli import build_parser, main
+from landformer.core.commands import TRAINING_FLAGS
 
 # Old command -> the `train` command it stands for.
 ALIASES = {

@@ -628,7 +628,7 @@ def _cli(args: argparse.Namespace) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from landformer.cli import add_command
+    from landformer.core.commands import add_command
 
     parser = add_command(subparsers, "demo", "run every pipeline end to end on the embedded default data", _cli)
     parser.add_argument("--out", default="runs/demo", help="run folder for every output")

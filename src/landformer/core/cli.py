@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from landformer.cli import add_command, add_group
+from landformer.core.commands import add_command, add_group
 from landformer.core.errors import UserError
 
 

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from landformer.cli import (
+from landformer.core.commands import (
     add_command,
     add_group,
     add_recipe_arguments,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from landformer.cli import add_command, add_group, add_recipe_arguments, recipe_printed
+from landformer.core.commands import add_command, add_group, add_recipe_arguments, recipe_printed
 
 DATASET_FLAGS: tuple[tuple[str, str, type, str | None, str], ...] = (
     ("--out", "out", str, None, "folder for cities/, world/ and the cached layers/"),

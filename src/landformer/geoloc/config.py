@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from landformer.cli import TRAINING_FLAGS, add_recipe_arguments
+from landformer.core.commands import TRAINING_FLAGS, add_recipe_arguments
 from landformer.core.config import check_values, from_dict, load_config, to_dict
 from landformer.core.train import TrainConfig
 from landformer.geoloc.clean import CleanConfig

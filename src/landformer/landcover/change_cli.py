@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from landformer.cli import add_command, add_recipe_arguments, add_training_flags, recipe_overrides, recipe_printed
+from landformer.core.commands import (
+    add_command,
+    add_recipe_arguments,
+    add_training_flags,
+    recipe_overrides,
+    recipe_printed,
+)
 from landformer.core.errors import UserError
 from landformer.core.train import add_resume_argument
 from landformer.landcover.cli import (

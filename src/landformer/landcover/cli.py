@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from landformer.cli import (
+from landformer.core.commands import (
     Formatter,
     add_command,
     add_group,

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from landformer.cli import add_command
+from landformer.core.commands import add_command
 from landformer.core.errors import UserError
 from landformer.landcover.cli import (
     add_baselines_epilog,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from landformer.cli import add_command, add_group
+from landformer.core.commands import add_command, add_group
 
 
 def _world(args: argparse.Namespace) -> None:

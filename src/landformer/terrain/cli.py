@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from landformer.cli import (
+from landformer.core.commands import (
     add_alias,
     add_command,
     add_group,
