@@ -16,6 +16,7 @@ previous forecast with a probability that starts at ``teacher_forcing`` and deca
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -219,17 +220,20 @@ DRAWN_WINDOWS_SEARCHED = 64  # validation windows looked through for the one wit
 def validation_drawer(windows: WindowDataset, folder: Path) -> Callable[[Any], dict[str, Path]]:
     """For TensorBoard and W&B while training: the forecast of a validation window with ground truth at every
     horizon, the one with the most change among those (target, prediction and difference per horizon, in
-    normalised units), also kept as
-    ``images/forecast_val_<step>.png``. Test blocks stay unseen until training is over."""
+    normalised units), also kept as ``images/forecast_val_<step>.png``. Test blocks stay unseen until training is
+    over. The window is chosen at the first drawing, so a run whose loggers show no pictures reads none."""
 
     def ground_truth_then_change(i: int) -> tuple[int, float]:
         window = windows[i]
         known = window["target_mask"]
         return int(known.sum()), float(((window["target"] - window["series"][-1:]).abs() * known).sum())
 
-    item = windows[max(range(min(len(windows), DRAWN_WINDOWS_SEARCHED)), key=ground_truth_then_change)]
+    @functools.cache
+    def chosen_window() -> dict[str, Tensor]:
+        return windows[max(range(min(len(windows), DRAWN_WINDOWS_SEARCHED)), key=ground_truth_then_change)]
 
     def draw(task: Any) -> dict[str, Path]:
+        item = chosen_window()
         device = next(task.model.parameters()).device
         batch = {name: value[None].to(device) for name, value in item.items()}
         covariates = batch["covariates"] if task.hparams.n_covariate_channels else None
