@@ -99,10 +99,10 @@ def export_model(folder: Path) -> None:
     """The tiny recipe's network with seeded random weights, exported as ``forecast train`` would."""
     import torch
 
+    from landformer.core.normalize import ZScore
     from landformer.forecast.config import ForecastConfig
     from landformer.forecast.export import export_forecaster, model_config_dict
     from landformer.forecast.model import ConvLSTMForecaster, ForecastModelConfig
-    from landformer.forecast.normalize import ZScore
 
     recipe = ForecastConfig()
     torch.manual_seed(0)

@@ -89,9 +89,9 @@ class Shared:
     @functools.cached_property
     def forecast_model(self) -> Path:
         """An untrained forecaster for HM (0..1, 5-year steps, K = 3, no covariates), exported like a trained one."""
+        from landformer.core.normalize import ZScore
         from landformer.forecast.export import export_forecaster, model_config_dict
         from landformer.forecast.model import ConvLSTMForecaster, ForecastModelConfig
-        from landformer.forecast.normalize import ZScore
 
         torch.manual_seed(0)
         config = ForecastModelConfig(n_covariate_channels=0, hidden_channels=(4,), kernel_size=1)

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from landformer.core.errors import UserError
+from landformer.core.normalize import MinMax, ZScore, fit_normalizer, normalizer_from_dict
 from landformer.forecast.metrics import (
     ForecastMetrics,
     linear_trend_forecast,
     persistence_forecast,
     skill_score,
 )
-from landformer.forecast.normalize import MinMax, ZScore, fit_normalizer, normalizer_from_dict
 
 NAN = float("nan")
 

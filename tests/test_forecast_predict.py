@@ -12,11 +12,11 @@ from rasterio.windows import Window
 from test_forecast_data import CRS, grid_transform, growing_series, write_series
 
 from landformer.core.errors import UserError
+from landformer.core.normalize import ZScore
 from landformer.core.raster import write_geotiff
 from landformer.forecast.data import SeriesRasters, SeriesSpec
 from landformer.forecast.export import export_forecaster, load_forecaster, model_config_dict
 from landformer.forecast.model import QUANTILES_95, ConvLSTMForecaster, ForecastModelConfig
-from landformer.forecast.normalize import ZScore
 from landformer.forecast.predict import blend_weights, predict_series, tiled_forecast
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from landformer.core.config import load_config
+from landformer.core.config import config_flags, load_config
 from landformer.core.errors import UserError
-from landformer.geoloc.config import FLAGS, SWITCHES, GeolocConfig, add_config_arguments, config_from_args
+from landformer.geoloc.config import GeolocConfig, add_config_arguments, config_from_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,14 +36,43 @@ def test_precedence_defaults_yaml_set_flags(tmp_path: Path) -> None:
     assert _parse([]) == GeolocConfig()
 
 
+# The flags `geoloc train` has always had, and the key each sets: they come from the config's options now.
+FLAG_KEYS = {
+    "--out": "out", "--train-csv": "data.train_csv", "--val-csv": "data.val_csv", "--images": "data.images",
+    "--val-images": "data.val_images", "--image-size": "data.image_size", "--batch-size": "data.batch_size",
+    "--num-workers": "data.num_workers", "--no-preload": "data.preload", "--no-clean": "clean.enabled",
+    "--mad-threshold": "clean.mad_threshold", "--dbscan-eps-km": "clean.dbscan_eps_km",
+    "--dbscan-min-samples": "clean.dbscan_min_samples", "--exclude": "clean.exclude_file",
+    "--backbone": "model.backbone", "--pretrained": "model.pretrained", "--drop-rate": "model.drop_rate",
+    "--scaler": "model.scaler", "--lr": "optim.lr", "--weight-decay": "optim.weight_decay", "--t0": "optim.t_0",
+    "--t-mult": "optim.t_mult", "--min-lr-ratio": "optim.min_lr_ratio", "--min-region-samples": "regions.min_samples",
+    "--too-few": "regions.too_few", "--regions": "regions.only", "--no-router": "router.enabled",
+    "--router-backbone": "router.backbone", "--router-steps": "router.max_steps", "--no-balance": "router.balance",
+    "--val-every": "train.val_every_steps", "--patience": "train.early_stopping_patience",
+    "--log-every": "train.log_every_steps", "--checkpoint-every": "train.checkpoint_every_steps",
+    "--keep-checkpoints": "train.keep_checkpoints", "--gradient-clip": "train.gradient_clip",
+    "--accumulate": "train.accumulate_grad_batches", "--wandb-project": "train.wandb_project",
+    "--strategy": "train.strategy", "--num-nodes": "train.num_nodes", "--no-progress": "train.progress_bar",
+    "--deterministic": "train.deterministic", "--max-steps": "train.max_steps", "--seed": "train.seed",
+    "--accelerator": "train.accelerator", "--devices": "train.devices", "--precision": "train.precision",
+    "--loggers": "train.loggers",
+}  # fmt: skip
+
+
 def test_every_flag_names_a_real_key() -> None:
-    keys = {key for _, key, *_ in FLAGS} | {key for _, key, *_ in SWITCHES}
+    assert {flag.flag: flag.key for flag in config_flags(GeolocConfig)} == FLAG_KEYS
     config = GeolocConfig()
-    for key in keys:
+    for key in FLAG_KEYS.values():
         node = config
         for part in key.split("."):
             assert hasattr(node, part), key
             node = getattr(node, part)
+
+
+def test_switches_set_the_opposite_of_the_default() -> None:
+    config = _parse(["--no-clean", "--no-preload", "--no-balance", "--no-progress", "--deterministic"])
+    assert (config.clean.enabled, config.data.preload, config.router.balance) == (False, False, False)
+    assert (config.train.progress_bar, config.train.deterministic) == (False, True)
 
 
 def test_bad_values_are_named(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from landformer.cli import build_parser, main
-from landformer.core.commands import TRAINING_FLAGS
+from landformer.core.commands import training_flags
 
 # Old command -> the `train` command it stands for.
 ALIASES = {
@@ -75,7 +75,7 @@ def test_training_flags_and_set_work_alike_everywhere(
     command: tuple[str, ...], capsys: pytest.CaptureFixture[str]
 ) -> None:
     section = TRAINING_COMMANDS[command]
-    assert {flag for flag, *_ in TRAINING_FLAGS} == set(FLAG_VALUES)
+    assert {flag.flag for flag in training_flags()} == set(FLAG_VALUES)
     flags = [part for flag, (values, _) in FLAG_VALUES.items() for part in (flag, *values)]
     train = resolved(capsys, [*command, *flags])[section]
     assert {flag: train[flag[2:].replace("-", "_")] for flag in FLAG_VALUES} == {

@@ -8,9 +8,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import types
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Union, get_args, get_origin
+
+from landformer.core.config import ConfigFlag, config_flags
+from landformer.core.train import TrainConfig
 
 
 class Formatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -86,41 +90,70 @@ def add_recipe_arguments(parser: argparse.ArgumentParser, default_note: str) -> 
     )
 
 
-# The settings every training command takes as flags: (flag, key of the recipe's train section, type, nargs, help).
-TRAINING_FLAGS: tuple[tuple[str, str, type, str | None, str], ...] = (
-    ("--max-steps", "max_steps", int, None, "optimiser steps to train for"),
-    ("--seed", "seed", int, None, "random seed"),
-    ("--accelerator", "accelerator", str, None, "auto, cpu, gpu, cuda, mps"),
-    ("--devices", "devices", str, None, "devices per node: a number, auto, or ids like 0,1"),
-    ("--precision", "precision", str, None, "auto, 32-true, bf16-mixed, 16-mixed"),
-    ("--loggers", "loggers", str, "+", "any of csv, tensorboard, wandb"),
-)
+def _argparse_shape(annotation: Any) -> dict[str, Any]:
+    """``type``/``nargs``/``choices`` for a flag of a config field annotated ``annotation``."""
+    options = [option for option in get_args(annotation) if option is not type(None)]
+    if get_origin(annotation) in (Union, types.UnionType):
+        if len(options) == 1:
+            return _argparse_shape(options[0])
+        return {"type": _number_or_text}  # e.g. devices: int | str takes "2" as 2 and "auto" as "auto"
+    if get_origin(annotation) is Literal:
+        return {"type": type(options[0])}  # the config names the choices in a one-line error
+    if get_origin(annotation) in (list, tuple):
+        return {**_argparse_shape(options[0] if options else str), "nargs": "+"}
+    if annotation in (int, float):
+        return {"type": annotation}
+    return {"type": str}  # str, Path and anything else arrive as text and are checked by the config
+
+
+def _number_or_text(text: str) -> int | str:
+    return int(text) if text.strip().isdigit() else text
+
+
+def _add_flag(parser: argparse.ArgumentParser, flag: ConfigFlag, dest: str) -> None:
+    # SUPPRESS: an absent flag leaves no attribute, so the recipe's value stands (and --help shows no "None").
+    help = f"{flag.help} [{flag.key}]"
+    if flag.annotation is bool:
+        parser.add_argument(
+            flag.flag, dest=dest, action="store_const", const=not flag.default, default=argparse.SUPPRESS, help=help
+        )
+        return
+    metavar = flag.key.split(".")[-1].upper()
+    parser.add_argument(
+        flag.flag, dest=dest, default=argparse.SUPPRESS, metavar=metavar, help=help, **_argparse_shape(flag.annotation)
+    )
+
+
+def add_config_flags(parser: argparse.ArgumentParser, config: type, section: str = "") -> None:
+    """One flag per :func:`~landformer.core.config.option` field of the dataclass ``config`` (and of its nested
+    sections); ``section`` is the dotted key ``config`` sits under in the recipe. :func:`recipe_overrides` turns the
+    flags given back into ``--set`` overrides."""
+    for flag in config_flags(config, f"{section}." if section else ""):
+        _add_flag(parser, flag, "set__" + flag.key.replace(".", "__"))
+
+
+def training_flags() -> list[ConfigFlag]:
+    """The flags every training command takes: the ``common`` options of :class:`TrainConfig`."""
+    return [flag for flag in config_flags(TrainConfig) if flag.common]
 
 
 def add_training_flags(parser: argparse.ArgumentParser) -> None:
-    """The :data:`TRAINING_FLAGS`; each is a shorthand for ``--set <train section>.<key>=VALUE`` and wins over it."""
-    for flag, key, kind, nargs, text in TRAINING_FLAGS:
-        parser.add_argument(
-            flag,
-            dest=f"train__{key}",
-            type=kind,
-            nargs=nargs,
-            default=argparse.SUPPRESS,
-            metavar=key.upper(),
-            help=f"{text} [train.{key}]",
-        )
+    """The :func:`training_flags`; each is a shorthand for ``--set <train section>.<key>=VALUE`` and wins over it."""
+    for flag in training_flags():
+        _add_flag(parser, flag, f"train__{flag.key}")
 
 
 def recipe_overrides(args: argparse.Namespace, section: str = "train") -> list[str]:
-    """``--set`` overrides followed by the :data:`TRAINING_FLAGS` given, as overrides of the train ``section``."""
-    overrides = list(args.overrides)
-    for _, key, _, _, _ in TRAINING_FLAGS:
-        value = getattr(args, f"train__{key}", None)
-        if value is None:
-            continue
-        if key == "devices" and value.strip().isdigit():
-            value = int(value)
-        overrides.append(f"{section}.{key}={json.dumps(value)}")  # JSON is YAML: lists and strings stay intact
+    """``--set`` overrides, then the training flags given (as overrides of the train ``section``), then the flags
+    of :func:`add_config_flags`: flags win over ``--set``."""
+    overrides = list(getattr(args, "overrides", []))
+    for name, value in vars(args).items():
+        if name.startswith("train__"):
+            overrides.append(f"{section}.{name.removeprefix('train__')}={json.dumps(value)}")
+    for name, value in vars(args).items():
+        if name.startswith("set__"):
+            # JSON is YAML: lists and strings stay intact, "2" stays a string where the field is a string.
+            overrides.append(f"{name.removeprefix('set__').replace('__', '.')}={json.dumps(value)}")
     return overrides
 
 

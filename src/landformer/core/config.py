@@ -5,6 +5,10 @@ builds the dataclass, checking every key and type at the door: an unknown key, a
 the wrong type is a :class:`UserError` that names the file and the dotted key. ``overrides`` such as
 ``["train.max_steps=50"]`` let the CLI change single values without editing the file.
 
+A field declared with :func:`option` is also a command-line flag: the command's options *are* its config
+dataclass, and :func:`landformer.core.commands.add_config_flags` turns those fields into argparse flags, so no
+command keeps a table of flags beside its config.
+
 Recipes ship inside the package (``landformer/recipes``, the repository's ``configs/`` folder), so a recipe is
 given either as a path or by name: ``landcover_tiny`` is ``configs/landcover_tiny.yaml`` of the checkout or of
 the installed wheel alike.
@@ -103,6 +107,57 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
             raise UserError(f"{source}: '{key}' = {value!r} should be a path")
         return Path(value)
     raise TypeError(f"unsupported config annotation {tp!r} for '{key}'")
+
+
+def option(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str,
+    flag: str | None = None,
+    default_factory: Any = dataclasses.MISSING,
+    common: bool = False,
+) -> Any:
+    """A config field that is also a command-line flag.
+
+    ``flag`` defaults to the field name in kebab case (``max_steps`` -> ``--max-steps``). The flag is a shorthand
+    for ``--set <dotted key>=VALUE`` and wins over it; a bool field becomes a switch that sets the opposite of its
+    default (``--no-clean`` for ``enabled: bool = True``). ``common`` marks the training flags every pipeline's
+    ``train`` command takes.
+    """
+    metadata = {"help": help, "flag": flag, "common": common}
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigFlag:
+    """One :func:`option` field of a (nested) config, as a command-line flag."""
+
+    flag: str  # e.g. "--max-steps"
+    key: str  # the dotted config key, e.g. "train.max_steps"
+    annotation: Any  # the field's type annotation
+    default: Any  # the field's default (dataclasses.MISSING when it has none)
+    help: str
+    common: bool
+
+
+def config_flags(cls: type, prefix: str = "") -> list[ConfigFlag]:
+    """The :func:`option` fields of dataclass ``cls`` and of its nested sections, in declaration order."""
+    hints = get_type_hints(cls)
+    flags: list[ConfigFlag] = []
+    for field in dataclasses.fields(cls):
+        annotation = hints[field.name]
+        if "help" in field.metadata:
+            default = field.default
+            if field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                default = field.default_factory()  # type: ignore[misc]
+            name = field.metadata["flag"] or "--" + field.name.replace("_", "-")
+            help, common = field.metadata["help"], field.metadata["common"]
+            flags.append(ConfigFlag(name, prefix + field.name, annotation, default, help, common))
+        elif dataclasses.is_dataclass(annotation):
+            flags.extend(config_flags(annotation, f"{prefix}{field.name}."))
+    return flags
 
 
 def from_dict(cls: type[T], data: dict[str, Any], source: str = "config", prefix: str = "") -> T:

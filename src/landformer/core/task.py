@@ -13,14 +13,18 @@ passed to ``__init__`` would make the run impossible to resume. :meth:`BaseTask.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import lightning
 import torch
 from torch import Tensor
 
+from landformer.core.config import to_dict
+
+T = TypeVar("T")
 PLAIN_SCALARS = (bool, int, float, str, type(None))
 
 
@@ -62,6 +66,25 @@ def _delayed_warmup_cosine(start: int, warmup: int, total: int, floor: float) ->
         return warmup_cosine(step - start, warmup, max(1, total - start), floor)
 
     return multiplier
+
+
+def task_from_recipe(task_class: type[T], recipe: Any, **extra: Any) -> T:
+    """Build a pipeline task from its recipe: the fields of the recipe's ``model`` section (the model's own config
+    dataclass), of its ``task`` section and ``train.max_steps``, as plain values, plus ``extra`` (which wins).
+
+    Only the names ``task_class.__init__`` takes are passed on, because a task section may also hold settings
+    that are not the task's (``threads``, ``init_from``): the recipe's dataclasses have already checked every key.
+    """
+    accepted = inspect.signature(task_class.__init__).parameters
+    takes_anything = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    values: dict[str, Any] = {}
+    for section in ("model", "task"):
+        if getattr(recipe, section, None) is not None:
+            values.update(to_dict(getattr(recipe, section)))
+    if getattr(recipe, "train", None) is not None:
+        values["max_steps"] = recipe.train.max_steps
+    values.update(extra)
+    return task_class(**{name: value for name, value in values.items() if takes_anything or name in accepted})
 
 
 class BaseTask(lightning.LightningModule):

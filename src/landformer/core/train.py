@@ -31,12 +31,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from landformer.core.config import save_config
+from landformer.core.config import option, save_config
 from landformer.core.errors import UserError
 from landformer.core.io import load_torch, make_folder, read_json, require_file, unpickling_reason, write_json
 
@@ -50,26 +50,35 @@ _STEP_SUFFIX = re.compile(r"_\d+$")  # gen_0000100 -> gen
 class TrainConfig:
     """How to train; pipelines read it from the ``train:`` section of their recipe YAML."""
 
-    max_steps: int = 200  # optimiser steps to train for (the run stops here)
+    max_steps: int = option(200, help="optimiser steps to train for", common=True)
     max_epochs: int = -1  # also stop after this many passes over the data; -1: no epoch limit
-    val_every_steps: int = 50  # validate every this many optimiser steps (when there is validation data)
-    log_every_steps: int = 10  # write training metrics every this many steps
-    accelerator: str = "auto"  # "auto" (GPU if present, else CPU), "cpu", "gpu", "cuda", "mps"
-    devices: int | str = "auto"  # number of devices per node, or "auto" for all visible ones
-    strategy: str = "auto"  # "auto", "ddp", "fsdp", "deepspeed", ... (Lightning strategy names)
-    num_nodes: int = 1  # machines taking part (multi-node runs are launched by torchrun/SLURM)
-    precision: str = "auto"  # "auto": "bf16-mixed" on a CUDA GPU with bf16, else "32-true"; or any Lightning value
-    checkpoint_every_steps: int = 100  # write a periodic checkpoint (and refresh last.ckpt) every this many steps
-    keep_checkpoints: int = 2  # periodic checkpoints kept (newest first); last.ckpt and best.ckpt come on top
-    loggers: list[str] = field(default_factory=lambda: ["csv", "tensorboard"])  # any of csv, tensorboard, wandb
-    wandb_project: str = "landformer"  # W&B project; set WANDB_MODE=offline to log without a network
-    seed: int = 0  # seeds Python, NumPy and torch in every process and data-loader worker
-    gradient_clip: float = 1.0  # clip the global gradient norm to this; 0 turns clipping off
-    accumulate_grad_batches: int = 1  # batches whose gradients are summed per optimiser step
-    early_stopping_patience: int | None = None  # stop after this many validations without improvement; None: never
+    val_every_steps: int = option(50, flag="--val-every", help="validate every this many steps")
+    log_every_steps: int = option(10, flag="--log-every", help="write training metrics every this many steps")
+    accelerator: str = option("auto", help="auto, cpu, gpu, cuda, mps", common=True)
+    devices: int | str = option("auto", help="devices per node: a number, auto, or ids like 0,1", common=True)
+    strategy: str = option("auto", help="auto, ddp, ddp_spawn, fsdp")  # any Lightning strategy name
+    num_nodes: int = option(1, help="machines taking part")  # multi-node runs are launched by torchrun/SLURM
+    # "auto": "bf16-mixed" on a CUDA GPU with bf16, else "32-true"; or any Lightning value
+    precision: str = option("auto", help="auto, 32-true, bf16-mixed, 16-mixed", common=True)
+    checkpoint_every_steps: int = option(
+        100, flag="--checkpoint-every", help="periodic checkpoint every this many steps"
+    )  # also refreshes last.ckpt
+    keep_checkpoints: int = option(2, help="periodic checkpoints kept")  # newest first; last/best come on top
+    loggers: list[str] = option(
+        default_factory=lambda: ["csv", "tensorboard"], help="any of csv, tensorboard, wandb", common=True
+    )
+    wandb_project: str = option(
+        "landformer", help="W&B project (WANDB_MODE=offline logs locally)"
+    )  # set WANDB_MODE=offline to log without a network
+    seed: int = option(0, help="random seed", common=True)  # Python, NumPy and torch in every process and worker
+    gradient_clip: float = option(1.0, help="clip the gradient norm (0: off)")
+    accumulate_grad_batches: int = option(1, flag="--accumulate", help="batches summed per optimiser step")
+    early_stopping_patience: int | None = option(
+        None, flag="--patience", help="early stopping: validations without improvement"
+    )  # None: never stop early
     monitor: str = "val/loss"  # metric (lower is better) that picks best.ckpt and drives early stopping
-    deterministic: bool = False  # ask torch for deterministic kernels (slower; bit-exact reruns on one machine)
-    progress_bar: bool = True  # show a progress bar while training
+    deterministic: bool = option(False, help="deterministic kernels (slower, bit-exact reruns)")
+    progress_bar: bool = option(True, flag="--no-progress", help="hide progress bars")
 
     def __post_init__(self) -> None:
         positive = ("max_steps", "val_every_steps", "log_every_steps", "checkpoint_every_steps")

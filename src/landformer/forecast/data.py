@@ -56,9 +56,9 @@ from rasterio.windows import Window
 
 from landformer.core.chips import BlockSplit
 from landformer.core.errors import UserError
+from landformer.core.normalize import AffineNormalizer, fit_normalizer
 from landformer.core.raster import RasterGrid, aligned_vrt, open_raster
 from landformer.forecast.config import ForecastDataConfig
-from landformer.forecast.normalize import AffineNormalizer, fit_normalizer
 from landformer.synth.world import load_world, make_world
 
 log = logging.getLogger(__name__)

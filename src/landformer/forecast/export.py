@@ -21,9 +21,9 @@ import torch
 
 from landformer.core.errors import UserError
 from landformer.core.io import load_safetensors, save_safetensors, write_json
+from landformer.core.normalize import AffineNormalizer, normalizer_from_dict
 from landformer.forecast.data import normalize_inputs
 from landformer.forecast.model import ConvLSTMForecaster, ForecastModelConfig, median_index
-from landformer.forecast.normalize import AffineNormalizer, normalizer_from_dict
 
 EXPORT_FORMAT = "landformer-forecast"
 EXPORT_VERSION = 1

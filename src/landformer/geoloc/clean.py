@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from landformer.core.config import option
 from landformer.core.errors import UserError
 from landformer.geoloc.frames import EARTH_RADIUS_KM, LocalFrame
 
@@ -34,12 +35,18 @@ MEAN_AD_CONSISTENCY = 1.253314  # sqrt(pi / 2): the mean absolute deviation's fa
 class CleanConfig:
     """How training labels are cleaned; the ``clean:`` section of a geoloc recipe."""
 
-    enabled: bool = True
-    mad_threshold: float | None = 3.5  # modified z-score above which a coordinate is an outlier; None: no MAD step
-    dbscan_eps_km: float | None = 750.0  # neighbourhood radius on the sphere; None: no DBSCAN step
-    dbscan_min_samples: int = 3  # points (including itself) within eps that make a point a cluster core
+    enabled: bool = option(True, flag="--no-clean", help="skip MAD and DBSCAN cleaning (exclusions still apply)")
+    # None: no MAD step
+    mad_threshold: float | None = option(3.5, help="modified z-score beyond which a label is an outlier")
+    # on the sphere; None: no DBSCAN step
+    dbscan_eps_km: float | None = option(750.0, help="DBSCAN neighbourhood radius in km")
+    # including the point itself
+    dbscan_min_samples: int = option(3, help="DBSCAN points that make a cluster core")
     exclude: list[str] = field(default_factory=list)  # filenames to drop whatever their labels
-    exclude_file: Path | None = None  # a text file of more such filenames, one a line (or a CSV with 'filename')
+    # more such filenames, one a line (or a CSV with 'filename')
+    exclude_file: Path | None = option(
+        None, flag="--exclude", help="file listing filenames to drop (one a line, or a CSV)"
+    )
 
     def __post_init__(self) -> None:
         if self.mad_threshold is not None and self.mad_threshold <= 0:

@@ -1,6 +1,7 @@
 """The geoloc recipe: one dataclass per section, loaded from YAML with ``--config`` and ``--set key=value``.
 
-Every key is also a command-line flag (see :data:`FLAGS`); the precedence is defaults < YAML < ``--set`` < flags.
+Every :func:`~landformer.core.config.option` field is also a command-line flag; the precedence is defaults < YAML <
+``--set`` < flags.
 """
 
 from __future__ import annotations
@@ -8,24 +9,30 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from landformer.core.commands import TRAINING_FLAGS, add_recipe_arguments
-from landformer.core.config import check_values, from_dict, load_config, to_dict
+from landformer.core.commands import add_config_flags, add_recipe_arguments, recipe_overrides
+from landformer.core.config import check_values, load_config, option
 from landformer.core.train import TrainConfig
 from landformer.geoloc.clean import CleanConfig
 
 
 @dataclass
 class DataConfig:
-    train_csv: Path | None = None  # columns filename, latitude, longitude, Region_ID
-    val_csv: Path | None = None  # same columns; drives early stopping and picks each region's best checkpoint
-    images: Path | None = None  # folder the CSV filenames are relative to; None: images/ beside train_csv
-    val_images: Path | None = None  # None: the same folder as images
-    image_size: int | None = None  # resize every image to this square side; None: keep the first image's shape
-    preload: bool = True  # decode every image once into memory (fast epochs); false: decode on every access
-    batch_size: int = 64
-    num_workers: int = 0  # data-loader worker processes (0: load in the training process)
+    # columns filename, latitude, longitude, Region_ID
+    train_csv: Path | None = option(None, help="training labels (filename, latitude, longitude, Region_ID)")
+    # same columns; drives early stopping and picks each region's best checkpoint
+    val_csv: Path | None = option(None, help="validation labels (early stopping, best checkpoint)")
+    # folder the CSV filenames are relative to; None: images/ beside train_csv
+    images: Path | None = option(None, help="image folder (default: images/ beside the training CSV)")
+    val_images: Path | None = option(None, help="validation image folder (default: --images)")
+    # None: keep the first image's shape
+    image_size: int | None = option(None, help="resize images to this square side")
+    # true: decode every image once into memory (fast epochs)
+    preload: bool = option(True, flag="--no-preload", help="decode images on every access instead of once")
+    batch_size: int = option(64, help="images per batch")
+    # 0: load in the training process
+    num_workers: int = option(0, help="data-loader worker processes")
 
     def __post_init__(self) -> None:
         check_values(
@@ -40,19 +47,23 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: str = "resnet10t"  # any timm model name (convnext_tiny, resnet50, efficientnet_b0, ...)
-    pretrained: Path | None = None  # local weights (.safetensors, or .pth/.pt read with weights_only); None: random
-    drop_rate: float = 0.0  # dropout before the head
-    scaler: Literal["robust", "standard", "minmax"] = "robust"  # how local coordinates are scaled per region
+    backbone: str = option("resnet10t", help="timm model name (resnet10t, convnext_tiny, efficientnet_b0...)")
+    # .safetensors, or .pth/.pt read with weights_only; None: random
+    pretrained: Path | None = option(None, help="local pretrained weights (.safetensors/.pth)")
+    drop_rate: float = option(0.0, help="dropout before the head")
+    # how local coordinates are scaled per region
+    scaler: Literal["robust", "standard", "minmax"] = option(
+        "robust", help="coordinate scaler: robust, standard or minmax"
+    )
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-3  # AdamW learning rate
-    weight_decay: float = 0.05  # AdamW weight decay (matrices only)
-    t_0: int = 200  # CosineAnnealingWarmRestarts: steps in the first cycle
-    t_mult: int = 2  # each next cycle is this many times longer
-    min_lr_ratio: float = 0.01  # eta_min = lr * min_lr_ratio
+    lr: float = option(1e-3, help="AdamW learning rate")
+    weight_decay: float = option(0.05, help="AdamW weight decay")  # matrices only
+    t_0: int = option(200, flag="--t0", help="CosineAnnealingWarmRestarts first cycle (steps)")
+    t_mult: int = option(2, help="CosineAnnealingWarmRestarts cycle growth")
+    min_lr_ratio: float = option(0.01, help="lowest learning rate as a share of --lr")  # eta_min
 
     def __post_init__(self) -> None:
         check_values(
@@ -68,9 +79,10 @@ class OptimConfig:
 
 @dataclass
 class RegionsConfig:
-    min_samples: int = 20  # a region needs this many training images after cleaning
-    too_few: Literal["skip", "error"] = "skip"  # what to do with a region below min_samples
-    only: list[str] = field(default_factory=list)  # train only these Region_IDs (empty: every region)
+    min_samples: int = option(20, flag="--min-region-samples", help="training images a region needs after cleaning")
+    too_few: Literal["skip", "error"] = option("skip", help="region below --min-region-samples: skip (warn) or error")
+    # empty: every region
+    only: list[str] = option(default_factory=list, flag="--regions", help="train only these Region_IDs")
 
     def __post_init__(self) -> None:
         check_values("regions config", [(self.min_samples >= 2, f"'min_samples' = {self.min_samples} should be >= 2")])
@@ -78,15 +90,24 @@ class RegionsConfig:
 
 @dataclass
 class RouterConfig:
-    enabled: bool = True  # train a Region_ID classifier so predict works without a known region
-    backbone: str | None = None  # None: model.backbone
-    max_steps: int | None = None  # None: train.max_steps
-    balance: bool = True  # draw every region equally often, so a small region is not routed away
+    # train a Region_ID classifier so predict works without a known region
+    enabled: bool = option(True, flag="--no-router", help="train no region router (predict then needs the region)")
+    backbone: str | None = option(
+        None, flag="--router-backbone", help="timm model for the region router"
+    )  # None: model.backbone
+    max_steps: int | None = option(
+        None, flag="--router-steps", help="optimiser steps for the router"
+    )  # None: train.max_steps
+    # draw every region equally often, so a small region is not routed away
+    balance: bool = option(
+        True, flag="--no-balance", help="draw router training images as they come, not region-balanced"
+    )
 
 
 @dataclass
 class GeolocConfig:
-    out: Path = Path("runs/geoloc")  # run folder: config, cleaning report, one sub-folder per region, router
+    # config, cleaning report, one sub-folder per region, router
+    out: Path = option(Path("runs/geoloc"), help="run folder")
     data: DataConfig = field(default_factory=DataConfig)
     clean: CleanConfig = field(default_factory=CleanConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -96,101 +117,13 @@ class GeolocConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-# (flag, dotted config key, argparse type, nargs, help)
-FLAGS: tuple[tuple[str, str, Any, str | None, str], ...] = (
-    ("--out", "out", str, None, "run folder"),
-    ("--train-csv", "data.train_csv", str, None, "training labels (filename, latitude, longitude, Region_ID)"),
-    ("--val-csv", "data.val_csv", str, None, "validation labels (early stopping, best checkpoint)"),
-    ("--images", "data.images", str, None, "image folder (default: images/ beside the training CSV)"),
-    ("--val-images", "data.val_images", str, None, "validation image folder (default: --images)"),
-    ("--image-size", "data.image_size", int, None, "resize images to this square side"),
-    ("--batch-size", "data.batch_size", int, None, "images per batch"),
-    ("--num-workers", "data.num_workers", int, None, "data-loader worker processes"),
-    ("--mad-threshold", "clean.mad_threshold", float, None, "modified z-score beyond which a label is an outlier"),
-    ("--dbscan-eps-km", "clean.dbscan_eps_km", float, None, "DBSCAN neighbourhood radius in km"),
-    ("--dbscan-min-samples", "clean.dbscan_min_samples", int, None, "DBSCAN points that make a cluster core"),
-    ("--exclude", "clean.exclude_file", str, None, "file listing filenames to drop (one a line, or a CSV)"),
-    ("--backbone", "model.backbone", str, None, "timm model name (resnet10t, convnext_tiny, efficientnet_b0...)"),
-    ("--pretrained", "model.pretrained", str, None, "local pretrained weights (.safetensors/.pth)"),
-    ("--drop-rate", "model.drop_rate", float, None, "dropout before the head"),
-    ("--scaler", "model.scaler", str, None, "coordinate scaler: robust, standard or minmax"),
-    ("--lr", "optim.lr", float, None, "AdamW learning rate"),
-    ("--weight-decay", "optim.weight_decay", float, None, "AdamW weight decay"),
-    ("--t0", "optim.t_0", int, None, "CosineAnnealingWarmRestarts first cycle (steps)"),
-    ("--t-mult", "optim.t_mult", int, None, "CosineAnnealingWarmRestarts cycle growth"),
-    ("--min-lr-ratio", "optim.min_lr_ratio", float, None, "lowest learning rate as a share of --lr"),
-    ("--min-region-samples", "regions.min_samples", int, None, "training images a region needs after cleaning"),
-    ("--too-few", "regions.too_few", str, None, "region below --min-region-samples: skip (warn) or error"),
-    ("--regions", "regions.only", str, "+", "train only these Region_IDs"),
-    ("--router-backbone", "router.backbone", str, None, "timm model for the region router"),
-    ("--router-steps", "router.max_steps", int, None, "optimiser steps for the router"),
-    ("--val-every", "train.val_every_steps", int, None, "validate every this many steps"),
-    ("--patience", "train.early_stopping_patience", int, None, "early stopping: validations without improvement"),
-    ("--log-every", "train.log_every_steps", int, None, "write training metrics every this many steps"),
-    ("--checkpoint-every", "train.checkpoint_every_steps", int, None, "periodic checkpoint every this many steps"),
-    ("--keep-checkpoints", "train.keep_checkpoints", int, None, "periodic checkpoints kept"),
-    ("--gradient-clip", "train.gradient_clip", float, None, "clip the gradient norm (0: off)"),
-    ("--accumulate", "train.accumulate_grad_batches", int, None, "batches summed per optimiser step"),
-    ("--wandb-project", "train.wandb_project", str, None, "W&B project (WANDB_MODE=offline logs locally)"),
-    ("--strategy", "train.strategy", str, None, "auto, ddp, ddp_spawn, fsdp"),
-    ("--num-nodes", "train.num_nodes", int, None, "machines taking part"),
-    # The training flags every pipeline's train command takes (--max-steps counts steps per region here).
-    *((flag, f"train.{key}", kind, nargs, text) for flag, key, kind, nargs, text in TRAINING_FLAGS),
-)
-SWITCHES: tuple[tuple[str, str, bool, str], ...] = (
-    ("--no-clean", "clean.enabled", False, "skip MAD and DBSCAN cleaning (exclusions still apply)"),
-    ("--no-router", "router.enabled", False, "train no region router (predict then needs the region)"),
-    ("--no-balance", "router.balance", False, "draw router training images as they come, not region-balanced"),
-    ("--no-preload", "data.preload", False, "decode images on every access instead of once"),
-    ("--no-progress", "train.progress_bar", False, "hide progress bars"),
-    ("--deterministic", "train.deterministic", True, "deterministic kernels (slower, bit-exact reruns)"),
-)
-
-
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--config``, ``--set`` and one flag per entry of :data:`FLAGS` and :data:`SWITCHES`."""
+    """``--config``, ``--set`` and one flag per :func:`~landformer.core.config.option` of :class:`GeolocConfig`
+    (the train section's included: ``--max-steps`` counts steps per region here)."""
     add_recipe_arguments(parser, "the built-in tiny recipe, as configs/geoloc_tiny.yaml")
-    # SUPPRESS: an absent flag leaves no attribute, so the recipe's value stands (and --help shows no "None").
-    for flag, key, kind, nargs, text in FLAGS:
-        metavar = key.split(".")[-1].upper()
-        parser.add_argument(
-            flag,
-            dest=_dest(key),
-            type=kind,
-            nargs=nargs,
-            default=argparse.SUPPRESS,
-            metavar=metavar,
-            help=f"{text} [{key}]",
-        )
-    for flag, key, value, text in SWITCHES:
-        parser.add_argument(
-            flag, dest=_dest(key), action="store_const", const=value, default=argparse.SUPPRESS, help=f"{text} [{key}]"
-        )
-
-
-def _dest(key: str) -> str:
-    return "cfg__" + key.replace(".", "__")
-
-
-def _devices(text: str) -> int | str:
-    return int(text) if text.strip().isdigit() else text
+    add_config_flags(parser, GeolocConfig)
 
 
 def config_from_args(args: argparse.Namespace) -> GeolocConfig:
     """The recipe from ``--config``, then ``--set`` overrides, then the flags the user gave."""
-    config = load_config(GeolocConfig, args.config, args.overrides)
-    data = to_dict(config)
-    given = False
-    for key in [entry[1] for entry in FLAGS] + [entry[1] for entry in SWITCHES]:
-        value = getattr(args, _dest(key), None)
-        if value is None:
-            continue
-        given = True
-        if key == "train.devices":
-            value = _devices(value)
-        node = data
-        *sections, last = key.split(".")
-        for section in sections:
-            node = node[section]
-        node[last] = value
-    return from_dict(GeolocConfig, data, source="command line") if given else config
+    return load_config(GeolocConfig, args.config, recipe_overrides(args))
