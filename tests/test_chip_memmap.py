@@ -16,6 +16,7 @@ import torch
 from rasterio.transform import from_origin
 from torch.utils.data import DataLoader, Dataset
 
+from landformer.core.chip_dataset import ChipSplit
 from landformer.core.chips import ChipConfig, load_chips, make_chips, write_chips
 from landformer.core.errors import UserError
 from landformer.core.raster import write_geotiff
@@ -53,7 +54,7 @@ GROWTH = """
 import sys
 from pathlib import Path
 
-import landformer.core.chip_dataset  # torch's own memory is not the chips'
+from landformer.core.chip_dataset import ChipSplit  # torch's own memory is not the chips'
 from landformer.core.chips import load_chips
 
 
@@ -64,7 +65,7 @@ def anonymous() -> int:
 
 before = anonymous()
 chips = load_chips(sys.argv[1])
-dataset = chips.dataset("train")
+dataset = ChipSplit(chips, "train")
 total = sum(float(dataset[i]["mask"].sum()) for i in range(len(dataset)))  # every chip read once
 print(anonymous() - before, chips.memory_mapped)
 """
@@ -142,7 +143,7 @@ def test_mapped_chips_add_no_private_copy(tmp_path: Path) -> None:
 def test_a_split_is_a_torch_dataset_of_torchgeo_style_samples(tmp_path: Path) -> None:
     arrays = chip_arrays(10, 3)
     chips = load_chips(write(tmp_path / "chips.npz", arrays, compress=False))
-    test = chips.dataset("test")
+    test = ChipSplit(chips, "test")
     assert isinstance(test, Dataset) and len(test) == 3
     item = test[2]
     assert item["mask"].dtype == torch.int64 and item["image"].dtype == torch.float32
@@ -150,13 +151,13 @@ def test_a_split_is_a_torch_dataset_of_torchgeo_style_samples(tmp_path: Path) ->
     np.testing.assert_array_equal(item["image"].numpy(), arrays["test_data"][2, 1:])
     np.testing.assert_allclose(item["lonlat"].numpy(), arrays["test_coords"][2], rtol=1e-6)
     with pytest.raises(UserError, match="'val'"):
-        chips.dataset("val")  # type: ignore[arg-type]
+        ChipSplit(chips, "val")  # type: ignore[arg-type]
 
 
 def test_class_only_chips_have_no_image(tmp_path: Path) -> None:
     data = np.random.default_rng(2).integers(-1, 4, (5, 1, 8, 8)).astype(np.int16)
     path = write_chips(tmp_path / "c.npz", data, data[:0], np.zeros((5, 2)), np.zeros((0, 2)), {}, compress=False)
-    item = load_chips(path).dataset()[4]
+    item = ChipSplit(load_chips(path))[4]
     assert set(item) == {"mask", "lonlat"}
     np.testing.assert_array_equal(item["mask"].numpy(), data[4, 0])
 
@@ -164,19 +165,19 @@ def test_class_only_chips_have_no_image(tmp_path: Path) -> None:
 def test_a_pickled_mapped_split_carries_the_path_not_the_chips(tmp_path: Path) -> None:
     arrays = chip_arrays(200, 20, size=32)
     path = write(tmp_path / "chips.npz", arrays, compress=False)
-    split = load_chips(path).dataset("train")
+    split = ChipSplit(load_chips(path), "train")
     payload = pickle.dumps(split)
     assert len(payload) < 2_000 < arrays["train_data"].nbytes
     again = pickle.loads(payload)
     assert again.chips.memory_mapped
     np.testing.assert_array_equal(again[17]["image"].numpy(), arrays["train_data"][17, 1:])
-    in_memory = load_chips(path, mmap=False).dataset("train")
+    in_memory = ChipSplit(load_chips(path, mmap=False), "train")
     assert len(pickle.dumps(in_memory)) > arrays["train_data"].nbytes, "a read split travels with its arrays"
 
 
 def test_loader_workers_yield_the_same_batches(tmp_path: Path) -> None:
     arrays = chip_arrays(24, 4)
-    split = load_chips(write(tmp_path / "chips.npz", arrays, compress=False)).dataset("train")
+    split = ChipSplit(load_chips(write(tmp_path / "chips.npz", arrays, compress=False)), "train")
     direct = torch.stack([split[i]["mask"] for i in range(len(split))])
     batches = list(DataLoader(split, batch_size=8, num_workers=2))
     torch.testing.assert_close(torch.cat([batch["mask"] for batch in batches]), direct)

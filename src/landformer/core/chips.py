@@ -35,7 +35,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import rasterio
@@ -56,9 +56,6 @@ from landformer.core.raster import (
     open_raster,
     refuse_infinite,
 )
-
-if TYPE_CHECKING:
-    from landformer.core.chip_dataset import ChipSplit
 
 log = logging.getLogger(__name__)
 
@@ -166,12 +163,6 @@ class ChipSet:
     def memory_mapped(self) -> bool:
         """Whether the chips are mapped from the file (shared by every process that maps it) rather than read."""
         return isinstance(self.train_data, np.memmap)
-
-    def dataset(self, split: Literal["train", "test"] = "train") -> ChipSplit:
-        """``split`` as a torch Dataset of torchgeo-style samples: a :class:`~.chip_dataset.ChipSplit`."""
-        from landformer.core.chip_dataset import ChipSplit
-
-        return ChipSplit(self, split)
 
 
 @dataclass(frozen=True)
