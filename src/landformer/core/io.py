@@ -19,6 +19,7 @@ import fcntl
 import json
 import math
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -505,7 +506,6 @@ def load_torch(path: str | os.PathLike[str], what: str = "checkpoint", mmap: boo
 
     ``mmap`` maps the tensors of a zip-format file instead of reading them (cheap for a check of a large file).
     """
-    import pickle
 
     import torch
 

