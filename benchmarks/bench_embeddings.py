@@ -80,11 +80,9 @@ def build_world_dataset(work: Path, size: int, tile_size: int) -> Path:
 
 def one_seed(dataset: Path, work: Path, quick: bool, seed: int) -> dict:
     """Every model's metrics on one seed's split: probes, MAE -> SFT, DPO, and SFT on the PCA 3-channel copy."""
-    from landformer.embeddings.mae import pretrain
+    from landformer.embeddings.data import load_data, tile_source
     from landformer.embeddings.pca import convert_dataset, fit_pca
-    from landformer.embeddings.pipeline import load_data, tile_source
-    from landformer.embeddings.prefer import prefer
-    from landformer.embeddings.regress import finetune
+    from landformer.embeddings.train import finetune, prefer, pretrain
 
     run = work / f"seed{seed}"
     start = time.perf_counter()
@@ -168,7 +166,7 @@ def print_table(title: str, result: dict) -> None:
 
 def loading(dataset: Path) -> dict:
     """Seconds to load the labelled tiles from the bundle and from the tile files."""
-    from landformer.embeddings.data import TileSource, load_dataset, resolve_source
+    from landformer.embeddings.tiles import TileSource, load_dataset, resolve_source
 
     source = resolve_source(dataset)
     meta = json.loads((dataset / "dataset.json").read_text())
@@ -187,8 +185,7 @@ def throughput(kind: str, quick: bool) -> float:
     """Training tiles per second of a tiny MAE on random 16-pixel unit-vector tiles (1 thread)."""
     import torch
 
-    from landformer.embeddings.encoders import build_encoder
-    from landformer.embeddings.mae import MaskedAutoencoder
+    from landformer.embeddings.model import MaskedAutoencoder, build_encoder
 
     torch.manual_seed(0)
     values = {"kind": kind, "in_channels": 64, "patch_size": 4 if kind == "vit" else 2, "dim": 64, "depth": 2,

@@ -11,10 +11,10 @@ import pytest
 from test_train_images import tensorboard_images
 
 from landformer.cli import main
-from landformer.embeddings.data import TileSource, load_dataset, quantize_int8, resolve_source
-from landformer.embeddings.evaluate import regression_metrics
+from landformer.embeddings import export
+from landformer.embeddings.evaluate import predict, regression_metrics
 from landformer.embeddings.pca import PCA3, fit_pca, load_pca, save_pca
-from landformer.embeddings.regress import load_regressor, predict
+from landformer.embeddings.tiles import TileSource, load_dataset, quantize_int8, resolve_source
 
 TRAIN_STAGE = ["embeddings", "train", "--stage"]  # then pretrain, sft or dpo
 TINY = [
@@ -173,7 +173,7 @@ def test_pca_dataset_trains_with_a_3_channel_encoder_on_the_same_split(world_dat
         assert summary["metrics"]["sft"][split]["n"] == len(original.indices(split))
     converted = load_dataset(resolve_source(tmp_path / "pca" / "data"), progress=False)
     np.testing.assert_array_equal(converted.split, original.split)
-    network, meta = load_regressor(tmp_path / "sft3")
+    network, meta = export.load(tmp_path / "sft3")
     test = converted.indices("test")
     mean, _ = predict(network, meta, converted, test)
     r2 = regression_metrics(converted.targets[test], mean)["r2"]
@@ -255,10 +255,8 @@ def test_reference_recipe_runs_lora_on_a_local_qwen_checkpoint(world_dataset: Pa
             "--dataset", str(world_dataset), "--set", f"encoder.pretrained={tmp_path / 'ckpt'}", *cpu,
             *steps("sft", 3)]  # fmt: skip
     assert main(args) == 0
-    from landformer.embeddings.regress import load_regressor
-
     summary = json.loads((tmp_path / "sft" / "summary.json").read_text())
-    model, _ = load_regressor(tmp_path / "sft")
+    model, _ = export.load(tmp_path / "sft")
     frozen = sum(
         p.numel() for name, p in model.encoder.named_parameters() if "lora_" not in name and "patch_embed" not in name
     )
@@ -294,7 +292,7 @@ def test_sft_from_probe_is_exported_and_scored_the_same_everywhere(world_dataset
     assert metrics["sft"]["val"]["r2"] >= metrics["ridge"]["val"]["r2"] - 1e-6
     gain = summary["validation_gain_over_probe"]
     assert summary["kept_probe_start"] == (gain["mean"] <= 2.0 * gain["standard_error"])
-    model, meta = load_regressor(tmp_path / "sft")
+    model, meta = export.load(tmp_path / "sft")
     assert meta["probe"] is True and model.head.probe is not None
     from test_train_images import tensorboard_images
 

@@ -13,7 +13,16 @@ from rasterio.transform import Affine
 
 from landformer.core.errors import UserError
 from landformer.embeddings.config import DataConfig
-from landformer.embeddings.data import (
+from landformer.embeddings.data import load_data
+from landformer.embeddings.make_dataset import (
+    Window,
+    WorldDatasetConfig,
+    embed_features,
+    make_world_dataset,
+    random_projection,
+    stream_windows,
+)
+from landformer.embeddings.tiles import (
     INT8_NODATA,
     TileSource,
     buffer_overlaps,
@@ -25,15 +34,6 @@ from landformer.embeddings.data import (
     split_by_group,
     write_bundle,
 )
-from landformer.embeddings.make_dataset import (
-    Window,
-    WorldDatasetConfig,
-    embed_features,
-    make_world_dataset,
-    random_projection,
-    stream_windows,
-)
-from landformer.embeddings.pipeline import load_data
 
 SIZE = 8
 
@@ -335,7 +335,7 @@ def test_random_projection_is_fixed_and_embeddings_are_unit_length() -> None:
 
 def test_world_dataset_targets_are_hm_growth_and_frames_are_two_years(tmp_path: Path) -> None:
     from landformer.core.raster import open_raster
-    from landformer.embeddings.data import resolve_source
+    from landformer.embeddings.tiles import resolve_source
     from landformer.synth.world import make_world
 
     world = make_world(tmp_path / "world", size=64, seed=1)
@@ -360,8 +360,8 @@ def test_dataset_plot_shows_a_tile_as_rgb(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_city_dataset_tiles_are_centred_on_their_cities(tmp_path: Path) -> None:
-    from landformer.embeddings.data import resolve_source
     from landformer.embeddings.make_dataset import CityDatasetConfig, make_city_dataset
+    from landformer.embeddings.tiles import resolve_source
 
     make_city_dataset(tmp_path / "cities", CityDatasetConfig(n_cities=30, tile_size=8, seed=3), progress=False)
     labels = pd.read_csv(tmp_path / "cities" / "labels.csv", dtype={"id": str})

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from landformer.embeddings.augment import TileAugmenter, crop_resize, dihedral
-from landformer.embeddings.data import EmbeddingDataset
-from landformer.embeddings.encoders import ViTEncoder, build_encoder, pool_tokens
+from landformer.embeddings.data import make_pairs
+from landformer.embeddings.encoders import ViTEncoder, pool_tokens
 from landformer.embeddings.evaluate import fit_baselines, regression_metrics
-from landformer.embeddings.mae import MaskedAutoencoder
-from landformer.embeddings.prefer import DPOTask, dpo_loss, make_pairs
-from landformer.embeddings.regress import RegressionTask, Regressor, add_lora, gaussian_log_prob
+from landformer.embeddings.model import MaskedAutoencoder, Regressor, add_lora, build_encoder, gaussian_log_prob
+from landformer.embeddings.task import DPOTask, RegressionTask, dpo_loss
+from landformer.embeddings.tiles import EmbeddingDataset
 
 VIT = {"kind": "vit", "in_channels": 64, "patch_size": 2, "dim": 32, "depth": 1, "heads": 2}
 
@@ -211,10 +211,10 @@ def test_dpo_loss_has_zero_gradient_when_chosen_equals_rejected() -> None:
     features, values, reference = torch.randn(6, 32), torch.randn(6), torch.randn(6, 1).repeat(1, 2)
 
     def gradient_size(rejected: torch.Tensor) -> float:
-        task.policy.zero_grad()
+        task.model.zero_grad()
         batch = {"inputs": features, "chosen": values, "rejected": rejected, "reference": reference}
         task.compute_loss(batch)["loss"].backward()
-        return max(p.grad.abs().max().item() for p in task.policy.head.parameters())
+        return max(p.grad.abs().max().item() for p in task.model.head.parameters())
 
     loss = task.compute_loss({"inputs": features, "chosen": values, "rejected": values.clone(), "reference": reference})
     assert torch.isclose(loss["loss"], torch.tensor(math.log(2.0)))
@@ -243,7 +243,7 @@ def test_dpo_moves_the_predicted_mean_towards_the_truth() -> None:
     task.train()
     features = torch.randn(32, 32)
     with torch.no_grad():
-        ref_mean, ref_log_var = task.policy.head(features)
+        ref_mean, ref_log_var = task.model.head(features)
     truth = ref_mean + 1.0  # every tile's truth lies above the reference prediction
     tiles_of, chosen, rejected = make_pairs(
         ref_mean.numpy().astype(float), np.exp(0.5 * ref_log_var.numpy()).astype(float), truth.numpy(), 8, 1.0, 0
@@ -256,14 +256,14 @@ def test_dpo_moves_the_predicted_mean_towards_the_truth() -> None:
         ],
         dim=1,
     )
-    optimizer = torch.optim.Adam(task.policy.head.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(task.model.head.parameters(), lr=1e-3)
     batch = {"inputs": features[tiles_of], "chosen": chosen_t, "rejected": rejected_t, "reference": reference}
     for _ in range(30):
         optimizer.zero_grad()
         task.compute_loss(batch)["loss"].backward()
         optimizer.step()
     with torch.no_grad():
-        new_mean, _ = task.policy.head(features)
+        new_mean, _ = task.model.head(features)
     assert ((truth - new_mean).abs().mean() < (truth - ref_mean).abs().mean() - 0.2).item()
 
 
@@ -315,8 +315,7 @@ def test_stats_pooling_is_mean_centre_mean_and_spread_of_the_tokens() -> None:
 
 
 def test_regressor_export_round_trip(tmp_path) -> None:
-    from landformer.embeddings.pipeline import save_model
-    from landformer.embeddings.regress import load_regressor
+    from landformer.embeddings.export import load, save
 
     torch.manual_seed(0)
     model = Regressor(build_encoder(VIT, 1), 16, 0.1, pooling="stats").eval()
@@ -333,8 +332,8 @@ def test_regressor_export_round_trip(tmp_path) -> None:
         "target_scale": 2.0,
         "target_name": "t",
     }
-    save_model(tmp_path, model.state_dict(), meta)
-    loaded, loaded_meta = load_regressor(tmp_path)
+    save(tmp_path, model.state_dict(), meta)
+    loaded, loaded_meta = load(tmp_path)
     frames = tiles(3)
     with torch.no_grad():
         assert torch.equal(model(frames)[0], loaded(frames)[0])
@@ -347,6 +346,6 @@ def test_dpo_can_move_the_encoder_too() -> None:
     frames = tiles(4)
     batch = {"inputs": frames, "chosen": torch.randn(4), "rejected": torch.randn(4), "reference": torch.randn(4, 2)}
     task.compute_loss(batch)["loss"].backward()
-    assert task.policy.encoder.patch_embed.weight.grad.abs().sum() > 0
+    assert task.model.encoder.patch_embed.weight.grad.abs().sum() > 0
     frozen = DPOTask(encoder=VIT, frames=1, head_hidden=16, head_dropout=0.0, beta=0.5, train_encoder=False)
-    assert not any(p.requires_grad for p in frozen.policy.encoder.parameters())
+    assert not any(p.requires_grad for p in frozen.model.encoder.parameters())

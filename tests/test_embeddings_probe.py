@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from landformer.embeddings.data import EmbeddingDataset
-from landformer.embeddings.encoders import build_encoder
-from landformer.embeddings.evaluate import fit_baselines, fit_ridge_probe
-from landformer.embeddings.pipeline import target_scaling
-from landformer.embeddings.regress import RegressionTask, Regressor, mean_embedding, predict
+from landformer.embeddings.data import target_scaling
+from landformer.embeddings.evaluate import fit_baselines, fit_ridge_probe, predict
+from landformer.embeddings.model import Regressor, build_encoder, mean_embedding
+from landformer.embeddings.task import RegressionTask
+from landformer.embeddings.tiles import EmbeddingDataset
 
 VIT = {"kind": "vit", "in_channels": 64, "patch_size": 2, "dim": 32, "depth": 1, "heads": 2}
 

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from landformer.core.errors import UserError
-from landformer.embeddings.encoders import build_encoder, exported_encoder_config
-from landformer.embeddings.mae import MaskedAutoencoder
+from landformer.embeddings.model import MaskedAutoencoder, build_encoder, exported_encoder_config
 from landformer.embeddings.qwen import (
     QwenVisionEncoder,
     build_tower,

@@ -1,4 +1,4 @@
-"""Online augmentation of embedding tiles and the torch datasets the stages train on.
+"""Online augmentation of embedding tiles (the training loader of :mod:`~landformer.embeddings.data` applies it).
 
 Small labelled sets (a few hundred cities) overfit fast, so every training tile is seen as ``samples_per_tile``
 different views per epoch: one of the 8 flips/quarter turns (the 90, 180 and 270 degree rotations, with and
@@ -12,13 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import Dataset
-
-from landformer.embeddings.data import EmbeddingDataset
 
 
 def dihedral(x: Tensor, turns: int, mirror: bool) -> Tensor:
@@ -74,41 +70,3 @@ class TileAugmenter:
         turns = int(torch.randint(4, ()).item())
         mirror = bool(torch.randint(2, ()).item())
         return dihedral(frames, turns, mirror), dihedral(valid, turns, mirror)
-
-
-class TileDataset(Dataset):
-    """Samples ``{"frames", "valid", "target", "index"}`` of some tiles; targets are standardized with the given
-    mean and scale (the training split's), so the heads learn numbers of order 1."""
-
-    def __init__(
-        self,
-        data: EmbeddingDataset,
-        indices: np.ndarray,
-        augmenter: TileAugmenter | None = None,
-        samples_per_tile: int = 1,
-        target_mean: float = 0.0,
-        target_scale: float = 1.0,
-    ) -> None:
-        self.data = data
-        self.indices = np.asarray(indices, dtype=np.int64)
-        self.augmenter = augmenter
-        self.samples_per_tile = samples_per_tile if augmenter is not None else 1
-        self.target_mean = target_mean
-        self.target_scale = target_scale
-
-    def __len__(self) -> int:
-        return len(self.indices) * self.samples_per_tile
-
-    def __getitem__(self, item: int) -> dict[str, Tensor]:
-        index = int(self.indices[item % len(self.indices)])
-        frames = torch.from_numpy(self.data.tiles[index])
-        valid = torch.from_numpy(self.data.valid[index])
-        if self.augmenter is not None:
-            frames, valid = self.augmenter(frames, valid)
-        target = (self.data.targets[index] - self.target_mean) / self.target_scale
-        return {
-            "frames": frames.contiguous(),
-            "valid": valid.contiguous(),
-            "target": torch.tensor(target, dtype=torch.float32),
-            "index": torch.tensor(index),
-        }

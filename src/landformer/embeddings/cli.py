@@ -212,34 +212,27 @@ def run_train(args: argparse.Namespace) -> None:
         return
     if stage == "dpo" and args.sft is None:
         raise UserError("--stage dpo needs --sft: the sft run to improve")
-    {"pretrain": _pretrain, "sft": _sft, "dpo": _dpo}[stage](config, args)
+    from landformer.embeddings.train import train
+
+    init, sft = getattr(args, "init", None), getattr(args, "sft", None)
+    summary = train(config, args.out, resume=args.resume, stage=stage, init=init, sft=sft)
+    {"pretrain": _print_pretrain, "sft": _print_sft, "dpo": _print_dpo}[stage](summary)
 
 
-def _pretrain(config: Any, args: argparse.Namespace) -> None:
-    from landformer.embeddings.mae import pretrain
-
-    summary = pretrain(config, args.out, resume=args.resume)
+def _print_pretrain(summary: dict[str, Any]) -> None:
     print(f"pretrained {summary['global_step']} steps in {summary['fit_seconds']} s; val loss {summary['val_loss']}")
     print(f"encoder: {summary['encoder']}")
     print(f"reconstructions: {summary['reconstructions']}")
 
 
-def _sft(config: Any, args: argparse.Namespace) -> None:
-    from landformer.embeddings.regress import finetune
-
-    summary = finetune(config, args.out, init=args.init, resume=args.resume)
+def _print_sft(summary: dict[str, Any]) -> None:
     print(f"fine-tuned {summary['global_step']} steps in {summary['fit_seconds']} s; model {summary['model']}")
     _print_metrics(summary)
     print(f"scatter: {summary['scatter']}")
 
 
-def _dpo(config: Any, args: argparse.Namespace) -> None:
-    from landformer.embeddings.prefer import prefer
-
-    if config.dpo.route == "text":
-        from landformer.embeddings.trl_route import text_dpo
-
-        summary = text_dpo(config, args.out, sft=args.sft, resume=args.resume)
+def _print_dpo(summary: dict[str, Any]) -> None:
+    if "text_model" in summary:
         print(
             f"text-route DPO: {summary['global_step']} steps on {summary['n_train_pairs']} pairs, "
             f"train loss {summary['train_loss']:.4f}; model {summary['text_model']}"
@@ -251,7 +244,6 @@ def _dpo(config: Any, args: argparse.Namespace) -> None:
                 f"R2 {before.get('r2', float('nan')):.4f} -> {scores.get('r2', float('nan')):.4f}"
             )
         return
-    summary = prefer(config, args.out, sft=args.sft, resume=args.resume)
     print(f"DPO {summary['global_step']} steps on {summary['n_pairs']} pairs in {summary['fit_seconds']} s")
     _print_metrics(summary)
     for split, row in summary["sft_vs_dpo"].items():
@@ -273,8 +265,8 @@ def run_evaluate(args: argparse.Namespace) -> None:
 
 
 def run_pca(args: argparse.Namespace) -> None:
+    from landformer.embeddings.data import load_data, tile_source
     from landformer.embeddings.pca import convert_dataset, fit_pca, load_pca, save_pca
-    from landformer.embeddings.pipeline import load_data, tile_source
 
     config = _recipe(args)
     if recipe_printed(args, config):

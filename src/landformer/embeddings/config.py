@@ -11,13 +11,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from landformer.core.config import check_values
 from landformer.core.errors import UserError
 from landformer.core.train import TrainConfig
 
 EncoderKind = Literal["vit", "qwen2_vl", "qwen2_5_vl"]
+# The training stages and the recipe section that holds each one's task settings (its train section: train_<stage>).
+STAGE_SECTIONS = {"pretrain": "mae", "sft": "sft", "dpo": "dpo"}
+STAGES = tuple(STAGE_SECTIONS)
 
 
 @dataclass
@@ -108,7 +111,7 @@ class EncoderConfig:
 @dataclass
 class MAEConfig:
     """Masked-autoencoder pretraining (He et al. 2022). The MAE module's own default decoder is the paper's light
-    one (4 layers of 512, :class:`~landformer.embeddings.mae.MaskedAutoencoder`), which the GPU reference recipes
+    one (4 layers of 512, :class:`~landformer.embeddings.model.MaskedAutoencoder`), which the GPU reference recipes
     use; this CPU recipe halves the depth and quarters the width so a stage fits in a minute or two."""
 
     mask_ratio: float = 0.75
@@ -156,6 +159,17 @@ class SFTConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_targets: list[str] = field(default_factory=lambda: ["qkv", "proj", "fc1", "fc2"])
+
+    def lora_settings(self) -> dict[str, Any] | None:
+        """The adapters as the regression task takes them (plain values a checkpoint can hold), None without."""
+        if not self.lora:
+            return None
+        return {
+            "rank": self.lora_rank,
+            "alpha": self.lora_alpha,
+            "dropout": self.lora_dropout,
+            "targets": self.lora_targets,
+        }
 
     def validate(self) -> None:
         if self.freeze_epochs < 0:
@@ -209,6 +223,15 @@ def _stage_train(max_steps: int, monitor: str, patience: int | None, val_every: 
 
 
 @dataclass
+class StageRecipe:
+    """One stage's view of the recipe, in the shape :func:`~landformer.core.task.task_from_recipe` reads: the
+    stage's task settings (``mae``, ``sft`` or ``dpo``) and its training section."""
+
+    task: MAEConfig | SFTConfig | DPOConfig
+    train: TrainConfig
+
+
+@dataclass
 class EmbeddingsConfig:
     """The whole recipe; each stage reads ``data``, ``encoder`` and its own sections."""
 
@@ -221,6 +244,10 @@ class EmbeddingsConfig:
     train_sft: TrainConfig = field(default_factory=lambda: _stage_train(600, "val/r2_deficit", 10, 30))
     train_dpo: TrainConfig = field(default_factory=lambda: _stage_train(150, "val/r2_deficit", None))
     threads: int = 1  # torch CPU threads (small models on a shared CPU run fastest on one); 0: torch default
+
+    def stage(self, name: str) -> StageRecipe:
+        """The settings of stage ``name`` (pretrain, sft or dpo), for building its task."""
+        return StageRecipe(getattr(self, STAGE_SECTIONS[name]), getattr(self, f"train_{name}"))
 
     def validate(self) -> None:
         self.data.validate()

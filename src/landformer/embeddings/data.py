@@ -1,25 +1,26 @@
-"""What every stage shares: finding and loading the data, loaders, and the exported-model files.
+"""What the stages train and score on: the recipe's tiles loaded into memory, and the torch datasets and loaders
+over them.
 
-A stage's run folder ends with an exported model beside its Lightning checkpoints:
-
-- ``pretrain``: ``encoder.safetensors`` + ``encoder.json`` (the encoder config, frames, tile size);
-- ``sft`` / ``dpo``: ``model.safetensors`` + ``model.json`` (encoder and Gaussian head, the target scaling).
-
-The next stage starts from a run folder (or one of those files), so stages chain: pretrain -> sft -> dpo.
+:func:`load_data` turns a recipe's ``data`` section into an :class:`~landformer.embeddings.tiles.EmbeddingDataset`
+(building the default city dataset on first use); :func:`make_loaders` gives the augmented training loader and the
+plain validation loader of the pretrain and sft stages; :class:`PairDataset` and :func:`make_pairs` hold the
+preference pairs of the dpo stage. Reading tile files and label tables is :mod:`~landformer.embeddings.tiles`'s job.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
 
 from landformer.core.errors import UserError
-from landformer.core.io import load_safetensors, read_json, save_safetensors, write_json
+from landformer.embeddings.augment import TileAugmenter
 from landformer.embeddings.config import DataConfig, EmbeddingsConfig
-from landformer.embeddings.data import (
+from landformer.embeddings.make_dataset import CityDatasetConfig, make_city_dataset
+from landformer.embeddings.tiles import (
     DATASET_JSON,
     EMBEDDING_DIM,
     EmbeddingDataset,
@@ -29,8 +30,6 @@ from landformer.embeddings.data import (
 )
 
 DEFAULT_DATASET = Path("runs/embeddings/data")
-ENCODER_FILE, ENCODER_JSON = "encoder.safetensors", "encoder.json"
-MODEL_FILE, MODEL_JSON = "model.safetensors", "model.json"
 
 
 def tile_source(data: DataConfig, channels: int = EMBEDDING_DIM, progress: bool = True) -> TileSource:
@@ -53,8 +52,6 @@ def tile_source(data: DataConfig, channels: int = EMBEDDING_DIM, progress: bool 
         )
     folder = Path(data.dataset) if data.dataset is not None else DEFAULT_DATASET
     if data.dataset is None and not (folder / DATASET_JSON).is_file():
-        from landformer.embeddings.make_dataset import CityDatasetConfig, make_city_dataset
-
         print(f"no dataset given: building the default city dataset in {folder} (once)", flush=True)
         make_city_dataset(folder, CityDatasetConfig(), progress=progress)
     return resolve_source(folder)
@@ -86,14 +83,54 @@ def target_scaling(dataset: EmbeddingDataset) -> tuple[float, float]:
     return float(train.mean()), scale if scale > 0 else 1.0
 
 
+def set_threads(config: EmbeddingsConfig) -> None:
+    """Use the recipe's CPU thread count (small models on a shared CPU run fastest on one thread)."""
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+
+
+class TileDataset(Dataset):
+    """Samples ``{"frames", "valid", "target", "index"}`` of some tiles; targets are standardized with the given
+    mean and scale (the training split's), so the heads learn numbers of order 1."""
+
+    def __init__(
+        self,
+        data: EmbeddingDataset,
+        indices: np.ndarray,
+        augmenter: TileAugmenter | None = None,
+        samples_per_tile: int = 1,
+        target_mean: float = 0.0,
+        target_scale: float = 1.0,
+    ) -> None:
+        self.data = data
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.augmenter = augmenter
+        self.samples_per_tile = samples_per_tile if augmenter is not None else 1
+        self.target_mean = target_mean
+        self.target_scale = target_scale
+
+    def __len__(self) -> int:
+        return len(self.indices) * self.samples_per_tile
+
+    def __getitem__(self, item: int) -> dict[str, Tensor]:
+        index = int(self.indices[item % len(self.indices)])
+        frames = torch.from_numpy(self.data.tiles[index])
+        valid = torch.from_numpy(self.data.valid[index])
+        if self.augmenter is not None:
+            frames, valid = self.augmenter(frames, valid)
+        target = (self.data.targets[index] - self.target_mean) / self.target_scale
+        return {
+            "frames": frames.contiguous(),
+            "valid": valid.contiguous(),
+            "target": torch.tensor(target, dtype=torch.float32),
+            "index": torch.tensor(index),
+        }
+
+
 def make_loaders(
     dataset: EmbeddingDataset, data: DataConfig, target_mean: float, target_scale: float
-) -> tuple[Any, Any]:
+) -> tuple[DataLoader, DataLoader]:
     """Shuffled, augmented training loader and a plain validation loader."""
-    from torch.utils.data import DataLoader
-
-    from landformer.embeddings.augment import TileAugmenter, TileDataset
-
     augmenter = TileAugmenter(data.crop_scales, data.crop_centred) if data.augment else None
     train = TileDataset(dataset, dataset.indices("train"), augmenter, data.samples_per_tile, target_mean, target_scale)
     val = TileDataset(dataset, dataset.indices("val"), None, 1, target_mean, target_scale)
@@ -104,60 +141,60 @@ def make_loaders(
     )
 
 
-def eval_loader(dataset: EmbeddingDataset, indices: np.ndarray, batch_size: int, mean: float, scale: float) -> Any:
-    from torch.utils.data import DataLoader
-
-    from landformer.embeddings.augment import TileDataset
-
+def eval_loader(
+    dataset: EmbeddingDataset, indices: np.ndarray, batch_size: int, mean: float, scale: float
+) -> DataLoader:
+    """The tiles ``indices`` in order, without augmentation (for predictions and features)."""
     return DataLoader(TileDataset(dataset, indices, None, 1, mean, scale), batch_size=batch_size, shuffle=False)
 
 
-def set_threads(config: EmbeddingsConfig) -> None:
-    if config.threads > 0:
-        import torch
-
-        torch.set_num_threads(config.threads)
-
-
-def steps_per_epoch(n_samples: int, batch_size: int) -> int:
-    return max(1, n_samples // batch_size if n_samples > batch_size else 1)
-
-
-# ------------------------------------------------------------------------------------------- exported files
-
-
-def save_encoder(run_dir: Path, encoder: Any, meta: dict[str, Any]) -> Path:
-    """``encoder.safetensors`` + ``encoder.json``: the pretrained encoder for the next stage."""
-    path = save_safetensors(run_dir / ENCODER_FILE, encoder.state_dict(), meta)
-    write_json(run_dir / ENCODER_JSON, meta)
-    return path
+def make_pairs(
+    mean: np.ndarray, sd: np.ndarray, target: np.ndarray, pairs_per_tile: int, sample_scale: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Draw ``pairs_per_tile`` candidate pairs per tile from N(mean, (sample_scale * sd)^2); return the tile index of
+    each pair, the chosen value (closer to ``target``) and the rejected one."""
+    rng = np.random.default_rng(seed)
+    count = len(mean)
+    draws = rng.normal(size=(count, pairs_per_tile, 2)) * (sample_scale * sd)[:, None, None] + mean[:, None, None]
+    first_closer = np.abs(draws[..., 0] - target[:, None]) <= np.abs(draws[..., 1] - target[:, None])
+    chosen = np.where(first_closer, draws[..., 0], draws[..., 1])
+    rejected = np.where(first_closer, draws[..., 1], draws[..., 0])
+    tiles = np.repeat(np.arange(count), pairs_per_tile)
+    return tiles, chosen.reshape(-1), rejected.reshape(-1)
 
 
-def _locate(path: str | os.PathLike[str], file_name: str, what: str) -> Path:
-    path = Path(path)
-    if path.is_dir():
-        path = path / file_name
-    if not path.is_file():
-        raise UserError(f"{what} not found: {path} (run the stage that writes it first)")
-    return path
+class PairDataset(Dataset):
+    """Preference pairs of one tile each, with the reference's log-densities of both values."""
+
+    def __init__(self, inputs: Tensor, tiles: np.ndarray, chosen: Tensor, rejected: Tensor, reference: Tensor) -> None:
+        self.inputs = inputs  # (N, ...) pooled features or frames of the tiles
+        self.tiles = torch.as_tensor(tiles)
+        self.chosen = chosen
+        self.rejected = rejected
+        self.reference = reference  # (P, 2) reference log-densities of chosen and rejected
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def __getitem__(self, item: int) -> dict[str, Tensor]:
+        tile = int(self.tiles[item])
+        return {
+            "inputs": self.inputs[tile],
+            "chosen": self.chosen[item],
+            "rejected": self.rejected[item],
+            "reference": self.reference[item],
+        }
 
 
-def load_encoder_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(tensors, meta) of a pretrain run folder or its ``encoder.safetensors``."""
-    return load_safetensors(_locate(path, ENCODER_FILE, "pretrained encoder"), "pretrained encoder")
+class TileInputs(Dataset):
+    """Validation tiles of the dpo stage: their inputs (features or frames) and standardized targets."""
 
+    def __init__(self, inputs: Tensor, targets: Tensor) -> None:
+        self.inputs = inputs
+        self.targets = targets
 
-def save_model(run_dir: Path, state: dict[str, Any], meta: dict[str, Any]) -> Path:
-    """``model.safetensors`` + ``model.json``: the SFT/DPO regressor."""
-    path = save_safetensors(run_dir / MODEL_FILE, state, meta)
-    write_json(run_dir / MODEL_JSON, meta)
-    return path
+    def __len__(self) -> int:
+        return len(self.targets)
 
-
-def load_model_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(tensors, meta) of an sft/dpo run folder or its ``model.safetensors``."""
-    return load_safetensors(_locate(path, MODEL_FILE, "regression model"), "regression model")
-
-
-def read_stage_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    return read_json(Path(run_dir) / "summary.json", "stage summary")
+    def __getitem__(self, item: int) -> dict[str, Tensor]:
+        return {"inputs": self.inputs[item], "target": self.targets[item]}

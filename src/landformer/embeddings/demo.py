@@ -50,16 +50,15 @@ def demo_config(dataset: Path, seed: int) -> EmbeddingsConfig:
 
 def run_demo_step(out: Path, world_folder: Path, seed: int) -> dict[str, Any]:
     """Build the world dataset, pretrain, fine-tune and score; returns key numbers and the paths written."""
-    from landformer.embeddings.mae import pretrain
     from landformer.embeddings.make_dataset import WorldDatasetConfig, make_world_dataset
-    from landformer.embeddings.regress import finetune
+    from landformer.embeddings.train import train
 
     start = time.perf_counter()
     out = Path(out)
     make_world_dataset(out / "data", world_folder, WorldDatasetConfig(tile_size=16, group_tiles=4), progress=False)
     config = demo_config(out / "data", seed)
-    pre = pretrain(config, out / "pretrain")
-    sft = finetune(config, out / "sft", init=out / "pretrain")
+    pre = train(config, out / "pretrain", stage="pretrain")
+    sft = train(config, out / "sft", stage="sft", init=out / "pretrain")
     test = {name: metrics.get("test", metrics["val"]) for name, metrics in sft["metrics"].items()}
     return {
         "dataset": str(out / "data"),

@@ -1,4 +1,5 @@
-"""Patch encoders for 64-channel embedding tiles: the built-in ViT here, the Qwen-VL towers in :mod:`qwen`.
+"""Patch encoders for 64-channel embedding tiles: the interface and the built-in ViT here, the Qwen-VL towers in
+:mod:`~landformer.embeddings.qwen`; :func:`~landformer.embeddings.model.build_encoder` picks one from its config.
 
 Every encoder works on *patches*: :meth:`PatchEncoder.patchify` cuts frames (B, F, C, H, W) into a sequence
 (B, L, patch_dim) in the encoder's own order, :meth:`PatchEncoder.patch_positions` gives each patch's (row, col)
@@ -12,7 +13,6 @@ Plain PyTorch, no I/O.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -164,44 +164,3 @@ class ViTEncoder(PatchEncoder):
         if self.absolute_positions:
             tokens = tokens + sincos_2d(positions, self.width).to(tokens.dtype)
         return self.transformer(tokens, pos=positions.float())
-
-
-def build_encoder(config: Any, frames: int) -> PatchEncoder:
-    """The encoder an :class:`~landformer.embeddings.config.EncoderConfig`-like mapping describes.
-
-    ``config`` is a plain dict (the form hyperparameters are saved in) or the dataclass; ``frames`` is how many
-    years the data offers per tile (the encoder uses 2 only when ``temporal_pair`` is set).
-    """
-    values = config if isinstance(config, dict) else vars(config)
-    use_frames = 2 if values.get("temporal_pair", True) and frames >= 2 else 1
-    kind = values.get("kind", "vit")
-    if kind == "vit":
-        return ViTEncoder(
-            in_channels=values["in_channels"],
-            patch_size=values["patch_size"],
-            dim=values["dim"],
-            depth=values["depth"],
-            heads=values["heads"],
-            frames=use_frames,
-            dropout=values.get("dropout", 0.0),
-            mlp_ratio=values.get("mlp_ratio", 4.0),
-            absolute_positions=values.get("absolute_positions", True),
-        )
-    from landformer.embeddings.qwen import QwenVisionEncoder
-
-    return QwenVisionEncoder.from_config(values, use_frames)
-
-
-def exported_encoder_config(values: dict[str, Any], encoder: PatchEncoder) -> dict[str, Any]:
-    """The encoder config to save with trained weights: for a Qwen tower it carries the tower's architecture, so
-    reloading builds the same network without the original checkpoint folder."""
-    values = dict(values)
-    plain_config = getattr(encoder, "plain_config", None)
-    if plain_config is not None:
-        values["tower_config"] = plain_config()
-        values["pretrained"] = None
-    return values
-
-
-def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

@@ -1,4 +1,5 @@
-"""Scores, probes and pictures: R2 / MAE / RMSE, the ridge and kNN baselines, scatter plots and the comparison table.
+"""Scores, probes and pictures: R2 / MAE / RMSE, the ridge and kNN baselines, a model's predictions and the report
+of a stage, scatter plots, the comparison table and the MAE's reconstructions.
 
 The baselines are the probes the AlphaEarth authors evaluate embeddings with: a linear (ridge) model and a
 k-nearest-neighbour regressor on the tile's mean embedding (mean of its observed 64-d pixel vectors). Both are
@@ -14,10 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch import Tensor
 
+from landformer.core.config import load_config
 from landformer.core.errors import UserError
 from landformer.core.io import atomic_path, write_json, write_text
-from landformer.embeddings.data import EmbeddingDataset
+from landformer.core.viz import image_grid, new_figure, save_figure, upscale
+from landformer.embeddings.config import EmbeddingsConfig
+from landformer.embeddings.data import eval_loader, load_data
+from landformer.embeddings.encoders import PatchEncoder
+from landformer.embeddings.export import load
+from landformer.embeddings.model import MaskedAutoencoder, Regressor
+from landformer.embeddings.tiles import EmbeddingDataset
 
 KNN_CHOICES = (3, 5, 10, 20, 40)
 RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-3, 4, 29))
@@ -105,8 +115,6 @@ def save_scatter(
     target_name: str = "target",
 ) -> Path:
     """One panel per model of predicted against true values, with the 1:1 line and the panel's R2."""
-    from landformer.core.viz import new_figure, save_figure
-
     if not predictions:
         raise UserError("save_scatter: no predictions to plot")
     count = len(predictions)
@@ -132,6 +140,52 @@ def save_scatter(
     return save_figure(figure, path)
 
 
+@torch.no_grad()
+def predict(
+    model: Regressor,
+    meta: dict[str, Any],
+    dataset: EmbeddingDataset,
+    indices: np.ndarray,
+    batch_size: int = 64,
+    device: str = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of the prediction for each of ``indices``, in target units."""
+    loader = eval_loader(dataset, indices, batch_size, 0.0, 1.0)
+    model.eval()
+    means, sds = [], []
+    for batch in loader:
+        mean, log_var = model(batch["frames"].to(device))
+        means.append(mean.float().cpu())
+        sds.append(torch.exp(0.5 * log_var).float().cpu())
+    scale, offset = meta["target_scale"], meta["target_mean"]
+    return (torch.cat(means).numpy() * scale + offset), (torch.cat(sds).numpy() * scale)
+
+
+def stage_report(
+    stage: str, dataset: EmbeddingDataset, model: Regressor, meta: dict[str, Any], run_dir: Path
+) -> dict[str, Any]:
+    """Metrics of the model and the ridge/kNN baselines on every split, and the test scatter plot."""
+    mean, _ = predict(model, meta, dataset, np.arange(len(dataset)))
+    baselines = fit_baselines(dataset)
+    predictions = {"ridge": baselines["ridge"]["prediction"], "knn": baselines["knn"]["prediction"], stage: mean}
+    metrics = {name: split_metrics(dataset, prediction) for name, prediction in predictions.items()}
+    test = dataset.indices("test")
+    scatter = None
+    if len(test):
+        scatter = save_scatter(
+            run_dir / "scatter.png",
+            dataset.targets[test],
+            {name: prediction[test] for name, prediction in predictions.items()},
+            f"held-out test tiles (n = {len(test)})",
+            dataset.target_name,
+        )
+    return {
+        "metrics": metrics,
+        "baseline_settings": {name: baselines[name]["settings"] for name in ("ridge", "knn")},
+        "scatter": str(scatter) if scatter else None,
+    }
+
+
 def evaluate_runs(
     runs: list[str | os.PathLike[str]],
     out: str | os.PathLike[str],
@@ -143,18 +197,13 @@ def evaluate_runs(
 
     The data is the first run's (its ``config.yaml``), unless ``data_config`` gives other data to score on.
     """
-    from landformer.core.config import load_config
-    from landformer.embeddings.config import EmbeddingsConfig
-    from landformer.embeddings.pipeline import load_data
-    from landformer.embeddings.regress import load_regressor, predict
-
     start = time.perf_counter()
     if not runs:
         raise UserError("evaluate needs at least one sft or dpo run folder")
     out = Path(out)
     if data_config is None:
         data_config = load_config(EmbeddingsConfig, Path(runs[0]) / "config.yaml").data
-    models = [(run, *load_regressor(run, device=device)) for run in runs]
+    models = [(run, *load(run, device=device)) for run in runs]
     dataset = load_data(data_config, int(models[0][2]["encoder"]["in_channels"]))
     test = dataset.indices("test")
     if len(test) == 0:
@@ -208,3 +257,63 @@ def _write_predictions(
             table[f"sd_{name}"] = spreads[name]
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False)
+
+
+@torch.no_grad()
+def reconstruction_grid(mae: MaskedAutoencoder, dataset: Any, indices: np.ndarray) -> np.ndarray:
+    """Rows of (tile, masked tile, reconstruction), each shown through the tile's first three principal axes.
+
+    Reconstructions are un-normalized with the true patch's mean and spread (as in the MAE paper's figures). The
+    tiles go to the model's device, so this also draws while training on a GPU.
+    """
+    device = next(mae.parameters()).device
+    frames = torch.from_numpy(dataset.tiles[indices]).to(device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    _, prediction, mask = mae(frames, generator=generator)
+    patches = mae.patchify(frames)
+    if mae.norm_pix_loss:
+        mean = patches.mean(dim=-1, keepdim=True)
+        std = (patches.var(dim=-1, keepdim=True) + 1e-6).sqrt()
+        prediction = prediction * std + mean
+    shown = torch.where(mask[..., None].bool(), prediction, patches).cpu()
+    masked = torch.where(mask[..., None].bool(), torch.zeros_like(patches), patches).cpu()
+    patches = patches.cpu()
+    size = dataset.tile_size
+    cells = []
+    for row in range(len(indices)):
+        images = [_patches_to_tile(mae.encoder, p[row : row + 1], size) for p in (patches, masked, shown)]
+        basis = _principal_axes(images[0])
+        cells.extend(upscale(_as_rgb(image, basis), max(1, 96 // size)) for image in images)
+    return image_grid(cells, ncols=3)
+
+
+def _patches_to_tile(encoder: PatchEncoder, patches: Tensor, size: int) -> np.ndarray:
+    """(1, L, patch_dim) -> (C, H, W) of the first frame, by inverting the encoder's patch order.
+
+    Patchifying a probe whose first frame holds each pixel's flat index (and -1 in any second frame) tells where
+    every patch value came from.
+    """
+    count = encoder.in_channels * size * size
+    probe = torch.full((1, max(encoder.frames, 1), encoder.in_channels, size, size), -1.0, dtype=torch.float64)
+    probe[0, 0] = torch.arange(count, dtype=torch.float64).reshape(encoder.in_channels, size, size)
+    source = encoder.patchify(probe).reshape(-1).long()
+    values = patches.reshape(-1).double()
+    tile = torch.zeros(count, dtype=torch.float64)
+    first_frame = source >= 0
+    tile[source[first_frame]] = values[first_frame]
+    return tile.reshape(encoder.in_channels, size, size).numpy()
+
+
+def _principal_axes(tile: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    flat = tile.reshape(tile.shape[0], -1)
+    mean = flat.mean(axis=1, keepdims=True)
+    _, _, vt = np.linalg.svd((flat - mean).T, full_matrices=False)
+    projected = vt[:3] @ (flat - mean)
+    return mean, vt[:3], np.percentile(projected, 2, axis=1), np.percentile(projected, 98, axis=1)
+
+
+def _as_rgb(tile: np.ndarray, basis: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+    mean, axes, low, high = basis
+    projected = axes @ (tile.reshape(tile.shape[0], -1) - mean)
+    scaled = np.clip((projected - low[:, None]) / np.maximum(high - low, 1e-9)[:, None], 0, 1)
+    return (scaled.T.reshape(tile.shape[1], tile.shape[2], 3) * 255).astype(np.uint8)

@@ -1,37 +1,34 @@
-"""Stage 1: masked-autoencoder pretraining on 64-channel embedding tiles (He et al. 2022, "Masked Autoencoders
-Are Scalable Vision Learners").
+"""The embeddings pipeline's networks, plain PyTorch (no Lightning, no files): the masked autoencoder of stage 1
+and the Gaussian regressor of stages 2 and 3, around any patch encoder that :func:`build_encoder` picks from its
+config (the ViT of :mod:`~landformer.embeddings.encoders` or a Qwen-VL tower of :mod:`~landformer.embeddings.qwen`).
 
-The steps are the paper's: :meth:`MaskedAutoencoder.patchify` the tile, :meth:`~MaskedAutoencoder.random_masking`
-(75 % of the patches, or of the 2x2 blocks of a Qwen tower), :meth:`~MaskedAutoencoder.forward_encoder` on the
-visible patches only, :meth:`~MaskedAutoencoder.forward_decoder` (a light transformer, 4 layers of 512 by default,
-that sees encoded tokens plus a shared mask token at every hidden position) and
-:meth:`~MaskedAutoencoder.forward_loss`: the mean squared error between predicted and true patches, each true
-patch normalized to zero mean and unit variance (``norm_pix_loss``), over the masked patches only.
+The MAE (He et al. 2022, "Masked Autoencoders Are Scalable Vision Learners") follows the paper's steps:
+:meth:`MaskedAutoencoder.patchify` the tile, :meth:`~MaskedAutoencoder.random_masking` (75 % of the patches, or of
+the 2x2 blocks of a Qwen tower), :meth:`~MaskedAutoencoder.forward_encoder` on the visible patches only,
+:meth:`~MaskedAutoencoder.forward_decoder` (a light transformer, 4 layers of 512 by default, that sees encoded
+tokens plus a shared mask token at every hidden position) and :meth:`~MaskedAutoencoder.forward_loss`: the mean
+squared error between predicted and true patches, each true patch normalized to zero mean and unit variance
+(``norm_pix_loss``), over the masked patches only.
 
-:func:`pretrain` runs the stage from a recipe and exports the encoder for fine-tuning.
+The :class:`Regressor` pools the encoder's patch tokens into a :class:`GaussianHead` that predicts a mean and a
+log-variance of the standardized target; stage 3 needs that spread to draw preference pairs.
 """
 
 from __future__ import annotations
 
-import os
-import time
-from pathlib import Path
+import math
+from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from landformer.core.config import to_dict
 from landformer.core.errors import UserError
-from landformer.core.io import write_json
 from landformer.core.nn import Transformer
-from landformer.core.task import BaseTask, ImagesEvery
-from landformer.core.train import fit, last_checkpoint, prepare_run, seed_everything
-from landformer.core.viz import save_png
-from landformer.embeddings.config import EmbeddingsConfig
-from landformer.embeddings.encoders import PatchEncoder, build_encoder, count_parameters
-from landformer.embeddings.pipeline import load_data, make_loaders, save_encoder, set_threads
+from landformer.embeddings.encoders import PatchEncoder, ViTEncoder
+from landformer.embeddings.qwen import QwenVisionEncoder
+
+LOG_VAR_RANGE = (-9.0, 4.0)  # standardized units: sd between 0.011 and 7.4
 
 
 class MaskedAutoencoder(nn.Module):
@@ -113,176 +110,186 @@ class MaskedAutoencoder(nn.Module):
         return self.forward_loss(patches, prediction, mask), prediction, mask
 
 
-class MAETask(BaseTask):
-    """Lightning task of the MAE; validation masks are drawn from a generator seeded by the batch, so the
-    validation loss of two checkpoints compares the same masks."""
+def mean_embedding(frames: Tensor) -> Tensor:
+    """(B, F, C, H, W) -> (B, C): the mean of the first frame's pixel vectors over the pixels observed in every
+    frame, the input of the ridge and kNN probes (:meth:`~landformer.embeddings.data.EmbeddingDataset.mean_embeddings`).
+    Masked pixels arrive as zero vectors, and an observed embedding pixel is a unit vector, never zero."""
+    observed = (frames.abs().amax(dim=2) > 0).all(dim=1).flatten(1).to(frames.dtype)  # (B, H*W)
+    pixels = frames[:, 0].flatten(2)  # (B, C, H*W)
+    return torch.einsum("bcp,bp->bc", pixels, observed) / observed.sum(dim=1, keepdim=True).clamp_min(1.0)
+
+
+class LinearProbe(nn.Module):
+    """A linear model of the standardized target on the tile's mean raw embedding, with the embedding standardized
+    by fixed (buffered, exported) statistics: the ridge probe as a layer, so fine-tuning can start from it."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.register_buffer("feature_mean", torch.zeros(channels))
+        self.register_buffer("feature_scale", torch.ones(channels))
+        self.linear = nn.Linear(channels, 1)
+
+    def forward(self, embedding: Tensor) -> Tensor:
+        return self.linear((embedding - self.feature_mean) / self.feature_scale)[..., 0]
+
+    @torch.no_grad()
+    def set_from_ridge(self, ridge: Any, target_mean: float, target_scale: float) -> None:
+        """Copy a fitted ridge probe (:func:`~landformer.embeddings.evaluate.fit_ridge_probe`, in target units)
+        into this layer, converted to the standardized targets the heads predict."""
+        scaler, model = ridge[0], ridge[-1]
+        self.feature_mean.copy_(torch.as_tensor(scaler.mean_))
+        self.feature_scale.copy_(torch.as_tensor(scaler.scale_))
+        self.linear.weight.copy_(torch.as_tensor(model.coef_ / target_scale)[None])
+        self.linear.bias.fill_((float(model.intercept_) - target_mean) / target_scale)
+
+
+class GaussianHead(nn.Module):
+    """Pooled features -> (mean, log-variance) of the standardized target.
+
+    With ``probe_width`` the last ``probe_width`` feature columns are the tile's mean raw embedding, and a
+    :class:`LinearProbe` on them is added to the mean (the deep part sees only the encoder features).
+    """
+
+    def __init__(self, width: int, hidden: int = 128, dropout: float = 0.1, probe_width: int = 0) -> None:
+        super().__init__()
+        self.width = width
+        self.net = nn.Sequential(
+            nn.LayerNorm(width),
+            nn.Linear(width, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, 2),
+        )
+        self.probe = LinearProbe(probe_width) if probe_width else None
+
+    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.net(features[..., : self.width])
+        mean = out[..., 0]
+        if self.probe is not None:
+            mean = mean + self.probe(features[..., self.width :])
+        return mean, out[..., 1].clamp(*LOG_VAR_RANGE)
+
+
+class Regressor(nn.Module):
+    """Encoder + pooling of its patch tokens (:func:`~landformer.embeddings.encoders.pool_tokens`) + Gaussian head;
+    with ``probe``, plus a linear probe on the tile's mean raw embedding (:class:`LinearProbe`)."""
 
     def __init__(
         self,
-        encoder: dict[str, Any],
-        frames: int = 1,
-        mask_ratio: float = 0.75,
-        decoder_dim: int = 512,
-        decoder_depth: int = 4,
-        decoder_heads: int = 16,
-        norm_pix_loss: bool = True,
-        lr: float = 1.5e-3,
-        weight_decay: float = 0.05,
-        warmup_steps: int = 20,
-        max_steps: int = 300,
-        min_lr_ratio: float = 0.1,
+        encoder: PatchEncoder,
+        head_hidden: int = 128,
+        head_dropout: float = 0.1,
+        pooling: str = "mean",
+        probe: bool = False,
     ) -> None:
-        super().__init__(lr, weight_decay, warmup_steps, max_steps, min_lr_ratio)
+        super().__init__()
+        self.encoder = encoder
+        self.pooling = pooling
+        self.probe = probe
+        probe_width = encoder.in_channels if probe else 0
+        self.head = GaussianHead(encoder.pooled_width(pooling), head_hidden, head_dropout, probe_width)
 
-    def configure_models(self) -> None:
-        hp = self.hparams
-        self.mae = MaskedAutoencoder(
-            build_encoder(hp.encoder, hp.frames),
-            mask_ratio=hp.mask_ratio,
-            decoder_dim=hp.decoder_dim,
-            decoder_depth=hp.decoder_depth,
-            decoder_heads=hp.decoder_heads,
-            norm_pix_loss=hp.norm_pix_loss,
+    def features(self, frames: Tensor) -> Tensor:
+        """The head's input: pooled encoder features, followed by the mean raw embedding when ``probe`` is set."""
+        pooled = self.encoder.features(frames, self.pooling)
+        if not self.probe:
+            return pooled
+        return torch.cat([pooled, mean_embedding(frames).to(pooled.dtype)], dim=-1)
+
+    @torch.no_grad()
+    def start_from_probe(self, ridge: Any, target_mean: float, target_scale: float) -> None:
+        """Make the model's mean prediction exactly the ridge probe's (LP-FT, Kumar et al. 2022): the probe layer
+        takes the ridge fit and the deep head's mean output starts at zero, so fine-tuning begins at the probe
+        and the encoder's first gradients come from the probe's residuals, not from a random head."""
+        if self.head.probe is None:
+            raise ValueError("start_from_probe needs a Regressor built with probe=True")
+        self.head.probe.set_from_ridge(ridge, target_mean, target_scale)
+        last = self.head.net[-1]
+        last.weight[0].zero_()
+        last.bias[0].zero_()
+
+    def forward(self, frames: Tensor) -> tuple[Tensor, Tensor]:
+        return self.head(self.features(frames))
+
+    def log_prob(self, frames: Tensor, values: Tensor) -> Tensor:
+        """Gaussian log-density of ``values`` (B,) or (B, K) under the prediction for each tile."""
+        mean, log_var = self(frames)
+        if values.ndim == 2:
+            mean, log_var = mean[:, None], log_var[:, None]
+        return gaussian_log_prob(values, mean, log_var)
+
+
+def gaussian_log_prob(values: Tensor, mean: Tensor, log_var: Tensor) -> Tensor:
+    return -0.5 * ((values - mean) ** 2 * torch.exp(-log_var) + log_var + math.log(2 * math.pi))
+
+
+def add_lora(encoder: nn.Module, rank: int, alpha: int, dropout: float, targets: list[str]) -> None:
+    """Inject LoRA adapters into the encoder's matching linear layers and freeze everything else in it except
+    the patch embedding (which is new for 64 channels and has to learn)."""
+    # peft imports transformers (seconds); only LoRA runs need it, and it is an optional extra.
+    from peft import LoraConfig, inject_adapter_in_model
+
+    present = {name.rsplit(".", 1)[-1] for name, module in encoder.named_modules() if isinstance(module, nn.Linear)}
+    chosen = [target for target in targets if target in present]
+    if not chosen:
+        raise UserError(f"sft.lora_targets {targets} match no linear layer of the encoder (it has: {sorted(present)})")
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=chosen)
+    inject_adapter_in_model(config, encoder)
+    for name, param in encoder.named_parameters():
+        param.requires_grad = "lora_" in name or "patch_embed" in name
+
+
+def build_regressor(spec: Mapping[str, Any]) -> Regressor:
+    """The Gaussian regressor that a task's hyperparameters or an exported model's JSON describe: ``encoder``,
+    ``frames``, ``head_hidden``, ``head_dropout``, ``pooling`` (older exports: mean), ``probe`` (older exports:
+    none) and optional ``lora``."""
+    model = Regressor(
+        build_encoder(spec["encoder"], spec["frames"]),
+        spec["head_hidden"],
+        spec["head_dropout"],
+        spec.get("pooling", "mean"),
+        bool(spec.get("probe", False)),
+    )
+    lora = spec.get("lora")
+    if lora:
+        add_lora(model.encoder, lora["rank"], lora["alpha"], lora["dropout"], lora["targets"])
+    return model
+
+
+def build_encoder(config: Any, frames: int) -> PatchEncoder:
+    """The encoder an :class:`~landformer.embeddings.config.EncoderConfig`-like mapping describes.
+
+    ``config`` is a plain dict (the form hyperparameters are saved in) or the dataclass; ``frames`` is how many
+    years the data offers per tile (the encoder uses 2 only when ``temporal_pair`` is set).
+    """
+    values = config if isinstance(config, dict) else vars(config)
+    use_frames = 2 if values.get("temporal_pair", True) and frames >= 2 else 1
+    kind = values.get("kind", "vit")
+    if kind == "vit":
+        return ViTEncoder(
+            in_channels=values["in_channels"],
+            patch_size=values["patch_size"],
+            dim=values["dim"],
+            depth=values["depth"],
+            heads=values["heads"],
+            frames=use_frames,
+            dropout=values.get("dropout", 0.0),
+            mlp_ratio=values.get("mlp_ratio", 4.0),
+            absolute_positions=values.get("absolute_positions", True),
         )
-
-    def compute_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        generator = None
-        if not self.training:
-            generator = torch.Generator(device=batch["frames"].device).manual_seed(int(batch["index"][0]))
-        loss, _, _ = self.mae(batch["frames"], generator=generator)
-        return {"loss": loss}
+    return QwenVisionEncoder.from_config(values, use_frames)
 
 
-def build_mae_task(config: EmbeddingsConfig, frames: int) -> MAETask:
-    mae = config.mae
-    return MAETask(
-        encoder=to_dict(config.encoder),
-        frames=frames,
-        mask_ratio=mae.mask_ratio,
-        decoder_dim=mae.decoder_dim,
-        decoder_depth=mae.decoder_depth,
-        decoder_heads=mae.decoder_heads,
-        norm_pix_loss=mae.norm_pix_loss,
-        lr=mae.lr,
-        weight_decay=mae.weight_decay,
-        warmup_steps=mae.warmup_steps,
-        max_steps=config.train_pretrain.max_steps,
-        min_lr_ratio=mae.min_lr_ratio,
-    )
+def exported_encoder_config(values: dict[str, Any], encoder: PatchEncoder) -> dict[str, Any]:
+    """The encoder config to save with trained weights: for a Qwen tower it carries the tower's architecture, so
+    reloading builds the same network without the original checkpoint folder."""
+    values = dict(values)
+    plain_config = getattr(encoder, "plain_config", None)
+    if plain_config is not None:
+        values["tower_config"] = plain_config()
+        values["pretrained"] = None
+    return values
 
 
-def pretrain(
-    config: EmbeddingsConfig, run_dir: str | os.PathLike[str], resume: bool | str | os.PathLike[str] = False
-) -> dict[str, Any]:
-    """Pretrain the encoder with the MAE on the training tiles (never the validation or test ones), export the
-    best checkpoint's encoder as ``encoder.safetensors`` + ``encoder.json`` and draw ``reconstructions.png``.
-    Returns a summary, also written to ``summary.json``."""
-    start = time.perf_counter()
-    run_dir = Path(run_dir)
-    config.validate()
-    if resume is False and last_checkpoint(run_dir) is not None:
-        raise UserError(f"{run_dir} already holds a training run (checkpoints/last.ckpt): resume it or choose another")
-    prepare_run(run_dir, config, "embeddings pretrain")
-    set_threads(config)
-    dataset = load_data(config.data, config.encoder.in_channels)
-    train_loader, val_loader = make_loaders(dataset, config.data, 0.0, 1.0)
-    seed_everything(config.train_pretrain.seed)
-    task = build_mae_task(config, dataset.n_frames)
-    try:
-        task.mae.encoder.check_tile(dataset.tile_size, dataset.tile_size)
-    except ValueError as err:
-        raise UserError(f"embeddings encoder: {err} (change encoder.patch_size)") from None
-    shown = dataset.indices("val")[:6]
-    pictures = ImagesEvery(
-        lambda task: {"mae/reconstructions": reconstruction_grid(task.mae, dataset, shown)},
-        config.train_pretrain.val_every_steps,
-    )
-    result = fit(task, (train_loader, val_loader), config.train_pretrain, run_dir, resume=resume, callbacks=[pictures])
-    checkpoint = result.load_best_into(task)
-    task.eval()
-    meta = {
-        "stage": "pretrain",
-        "encoder": to_dict(config.encoder),
-        "frames": dataset.n_frames,
-        "tile_size": dataset.tile_size,
-        "checkpoint": str(checkpoint),
-        "global_step": result.global_step,
-    }
-    weights = save_encoder(run_dir, task.mae.encoder, meta)
-    picture = save_png(run_dir / "reconstructions.png", reconstruction_grid(task.mae, dataset, shown))
-    summary = {
-        "run_dir": str(run_dir),
-        "encoder": str(weights),
-        "reconstructions": str(picture),
-        "checkpoint": str(checkpoint),
-        "global_step": result.global_step,
-        "val_loss": result.metrics.get("val/loss"),
-        "encoder_parameters": count_parameters(task.mae.encoder),
-        "n_train_tiles": len(dataset.indices("train")),
-        "fit_seconds": round(result.seconds, 2),
-        "seconds": round(time.perf_counter() - start, 2),
-    }
-    write_json(run_dir / "summary.json", summary)
-    return summary
-
-
-@torch.no_grad()
-def reconstruction_grid(mae: MaskedAutoencoder, dataset: Any, indices: np.ndarray) -> np.ndarray:
-    """Rows of (tile, masked tile, reconstruction), each shown through the tile's first three principal axes.
-
-    Reconstructions are un-normalized with the true patch's mean and spread (as in the MAE paper's figures). The
-    tiles go to the model's device, so this also draws while training on a GPU.
-    """
-    from landformer.core.viz import image_grid, upscale
-
-    device = next(mae.parameters()).device
-    frames = torch.from_numpy(dataset.tiles[indices]).to(device)
-    generator = torch.Generator(device=device).manual_seed(0)
-    _, prediction, mask = mae(frames, generator=generator)
-    patches = mae.patchify(frames)
-    if mae.norm_pix_loss:
-        mean = patches.mean(dim=-1, keepdim=True)
-        std = (patches.var(dim=-1, keepdim=True) + 1e-6).sqrt()
-        prediction = prediction * std + mean
-    shown = torch.where(mask[..., None].bool(), prediction, patches).cpu()
-    masked = torch.where(mask[..., None].bool(), torch.zeros_like(patches), patches).cpu()
-    patches = patches.cpu()
-    size = dataset.tile_size
-    cells = []
-    for row in range(len(indices)):
-        images = [_patches_to_tile(mae.encoder, p[row : row + 1], size) for p in (patches, masked, shown)]
-        basis = _principal_axes(images[0])
-        cells.extend(upscale(_as_rgb(image, basis), max(1, 96 // size)) for image in images)
-    return image_grid(cells, ncols=3)
-
-
-def _patches_to_tile(encoder: PatchEncoder, patches: Tensor, size: int) -> np.ndarray:
-    """(1, L, patch_dim) -> (C, H, W) of the first frame, by inverting the encoder's patch order.
-
-    Patchifying a probe whose first frame holds each pixel's flat index (and -1 in any second frame) tells where
-    every patch value came from.
-    """
-    count = encoder.in_channels * size * size
-    probe = torch.full((1, max(encoder.frames, 1), encoder.in_channels, size, size), -1.0, dtype=torch.float64)
-    probe[0, 0] = torch.arange(count, dtype=torch.float64).reshape(encoder.in_channels, size, size)
-    source = encoder.patchify(probe).reshape(-1).long()
-    values = patches.reshape(-1).double()
-    tile = torch.zeros(count, dtype=torch.float64)
-    first_frame = source >= 0
-    tile[source[first_frame]] = values[first_frame]
-    return tile.reshape(encoder.in_channels, size, size).numpy()
-
-
-def _principal_axes(tile: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    flat = tile.reshape(tile.shape[0], -1)
-    mean = flat.mean(axis=1, keepdims=True)
-    _, _, vt = np.linalg.svd((flat - mean).T, full_matrices=False)
-    projected = vt[:3] @ (flat - mean)
-    return mean, vt[:3], np.percentile(projected, 2, axis=1), np.percentile(projected, 98, axis=1)
-
-
-def _as_rgb(tile: np.ndarray, basis: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
-    mean, axes, low, high = basis
-    projected = axes @ (tile.reshape(tile.shape[0], -1) - mean)
-    scaled = np.clip((projected - low[:, None]) / np.maximum(high - low, 1e-9)[:, None], 0, 1)
-    return (scaled.T.reshape(tile.shape[1], tile.shape[2], 3) * 255).astype(np.uint8)
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

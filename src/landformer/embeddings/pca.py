@@ -22,7 +22,7 @@ import numpy as np
 
 from landformer.core.errors import UserError
 from landformer.core.io import atomic_path, read_json, write_json, write_npz
-from landformer.embeddings.data import DATASET_JSON, EmbeddingDataset
+from landformer.embeddings.tiles import DATASET_JSON, EmbeddingDataset
 
 
 @dataclass

@@ -37,11 +37,11 @@ from landformer.core.errors import UserError
 from landformer.core.io import write_json
 from landformer.core.train import prepare_run, seed_everything
 from landformer.embeddings.config import EmbeddingsConfig
-from landformer.embeddings.data import EmbeddingDataset
-from landformer.embeddings.evaluate import regression_metrics
-from landformer.embeddings.pipeline import load_data, set_threads
-from landformer.embeddings.prefer import make_pairs
-from landformer.embeddings.qwen import MERGE, replace_patch_embedding
+from landformer.embeddings.data import load_data, make_pairs, set_threads
+from landformer.embeddings.evaluate import predict, regression_metrics
+from landformer.embeddings.export import load
+from landformer.embeddings.qwen import MERGE, qwen_patchify, random_vision_config, replace_patch_embedding
+from landformer.embeddings.tiles import EmbeddingDataset
 
 NUMBER_CHARACTERS = list("0123456789.- ")
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<unk>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
@@ -80,8 +80,6 @@ def _model_classes(kind: str) -> tuple[type, type, type]:
 
 def tiny_vlm(kind: str, tokenizer: Any, vision: dict[str, Any]) -> Any:
     """A random Qwen-VL with a 64-channel vision tower of the given size and a 1-layer text model."""
-    from landformer.embeddings.qwen import random_vision_config
-
     config_class, model_class, _ = _model_classes(kind)
     ids = {name: tokenizer.convert_tokens_to_ids(name) for name in SPECIAL_TOKENS}
     text = {
@@ -173,8 +171,6 @@ class EmbeddingPreferenceCollator:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     def pixels(self, indices: list[int]) -> tuple[Tensor, Tensor]:
-        from landformer.embeddings.qwen import qwen_patchify
-
         frames = self.tiles[indices][:, : self.frames]
         patches = qwen_patchify(frames, self.patch_size) * math.sqrt(frames.shape[2])
         grid = torch.tensor([[1, self.grid, self.grid]] * len(indices))
@@ -294,13 +290,11 @@ def text_dpo(
     from trl import DPOConfig as TrlDPOConfig
     from trl import DPOTrainer
 
-    from landformer.embeddings.regress import load_regressor, predict
-
     start = time.perf_counter()
     run_dir = Path(run_dir)
     config.validate()
     checkpoint = trl_checkpoint(run_dir, resume)
-    regressor, meta = load_regressor(sft)
+    regressor, meta = load(sft)
     prepare_run(run_dir, config, "embeddings dpo (text route)")
     set_threads(config)
     dataset = load_data(config.data, int(meta["encoder"]["in_channels"]))
