@@ -101,7 +101,7 @@ def export_model(folder: Path) -> None:
 
     from landformer.core.normalize import ZScore
     from landformer.forecast.config import ForecastConfig
-    from landformer.forecast.export import export_forecaster, model_config_dict
+    from landformer.forecast.export import model_config_dict, save
     from landformer.forecast.model import ConvLSTMForecaster, ForecastModelConfig
 
     recipe = ForecastConfig()
@@ -122,7 +122,7 @@ def export_model(folder: Path) -> None:
         "scale": 1.0,
         "valid_range": [0.0, 1.0],
     }
-    export_forecaster(folder, ConvLSTMForecaster(config).state_dict(), meta)
+    save(folder, ConvLSTMForecaster(config).state_dict(), meta)
 
 
 def predict(folder: Path, model: Path, out: Path) -> dict:
@@ -153,10 +153,10 @@ def phase_overhead(workdir: Path, repeats: int) -> dict:
     """Predict on the crop and the network alone on as many tiles of predict's shape, alternated."""
     import torch
 
-    from landformer.forecast.export import load_forecaster
+    from landformer.forecast.export import load
 
     settings = predict_settings()
-    forecaster = load_forecaster(workdir / "model", "cpu", settings["precision"], settings["compile_gates"])
+    forecaster = load(workdir / "model", "cpu", settings["precision"], settings["compile_gates"])
     side = settings["tile"] + settings["overlap"]
     generator = torch.Generator().manual_seed(0)
     series = torch.rand(settings["batch_size"], len(YEARS), 1, side, side, generator=generator)

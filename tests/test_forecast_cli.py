@@ -15,7 +15,8 @@ from landformer.core.config import load_config
 from landformer.core.io import read_json
 from landformer.forecast.config import ForecastConfig, ForecastPredictSection
 from landformer.forecast.model import QUANTILES_95, masked_loss
-from landformer.forecast.task import ForecastTask, panel_window
+from landformer.forecast.task import ForecastTask
+from landformer.forecast.train import panel_window
 from landformer.synth.world import make_world
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ from landformer.core.errors import UserError
 from landformer.core.normalize import ZScore
 from landformer.core.raster import write_geotiff
 from landformer.forecast.data import SeriesRasters, SeriesSpec
-from landformer.forecast.export import export_forecaster, load_forecaster, model_config_dict
+from landformer.forecast.export import load, model_config_dict, save
 from landformer.forecast.model import QUANTILES_95, ConvLSTMForecaster, ForecastModelConfig
 from landformer.forecast.predict import blend_weights, predict_series, tiled_forecast
 
@@ -54,7 +54,7 @@ def export_random_model(
         "scale": 1.0,
         "valid_range": valid_range,
     }
-    weights, _ = export_forecaster(folder, model.state_dict(), meta)
+    weights, _ = save(folder, model.state_dict(), meta)
     return weights
 
 
@@ -180,7 +180,7 @@ def test_predict_writes_one_geotiff_per_horizon_equal_to_the_untiled_forecast(tm
     )
     assert [Path(p).name for p in result["files"]] == [f"forecast_{y}.tif" for y in (2015, 2020, 2025, 2030)]
     assert [Path(p).name for p in result["inputs"]] == ["hm_2000.tif", "hm_2005.tif", "hm_2010.tif"]
-    forecaster = load_forecaster(model)
+    forecaster = load(model)
     with SeriesRasters(SeriesSpec(spec.paths[-3:], spec.years[-3:]), covariates) as rasters:
         whole = forecaster.forecast(
             rasters.read_series(0, 0, 80, 72)[None], rasters.read_covariates(0, 0, 80, 72)[None]
@@ -212,7 +212,7 @@ def test_predict_keeps_integer_nodata_and_writes_in_the_input_scale(tmp_path: Pa
         model, spec, covariates, tmp_path / "out", tile=16, overlap=4, progress=False, precision="fp32"
     )
     assert result["scale"] == 10000.0 and result["nodata"] == 65535
-    forecaster = load_forecaster(model)
+    forecaster = load(model)
     with SeriesRasters(spec, covariates) as rasters:
         series = np.where(raw == 65535, np.nan, raw / np.float32(10000)).astype(np.float32)
         expected = forecaster.forecast(series[None, :, None], rasters.read_covariates(0, 0, 40, 40)[None]).point
@@ -245,8 +245,8 @@ def test_channels_and_cadence_that_differ_from_training_are_refused(tmp_path: Pa
 
 def test_exported_model_loads_without_pickle_and_bad_files_are_user_errors(tmp_path: Path) -> None:
     weights = export_random_model(tmp_path / "model", kernel_size=3)
-    run_folder = load_forecaster(tmp_path / "model")
-    single_file = load_forecaster(weights)
+    run_folder = load(tmp_path / "model")
+    single_file = load(weights)
     x = torch.rand(1, 3, 1, 8, 8)
     mask = torch.ones_like(x, dtype=torch.bool)
     cov = torch.rand(1, 1, 8, 8)
@@ -255,9 +255,9 @@ def test_exported_model_loads_without_pickle_and_bad_files_are_user_errors(tmp_p
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\x00" * 64)
     with pytest.raises(UserError, match="not a readable safetensors file"):
-        load_forecaster(garbage)
+        load(garbage)
     with pytest.raises(UserError, match=r"holds no model\.safetensors"):
-        load_forecaster(tmp_path)
+        load(tmp_path)
 
 
 def test_forecasts_and_interval_bounds_are_clipped_to_the_valid_range(tmp_path: Path) -> None:
@@ -267,9 +267,9 @@ def test_forecasts_and_interval_bounds_are_clipped_to_the_valid_range(tmp_path: 
     inputs[0, :, 0, :, :6] = 0.02  # half the tile near 0, so the lower bound also meets the floor
     inputs[0, :, 0, 0, 0] = np.nan
     covariates = np.full((1, 1, 12, 12), 300.0, dtype=np.float32)
-    free = load_forecaster(export_random_model(tmp_path / "free", head_bias=1.0)).forecast(inputs, covariates)
+    free = load(export_random_model(tmp_path / "free", head_bias=1.0)).forecast(inputs, covariates)
     clipped_model = export_random_model(tmp_path / "clipped", valid_range=[0.0, 1.0], head_bias=1.0)
-    forecaster = load_forecaster(clipped_model)
+    forecaster = load(clipped_model)
     assert forecaster.valid_range == (0.0, 1.0)
     clipped = forecaster.forecast(inputs, covariates)
     assert np.nanmax(free.upper) > 1.0 and np.nanmax(free.point) > 1.0 and np.nanmin(free.lower) < 0.0

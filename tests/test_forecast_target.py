@@ -9,7 +9,7 @@ import torch
 
 from landformer.forecast.config import ForecastConfig
 from landformer.forecast.evaluate import evaluate_forecaster
-from landformer.forecast.task import train_forecaster
+from landformer.forecast.train import train
 
 
 @pytest.mark.slow
@@ -18,7 +18,7 @@ def test_tiny_recipe_beats_both_baselines_and_its_interval_covers(tmp_path: Path
     horizon, and the 95 % interval covers 90-99 % of the valid pixels."""
     threads = torch.get_num_threads()
     try:
-        summary = train_forecaster(ForecastConfig(), tmp_path / "run")
+        summary = train(ForecastConfig(), tmp_path / "run")
     finally:
         torch.set_num_threads(threads)
     result = evaluate_forecaster(summary["run_dir"], tmp_path / "eval")

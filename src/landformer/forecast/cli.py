@@ -8,20 +8,24 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from pathlib import Path
 from typing import Any
 
 from landformer.core.commands import (
     add_command,
+    add_config_flags,
     add_group,
     add_recipe_arguments,
     add_training_flags,
     recipe_overrides,
     recipe_printed,
 )
+from landformer.core.config import load_config
 from landformer.core.errors import UserError
 from landformer.core.train import add_resume_argument, check_device
+from landformer.forecast.config import ForecastConfig, ForecastDataConfig, ForecastPredictSection
 
 DEFAULT_CONFIG_NOTE = "built-in defaults, the same as configs/forecast_tiny.yaml"
 MODEL_HELP = "run folder of `forecast train`, or its model.safetensors"
@@ -64,22 +68,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--prefix", default="forecast", help="output files are PREFIX_<year>.tif")
 
 
-# The predict section of the recipe, each overridable on the command line: (name, type, choices, help).
-PREDICT_SETTINGS: tuple[tuple[str, type, tuple[str, ...] | None, str], ...] = (
-    ("tile", int, None, "output block side in pixels (a multiple of 256 writes whole GeoTIFF blocks)"),
-    ("overlap", int, None, "pixels shared by neighbouring tiles (even)"),
-    ("batch_size", int, None, "tiles per forward pass"),
-    ("panel_width", int, None, "widest strip processed at once"),
-    ("device", str, None, "torch device: cpu, cuda, cuda:1, mps"),
-    ("threads", int, None, "torch CPU threads, 0 for torch's default"),
-    ("precision", str, ("auto", "fp32", "bf16"), "arithmetic of the convolutions: auto is bf16 where native"),
-)
-
-
 def _add_predict_settings(parser: argparse.ArgumentParser) -> None:
-    recipe = " (default: the run's recipe, predict section)"
-    for name, kind, choices, text in PREDICT_SETTINGS:
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, choices=choices, default=None, help=text + recipe)
+    """The recipe's predict section as flags (:class:`ForecastPredictSection`'s options), plus ``--compile``."""
+    add_config_flags(parser, ForecastPredictSection, section="predict")
     parser.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,
@@ -159,22 +150,19 @@ def _apply_data_arguments(data: Any, args: argparse.Namespace) -> None:
 
 
 def run_train(args: argparse.Namespace) -> None:
-    from landformer.core.config import load_config
-    from landformer.forecast.config import ForecastConfig
-    from landformer.forecast.task import train_forecaster
+    from landformer.forecast.train import train
 
     config = load_config(ForecastConfig, args.config, recipe_overrides(args))
     _apply_data_arguments(config.data, args)
     if recipe_printed(args, config):
         return
-    summary = train_forecaster(config, args.out, resume=args.resume)
+    summary = train(config, args.out, resume=args.resume)
     print(f"trained {summary['global_step']} steps in {summary['fit_seconds']} s; run folder {summary['run_dir']}")
     print(f"model: {summary['model']} (+ {Path(summary['model_json']).name})")
     print(f"forecast panel: {summary['panel']}")
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
-    from landformer.forecast.config import ForecastDataConfig
     from landformer.forecast.evaluate import evaluate_forecaster, format_table
 
     data = None
@@ -194,22 +182,17 @@ def run_evaluate(args: argparse.Namespace) -> None:
     print(f"plot: {result['files']['plot']}")
 
 
-def predict_settings(model: Path, args: argparse.Namespace) -> Any:
+def predict_settings(model: Path, args: argparse.Namespace) -> ForecastPredictSection:
     """The predict section of the run's recipe (built-in defaults for a bare model file), with the command
     line's values on top."""
-    from landformer.core.config import load_config
-    from landformer.forecast.config import ForecastConfig, ForecastPredictSection
-
     recipe = (model if model.is_dir() else model.parent) / "config.yaml"
-    settings = load_config(ForecastConfig, recipe).predict if recipe.is_file() else ForecastPredictSection()
-    for name in [name for name, *_ in PREDICT_SETTINGS] + ["compile"]:
-        if getattr(args, name) is not None:
-            setattr(settings, name, getattr(args, name))
-    return settings
+    overrides = recipe_overrides(args)
+    if args.compile is not None:
+        overrides.append(f"predict.compile={json.dumps(args.compile)}")
+    return load_config(ForecastConfig, recipe if recipe.is_file() else None, overrides).predict
 
 
 def run_predict(args: argparse.Namespace) -> None:
-    from landformer.forecast.config import ForecastDataConfig
     from landformer.forecast.data import resolve_series
     from landformer.forecast.predict import predict_series
 
@@ -236,7 +219,12 @@ def run_predict(args: argparse.Namespace) -> None:
         assume_crs=args.assume_crs,
         prefix=args.prefix,
         compile_gates=settings.compile,
-        **{name: getattr(settings, name) for name, *_ in PREDICT_SETTINGS if name != "threads"},
+        tile=settings.tile,
+        overlap=settings.overlap,
+        batch_size=settings.batch_size,
+        panel_width=settings.panel_width,
+        device=settings.device,
+        precision=settings.precision,
     )
     print(f"forecast {result['height']}x{result['width']} px from {', '.join(Path(p).name for p in result['inputs'])}")
     for path in result["files"]:

@@ -1,8 +1,11 @@
 """The forecast recipe: one YAML with ``data``, ``model``, ``task``, ``train`` and ``predict`` sections.
 
-Plain dataclasses, no torch, so the CLI can load and check a recipe without importing anything heavy.
-``configs/forecast_tiny.yaml`` (the CPU default) and ``configs/forecast_reference.yaml`` (GPU-sized) are
-instances of :class:`ForecastConfig`; ``--set data.chip_size=48`` overrides single keys.
+Plain dataclasses, no torch, so the CLI can load and check a recipe, and turn the predict section into the flags
+of ``forecast predict``, without importing anything heavy. That is also why the network's own config,
+:class:`ForecastModelConfig`, lives here rather than in ``model.py``: the recipe's ``model`` section *is* it, and
+``model.py`` imports it from here. ``configs/forecast_tiny.yaml`` (the CPU default) and
+``configs/forecast_reference.yaml`` (GPU-sized) are instances of :class:`ForecastConfig`; ``--set
+data.chip_size=48`` overrides single keys.
 """
 
 from __future__ import annotations
@@ -11,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from landformer.core.config import check_values
+from landformer.core.config import check_values, option
 from landformer.core.errors import UserError
 from landformer.core.train import TrainConfig
 
-QUANTILES_95 = [0.025, 0.5, 0.975]  # the same heads as landformer.forecast.model.QUANTILES_95 (torch-free copy)
+QUANTILES_95 = (0.025, 0.5, 0.975)  # the heads of a 95 % interval around the median
 
 
 @dataclass
@@ -96,12 +99,43 @@ class ForecastDataConfig:
 
 
 @dataclass
-class ForecastModelSection:
-    """Network size; the channel counts, K and H come from the data."""
+class ForecastModelConfig:
+    """The ConvLSTM's size (``model.py``). Training takes the four data-shaped fields (channel counts, K and H)
+    from the data, whatever the recipe says; an exported model stores them all."""
 
+    n_series_channels: int = 1
+    n_covariate_channels: int = 1
+    n_input_steps: int = 3  # K, the data pipeline's default; the model itself accepts any K
+    n_horizons: int = 4  # H, the default roll-out length
+    # one ConvLSTM layer per entry, in encoder and forecaster alike
     hidden_channels: list[int] = field(default_factory=lambda: [16, 16])
     kernel_size: int = 3
-    quantiles: list[float] = field(default_factory=lambda: list(QUANTILES_95))  # [] for a point forecast only
+    quantiles: tuple[float, ...] = ()  # empty: one point forecast; else pinball-trained heads, 0.5 required
+
+    def __post_init__(self) -> None:
+        # One type each whether built from YAML or in Python, so configs compare equal after a YAML round trip.
+        self.hidden_channels = list(self.hidden_channels)
+        self.quantiles = tuple(self.quantiles)
+        checks = [
+            (self.n_series_channels >= 1, "n_series_channels should be at least 1"),
+            (self.n_covariate_channels >= 0, "n_covariate_channels should be 0 or more"),
+            (self.n_input_steps >= 1, "n_input_steps should be at least 1"),
+            (self.n_horizons >= 1, "n_horizons should be at least 1"),
+            (len(self.hidden_channels) >= 1, "hidden_channels should list at least one layer"),
+            (all(width >= 1 for width in self.hidden_channels), "hidden_channels should all be positive"),
+            (self.kernel_size >= 1 and self.kernel_size % 2 == 1, "kernel_size should be a positive odd number"),
+        ]
+        if self.quantiles:
+            in_range = all(0.0 < q < 1.0 for q in self.quantiles)
+            increasing = all(a < b for a, b in zip(self.quantiles, self.quantiles[1:], strict=False))
+            checks.append((in_range and increasing, "quantiles should increase strictly inside (0, 1)"))
+            checks.append((0.5 in self.quantiles, "quantiles should include 0.5, the point forecast"))
+        check_values("forecast model config", checks)
+
+
+def tiny_recipe_model() -> ForecastModelConfig:
+    """The tiny recipe's network: two 16-channel layers with the 95 % interval heads."""
+    return ForecastModelConfig(hidden_channels=[16, 16], kernel_size=3, quantiles=QUANTILES_95)
 
 
 @dataclass
@@ -117,19 +151,32 @@ class ForecastTaskSection:
     threads: int = 1  # torch CPU threads while training; 0: torch's default. Small convolutions: 1 is fastest
 
 
+FROM_RUN = " (default: the run's recipe, predict section)"
+
+
 @dataclass
 class ForecastPredictSection:
-    """Whole-raster inference (``forecast predict``)."""
+    """Whole-raster inference (``forecast predict``); each option is also a flag of that command."""
 
-    tile: int = 512  # output block side, a multiple of the GeoTIFF block so every write fills whole blocks
-    overlap: int = 32  # pixels shared by neighbouring tiles, cross-faded linearly (even); 1.13 px forecast per px
-    batch_size: int = 1  # tiles per forward pass (one 544 px tile of the tiny model needs about 0.4 GB)
-    panel_width: int = 4096  # widest strip of the raster processed at once; bounds memory on huge rasters
-    device: str = "cpu"  # torch device for inference: cpu, cuda, cuda:1, mps
-    threads: int = 0  # torch CPU threads for inference; 0: torch's default (on a busy CPU, 1 can be faster)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where the hardware has it natively
+    # a multiple of the GeoTIFF block so every write fills whole blocks
+    tile: int = option(
+        512, help="output block side in pixels (a multiple of 256 writes whole GeoTIFF blocks)" + FROM_RUN
+    )
+    # cross-faded linearly; 1.13 px forecast per px
+    overlap: int = option(32, help="pixels shared by neighbouring tiles (even)" + FROM_RUN)
+    # one 544 px tile of the tiny model needs about 0.4 GB
+    batch_size: int = option(1, help="tiles per forward pass" + FROM_RUN)
+    # bounds memory on huge rasters
+    panel_width: int = option(4096, help="widest strip processed at once" + FROM_RUN)
+    device: str = option("cpu", help="torch device: cpu, cuda, cuda:1, mps" + FROM_RUN)
+    # on a busy CPU, 1 can be faster
+    threads: int = option(0, help="torch CPU threads, 0 for torch's default" + FROM_RUN)
+    precision: Literal["auto", "fp32", "bf16"] = option(
+        "auto", help="arithmetic of the convolutions: auto is bf16 where native" + FROM_RUN
+    )
     # fuse the LSTM gate arithmetic into one compiled kernel (needs a C++ compiler); None: on rasters of 16 Mpx
-    # or more, where its 10-40 s of compiling pay off
+    # or more, where its 10-40 s of compiling pay off. Its --compile/--no-compile flag is declared in cli.py, as a
+    # three-way switch is not an option() flag.
     compile: bool | None = None
 
 
@@ -149,7 +196,7 @@ class ForecastConfig:
     """The whole recipe; the defaults are the tiny CPU recipe (``configs/forecast_tiny.yaml``)."""
 
     data: ForecastDataConfig = field(default_factory=ForecastDataConfig)
-    model: ForecastModelSection = field(default_factory=ForecastModelSection)
+    model: ForecastModelConfig = field(default_factory=tiny_recipe_model)
     task: ForecastTaskSection = field(default_factory=ForecastTaskSection)
     train: TrainConfig = field(default_factory=tiny_train_config)
     predict: ForecastPredictSection = field(default_factory=ForecastPredictSection)

@@ -13,9 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rasterio
+import torch
 
 from landformer.core.io import read_json
 from landformer.forecast.config import ForecastConfig
+from landformer.forecast.data import SeriesSpec
+from landformer.forecast.evaluate import evaluate_forecaster
+from landformer.forecast.plots import save_forecast_map
+from landformer.forecast.predict import predict_series
+from landformer.forecast.train import train
+from landformer.synth.world import load_world
 
 # A quarter of the tiny recipe's width (8 instead of 16 channels per layer: about a quarter of its
 # convolution cost) at three times its learning rate: on the demo world it beats persistence and trend at every
@@ -51,16 +59,6 @@ def run_demo_step(out: Path, world_folder: Path, seed: int) -> dict[str, Any]:
     blocks, forecast the whole world past its last year, and return the key numbers and paths (about 25 s of one
     CPU core). ``coverage_in_target`` says per horizon whether the 95 % interval covers 90-99 % of the held-out
     pixels: a short run can leave the furthest horizon's interval too narrow, and the demo says so."""
-    import rasterio
-    import torch
-
-    from landformer.forecast.data import SeriesSpec
-    from landformer.forecast.evaluate import evaluate_forecaster
-    from landformer.forecast.plots import save_forecast_map
-    from landformer.forecast.predict import predict_series
-    from landformer.forecast.task import train_forecaster
-    from landformer.synth.world import load_world
-
     start = time.perf_counter()
     out = Path(out)
     run_dir = out / "run"
@@ -69,7 +67,7 @@ def run_demo_step(out: Path, world_folder: Path, seed: int) -> dict[str, Any]:
     world = load_world(Path(world_folder))
     threads = torch.get_num_threads()
     try:
-        trained = train_forecaster(demo_config(world_folder, seed, world.size), run_dir)
+        trained = train(demo_config(world_folder, seed, world.size), run_dir)
     finally:
         torch.set_num_threads(threads)
     panel = shutil.copyfile(trained["panel"], out / "forecast_panel.png")

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from landformer.core.errors import UserError
 from landformer.core.io import write_json
+from landformer.forecast import export
 from landformer.forecast.config import ForecastDataConfig
 from landformer.forecast.data import (
     ForecastSplit,
@@ -30,7 +31,7 @@ from landformer.forecast.data import (
     resolve_scale,
     resolve_series,
 )
-from landformer.forecast.export import ExportedForecaster, load_forecaster
+from landformer.forecast.export import ExportedForecaster
 from landformer.forecast.metrics import ForecastMetrics
 from landformer.forecast.plots import save_error_plot
 
@@ -61,7 +62,7 @@ def evaluate_forecaster(
     """
     start_time = time.perf_counter()
     out = Path(out)
-    forecaster = load_forecaster(model, precision=precision)
+    forecaster = export.load(model, precision=precision)
     if data is None:
         spec, covariates, recorded = _recorded_data(forecaster)
         settings = {key: recorded[key] for key in ("chip_size", "block_size", "test_fraction", "val_fraction")}

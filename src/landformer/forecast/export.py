@@ -191,7 +191,7 @@ class ExportedForecaster:
         return values if bounds is None else np.clip(values, bounds[0], bounds[1], out=values)
 
 
-def export_forecaster(
+def save(
     folder: str | os.PathLike[str], state_dict: dict[str, torch.Tensor], meta: dict[str, Any]
 ) -> tuple[Path, Path]:
     """Write ``model.safetensors`` (weights + metadata) and ``model.json`` into ``folder``."""
@@ -206,7 +206,7 @@ def model_config_dict(config: ForecastModelConfig) -> dict[str, Any]:
     return {key: list(value) if isinstance(value, tuple) else value for key, value in plain.items()}
 
 
-def load_forecaster(
+def load(
     path: str | os.PathLike[str],
     device: str | torch.device = "cpu",
     precision: str = "fp32",

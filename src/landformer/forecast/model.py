@@ -13,60 +13,32 @@ The encoder reads the K steps, each as [values, validity mask, covariates], so a
 mistaken for a zero. The forecaster starts from the encoder's state and rolls out H steps autoregressively: each
 step sees the previous step's value (the last observation, then its own previous point forecast, or with
 probability ``teacher_forcing`` the ground truth - scheduled sampling) plus the covariates.
+
+The network's config, :class:`ForecastModelConfig`, is the recipe's ``model`` section; it lives in the torch-free
+``config.py`` so the command line reads recipes without importing torch.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from landformer.core.config import check_values
-
-QUANTILES_95 = (0.025, 0.5, 0.975)
-
-
-@dataclass
-class ForecastModelConfig:
-    n_series_channels: int = 1
-    n_covariate_channels: int = 1
-    n_input_steps: int = 3  # K, the data pipeline's default; the model itself accepts any K
-    n_horizons: int = 4  # H, the default roll-out length
-    hidden_channels: tuple[int, ...] = (16, 16)  # one ConvLSTM layer per entry, in encoder and forecaster alike
-    kernel_size: int = 3
-    quantiles: tuple[float, ...] = ()  # empty: one point forecast; else pinball-trained heads, 0.5 required
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.n_series_channels >= 1, "n_series_channels should be at least 1"),
-            (self.n_covariate_channels >= 0, "n_covariate_channels should be 0 or more"),
-            (self.n_input_steps >= 1, "n_input_steps should be at least 1"),
-            (self.n_horizons >= 1, "n_horizons should be at least 1"),
-            (len(self.hidden_channels) >= 1, "hidden_channels should list at least one layer"),
-            (all(width >= 1 for width in self.hidden_channels), "hidden_channels should all be positive"),
-            (self.kernel_size >= 1 and self.kernel_size % 2 == 1, "kernel_size should be a positive odd number"),
-        ]
-        if self.quantiles:
-            in_range = all(0.0 < q < 1.0 for q in self.quantiles)
-            increasing = all(a < b for a, b in zip(self.quantiles, self.quantiles[1:], strict=False))
-            checks.append((in_range and increasing, "quantiles should increase strictly inside (0, 1)"))
-            checks.append((0.5 in self.quantiles, "quantiles should include 0.5, the point forecast"))
-        check_values("forecast model config", checks)
+from landformer.forecast.config import QUANTILES_95, ForecastModelConfig
 
 
 def tiny() -> ForecastModelConfig:
     """Trains in minutes on a 2-core CPU on 32x32 chips."""
-    return ForecastModelConfig(hidden_channels=(16, 16), kernel_size=3)
+    return ForecastModelConfig(hidden_channels=[16, 16], kernel_size=3)
 
 
 def reference() -> ForecastModelConfig:
     """A GPU-sized model close to the original ConvLSTM paper's, with the 95 % interval heads on."""
-    return ForecastModelConfig(hidden_channels=(64, 64, 64), kernel_size=5, quantiles=QUANTILES_95)
+    return ForecastModelConfig(hidden_channels=[64, 64, 64], kernel_size=5, quantiles=QUANTILES_95)
 
 
 def last_observed(series: torch.Tensor, series_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

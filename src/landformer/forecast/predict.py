@@ -42,8 +42,9 @@ from tqdm import tqdm
 from landformer.core.config import check_values
 from landformer.core.errors import UserError
 from landformer.core.raster import geotiff_writer
+from landformer.forecast import export
 from landformer.forecast.data import SeriesRasters, SeriesSpec, check_valid_range, resolve_scale
-from landformer.forecast.export import ExportedForecaster, Forecast, load_forecaster
+from landformer.forecast.export import ExportedForecaster, Forecast
 
 log = logging.getLogger(__name__)
 GDAL_CACHE_BYTES = 128 * 2**20
@@ -230,7 +231,7 @@ def predict_series(
     (None: on rasters of ``COMPILE_MIN_PIXELS`` or more)."""
     start_time = time.perf_counter()
     check_tiling(tile, overlap, batch_size, panel_width)
-    forecaster = load_forecaster(model, device, precision)
+    forecaster = export.load(model, device, precision)
     k, h = forecaster.n_input_steps, forecaster.n_horizons
     spec.require_steps(k, "predict")
     cadence = spec.cadence or forecaster.cadence or 1
