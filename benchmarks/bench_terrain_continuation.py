@@ -36,7 +36,7 @@ import torch
 from landformer.core.io import write_json
 from landformer.terrain.config import EXPAND_SCALES
 from landformer.terrain.evaluate import TARGETS, continuation, evaluate, read_dem, within
-from landformer.terrain.export import load_generator
+from landformer.terrain.export import load
 
 RECIPE = Path(__file__).resolve().parent.parent / "configs" / "terrain_maskgit_real.yaml"  # the packaged model's
 RESULTS = Path(os.environ.get("LANDFORMER_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
@@ -72,7 +72,7 @@ def main() -> int:
     if args.quick:
         args.amount, args.samples = 32, 32
     start, load_before = time.perf_counter(), os.getloadavg()[0]
-    generator = load_generator(args.model)
+    generator = load(args.model)
     with tempfile.TemporaryDirectory() as scratch:
         model = evaluate(args.model, Path(scratch) / "model", amount=args.amount, samples=args.samples, seed=args.seed)
         one_scale = None

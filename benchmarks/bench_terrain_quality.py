@@ -38,7 +38,8 @@ import psutil
 import torch
 
 from landformer.core.io import write_json
-from landformer.terrain.export import load_generator
+from landformer.terrain.data import load_val_tiles, normalize_tiles
+from landformer.terrain.export import load
 from landformer.terrain.metrics import (
     fractal_noise,
     lattice_contrast,
@@ -48,7 +49,7 @@ from landformer.terrain.metrics import (
     spectral_exponent,
 )
 from landformer.terrain.outpaint import ConstantCondition, TerrainField, decode_block, expand_array
-from landformer.terrain.pipeline import load_val_tiles, normalize_tiles, sample_tiles
+from landformer.terrain.sample import sample_tiles
 
 # LANDFORMER_BENCH_RESULTS: where `run_all.py --quick` sends smoke results, away from the committed ones.
 RESULTS = Path(os.environ.get("LANDFORMER_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
@@ -59,15 +60,15 @@ def train_models(folder: Path, quick: bool) -> tuple[Path, Path]:
     """Train both tiny recipes into ``folder`` (quick: 40 steps each)."""
     from landformer.core.config import load_config
     from landformer.terrain.config import MaskGITConfig, TokenizerConfig
-    from landformer.terrain.pipeline import fit_maskgit, fit_tokenizer
+    from landformer.terrain.train import train
 
     steps = ["train.max_steps=40", "task.disc_start=20", "train.val_every_steps=20"] if quick else []
     common = ["train.progress_bar=false"]
     config = load_config(TokenizerConfig, REPO / "configs/terrain_tokenizer_tiny.yaml", [*steps, *common])
-    fit_tokenizer(config, folder / "tokenizer")
+    train(config, folder / "tokenizer")
     steps = [step for step in steps if not step.startswith("task.")]
     overrides = [*steps, *common, f"tokenizer={folder / 'tokenizer'}"]
-    fit_maskgit(load_config(MaskGITConfig, REPO / "configs/terrain_maskgit_tiny.yaml", overrides), folder / "maskgit")
+    train(load_config(MaskGITConfig, REPO / "configs/terrain_maskgit_tiny.yaml", overrides), folder / "maskgit")
     return folder / "tokenizer", folder / "maskgit"
 
 
@@ -140,7 +141,7 @@ def main() -> int:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as scratch:
         maskgit_path = train_models(Path(scratch), args.quick)[1] if args.train else args.maskgit
-        generator = load_generator(maskgit_path)
+        generator = load(maskgit_path)
         held_out = held_out_tiles(generator, maskgit_path, Path(scratch))
         rng = np.random.default_rng(args.seed)
         held_out = held_out[rng.permutation(len(held_out))[: args.samples]]

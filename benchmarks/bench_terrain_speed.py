@@ -33,10 +33,16 @@ import psutil
 import torch
 
 from landformer.core.io import write_json
-from landformer.terrain.export import export_maskgit, export_tokenizer, load_generator, load_tokenizer
-from landformer.terrain.maskgit import MaskGIT, MaskGITModelConfig, decode, decode_one_by_one
-from landformer.terrain.tasks import MaskGITTask, TokenizerTask
-from landformer.terrain.tokenizer import TokenizerModelConfig, VQTokenizer
+from landformer.terrain.export import LoadedTokenizer, load, save
+from landformer.terrain.model import (
+    MaskGIT,
+    MaskGITModelConfig,
+    TokenizerModelConfig,
+    VQTokenizer,
+    decode,
+    decode_one_by_one,
+)
+from landformer.terrain.task import MaskGITTask, TokenizerTask
 
 # LANDFORMER_BENCH_RESULTS: where `run_all.py --quick` sends smoke results, away from the committed ones.
 RESULTS = Path(os.environ.get("LANDFORMER_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
@@ -58,9 +64,9 @@ def timed(run: Callable[[], object], repeats: int) -> float:
 def untrained_models(folder: Path) -> Path:
     """Tiny-recipe-sized tokenizer and MaskGIT exports with random weights."""
     torch.manual_seed(0)
-    tokenizer = export_tokenizer(folder / "tokenizer", VQTokenizer(TokenizerModelConfig(channels=16)), SUMMARY)
+    tokenizer = save(folder / "tokenizer", VQTokenizer(TokenizerModelConfig(channels=16)), SUMMARY)
     maskgit = MaskGIT(MaskGITModelConfig(vocab_size=512, grid=8))
-    return export_maskgit(folder / "maskgit", maskgit, load_tokenizer(tokenizer), 4, SAMPLING, SUMMARY, None)
+    return save(folder / "maskgit", maskgit, LoadedTokenizer.load(tokenizer), 4, SAMPLING, SUMMARY, None)
 
 
 def bench_decoding(model: MaskGIT, grid: int, batch: int, steps: int, repeats: int) -> dict[str, float]:
@@ -93,18 +99,18 @@ def bench_training(batch: int, steps: int) -> dict[str, float]:
     tokenizer = TokenizerTask(channels=16, disc_channels=16, disc_start=0)
     tokenizer.d_loss_ema.fill_(0.5)  # discriminator in force: the adaptive weight is computed every step
     optimizers = [
-        torch.optim.AdamW(tokenizer.tokenizer.parameters()),
+        torch.optim.AdamW(tokenizer.model.parameters()),
         torch.optim.AdamW(tokenizer.discriminator.parameters()),
     ]
     batch_data = {"elevation": torch.randn(batch, 1, 32, 32), "scale": torch.ones(batch), "offset": torch.zeros(batch)}
 
     def tokenizer_step() -> None:
-        from landformer.terrain.tokenizer import adaptive_weight, hinge_d_loss
+        from landformer.terrain.model import adaptive_weight, hinge_d_loss
 
         losses = tokenizer.compute_loss(batch_data)
         x, reconstruction, _ = tokenizer._last_outputs
         g_loss = -tokenizer.discriminator(reconstruction).mean()
-        weight = adaptive_weight(losses["reconstruction"], g_loss, tokenizer.tokenizer.last_layer)
+        weight = adaptive_weight(losses["reconstruction"], g_loss, tokenizer.model.last_layer)
         (losses["loss"] + 0.1 * weight * g_loss).backward()
         optimizers[0].step()
         d_loss = hinge_d_loss(tokenizer.discriminator(x), tokenizer.discriminator(reconstruction.detach()))
@@ -141,9 +147,9 @@ def bench_world(maskgit: Path, size: int, threads: int, out: Path) -> dict[str, 
     """Write a world in a child process that reports its own peak RSS."""
     script = (
         "import sys, torch; torch.set_num_threads(int(sys.argv[4]));"
-        "from landformer.terrain.export import load_generator;"
+        "from landformer.terrain.export import load;"
         "from landformer.terrain.outpaint import write_world;"
-        "write_world(load_generator(sys.argv[1]), sys.argv[2], int(sys.argv[3]), seed=0);"
+        "write_world(load(sys.argv[1]), sys.argv[2], int(sys.argv[3]), seed=0);"
         f"print({PEAK_RSS_KIB})"
     )
     seconds, peak_mb = child_peak_rss(script, str(maskgit), str(out), str(size), str(threads))
@@ -174,9 +180,9 @@ def bench_expand(maskgit: Path, size: int, threads: int, scratch: Path) -> dict[
     dem = write_test_dem(scratch / f"dem_{size}.tif", size)
     script = (
         "import sys, torch; torch.set_num_threads(int(sys.argv[4]));"
-        "from landformer.terrain.export import load_generator;"
+        "from landformer.terrain.export import load;"
         "from landformer.terrain.outpaint import expand_map;"
-        "expand_map(load_generator(sys.argv[1]), sys.argv[2], sys.argv[3], {'right': 16, 'down': 16}, seed=0);"
+        "expand_map(load(sys.argv[1]), sys.argv[2], sys.argv[3], {'right': 16, 'down': 16}, seed=0);"
         f"print({PEAK_RSS_KIB})"
     )
     seconds, peak_mb = child_peak_rss(script, str(maskgit), str(dem), str(scratch / f"grown_{size}.tif"), str(threads))
@@ -206,7 +212,7 @@ def main() -> int:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as scratch:
         maskgit_path = args.maskgit if args.maskgit is not None else untrained_models(Path(scratch))
-        generator = load_generator(maskgit_path)
+        generator = load(maskgit_path)
         model = generator.maskgit
         decoding = {
             "window_8": bench_decoding(model, 8, 1 if args.quick else 16, 10, args.repeats),

@@ -18,16 +18,11 @@ from landformer.core.errors import UserError
 from landformer.core.raster import write_geotiff
 from landformer.terrain.config import TerrainDataConfig
 from landformer.terrain.data import DemSource, condition_tokens, read_chip_tiles, read_dem_tiles
-from landformer.terrain.export import (
-    export_maskgit,
-    export_tokenizer,
-    load_generator,
-    load_tokenizer,
-)
-from landformer.terrain.maskgit import MaskGIT, MaskGITModelConfig
+from landformer.terrain.evaluate import reconstruct
+from landformer.terrain.export import LoadedTokenizer, load, save
+from landformer.terrain.model import MaskGIT, MaskGITModelConfig, TokenizerModelConfig, VQTokenizer
 from landformer.terrain.outpaint import TerrainField, expand_array, expand_map, write_world
-from landformer.terrain.pipeline import reconstruct, sample
-from landformer.terrain.tokenizer import TokenizerModelConfig, VQTokenizer
+from landformer.terrain.sample import sample
 
 CRS = "EPSG:32617"
 PIXEL = 30.0
@@ -50,7 +45,7 @@ def write_dem(path: Path, elevation: np.ndarray, nodata: float | None = float("n
 def make_tokenizer(folder: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = VQTokenizer(TokenizerModelConfig(channels=8, codebook_size=32))
-    return export_tokenizer(folder, model, SUMMARY)
+    return save(folder, model, SUMMARY)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +56,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     other = make_tokenizer(root / "other_tokenizer", seed=1)
     torch.manual_seed(0)
     maskgit = MaskGIT(MaskGITModelConfig(vocab_size=32, grid=4, dim=32, n_layers=2, n_heads=2, dropout=0.0))
-    weights = export_maskgit(root / "maskgit", maskgit, load_tokenizer(tokenizer), 2, SAMPLING, SUMMARY, None)
+    weights = save(root / "maskgit", maskgit, LoadedTokenizer.load(tokenizer), 2, SAMPLING, SUMMARY, None)
     return {"tokenizer": tokenizer, "other": other, "maskgit": weights, "root": root}
 
 
@@ -125,13 +120,13 @@ def test_condition_tokens_take_the_majority_and_skip_nodata() -> None:
 
 
 def test_generator_refuses_another_tokenizer(models: dict[str, Path]) -> None:
-    generator = load_generator(models["maskgit"])
-    assert generator.tokenizer.identity == load_tokenizer(models["tokenizer"]).identity
+    generator = load(models["maskgit"])
+    assert generator.tokenizer.identity == LoadedTokenizer.load(models["tokenizer"]).identity
     with pytest.raises(UserError, match=r"was trained on tokenizer [0-9a-f]{16}, but .* is tokenizer") as info:
-        load_generator(models["maskgit"], tokenizer=models["other"])
+        load(models["maskgit"], tokenizer=models["other"])
     assert "\n" not in str(info.value)
     with pytest.raises(UserError, match="is not a landformer terrain tokenizer"):
-        load_tokenizer(models["maskgit"])
+        LoadedTokenizer.load(models["maskgit"])
 
 
 def test_tokenizer_identity_changes_with_any_weight(models: dict[str, Path], tmp_path: Path) -> None:
@@ -141,14 +136,14 @@ def test_tokenizer_identity_changes_with_any_weight(models: dict[str, Path], tmp
     tensors["decoder.conv_out.bias"] = tensors["decoder.conv_out.bias"] + 1e-3
     save_safetensors(tmp_path / "tokenizer.safetensors", tensors, meta)
     with pytest.raises(UserError, match="weights changed since export"):
-        load_tokenizer(tmp_path)
+        LoadedTokenizer.load(tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------ endless
 
 
 def test_field_tiles_do_not_depend_on_request_order(models: dict[str, Path]) -> None:
-    generator = load_generator(models["maskgit"])
+    generator = load(models["maskgit"])
     wanted = [(0, 0), (3, -2), (1, 1), (-1, 4), (2, 2), (5, 5)]
     first = TerrainField(generator, seed=7, group=2, cache_groups=64)
     forward = {tile: first.tile(*tile) for tile in wanted}
@@ -167,7 +162,7 @@ def test_field_tiles_do_not_depend_on_request_order(models: dict[str, Path]) -> 
 
 
 def test_world_is_the_same_whatever_the_block_size(models: dict[str, Path], tmp_path: Path) -> None:
-    generator = load_generator(models["maskgit"])
+    generator = load(models["maskgit"])
     small = write_world(generator, tmp_path / "a.tif", 42, seed=3, block=16, crs="EPSG:32633", origin=(1000.0, 9000.0))
     whole = write_world(generator, tmp_path / "b.tif", 42, seed=3, block=48, crs="EPSG:32633", origin=(1000.0, 9000.0))
     with rasterio.open(small["geotiff"]) as a, rasterio.open(whole["geotiff"]) as b:
@@ -188,7 +183,7 @@ def test_world_is_the_same_whatever_the_block_size(models: dict[str, Path], tmp_
 
 
 def test_expansion_keeps_the_map_and_is_deterministic(models: dict[str, Path]) -> None:
-    generator = load_generator(models["maskgit"])
+    generator = load(models["maskgit"])
     original = hills(40, 36)
     grown = expand_array(generator, original, {"right": 10, "up": 6, "left": 4}, seed=1)
     assert grown.shape == (46, 50)
@@ -207,7 +202,7 @@ def test_each_window_is_standardised_like_a_training_tile(models: dict[str, Path
     own rows: each window is normalised by the square beside it, not by one mean and spread for the whole band."""
     from landformer.terrain.outpaint import extend_right
 
-    generator = load_generator(models["maskgit"])
+    generator = load(models["maskgit"])
     rows = np.arange(640, dtype=np.float64)[:, None]
     ramp = np.repeat(rows * 10.0, 20, axis=1) + hills(640, 20, seed=1) - 800.0
     new = extend_right(generator, ramp.astype(np.float32), 24, seed=0, stream=0)
@@ -217,7 +212,7 @@ def test_each_window_is_standardised_like_a_training_tile(models: dict[str, Path
 
 
 def test_expand_map_moves_the_origin_for_left_and_up(models: dict[str, Path], tmp_path: Path) -> None:
-    generator = load_generator(models["maskgit"])
+    generator = load(models["maskgit"])
     dem = write_dem(tmp_path / "dem.tif", hills(32, 32))
     summary = expand_map(generator, dem, tmp_path / "big.tif", {"left": 8, "up": 4}, seed=0)
     with rasterio.open(summary["geotiff"]) as grown:
@@ -240,7 +235,7 @@ def test_expand_map_moves_the_origin_for_left_and_up(models: dict[str, Path], tm
 def test_expand_map_copies_the_original_through_windows_and_keeps_grid_and_nodata(
     models: dict[str, Path], tmp_path: Path
 ) -> None:
-    generator = load_generator(models["maskgit"])
+    generator = load(models["maskgit"])
     original = hills(48, 44, seed=4)
     original[20, 10] = -9999.0  # a nodata pixel far from the edges stays nodata, with its value
     dem = write_dem(tmp_path / "dem.tif", original, nodata=-9999.0)
@@ -269,7 +264,7 @@ def test_expansion_reads_only_bands_along_the_edges(models: dict[str, Path], sca
     from landformer.terrain.config import SCALE_FACTOR
     from landformer.terrain.outpaint import GrowingMap, band_depth
 
-    generator = load_generator(models["maskgit"])
+    generator = load(models["maskgit"])
     depth = band_depth(generator, scales)
     assert depth == band_depth(generator) * SCALE_FACTOR ** (scales - 1)
     height, width = depth + 40, depth + 32
@@ -335,11 +330,11 @@ def test_samples_and_worlds_take_the_training_dems_grid_and_int16(models: dict[s
         "origin": [400_000.0, 5_100_000.0],
         "dtype": "int16",
     }
-    tokenizer = load_tokenizer(models["tokenizer"])
+    tokenizer = LoadedTokenizer.load(models["tokenizer"])
     maskgit = MaskGIT(MaskGITModelConfig(vocab_size=32, grid=4, dim=32, n_layers=2, n_heads=2, dropout=0.0))
     summary_with_reference = {**SUMMARY, "reference": reference}
-    weights = export_maskgit(tmp_path / "m", maskgit, tokenizer, 2, SAMPLING, summary_with_reference, None)
-    generator = load_generator(weights)
+    weights = save(tmp_path / "m", maskgit, tokenizer, 2, SAMPLING, summary_with_reference, None)
+    generator = load(weights)
     grid = generator.map_grid()
     assert grid.dtype == "int16" and grid.pixel == (25.0, 25.0) and grid.origin == (400_000.0, 5_100_000.0)
     assert generator.default_offset_scale() == (2000.0, 50.0)
@@ -356,8 +351,8 @@ def test_samples_and_worlds_take_the_training_dems_grid_and_int16(models: dict[s
     with rasterio.open(world["geotiff"]) as written:
         assert written.dtypes[0] == "int16" and written.crs.to_epsg() == 32633
     # Trained on chip files only, a model records no reference DEM: the summary of all its tiles stands in.
-    chips_only = export_maskgit(tmp_path / "c", maskgit, tokenizer, 2, SAMPLING, {**SUMMARY, "reference": None}, None)
-    fallback = load_generator(chips_only)
+    chips_only = save(tmp_path / "c", maskgit, tokenizer, 2, SAMPLING, {**SUMMARY, "reference": None}, None)
+    fallback = load(chips_only)
     assert fallback.reference_pixel_size_m == PIXEL and fallback.default_offset_scale() == (500.0, 40.0)
     assert fallback.map_grid().crs == "EPSG:3857"
     values, nodata = MapGrid("EPSG:3857", (1.0, 1.0), (0.0, 0.0), "int16").cast(np.array([1.4, np.nan, 4e5]))
@@ -366,7 +361,7 @@ def test_samples_and_worlds_take_the_training_dems_grid_and_int16(models: dict[s
 
 def test_expand_keeps_an_int16_dem_int16(models: dict[str, Path], tmp_path: Path) -> None:
     dem = write_dem(tmp_path / "int.tif", np.round(hills(40, 40)).astype(np.int16), nodata=-32768)
-    grown = expand_map(load_generator(models["maskgit"]), dem, tmp_path / "grown.tif", {"right": 8}, scales=1)
+    grown = expand_map(load(models["maskgit"]), dem, tmp_path / "grown.tif", {"right": 8}, scales=1)
     with rasterio.open(dem) as original, rasterio.open(grown["geotiff"]) as larger:
         assert larger.dtypes[0] == "int16" and larger.nodata == -32768
         assert np.array_equal(larger.read(1)[:, :40], original.read(1))
@@ -412,7 +407,7 @@ def test_cli_sample_and_bad_input(models: dict[str, Path], tmp_path: Path, capsy
 def test_both_stages_train_export_and_refuse_to_overwrite(tmp_path: Path) -> None:
     from landformer.core.config import load_config
     from landformer.terrain.config import MaskGITConfig, TokenizerConfig
-    from landformer.terrain.pipeline import fit_maskgit, fit_tokenizer
+    from landformer.terrain.train import train as train_stage
 
     dem = write_dem(tmp_path / "dem.tif", hills(96, 96))
     data = [f"data.dems=[{dem}]", "data.packaged=[]", "data.world_size=0", "data.tile_size=16", "data.stride=8"]
@@ -425,7 +420,7 @@ def test_both_stages_train_export_and_refuse_to_overwrite(tmp_path: Path) -> Non
         None,
         [*data, *train, "model.channels=4", "model.codebook_size=16", "model.disc_channels=8", *tokenizer_train],
     )
-    summary = fit_tokenizer(tokenizer_config, tmp_path / "tok")
+    summary = train_stage(tokenizer_config, tmp_path / "tok")
     # max_steps counts tokenizer steps; the discriminator stepped too (its loss is logged) without counting.
     assert summary["global_step"] == 4
     with open(next((tmp_path / "tok" / "logs" / "csv").glob("version_*/metrics.csv"))) as handle:
@@ -434,7 +429,7 @@ def test_both_stages_train_export_and_refuse_to_overwrite(tmp_path: Path) -> Non
     usage = [float(row["val/codebook_usage"]) for row in rows if row.get("val/codebook_usage")]
     assert usage and 0 < usage[-1] <= 1
     assert 0 < summary["evaluation"]["codes_used"] <= 16
-    tokenizer = load_tokenizer(tmp_path / "tok")
+    tokenizer = LoadedTokenizer.load(tmp_path / "tok")
     assert tokenizer.identity == summary["identity"]
     # The export holds the weights of the validation step with the lowest val/loss, not the last step's.
     best = torch.load(tmp_path / "tok" / "checkpoints" / "best.ckpt", weights_only=True)
@@ -444,14 +439,14 @@ def test_both_stages_train_export_and_refuse_to_overwrite(tmp_path: Path) -> Non
     for name, value in tokenizer.model.state_dict().items():
         assert torch.equal(value, best["state_dict"][f"tokenizer.{name}"]), name
     with pytest.raises(UserError, match="already holds a training run"):
-        fit_tokenizer(tokenizer_config, tmp_path / "tok")
+        train_stage(tokenizer_config, tmp_path / "tok")
 
     maskgit_config = load_config(
         MaskGITConfig,
         None,
         [*data, *train, f"tokenizer={tmp_path / 'tok'}", "model.dim=32", "model.n_layers=1", "model.n_heads=2"],
     )
-    result = fit_maskgit(maskgit_config, tmp_path / "mg")
+    result = train_stage(maskgit_config, tmp_path / "mg")
     meta = json.loads((tmp_path / "mg" / "maskgit.json").read_text())
     assert meta["tokenizer_identity"] == tokenizer.identity and meta["tile"] == 2
     assert result["global_step"] == 3 and result["train_tokens_per_second"] > 0
@@ -467,7 +462,7 @@ def test_conditioned_generator_trains_samples_and_reads_a_condition_raster(
     from landformer.core.raster import RasterGrid
     from landformer.terrain.config import MaskGITConfig
     from landformer.terrain.outpaint import RasterCondition
-    from landformer.terrain.pipeline import fit_maskgit
+    from landformer.terrain.train import train as train_stage
 
     dem = write_dem(tmp_path / "dem.tif", hills(96, 96))
     codes = np.where(np.arange(96)[None, :] < 48, 41, 42).repeat(96, axis=0).astype(np.uint8)
@@ -477,8 +472,8 @@ def test_conditioned_generator_trains_samples_and_reads_a_condition_raster(
     overrides += ["data.max_tiles_per_source=20", f"tokenizer={models['tokenizer'].parent}", "model.dim=32"]
     overrides += ["model.n_layers=1", "model.n_heads=2", "train.max_steps=2", "train.val_every_steps=2"]
     overrides += ["train.progress_bar=false", "train.loggers=[csv]", "sampling.bf16=false", "sampling.steps=4"]
-    fit_maskgit(load_config(MaskGITConfig, None, overrides), tmp_path / "mg")
-    generator = load_generator(tmp_path / "mg")
+    train_stage(load_config(MaskGITConfig, None, overrides), tmp_path / "mg")
+    generator = load(tmp_path / "mg")
     legend = load_legend("nlcd")
     assert generator.n_condition_classes == legend.n_classes
     summary = sample(tmp_path / "mg", tmp_path / "samples", count=2, condition_code=41)
@@ -570,7 +565,7 @@ def test_block_mean_and_upsample_are_a_pyramid_level() -> None:
 def test_multiscale_expansion_keeps_the_original_and_changes_the_broad_shape(models: dict[str, Path]) -> None:
     from landformer.terrain.outpaint import band_depth
 
-    generator = load_generator(models["maskgit"])
+    generator = load(models["maskgit"])
     side = band_depth(generator, 2) + 8
     original = hills(side, side, seed=5)
     one = expand_array(generator, original, {"right": 24}, seed=3, scales=1)
@@ -626,11 +621,11 @@ def test_cli_takes_dems_with_a_plain_flag(tmp_path: Path, capsys: pytest.Capture
 
 def test_the_packaged_real_model_loads_by_name_fits_the_size_limit_and_never_saw_the_east() -> None:
     from landformer.terrain.export import pretrained_folder
-    from landformer.terrain.pipeline import sample_tiles
+    from landformer.terrain.sample import sample_tiles
 
     folder = pretrained_folder("real")
     assert sum(path.stat().st_size for path in folder.glob("*.safetensors")) <= 15 * 2**20
-    generator = load_generator("real")
+    generator = load("real")
     sources = [source["name"] for source in generator.meta["data"]["sources"]]
     assert "jacksboro_west" in sources and "jacksboro" not in sources  # the east part is held out
     assert generator.meta["data"]["reference"]["name"] == "jacksboro_west"
@@ -653,7 +648,7 @@ def test_scale_classes_condition_tiles_samples_and_expansion(
     times coarser at the coarse one; samples take the reference DEM's class."""
     from landformer.terrain.data import prepare_tiles, scale_class
     from landformer.terrain.export import TerrainGenerator
-    from landformer.terrain.pipeline import sample_tiles
+    from landformer.terrain.sample import sample_tiles
 
     assert scale_class(np.array([84.0, 500.0, 2400.0, 9000.0]), [500.0, 5000.0]).tolist() == [0, 1, 1, 2]
     with pytest.raises(UserError, match="should rise"):
@@ -665,12 +660,12 @@ def test_scale_classes_condition_tiles_samples_and_expansion(
     tiles = prepare_tiles(config, tmp_path / "data", seed=0)
     assert tiles.train_conditions.shape == tiles.train.shape and (tiles.train_conditions == 1).all()  # 30 m
 
-    tokenizer = load_tokenizer(models["tokenizer"])
+    tokenizer = LoadedTokenizer.load(models["tokenizer"])
     maskgit = MaskGIT(
         MaskGITModelConfig(vocab_size=32, grid=4, dim=32, n_layers=2, n_heads=2, dropout=0.0, n_condition_classes=3)
     )
-    weights = export_maskgit(tmp_path / "m", maskgit, tokenizer, 2, SAMPLING, SUMMARY, None, [500.0, 5000.0])
-    generator = load_generator(weights)
+    weights = save(tmp_path / "m", maskgit, tokenizer, 2, SAMPLING, SUMMARY, None, [500.0, 5000.0])
+    generator = load(weights)
     assert generator.scale_class() == 0 and generator.scale_class(9000.0) == 2  # reference: SUMMARY's 30 m
     told: list[set[int]] = []
     original = TerrainGenerator.decode_windows

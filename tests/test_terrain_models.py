@@ -11,28 +11,26 @@ import torch.nn.functional as F
 
 from landformer.core.errors import UserError
 from landformer.terrain.data import normalize_tiles
-from landformer.terrain.maskgit import (
+from landformer.terrain.model import (
     OUTPAINT_SHAPES,
     MaskGIT,
     MaskGITModelConfig,
-    cosine_mask_ratio,
-    decode,
-    decode_one_by_one,
-    mask_within,
-    masked_token_loss,
-    outpaint_region,
-    steps_for,
-    training_mask,
-)
-from landformer.terrain.tokenizer import (
     PatchDiscriminator,
     TokenizerModelConfig,
     VQTokenizer,
     adaptive_weight,
+    cosine_mask_ratio,
+    decode,
+    decode_one_by_one,
     gan_scale,
     gradient_loss,
     hinge_d_loss,
+    mask_within,
+    masked_token_loss,
+    outpaint_region,
     spectral_loss,
+    steps_for,
+    training_mask,
 )
 
 
@@ -217,7 +215,7 @@ def test_loss_counts_masked_tokens_only() -> None:
 
 
 def test_maskgit_task_loss_ignores_visible_tokens() -> None:
-    from landformer.terrain.tasks import MaskGITTask
+    from landformer.terrain.task import MaskGITTask
 
     torch.manual_seed(0)
     task = MaskGITTask(vocab_size=16, grid=4, tile=2, dim=32, n_layers=1, n_heads=2, dropout=0.0, label_smoothing=0.0)
@@ -305,7 +303,7 @@ def test_perceptual_loss_runs_only_from_local_vgg_weights(tmp_path) -> None:
 
     from landformer.core.io import save_safetensors
     from landformer.terrain.export import load_vgg_features
-    from landformer.terrain.tokenizer import PerceptualLoss
+    from landformer.terrain.model import PerceptualLoss
 
     torch.manual_seed(0)
     features = make_layers(cfgs["D"])[:16]

@@ -41,7 +41,7 @@ def _add_dem_flags(config: Any, args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     from landformer.core.config import load_config
     from landformer.terrain.config import MaskGITConfig, TokenizerConfig
-    from landformer.terrain.pipeline import fit_maskgit, fit_tokenizer
+    from landformer.terrain.train import train
 
     if args.stage is None:
         raise UserError("terrain train: choose --stage tokenizer or --stage maskgit")
@@ -53,16 +53,15 @@ def _train(args: argparse.Namespace) -> None:
     _add_dem_flags(config, args)
     if recipe_printed(args, config):
         return
+    _print(train(config, args.out, resume=args.resume))
     if args.stage == "tokenizer":
-        _print(fit_tokenizer(config, args.out, resume=args.resume))
         print(f"tokenizer written to {Path(args.out) / 'tokenizer.safetensors'}")
     else:
-        _print(fit_maskgit(config, args.out, resume=args.resume))
         print(f"generator written to {Path(args.out) / 'maskgit.safetensors'}")
 
 
 def _reconstruct(args: argparse.Namespace) -> None:
-    from landformer.terrain.pipeline import reconstruct
+    from landformer.terrain.evaluate import reconstruct
 
     _print(reconstruct(args.tokenizer, args.out, dem=args.dem, count=args.count, seed=args.seed))
     print(f"panel written to {Path(args.out) / 'reconstructions.png'}")
@@ -81,7 +80,7 @@ def _map_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _sample(args: argparse.Namespace) -> None:
-    from landformer.terrain.pipeline import sample
+    from landformer.terrain.sample import sample
 
     summary = sample(
         args.model,
@@ -95,16 +94,16 @@ def _sample(args: argparse.Namespace) -> None:
 
 
 def _expand(args: argparse.Namespace) -> None:
-    from landformer.terrain.export import load_generator
+    from landformer.terrain.export import load
     from landformer.terrain.outpaint import expand_map
 
-    generator = load_generator(args.model, args.tokenizer)
+    generator = load(args.model, args.tokenizer)
     amounts = {"right": args.right, "down": args.down, "left": args.left, "up": args.up}
     _print(expand_map(generator, args.dem, args.out, amounts, seed=args.seed, block=args.block, scales=args.scales))
 
 
 def _world(args: argparse.Namespace) -> None:
-    from landformer.terrain.export import load_generator
+    from landformer.terrain.export import load
     from landformer.terrain.outpaint import write_world
 
     if args.threads < 0:
@@ -113,7 +112,7 @@ def _world(args: argparse.Namespace) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    generator = load_generator(args.model, args.tokenizer)
+    generator = load(args.model, args.tokenizer)
     summary = write_world(
         generator, args.out, args.size, condition=args.condition, block=args.block, **_map_options(args)
     )

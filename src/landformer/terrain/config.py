@@ -100,7 +100,7 @@ class TerrainDataConfig:
 
 @dataclass
 class TokenizerModelSection:
-    """Convolutional VQ autoencoder (see ``terrain/tokenizer.py``)."""
+    """Convolutional VQ autoencoder (see ``terrain/model.py``)."""
 
     channels: int = 32  # width at full resolution; doubles at each downsampling
     downsample: int = 4  # pixels per token side: 2 ** number of downsamplings
@@ -146,7 +146,7 @@ class TokenizerConfig:
 
 @dataclass
 class MaskGITModelSection:
-    """Bidirectional transformer over token grids (see ``terrain/maskgit.py``)."""
+    """Bidirectional transformer over token grids (see ``terrain/model.py``)."""
 
     dim: int = 128
     n_layers: int = 4

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from torch.utils.data import Dataset
 
 from landformer.core.chips import BlockSplit, load_chips
 from landformer.core.errors import UserError
+from landformer.core.io import read_npz, write_npz
 from landformer.core.legend import NODATA_INDEX, Legend, load_legend
 from landformer.core.raster import RasterGrid, aligned_vrt, open_raster
 from landformer.terrain.config import TerrainDataConfig
@@ -35,6 +37,7 @@ METRES_PER_DEGREE = 111_320.0
 # pvlib's altitude grid stores heights in steps of 28 m: a tile with less relief than four steps is a staircase
 # of terraces, not terrain, and teaches the models flat plateaus with cliffs between them.
 PVLIB_MIN_RELIEF_M = 4 * 28.0
+VAL_TILES_FILE = "val_tiles.npz"  # a run's held-out tiles (save_val_tiles)
 
 
 @dataclass
@@ -472,3 +475,20 @@ class TokenGrids(Dataset):
         if self.conditions is not None:
             item["condition"] = self.conditions[index]
         return item
+
+
+# ------------------------------------------------------------------------------------------------ held-out tiles
+
+
+def save_val_tiles(run_dir: Path, tiles: TileSet) -> Path:
+    """Write the held-out tiles (and their pixel sizes and condition maps) of a run, for evaluation and benchmarks."""
+    arrays = {"val": tiles.val, "val_pixel_sizes": tiles.val_pixel_sizes}
+    if tiles.val_conditions is not None:
+        arrays["val_conditions"] = tiles.val_conditions
+    return write_npz(run_dir / VAL_TILES_FILE, arrays)
+
+
+def load_val_tiles(run_dir: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out tiles (metres) a training run wrote and their pixel sizes (m), for evaluation and benchmarks."""
+    arrays = read_npz(Path(run_dir) / VAL_TILES_FILE, required=("val", "val_pixel_sizes"), what="validation tiles")
+    return arrays["val"], arrays["val_pixel_sizes"]

@@ -23,6 +23,12 @@ from landformer.terrain.config import (
     TokenizerModelSection,
     TokenizerTaskSection,
 )
+from landformer.terrain.evaluate import evaluate
+from landformer.terrain.export import load
+from landformer.terrain.outpaint import write_world
+from landformer.terrain.pictures import save_hillshade_grid
+from landformer.terrain.sample import sample_tiles
+from landformer.terrain.train import train
 
 TOKENIZER_STEPS = 60
 MASKGIT_STEPS = 60
@@ -45,8 +51,6 @@ def _train_config(steps: int, seed: int) -> TrainConfig:
 
 def train_briefly(out: Path, seed: int) -> dict[str, Any]:
     """Both stages for a few dozen steps on Jacksboro's west part; reused when run again on the same folder."""
-    from landformer.terrain.pipeline import fit_maskgit, fit_tokenizer
-
     data = TerrainDataConfig(packaged=["jacksboro_west"], max_tiles_per_source=300, batch_size=16)
     tokenizer_config = TokenizerConfig(
         data=data,
@@ -55,7 +59,7 @@ def train_briefly(out: Path, seed: int) -> dict[str, Any]:
         train=_train_config(TOKENIZER_STEPS, seed),
     )
     tokenizer_dir = out / "terrain_tokenizer"
-    tokenizer = fit_tokenizer(tokenizer_config, tokenizer_dir, resume=last_checkpoint(tokenizer_dir) is not None)
+    tokenizer = train(tokenizer_config, tokenizer_dir, resume=last_checkpoint(tokenizer_dir) is not None)
     maskgit_config = MaskGITConfig(
         tokenizer=tokenizer_dir,
         data=dataclasses.replace(data, batch_size=32),
@@ -64,7 +68,7 @@ def train_briefly(out: Path, seed: int) -> dict[str, Any]:
         train=_train_config(MASKGIT_STEPS, seed),
     )
     maskgit_dir = out / "terrain_maskgit"
-    maskgit = fit_maskgit(maskgit_config, maskgit_dir, resume=last_checkpoint(maskgit_dir) is not None)
+    maskgit = train(maskgit_config, maskgit_dir, resume=last_checkpoint(maskgit_dir) is not None)
     return {
         "tokenizer": tokenizer["tokenizer"],
         "maskgit": maskgit["maskgit"],
@@ -77,16 +81,11 @@ def run_demo_step(out: Path, world_folder: Path, seed: int) -> dict[str, Any]:
     """Train briefly, then write ``terrain_samples.png``, ``terrain_world.png`` (an endless-field map) and the
     held-out expansion (``evaluate/expanded.png``, ``evaluate/samples.png``) with the packaged model; returns
     paths and key numbers. The synthetic world (``world_folder``) is not used: terrain trains on real DEMs."""
-    from landformer.terrain.evaluate import evaluate
-    from landformer.terrain.export import load_generator
-    from landformer.terrain.outpaint import write_world
-    from landformer.terrain.pipeline import sample_tiles, save_hillshade_grid
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     trained = train_briefly(out, seed)
-    generator = load_generator(PACKAGED_MODEL)
+    generator = load(PACKAGED_MODEL)
     samples = save_hillshade_grid(
         out / "terrain_samples.png", sample_tiles(generator, 8, seed), generator.reference_pixel_size_m, ncols=4
     )

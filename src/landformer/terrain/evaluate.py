@@ -17,6 +17,9 @@ tiles, samples and fractal noise in rows).
 
 The default held-out DEM is the east part of the Jacksboro DEM, which the packaged model and the default recipes
 never train on (``synth/packaged.py``).
+
+The tokenizer alone is measured at the end of this file (``terrain reconstruct`` and the end of its training):
+tiles through the tokenizer and back, their error in metres and the codebook's use.
 """
 
 from __future__ import annotations
@@ -28,9 +31,17 @@ from typing import Any
 import numpy as np
 
 from landformer.core.errors import UserError
-from landformer.core.io import write_json
+from landformer.core.io import atomic_path, write_json
+from landformer.core.raster import open_raster
+from landformer.core.viz import hillshade, save_panel
+from landformer.synth import packaged
 from landformer.terrain import metrics
 from landformer.terrain.config import EXPAND_SCALES
+from landformer.terrain.data import load_val_tiles, normalize_tiles, pixel_size_metres
+from landformer.terrain.export import LoadedTokenizer, load
+from landformer.terrain.outpaint import expand_map
+from landformer.terrain.pictures import elevation_picture, error_picture, hillshade_picture
+from landformer.terrain.sample import sample_tiles
 
 # Targets of issue 12, as (low, high) bounds on each measure (None: no bound on that side).
 TARGETS: dict[str, tuple[float | None, float | None]] = {
@@ -68,8 +79,6 @@ def dem_tiles(elevation: np.ndarray, tile: int, stride: int, min_relief: float =
 
 def codebook_usage(generator: Any, tiles: np.ndarray) -> dict[str, float]:
     """Share of the codebook used by the tokens of ``tiles`` (metres), and its perplexity."""
-    from landformer.terrain.data import normalize_tiles
-
     normalized, _, _ = normalize_tiles(tiles, "held-out tiles")
     tokens = generator.tokenizer.encode(normalized)
     counts = np.bincount(tokens.ravel(), minlength=generator.tokenizer.vocab_size)
@@ -88,8 +97,6 @@ def sample_realism(
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """Realism distances of samples, fractal noise and the noise floor to the reference tiles, and the ratios to
     noise; with the sample and noise tiles themselves (for pictures)."""
-    from landformer.terrain.pipeline import sample_tiles
-
     samples = sample_tiles(generator, count, seed)
     beta = metrics.spectral_exponent(reference)
     noise = metrics.fractal_noise(count, reference.shape[-1], beta, seed)
@@ -169,9 +176,6 @@ def continuation(
 
 
 def read_dem(path: Path) -> tuple[np.ndarray, float]:
-    from landformer.core.raster import open_raster
-    from landformer.terrain.data import pixel_size_metres
-
     with open_raster(path) as dataset:
         if dataset.height * dataset.width > MAX_EVALUATED_PIXELS:
             raise UserError(
@@ -189,10 +193,6 @@ def _pictures(out: Path, expanded: np.ndarray, amount: int, shape: tuple[int, in
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from landformer.core.io import atomic_path
-    from landformer.core.viz import hillshade
-    from landformer.terrain.pipeline import elevation_picture
 
     height, width = shape
     figure, axis = plt.subplots(figsize=(8, 8 * expanded.shape[0] / expanded.shape[1] + 0.6))
@@ -236,16 +236,11 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate a terrain model on a held-out DEM (default: the east part of the Jacksboro DEM); see the module
     docstring. Writes ``evaluation.json``, ``expanded.tif``/``.png`` and ``samples.png`` into ``out``."""
-    from landformer.synth import packaged
-    from landformer.terrain.export import load_generator
-    from landformer.terrain.outpaint import expand_map
-    from landformer.terrain.pipeline import load_val_tiles
-
     if amount < 16:
         raise UserError(f"evaluate: amount = {amount} px is too thin a strip to measure; give at least 16")
     if samples < 8:
         raise UserError(f"evaluate: samples = {samples} is too few to compare distributions; give at least 8")
-    generator = load_generator(model, tokenizer)
+    generator = load(model, tokenizer)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dem_path = Path(dem) if dem is not None else packaged.jacksboro_dem(out / "jacksboro_east.tif", "east")
@@ -257,7 +252,7 @@ def evaluate(
     val_tiles_path = Path(generator.source).parent / "val_tiles.npz"
     if val_tiles_path.is_file():
         usage["validation_tiles"] = codebook_usage(generator, load_val_tiles(val_tiles_path.parent)[0])
-    realism, sample_tiles, noise_tiles = sample_realism(generator, reference, samples, seed)
+    realism, sampled, noise_tiles = sample_realism(generator, reference, samples, seed)
 
     expand_summary = expand_map(
         generator,
@@ -284,7 +279,7 @@ def evaluate(
         pixel_size,
         [
             ("held-out DEM tiles", reference[:: max(len(reference) // 8, 1)]),
-            ("samples", sample_tiles),
+            ("samples", sampled),
             ("fractal noise", noise_tiles),
         ],
     )
@@ -325,3 +320,112 @@ def format_report(summary: dict[str, Any]) -> str:
     lines.append(f"  {mark} samples vs fractal noise   {text}   (elevation / slope / spectrum / curvature; < 1)")
     lines.append(f"  pictures: {summary['expanded_png']}, {summary['samples_png']}")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ the tokenizer
+
+
+def evaluate_tokenizer(tokenizer: LoadedTokenizer, tiles: np.ndarray) -> dict[str, float]:
+    """Reconstruction error in metres and codebook usage over all of ``tiles`` (metres)."""
+    normalized, offsets, scales = normalize_tiles(tiles, "evaluation tiles")
+    tokens = tokenizer.encode(normalized)
+    reconstruction = tokenizer.decode(tokens) * scales[:, None, None] + offsets[:, None, None]
+    error = reconstruction - tiles
+    counts = np.bincount(tokens.ravel(), minlength=tokenizer.vocab_size)
+    probs = counts / counts.sum()
+    nonzero = probs[probs > 0]
+    return {
+        "mae_m": float(np.abs(error).mean()),
+        "rmse_m": float(np.sqrt((error**2).mean())),
+        "relative_mae": float((np.abs(error).mean(axis=(1, 2)) / scales).mean()),
+        "codes_used": int((counts > 0).sum()),
+        "codebook_usage": float((counts > 0).mean()),
+        "perplexity": float(np.exp(-(nonzero * np.log(nonzero)).sum())),
+    }
+
+
+def reconstruction_panel(
+    path: Path, tokenizer: LoadedTokenizer, tiles: np.ndarray, pixel_sizes: np.ndarray | float
+) -> Path | None:
+    """PNG with one row per tile: input, reconstruction, |error|, input hillshade, reconstruction hillshade.
+    ``pixel_sizes`` (metres, one per tile or one for all) set the slopes of the hillshades."""
+    if len(tiles) == 0:
+        return None
+    normalized, offsets, scales = normalize_tiles(tiles, "tiles to reconstruct")
+    reconstruction = tokenizer.decode(tokenizer.encode(normalized)) * scales[:, None, None] + offsets[:, None, None]
+    images, titles = [], []
+    pixel_sizes = np.broadcast_to(np.asarray(pixel_sizes, dtype=np.float64), (len(tiles),))
+    for tile, rec, pixel_size in zip(tiles, reconstruction, pixel_sizes, strict=True):
+        error = rec - tile
+        value_range = (float(tile.min()), float(tile.max()))
+        images += [
+            elevation_picture(tile, pixel_size, value_range=value_range),
+            elevation_picture(rec, pixel_size, value_range=value_range),
+            error_picture(error, float(np.ptp(tile)) / 4 or 1.0),
+            hillshade_picture(tile, pixel_size),
+            hillshade_picture(rec, pixel_size),
+        ]
+        titles += [
+            f"input {tile.min():.0f}-{tile.max():.0f} m",
+            "reconstruction",
+            f"|error| mean {np.abs(error).mean():.1f} m",
+            "input hillshade",
+            "reconstruction hillshade",
+        ]
+    return save_panel(path, images, titles, nrows=len(tiles), ncols=5, panel_px=160)
+
+
+def dem_tiles_for_reconstruction(dem: str | os.PathLike[str], tile_size: int, count: int, seed: int) -> np.ndarray:
+    """Up to ``count`` non-overlapping tiles of a DEM (metres), skipping tiles with nodata or no relief; a DEM
+    with no usable tile is a UserError saying why."""
+    with open_raster(dem) as dataset:
+        if dataset.height < tile_size or dataset.width < tile_size:
+            raise UserError(f"DEM {dem} ({dataset.height}x{dataset.width} px) is smaller than one {tile_size} px tile")
+        data = dataset.read(1).astype(np.float32)
+        if dataset.nodata is not None and not np.isnan(dataset.nodata):
+            data[data == np.float32(dataset.nodata)] = np.nan
+    rows, cols = data.shape[0] // tile_size, data.shape[1] // tile_size
+    tiles = data[: rows * tile_size, : cols * tile_size].reshape(rows, tile_size, cols, tile_size).swapaxes(1, 2)
+    tiles = tiles.reshape(-1, tile_size, tile_size)
+    complete = np.isfinite(tiles).all(axis=(1, 2))
+    if not complete.any():
+        raise UserError(f"DEM {dem} is full of nodata: none of its {len(tiles)} tiles of {tile_size} px is complete")
+    relief = np.zeros(len(tiles), dtype=bool)
+    relief[complete] = tiles[complete].reshape(int(complete.sum()), -1).std(axis=1) > 1e-6
+    if not relief.any():
+        value = float(tiles[complete][0, 0, 0])
+        raise UserError(f"DEM {dem} is flat (every complete tile holds a single height, e.g. {value:g} m)")
+    usable = np.flatnonzero(complete & relief)
+    chosen = np.random.default_rng(seed).permutation(usable)[:count]
+    return tiles[np.sort(chosen)]
+
+
+def reconstruct(
+    tokenizer_path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    dem: str | os.PathLike[str] | None = None,
+    count: int = 6,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Reconstruct tiles of a DEM (or the tokenizer run's held-out tiles) and draw them as a PNG panel."""
+    if count < 1:
+        raise UserError(f"reconstruct count must be at least 1, got {count}")
+    tokenizer = LoadedTokenizer.load(tokenizer_path)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tile_size = tokenizer.tile_size
+    if dem is not None:
+        tiles = dem_tiles_for_reconstruction(dem, tile_size, count, seed)
+        with open_raster(dem) as dataset:
+            pixel_size = pixel_size_metres(dataset)
+    else:
+        run_dir = tokenizer.source.parent
+        tiles, pixel_sizes = load_val_tiles(run_dir)
+        tiles, pixel_size = tiles[:count], pixel_sizes[:count]
+        if len(tiles) == 0:
+            raise UserError(f"{run_dir} holds no held-out tiles; pass --dem")
+    panel = reconstruction_panel(out / "reconstructions.png", tokenizer, tiles, pixel_size)
+    evaluation = evaluate_tokenizer(tokenizer, tiles)
+    summary = {"panel": str(panel), "tiles": len(tiles), **evaluation}
+    write_json(out / "reconstruction.json", summary)
+    return summary

@@ -1,12 +1,17 @@
 """Inference-ready models: ``tokenizer.safetensors`` / ``maskgit.safetensors``, each with a JSON twin.
 
-Training writes each stage into its run folder from the best checkpoint. The safetensors metadata carries the
-same JSON as the ``.json`` file (architecture, data statistics, sampling defaults), so the run folder or the
-``.safetensors`` file alone is enough to load a stage.
+Training writes each stage into its run folder from the best checkpoint with :func:`save`, which tells the two
+networks apart by their class. The safetensors metadata carries the same JSON as the ``.json`` file (architecture,
+data statistics, sampling defaults), so the run folder or the ``.safetensors`` file alone is enough to load a
+stage: :func:`load` gives the generator (MaskGIT with its tokenizer), :meth:`LoadedTokenizer.load` the tokenizer.
 
 A tokenizer's *identity* is a hash of its architecture config and every weight. MaskGIT's tokens mean
 something only to the tokenizer that made them, so the generator export records that identity (and where the
-tokenizer was), and :func:`load_generator` refuses, in one line, a tokenizer with any other identity.
+tokenizer was), and :func:`load` refuses, in one line, a tokenizer with any other identity.
+
+The files keep their own layout (``model_config``, no ``landformer_version``) rather than core's
+:func:`~landformer.core.export.save_bundle`, so that exports and the packaged ``real`` model stay readable both
+ways between versions.
 """
 
 from __future__ import annotations
@@ -16,17 +21,20 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
+from rasterio.transform import Affine
 from torch import Tensor
 
 from landformer.core.errors import UserError
 from landformer.core.io import load_safetensors, load_torch, save_safetensors, write_json
-from landformer.terrain.maskgit import MaskGIT, MaskGITModelConfig, decode
-from landformer.terrain.tokenizer import TokenizerModelConfig, VQTokenizer
+from landformer.core.raster import parse_crs
+from landformer.terrain.data import scale_class
+from landformer.terrain.model import MaskGIT, MaskGITModelConfig, TokenizerModelConfig, VQTokenizer, decode
 
 TOKENIZER_FORMAT = "landformer-terrain-tokenizer"
 MASKGIT_FORMAT = "landformer-terrain-maskgit"
@@ -40,8 +48,6 @@ PRETRAINED = ("real",)
 
 def pretrained_folder(name: str) -> Path:
     """The folder of a terrain model installed with the package (``terrain/pretrained/NAME/``)."""
-    from importlib import resources
-
     folder = Path(str(resources.files("landformer.terrain").joinpath("pretrained", name)))
     if not (folder / MASKGIT_FILE).is_file() or not (folder / TOKENIZER_FILE).is_file():
         raise UserError(
@@ -82,6 +88,26 @@ class LoadedTokenizer:
         self.source = source
         self.identity: str = meta["identity"]
 
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu") -> LoadedTokenizer:
+        """Load a tokenizer from a run folder or its ``tokenizer.safetensors``; anything off is a UserError."""
+        weights = _weights_path(path, TOKENIZER_FILE, "landformer terrain fit-tokenizer")
+        tensors, meta = load_safetensors(weights, "terrain tokenizer")
+        if meta.get("format") != TOKENIZER_FORMAT:
+            raise UserError(f"{weights} is not a landformer terrain tokenizer (format {meta.get('format')!r})")
+        try:
+            config = TokenizerModelConfig(**meta["model_config"])
+            model = VQTokenizer(config)
+            model.load_state_dict(tensors)
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise UserError(f"{weights}: weights do not fit its config: {str(err).strip().splitlines()[0]}") from None
+        identity = model_identity(meta["model_config"], tensors)
+        if identity != meta.get("identity"):
+            raise UserError(
+                f"{weights}: weights changed since export (identity {identity}, recorded {meta.get('identity')})"
+            )
+        return cls(model.to(device), meta, weights)
+
     @property
     def downsample(self) -> int:
         return self.model.downsample
@@ -117,10 +143,10 @@ class LoadedTokenizer:
         return np.concatenate(out)
 
 
-def export_tokenizer(folder: str | os.PathLike[str], model: VQTokenizer, data_summary: dict[str, Any]) -> Path:
+def _save_tokenizer(folder: str | os.PathLike[str], model: VQTokenizer, data_summary: dict[str, Any]) -> Path:
     """Write ``tokenizer.safetensors`` + ``tokenizer.json`` into ``folder``; returns the safetensors path."""
     folder = Path(folder)
-    config = dataclasses.asdict(model.config)
+    config = model.config.architecture()
     state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
     meta = {
         "format": TOKENIZER_FORMAT,
@@ -133,26 +159,6 @@ def export_tokenizer(folder: str | os.PathLike[str], model: VQTokenizer, data_su
     weights = save_safetensors(folder / TOKENIZER_FILE, state, meta)
     write_json(folder / "tokenizer.json", meta)
     return weights
-
-
-def load_tokenizer(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> LoadedTokenizer:
-    """Load a tokenizer from a run folder or its ``tokenizer.safetensors``; anything off is a UserError."""
-    weights = _weights_path(path, TOKENIZER_FILE, "landformer terrain fit-tokenizer")
-    tensors, meta = load_safetensors(weights, "terrain tokenizer")
-    if meta.get("format") != TOKENIZER_FORMAT:
-        raise UserError(f"{weights} is not a landformer terrain tokenizer (format {meta.get('format')!r})")
-    try:
-        config = TokenizerModelConfig(**meta["model_config"])
-        model = VQTokenizer(config)
-        model.load_state_dict(tensors)
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        raise UserError(f"{weights}: weights do not fit its config: {str(err).strip().splitlines()[0]}") from None
-    identity = model_identity(meta["model_config"], tensors)
-    if identity != meta.get("identity"):
-        raise UserError(
-            f"{weights}: weights changed since export (identity {identity}, recorded {meta.get('identity')})"
-        )
-    return LoadedTokenizer(model.to(device), meta, weights)
 
 
 def load_vgg_features(path: str | os.PathLike[str]) -> dict[str, Tensor]:
@@ -183,8 +189,6 @@ class MapGrid:
 
     def transform(self) -> Any:
         """The affine transform of a north-up map whose top-left corner is at the origin."""
-        from rasterio.transform import Affine
-
         return Affine(self.pixel[0], 0.0, self.origin[0], 0.0, -self.pixel[1], self.origin[1])
 
     def cast(self, metres: np.ndarray) -> tuple[np.ndarray, float]:
@@ -260,8 +264,6 @@ class TerrainGenerator:
     def scale_class(self, pixel_size_m: float | None = None) -> int | None:
         """The pixel-size class a scale-conditioned model is told for a map of ``pixel_size_m`` metres (default:
         its reference DEM's); None for models without ``scale_classes``."""
-        from landformer.terrain.data import scale_class
-
         edges = self.meta.get("scale_classes")
         if not edges:
             return None
@@ -286,8 +288,6 @@ class TerrainGenerator:
                 default = dataclasses.replace(default, dtype=str(reference["dtype"]))
         if crs is not None and pixel_size is None and crs != default.crs:
             # Another CRS: metres of a projected one take the training pixel size in metres; degrees need telling.
-            from landformer.core.raster import parse_crs
-
             if parse_crs(crs, "--crs").is_geographic:
                 raise UserError(f"--crs {crs} is in degrees, unlike the training DEM; give --pixel-size in degrees")
             metres = self.reference_pixel_size_m
@@ -333,7 +333,7 @@ class TerrainGenerator:
         return (normalized * scale + offset).astype(np.float32)
 
 
-def export_maskgit(
+def _save_generator(
     folder: str | os.PathLike[str],
     model: MaskGIT,
     tokenizer: LoadedTokenizer,
@@ -363,7 +363,36 @@ def export_maskgit(
     return weights
 
 
-def load_generator(
+@overload
+def save(folder: str | os.PathLike[str], model: VQTokenizer, data_summary: dict[str, Any]) -> Path: ...
+
+
+@overload
+def save(
+    folder: str | os.PathLike[str],
+    model: MaskGIT,
+    tokenizer: LoadedTokenizer,
+    tile: int,
+    sampling: dict[str, Any],
+    data_summary: dict[str, Any],
+    legend: dict[str, Any] | None,
+    scale_classes: list[float] | None = None,
+) -> Path: ...
+
+
+def save(folder: str | os.PathLike[str], model: VQTokenizer | MaskGIT, *args: Any, **kwargs: Any) -> Path:
+    """Export a trained stage into ``folder`` and return its ``.safetensors`` path: a :class:`VQTokenizer` as
+    ``tokenizer.safetensors`` (with the summary of its training data), a :class:`MaskGIT` as
+    ``maskgit.safetensors`` (with its tokenizer, outpainting tile in tokens, sampling defaults, data summary,
+    condition legend and pixel-size classes)."""
+    if isinstance(model, VQTokenizer):
+        return _save_tokenizer(folder, model, *args, **kwargs)
+    if isinstance(model, MaskGIT):
+        return _save_generator(folder, model, *args, **kwargs)
+    raise TypeError(f"terrain save() takes a VQTokenizer or a MaskGIT, not a {type(model).__name__}")
+
+
+def load(
     path: str | os.PathLike[str], tokenizer: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu"
 ) -> TerrainGenerator:
     """MaskGIT from a run folder or ``maskgit.safetensors`` with its tokenizer (the recorded one by default).
@@ -378,7 +407,7 @@ def load_generator(
     beside = weights.parent / TOKENIZER_FILE
     if tokenizer is None and not tokenizer_path.exists() and beside.is_file():
         tokenizer_path = beside  # a run folder (or packaged model) moved with both stages in it
-    loaded = load_tokenizer(tokenizer_path, device)
+    loaded = LoadedTokenizer.load(tokenizer_path, device)
     if loaded.identity != meta["tokenizer_identity"]:
         raise UserError(
             f"{weights} was trained on tokenizer {meta['tokenizer_identity']}, but {loaded.source} is tokenizer "

@@ -38,7 +38,7 @@ each band including the strips made before it (:class:`GrowingMap`), so corners 
 by window, copying the original's pixels through unchanged.
 
 **Writing a world** (:func:`write_world`). The output GeoTIFF is written block by block: each block's tokens
-(plus :meth:`~landformer.terrain.tokenizer.VQTokenizer.decoder_margin` tokens of context, taken from the
+(plus :meth:`~landformer.terrain.model.VQTokenizer.decoder_margin` tokens of context, taken from the
 field too, so block edges match the whole-map decode exactly) are decoded and written, and a subsampled
 preview is kept for the PNG.
 """
@@ -61,7 +61,7 @@ from landformer.core.errors import UserError
 from landformer.core.io import write_json
 from landformer.terrain.config import EXPAND_SCALES, SCALE_FACTOR
 from landformer.terrain.export import LoadedTokenizer, TerrainGenerator, cast_heights
-from landformer.terrain.maskgit import steps_for
+from landformer.terrain.model import steps_for
 
 log = logging.getLogger(__name__)
 

@@ -10,15 +10,19 @@ supported (fp32 and bf16 are).
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from landformer.core.task import BaseTask, warmup_cosine
-from landformer.terrain.maskgit import MaskGIT, MaskGITModelConfig, masked_token_loss, training_mask
-from landformer.terrain.tokenizer import (
+from landformer.terrain.export import load_vgg_features
+from landformer.terrain.model import (
+    MaskGIT,
+    MaskGITModelConfig,
     PatchDiscriminator,
     PerceptualLoss,
     TokenizerModelConfig,
@@ -27,10 +31,34 @@ from landformer.terrain.tokenizer import (
     gan_scale,
     gradient_loss,
     hinge_d_loss,
+    masked_token_loss,
     spectral_loss,
+    training_mask,
 )
 
 D_LOSS_SMOOTHING = 0.95  # exponential moving average of the discriminator loss that gan_scale reads
+# Checkpoints keep the tokenizer task's network under its name from before it became ``self.model``.
+CHECKPOINT_PREFIX = "tokenizer."
+
+C = TypeVar("C")
+
+
+def config_from_hparams(config_class: type[C], hparams: Mapping[str, Any]) -> C:
+    """The network config of a task from its hyperparameters, field by field of ``config_class``.
+
+    A field the hyperparameters lack or leave at None takes the config's default: checkpoints from before a field
+    existed (``upsample``) and tasks built without ``fsq_levels`` get the network they were trained with.
+    """
+    names = [field.name for field in dataclasses.fields(config_class)]  # type: ignore[arg-type]
+    return config_class(**{name: hparams[name] for name in names if hparams.get(name) is not None})
+
+
+def renamed_weights(state: Mapping[str, Tensor], old_prefix: str, new_prefix: str) -> dict[str, Tensor]:
+    """``state`` with every key that starts with ``old_prefix`` starting with ``new_prefix`` instead."""
+    return {
+        new_prefix + key.removeprefix(old_prefix) if key.startswith(old_prefix) else key: value
+        for key, value in state.items()
+    }
 
 
 class TokenizerTask(BaseTask):
@@ -77,27 +105,23 @@ class TokenizerTask(BaseTask):
 
     @property
     def model_config(self) -> TokenizerModelConfig:
-        hp = self.hparams
-        return TokenizerModelConfig(
-            channels=hp.channels,
-            downsample=hp.downsample,
-            res_blocks=hp.res_blocks,
-            quantizer=hp.quantizer,
-            codebook_size=hp.codebook_size,
-            code_dim=hp.code_dim,
-            fsq_levels=list(hp.fsq_levels or [8, 8, 8]),
-            commitment=hp.commitment,
-            upsample=hp.get("upsample", "nearest"),
-        )
+        return config_from_hparams(TokenizerModelConfig, self.hparams)
 
     def configure_models(self) -> None:
-        self.tokenizer = VQTokenizer(self.model_config)
-        self.discriminator = PatchDiscriminator(self.hparams.disc_channels, self.hparams.disc_layers)
+        config = self.model_config
+        self.model = VQTokenizer(config)
+        self.discriminator = PatchDiscriminator(config.disc_channels, config.disc_layers)
         self.perceptual: PerceptualLoss | None = None
         if self.hparams.perceptual_weights:
-            from landformer.terrain.export import load_vgg_features
-
             self.perceptual = PerceptualLoss(load_vgg_features(self.hparams.perceptual_weights))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Checkpoints name the tokenizer's weights ``tokenizer.*``, as before the task held it as ``self.model``,
+        so runs started by either layout resume and tools reading checkpoints see one layout."""
+        checkpoint["state_dict"] = renamed_weights(checkpoint["state_dict"], "model.", CHECKPOINT_PREFIX)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = renamed_weights(checkpoint["state_dict"], CHECKPOINT_PREFIX, "model.")
 
     def reconstruction_losses(self, x: Tensor, rec: Tensor) -> dict[str, Tensor]:
         hp = self.hparams
@@ -117,7 +141,7 @@ class TokenizerTask(BaseTask):
     def compute_loss(self, batch: Any) -> dict[str, Tensor]:
         """Reconstruction losses of one batch (validation, and the tokenizer half of a training step)."""
         x = batch["elevation"]
-        rec, indices, quant_loss = self.tokenizer(x)
+        rec, indices, quant_loss = self.model(x)
         losses = self.reconstruction_losses(x, rec)
         losses["quantization"] = quant_loss
         losses["loss"] = losses["reconstruction"] + quant_loss
@@ -138,7 +162,7 @@ class TokenizerTask(BaseTask):
             scale = gan_scale(float(self.d_loss_ema), hp.disc_high_loss, hp.disc_low_loss)
             d_weight = torch.zeros((), device=x.device)
             if scale > 0:
-                d_weight = adaptive_weight(losses["reconstruction"], g_loss, self.tokenizer.last_layer) * hp.disc_weight
+                d_weight = adaptive_weight(losses["reconstruction"], g_loss, self.model.last_layer) * hp.disc_weight
                 d_weight = d_weight * scale
             loss = loss + d_weight * g_loss
             losses.update(g_loss=g_loss.detach(), d_weight=d_weight, gan_scale=torch.tensor(scale))
@@ -163,13 +187,13 @@ class TokenizerTask(BaseTask):
         return loss.detach()
 
     def on_validation_epoch_start(self) -> None:
-        self._val_counts = torch.zeros(self.tokenizer.vocab_size, dtype=torch.int64, device=self.device)
+        self._val_counts = torch.zeros(self.model.vocab_size, dtype=torch.int64, device=self.device)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         super().validation_step(batch, batch_idx)
         _, _, indices = self._last_outputs
         assert self._val_counts is not None
-        self._val_counts += torch.bincount(indices.reshape(-1), minlength=self.tokenizer.vocab_size)
+        self._val_counts += torch.bincount(indices.reshape(-1), minlength=self.model.vocab_size)
 
     def on_validation_epoch_end(self) -> None:
         """Codebook usage over the whole validation epoch: the share of codes used at least once, and the
@@ -190,7 +214,7 @@ class TokenizerTask(BaseTask):
         hp = self.hparams
         optimizers = [
             torch.optim.AdamW(network.parameters(), lr=lr, betas=(0.5, 0.9), weight_decay=hp.weight_decay)
-            for network, lr in ((self.tokenizer, hp.lr), (self.discriminator, hp.disc_lr))
+            for network, lr in ((self.model, hp.lr), (self.discriminator, hp.disc_lr))
         ]
         warmup, total, floor = hp.warmup_steps, hp.max_steps, hp.min_lr_ratio
         schedules = [
@@ -235,17 +259,7 @@ class MaskGITTask(BaseTask):
 
     @property
     def model_config(self) -> MaskGITModelConfig:
-        hp = self.hparams
-        return MaskGITModelConfig(
-            vocab_size=hp.vocab_size,
-            grid=hp.grid,
-            dim=hp.dim,
-            n_layers=hp.n_layers,
-            n_heads=hp.n_heads,
-            dropout=hp.dropout,
-            rope_base=hp.rope_base,
-            n_condition_classes=hp.n_condition_classes,
-        )
+        return config_from_hparams(MaskGITModelConfig, self.hparams)
 
     def configure_models(self) -> None:
         self.model = MaskGIT(self.model_config)
