@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from rasterio.transform import from_origin
 
 from landformer.cli import main
 from landformer.core.chips import ChipConfig, load_chips
-from landformer.core.cli import CHIP_DEFAULTS
+from landformer.core.config import config_flags
 from landformer.core.raster import RasterGrid, lonlat_bounds, write_geotiff
 
 ALBERS = "EPSG:5070"
@@ -85,7 +86,10 @@ def test_chips_from_a_config_file_with_flags_on_top(tmp_path: Path, nlcd: Path, 
 
 def test_help_defaults_match_chip_config() -> None:
     defaults = {field.name: field.default for field in dataclasses.fields(ChipConfig)}
-    assert {name: defaults[name] for name in CHIP_DEFAULTS} == CHIP_DEFAULTS
+    named = {flag.key: re.search(r"\(default: ([^)]*)\)", flag.help) for flag in config_flags(ChipConfig)}
+    shown = {name: match.group(1) for name, match in named.items() if match and name != "block_size"}
+    assert shown == {name: str(defaults[name]) for name in shown}
+    assert set(shown) == {"legend", "chip_size", "max_nodata", "test_fraction", "seed", "unknown"}
 
 
 def _text_file(path: Path) -> Path:

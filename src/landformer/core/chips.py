@@ -43,6 +43,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from rasterio.windows import Window
 from tqdm import tqdm
 
+from landformer.core.config import option
 from landformer.core.errors import UserError
 from landformer.core.io import atomic_path, read_json, read_npz
 from landformer.core.legend import NODATA_INDEX, Legend, load_legend
@@ -74,23 +75,33 @@ KEPT, DROPPED_NODATA, DROPPED_CLASS, DROPPED_DUPLICATE = 0, 1, 2, 3
 
 @dataclass
 class ChipConfig:
-    """What to cut out of which rasters; see the module docstring. Loadable from YAML with ``load_config``."""
+    """What to cut out of which rasters; see the module docstring. Loadable from YAML with ``load_config``; the
+    :func:`~landformer.core.config.option` fields are also flags of ``landformer data chips``, whose help names
+    their defaults."""
 
     class_raster: Path  # categorical raster (band 1) whose codes the legend maps to indices
     covariates: list[Path] = field(default_factory=list)  # continuous rasters; every band becomes a channel
-    legend: str = "nlcd"  # built-in name (nlcd, corine, igbp) or legend JSON path
-    chip_size: int = 32
+    legend: str = option("nlcd", help="built-in legend (nlcd, corine, igbp) or legend JSON file (default: nlcd)")
+    chip_size: int = option(32, help="chip side in pixels (default: 32)")
     count: int | None = None  # random sampling of `count` chips ...
     stride: int | None = None  # ... or a regular grid with this stride (default: count=1000)
-    max_nodata: float = 0.0  # drop chips whose nodata fraction (any channel) exceeds this
+    # a pixel counts as nodata when any channel lacks a value
+    max_nodata: float = option(0.0, help="drop chips whose nodata fraction exceeds this (default: 0.0)")
     max_class_fraction: dict[int, float] = field(default_factory=dict)  # raw class code -> drop chips whose share
     # of that class exceeds this, e.g. {0: 0.5} for chips that are at least half land under the IGBP legend
-    test_fraction: float = 0.2  # fraction of spatial blocks held out
-    block_size: int | None = None  # side of the split blocks in pixels; default 8 * chip_size
-    seed: int = 0
-    unknown: Literal["error", "nodata"] = "error"  # class codes the legend lacks
-    assume_crs: str | None = None  # CRS for any input raster that carries none
-    compress: bool = True  # false: chips stored uncompressed, so loaders memory-map them (see load_chips)
+    test_fraction: float = option(0.2, help="share of spatial blocks held out (default: 0.2)")
+    block_size: int | None = option(None, help="side of the split blocks in pixels (default: 8 x chip size)")
+    seed: int = option(0, help="seed for sampling and the split (default: 0)")
+    unknown: Literal["error", "nodata"] = option(
+        "error", help="what to do with class codes the legend lacks (default: error)"
+    )
+    assume_crs: str | None = option(None, help="CRS for rasters that carry none, e.g. EPSG:5070")
+    # false: chips stored uncompressed, so loaders memory-map them (see load_chips)
+    compress: bool = option(
+        True,
+        flag="--uncompressed",
+        help="store the chips uncompressed, so DDP ranks and loader workers memory-map one shared copy",
+    )
 
     def __post_init__(self) -> None:
         # YAML mappings and the config loader give keys as strings; class codes are integers.

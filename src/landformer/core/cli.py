@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 from typing import Any
 
-from landformer.core.commands import add_command, add_group
+from landformer.core.chips import ChipConfig
+from landformer.core.commands import add_command, add_config_flags, add_group, recipe_overrides
+from landformer.core.config import apply_overrides, from_dict, read_yaml_mapping
 from landformer.core.errors import UserError
 
 
@@ -32,24 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     align.add_argument("--assume-crs", default=None, help="CRS for whichever raster carries none")
 
 
-# ChipConfig's defaults, shown in --help without importing rasterio; a test keeps the two in step.
-CHIP_DEFAULTS = {
-    "legend": "nlcd",
-    "chip_size": 32,
-    "max_nodata": 0.0,
-    "test_fraction": 0.2,
-    "seed": 0,
-    "unknown": "error",
-}
-
-
 def _register_chips(group: argparse._SubParsersAction) -> None:
-    defaults = CHIP_DEFAULTS
-    suppress = argparse.SUPPRESS  # unset flags stay absent, so a --config file's values are not overridden
-
-    def default(name: str) -> str:
-        return f" (default: {defaults[name]})"
-
     parser = add_command(
         group, "chips", "cut square training chips from a class raster (+ aligned covariates)", run_chips
     )
@@ -59,81 +43,46 @@ def _register_chips(group: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--out", type=Path, required=True, help="chip file to write (.npz); a .json sidecar goes beside"
     )
+    # The ChipConfig fields argparse cannot take as plain options: repeatable flags and one choice of two.
     parser.add_argument(
         "--covariate",
         dest="covariates",
         action="append",
         type=Path,
-        default=suppress,
+        default=None,
         help="continuous raster aligned onto the class grid as extra channels, e.g. a DEM (repeatable)",
     )
-    parser.add_argument(
-        "--legend",
-        default=suppress,
-        help="built-in legend (nlcd, corine, igbp) or legend JSON file" + default("legend"),
-    )
-    parser.add_argument("--chip-size", type=int, default=suppress, help="chip side in pixels" + default("chip_size"))
     sampling = parser.add_mutually_exclusive_group()
-    sampling.add_argument("--count", type=int, default=suppress, help="number of random chips (default: 1000)")
-    sampling.add_argument("--stride", type=int, default=suppress, help="regular grid of chips with this step in pixels")
-    parser.add_argument(
-        "--max-nodata",
-        type=float,
-        default=suppress,
-        help="drop chips whose nodata fraction exceeds this" + default("max_nodata"),
-    )
+    sampling.add_argument("--count", type=int, default=None, help="number of random chips (default: 1000)")
+    sampling.add_argument("--stride", type=int, default=None, help="regular grid of chips with this step in pixels")
     parser.add_argument(
         "--max-class-fraction",
         action="append",
-        default=suppress,
+        default=None,
         metavar="CODE=FRACTION",
         help="drop chips whose share of pixels of raw class CODE exceeds FRACTION, e.g. 0=0.5 keeps IGBP chips "
         "that are at least half land (repeatable)",
     )
-    parser.add_argument(
-        "--test-fraction",
-        type=float,
-        default=suppress,
-        help="share of spatial blocks held out" + default("test_fraction"),
-    )
-    parser.add_argument(
-        "--block-size", type=int, default=suppress, help="side of the split blocks in pixels (default: 8 x chip size)"
-    )
-    parser.add_argument("--seed", type=int, default=suppress, help="seed for sampling and the split" + default("seed"))
-    parser.add_argument(
-        "--unknown",
-        choices=["error", "nodata"],
-        default=suppress,
-        help="what to do with class codes the legend lacks" + default("unknown"),
-    )
-    parser.add_argument("--assume-crs", default=suppress, help="CRS for rasters that carry none, e.g. EPSG:5070")
-    parser.add_argument(
-        "--uncompressed",
-        dest="compress",
-        action="store_false",
-        default=suppress,
-        help="store the chips uncompressed, so DDP ranks and loader workers memory-map one shared copy",
-    )
+    # Unset flags leave no value, so a --config file's values stand.
+    add_config_flags(parser, ChipConfig)
     parser.add_argument("--config", type=Path, default=None, help="YAML file of chip settings; flags override it")
 
 
-def chip_config_from_args(args: argparse.Namespace) -> Any:
+def chip_config_from_args(args: argparse.Namespace) -> ChipConfig:
     """A ChipConfig from ``--config`` (if any) with every flag the user gave on top."""
-    from landformer.core.chips import ChipConfig
-    from landformer.core.config import from_dict, read_yaml_mapping
-
     data: dict[str, Any] = read_yaml_mapping(args.config) if args.config is not None else {}
-    given = {
-        field.name: getattr(args, field.name) for field in dataclasses.fields(ChipConfig) if hasattr(args, field.name)
-    }
-    if given.get("class_raster") is None:  # an optional positional cannot be suppressed like the flags
-        given.pop("class_raster", None)
-    if "max_class_fraction" in given:
-        given["max_class_fraction"] = _class_fractions(given["max_class_fraction"])
-    if "count" in given or "stride" in given:  # choosing one sampling mode on the command line replaces the file's
+    if args.count is not None or args.stride is not None:  # one sampling mode on the command line replaces the file's
         data.pop("count", None)
         data.pop("stride", None)
-    data.update(given)
+    apply_overrides(data, recipe_overrides(args), "command line")
+    given = {
+        "class_raster": args.class_raster,
+        "covariates": args.covariates,
+        "count": args.count,
+        "stride": args.stride,
+        "max_class_fraction": _class_fractions(args.max_class_fraction) if args.max_class_fraction else None,
+    }
+    data.update({name: value for name, value in given.items() if value is not None})
     if "class_raster" not in data:
         raise UserError("give the class raster (CLASS_RASTER, or class_raster in --config)")
     return from_dict(ChipConfig, data, source=str(args.config) if args.config is not None else "command line")
