@@ -12,8 +12,8 @@ from scipy import ndimage
 from landformer.cli import main
 from landformer.core.errors import UserError
 from landformer.core.legend import load_legend
-from landformer.synth import world as synth
 from landformer.synth.world import DEVELOPED, World, load_world, make_world, render_world
+from landformer.synth.world import generate as synth
 
 SIZE = 128
 FOREST = (41, 42, 43)
