@@ -34,9 +34,9 @@ import psutil
 import torch
 
 from landformer.core.io import write_json
-from landformer.terrain.config import EXPAND_SCALES
 from landformer.terrain.evaluate import TARGETS, continuation, evaluate, read_dem, within
 from landformer.terrain.export import load
+from landformer.terrain.scales import EXPAND_SCALES
 
 RECIPE = Path(__file__).resolve().parent.parent / "configs" / "terrain_maskgit_real.yaml"  # the packaged model's
 RESULTS = Path(os.environ.get("LANDFORMER_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")

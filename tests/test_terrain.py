@@ -261,8 +261,8 @@ def test_expand_map_copies_the_original_through_windows_and_keeps_grid_and_nodat
 def test_expansion_reads_only_bands_along_the_edges(models: dict[str, Path], scales: int) -> None:
     """Memory stays constant in the map's size: growing asks the original only for bands along its edges, deeper
     by the scale factor for each coarser scale continued."""
-    from landformer.terrain.config import SCALE_FACTOR
     from landformer.terrain.outpaint import GrowingMap, band_depth
+    from landformer.terrain.scales import SCALE_FACTOR
 
     generator = load(models["maskgit"])
     depth = band_depth(generator, scales)

@@ -17,7 +17,7 @@ from landformer.core.commands import (
     recipe_printed,
 )
 from landformer.core.errors import UserError
-from landformer.terrain.config import EXPAND_SCALES, SCALE_FACTOR
+from landformer.terrain.scales import EXPAND_SCALES, SCALE_FACTOR
 
 # The packaged recipe each stage starts from when --config is not given.
 DEFAULT_RECIPES = {"tokenizer": "terrain_tokenizer_tiny", "maskgit": "terrain_maskgit_tiny"}

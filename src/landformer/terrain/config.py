@@ -1,6 +1,7 @@
 """The terrain recipes: one YAML per stage (tokenizer, generator), each with ``data``, ``model``, ``task``, ``train``.
 
-Plain dataclasses, no torch, so the CLI can load and check a recipe without importing anything heavy.
+Each ``model`` section is the network's own config dataclass (``terrain/model.py``), so a hyperparameter is
+spelled once, and the tasks are built from the recipe by :func:`~landformer.core.task.task_from_recipe`.
 ``configs/terrain_tokenizer_tiny.yaml`` / ``configs/terrain_maskgit_tiny.yaml`` are the CPU defaults and the
 ``*_reference.yaml`` files beside them the GPU-sized recipes; ``--set model.channels=64`` overrides single keys.
 """
@@ -9,11 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from landformer.core.config import check_values
 from landformer.core.errors import UserError
 from landformer.core.train import TrainConfig
+from landformer.terrain.model import MaskGITModelConfig, TokenizerModelConfig
 
 # jacksboro_west: the Jacksboro DEM but its east part, which stays unseen for evaluation (synth/packaged.py).
 PACKAGED_DEMS = ("jacksboro_west", "jacksboro", "topobathy", "pvlib")
@@ -21,8 +22,6 @@ DEFAULT_PACKAGED_DEMS = ("jacksboro_west", "topobathy", "pvlib")
 # pvlib's global 5' grid over all land but Antarctica (west, south, east, north); its flat tiles are dropped
 # (see PVLIB_MIN_RELIEF_M in data.py), which leaves about 3,400 tiles of hill and mountain country at stride 16.
 DEFAULT_PVLIB_BOXES = [[-180.0, -56.0, 180.0, 84.0]]
-SCALE_FACTOR = 4  # between the scales of a multi-scale expansion (outpaint.extend_right_multiscale)
-EXPAND_SCALES = 2  # scales `terrain expand` continues by default: the map's own and one SCALE_FACTOR coarser
 
 
 @dataclass
@@ -99,23 +98,6 @@ class TerrainDataConfig:
 
 
 @dataclass
-class TokenizerModelSection:
-    """Convolutional VQ autoencoder (see ``terrain/model.py``)."""
-
-    channels: int = 32  # width at full resolution; doubles at each downsampling
-    downsample: int = 4  # pixels per token side: 2 ** number of downsamplings
-    res_blocks: int = 1  # residual blocks per resolution
-    quantizer: Literal["vq", "fsq"] = "vq"  # l2-normalised low-dimensional codebook, or finite scalar quantization
-    codebook_size: int = 512  # codes of the "vq" quantizer
-    code_dim: int = 8  # dimension of the l2-normalised codes ("vq")
-    fsq_levels: list[int] = field(default_factory=lambda: [8, 8, 8])  # levels per dimension ("fsq"): 512 codes
-    commitment: float = 0.25  # weight of the commitment term of "vq"
-    upsample: Literal["nearest", "bilinear"] = "bilinear"  # decoder upsampling (nearest leaves a token lattice)
-    disc_channels: int = 32  # PatchGAN discriminator width
-    disc_layers: int = 2  # stride-2 layers of the discriminator
-
-
-@dataclass
 class TokenizerTaskSection:
     """Optimisation and losses of the tokenizer."""
 
@@ -139,20 +121,11 @@ class TokenizerTaskSection:
 @dataclass
 class TokenizerConfig:
     data: TerrainDataConfig = field(default_factory=TerrainDataConfig)
-    model: TokenizerModelSection = field(default_factory=TokenizerModelSection)
+    # Recipes decode with bilinear upsampling unless told otherwise (nearest leaves a token lattice); a tokenizer
+    # built without a recipe keeps the network's own default.
+    model: TokenizerModelConfig = field(default_factory=lambda: TokenizerModelConfig(upsample="bilinear"))
     task: TokenizerTaskSection = field(default_factory=TokenizerTaskSection)
     train: TrainConfig = field(default_factory=TrainConfig)
-
-
-@dataclass
-class MaskGITModelSection:
-    """Bidirectional transformer over token grids (see ``terrain/model.py``)."""
-
-    dim: int = 128
-    n_layers: int = 4
-    n_heads: int = 4
-    dropout: float = 0.1
-    rope_base: float = 100.0
 
 
 @dataclass
@@ -180,7 +153,9 @@ class SamplingSection:
 class MaskGITConfig:
     tokenizer: Path = Path("runs/terrain/tokenizer")  # run folder (or .safetensors) of the trained tokenizer
     data: TerrainDataConfig = field(default_factory=TerrainDataConfig)
-    model: MaskGITModelSection = field(default_factory=MaskGITModelSection)
+    model: MaskGITModelConfig = field(
+        default_factory=MaskGITModelConfig
+    )  # vocab_size, grid, classes: from tokenizer, data
     task: MaskGITTaskSection = field(default_factory=MaskGITTaskSection)
     sampling: SamplingSection = field(default_factory=SamplingSection)
     train: TrainConfig = field(default_factory=TrainConfig)

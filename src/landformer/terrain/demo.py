@@ -16,15 +16,14 @@ from typing import Any
 from landformer.core.train import TrainConfig, last_checkpoint
 from landformer.terrain.config import (
     MaskGITConfig,
-    MaskGITModelSection,
     SamplingSection,
     TerrainDataConfig,
     TokenizerConfig,
-    TokenizerModelSection,
     TokenizerTaskSection,
 )
 from landformer.terrain.evaluate import evaluate
 from landformer.terrain.export import load
+from landformer.terrain.model import MaskGITModelConfig, TokenizerModelConfig
 from landformer.terrain.outpaint import write_world
 from landformer.terrain.pictures import save_hillshade_grid
 from landformer.terrain.sample import sample_tiles
@@ -54,7 +53,9 @@ def train_briefly(out: Path, seed: int) -> dict[str, Any]:
     data = TerrainDataConfig(packaged=["jacksboro_west"], max_tiles_per_source=300, batch_size=16)
     tokenizer_config = TokenizerConfig(
         data=data,
-        model=TokenizerModelSection(channels=16, disc_channels=16, quantizer="fsq", fsq_levels=[8, 6, 5]),
+        model=TokenizerModelConfig(
+            channels=16, disc_channels=16, quantizer="fsq", fsq_levels=[8, 6, 5], upsample="bilinear"
+        ),
         task=TokenizerTaskSection(disc_start=TOKENIZER_STEPS // 2, warmup_steps=10),
         train=_train_config(TOKENIZER_STEPS, seed),
     )
@@ -63,7 +64,7 @@ def train_briefly(out: Path, seed: int) -> dict[str, Any]:
     maskgit_config = MaskGITConfig(
         tokenizer=tokenizer_dir,
         data=dataclasses.replace(data, batch_size=32),
-        model=MaskGITModelSection(),
+        model=MaskGITModelConfig(),
         sampling=SamplingSection(steps=8),
         train=_train_config(MASKGIT_STEPS, seed),
     )

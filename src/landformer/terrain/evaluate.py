@@ -36,12 +36,12 @@ from landformer.core.raster import open_raster
 from landformer.core.viz import hillshade, save_panel
 from landformer.synth import packaged
 from landformer.terrain import metrics
-from landformer.terrain.config import EXPAND_SCALES
 from landformer.terrain.data import load_val_tiles, normalize_tiles, pixel_size_metres
 from landformer.terrain.export import LoadedTokenizer, load
 from landformer.terrain.outpaint import expand_map
 from landformer.terrain.pictures import elevation_picture, error_picture, hillshade_picture
 from landformer.terrain.sample import sample_tiles
+from landformer.terrain.scales import EXPAND_SCALES
 
 # Targets of issue 12, as (low, high) bounds on each measure (None: no bound on that side).
 TARGETS: dict[str, tuple[float | None, float | None]] = {

@@ -59,9 +59,9 @@ import torch
 
 from landformer.core.errors import UserError
 from landformer.core.io import write_json
-from landformer.terrain.config import EXPAND_SCALES, SCALE_FACTOR
 from landformer.terrain.export import LoadedTokenizer, TerrainGenerator, cast_heights
 from landformer.terrain.model import steps_for
+from landformer.terrain.scales import EXPAND_SCALES, SCALE_FACTOR
 
 log = logging.getLogger(__name__)
 

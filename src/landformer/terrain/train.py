@@ -37,7 +37,7 @@ from landformer.terrain.data import (
 )
 from landformer.terrain.evaluate import evaluate_tokenizer, reconstruction_panel
 from landformer.terrain.export import LoadedTokenizer, load, save
-from landformer.terrain.model import decode
+from landformer.terrain.model import MaskGITModelConfig, decode
 from landformer.terrain.pictures import hillshade_picture, save_hillshade_grid
 from landformer.terrain.sample import sample_tiles
 from landformer.terrain.task import MaskGITTask, TokenizerTask
@@ -153,6 +153,18 @@ def token_dataset(
     return TokenGrids(np.concatenate(token_sets), np.concatenate(condition_sets) if condition_sets else None)
 
 
+def refuse_derived_fields(model: MaskGITModelConfig, **derived: int) -> None:
+    """MaskGIT's vocabulary, window and condition classes come from the tokenizer and the data, not the recipe; a
+    recipe value that is neither the default nor theirs would be silently overridden, so it is a UserError."""
+    defaults = MaskGITModelConfig()
+    for name, value in derived.items():
+        given = getattr(model, name)
+        if given not in (getattr(defaults, name), value):
+            raise UserError(
+                f"maskgit recipe: model.{name} = {given}, but the tokenizer and the data make it {value}; leave it out"
+            )
+
+
 def _train_maskgit(config: MaskGITConfig, run_dir: str | os.PathLike[str], resume: bool | str) -> dict[str, Any]:
     """Train MaskGIT on the token grids of the recipe's tiles, export ``maskgit.safetensors``, draw samples."""
     run_dir = Path(run_dir)
@@ -165,6 +177,7 @@ def _train_maskgit(config: MaskGITConfig, run_dir: str | os.PathLike[str], resum
             f"({downsample}): outpainting tiles are half a window"
         )
     grid = config.data.tile_size // downsample
+    refuse_derived_fields(config.model, vocab_size=tokenizer.vocab_size, grid=grid)
     prepare_run(run_dir, config, "terrain-maskgit")
     seed_everything(config.train.seed)
     tiles = prepare_tiles(config.data, run_dir / "data", config.train.seed)
@@ -174,6 +187,7 @@ def _train_maskgit(config: MaskGITConfig, run_dir: str | os.PathLike[str], resum
         n_classes = len(config.data.scale_classes) + 1
     else:
         n_classes = tiles.legend.n_classes if tiles.legend is not None else 0
+    refuse_derived_fields(config.model, n_condition_classes=n_classes)
     train_set = token_dataset(tokenizer, tiles.train, tiles.train_conditions, n_classes, config.data.augment)
     train_loader = _loader(train_set, config.data.batch_size, True)
     val_loader = None
