@@ -1,7 +1,9 @@
 """Pictures of forecasts, always in series units: a target / prediction / difference panel per horizon, and
 errors against horizon for the model and its two baselines.
 
-Drawn with matplotlib's object API on an Agg canvas (no pyplot state) and written atomically.
+Drawn with matplotlib's object API on an Agg canvas (no pyplot state) and written atomically. Matplotlib is
+imported with this module: every importer (training, evaluation, the demo) has already paid for torch, which
+takes ten times as long.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
+from matplotlib.colors import Normalize, TwoSlopeNorm
+from matplotlib.patches import Patch
 
 from landformer.core.errors import UserError
 from landformer.core.viz import DPI, new_figure, save_figure
@@ -38,10 +43,6 @@ def save_forecast_panel(
     with its count of pixels that have ground truth, so an empty row is not mistaken for a perfect one.
     Target and prediction share one colour scale; the difference is centred on zero.
     """
-    import matplotlib
-    from matplotlib.colors import Normalize, TwoSlopeNorm
-    from matplotlib.patches import Patch
-
     target, prediction = np.asarray(target, np.float64), np.asarray(prediction, np.float64)
     if target.ndim != 3 or target.shape != prediction.shape or len(row_labels) != target.shape[0]:
         raise UserError(
@@ -127,8 +128,6 @@ def save_forecast_map(
     path: str | os.PathLike[str], values: np.ndarray, title: str = "", units: str = "series units"
 ) -> Path:
     """One (Y, X) forecast map with a colour bar; NaN (nodata) in magenta."""
-    import matplotlib
-
     values = np.asarray(values, np.float64)
     figure = _figure(5.5, 5.0)
     axes = figure.add_subplot(1, 1, 1)
