@@ -415,7 +415,7 @@ class PerceptualLoss(nn.Module):
 
     def __init__(self, features_state: Mapping[str, Tensor]) -> None:
         super().__init__()
-        from torchvision.models.vgg import cfgs, make_layers
+        from torchvision.models.vgg import cfgs, make_layers  # optional and slow to import: only for this loss
 
         # Only the convolutional stages (torchvision's VGG16 "D" layout); the classifier is never built.
         self.features = make_layers(cfgs["D"], batch_norm=False)[: self.STAGE_ENDS[-1]]

@@ -55,10 +55,18 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import rasterio
 import torch
+from rasterio.transform import Affine
+from rasterio.windows import Window
+from tqdm import tqdm
 
 from landformer.core.errors import UserError
 from landformer.core.io import write_json
+from landformer.core.legend import NODATA_INDEX, Legend
+from landformer.core.raster import RasterGrid, aligned_vrt, geotiff_writer, iter_windows, open_raster, parse_crs
+from landformer.core.viz import save_elevation_png
+from landformer.terrain.data import condition_tokens, pixel_size_metres
 from landformer.terrain.export import LoadedTokenizer, TerrainGenerator, cast_heights
 from landformer.terrain.model import steps_for
 from landformer.terrain.scales import EXPAND_SCALES, SCALE_FACTOR
@@ -214,9 +222,6 @@ class RasterCondition:
     """Condition classes of a categorical raster on the token grid of a map (majority per token)."""
 
     def __init__(self, path: str | os.PathLike[str], generator: TerrainGenerator, grid: Any) -> None:
-        from landformer.core.legend import Legend
-        from landformer.core.raster import aligned_vrt, open_raster
-
         legend_data = generator.meta.get("condition_legend")
         if legend_data is None:
             raise UserError(f"{generator.source} was trained without condition maps; drop the condition raster")
@@ -232,11 +237,6 @@ class RasterCondition:
         self.source.close()
 
     def tokens(self, row: int, col: int, height: int, width: int) -> np.ndarray:
-        from rasterio.windows import Window
-
-        from landformer.core.legend import NODATA_INDEX
-        from landformer.terrain.data import condition_tokens
-
         f = self.downsample
         pixels = np.full((height * f, width * f), NODATA_INDEX, dtype=np.int16)
         top, left = row * f, col * f
@@ -302,11 +302,6 @@ def write_world(
 
     The map is on the training DEM's grid (CRS, pixel size, data type) from its top-left corner unless ``crs``,
     ``pixel_size`` or ``origin`` say otherwise (:meth:`TerrainGenerator.map_grid`)."""
-    from tqdm import tqdm
-
-    from landformer.core.raster import RasterGrid, geotiff_writer, iter_windows, parse_crs
-    from landformer.core.viz import save_elevation_png
-
     if size < 1:
         raise UserError(f"world size must be at least 1 pixel, got {size}")
     f = generator.downsample
@@ -390,7 +385,7 @@ def block_mean(values: np.ndarray, factor: int) -> np.ndarray:
 def upsample(values: np.ndarray, factor: int) -> np.ndarray:
     """Bilinear interpolation between block centres back to ``factor`` times the size (the inverse grid of
     :func:`block_mean`); edges are held constant."""
-    from scipy.ndimage import zoom
+    from scipy.ndimage import zoom  # scipy takes 0.5 s to import; `terrain world` never needs it
 
     return zoom(values, factor, order=1, mode="nearest", grid_mode=True)
 
@@ -595,7 +590,7 @@ def fade_in(new: np.ndarray, difference: np.ndarray, reach: int) -> np.ndarray:
     pixel noise, over :data:`SHORT_FADE_PX` columns only: faded as far as the broad part, it drew streaks
     across the edge, one per row.
     """
-    from scipy.ndimage import uniform_filter1d
+    from scipy.ndimage import uniform_filter1d  # as in upsample: only expansion needs scipy
 
     difference = np.asarray(difference, dtype=np.float64)
     broad = uniform_filter1d(difference, size=DETAIL_ROWS, mode="nearest")
@@ -707,8 +702,6 @@ def expand_array(
 
 def _has_data(dataset: Any, nodata: float | None, block: int) -> bool:
     """Whether any pixel of band 1 is valid, reading window by window and stopping at the first one."""
-    from landformer.core.raster import iter_windows
-
     for window in iter_windows(dataset.height, dataset.width, block):
         values = dataset.read(1, window=window)
         valid = np.isfinite(values) if values.dtype.kind == "f" else np.ones(values.shape, dtype=bool)
@@ -735,15 +728,6 @@ def expand_map(
     is written ``block`` x ``block`` pixels at a time, copying the original's pixels through unchanged (as
     float32). Pixel size, CRS and nodata value stay; the origin moves for left/up growth.
     """
-    import rasterio
-    from rasterio.transform import Affine
-    from rasterio.windows import Window
-    from tqdm import tqdm
-
-    from landformer.core.raster import geotiff_writer, iter_windows, open_raster
-    from landformer.core.viz import save_elevation_png
-    from landformer.terrain.data import pixel_size_metres
-
     if not any(amounts.get(side, 0) for side in EXPAND_SIDES):
         raise UserError("nothing to expand: give a number of pixels for at least one side (e.g. --right 64)")
     if block < 1:
