@@ -19,14 +19,17 @@ from typing import Any
 from landformer.core.commands import (
     add_alias,
     add_command,
+    add_config_flags,
     add_group,
     add_recipe_arguments,
     add_training_flags,
     recipe_overrides,
     recipe_printed,
 )
+from landformer.core.config import load_config
 from landformer.core.errors import UserError
 from landformer.core.train import add_resume_argument
+from landformer.embeddings.config import DataConfig, EmbeddingsConfig
 
 DEFAULT_CONFIG_NOTE = "built-in defaults, the same as configs/embeddings_tiny.yaml"
 STAGES = {
@@ -81,7 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--runs", type=Path, nargs="+", required=True, help="sft/dpo run folders to compare")
     evaluate.add_argument("--out", type=Path, required=True, help="folder for metrics.json, comparison.md, scatter.png")
     evaluate.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
-    _add_data_arguments(evaluate, "default: the data of the first run")
+    _add_data_arguments(evaluate, "default: the data of the first run", section="")
 
     pca = add_command(
         group, "pca", "fit PCA 64 -> 3 on training pixels and write a 3-channel copy of the data", run_pca
@@ -118,15 +121,14 @@ def _add_training_arguments(parser: argparse.ArgumentParser, stage: str | None) 
     add_resume_argument(parser)
 
 
-def _add_data_arguments(parser: argparse.ArgumentParser, note: str) -> None:
+def _add_data_arguments(parser: argparse.ArgumentParser, note: str, section: str = "data") -> None:
+    """The data source flags, and the label-column flags of :class:`DataConfig` (under ``section`` of the recipe)."""
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--dataset", type=Path, default=None, help=f"dataset folder with dataset.json ({note})")
     source.add_argument("--tiles", type=Path, default=None, help="folder of <id>.tif/.npy tiles or a tiles.npz bundle")
     parser.add_argument("--labels", type=Path, default=None, help="CSV or XLSX with one row per tile (with --tiles)")
     parser.add_argument("--next-tiles", type=Path, default=None, help="folder of the following year's tiles")
-    parser.add_argument("--id-column", default=None, help="label column holding the tile id (default: id)")
-    parser.add_argument("--target-column", default=None, help="label column holding the target (default: target)")
-    parser.add_argument("--group-column", default=None, help="label column of regions held out together")
+    add_config_flags(parser, DataConfig, section)
 
 
 def _data_given(args: argparse.Namespace) -> bool:
@@ -143,18 +145,11 @@ def _apply_data_arguments(data: Any, args: argparse.Namespace) -> None:
         data.dataset, data.tiles, data.labels, data.next_tiles = args.dataset, None, None, None
     if args.tiles is not None:
         data.dataset, data.tiles, data.labels, data.next_tiles = None, args.tiles, args.labels, args.next_tiles
-    for name in ("id_column", "target_column", "group_column"):
-        value = getattr(args, name)
-        if value is not None:
-            setattr(data, name, value)
 
 
 def _recipe(args: argparse.Namespace, train_section: str | None = None) -> Any:
     """The recipe with ``--set`` and the data flags applied, and the training flags on ``train_section``."""
-    from landformer.core.config import load_config
-    from landformer.embeddings.config import EmbeddingsConfig
-
-    overrides = recipe_overrides(args, train_section) if train_section else args.overrides
+    overrides = recipe_overrides(args, train_section) if train_section else recipe_overrides(args)
     config = load_config(EmbeddingsConfig, args.config, overrides)
     _apply_data_arguments(config.data, args)
     return config
@@ -251,12 +246,11 @@ def _print_dpo(summary: dict[str, Any]) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
-    from landformer.embeddings.config import DataConfig
     from landformer.embeddings.evaluate import evaluate_runs
 
     data = None
     if _data_given(args):
-        data = DataConfig()
+        data = load_config(DataConfig, None, recipe_overrides(args))
         _apply_data_arguments(data, args)
     result = evaluate_runs(args.runs, args.out, data_config=data, device=args.device)
     print(result["table"])

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from landformer.core.config import check_values
+from landformer.core.config import check_values, option
 from landformer.core.errors import UserError
 from landformer.core.train import TrainConfig
 
@@ -32,9 +32,10 @@ class DataConfig:
     tiles: Path | None = None  # folder of <id>.tif/.tiff/.npy tiles, or a tiles.npz bundle
     labels: Path | None = None  # CSV or XLSX with one row per tile
     next_tiles: Path | None = None  # folder with the following year's tile of each id (a temporal pair)
-    id_column: str = "id"
-    target_column: str = "target"
-    group_column: str | None = "group"  # region of each tile, held out as a whole; None: each tile alone
+    id_column: str = option("id", help="label column holding the tile id (default: id)")
+    target_column: str = option("target", help="label column holding the target (default: target)")
+    # region of each tile, held out as a whole; None: each tile alone
+    group_column: str | None = option("group", help="label column of regions held out together")
     lon_column: str | None = "lon"
     lat_column: str | None = "lat"
     tile_degrees: float | None = None  # tiles + labels: tile side in degrees, to drop tiles overlapping across splits
