@@ -15,12 +15,14 @@ from typing import Any
 
 from landformer.core.train import TrainConfig
 from landformer.embeddings.config import DataConfig, EmbeddingsConfig, EncoderConfig, MAEConfig, SFTConfig
+from landformer.embeddings.make_dataset import WorldDatasetConfig, make_world_dataset
+from landformer.embeddings.train import train
 
 
 def demo_config(dataset: Path, seed: int) -> EmbeddingsConfig:
     """A recipe small enough for the demo: a 2-layer ViT of width 64 on 16-pixel tiles."""
 
-    def train(steps: int, monitor: str, patience: int | None) -> TrainConfig:
+    def schedule(steps: int, monitor: str, patience: int | None) -> TrainConfig:
         return TrainConfig(
             max_steps=steps,
             val_every_steps=10,
@@ -43,16 +45,13 @@ def demo_config(dataset: Path, seed: int) -> EmbeddingsConfig:
         sft=SFTConfig(
             head_hidden=64, freeze_epochs=1, lr=1e-3, encoder_lr_scale=0.3, warmup_steps=5, start_from_probe=True
         ),
-        train_pretrain=train(80, "val/loss", None),
-        train_sft=train(200, "val/r2_deficit", 6),
+        train_pretrain=schedule(80, "val/loss", None),
+        train_sft=schedule(200, "val/r2_deficit", 6),
     )
 
 
 def run_demo_step(out: Path, world_folder: Path, seed: int) -> dict[str, Any]:
     """Build the world dataset, pretrain, fine-tune and score; returns key numbers and the paths written."""
-    from landformer.embeddings.make_dataset import WorldDatasetConfig, make_world_dataset
-    from landformer.embeddings.train import train
-
     start = time.perf_counter()
     out = Path(out)
     make_world_dataset(out / "data", world_folder, WorldDatasetConfig(tile_size=16, group_tiles=4), progress=False)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor
 
@@ -53,6 +54,7 @@ def regression_metrics(truth: np.ndarray, prediction: np.ndarray) -> dict[str, f
 def fit_ridge_probe(dataset: EmbeddingDataset) -> Any:
     """The ridge probe: standardized mean-pooled raw embeddings -> target, fitted on the training tiles, with its
     penalty chosen by leave-one-out on them (a scikit-learn pipeline of StandardScaler and RidgeCV)."""
+    # scikit-learn's linear models take seconds to import (as long as torch); only the baselines need them.
     from sklearn.linear_model import RidgeCV
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -66,6 +68,7 @@ def fit_ridge_probe(dataset: EmbeddingDataset) -> Any:
 
 def fit_baselines(dataset: EmbeddingDataset) -> dict[str, dict[str, Any]]:
     """Ridge and kNN on mean-pooled raw embeddings; predictions for every tile plus the chosen settings."""
+    # scikit-learn: imported where the baselines are fitted (seconds), as in fit_ridge_probe.
     from sklearn.neighbors import KNeighborsRegressor
 
     features = dataset.mean_embeddings()
@@ -248,8 +251,6 @@ def evaluate_runs(
 def _write_predictions(
     path: Path, dataset: EmbeddingDataset, predictions: dict[str, np.ndarray], spreads: dict[str, np.ndarray]
 ) -> None:
-    import pandas as pd
-
     table = pd.DataFrame({"id": dataset.ids, "split": dataset.split, "group": dataset.groups, "true": dataset.targets})
     for name, prediction in predictions.items():
         table[f"pred_{name}"] = prediction

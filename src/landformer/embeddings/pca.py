@@ -22,6 +22,7 @@ import numpy as np
 
 from landformer.core.errors import UserError
 from landformer.core.io import atomic_path, read_json, write_json, write_npz
+from landformer.core.viz import image_grid, save_png, upscale
 from landformer.embeddings.tiles import DATASET_JSON, EmbeddingDataset
 
 
@@ -128,8 +129,6 @@ def load_pca(path: str | os.PathLike[str]) -> PCA3:
 
 def convert_dataset(dataset: EmbeddingDataset, pca: PCA3, labels: Path, out: str | os.PathLike[str]) -> Path:
     """Write the 3-channel copy of ``dataset`` (every frame) into ``out``; returns its ``dataset.json``."""
-    from landformer.core.viz import image_grid, save_png, upscale
-
     out = Path(out)
     if pca.components.shape[1] != dataset.tiles.shape[2]:
         raise UserError(f"the PCA maps {pca.components.shape[1]} channels, the tiles have {dataset.tiles.shape[2]}")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from torch import Tensor, nn
 
 from landformer.core.errors import UserError
@@ -78,6 +79,7 @@ def qwen_patch_positions(grid_h: int, grid_w: int, merge_size: int = MERGE) -> T
 
 
 def _classes(kind: str) -> tuple[type, type]:
+    # transformers takes seconds to import and is an optional extra: it is imported where a Qwen tower is built.
     if kind == "qwen2_vl":
         from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLVisionConfig
         from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel
@@ -135,8 +137,6 @@ def load_vision_weights(tower: nn.Module, folder: Path) -> int:
 
     Only the tower's keys are read from each shard, so a 7B checkpoint costs the memory of its vision part.
     """
-    from safetensors import safe_open
-
     shards = sorted(folder.glob("*.safetensors"))
     if not shards:
         raise UserError(f"pretrained Qwen checkpoint {folder} holds no .safetensors weights")

@@ -24,10 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+from scipy.spatial import cKDTree
 from tqdm import tqdm
 
 from landformer.core.errors import UserError
-from landformer.core.io import read_json, require_file
+from landformer.core.io import read_json, read_npz, require_file, write_npz
+from landformer.core.viz import save_png, upscale
 
 EMBEDDING_DIM = 64
 INT8_NODATA = -128
@@ -81,6 +84,7 @@ def read_tile(path: str | os.PathLike[str], channels: int = EMBEDDING_DIM) -> np
     if values.shape[0] != channels:
         raise UserError(f"embedding tile {path} has {values.shape[0]} channels, expected {channels}")
     if values.dtype.kind == "f" and np.isinf(values).any():
+        # rasterio (GDAL) takes about 0.4 s to import, and only GeoTIFF tiles or broken arrays need it.
         from landformer.core.raster import refuse_infinite
 
         refuse_infinite(values, f"embedding tile {path}")
@@ -104,6 +108,7 @@ def _read_npy_tile(path: Path, channels: int) -> np.ndarray:
 
 
 def _read_tiff_tile(path: Path) -> np.ndarray:
+    # rasterio (GDAL) takes about 0.4 s to import, and only GeoTIFF tiles need it.
     from landformer.core.raster import open_any_raster
 
     # Tiles need no georeferencing (only their pixels are used); reads are checked (corrupt blocks, +-inf).
@@ -172,8 +177,6 @@ def read_labels(
     Other columns are kept (lon, lat, group, split, names). A missing id/target/group column, a duplicated id or a
     target that is not a number is a UserError naming the file and the offending value.
     """
-    import pandas as pd
-
     path = require_file(path, "label table")
     suffix = path.suffix.lower()
     try:
@@ -255,8 +258,6 @@ def buffer_overlaps(split: np.ndarray, lonlat: np.ndarray, tile_degrees: float) 
     tiles, a validation tile that overlaps a test tile is left out, and a training tile that overlaps a test or
     validation tile is left out; tiles without coordinates are kept as they are.
     """
-    from scipy.spatial import cKDTree
-
     split = np.array(split, dtype="<U8")  # wide enough for "buffer"
     known = np.flatnonzero(np.isfinite(lonlat).all(axis=1))
     if tile_degrees <= 0 or len(known) < 2:
@@ -328,8 +329,6 @@ class EmbeddingDataset:
 
     def plot(self, index: int, path: str | os.PathLike[str]) -> Path:
         """Save the first three principal directions of one tile as an RGB picture (a quick look at a sample)."""
-        from landformer.core.viz import save_png, upscale
-
         tile = self.tiles[index, 0].reshape(self.tiles.shape[2], -1)
         centred = tile - tile.mean(axis=1, keepdims=True)
         _, _, vt = np.linalg.svd(centred, full_matrices=False)
@@ -375,8 +374,6 @@ def _tile_degrees(meta: dict[str, Any]) -> float | None:
 
 def write_bundle(path: str | os.PathLike[str], ids: Sequence[str], codes: np.ndarray) -> Path:
     """Pack int8 tiles (N, F, 64, H, W), AlphaEarth-quantized with -128 nodata, into one ``.npz`` for fast loading."""
-    from landformer.core.io import write_npz
-
     if codes.dtype != np.int8 or codes.ndim != 5 or codes.shape[0] != len(ids):
         raise ValueError(f"a bundle holds int8 codes (N, F, C, H, W) for N ids, got {codes.dtype} {codes.shape}")
     return write_npz(path, {"ids": np.asarray(ids, dtype=str), "codes": codes})
@@ -384,8 +381,6 @@ def write_bundle(path: str | os.PathLike[str], ids: Sequence[str], codes: np.nda
 
 def _read_bundle(path: Path, ids: list[str], labels: Path) -> np.ndarray:
     """The labelled tiles of a bundle as float (N, F, 64, H, W) with NaN nodata, in label order."""
-    from landformer.core.io import read_npz
-
     bundle = read_npz(path, required=("ids", "codes"), what="tile bundle")
     codes = bundle["codes"]
     if codes.dtype != np.int8 or codes.ndim != 5:

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from landformer.core.config import to_dict
 from landformer.core.errors import UserError
 from landformer.core.io import write_json
 from landformer.core.train import prepare_run, seed_everything
@@ -43,6 +44,8 @@ from landformer.embeddings.export import load
 from landformer.embeddings.qwen import MERGE, qwen_patchify, random_vision_config, replace_patch_embedding
 from landformer.embeddings.tiles import EmbeddingDataset
 
+# transformers, trl, datasets and tokenizers take seconds to import and are optional extras: each is imported
+# inside the function that needs it.
 NUMBER_CHARACTERS = list("0123456789.- ")
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<unk>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 PROMPT_TEXT = "value:"
@@ -311,18 +314,8 @@ def text_dpo(
         model, tokenizer = load_vlm(kind, Path(config.dpo.text_model), config.encoder.patch_init)
     else:
         tokenizer = number_tokenizer()
-        encoder = config.encoder
-        vision = {
-            "in_channels": 64,
-            "patch_size": encoder.patch_size,
-            "dim": encoder.dim,
-            "depth": encoder.depth,
-            "heads": encoder.heads,
-            "mlp_ratio": 2.0,
-            "window_size": encoder.window_size,
-            "fullatt_blocks": encoder.fullatt_blocks,
-        }
-        model = tiny_vlm(kind, tokenizer, vision)
+        # The recipe's encoder section sizes the tower; the tiny model's MLP is half as wide, and it reads 64 channels.
+        model = tiny_vlm(kind, tokenizer, {**to_dict(config.encoder), "in_channels": 64, "mlp_ratio": 2.0})
     patch_size = int(model.config.vision_config.patch_size)
     frames = 2 if config.encoder.temporal_pair and dataset.n_frames >= 2 else 1
     collator = EmbeddingPreferenceCollator(torch.from_numpy(dataset.tiles), tokenizer, patch_size, frames)
