@@ -44,10 +44,10 @@ def run(workdir: Path, quick: bool, seed: int) -> dict[str, object]:
     import torch
 
     from landformer.core.config import load_config
-    from landformer.geoloc.config import GeolocConfig
-    from landformer.geoloc.dataset import DatasetConfig, make_dataset
+    from landformer.geoloc.config import DatasetConfig, GeolocConfig
     from landformer.geoloc.evaluate import evaluate_run, format_evaluation
-    from landformer.geoloc.training import train_geoloc
+    from landformer.geoloc.make_dataset import make_dataset
+    from landformer.geoloc.train import train
 
     per_region = 60 if quick else DatasetConfig.per_region
     start = time.perf_counter()
@@ -69,7 +69,7 @@ def run(workdir: Path, quick: bool, seed: int) -> dict[str, object]:
         overrides += ["train.max_steps=40", "router.max_steps=60", "train.val_every_steps=20", "regions.min_samples=10"]
     config = load_config(GeolocConfig, ROOT / "configs" / "geoloc_tiny.yaml", overrides)
     start = time.perf_counter()
-    manifest = train_geoloc(config)
+    manifest = train(config)
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
     results = evaluate_run(workdir / "run", folder / "test.csv", map_png=False)

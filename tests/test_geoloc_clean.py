@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from landformer.core.errors import UserError
-from landformer.geoloc.clean import CleanConfig, clean_labels, dbscan_isolated, mad_outliers, robust_z_scores
+from landformer.geoloc.clean import clean_labels, dbscan_isolated, mad_outliers, robust_z_scores
+from landformer.geoloc.config import CleanConfig
 
 
 def _cluster(rng: np.random.Generator, lat: float, lon: float, n: int, spread: float) -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ from landformer.geoloc.data import (
     read_image,
     read_labels,
 )
-from landformer.geoloc.training import folder_names, select_regions
+from landformer.geoloc.train import folder_names, select_regions
 
 
 def _csv(path: Path, text: str) -> Path:
@@ -140,7 +140,7 @@ def test_band_statistics_equal_a_direct_computation_and_survive_json() -> None:
     images = [rng.normal([[[5.0]], [[-2.0]]], [[[3.0]], [[0.5]]], size=(2, 6, 7)).astype(np.float32) for _ in range(4)]
     images[2][0, 1, 1] = np.nan
     images[3][1] = 7.0
-    normalizer = BandNormalizer.fit(images, ["a", "b"])
+    normalizer = BandNormalizer.from_images(images, ["a", "b"])
     stacked = np.stack(images)
     for band in range(2):
         values = stacked[:, band][np.isfinite(stacked[:, band])]
@@ -150,7 +150,7 @@ def test_band_statistics_equal_a_direct_computation_and_survive_json() -> None:
     assert standardised[0, 1, 1] == 0.0  # NaN becomes the band mean
     np.testing.assert_allclose(standardised[1], (images[2][1] - normalizer.mean[1]) / normalizer.std[1], rtol=1e-5)
     assert BandNormalizer.from_dict(normalizer.to_dict()) == normalizer
-    constant = BandNormalizer.fit([np.full((1, 3, 3), 4.0, np.float32)])
+    constant = BandNormalizer.from_images([np.full((1, 3, 3), 4.0, np.float32)])
     assert constant.std == (1.0,) and not constant.apply(np.full((1, 3, 3), 4.0, np.float32)).any()
 
 
@@ -203,7 +203,7 @@ def test_balanced_router_batches_draw_small_regions_as_often(tmp_path: Path) -> 
     import torch
 
     from landformer.geoloc.data import GeolocDataset
-    from landformer.geoloc.training import _loaders
+    from landformer.geoloc.train import _loaders
 
     _geotiff(tmp_path / "a.tif", np.ones((1, 4, 4), np.float32))
     store = ImageStore(tmp_path, ["a.tif"], BandNormalizer((0.0,), (1.0,)), (4, 4))

@@ -10,19 +10,16 @@ import pytest
 from PIL import Image
 
 from landformer.core.errors import UserError
-from landformer.geoloc.dataset import (
+from landformer.geoloc.config import DatasetConfig
+from landformer.geoloc.make_dataset import (
     FEATURE_BANDS,
-    DatasetConfig,
     FeatureMosaic,
     _coast_distance_km,
     assign_splits,
-    draw_cities,
-    load_cities,
     make_dataset,
     make_world_dataset,
-    thin_places,
 )
-from landformer.geoloc.evaluate import haversine_km
+from landformer.synth.places import draw_cities, haversine_km, load_cities, thin_places
 
 
 def test_splits_keep_blocks_whole_and_give_every_split_data() -> None:

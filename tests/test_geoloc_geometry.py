@@ -11,12 +11,12 @@ from landformer.core.errors import UserError
 from landformer.geoloc.evaluate import (
     accuracy_within,
     error_summary,
-    haversine_km,
     mse_degrees,
     wrapped_longitude_difference,
 )
-from landformer.geoloc.frames import EARTH_RADIUS_KM, LocalFrame
+from landformer.geoloc.frames import LocalFrame
 from landformer.geoloc.scaler import CoordinateScaler
+from landformer.synth.places import EARTH_RADIUS_KM, haversine_km
 
 # (from, to, published great-circle distance in km; sphere of radius 6371 km, e.g. movable-type.co.uk)
 CITY_DISTANCES = [

@@ -18,8 +18,8 @@ from rasterio.transform import Affine
 
 from landformer.cli import main
 from landformer.core.io import load_safetensors, load_torch
-from landformer.geoloc.evaluate import haversine_km
 from landformer.geoloc.frames import LocalFrame
+from landformer.synth.places import haversine_km
 
 REGIONS = {"north": (50.0, 10.0), "south": (-30.0, 25.0), "pacific": (-17.0, 180.0)}
 SIZE = 16
@@ -176,10 +176,10 @@ def test_default_recipe_beats_the_region_median_baseline_on_real_cities(tmp_path
     """The issue's target on the default data: routed median error well below (< 0.5x) the region-median
     baseline in every region of the held-out split (minutes on a 2-core CPU)."""
     from landformer.core.config import load_config
-    from landformer.geoloc.config import GeolocConfig
-    from landformer.geoloc.dataset import DatasetConfig, make_dataset
+    from landformer.geoloc.config import DatasetConfig, GeolocConfig
     from landformer.geoloc.evaluate import evaluate_run
-    from landformer.geoloc.training import train_geoloc
+    from landformer.geoloc.make_dataset import make_dataset
+    from landformer.geoloc.train import train
 
     folder = make_dataset(DatasetConfig(out=tmp_path / "data", sources=["cities"]), progress=False)["cities"]
     overrides = [
@@ -191,7 +191,7 @@ def test_default_recipe_beats_the_region_median_baseline_on_real_cities(tmp_path
         "train.loggers=[csv]",
     ]
     root = Path(__file__).resolve().parents[1]
-    train_geoloc(load_config(GeolocConfig, root / "configs" / "geoloc_tiny.yaml", overrides))
+    train(load_config(GeolocConfig, root / "configs" / "geoloc_tiny.yaml", overrides))
     results = evaluate_run(tmp_path / "run", folder / "test.csv", map_png=False)
     assert len(results["regions"]) == 6
     for region, entry in results["regions"].items():

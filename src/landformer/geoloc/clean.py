@@ -17,44 +17,17 @@ The report says, for every dropped row, which step dropped it and the number beh
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.cluster import DBSCAN
 
-from landformer.core.config import option
-from landformer.core.errors import UserError
-from landformer.geoloc.frames import EARTH_RADIUS_KM, LocalFrame
+from landformer.geoloc.config import CleanConfig
+from landformer.geoloc.frames import LocalFrame
+from landformer.synth.places import EARTH_RADIUS_KM, haversine_km
 
 MAD_CONSISTENCY = 0.6745  # the 0.75 quantile of the standard normal: makes MAD comparable to a standard deviation
 MEAN_AD_CONSISTENCY = 1.253314  # sqrt(pi / 2): the mean absolute deviation's factor for the same purpose
-
-
-@dataclass
-class CleanConfig:
-    """How training labels are cleaned; the ``clean:`` section of a geoloc recipe."""
-
-    enabled: bool = option(True, flag="--no-clean", help="skip MAD and DBSCAN cleaning (exclusions still apply)")
-    # None: no MAD step
-    mad_threshold: float | None = option(3.5, help="modified z-score beyond which a label is an outlier")
-    # on the sphere; None: no DBSCAN step
-    dbscan_eps_km: float | None = option(750.0, help="DBSCAN neighbourhood radius in km")
-    # including the point itself
-    dbscan_min_samples: int = option(3, help="DBSCAN points that make a cluster core")
-    exclude: list[str] = field(default_factory=list)  # filenames to drop whatever their labels
-    # more such filenames, one a line (or a CSV with 'filename')
-    exclude_file: Path | None = option(
-        None, flag="--exclude", help="file listing filenames to drop (one a line, or a CSV)"
-    )
-
-    def __post_init__(self) -> None:
-        if self.mad_threshold is not None and self.mad_threshold <= 0:
-            raise UserError(f"clean config: 'mad_threshold' = {self.mad_threshold} should be positive (or null: off)")
-        if self.dbscan_eps_km is not None and self.dbscan_eps_km <= 0:
-            raise UserError(f"clean config: 'dbscan_eps_km' = {self.dbscan_eps_km} should be positive (or null: off)")
-        if self.dbscan_min_samples < 1:
-            raise UserError(f"clean config: 'dbscan_min_samples' = {self.dbscan_min_samples} should be at least 1")
 
 
 def robust_z_scores(values: np.ndarray) -> np.ndarray:
@@ -93,8 +66,6 @@ def mad_outliers(latitude: np.ndarray, longitude: np.ndarray, threshold: float) 
 
 def dbscan_isolated(latitude: np.ndarray, longitude: np.ndarray, eps_km: float, min_samples: int) -> np.ndarray:
     """Mask of DBSCAN noise points (haversine metric on latitude/longitude in radians, eps in km)."""
-    from sklearn.cluster import DBSCAN
-
     if len(latitude) == 0:
         return np.zeros(0, dtype=bool)
     radians = np.radians(np.stack([latitude, longitude], axis=1))
@@ -106,8 +77,6 @@ def dbscan_isolated(latitude: np.ndarray, longitude: np.ndarray, eps_km: float, 
 
 def _nearest_km(latitude: float, longitude: float, others_lat: np.ndarray, others_lon: np.ndarray) -> float:
     """Great-circle distance (km) to the nearest of the other points; inf when there are none."""
-    from landformer.geoloc.evaluate import haversine_km
-
     if len(others_lat) == 0:
         return float("inf")
     return float(haversine_km(latitude, longitude, others_lat, others_lon).min())

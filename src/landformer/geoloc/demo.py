@@ -12,6 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from landformer.core.config import from_dict
+from landformer.geoloc.config import DatasetConfig, GeolocConfig
+from landformer.geoloc.evaluate import evaluate_run, format_evaluation
+from landformer.geoloc.make_dataset import make_dataset
+from landformer.geoloc.train import train
+
 DEMO_CITIES_PER_REGION = 150
 DEMO_REGION_STEPS = 150
 DEMO_ROUTER_STEPS = 500
@@ -19,12 +25,6 @@ DEMO_ROUTER_STEPS = 500
 
 def run_demo_step(out: Path, world_folder: Path, seed: int) -> dict[str, Any]:
     """Build, train, evaluate and draw into ``out``; returns the key numbers and the paths written."""
-    from landformer.core.config import from_dict
-    from landformer.geoloc.config import GeolocConfig
-    from landformer.geoloc.dataset import DatasetConfig, make_dataset
-    from landformer.geoloc.evaluate import evaluate_run, format_evaluation
-    from landformer.geoloc.training import train_geoloc
-
     out = Path(out)
     folders = make_dataset(
         DatasetConfig(
@@ -40,7 +40,6 @@ def run_demo_step(out: Path, world_folder: Path, seed: int) -> dict[str, Any]:
     config = from_dict(
         GeolocConfig,
         {
-            "out": str(out / "run"),
             "data": {
                 "train_csv": str(cities / "train.csv"),
                 "val_csv": str(cities / "val.csv"),
@@ -63,7 +62,7 @@ def run_demo_step(out: Path, world_folder: Path, seed: int) -> dict[str, Any]:
         },
         source="geoloc demo",
     )
-    train_geoloc(config)
+    train(config, out / "run")
     results = evaluate_run(out / "run", cities / "test.csv", out=out)
     print(format_evaluation(results), flush=True)
     overall = results["all"]

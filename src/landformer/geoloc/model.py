@@ -14,6 +14,8 @@ from torch import Tensor, nn
 def create_backbone(name: str, in_chans: int) -> nn.Module:
     """``timm.create_model(name, pretrained=False, in_chans=in_chans, num_classes=0)``: pooled features out,
     random initial weights (nothing is ever downloaded). An unknown name raises ValueError."""
+    # timm is imported here, not at the top: importing it registers every architecture it has (about 10 s on a
+    # busy 2-core CPU), which a command that stops at a bad input before building a backbone need not pay.
     import timm
 
     try:
@@ -53,7 +55,7 @@ def adapt_pretrained_state(backbone: nn.Module, state: dict[str, Tensor]) -> tup
     Returns the adapted dict and the keys that were dropped; a ValueError names backbone keys the file lacks or
     whose shapes differ, since loading half a backbone would silently train from a random start.
     """
-    from timm.models import adapt_input_conv
+    from timm.models import adapt_input_conv  # lazy for the reason create_backbone gives
 
     own = backbone.state_dict()
     cleaned: dict[str, Tensor] = {}

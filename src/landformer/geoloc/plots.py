@@ -9,6 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+from landformer.core.raster import open_raster
+from landformer.core.viz import new_figure, save_figure
+from landformer.synth.packaged import natural_earth_countries
+
 MAP_WIDTH_PX = 1400
 
 
@@ -28,9 +32,6 @@ def map_extent(latitudes: Sequence[np.ndarray], longitudes: Sequence[np.ndarray]
 
 def continents_background(extent: tuple[float, float, float, float], width_px: int) -> np.ndarray:
     """(H, W) Natural Earth continent codes (0 = sea) over ``extent`` at about ``width_px`` columns."""
-    from landformer.core.raster import open_raster
-    from landformer.synth.packaged import natural_earth_countries
-
     resolution = (extent[2] - extent[0]) / width_px
     with tempfile.TemporaryDirectory() as tmp:
         path = natural_earth_countries(Path(tmp) / "continents.tif", extent, resolution, "continent", allow_large=True)
@@ -49,10 +50,9 @@ def save_prediction_map(
 ) -> Path:
     """True places (dots) and predictions (crosses) coloured by region, joined by thin lines, over the
     continents (grey) and the sea (pale blue). Lines are not drawn for pairs on both sides of the antimeridian."""
+    # matplotlib is imported here: it takes about a second, which `geoloc evaluate --no-map` need not pay.
     from matplotlib.colors import ListedColormap
     from matplotlib.lines import Line2D
-
-    from landformer.core.viz import new_figure, save_figure
 
     extent = map_extent([true_latitude, predicted_latitude], [true_longitude, predicted_longitude])
     west, south, east, north = extent

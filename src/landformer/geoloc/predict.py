@@ -1,125 +1,54 @@
-"""A trained geoloc run, loaded for prediction: route images to a region, regress their coordinates there.
-
-Only safe formats are read: the manifest, frames, scalers and band statistics are JSON, the weights
-safetensors. ``geoloc predict`` writes a CSV of ``filename, latitude, longitude, region``.
+"""Predict where images were taken with a trained run: route each image to a region, regress its coordinates
+there. ``geoloc predict`` writes a CSV of ``filename, latitude, longitude, region, confidence``.
 """
 
 from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+import torch
 
 from landformer.core.errors import UserError
-from landformer.core.io import atomic_path, load_safetensors, read_json
-from landformer.geoloc.data import BandNormalizer, ImageStore, check_images, list_images, read_labels
-from landformer.geoloc.frames import LocalFrame
-from landformer.geoloc.scaler import CoordinateScaler
-from landformer.geoloc.training import FORMAT, MANIFEST
+from landformer.core.io import atomic_path
+from landformer.geoloc.data import ImageStore, check_images, list_images, read_labels
+from landformer.geoloc.export import load
 
 PRELOAD_LIMIT = 20_000  # more images than this are decoded batch by batch instead of all up front
 
 
-@dataclass
-class RegionModel:
-    """One region's regressor and the frame, scaler and baseline coordinate that go with it."""
-
-    name: str
-    frame: LocalFrame
-    scaler: CoordinateScaler
-    median_latitude: float
-    median_longitude: float
-    network: Any  # ImageRegressor
-
-
-def _load_network(path: Path, expected_mode: str, in_chans: int) -> tuple[Any, dict[str, Any]]:
-    from landformer.geoloc.model import ImageRegressor
-
-    tensors, meta = load_safetensors(path, "geoloc model")
-    try:
-        if meta["mode"] != expected_mode or int(meta["in_chans"]) != in_chans:
-            raise UserError(f"{path} is a {meta['mode']} model for {meta['in_chans']} bands, expected {expected_mode}")
-        network = ImageRegressor(str(meta["backbone"]), in_chans, int(meta["n_outputs"]), float(meta["drop_rate"]))
-    except KeyError as err:
-        raise UserError(f"{path} lacks the model description {err} in its metadata") from None
-    except ValueError as err:
-        raise UserError(f"{path}: {err}") from None
-    try:
-        network.load_state_dict(tensors)
-    except RuntimeError as err:
-        raise UserError(f"{path} does not fit its own model description: {str(err).splitlines()[0]}") from None
-    return network.eval(), meta
-
-
 class GeolocPredictor:
-    """Everything ``geoloc train`` wrote to ``run_dir``, ready to predict on a device."""
+    """Everything ``geoloc train`` wrote to ``run_dir`` (see :func:`~landformer.geoloc.export.load`), ready to
+    predict on a device."""
 
     def __init__(self, run_dir: str | os.PathLike[str], device: str = "cpu") -> None:
-        import torch
-
-        self.run_dir = Path(run_dir)
-        if not (self.run_dir / MANIFEST).is_file():
-            raise UserError(
-                f"{self.run_dir} is not a geoloc run: no {MANIFEST} (train one with `landformer geoloc train`)"
-            )
-        manifest = read_json(self.run_dir / MANIFEST, "geoloc manifest")
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise UserError(f"{self.run_dir / MANIFEST} is not a {FORMAT} manifest")
+        bundle = load(run_dir)
+        self.run_dir = bundle.run_dir
         self.device = torch.device(
             "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
         )
-        self.bands = int(manifest["bands"])
-        self.shape = (int(manifest["image_shape"][0]), int(manifest["image_shape"][1]))
-        self.normalizer = BandNormalizer.from_dict(
-            read_json(self.run_dir / manifest["normalization"], "band statistics"),
-            str(self.run_dir / manifest["normalization"]),
-        )
-        self.models: dict[str, RegionModel] = {}
-        for name, entry in manifest["regions"].items():
-            folder = self.run_dir / entry["folder"]
-            description = read_json(folder / "region.json", "region description")
-            network, _ = _load_network(folder / "model.safetensors", "regress", self.bands)
-            self.models[name] = RegionModel(
-                name=name,
-                frame=LocalFrame.from_dict(description["frame"]),
-                scaler=CoordinateScaler.from_dict(description["scaler"], str(folder / "region.json")),
-                median_latitude=float(description["median"]["latitude"]),
-                median_longitude=float(description["median"]["longitude"]),
-                network=network.to(self.device),
-            )
+        self.bands, self.shape, self.normalizer = bundle.bands, bundle.shape, bundle.normalizer
+        self.models = bundle.models
+        for model in self.models.values():
+            model.network.to(self.device)
         self.regions = sorted(self.models)
-        self.router = None
-        if manifest.get("router"):
-            router, meta = _load_network(
-                self.run_dir / manifest["router"]["folder"] / "model.safetensors", "route", self.bands
-            )
-            if list(meta.get("classes", [])) != self.regions:
-                raise UserError(
-                    f"{self.run_dir}: the router's classes {meta.get('classes')} are not the regions {self.regions}"
-                )
-            self.router = router.to(self.device)
+        self.router = bundle.router.to(self.device) if bundle.router is not None else None
 
     def store(self, folder: str | os.PathLike[str], filenames: Sequence[str], preload: bool = True) -> ImageStore:
         """The images, checked to have this model's bands, normalised and resized as in training."""
         check_images(folder, filenames, bands=self.bands, what="images")
         return ImageStore(folder, filenames, self.normalizer, self.shape, preload=preload)
 
-    def _batches(self, store: ImageStore, indices: np.ndarray, batch_size: int) -> Any:
-        import torch
-
+    def _batches(self, store: ImageStore, indices: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
         for start in range(0, len(indices), batch_size):
             chunk = indices[start : start + batch_size]
             yield torch.stack([store[int(i)] for i in chunk]).to(self.device)
 
     def route(self, store: ImageStore, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
         """(index into ``regions`` of each image's most probable region, (N, K) probabilities)."""
-        import torch
-
         if self.router is None:
             raise UserError(f"{self.run_dir} has no region router (trained with --no-router or one region)")
         probabilities = []
@@ -133,8 +62,6 @@ class GeolocPredictor:
         self, store: ImageStore, indices: np.ndarray, region: str, batch_size: int = 256
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(scaled local predictions (n, 2), latitude, longitude) of the images ``indices`` with ``region``'s model."""
-        import torch
-
         model = self.models[region]
         outputs = []
         with torch.inference_mode():

@@ -13,9 +13,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import Tensor
 
 from landformer.core.errors import UserError
+from landformer.core.io import load_torch, require_file
 from landformer.core.task import BaseTask
 from landformer.geoloc.model import ImageRegressor, adapt_pretrained_state
 
@@ -78,13 +81,8 @@ class GeolocTask(BaseTask):
 def read_weights(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """A state dict from a ``.safetensors`` file or a torch file read with ``weights_only=True``; checkpoints that
     wrap it under ``state_dict`` or ``model`` are unwrapped."""
-    from landformer.core.io import load_torch, require_file
-
     path = require_file(path, "pretrained weights")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         try:
             return load_file(str(path))
         except (SafetensorError, OSError) as err:

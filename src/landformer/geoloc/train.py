@@ -1,15 +1,12 @@
 """``geoloc train``: clean the training labels, then train a region router and one regressor per region.
 
-A run folder holds::
+A run folder holds the bundle :mod:`~landformer.geoloc.export` describes, and around it::
 
-    out/config.yaml, run.json           the resolved recipe and how the run was made
-    out/cleaning_report.json            what cleaning dropped, why, and counts per region
-    out/cleaning_dropped.csv            the dropped rows, one a line
-    out/normalization.json              per-band mean and standard deviation of the training images
-    out/geoloc.json                     the manifest: bands, image shape, regions and their folders, router
-    out/router/                         Lightning run of the Region_ID classifier + model.safetensors
-    out/regions/<region>/               Lightning run of the region's regressor + model.safetensors and
-                                        region.json (local frame, scaler, median training coordinate)
+    run_dir/config.yaml, run.json       the resolved recipe and how the run was made
+    run_dir/cleaning_report.json        what cleaning dropped, why, and counts per region
+    run_dir/cleaning_dropped.csv        the dropped rows, one a line
+    run_dir/router/                     Lightning run of the Region_ID classifier
+    run_dir/regions/<region>/           Lightning run of the region's regressor
 
 Each region regresses its images' coordinates in its own local frame (centred on the spherical mean of its
 cleaned training coordinates; see :mod:`~landformer.geoloc.frames`), scaled by the configured scaler; the
@@ -20,30 +17,44 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import os
 import re
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from landformer.core.errors import UserError
-from landformer.core.io import atomic_path, write_json
+from landformer.core.io import atomic_path, load_torch, write_json
+from landformer.core.train import TrainConfig, fit, last_checkpoint, prepare_run, seed_everything
 from landformer.geoloc.clean import clean_labels, format_report
 from landformer.geoloc.config import GeolocConfig
 from landformer.geoloc.data import (
+    GeolocDataset,
     ImageStore,
     LabelTable,
     check_images,
-    fit_normalizer,
+    fit_band_normalizer,
     read_filename_list,
     read_labels,
 )
+from landformer.geoloc.export import (
+    FORMAT,
+    MANIFEST,
+    NETWORK_KEYS,
+    NORMALIZATION,
+    save,
+    save_network,
+    save_normalizer,
+    save_region,
+)
 from landformer.geoloc.frames import LocalFrame
 from landformer.geoloc.scaler import CoordinateScaler
-
-MANIFEST = "geoloc.json"
-FORMAT = "landformer.geoloc/1"
+from landformer.geoloc.task import GeolocTask, load_pretrained_backbone
 
 
 def _say(message: str) -> None:
@@ -51,8 +62,6 @@ def _say(message: str) -> None:
 
 
 def _is_rank_zero() -> bool:
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
-
     return getattr(rank_zero_only, "rank", 0) == 0
 
 
@@ -73,8 +82,6 @@ def folder_names(regions: list[str]) -> dict[str, str]:
 def refuse_existing_run(out: Path) -> None:
     """Starting afresh over a finished or interrupted run would overwrite its checkpoints and reports: say so
     before anything is written (the shared trainer would only notice at the first region)."""
-    from landformer.core.train import last_checkpoint
-
     folders = [out / "router", *sorted((out / "regions").glob("*"))]
     taken = [folder for folder in folders if last_checkpoint(folder) is not None]
     if taken:
@@ -124,14 +131,11 @@ def _write_dropped_csv(path: Path, dropped: list[dict[str, Any]]) -> None:
 
 
 def _loaders(
-    train_set: Any, val_set: Any | None, batch_size: int, num_workers: int, weights: np.ndarray | None = None
-) -> tuple[Any, Any | None]:
+    train_set: Dataset, val_set: Dataset | None, batch_size: int, num_workers: int, weights: np.ndarray | None = None
+) -> tuple[DataLoader, DataLoader | None]:
     """Shuffled training batches (the last partial batch dropped when there is more than one batch, so batch
     norm never sees a batch of one), or batches drawn with replacement in proportion to ``weights``, and ordered
     validation batches."""
-    import torch
-    from torch.utils.data import DataLoader, WeightedRandomSampler
-
     common = {"num_workers": num_workers, "persistent_workers": num_workers > 0}
     batch = min(batch_size, len(train_set))
     if weights is None:
@@ -147,19 +151,15 @@ def _loaders(
 
 
 def _fit_and_export(
-    task: Any,
-    loaders: tuple[Any, Any | None],
+    task: GeolocTask,
+    loaders: tuple[DataLoader, DataLoader | None],
     config: GeolocConfig,
-    train_config: Any,
+    train_config: TrainConfig,
     run_dir: Path,
     resume: bool,
     metadata: dict[str, Any],
 ) -> dict[str, Any]:
-    """Train with the shared trainer, then export the best (else last) weights as ``model.safetensors``."""
-    from landformer.core.io import load_torch, save_safetensors
-    from landformer.core.train import fit, last_checkpoint
-    from landformer.geoloc.task import load_pretrained_backbone
-
+    """Train with the shared trainer, then export the best (else last) weights as the folder's network."""
     if config.model.pretrained is not None and not (resume and last_checkpoint(run_dir)):
         unused = load_pretrained_backbone(task, config.model.pretrained)
         _say(f"  loaded {config.model.pretrained} into {task.hparams.backbone} (unused keys: {len(unused)})")
@@ -174,19 +174,12 @@ def _fit_and_export(
     if _is_rank_zero():
         if chosen is not None:
             task.load_state_dict(load_torch(chosen)["state_dict"])
-        hparams = {
-            key: value
-            for key, value in task.hparams.items()
-            if key in ("backbone", "in_chans", "n_outputs", "mode", "drop_rate")
-        }
-        save_safetensors(run_dir / "model.safetensors", task.model.state_dict(), {**hparams, **metadata, **record})
+        hparams = {key: value for key, value in task.hparams.items() if key in NETWORK_KEYS}
+        save_network(run_dir, task.model, {**hparams, **metadata, **record})
     return record
 
 
-def _task(config: GeolocConfig, backbone: str, in_chans: int, n_outputs: int, mode: str, max_steps: int) -> Any:
-    from landformer.core.train import seed_everything
-    from landformer.geoloc.task import GeolocTask
-
+def _task(config: GeolocConfig, backbone: str, in_chans: int, n_outputs: int, mode: str, max_steps: int) -> GeolocTask:
     seed_everything(config.train.seed)
     try:
         return GeolocTask(
@@ -206,15 +199,15 @@ def _task(config: GeolocConfig, backbone: str, in_chans: int, n_outputs: int, mo
         raise UserError(f"model config: {err}") from None
 
 
-def train_geoloc(config: GeolocConfig, resume: bool = False) -> dict[str, Any]:
-    """Run the whole training (see the module docstring) and return the manifest it writes.
+def train(recipe: GeolocConfig, run_dir: str | os.PathLike[str] | None = None, resume: bool = False) -> dict[str, Any]:
+    """Run the whole training (see the module docstring) into ``run_dir`` (None: the recipe's ``out``) and return
+    the manifest it writes.
 
     ``resume=True`` continues every region (and the router) from its folder's ``last.ckpt`` where there is one
     and trains the others from the start; finished regions end at once.
     """
-    from landformer.core.train import prepare_run
-    from landformer.geoloc.data import GeolocDataset
-
+    # The saved recipe names the folder the run is in, so it reruns the same run.
+    config = dataclasses.replace(recipe, out=Path(recipe.out if run_dir is None else run_dir))
     if not isinstance(resume, bool):
         raise UserError("geoloc train resumes each region from its own folder: use --resume without a checkpoint path")
     data = config.data
@@ -257,7 +250,7 @@ def train_geoloc(config: GeolocConfig, resume: bool = False) -> dict[str, Any]:
     if val_table is not None and len(val_table):
         check_images(val_images, val_table.filenames, bands=bands, what="validation images", progress=progress)
     shape = (data.image_size, data.image_size) if data.image_size else (height, width)
-    normalizer, raw = fit_normalizer(images, cleaned.filenames, keep=data.preload, progress=progress)
+    normalizer, raw = fit_band_normalizer(images, cleaned.filenames, keep=data.preload, progress=progress)
     train_store = ImageStore(images, cleaned.filenames, normalizer, shape, data.preload, raw, progress)
     del raw
     val_store = (
@@ -266,7 +259,7 @@ def train_geoloc(config: GeolocConfig, resume: bool = False) -> dict[str, Any]:
         else None
     )
     if _is_rank_zero():
-        write_json(out / "normalization.json", normalizer.to_dict())
+        save_normalizer(out, normalizer)
 
     region_of_train = np.asarray(cleaned.regions, dtype=object)
     region_of_val = np.asarray(val_table.regions, dtype=object) if val_store is not None else np.array([], dtype=object)
@@ -276,7 +269,7 @@ def train_geoloc(config: GeolocConfig, resume: bool = False) -> dict[str, Any]:
         "bands": bands,
         "band_names": list(normalizer.band_names),
         "image_shape": list(shape),
-        "normalization": "normalization.json",
+        "normalization": NORMALIZATION,
         "regions": {},
         "skipped_regions": skipped,
         "router": None,
@@ -331,7 +324,7 @@ def train_geoloc(config: GeolocConfig, resume: bool = False) -> dict[str, Any]:
             "val_images": n_val,
         }
         if _is_rank_zero():
-            write_json(folder / "region.json", description)
+            save_region(folder, description)
         task = _task(config, config.model.backbone, bands, 2, "regress", config.train.max_steps)
         loaders = _loaders(train_set, val_set, data.batch_size, data.num_workers)
         record = _fit_and_export(task, loaders, config, config.train, folder, resume, {"region": region})
@@ -341,6 +334,6 @@ def train_geoloc(config: GeolocConfig, resume: bool = False) -> dict[str, Any]:
         )
 
     if _is_rank_zero():
-        write_json(out / MANIFEST, manifest)
+        save(out, manifest)
     _say(f"model written to {out / MANIFEST}")
     return manifest
