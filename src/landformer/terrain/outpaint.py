@@ -8,7 +8,7 @@ them are the nearest already-generated (or encoded) ones.
 (i, j) is generated in one of four phases set by the parity of (i, j):
 
 ====================  =========================  ==============================================
-phase (i mod 2, j mod 2)  known when it is made       unknown in its W x W window (shape in maskgit.py)
+phase (i mod 2, j mod 2)  known when it is made       unknown in its W x W window (shape in model.py)
 ====================  =========================  ==============================================
 A (0, 0)              nothing                    everything (``tile_a``); the centre is kept
 B (0, 1)              A left and right           the tile plus the rows above/below (``tile_b``)

@@ -22,7 +22,7 @@ import torch
 
 from landformer.core.errors import UserError
 from landformer.core.io import load_torch, write_json
-from landformer.core.task import BaseTask, ImagesEvery, task_from_recipe
+from landformer.core.task import ImagesEvery, task_from_recipe
 from landformer.core.train import fit, prepare_run, seed_everything
 from landformer.core.viz import image_grid
 from landformer.terrain.config import MaskGITConfig, TokenizerConfig
@@ -59,7 +59,7 @@ def _loader(dataset: Any, batch_size: int, shuffle: bool) -> torch.utils.data.Da
     )
 
 
-def best_weights(task: BaseTask, best_checkpoint: Path | None) -> tuple[torch.nn.Module, str]:
+def best_weights(task: TokenizerTask | MaskGITTask, best_checkpoint: Path | None) -> tuple[torch.nn.Module, str]:
     """The task's network (``task.model``) with the weights of the best validation checkpoint, and where they came
     from; the final weights when there was no validation (so no best checkpoint)."""
     if best_checkpoint is None:
