@@ -154,6 +154,15 @@ def test_band_statistics_equal_a_direct_computation_and_survive_json() -> None:
     assert constant.std == (1.0,) and not constant.apply(np.full((1, 3, 3), 4.0, np.float32)).any()
 
 
+def test_band_statistics_of_runs_saved_before_core_normalizers_still_load() -> None:
+    saved = {"mean": [5.0, -2.5], "std": [3.0, 0.5], "band_names": ["elevation", "slope"]}  # no "kind" then
+    normalizer = BandNormalizer.from_dict(saved)
+    assert (normalizer.mean, normalizer.std, normalizer.band_names) == ((5.0, -2.5), (3.0, 0.5), ("elevation", "slope"))
+    assert normalizer.to_dict() == {"kind": "zscore", **saved}
+    with pytest.raises(UserError, match="minmax normaliser, expected zscore"):
+        BandNormalizer.from_dict({"kind": "minmax", "low": [0.0], "span": [1.0]})
+
+
 def test_image_store_resizes_and_checks_bands(tmp_path: Path) -> None:
     _geotiff(tmp_path / "a.tif", np.ones((2, 8, 8), np.float32))
     _geotiff(tmp_path / "b.tif", np.ones((3, 8, 8), np.float32))

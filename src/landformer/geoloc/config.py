@@ -2,7 +2,8 @@
 :class:`DatasetConfig` (``geoloc make-dataset``), loaded from YAML with ``--config`` and ``--set key=value``.
 
 Every :func:`~landformer.core.config.option` field is also a command-line flag; the precedence is defaults < YAML <
-``--set`` < flags. This module imports no heavy library: the command line imports it to register its flags.
+``--set`` < flags. The command line imports this module to register its flags, so it imports neither torch nor
+Lightning, timm or scikit-learn.
 """
 
 from __future__ import annotations

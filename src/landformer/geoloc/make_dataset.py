@@ -18,7 +18,8 @@ Two data sets in the layout people already use (``train.csv``, ``val.csv``, ``te
     with the longitude/latitude of the chip centre.
 
 Splits are by spatial blocks within each region (``block_degrees`` for cities, an eighth of the world's side for the
-world's chips), so test places lie in blocks no training place shares.
+world's chips), so test places lie in blocks no training place shares. Cities are loaded and drawn, and the packaged
+grids read, by :mod:`landformer.synth.places`, which ``embeddings make-dataset`` shares.
 """
 
 from __future__ import annotations
