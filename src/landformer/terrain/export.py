@@ -323,12 +323,6 @@ class TerrainGenerator:
         )
         return result.cpu().numpy()
 
-    def sample_tokens(self, n: int, seed: int, condition: np.ndarray | None = None) -> np.ndarray:
-        """``n`` token grids of the training window's size, from nothing (all masked)."""
-        generator = torch.Generator().manual_seed(seed)
-        tokens = np.zeros((n, self.grid, self.grid), dtype=np.int64)
-        return self.decode_windows(tokens, np.zeros_like(tokens, dtype=bool), generator, condition)
-
     def to_metres(self, normalized: np.ndarray, offset: float, scale: float) -> np.ndarray:
         return (normalized * scale + offset).astype(np.float32)
 

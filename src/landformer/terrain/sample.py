@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from landformer.core.errors import UserError
 from landformer.core.io import write_json
@@ -45,7 +46,9 @@ def sample_tiles(
                 f"condition class {condition_class} is not one of the model's {generator.n_condition_classes} classes"
             )
         condition = np.full((count, generator.grid, generator.grid), condition_class, dtype=np.int64)
-    tokens = generator.sample_tokens(count, seed, condition)
+    empty = np.zeros((count, generator.grid, generator.grid), dtype=np.int64)  # a window of nothing but [MASK]
+    rng = torch.Generator().manual_seed(seed)
+    tokens = generator.decode_windows(empty, np.zeros_like(empty, dtype=bool), rng, condition)
     default_offset, default_scale = generator.default_offset_scale()
     normalized = generator.tokenizer.decode(tokens)
     return generator.to_metres(
