@@ -112,8 +112,9 @@ class MaskedAutoencoder(nn.Module):
 
 def mean_embedding(frames: Tensor) -> Tensor:
     """(B, F, C, H, W) -> (B, C): the mean of the first frame's pixel vectors over the pixels observed in every
-    frame, the input of the ridge and kNN probes (:meth:`~landformer.embeddings.data.EmbeddingDataset.mean_embeddings`).
-    Masked pixels arrive as zero vectors, and an observed embedding pixel is a unit vector, never zero."""
+    frame, the input of the ridge and kNN probes
+    (:meth:`~landformer.embeddings.tiles.EmbeddingDataset.mean_embeddings`). Masked pixels arrive as zero vectors,
+    and an observed embedding pixel is a unit vector, never zero."""
     observed = (frames.abs().amax(dim=2) > 0).all(dim=1).flatten(1).to(frames.dtype)  # (B, H*W)
     pixels = frames[:, 0].flatten(2)  # (B, C, H*W)
     return torch.einsum("bcp,bp->bc", pixels, observed) / observed.sum(dim=1, keepdim=True).clamp_min(1.0)

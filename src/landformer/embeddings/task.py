@@ -162,7 +162,10 @@ def dpo_loss(
 
 
 class DPOTask(BaseTask):
-    """Lightning task of the DPO stage. ``inputs`` are pooled features when the encoder is frozen, else frames."""
+    """Lightning task of the DPO stage; ``self.model`` is the policy. The frozen reference is not part of the task:
+    its log-densities of both values travel with each pair (:class:`~landformer.embeddings.data.PairDataset`), so
+    it is evaluated once, not at every step. ``inputs`` are pooled features when the encoder is frozen, else
+    frames."""
 
     def __init__(
         self,
