@@ -61,6 +61,7 @@ class GeolocBundle:
 
 
 def save_normalizer(run_dir: Path, normalizer: BandNormalizer) -> Path:
+    """The band statistics every image is standardised with, in training and prediction alike."""
     return write_json(run_dir / NORMALIZATION, normalizer.to_dict())
 
 
