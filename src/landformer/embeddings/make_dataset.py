@@ -42,13 +42,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+from rasterio.features import rasterize
+from rasterio.transform import Affine
 from scipy import ndimage
 from tqdm import tqdm
 
 from landformer.core.config import check_values
 from landformer.core.errors import UserError
 from landformer.core.io import atomic_path, write_json, write_npz
+from landformer.core.raster import open_raster, write_geotiff
 from landformer.embeddings.tiles import DATASET_JSON, EMBEDDING_DIM, INT8_NODATA, quantize_int8, write_bundle
+from landformer.synth.packaged import package_file, wkb_polygons
 from landformer.synth.places import (
     CELLS_PER_DEGREE,
     KM_PER_DEGREE,
@@ -57,6 +62,7 @@ from landformer.synth.places import (
     land_rows,
     load_cities,
 )
+from landformer.synth.world import load_world
 
 FINE_CELL = 1.0 / CELLS_PER_DEGREE  # degrees: the Koppen-Geiger and land-mask grid (30 arc-seconds)
 ALTITUDE_CELL = 1.0 / 12.0  # degrees: pvlib's altitude grid (5 arc-minutes)
@@ -204,9 +210,7 @@ def stream_windows(
 
 def _altitude_metres() -> np.ndarray:
     """pvlib's global 5 arc-minute altitude (2160 x 4320), oceans at 0 m."""
-    import h5py
-
-    from landformer.synth.packaged import package_file
+    import h5py  # lazy as in synth.packaged: only the cities data set reads HDF5
 
     with h5py.File(package_file("pvlib", "data", "Altitude.h5"), "r") as data:
         coded = data["Altitude"][:]
@@ -223,11 +227,7 @@ class CountryDensity:
 
     @classmethod
     def build(cls) -> CountryDensity:
-        from pyogrio.raw import read
-        from rasterio.features import rasterize
-        from rasterio.transform import Affine
-
-        from landformer.synth.packaged import package_file, wkb_polygons
+        from pyogrio.raw import read  # lazy as in synth.packaged: 0.4 s to import, for the cities data set only
 
         source = package_file("pyogrio", "tests", "fixtures", "naturalearth_lowres", "naturalearth_lowres.shp")
         meta, _, geometries, values = read(source, columns=["pop_est"])
@@ -261,10 +261,6 @@ class Airports:
 
     @classmethod
     def load(cls) -> Airports:
-        import pandas as pd
-
-        from landformer.synth.packaged import package_file
-
         table = pd.read_csv(package_file("airportsdata", "airports.csv"), keep_default_na=False)
         table = table[table["iata"].str.len() == 3]
         return cls(table["lat"].to_numpy(dtype=np.float64), table["lon"].to_numpy(dtype=np.float64))
@@ -345,10 +341,6 @@ def _block_mean(features: np.ndarray, factor: int) -> np.ndarray:
 def make_city_dataset(out: str | Path, config: CityDatasetConfig, progress: bool = True) -> Path:
     """Build the ``cities`` dataset in ``out`` (``tiles/<id>.tif``, ``labels.csv``, ``projection.npz``,
     ``dataset.json``); returns the path of ``dataset.json``."""
-    from rasterio.transform import Affine
-
-    from landformer.core.raster import write_geotiff
-
     config.validate()
     out = Path(out)
     factor = config.pixel_arcsec // 30
@@ -446,8 +438,6 @@ def make_city_dataset(out: str | Path, config: CityDatasetConfig, progress: bool
 
 
 def _write_table(path: Path, rows: list[dict[str, Any]]) -> None:
-    import pandas as pd
-
     with atomic_path(path) as tmp:
         pd.DataFrame(rows).to_csv(tmp, index=False)
 
@@ -476,9 +466,6 @@ def make_world_dataset(
     out: str | Path, world_folder: str | Path, config: WorldDatasetConfig, progress: bool = True
 ) -> Path:
     """Build the ``world`` dataset from a synthetic world folder (``tiles/``, ``tiles_1995/``, ``labels.csv``)."""
-    from landformer.core.raster import open_raster
-    from landformer.synth.world import load_world
-
     config.validate()
     out = Path(out)
     world = load_world(Path(world_folder))
