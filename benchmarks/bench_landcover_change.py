@@ -39,7 +39,7 @@ from landformer.core.io import read_json, write_json
 from landformer.landcover.change_cli import format_change_table
 from landformer.landcover.change_model import PAIR_CHIPS, ChangeRecipe, evaluate_change, train_change
 from landformer.landcover.config import LandCoverRecipe
-from landformer.landcover.train import train_landcover
+from landformer.landcover.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(os.environ.get("LANDFORMER_BENCH_RESULTS") or ROOT / "benchmarks" / "results")
@@ -58,7 +58,7 @@ def train_pair_models(run_dir: Path, quick: bool, threads: int) -> tuple[dict[st
     plain.data.chips, plain.data.covariates = run_dir / "change" / PAIR_CHIPS, False
     plain.model = recipe.model
     plain.task, plain.train = recipe.task, recipe.train
-    return change_summary, train_landcover(plain, run_dir / "plain")
+    return change_summary, train(plain, run_dir / "plain")
 
 
 def validation_fom(evaluation: dict[str, Any]) -> float:

@@ -39,11 +39,12 @@ import torch
 from landformer.core.chips import load_chips, write_chips
 from landformer.core.config import load_config
 from landformer.core.io import read_json, write_json
+from landformer.landcover.apps.inpainting import inpaint_eval
+from landformer.landcover.apps.scoring import information_content
 from landformer.landcover.baselines import fair_test_split
 from landformer.landcover.config import LandCoverRecipe
-from landformer.landcover.export import load_model
-from landformer.landcover.sample import information_content, inpaint_eval
-from landformer.landcover.train import chips_from_world, train_landcover
+from landformer.landcover.export import load
+from landformer.landcover.train import chips_from_world, train
 
 ROOT = Path(__file__).resolve().parents[1]
 # LANDFORMER_BENCH_RESULTS: where `run_all.py --quick` sends smoke results, away from the committed ones.
@@ -66,7 +67,7 @@ def train_tiny(run_dir: Path, quick: bool, threads: int) -> dict[str, Any]:
     if quick:
         overrides += ["data.world_size=256", "train.max_steps=20", "train.val_every_steps=10", "images.every_steps=20"]
     recipe = load_config(LandCoverRecipe, ROOT / "configs" / "landcover_tiny.yaml", overrides)
-    return train_landcover(recipe, run_dir)
+    return train(recipe, run_dir)
 
 
 def heldout_chips(run_dir: Path, out: Path, training: dict[str, Any]) -> Path:
@@ -147,7 +148,7 @@ def main() -> int:
             training = read_json(run_dir / "train_summary.json", "training summary")
         chips = args.chips or heldout_chips(run_dir, scratch_dir / "heldout.npz", training)
         n_heldout = len(load_chips(chips).test_data)
-        loaded = load_model(run_dir)
+        loaded = load(run_dir)
         n_eval = min(16 if args.quick else args.n, n_heldout)
         info = information_content(loaded, chips, scratch_dir / "info", orders=2 if args.quick else args.orders)
         validation, test = validation_and_test(chips, scratch_dir)

@@ -42,9 +42,11 @@ import torch
 
 from landformer.core.chips import load_chips
 from landformer.core.io import write_json
-from landformer.landcover import apps, baselines, evaluate
+from landformer.landcover import baselines, evaluate
+from landformer.landcover.apps import sampling
+from landformer.landcover.apps.realism import gaps_to_reference, spread_indices, steps_name
 from landformer.landcover.data import default_chips_path, lonlat_inputs, model_inputs
-from landformer.landcover.export import check_chips_match, load_model
+from landformer.landcover.export import check_chips_match, load
 
 # LANDFORMER_BENCH_RESULTS: where `run_all.py --quick` sends smoke results, away from the committed ones.
 RESULTS = Path(os.environ.get("LANDFORMER_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
@@ -54,7 +56,7 @@ TARGET_SPEEDUP = 3.0
 def train_demo_model(run_dir: Path, steps: int, quick: bool) -> Path:
     """A tiny model trained on a fresh synthetic world with the land-cover training recipe."""
     from landformer.landcover.config import LandCoverRecipe
-    from landformer.landcover.train import train_landcover
+    from landformer.landcover.train import train
 
     recipe = LandCoverRecipe()
     recipe.train.max_steps = steps
@@ -66,12 +68,12 @@ def train_demo_model(run_dir: Path, steps: int, quick: bool) -> Path:
         recipe.data.chip_size = 8
         recipe.data.batch_size = 8
         recipe.images.n = 4
-    train_landcover(recipe, run_dir)
+    train(recipe, run_dir)
     return run_dir
 
 
 def setting_name(steps: int | None, temperature: float) -> str:
-    name = apps.steps_name(steps)
+    name = steps_name(steps)
     return name if temperature == 1.0 else f"{name}_t{temperature:g}"
 
 
@@ -79,11 +81,11 @@ def time_settings(
     model: torch.nn.Module, n: int, steps_list: list[int | None], batch: int, repeats: int, seed: int
 ) -> dict[str, float]:
     """Fastest seconds for ``n`` samples per decoding setting; settings interleaved within every repeat."""
-    best = {apps.steps_name(steps): math.inf for steps in steps_list}
+    best = {steps_name(steps): math.inf for steps in steps_list}
     for _ in range(repeats):
         for steps in steps_list:
-            _, seconds = apps.generate_samples(model, n, steps, batch_size=batch, seed=seed)
-            best[apps.steps_name(steps)] = min(best[apps.steps_name(steps)], seconds)
+            _, seconds = sampling.generate_samples(model, n, steps, batch_size=batch, seed=seed)
+            best[steps_name(steps)] = min(best[steps_name(steps)], seconds)
     return best
 
 
@@ -128,14 +130,14 @@ def main() -> int:
         args.model = train_demo_model(Path(scratch.name) / "run", args.train_steps, args.quick)
     run_dir = args.model if args.model.is_dir() else args.model.parent
     chips_path = args.chips or default_chips_path(run_dir)
-    loaded = load_model(args.model, device=args.device)
+    loaded = load(args.model, device=args.device)
     chips = load_chips(chips_path)
     check_chips_match(loaded, chips, str(chips_path))
     fair, heldout = baselines.fair_test_split(chips)
     print(f"test chips: {heldout.describe()}")
     n = min(args.n, len(fair.test_data))
-    picked = apps.spread_indices(len(fair.test_data), n)
-    labels, covariates = model_inputs(fair.test_data[picked], loaded)
+    picked = spread_indices(len(fair.test_data), n)
+    labels, covariates = model_inputs(fair.test_data[picked], loaded.covariate_stats)
     lonlat = lonlat_inputs(fair.test_coords[picked]) if loaded.config.use_lonlat else None
     reference = labels.numpy()
     model, n_classes = loaded.model, loaded.legend.n_classes
@@ -154,10 +156,10 @@ def main() -> int:
     settings += [(setting_name(steps, t), steps, t) for steps in steps_list for t in args.temperatures]
     for name, steps, temperature in settings:
         print(f"realism: {name} (temperature {temperature:g}) ...", flush=True)
-        sample_sets[name], _ = apps.generate_samples(
+        sample_sets[name], _ = sampling.generate_samples(
             model, n, steps, temperature, None, covariates, lonlat, realism_batch, args.seed
         )
-    reseeded, _ = apps.generate_samples(
+    reseeded, _ = sampling.generate_samples(
         model, n, None, sequential_t, None, covariates, lonlat, realism_batch, args.seed + 1
     )
     report = evaluate.realism_report(
@@ -198,7 +200,7 @@ def main() -> int:
     chosen = min(passing) if passing else None
 
     # Speed: temperature does not change the work, so each step count is timed once per batch size.
-    apps.generate_samples(model, min(4, n), 4, batch_size=4, seed=args.seed)  # warm-up
+    sampling.generate_samples(model, min(4, n), 4, batch_size=4, seed=args.seed)  # warm-up
     speed: dict[str, dict[str, dict[str, float]]] = {}
     for batch in args.batches:
         print(f"speed: batch {batch} ...", flush=True)
@@ -214,7 +216,7 @@ def main() -> int:
     for batch in args.batches:
         rows = speed[f"batch_{batch}"]
         for steps in steps_list:
-            row = rows[apps.steps_name(steps)]
+            row = rows[steps_name(steps)]
             summary.append(
                 {
                     "metric": f"parallel decoding, {steps} steps, batch {batch}: speed",
@@ -239,7 +241,7 @@ def main() -> int:
         )
     headline = {}
     for batch in args.batches:
-        ratio = speed[f"batch_{batch}"][apps.steps_name(chosen)]["speedup"] if chosen is not None else math.nan
+        ratio = speed[f"batch_{batch}"][steps_name(chosen)]["speedup"] if chosen is not None else math.nan
         headline[f"batch_{batch}"] = ratio
         where = f"{chosen} steps, temperature {passing[chosen]:g}" if chosen is not None else "no setting"
         summary.append(
@@ -255,7 +257,7 @@ def main() -> int:
     if chosen is not None:
         # The fairest single number: each decoder at the batch size where it is fastest.
         best_sequential = max(speed[f"batch_{b}"]["sequential"]["samples_per_s"] for b in args.batches)
-        best_parallel = max(speed[f"batch_{b}"][apps.steps_name(chosen)]["samples_per_s"] for b in args.batches)
+        best_parallel = max(speed[f"batch_{b}"][steps_name(chosen)]["samples_per_s"] for b in args.batches)
         headline["best_batch_each"] = best_parallel / best_sequential
         summary.append(
             {
@@ -268,7 +270,7 @@ def main() -> int:
             }
         )
     shuffled_gap = realism["shuffled_baseline"]["max_metric_gap_to_test"]
-    test_gaps = {name: apps.gaps_to_reference(table) for name, table in report.items()}
+    test_gaps = {name: gaps_to_reference(table) for name, table in report.items()}
     floor = test_gaps.get("noise_floor")
     floor_gap = max(abs(floor[metric]) for metric in evaluate.LANDSCAPE_METRICS) if floor else math.nan
     summary.append(

@@ -11,7 +11,8 @@ from affine import Affine
 
 from landformer.core.errors import UserError
 from landformer.core.legend import Legend, load_legend
-from landformer.landcover import apps, evaluate
+from landformer.landcover import evaluate
+from landformer.landcover.apps import common, development, embedding, gibbs, panorama, realism, sampling
 from landformer.landcover.baselines import CausalContextModel
 from landformer.landcover.model import LandCoverConfig, LandCoverRandAR, random_orders
 
@@ -43,27 +44,27 @@ def labels_with_nodata(n: int, n_classes: int, seed: int) -> np.ndarray:
 
 
 def test_window_starts() -> None:
-    assert apps.window_starts(20, 8, 4) == [0, 4, 8, 12]
-    assert apps.window_starts(18, 8, 4) == [0, 4, 8, 10]  # the last window ends at the edge
-    assert apps.window_starts(8, 8, 4) == [0]
+    assert common.window_starts(20, 8, 4) == [0, 4, 8, 12]
+    assert common.window_starts(18, 8, 4) == [0, 4, 8, 10]  # the last window ends at the edge
+    assert common.window_starts(8, 8, 4) == [0]
     with pytest.raises(UserError, match="does not fit"):
-        apps.window_starts(6, 8, 4)
+        common.window_starts(6, 8, 4)
     with pytest.raises(UserError, match="overlap"):
-        apps.window_starts(20, 8, 8)
+        common.window_starts(20, 8, 8)
 
 
 def test_spread_indices() -> None:
-    assert apps.spread_indices(10, 4).tolist() == [0, 3, 6, 9]
-    assert apps.spread_indices(5, 5).tolist() == [0, 1, 2, 3, 4]
+    assert realism.spread_indices(10, 4).tolist() == [0, 3, 6, 9]
+    assert realism.spread_indices(5, 5).tolist() == [0, 1, 2, 3, 4]
     with pytest.raises(UserError, match="cannot pick 6 of 5"):
-        apps.spread_indices(5, 6)
+        realism.spread_indices(5, 6)
 
 
 def test_gibbs_stays_in_legend_and_keeps_fixed_cells(model: LandCoverRandAR, legend: Legend, tmp_path) -> None:
     start = labels_with_nodata(3, legend.n_classes, seed=1)
     fixed = np.zeros_like(start, dtype=bool)
     fixed[:, :2, :] = True
-    run = apps.gibbs_chains(model, start, sweeps=3, block_size=4, fixed=fixed, seed=5)
+    run = gibbs.gibbs_chains(model, start, sweeps=3, block_size=4, fixed=fixed, seed=5)
     assert run.frames.shape == (4, 3, SIZE, SIZE)
     np.testing.assert_array_equal(run.frames[0], start)
     later = run.frames[1:]
@@ -75,10 +76,10 @@ def test_gibbs_stays_in_legend_and_keeps_fixed_cells(model: LandCoverRandAR, leg
     for frame, fractions in zip(run.frames, run.class_fractions, strict=True):
         counts = np.bincount(frame[frame >= 0], minlength=legend.n_classes)
         np.testing.assert_allclose(fractions, counts / counts.sum())
-    again = apps.gibbs_chains(model, start, sweeps=3, block_size=4, fixed=fixed, seed=5)
+    again = gibbs.gibbs_chains(model, start, sweeps=3, block_size=4, fixed=fixed, seed=5)
     np.testing.assert_array_equal(again.frames, run.frames)
 
-    paths = apps.write_gibbs(run, legend, tmp_path)
+    paths = gibbs.write_gibbs(run, legend, tmp_path)
     with np.load(paths["frames"]) as stored:
         np.testing.assert_array_equal(stored["frames"], run.frames)
     assert paths["gif"].stat().st_size > 0 and paths["fractions_png"].stat().st_size > 0
@@ -86,7 +87,7 @@ def test_gibbs_stays_in_legend_and_keeps_fixed_cells(model: LandCoverRandAR, leg
 
 def test_noise_start_keeps_nodata() -> None:
     labels = labels_with_nodata(2, 6, seed=2)
-    noise = apps.noise_start(labels, 6, seed=0)
+    noise = gibbs.noise_start(labels, 6, seed=0)
     np.testing.assert_array_equal(noise < 0, labels < 0)
     assert noise.max() < 6
 
@@ -97,7 +98,7 @@ def test_development_probability_over_several_windows(model: LandCoverRandAR, le
     labels[0, :5] = -1
     reimagine = np.zeros_like(labels, dtype=bool)
     reimagine[3:10, 4:17] = True  # spans several 8x8 windows
-    result = apps.development_probability(
+    result = development.development_probability(
         model, legend, labels, reimagine, n_samples=5, batch_size=2, keep_samples=5, steps=4, seed=1
     )
     probability = result.probability
@@ -120,20 +121,22 @@ def test_development_probability_over_several_windows(model: LandCoverRandAR, le
     assert result.windows == [(r, c) for r in (0, 4) for c in (0, 4, 8, 12)]  # windows with nothing new skipped
 
     transform = Affine(30.0, 0, 500_000.0, 0, -30.0, 4_000_000.0)
-    paths = apps.write_development_probability(result, legend, labels, reimagine, tmp_path, transform, "EPSG:5070")
+    paths = development.write_development_probability(
+        result, legend, labels, reimagine, tmp_path, transform, "EPSG:5070"
+    )
     import rasterio
 
     with rasterio.open(paths["geotiff"]) as dataset:
         assert dataset.transform == transform
         assert dataset.crs.to_epsg() == 5070
-        assert dataset.nodata == apps.NODATA_PROBABILITY
+        assert dataset.nodata == development.NODATA_PROBABILITY
         stored = dataset.read(1, masked=True)
     np.testing.assert_array_equal(stored.mask, nodata)
     np.testing.assert_array_equal(stored.data[~nodata], probability[~nodata])
     assert paths["panel"].stat().st_size > 0
 
     # Gap filling: without keep_nodata the same cells are drawn and get a probability like the region.
-    filled = apps.development_probability(
+    filled = development.development_probability(
         model, legend, labels, reimagine, n_samples=3, batch_size=3, keep_samples=3, steps=4, keep_nodata=False
     )
     assert not filled.nodata.any()
@@ -144,13 +147,13 @@ def test_development_probability_over_several_windows(model: LandCoverRandAR, le
 def test_development_probability_bad_input(model: LandCoverRandAR, legend: Legend) -> None:
     labels = np.zeros((SIZE, SIZE), dtype=np.int64)
     with pytest.raises(UserError, match="empty"):
-        apps.development_probability(model, legend, labels, np.zeros_like(labels, dtype=bool))
+        development.development_probability(model, legend, labels, np.zeros_like(labels, dtype=bool))
     with pytest.raises(UserError, match="at least the model's 8x8 chip"):
-        apps.development_probability(model, legend, labels[:4], np.ones((4, SIZE), dtype=bool))
+        development.development_probability(model, legend, labels[:4], np.ones((4, SIZE), dtype=bool))
 
 
 def test_panorama_keeps_drawn_cells_and_has_the_asked_size(model: LandCoverRandAR, legend: Legend, tmp_path) -> None:
-    result = apps.panorama(model, width=22, height=12, n=2, steps=4, seed=2)
+    result = panorama.panorama(model, width=22, height=12, n=2, steps=4, seed=2)
     assert result.maps.shape == (2, 12, 22)
     assert result.maps.min() >= 0 and result.maps.max() < legend.n_classes
     assert result.windows == [(r, c) for r in (0, 4) for c in (0, 4, 8, 12, 14)]
@@ -159,17 +162,17 @@ def test_panorama_keeps_drawn_cells_and_has_the_asked_size(model: LandCoverRandA
         drawn = before >= 0
         np.testing.assert_array_equal(after[drawn], before[drawn])
     np.testing.assert_array_equal(result.frames[-1], result.maps)
-    again = apps.panorama(model, width=22, height=12, n=2, steps=4, seed=2)
+    again = panorama.panorama(model, width=22, height=12, n=2, steps=4, seed=2)
     np.testing.assert_array_equal(again.maps, result.maps)
-    paths = apps.write_panorama(result, legend, tmp_path)
+    paths = panorama.write_panorama(result, legend, tmp_path)
     assert paths["gif"].stat().st_size > 0
     with pytest.raises(UserError, match="at least"):
-        apps.panorama(model, width=6)
+        panorama.panorama(model, width=6)
 
 
 def test_chip_representations_are_what_the_head_reads(model: LandCoverRandAR) -> None:
     labels = torch.as_tensor(labels_with_nodata(3, model.config.n_classes, seed=4))
-    representation = apps.chip_representations(model, labels, seed=7)
+    representation = embedding.chip_representations(model, labels, seed=7)
     assert representation.shape == (3, model.config.dim)
     order = random_orders(3, SIZE * SIZE, torch.Generator().manual_seed(7))
     with torch.no_grad():
@@ -179,11 +182,11 @@ def test_chip_representations_are_what_the_head_reads(model: LandCoverRandAR) ->
 
 
 def test_embedding_points_and_pca_plot(model: LandCoverRandAR, legend: Legend, tmp_path) -> None:
-    classes = apps.embedding_points(model, legend, "classes")
+    classes = embedding.embedding_points(model, legend, "classes")
     np.testing.assert_array_equal(classes.vectors, model.class_embedding.weight[: legend.n_classes].detach().numpy())
-    positions = apps.embedding_points(model, legend, "positions")
+    positions = embedding.embedding_points(model, legend, "positions")
     assert positions.vectors.shape == (SIZE * SIZE, model.config.dim)
-    result = apps.embed_plot(model, legend, "classes", tmp_path)
+    result = embedding.embed_plot(model, legend, "classes", tmp_path)
     assert result.method == "pca" and "too few" in result.note  # 20 classes: PCA stands in for UMAP
     assert result.coords.shape == (legend.n_classes, 2)
     centred = classes.vectors - classes.vectors.mean(axis=0)
@@ -191,24 +194,24 @@ def test_embedding_points_and_pca_plot(model: LandCoverRandAR, legend: Legend, t
     np.testing.assert_allclose(np.abs(result.coords), np.abs(centred @ top.T), rtol=1e-4, atol=1e-5)
     assert result.paths["png"].stat().st_size > 0
     with pytest.raises(UserError, match="needs chips"):
-        apps.embedding_points(model, legend, "chips")
+        embedding.embedding_points(model, legend, "chips")
     labels = np.full((3, SIZE, SIZE), 7)
     labels[1, :5] = 2  # 40 of 64 cells: class 2 is the most common
-    chips = apps.embedding_points(model, legend, "chips", labels=torch.as_tensor(labels))
+    chips = embedding.embedding_points(model, legend, "chips", labels=torch.as_tensor(labels))
     np.testing.assert_array_equal(chips.colours, legend.palette()[[7, 2, 7]])
     assert [name for name, _ in chips.key] == [legend.names[2], legend.names[7]]
 
 
 @pytest.mark.slow
 def test_embed_plot_umap_on_positions(model: LandCoverRandAR, legend: Legend, tmp_path) -> None:
-    result = apps.embed_plot(model, legend, "positions", tmp_path, method="auto")
+    result = embedding.embed_plot(model, legend, "positions", tmp_path, method="auto")
     assert result.method == "umap" and result.coords.shape == (SIZE * SIZE, 2)
     assert np.isfinite(result.coords).all()
 
 
 def test_sample_realism_report(model: LandCoverRandAR, legend: Legend, tmp_path) -> None:
     reference = labels_with_nodata(6, legend.n_classes, seed=5)
-    result = apps.sample_realism(model, reference, n=4, steps_list=[None, 4], batch_size=3, seed=0)
+    result = realism.sample_realism(model, reference, n=4, steps_list=[None, 4], batch_size=3, seed=0)
     assert set(result.report) == {"sequential", "parallel_4", "shuffled_baseline", "noise_floor"}
     assert result.report["noise_floor"] == evaluate.noise_floor(reference[:4], legend.n_classes)
     for name, samples in result.samples.items():
@@ -218,10 +221,10 @@ def test_sample_realism_report(model: LandCoverRandAR, legend: Legend, tmp_path)
             assert result.report[name][metric]["value"] == pytest.approx(means[metric], nan_ok=True)
     summary = result.summary()
     assert summary["settings"]["sequential"]["max_gap_to_sequential"] == 0
-    seq, par = (apps.generate_samples(model, 4, steps, batch_size=3, seed=0)[0] for steps in (None, 4))
+    seq, par = (sampling.generate_samples(model, 4, steps, batch_size=3, seed=0)[0] for steps in (None, 4))
     np.testing.assert_array_equal(seq, result.samples["sequential"])  # a seed reproduces the samples
     np.testing.assert_array_equal(par, result.samples["parallel_4"])
-    paths = apps.write_realism(result, legend, tmp_path, columns=2)
+    paths = realism.write_realism(result, legend, tmp_path, columns=2)
     assert paths["panel"].stat().st_size > 0
     assert set(summary["gaps_to_test"]) == set(result.report)
 
@@ -229,7 +232,7 @@ def test_sample_realism_report(model: LandCoverRandAR, legend: Legend, tmp_path)
 def test_sample_realism_beside_the_context_model(model: LandCoverRandAR, legend: Legend, tmp_path) -> None:
     reference = labels_with_nodata(6, legend.n_classes, seed=5)
     context = CausalContextModel.fit(labels_with_nodata(10, legend.n_classes, seed=6), legend.n_classes)
-    result = apps.sample_realism(model, reference, n=4, steps_list=[None], seed=2, context=context)
+    result = realism.sample_realism(model, reference, n=4, steps_list=[None], seed=2, context=context)
     expected = context.sample(4, SIZE, SIZE, np.random.default_rng(2))
     np.testing.assert_array_equal(result.baselines["context_model"], expected)
     assert result.report["context_model"] == evaluate.compare_to_reference(expected, reference[:4], legend.n_classes)
@@ -239,7 +242,7 @@ def test_sample_realism_beside_the_context_model(model: LandCoverRandAR, legend:
     single = result.report["context_model"]["single_pixel_share"]
     assert gaps["single_pixel_ratio"] == pytest.approx(single["value"] / single["reference"])
     assert gaps["patch_density"] == result.report["context_model"]["patch_density"]["relative_difference"]
-    assert apps.write_realism(result, legend, tmp_path, columns=2)["panel"].stat().st_size > 0
+    assert realism.write_realism(result, legend, tmp_path, columns=2)["panel"].stat().st_size > 0
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -250,10 +253,10 @@ def cli_files(model: LandCoverRandAR, legend: Legend, tmp_path_factory: pytest.T
     """A saved tiny model, a chip file in its legend and a 24x24 NLCD GeoTIFF."""
     from landformer.core.chips import write_chips
     from landformer.core.raster import write_geotiff
-    from landformer.landcover.export import save_model
+    from landformer.landcover.export import save
 
     folder = tmp_path_factory.mktemp("cli")
-    save_model(model, legend, folder / "run")
+    save(model, legend, folder / "run")
     rng = np.random.default_rng(0)
     train, test = (
         labels_with_nodata(n, legend.n_classes, seed)[:, None].astype(np.int16) for n, seed in ((4, 1), (6, 2))

@@ -138,7 +138,7 @@ def test_demo_step_writes_its_pictures_and_numbers(tmp_path: Path, monkeypatch) 
     """The demo step trained for 2 steps instead of 70 (the pipeline, not the quality); its pictures and scores
     come from the packaged IGBP model, on that model's own held-out chips."""
     from landformer.landcover import demo
-    from landformer.landcover.export import load_model
+    from landformer.landcover.export import load
 
     monkeypatch.setattr(demo, "DEMO_STEPS", 2)
     monkeypatch.setattr(demo, "SCORED_CHIPS", 8)
@@ -148,9 +148,9 @@ def test_demo_step_writes_its_pictures_and_numbers(tmp_path: Path, monkeypatch) 
         assert Path(result[key]).is_file(), key
     with Image.open(result["animation_gif"]) as gif:  # one frame per pixel of a 16x16 chip (identical ones merged)
         assert gif.n_frames > 16 * 16 // 2
-    assert load_model(result["short_run_model"]).legend.name == "igbp"
+    assert load(result["short_run_model"]).legend.name == "igbp"
     info = json.loads(Path(result["info_json"]).read_text())
-    assert info["model"] == str(load_model("igbp").path)
+    assert info["model"] == str(load("igbp").path)
     assert result["heldout_bits_per_pixel"] == pytest.approx(info["bits_per_pixel"]["model_random_order"])
     assert result["ratio_to_context"] == pytest.approx(
         info["bits_per_pixel"]["model_random_order"] / info["bits_per_pixel"]["context"]
@@ -159,9 +159,9 @@ def test_demo_step_writes_its_pictures_and_numbers(tmp_path: Path, monkeypatch) 
 
 
 def test_the_packaged_igbp_model_loads_by_name_and_fits_the_size_limit(tmp_path: Path, monkeypatch) -> None:
-    from landformer.landcover.export import load_model, model_path
+    from landformer.landcover.export import load, model_path
 
-    loaded = load_model("igbp")
+    loaded = load("igbp")
     assert loaded.legend.name == "igbp" and loaded.legend.n_classes == 17 and loaded.chip_size == 16
     assert loaded.path.stat().st_size <= 10 * 2**20
     assert loaded.metadata["extra"]["igbp_chips"]["chip_size"] == 16  # its chips can be cut again anywhere

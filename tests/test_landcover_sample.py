@@ -21,10 +21,10 @@ from test_landcover_train import SIZE, TOY_LEGEND, make_chip_file
 from landformer.core.errors import UserError
 from landformer.core.legend import Legend
 from landformer.core.raster import write_geotiff
-from landformer.landcover import baselines, decoding
-from landformer.landcover import sample as lc
+from landformer.landcover import baselines, decoding, plots
+from landformer.landcover.apps import animation, common, inpainting, sampling, scoring
 from landformer.landcover.data import class_entropy_bits
-from landformer.landcover.export import CovariateStats, load_model, save_model
+from landformer.landcover.export import CovariateStats, load, save
 from landformer.landcover.model import LandCoverConfig, LandCoverRandAR
 
 K = 4
@@ -52,7 +52,7 @@ def chips(folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def model_dir(folder: Path, chips: Path) -> Path:
-    save_model(sharpened(), Legend.from_dict(TOY_LEGEND), folder / "model", {"chips": str(chips)})
+    save(sharpened(), Legend.from_dict(TOY_LEGEND), folder / "model", {"chips": str(chips)})
     return folder / "model"
 
 
@@ -61,7 +61,7 @@ def conditional_dir(folder: Path) -> Path:
     """A model conditioned on elevation that records no training chips."""
     stats = CovariateStats(mean=[120.0], std=[10.0])
     model = sharpened(1, covariate_channels=1, covariate_patch=4)
-    save_model(model, Legend.from_dict(TOY_LEGEND), folder / "conditional", {}, ["landcover", "elevation"], stats)
+    save(model, Legend.from_dict(TOY_LEGEND), folder / "conditional", {}, ["landcover", "elevation"], stats)
     return folder / "conditional"
 
 
@@ -73,9 +73,9 @@ def reference(folder: Path) -> Path:
 
 
 def test_samples_are_reproducible_maps_of_the_legend(model_dir: Path, tmp_path: Path) -> None:
-    first = lc.sample_maps(model_dir, tmp_path / "a", n=5, seed=3, batch_size=2)
-    again = lc.sample_maps(model_dir, tmp_path / "b", n=5, seed=3, batch_size=2)
-    other = lc.sample_maps(model_dir, tmp_path / "c", n=5, seed=4, steps=3, top_k=2, top_p=0.9, temperature=0.8)
+    first = sampling.sample_maps(model_dir, tmp_path / "a", n=5, seed=3, batch_size=2)
+    again = sampling.sample_maps(model_dir, tmp_path / "b", n=5, seed=3, batch_size=2)
+    other = sampling.sample_maps(model_dir, tmp_path / "c", n=5, seed=4, steps=3, top_k=2, top_p=0.9, temperature=0.8)
     arrays = [np.load(summary["npz"]) for summary in (first, again, other)]
     classes = arrays[0]["classes"]
     assert classes.shape == (5, SIZE, SIZE) and classes.min() >= 0 and classes.max() < K
@@ -86,7 +86,7 @@ def test_samples_are_reproducible_maps_of_the_legend(model_dir: Path, tmp_path: 
 
 
 def test_samples_on_a_reference_raster_are_georeferenced(model_dir: Path, reference: Path, tmp_path: Path) -> None:
-    summary = lc.sample_maps(model_dir, tmp_path, n=3, reference=reference, seed=1)
+    summary = sampling.sample_maps(model_dir, tmp_path, n=3, reference=reference, seed=1)
     windows = np.load(summary["npz"])["windows"]
     classes = np.load(summary["npz"])["classes"]
     with rasterio.open(reference) as ref:
@@ -102,16 +102,16 @@ def test_a_conditioned_model_takes_covariates_from_chips_or_reference(
     conditional_dir: Path, chips: Path, reference: Path, tmp_path: Path
 ) -> None:
     with pytest.raises(UserError, match="give --chips"):
-        lc.sample_maps(conditional_dir, tmp_path / "none", n=2)
-    from_chips = lc.sample_maps(conditional_dir, tmp_path / "chips", n=2, chips=chips, guidance=1.5)
+        sampling.sample_maps(conditional_dir, tmp_path / "none", n=2)
+    from_chips = sampling.sample_maps(conditional_dir, tmp_path / "chips", n=2, chips=chips, guidance=1.5)
     assert from_chips["conditioning"] == f"test chips of {chips}"
-    from_reference = lc.sample_maps(conditional_dir, tmp_path / "ref", n=2, reference=reference)
+    from_reference = sampling.sample_maps(conditional_dir, tmp_path / "ref", n=2, reference=reference)
     assert from_reference["conditioning"] == f"reference {reference}" and len(from_reference["geotiffs"]) == 2
-    unconditional = lc.sample_maps(conditional_dir, tmp_path / "null", n=2, unconditional=True)
+    unconditional = sampling.sample_maps(conditional_dir, tmp_path / "null", n=2, unconditional=True)
     assert unconditional["conditioning"] == "none"
     # The reference's covariates are read from its windows and z-scored with the model's statistics.
-    loaded = load_model(conditional_dir)
-    conditioning = lc.sampling_conditioning(loaded, 2, reference=reference, seed=5)
+    loaded = load(conditional_dir)
+    conditioning = sampling.sampling_conditioning(loaded, 2, reference=reference, seed=5)
     with rasterio.open(reference) as ref:
         dem = ref.read(1)
     for i, (row, col) in enumerate(conditioning.windows):
@@ -121,18 +121,18 @@ def test_a_conditioned_model_takes_covariates_from_chips_or_reference(
 
 def test_sampling_bad_input(model_dir: Path, conditional_dir: Path, folder: Path, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="guidance needs conditioning"):
-        lc.sample_maps(model_dir, tmp_path, n=2, guidance=2.0)
+        sampling.sample_maps(model_dir, tmp_path, n=2, guidance=2.0)
     two_bands = write_geotiff(
         tmp_path / "two.tif", np.zeros((2, 20, 20), np.float32), from_origin(0, 600, 30, 30), "EPSG:5070"
     )
     with pytest.raises(UserError, match="has 2 band"):
-        lc.sample_maps(conditional_dir, tmp_path, n=2, reference=two_bands)
+        sampling.sample_maps(conditional_dir, tmp_path, n=2, reference=two_bands)
     with pytest.raises(UserError, match="temperature must be > 0"):
-        lc.sample_maps(model_dir, tmp_path, n=2, temperature=0)
+        sampling.sample_maps(model_dir, tmp_path, n=2, temperature=0)
 
 
 def test_animation_adds_one_pixel_per_frame(model_dir: Path, tmp_path: Path) -> None:
-    summary = lc.animate(model_dir, tmp_path, nrows=1, ncols=2, fps=4, seed=2)
+    summary = animation.animate(model_dir, tmp_path, nrows=1, ncols=2, fps=4, seed=2)
     frames = iio.imread(summary["gif"], index=None)
     # Blank grid, one frame per decoded pixel; the final frame held for a second merges into the last one.
     assert len(frames) == 1 + SIZE * SIZE
@@ -148,7 +148,7 @@ def test_conditional_marginals_equal_a_full_forward_with_the_cell_last() -> None
     generator = torch.Generator().manual_seed(0)
     labels = torch.randint(0, K, (3, SIZE, SIZE), generator=generator)
     known = labels.masked_fill(torch.rand(3, SIZE, SIZE, generator=generator) < 0.6, -1)  # unequal counts: padding
-    probs = lc.conditional_marginals(model, known)
+    probs = inpainting.conditional_marginals(model, known)
     assert probs.shape == (3, SIZE * SIZE, K)
     torch.testing.assert_close(probs.sum(-1), torch.ones(3, SIZE * SIZE))
     flat = known.reshape(3, -1)
@@ -163,20 +163,20 @@ def test_conditional_marginals_equal_a_full_forward_with_the_cell_last() -> None
 
 
 def test_masks() -> None:
-    box = lc.box_mask(2, 8, 0.25)
+    box = inpainting.box_mask(2, 8, 0.25)
     assert box.sum(dim=(1, 2)).tolist() == [16, 16] and box[0, 2:6, 2:6].all()
-    random = lc.random_mask(3, 8, 0.3, torch.Generator().manual_seed(0))
+    random = inpainting.random_mask(3, 8, 0.3, torch.Generator().manual_seed(0))
     assert random.sum(dim=(1, 2)).tolist() == [19, 19, 19] and not torch.equal(random[0], random[1])
     with pytest.raises(UserError, match="mask ratio"):
-        lc.box_mask(1, 8, 1.5)
+        inpainting.box_mask(1, 8, 1.5)
 
 
 def test_baselines_on_a_hand_made_chip() -> None:
     known = np.array([[[2, -1, -1, 1], [2, -1, -1, -1], [-1, -1, -1, -1], [-1, -1, -1, 3]]])
-    probs = lc.majority_baseline(known, 4)
+    probs = inpainting.majority_baseline(known, 4)
     np.testing.assert_allclose(probs[0], np.array([0.5, 1.5, 2.5, 1.5]) / 6)
     assert probs[0].argmax() == 2
-    nearest = lc.nearest_known(known)[0]
+    nearest = inpainting.nearest_known(known)[0]
     assert nearest[0, 1] == 2 and nearest[0, 2] == 1 and nearest[3, 2] == 3 and nearest[2, 0] == 2
     np.testing.assert_array_equal(nearest[known[0] >= 0], known[0][known[0] >= 0])
 
@@ -192,7 +192,7 @@ def test_inpainting_returns_known_pixels_unchanged(model_dir: Path, chips: Path,
                                dtype="uint8") as dst:  # fmt: skip
                 dst.write(pattern, 1)
         mask = str(tmp_path / "mask.tif")
-    summary = lc.inpaint(model_dir, chips, tmp_path / "out", mask=mask, ratio=0.4, n=5, seed=1)
+    summary = inpainting.inpaint(model_dir, chips, tmp_path / "out", mask=mask, ratio=0.4, n=5, seed=1)
     arrays = np.load(summary["npz"])
     truth, hidden, result = arrays["truth"], arrays["mask"], arrays["result"]
     assert truth.shape == result.shape == hidden.shape == (5, SIZE, SIZE)
@@ -221,7 +221,9 @@ def test_inpainting_keeps_nodata_or_fills_it(model_dir: Path, chips: Path, tmp_p
     )
     results = {}
     for keep in (True, False):
-        summary = lc.inpaint(model_dir, holes, tmp_path / str(keep), mask="box", ratio=0.4, n=4, keep_nodata=keep)
+        summary = inpainting.inpaint(
+            model_dir, holes, tmp_path / str(keep), mask="box", ratio=0.4, n=4, keep_nodata=keep
+        )
         arrays = np.load(summary["npz"])
         truth, hidden, results[keep] = arrays["truth"], arrays["mask"], arrays["result"]
         given = ~hidden & (truth >= 0)
@@ -236,30 +238,32 @@ def test_inpainting_keeps_nodata_or_fills_it(model_dir: Path, chips: Path, tmp_p
 def test_a_mask_of_the_wrong_shape_is_refused(model_dir: Path, chips: Path, tmp_path: Path) -> None:
     wrong = write_geotiff(tmp_path / "m.tif", np.ones((5, 5), np.uint8), from_origin(0, 150, 30, 30), "EPSG:5070")
     with pytest.raises(UserError, match=r"m\.tif is 5x5 pixels; the chips are 8x8"):
-        lc.inpaint(model_dir, chips, tmp_path / "out", mask=str(wrong))
+        inpainting.inpaint(model_dir, chips, tmp_path / "out", mask=str(wrong))
     with pytest.raises(UserError, match="neither 'box', 'random' nor an existing mask raster"):
-        lc.inpaint(model_dir, chips, tmp_path / "out", mask="boxx")
+        inpainting.inpaint(model_dir, chips, tmp_path / "out", mask="boxx")
 
 
 def test_inpaint_eval_numbers_equal_direct_computations(model_dir: Path, chips: Path, tmp_path: Path) -> None:
-    summary = lc.inpaint_eval(model_dir, chips, tmp_path, ratios=(0.25, 0.75), n=6, steps=4, batch_size=4, seed=2)
+    summary = inpainting.inpaint_eval(
+        model_dir, chips, tmp_path, ratios=(0.25, 0.75), n=6, steps=4, batch_size=4, seed=2
+    )
     assert [row["ratio"] for row in summary["rows"]] == [0.25, 0.75]
-    loaded = load_model(model_dir)
-    chip_set, _ = lc.open_chips(loaded, chips)
-    tensors = lc.select_chips(loaded, chip_set, 6)
-    hidden = lc.random_mask(6, SIZE, 0.75, torch.Generator().manual_seed(2)).reshape(6, -1)
+    loaded = load(model_dir)
+    chip_set, _ = common.open_chips(loaded, chips)
+    tensors = common.select_chips(loaded, chip_set, 6)
+    hidden = inpainting.random_mask(6, SIZE, 0.75, torch.Generator().manual_seed(2)).reshape(6, -1)
     known = tensors.labels.reshape(6, -1).masked_fill(hidden, -1)
-    probs = lc.conditional_marginals(loaded.model, known.reshape(6, SIZE, SIZE))
+    probs = inpainting.conditional_marginals(loaded.model, known.reshape(6, SIZE, SIZE))
     target = tensors.labels.reshape(6, -1)[hidden]
     row = summary["rows"][1]
     assert row["hidden_pixels"] == 6 * 48
     assert row["model_accuracy"] == pytest.approx(float((probs.argmax(-1)[hidden] == target).float().mean()))
     expected_loss = float(-probs[hidden].gather(1, target.unsqueeze(1)).log().mean())
     assert row["model_log_loss"] == pytest.approx(expected_loss, rel=1e-5)
-    majority = lc.majority_baseline(known.reshape(6, SIZE, SIZE).numpy(), K).argmax(-1)
+    majority = inpainting.majority_baseline(known.reshape(6, SIZE, SIZE).numpy(), K).argmax(-1)
     majority_per_pixel = np.repeat(majority[:, None], SIZE * SIZE, axis=1)[hidden.numpy()]
     assert row["majority_accuracy"] == pytest.approx(float(np.mean(majority_per_pixel == target.numpy())))
-    nearest = lc.nearest_known(known.reshape(6, SIZE, SIZE).numpy()).reshape(6, -1)[hidden.numpy()]
+    nearest = inpainting.nearest_known(known.reshape(6, SIZE, SIZE).numpy()).reshape(6, -1)[hidden.numpy()]
     assert row["nearest_accuracy"] == pytest.approx(float(np.mean(nearest == target.numpy())))
     assert 0 <= row["model_sample_accuracy"] <= 1
     assert summary["model_beats_baselines"] == all(
@@ -269,26 +273,26 @@ def test_inpaint_eval_numbers_equal_direct_computations(model_dir: Path, chips: 
 
 
 def test_perplexity_equals_the_mean_log_likelihood(model_dir: Path, chips: Path, tmp_path: Path) -> None:
-    summary = lc.perplexity(model_dir, chips, tmp_path, orders=3, n=10, batch_size=4, seed=7)
-    loaded = load_model(model_dir)
-    labels = lc.select_chips(loaded, lc.open_chips(loaded, chips)[0], 10).labels
+    summary = scoring.heldout_perplexity(model_dir, chips, tmp_path, orders=3, n=10, batch_size=4, seed=7)
+    loaded = load(model_dir)
+    labels = common.select_chips(loaded, common.open_chips(loaded, chips)[0], 10).labels
     raster = decoding.log_likelihood(loaded.model, labels, "raster")
     assert summary["raster_nats"] == pytest.approx(float(-raster.nanmean()), rel=1e-5)
     assert summary["raster_bits"] == pytest.approx(summary["raster_nats"] / math.log(2))
     assert summary["pixels"] == int((labels >= 0).sum()) and len(summary["random_nats_per_order"]) == 3
     assert summary["random_nats"] == pytest.approx(np.mean(summary["random_nats_per_order"]))
     assert summary["random_perplexity"] == pytest.approx(math.exp(summary["random_nats"]))
-    again = lc.perplexity(model_dir, chips, tmp_path / "again", orders=3, n=10, batch_size=10, seed=7)
+    again = scoring.heldout_perplexity(model_dir, chips, tmp_path / "again", orders=3, n=10, batch_size=10, seed=7)
     assert again["random_nats_per_order"][0] != summary["random_nats_per_order"][1]
     assert Path(summary["json"]).is_file()
 
 
 def test_information_content_against_compressors(model_dir: Path, chips: Path, tmp_path: Path) -> None:
-    summary = lc.information_content(model_dir, chips, tmp_path, orders=2)
-    loaded = load_model(model_dir)
-    chip_set = lc.open_chips(loaded, chips)[0]
+    summary = scoring.information_content(model_dir, chips, tmp_path, orders=2)
+    loaded = load(model_dir)
+    chip_set = common.open_chips(loaded, chips)[0]
     fair, heldout = baselines.fair_test_split(chip_set)
-    labels = lc.select_chips(loaded, fair, None).labels.numpy()
+    labels = common.select_chips(loaded, fair, None).labels.numpy()
     assert summary["n_chips"] == len(heldout.indices) == len(labels)
     assert summary["heldout"] == heldout.to_dict()
     bits = summary["bits_per_pixel"]
@@ -317,7 +321,7 @@ def test_information_content_scores_fair_chips_and_says_when_there_is_no_context
     metadata = {**original.metadata, "crs": "EPSG:4326", "pixel_size": [0.001, 0.001]}
     empty = original.train_data[:0]
     path = write_chips(tmp_path / "unfair.npz", empty, test, np.empty((0, 2)), coords, metadata)
-    summary = lc.information_content(model_dir, path, tmp_path / "info", orders=1)
+    summary = scoring.information_content(model_dir, path, tmp_path / "info", orders=1)
     assert summary["n_chips"] == 2
     assert (summary["heldout"]["duplicates_dropped"], summary["heldout"]["overlapping_dropped"]) == (1, 1)
     assert "context" not in summary["bits_per_pixel"] and summary["ratio_to_context"] is None
@@ -344,21 +348,21 @@ def test_a_model_trained_on_igbp_chips_built_on_the_spot_finds_them_again(
     settings = {"chip_size": 8, "stride": 8, "test_fraction": 0.2, "seed": 3, "bbox": [0, 40, 10, 50], "max_water": 0.5}
     model = LandCoverRandAR(LandCoverConfig(n_classes=legend.n_classes, chip_size=8, n_layers=1, n_heads=1, dim=16))
     extra = {"chips": str(tmp_path / "gone.npz"), "igbp_chips": settings}
-    loaded = load_model(save_model(model, legend, tmp_path / "run", extra))
-    chip_set, path = lc.open_chips(loaded, None)
+    loaded = load(save(model, legend, tmp_path / "run", extra))
+    chip_set, path = common.open_chips(loaded, None)
     assert path.parent == tmp_path / "cache"
     expected = load_chips(igbp_chips(tmp_path / "direct.npz", **settings))
     np.testing.assert_array_equal(chip_set.test_data, expected.test_data)
     np.testing.assert_array_equal(chip_set.train_data, expected.train_data)
     stamp = path.stat().st_mtime_ns
-    assert lc.open_chips(loaded, None)[1] == path and path.stat().st_mtime_ns == stamp  # reused, not cut again
+    assert common.open_chips(loaded, None)[1] == path and path.stat().st_mtime_ns == stamp  # reused, not cut again
 
 
 def test_samples_beside_real_chips_list_only_classes_present(tmp_path: Path) -> None:
     legend = Legend.from_dict(TOY_LEGEND)
     samples = np.zeros((4, SIZE, SIZE), dtype=np.int64)
     real = np.ones((4, SIZE, SIZE), dtype=np.int64)
-    png = lc.samples_beside_real(tmp_path / "side.png", samples, real, legend)
+    png = plots.samples_beside_real(tmp_path / "side.png", samples, real, legend)
     image = iio.imread(png)
     assert image.ndim == 3 and image.shape[1] > image.shape[0]  # two grids side by side
     palette = legend.palette()
@@ -374,10 +378,10 @@ def test_a_cold_sampled_fill_of_one_hidden_pixel_is_the_most_likely_class(
     takes the argmax of; near temperature 0 the two agree. The temperature reaches the JSON and leaves the
     most-likely fill alone."""
     ratio = 1 / SIZE**2
-    cold = lc.inpaint_eval(model_dir, chips, tmp_path / "cold", ratios=(ratio,), n=8, temperature=1e-4, seed=3)
+    cold = inpainting.inpaint_eval(model_dir, chips, tmp_path / "cold", ratios=(ratio,), n=8, temperature=1e-4, seed=3)
     (row,) = cold["rows"]
     assert cold["temperature"] == 1e-4 and row["hidden_pixels"] == 8
     assert row["model_sample_accuracy"] == row["model_accuracy"]
-    warm = lc.inpaint_eval(model_dir, chips, tmp_path / "warm", ratios=(ratio,), n=8, temperature=1.0, seed=3)
+    warm = inpainting.inpaint_eval(model_dir, chips, tmp_path / "warm", ratios=(ratio,), n=8, temperature=1.0, seed=3)
     assert json.loads((tmp_path / "warm" / "inpaint_eval.json").read_text())["temperature"] == 1.0
     assert warm["rows"][0]["model_accuracy"] == row["model_accuracy"]

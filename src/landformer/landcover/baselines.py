@@ -32,9 +32,12 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
+from affine import Affine
+from PIL import Image, features
 
 from landformer.core.chips import ChipSet
 from landformer.core.errors import UserError
+from landformer.core.raster import lonlat_to_pixel, parse_crs
 from landformer.landcover.evaluate import check_maps, first_occurrences
 
 CODECS = ("gzip", "bz2", "lzma", "png", "webp")
@@ -209,8 +212,6 @@ def _lzma(data: bytes) -> bytes:
 
 
 def _image_bytes(image: np.ndarray, codec: str) -> int:
-    from PIL import Image
-
     buffer = io.BytesIO()
     picture = Image.fromarray(image, mode="L")
     if codec == "png":
@@ -229,8 +230,6 @@ STREAM_CODECS: dict[str, Callable[[bytes], bytes]] = {
 
 def available_codecs() -> tuple[str, ...]:
     """:data:`CODECS` less WebP when this Pillow was built without it."""
-    from PIL import features
-
     return CODECS if features.check("webp") else tuple(c for c in CODECS if c != "webp")
 
 
@@ -334,10 +333,6 @@ def non_overlapping(rows: np.ndarray, cols: np.ndarray, chip_size: int) -> np.nd
 
 def _centre_pixels(chip_set: ChipSet, coords: np.ndarray) -> tuple[np.ndarray, np.ndarray] | str:
     """Chip centres (rows, cols) in pixels of the source grid, or why they cannot be known."""
-    from affine import Affine
-
-    from landformer.core.raster import lonlat_to_pixel, parse_crs
-
     crs, pixel_size = chip_set.metadata.get("crs"), chip_set.metadata.get("pixel_size")
     if not crs or not pixel_size:
         return "the chip file records no CRS and pixel size"

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rasterio.warp
 from rasterio.windows import Window
 from scipy import ndimage
 
@@ -88,8 +89,6 @@ def _grid_difference(t1: RasterGrid, t2: RasterGrid) -> str | None:
 
 def grid_offset(t1: RasterGrid, t2: RasterGrid) -> tuple[tuple[float, float], tuple[float, float]]:
     """t2's upper-left corner in t1's pixel coordinates (columns, rows), and t2's pixel size over t1's."""
-    import rasterio.warp
-
     x, y = t2.transform.c, t2.transform.f
     if t1.crs != t2.crs:
         xs, ys = rasterio.warp.transform(t2.crs, t1.crs, [x], [y])

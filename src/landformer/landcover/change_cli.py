@@ -14,7 +14,7 @@ from landformer.core.commands import (
 )
 from landformer.core.errors import UserError
 from landformer.core.train import add_resume_argument
-from landformer.landcover.cli import (
+from landformer.landcover.options import (
     add_batch_size_argument,
     add_decoding_arguments,
     add_model_arguments,

@@ -35,22 +35,27 @@ import numpy as np
 import torch
 from rasterio.windows import Window
 
+from landformer.core.chips import load_chips
 from landformer.core.errors import UserError
 from landformer.core.io import read_json, write_json
 from landformer.core.legend import NODATA_INDEX, Legend
 from landformer.core.raster import RasterGrid, class_dtype, geotiff_writer, iter_windows, open_raster
 from landformer.core.train import TrainConfig
+from landformer.core.viz import save_panel
 from landformer.landcover import change, decoding
-from landformer.landcover.apps import NODATA_PROBABILITY, window_starts
+from landformer.landcover.apps.common import window_starts
+from landformer.landcover.apps.development import NODATA_PROBABILITY
 from landformer.landcover.config import (
+    LandCoverConfig,
     LandCoverDataSection,
     LandCoverImagesSection,
-    LandCoverModelSection,
     LandCoverRecipe,
     tiny_train_section,
 )
 from landformer.landcover.data import model_inputs
-from landformer.landcover.export import LoadedModel, load_model
+from landformer.landcover.export import LoadedModel, load
+from landformer.landcover.plots import probability_rgb
+from landformer.synth.world import load_world, make_world
 
 PAIR_RECORD = "change.json"
 PAIR_CHIPS = "pair_chips.npz"
@@ -82,10 +87,10 @@ def change_data_section() -> LandCoverDataSection:
     return LandCoverDataSection(legend="nlcd", source="synthetic")
 
 
-def change_model_section() -> LandCoverModelSection:
+def change_model_section() -> LandCoverConfig:
     # One t1 token per pixel: with 2x2 patches the tiny model learned t2 given t1 more slowly per step (0.34
     # against 0.20 validation bits after 100 steps), and copying t1 is most of what it has to learn.
-    return LandCoverModelSection(covariate_patch=1)
+    return LandCoverConfig(covariate_patch=1)
 
 
 def change_images_section() -> LandCoverImagesSection:
@@ -101,7 +106,7 @@ class ChangeRecipe(LandCoverRecipe):
     """The land-cover recipe plus the pair, with the defaults of ``configs/landcover_change_tiny.yaml``."""
 
     data: LandCoverDataSection = field(default_factory=change_data_section)
-    model: LandCoverModelSection = field(default_factory=change_model_section)
+    model: LandCoverConfig = field(default_factory=change_model_section)
     images: LandCoverImagesSection = field(default_factory=change_images_section)
     train: TrainConfig = field(default_factory=change_train_section)
     pair: ChangePairSection = field(default_factory=ChangePairSection)
@@ -116,8 +121,6 @@ def resolve_pair(recipe: ChangeRecipe, run_dir: Path) -> tuple[Path, Path]:
     pair = recipe.pair
     if pair.t1 is not None and pair.t2 is not None:
         return Path(pair.t1), Path(pair.t2)
-    from landformer.synth.world import load_world, make_world
-
     folder = recipe.data.world
     if folder is None:
         folder = run_dir / "world"
@@ -150,7 +153,7 @@ def train_change(
 ) -> dict[str, Any]:
     """Cut pair chips into RUN (once) and train the land-cover model on them with t1 as covariates; writes
     ``RUN/change.json`` (the pair, its check and block roles) beside the usual run folder."""
-    from landformer.landcover.train import train_landcover
+    from landformer.landcover.train import train  # Lightning: only training needs it, not simulate or evaluate
 
     recipe.validate()
     run_dir = Path(run_dir)
@@ -161,12 +164,10 @@ def train_change(
     if not chips.is_file():
         print(f"cutting {config.chip_size} px pair chips (t1 {t1.name} -> t2 {t2.name}) into {chips}")
         change.make_pair_chips(config, chips)
-    from landformer.core.chips import load_chips
-
     metadata = load_chips(chips).metadata
     landcover = copy.deepcopy(recipe)
     landcover.data.chips, landcover.data.world, landcover.data.covariates = chips, None, True
-    summary = train_landcover(landcover, run_dir, resume=resume)
+    summary = train(landcover, run_dir, resume=resume)
     record = {
         "t1": str(Path(t1).resolve()),
         "t2": str(Path(t2).resolve()),
@@ -199,7 +200,7 @@ def t1_covariates(loaded: LoadedModel, t1: np.ndarray) -> torch.Tensor:
     chips = np.concatenate(
         [np.full((t1.shape[0], 1, *t1.shape[1:]), -1, np.float32), change.one_hot(t1, loaded.legend.n_classes)], 1
     )
-    _, covariates = model_inputs(chips, loaded)
+    _, covariates = model_inputs(chips, loaded.covariate_stats)
     if covariates is None:
         raise UserError(f"model {loaded.path} reads no covariates: it is not a change model (train it on pairs)")
     return covariates
@@ -454,7 +455,7 @@ def model_bits(
 
 def unconditional_bits(model: str | os.PathLike[str], t2_chips: np.ndarray, orders: int, seed: int) -> float:
     """Bits per pixel of t2 under a separately trained land-cover model without conditioning."""
-    loaded = load_model(model)
+    loaded = load(model)
     if loaded.model.is_conditional:
         raise UserError(f"--unconditional model {model} is conditioned; give a model trained without covariates")
     generator = torch.Generator().manual_seed(seed)
@@ -549,7 +550,7 @@ def evaluate_change(
     """Score the change model, persistence and Markov-CA on the test blocks of the model's pair (or every block
     of another pair of the same grid size); writes ``change_eval.json`` and ``change_eval.png`` into ``out``."""
     began = time.perf_counter()
-    loaded = load_model(model, device)
+    loaded = load(model, device)
     check_change_model(loaded)
     record = pair_record(loaded)
     legend = loaded.legend
@@ -666,9 +667,6 @@ def outcome_rgb(t1: np.ndarray, observed: np.ndarray, predicted: np.ndarray) -> 
 def change_picture(result: ChangeEvaluation, legend: Legend, path: Path) -> Path:
     """t1, real t2, the model's t2, Markov-CA's t2, the model's change probability and its outcome map on the test
     block with the most observed change."""
-    from landformer.core.viz import save_panel
-    from landformer.landcover.apps import probability_rgb
-
     changed = [int(((a != b) & (a >= 0)).sum()) for a, b in zip(result.blocks_t1, result.blocks_t2, strict=True)]
     index = int(np.argmax(changed))
     # Change is rare: stretched to the block's largest probability, the map shows where, not only that it is low.
@@ -743,7 +741,7 @@ def simulate_change(
     began = time.perf_counter()
     if n_samples < 1 or tile < 1 or batch_size < 1:
         raise UserError(f"change-simulate: samples {n_samples}, tile {tile} and batch size {batch_size} should be >= 1")
-    loaded = load_model(model, device)
+    loaded = load(model, device)
     check_change_model(loaded)
     legend, size = loaded.legend, loaded.chip_size
     targets = {name: transition_targets(legend, name) for name in transitions}

@@ -2,8 +2,10 @@
 
 Plain dataclasses without torch, so the CLI can read and check a recipe cheaply. ``configs/landcover_tiny.yaml``
 (the CPU default, the same as these defaults) and ``configs/landcover_reference.yaml`` (GPU-sized) are instances
-of :class:`LandCoverRecipe`; ``--set model.dim=128`` overrides single keys. The number of classes, the chip size
-and the number of covariate channels are not set here: they come from the chips (legend, array shape).
+of :class:`LandCoverRecipe`; ``--set model.dim=128`` overrides single keys. The model's own config,
+:class:`LandCoverConfig`, lives here rather than in ``model.py``: the recipe's ``model`` section *is* it, and
+``model.py`` imports it from here. The number of classes, the chip size and the number of covariate channels
+come from the chips (legend, array shape), not from the recipe.
 """
 
 from __future__ import annotations
@@ -74,16 +76,24 @@ class LandCoverDataSection:
 
 
 @dataclass
-class LandCoverModelSection:
-    """Network shape (see ``LandCoverConfig``); classes, chip size and covariate channels come from the data."""
+class LandCoverConfig:
+    """Architecture of :class:`~landformer.landcover.model.LandCoverRandAR`, and the recipe's ``model`` section.
 
+    ``n_classes``, ``chip_size`` and ``covariate_channels`` describe the data, so training fills them in from the
+    chips (legend, array shape, ``data.covariates``) whatever the recipe says; an exported model stores them all.
+    Training settings (lr, batch, steps) live in the other sections.
+    """
+
+    n_classes: int = 8
+    chip_size: int = 16
     n_layers: int = 4
     n_heads: int = 4
     dim: int = 64
     mlp_ratio: float = 2.6667
     dropout: float = 0.0
-    rope_base: float = 100.0
-    order: Literal["random", "raster"] = "random"
+    rope_base: float = 100.0  # wavelengths of about 6 to 600 cells: enough resolution for 8..64-cell chips
+    order: Literal["random", "raster"] = "random"  # raster is the fixed-order baseline for comparison
+    covariate_channels: int = 0
     covariate_patch: int = 4
     use_lonlat: bool = False
     lonlat_frequencies: int = 8
@@ -125,7 +135,7 @@ def tiny_train_section() -> TrainConfig:
 @dataclass
 class LandCoverRecipe:
     data: LandCoverDataSection = field(default_factory=LandCoverDataSection)
-    model: LandCoverModelSection = field(default_factory=LandCoverModelSection)
+    model: LandCoverConfig = field(default_factory=LandCoverConfig)
     task: LandCoverTaskSection = field(default_factory=LandCoverTaskSection)
     images: LandCoverImagesSection = field(default_factory=LandCoverImagesSection)
     train: TrainConfig = field(default_factory=tiny_train_section)

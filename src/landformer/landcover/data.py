@@ -14,34 +14,57 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from landformer.core.chips import ChipSet
 from landformer.core.errors import UserError
-from landformer.landcover.export import CovariateStats, LoadedModel
 
 
-def _stats_of(loaded_or_stats: LoadedModel | CovariateStats | None) -> CovariateStats:
-    if loaded_or_stats is None:
-        return CovariateStats()
-    if isinstance(loaded_or_stats, LoadedModel):
-        return loaded_or_stats.covariate_stats
-    return loaded_or_stats
+@dataclass
+class CovariateStats:
+    """Per-channel mean and standard deviation of the covariates (training split), for z-scoring."""
+
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+
+    @classmethod
+    def fit(cls, covariates: np.ndarray) -> CovariateStats:
+        """Statistics of (N, C, H, W) covariates, ignoring NaN; a constant channel gets std 1."""
+        if covariates.shape[1] == 0:
+            return cls()
+        values = covariates.astype(np.float64)
+        mean = np.nanmean(values, axis=(0, 2, 3))
+        std = np.nanstd(values, axis=(0, 2, 3))
+        mean = np.where(np.isfinite(mean), mean, 0.0)
+        std = np.where(np.isfinite(std) & (std > 1e-8), std, 1.0)
+        return cls([float(m) for m in mean], [float(s) for s in std])
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.mean)
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str) -> CovariateStats:
+        if not isinstance(data, dict) or len(data.get("mean", [])) != len(data.get("std", [None])):
+            raise UserError(f"{source}: covariate statistics should hold 'mean' and 'std' lists of one length")
+        return cls([float(v) for v in data["mean"]], [float(v) for v in data["std"]])
 
 
-def model_inputs(
-    chips_array: np.ndarray, loaded_or_stats: LoadedModel | CovariateStats | None
-) -> tuple[Tensor, Tensor | None]:
+def model_inputs(chips_array: np.ndarray, stats: CovariateStats | None) -> tuple[Tensor, Tensor | None]:
     """(N, C, H, W) chips -> labels (N, H, W) int64 and z-scored covariates (N, c, H, W) float32 or None.
 
-    ``c`` is the number of covariate channels the model (or the statistics) expect; the chips' further channels
-    are ignored. NaN covariates become 0 after scaling.
+    ``c`` is the number of covariate channels of ``stats`` (a model's are ``LoadedModel.covariate_stats``); the
+    chips' further channels are ignored. NaN covariates become 0 after scaling.
     """
     chips_array = np.asarray(chips_array)
     if chips_array.ndim == 3:
@@ -52,7 +75,7 @@ def model_inputs(
     if classes.dtype.kind == "f":
         classes = np.where(np.isfinite(classes), classes, -1)
     labels = torch.from_numpy(np.ascontiguousarray(classes).astype(np.int64))
-    stats = _stats_of(loaded_or_stats)
+    stats = stats or CovariateStats()
     if stats.n_channels == 0:
         return labels, None
     if chips_array.shape[1] < 1 + stats.n_channels:
@@ -103,7 +126,7 @@ class ChipTensors:
         cls,
         chips: ChipSet,
         split: str,
-        stats: CovariateStats | LoadedModel | None,
+        stats: CovariateStats | None,
         use_lonlat: bool,
         limit: int | None = None,
     ) -> ChipTensors:
@@ -136,17 +159,13 @@ class ChipSplitReader:
     and loader workers share its pages instead of each holding an int64 copy of every chip (what
     :class:`ChipTensors` makes). Its chips equal :class:`ChipTensors`'."""
 
-    def __init__(
-        self, data: np.ndarray, coords: np.ndarray, stats: CovariateStats | LoadedModel | None, use_lonlat: bool
-    ) -> None:
+    def __init__(self, data: np.ndarray, coords: np.ndarray, stats: CovariateStats | None, use_lonlat: bool) -> None:
         self.data = data
         self.stats = stats
         self.lonlat = lonlat_inputs(coords) if use_lonlat else None
 
     @classmethod
-    def from_chips(
-        cls, chips: ChipSet, split: str, stats: CovariateStats | LoadedModel | None, use_lonlat: bool
-    ) -> ChipSplitReader:
+    def from_chips(cls, chips: ChipSet, split: str, stats: CovariateStats | None, use_lonlat: bool) -> ChipSplitReader:
         if split == "train":
             return cls(chips.train_data, chips.train_coords, stats, use_lonlat)
         return cls(chips.test_data, chips.test_coords, stats, use_lonlat)
@@ -281,8 +300,6 @@ def training_loader(
     num_workers: int = 0,
 ) -> torch.utils.data.DataLoader:
     """Batches for optimiser steps ``start_step .. total_steps - 1``: the same batches whatever the start."""
-    from torch.utils.data import DataLoader
-
     dataset = ChipDataset(tensors, seed, augment, order, cond_dropout)
     stream = RunStream(dataset, batch_size, total_steps, seed, start_step)
     return DataLoader(stream, batch_size=batch_size, collate_fn=collate, num_workers=num_workers)
@@ -292,8 +309,6 @@ def evaluation_loader(
     tensors: ChipTensors, batch_size: int, seed: int, order: str = "random"
 ) -> torch.utils.data.DataLoader:
     """Chips in file order, each with a fixed visiting order, so validation losses are comparable over time."""
-    from torch.utils.data import DataLoader
-
     return DataLoader(ChipDataset(tensors, seed, augment=False, order=order), batch_size=batch_size, collate_fn=collate)
 
 

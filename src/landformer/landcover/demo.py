@@ -88,17 +88,14 @@ def run_demo_step(out: Path, world_folder: Path, seed: int) -> dict[str, Any]:
     ``ANIMATION_GRID`` maps with the packaged model; then the land-change step on ``world_folder`` (the demo's
     synthetic world) into ``out/change``, when that folder holds a world (callers without one skip the step)."""
 
-    from landformer.landcover.export import load_model
-    from landformer.landcover.sample import (
-        animate,
-        information_content,
-        inpaint,
-        open_chips,
-        sample_maps,
-        samples_beside_real,
-        select_chips,
-    )
-    from landformer.landcover.train import train_landcover
+    from landformer.landcover.apps.animation import animate
+    from landformer.landcover.apps.common import open_chips, select_chips
+    from landformer.landcover.apps.inpainting import inpaint
+    from landformer.landcover.apps.sampling import sample_maps
+    from landformer.landcover.apps.scoring import information_content
+    from landformer.landcover.export import load
+    from landformer.landcover.plots import samples_beside_real
+    from landformer.landcover.train import train
     from landformer.synth.packaged import igbp_chips
 
     start = time.perf_counter()
@@ -110,10 +107,10 @@ def run_demo_step(out: Path, world_folder: Path, seed: int) -> dict[str, Any]:
     recipe = LandCoverRecipe()
     chips = igbp_chips(out / "chips.npz", recipe.data.chip_size, recipe.data.stride, recipe.data.test_fraction, seed)
     # Threads: `landformer demo` sets one torch thread for every step (small kernels; see landformer.demo).
-    trained = train_landcover(demo_recipe(chips, seed), run_dir)
+    trained = train(demo_recipe(chips, seed), run_dir)
     short_run = information_content(run_dir, chips, out / "short_run", orders=1, n=SCORED_CHIPS, seed=seed)
 
-    packaged = load_model(PACKAGED_MODEL)
+    packaged = load(PACKAGED_MODEL)
     own_chips, own_path = open_chips(packaged, None)  # its held-out chips, cut again if need be
     sampled = sample_maps(packaged, out / "sample", n=16, temperature=SAMPLE_TEMPERATURE, seed=seed)
     real = select_chips(packaged, own_chips, 16).labels.numpy()

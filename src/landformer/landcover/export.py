@@ -5,7 +5,7 @@ class indices mean the same thing when the model is used on another chip file), 
 it was trained on, the chip size, the mean/std used to normalise each covariate channel, and the landformer
 version. ``model.json`` beside it is the same record, for people to read.
 
-:func:`load_model` accepts the run folder of ``landcover train`` or the file itself, and
+:func:`load` accepts the run folder of ``landcover train`` or the file itself, and
 :func:`check_chips_match` refuses chip files the model cannot read (another legend, another chip size, missing
 covariate channels, class indices outside the legend) with one line naming the file.
 """
@@ -14,16 +14,20 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from landformer import __version__
 from landformer.core.chips import ChipSet
 from landformer.core.errors import UserError
 from landformer.core.io import load_safetensors, save_safetensors, write_json
 from landformer.core.legend import NODATA_INDEX, Legend
+from landformer.landcover.data import CovariateStats
 from landformer.landcover.model import LandCoverConfig, LandCoverRandAR
 
 EXPORT_FORMAT = "landformer-landcover"
@@ -31,39 +35,6 @@ PRETRAINED = ("igbp",)  # models installed with the package, loadable by name (`
 EXPORT_VERSION = 1
 MODEL_FILE = "model.safetensors"
 META_FILE = "model.json"
-
-
-@dataclass
-class CovariateStats:
-    """Per-channel mean and standard deviation of the covariates (training split), for z-scoring."""
-
-    mean: list[float] = field(default_factory=list)
-    std: list[float] = field(default_factory=list)
-
-    @classmethod
-    def fit(cls, covariates: np.ndarray) -> CovariateStats:
-        """Statistics of (N, C, H, W) covariates, ignoring NaN; a constant channel gets std 1."""
-        if covariates.shape[1] == 0:
-            return cls()
-        values = covariates.astype(np.float64)
-        mean = np.nanmean(values, axis=(0, 2, 3))
-        std = np.nanstd(values, axis=(0, 2, 3))
-        mean = np.where(np.isfinite(mean), mean, 0.0)
-        std = np.where(np.isfinite(std) & (std > 1e-8), std, 1.0)
-        return cls([float(m) for m in mean], [float(s) for s in std])
-
-    @property
-    def n_channels(self) -> int:
-        return len(self.mean)
-
-    def to_dict(self) -> dict[str, list[float]]:
-        return {"mean": list(self.mean), "std": list(self.std)}
-
-    @classmethod
-    def from_dict(cls, data: Any, source: str) -> CovariateStats:
-        if not isinstance(data, dict) or len(data.get("mean", [])) != len(data.get("std", [None])):
-            raise UserError(f"{source}: covariate statistics should hold 'mean' and 'std' lists of one length")
-        return cls([float(v) for v in data["mean"]], [float(v) for v in data["std"]])
 
 
 @dataclass
@@ -91,7 +62,7 @@ class LoadedModel:
         return self.model.is_conditional
 
 
-def save_model(
+def save(
     model: LandCoverRandAR,
     legend: Legend,
     path: str | os.PathLike[str],
@@ -105,8 +76,6 @@ def save_model(
     must be given for a model with covariates (the normalisation is part of the model). ``extra`` (plain JSON)
     is stored under ``"extra"``: training step, source chips, ...
     """
-    from landformer import __version__
-
     config = model.config
     if legend.n_classes != config.n_classes:
         raise UserError(f"legend '{legend.name}' has {legend.n_classes} classes, the model {config.n_classes}")
@@ -141,8 +110,6 @@ def save_model(
 
 def pretrained_path(name: str) -> Path:
     """The file of a model installed with the package (``landcover/pretrained/NAME.safetensors``)."""
-    from importlib import resources
-
     path = Path(str(resources.files("landformer.landcover").joinpath("pretrained", f"{name}.safetensors")))
     if not path.is_file():
         raise UserError(
@@ -168,10 +135,8 @@ def model_path(path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def load_model(path: str | os.PathLike[str], device: str = "cpu") -> LoadedModel:
+def load(path: str | os.PathLike[str], device: str = "cpu") -> LoadedModel:
     """Rebuild a saved model in eval mode; missing, corrupt or foreign files are UserErrors."""
-    import torch
-
     file = model_path(path)
     tensors, meta = load_safetensors(file, "land-cover model")
     if meta.get("format") != EXPORT_FORMAT:

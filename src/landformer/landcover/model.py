@@ -37,7 +37,6 @@ Gibbs sampling on them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -45,26 +44,7 @@ from torch import Tensor, nn
 
 from landformer.core.errors import UserError
 from landformer.core.nn import KVCache, RoPE2D, Transformer, swiglu_hidden
-
-
-@dataclass
-class LandCoverConfig:
-    """Architecture of :class:`LandCoverRandAR`. Training settings (lr, batch, steps) live in the task config."""
-
-    n_classes: int = 8
-    chip_size: int = 16
-    n_layers: int = 4
-    n_heads: int = 4
-    dim: int = 64
-    mlp_ratio: float = 2.6667
-    dropout: float = 0.0
-    rope_base: float = 100.0  # wavelengths of about 6 to 600 cells: enough resolution for 8..64-cell chips
-    order: Literal["random", "raster"] = "random"  # raster is the fixed-order baseline for comparison
-    covariate_channels: int = 0
-    covariate_patch: int = 4
-    use_lonlat: bool = False
-    lonlat_frequencies: int = 8
-    cond_dropout: float = 0.1
+from landformer.landcover.config import LandCoverConfig
 
 
 def tiny_config(n_classes: int) -> LandCoverConfig:
@@ -75,9 +55,6 @@ def tiny_config(n_classes: int) -> LandCoverConfig:
 def reference_config(n_classes: int) -> LandCoverConfig:
     """Reference preset: 16 layers, 16 heads, dim 256, 32x32 chips (train: lr 5e-4, batch 64, 100k steps, bf16)."""
     return LandCoverConfig(n_classes=n_classes, chip_size=32, n_layers=16, n_heads=16, dim=256)
-
-
-PRESETS = {"tiny": tiny_config, "reference": reference_config}
 
 
 def random_orders(

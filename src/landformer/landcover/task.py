@@ -13,14 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import lightning
-import numpy as np
 import torch
 from torch import Tensor
 
 from landformer.core.legend import Legend
 from landformer.core.task import BaseTask
 from landformer.core.train import log_image_files
+from landformer.core.viz import save_png
+from landformer.landcover import plots
 from landformer.landcover.data import ChipTensors
+from landformer.landcover.decoding import sample
 from landformer.landcover.model import LandCoverConfig, LandCoverRandAR
 
 
@@ -80,14 +82,6 @@ def teacher_forced_prediction(model: LandCoverRandAR, chips: ChipTensors, seed: 
     return predicted.reshape(batch, height, width).masked_fill(labels < 0, -1).cpu()
 
 
-def class_grid(maps: np.ndarray, legend: Legend, scale: int | None = None) -> np.ndarray:
-    """(B, H, W) class maps -> one RGB grid image, each map upscaled so a 16-pixel chip is 64 pixels wide."""
-    from landformer.core.viz import class_rgb, image_grid, upscale
-
-    scale = scale or max(1, 64 // maps.shape[-1])
-    return image_grid([upscale(class_rgb(m, legend), scale) for m in maps])
-
-
 class SampleImages(lightning.Callback):
     """Every ``every_steps`` optimiser steps (and at the end) write into ``folder``: ``gen_<step>.png`` (maps
     sampled from scratch, with the chips' covariates when the model is conditioned), ``gt_<step>.png`` (the real
@@ -114,9 +108,6 @@ class SampleImages(lightning.Callback):
         self._last_step = -1
 
     def write(self, model: LandCoverRandAR, step: int) -> list[Path]:
-        from landformer.core.viz import save_png
-        from landformer.landcover.decoding import sample
-
         device = model.device
         generator = torch.Generator(device=device if device.type == "cuda" else "cpu").manual_seed(self.seed)
         covariates = self.chips.covariates.to(device) if self.chips.covariates is not None else None
@@ -134,7 +125,7 @@ class SampleImages(lightning.Callback):
         self.folder.mkdir(parents=True, exist_ok=True)
         paths = []
         for name, maps in (("gen", generated), ("gt", self.chips.labels), ("pred", predicted)):
-            paths.append(save_png(self.folder / f"{name}_{step:07d}.png", class_grid(maps.numpy(), self.legend)))
+            paths.append(save_png(self.folder / f"{name}_{step:07d}.png", plots.class_grid(maps.numpy(), self.legend)))
         self.written.extend(paths)
         self._last_step = step
         return paths

@@ -34,8 +34,10 @@ from landformer.core.chips import ChipConfig, ChipSet, as_class_indices, load_ch
 from landformer.core.errors import UserError
 from landformer.core.io import launch_rank, load_torch, read_json, write_json
 from landformer.core.legend import Legend, load_legend
+from landformer.core.task import task_from_recipe
 from landformer.core.train import check_training_checkpoint, fit, last_checkpoint, prepare_run, seed_everything
-from landformer.landcover.config import LandCoverRecipe
+from landformer.landcover import export
+from landformer.landcover.config import LandCoverConfig, LandCoverRecipe
 from landformer.landcover.data import (
     ChipSplitReader,
     ChipTensors,
@@ -44,9 +46,10 @@ from landformer.landcover.data import (
     spread_indices,
     training_loader,
 )
-from landformer.landcover.export import MODEL_FILE, CovariateStats, load_model, save_model
-from landformer.landcover.model import LandCoverConfig
+from landformer.landcover.export import MODEL_FILE, CovariateStats
 from landformer.landcover.task import LandCoverTask, SampleImages, Throughput
+from landformer.synth.packaged import igbp_chips
+from landformer.synth.world import load_world, make_world
 
 DATA_RECORD = "data.json"
 VAL_ORDER_SEED = 12345  # fixed visiting orders of the validation chips: losses comparable across runs
@@ -56,8 +59,6 @@ def chips_from_world(
     world_folder: Path, out: Path, chip_size: int, stride: int, test_fraction: float, elevation: bool, seed: int
 ) -> Path:
     """Cut a chip file from a synthetic world's land cover (NLCD legend), with its DEM as channel 1 if asked."""
-    from landformer.synth.world import load_world
-
     world = load_world(world_folder)
     config = ChipConfig(
         class_raster=world.landcover,
@@ -98,13 +99,9 @@ def resolve_chips(recipe: LandCoverRecipe, run_dir: Path) -> Path:
         return out
     world = data.world
     if data.builds_igbp:
-        from landformer.synth.packaged import igbp_chips
-
         print(f"cutting {data.chip_size} px chips of real IGBP land cover (MODIS MCD12C1 2019) into {out}")
         return igbp_chips(out, **igbp_chip_settings(recipe))
     if world is None:
-        from landformer.synth.world import make_world
-
         world = run_dir / "world"
         if not (world / "world.json").is_file():
             seed = recipe.train.seed if data.world_seed is None else data.world_seed
@@ -150,8 +147,9 @@ def model_config_for(
     recipe: LandCoverRecipe, n_classes: int, chip_size: int, covariate_channels: int
 ) -> LandCoverConfig:
     """The model shape of the recipe with what the data decide: classes, chip size, covariate channels."""
-    section = dataclasses.asdict(recipe.model)
-    return LandCoverConfig(n_classes=n_classes, chip_size=chip_size, covariate_channels=covariate_channels, **section)
+    return dataclasses.replace(
+        recipe.model, n_classes=n_classes, chip_size=chip_size, covariate_channels=covariate_channels
+    )
 
 
 def record_data(run_dir: Path, record: dict[str, Any], resuming: bool) -> None:
@@ -183,7 +181,7 @@ def _resume_step(run_dir: Path, resume: bool | str | os.PathLike[str]) -> int:
 def load_initial_weights(task: LandCoverTask, source: str, config: LandCoverConfig, legend: Legend) -> None:
     """Copy the weights of a trained model (``task.init_from``) into ``task``: the second stage of a recipe
     trained in two parts. Its shape and legend must be this run's, or every class would be relabelled."""
-    initial = load_model(source)
+    initial = export.load(source)
     if initial.config != config:
         differ = [
             f"{key} {value!r} (this run {getattr(config, key)!r})"
@@ -199,7 +197,7 @@ def load_initial_weights(task: LandCoverTask, source: str, config: LandCoverConf
     task.model.load_state_dict(initial.model.state_dict())
 
 
-def train_landcover(
+def train(
     recipe: LandCoverRecipe, run_dir: str | os.PathLike[str], resume: bool | str | os.PathLike[str] = False
 ) -> dict[str, Any]:
     """Train on the recipe's chips, export the best weights to ``RUN/model.safetensors``; returns a summary
@@ -239,15 +237,15 @@ def train_landcover(
     val_tensors = ChipTensors.from_chips(
         chips, "test" if has_test else "train", stats, use_lonlat, limit=recipe.data.val_chips
     )
-    train = recipe.train
+    training = recipe.train
     batch = recipe.data.batch_size
     conditional = n_covariates > 0 or use_lonlat
     train_loader = training_loader(
         train_tensors,
         batch,
-        train.max_steps * train.accumulate_grad_batches,
-        train.seed,
-        start_step * train.accumulate_grad_batches,
+        training.max_steps * training.accumulate_grad_batches,
+        training.seed,
+        start_step * training.accumulate_grad_batches,
         augment=recipe.data.augment,
         order=model_config.order,
         cond_dropout=model_config.cond_dropout if conditional else 0.0,
@@ -257,15 +255,8 @@ def train_landcover(
 
     if recipe.task.threads:
         torch.set_num_threads(recipe.task.threads)
-    seed_everything(train.seed)
-    task = LandCoverTask(
-        dataclasses.asdict(model_config),
-        lr=recipe.task.lr,
-        weight_decay=recipe.task.weight_decay,
-        warmup_steps=recipe.task.warmup_steps,
-        max_steps=train.max_steps,
-        min_lr_ratio=recipe.task.min_lr_ratio,
-    )
+    seed_everything(training.seed)
+    task = task_from_recipe(LandCoverTask, recipe, model_config=dataclasses.asdict(model_config))
     if recipe.task.init_from is not None and resume is False:
         load_initial_weights(task, recipe.task.init_from, model_config, legend)
     keep = torch.from_numpy(spread_indices(len(val_tensors), recipe.images.n))
@@ -282,12 +273,12 @@ def train_landcover(
         recipe.images.every_steps,
         recipe.images.steps,
         recipe.images.temperature,
-        train.seed,
+        training.seed,
     )
     with warnings.catch_warnings():
         # The stream shards itself over loader workers (RunStream), so its length is exact; Lightning cannot know.
         warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
-        result = fit(task, (train_loader, val_loader), train, run_dir, resume=resume, callbacks=[throughput, images])
+        result = fit(task, (train_loader, val_loader), training, run_dir, resume=resume, callbacks=[throughput, images])
 
     checkpoint = result.load_best_into(task)
     extra = {
@@ -304,7 +295,7 @@ def train_landcover(
     # Every rank of a torchrun or SLURM launch ends with the same weights in the same run folder: rank 0 writes.
     writer = launch_rank() == 0
     model_file = (
-        save_model(task.model.cpu(), legend, run_dir, extra, chips.channel_names, stats)
+        export.save(task.model.cpu(), legend, run_dir, extra, chips.channel_names, stats)
         if writer
         else run_dir / MODEL_FILE
     )
