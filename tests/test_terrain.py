@@ -16,11 +16,11 @@ from rasterio.transform import Affine
 from landformer.cli import main
 from landformer.core.errors import UserError
 from landformer.core.raster import write_geotiff
-from landformer.terrain.config import TerrainDataConfig
+from landformer.terrain.config import MaskGITModelConfig, TerrainDataConfig, TokenizerModelConfig
 from landformer.terrain.data import DemSource, condition_tokens, read_chip_tiles, read_dem_tiles
 from landformer.terrain.evaluate import reconstruct
 from landformer.terrain.export import LoadedTokenizer, load, save
-from landformer.terrain.model import MaskGIT, MaskGITModelConfig, TokenizerModelConfig, VQTokenizer
+from landformer.terrain.model import MaskGIT, VQTokenizer
 from landformer.terrain.outpaint import TerrainField, expand_array, expand_map, write_world
 from landformer.terrain.sample import sample
 

@@ -16,14 +16,15 @@ from typing import Any
 from landformer.core.train import TrainConfig, last_checkpoint
 from landformer.terrain.config import (
     MaskGITConfig,
+    MaskGITModelConfig,
     SamplingSection,
     TerrainDataConfig,
     TokenizerConfig,
+    TokenizerModelConfig,
     TokenizerTaskSection,
 )
 from landformer.terrain.evaluate import evaluate
 from landformer.terrain.export import load
-from landformer.terrain.model import MaskGITModelConfig, TokenizerModelConfig
 from landformer.terrain.outpaint import write_world
 from landformer.terrain.pictures import save_hillshade_grid
 from landformer.terrain.sample import sample_tiles

@@ -33,8 +33,9 @@ from torch import Tensor
 from landformer.core.errors import UserError
 from landformer.core.io import load_safetensors, load_torch, save_safetensors, write_json
 from landformer.core.raster import parse_crs
+from landformer.terrain.config import MaskGITModelConfig, TokenizerModelConfig
 from landformer.terrain.data import scale_class
-from landformer.terrain.model import MaskGIT, MaskGITModelConfig, TokenizerModelConfig, VQTokenizer, decode
+from landformer.terrain.model import MaskGIT, VQTokenizer, decode
 
 TOKENIZER_FORMAT = "landformer-terrain-tokenizer"
 MASKGIT_FORMAT = "landformer-terrain-maskgit"

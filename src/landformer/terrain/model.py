@@ -40,68 +40,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from landformer.core.nn import Transformer
+from landformer.terrain.config import MaskGITModelConfig, TokenizerModelConfig
 
 # ================================================================================================ stage 1: tokenizer
-
-DISCRIMINATOR_FIELDS = ("disc_channels", "disc_layers")
-
-
-@dataclass
-class TokenizerModelConfig:
-    """The tokenizer's architecture (every field but the discriminator's enters its identity hash) and the size
-    of the PatchGAN discriminator that trains beside it; the ``model`` section of a tokenizer recipe."""
-
-    channels: int = 32  # width at full resolution; doubles at each downsampling
-    downsample: int = 4  # pixels per token side: 2 ** number of downsamplings
-    res_blocks: int = 1  # residual blocks per resolution
-    quantizer: Literal["vq", "fsq"] = "vq"  # l2-normalised low-dimensional codebook, or finite scalar quantization
-    codebook_size: int = 512  # codes of the "vq" quantizer
-    code_dim: int = 8  # dimension of the l2-normalised codes ("vq")
-    fsq_levels: list[int] = field(default_factory=lambda: [8, 8, 8])  # levels per dimension ("fsq"): 512 codes
-    commitment: float = 0.25  # weight of the commitment term of "vq"
-    # How the decoder doubles its resolution. "nearest" copies each pixel into a 2x2 block, and the convolutions
-    # after it never quite smooth the copies away: decoded terrain carries a token-sized lattice (its power at
-    # the 4 px lattice frequencies 1.5-2x that beside them). "bilinear" interpolates instead.
-    upsample: Literal["nearest", "bilinear"] = "nearest"
-    # The discriminator is only trained against, never exported: these two stay out of the tokenizer's file.
-    disc_channels: int = 32  # PatchGAN discriminator width
-    disc_layers: int = 2  # stride-2 layers of the discriminator
-
-    def __post_init__(self) -> None:
-        if self.downsample < 1 or self.downsample & (self.downsample - 1):
-            raise ValueError(f"downsample must be a power of two, got {self.downsample}")
-        if self.quantizer not in ("vq", "fsq"):
-            raise ValueError(f"quantizer must be 'vq' or 'fsq', got {self.quantizer!r}")
-        if self.upsample not in ("nearest", "bilinear"):
-            raise ValueError(f"upsample must be 'nearest' or 'bilinear', got {self.upsample!r}")
-
-    def architecture(self) -> dict[str, Any]:
-        """The fields that fix the exported tokenizer (all but the discriminator's), as plain values."""
-        return {name: value for name, value in asdict(self).items() if name not in DISCRIMINATOR_FIELDS}
-
-    @property
-    def n_down(self) -> int:
-        return int(math.log2(self.downsample))
-
-    @property
-    def vocab_size(self) -> int:
-        return self.codebook_size if self.quantizer == "vq" else math.prod(self.fsq_levels)
-
-    @property
-    def latent_dim(self) -> int:
-        return self.code_dim if self.quantizer == "vq" else len(self.fsq_levels)
-
-    def level_channels(self, level: int) -> int:
-        """Width at resolution level ``level`` (0 = full resolution): doubles once, then twice, then stays."""
-        return self.channels * min(2**level, 4)
 
 
 class ChannelNorm(nn.Module):
@@ -436,25 +383,6 @@ class PerceptualLoss(nn.Module):
 # ================================================================================================ stage 2: MaskGIT
 
 OUTPAINT_SHAPES = ("tile_a", "tile_b", "tile_c", "tile_d", "strip")
-
-
-@dataclass
-class MaskGITModelConfig:
-    """MaskGIT's architecture; the ``model`` section of a generator recipe (training takes ``vocab_size``,
-    ``grid`` and ``n_condition_classes`` from the tokenizer and the data instead of the recipe)."""
-
-    vocab_size: int = 512  # codes of the tokenizer; the [MASK] token is index vocab_size
-    grid: int = 8  # side of the training window in tokens
-    dim: int = 128
-    n_layers: int = 4
-    n_heads: int = 4
-    dropout: float = 0.1
-    rope_base: float = 100.0
-    n_condition_classes: int = 0  # 0: unconditional
-
-    @property
-    def mask_id(self) -> int:
-        return self.vocab_size
 
 
 class MaskGIT(nn.Module):

@@ -25,7 +25,7 @@ from landformer.core.io import load_torch, write_json
 from landformer.core.task import ImagesEvery, task_from_recipe
 from landformer.core.train import fit, prepare_run, seed_everything
 from landformer.core.viz import image_grid
-from landformer.terrain.config import MaskGITConfig, TokenizerConfig
+from landformer.terrain.config import MaskGITConfig, MaskGITModelConfig, TokenizerConfig
 from landformer.terrain.data import (
     ElevationTiles,
     TokenGrids,
@@ -37,7 +37,7 @@ from landformer.terrain.data import (
 )
 from landformer.terrain.evaluate import evaluate_tokenizer, reconstruction_panel
 from landformer.terrain.export import LoadedTokenizer, load, save
-from landformer.terrain.model import MaskGITModelConfig, decode
+from landformer.terrain.model import decode
 from landformer.terrain.pictures import hillshade_picture, save_hillshade_grid
 from landformer.terrain.sample import sample_tiles
 from landformer.terrain.task import MaskGITTask, TokenizerTask
