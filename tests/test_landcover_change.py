@@ -13,7 +13,7 @@ from affine import Affine
 from landformer.core.errors import UserError
 from landformer.core.legend import Legend, load_legend
 from landformer.core.raster import write_geotiff
-from landformer.landcover import change, change_model
+from landformer.landcover import change, change_model, plots
 from landformer.landcover.export import CovariateStats, LoadedModel
 from landformer.landcover.model import LandCoverConfig, LandCoverRandAR
 
@@ -44,9 +44,9 @@ def test_outcome_map_colours_each_kind_of_pixel() -> None:
     t1 = np.array([[0, 0, 0, 0, 1, -1]])
     observed = np.array([[0, 1, 1, 1, 1, 1]])
     predicted = np.array([[2, 1, 2, 0, 1, 1]])
-    colours = change_model.OUTCOME_COLOURS
+    colours = plots.OUTCOME_COLOURS
     expected = [colours[k] for k in ("false alarm", "hit", "wrong hit", "miss", "persistence")] + [(255, 255, 255)]
-    assert [tuple(pixel) for pixel in change_model.outcome_rgb(t1, observed, predicted)[0]] == expected
+    assert [tuple(pixel) for pixel in plots.outcome_rgb(t1, observed, predicted)[0]] == expected
 
 
 def test_disagreement_by_hand() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TypeVar
 
 from landformer.core.commands import (
     add_command,
@@ -15,12 +16,16 @@ from landformer.core.commands import (
 from landformer.core.errors import UserError
 from landformer.core.train import add_resume_argument
 from landformer.landcover.options import (
-    add_batch_size_argument,
-    add_decoding_arguments,
-    add_model_arguments,
+    ChangeEvaluateOptions,
+    ChangeSimulateOptions,
+    add_options,
+    call_with_options,
     check_at_least,
+    parsed_options,
     use_device_and_threads,
 )
+
+T = TypeVar("T")
 
 
 def add_change_commands(group: argparse._SubParsersAction) -> None:
@@ -48,8 +53,7 @@ def add_change_commands(group: argparse._SubParsersAction) -> None:
         "simulate t2 from a t1 raster of any size: most likely map, P(change), P(transition) GeoTIFFs",
         run_change_simulate,
     )
-    _add_change_model_arguments(simulate)
-    simulate.add_argument("--t1", type=Path, required=True, help="class raster of the first epoch (model's legend)")
+    add_options(simulate, ChangeSimulateOptions)
     simulate.add_argument(
         "--to",
         action="append",
@@ -62,14 +66,6 @@ def add_change_commands(group: argparse._SubParsersAction) -> None:
         default=[],
         help="t1 classes that cannot change, repeatable: a legend group or class code/name (e.g. 11 for water)",
     )
-    simulate.add_argument(
-        "--quantity",
-        choices=["model", "markov"],
-        default="model",
-        help="how many pixels of each transition the map gets: the model's expectation, or the Markov matrix of "
-        "the training pair's train blocks",
-    )
-    simulate.add_argument("--tile", type=int, default=256, help="output tile side in pixels (memory per tile)")
 
     evaluate = add_command(
         group,
@@ -77,37 +73,18 @@ def add_change_commands(group: argparse._SubParsersAction) -> None:
         "Figure of Merit, disagreement and bits on held-out blocks: model, persistence and Markov-CA",
         run_change_evaluate,
     )
-    _add_change_model_arguments(evaluate)
-    evaluate.add_argument("--t1", type=Path, default=None, help="t1 raster (default: the pair the model trained on)")
-    evaluate.add_argument("--t2", type=Path, default=None, help="t2 raster (default: the pair the model trained on)")
-    evaluate.add_argument("--orders", type=int, default=2, help="random orders averaged for bits per pixel")
-    evaluate.add_argument(
-        "--unconditional",
-        type=Path,
-        default=None,
-        help="a land-cover model trained without t1 (e.g. on the same t2 chips) to score beside it",
-    )
+    add_options(evaluate, ChangeEvaluateOptions)
 
 
-def _add_change_model_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_arguments(parser, "folder for the outputs")
-    parser.add_argument(
-        "--method",
-        choices=["samples", "marginal"],
-        default="samples",
-        help="p(t2 | t1) from --samples draws per chip window, or each pixel's marginal in one pass per window",
-    )
-    parser.add_argument("--samples", type=int, default=8, help="draws of t2 per chip window (--method samples)")
-    add_decoding_arguments(parser)
-    add_batch_size_argument(parser, 64, "chip windows")
-
-
-def _check_sampling(args: argparse.Namespace) -> None:
-    check_at_least("--samples", args.samples)
-    check_at_least("--steps", args.steps)
-    if not args.temperature > 0:
-        raise UserError(f"--temperature must be above 0, got {args.temperature}")
-    use_device_and_threads(args)
+def _change_options(args: argparse.Namespace, options: type[T]) -> T:
+    """The command's options from its flags, checked, with --device and --threads applied."""
+    parsed = parsed_options(args, options)
+    check_at_least("--samples", parsed.n_samples)
+    check_at_least("--steps", parsed.steps)
+    if not parsed.temperature > 0:
+        raise UserError(f"--temperature must be above 0, got {parsed.temperature}")
+    use_device_and_threads(parsed)
+    return parsed
 
 
 def run_change_train(args: argparse.Namespace) -> None:
@@ -137,24 +114,10 @@ def run_change_train(args: argparse.Namespace) -> None:
 def run_change_simulate(args: argparse.Namespace) -> None:
     from landformer.landcover.change_model import simulate_change
 
-    _check_sampling(args)
-    check_at_least("--tile", args.tile, 16)
-    summary = simulate_change(
-        args.model,
-        args.t1,
-        args.out,
-        n_samples=args.samples,
-        steps=args.steps,
-        temperature=args.temperature,
-        transitions=tuple(args.to or ["developed"]),
-        keep_classes=tuple(args.keep),
-        method=args.method,
-        quantity=args.quantity,
-        tile=args.tile,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        device=args.device,
-    )
+    options = _change_options(args, ChangeSimulateOptions)
+    check_at_least("--tile", options.tile, 16)
+    transitions, keep = tuple(args.to or ["developed"]), tuple(args.keep)
+    summary = call_with_options(simulate_change, options, transitions=transitions, keep_classes=keep)
     share = summary["expected_changes"] / (summary["height"] * summary["width"])
     print(f"simulated {summary['height']}x{summary['width']} px in {summary['seconds']} s; {100 * share:.2f}% change")
     for name, path in summary["files"].items():
@@ -164,23 +127,9 @@ def run_change_simulate(args: argparse.Namespace) -> None:
 def run_change_evaluate(args: argparse.Namespace) -> None:
     from landformer.landcover.change_model import evaluate_change
 
-    _check_sampling(args)
-    check_at_least("--orders", args.orders)
-    result = evaluate_change(
-        args.model,
-        args.out,
-        args.t1,
-        args.t2,
-        method=args.method,
-        n_samples=args.samples,
-        steps=args.steps,
-        temperature=args.temperature,
-        batch_size=args.batch_size,
-        orders=args.orders,
-        unconditional=args.unconditional,
-        seed=args.seed,
-        device=args.device,
-    )
+    options = _change_options(args, ChangeEvaluateOptions)
+    check_at_least("--orders", options.orders)
+    result = call_with_options(evaluate_change, options)
     print(format_change_table(result.summary))
     print(f"wrote {result.summary['json']} and {result.summary['picture']}")
 

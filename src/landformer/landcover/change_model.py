@@ -41,8 +41,7 @@ from landformer.core.io import read_json, write_json
 from landformer.core.legend import NODATA_INDEX, Legend
 from landformer.core.raster import RasterGrid, class_dtype, geotiff_writer, iter_windows, open_raster
 from landformer.core.train import TrainConfig
-from landformer.core.viz import save_panel
-from landformer.landcover import change, decoding
+from landformer.landcover import change, decoding, plots
 from landformer.landcover.apps.common import window_starts
 from landformer.landcover.apps.development import NODATA_PROBABILITY
 from landformer.landcover.config import (
@@ -54,7 +53,6 @@ from landformer.landcover.config import (
 )
 from landformer.landcover.data import model_inputs
 from landformer.landcover.export import LoadedModel, load
-from landformer.landcover.plots import probability_rgb
 from landformer.synth.world import load_world, make_world
 
 PAIR_RECORD = "change.json"
@@ -632,62 +630,12 @@ def evaluate_change(
     result = ChangeEvaluation(summary, test_t1, test_t2, predictions, model_maps.p_change)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    summary["picture"] = str(change_picture(result, legend, out / "change_eval.png"))
+    picture = plots.change_panel(
+        out / "change_eval.png", result.blocks_t1, result.blocks_t2, result.predictions, result.p_change, legend
+    )
+    summary["picture"] = str(picture)
     summary["json"] = str(write_json(out / "change_eval.json", summary))
     return result
-
-
-OUTCOME_COLOURS = {  # the usual colours of a Figure-of-Merit map
-    "persistence": (235, 235, 235),
-    "hit": (30, 150, 60),
-    "wrong hit": (240, 180, 20),
-    "miss": (210, 40, 40),
-    "false alarm": (40, 90, 200),
-}
-
-
-def outcome_rgb(t1: np.ndarray, observed: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    """(H, W, 3): each pixel's outcome (persistence agreed, hit, wrong hit, miss, false alarm); nodata white."""
-    observed_change, predicted_change = observed != t1, predicted != t1
-    outcome = np.select(
-        [
-            observed_change & predicted_change & (predicted == observed),
-            observed_change & predicted_change,
-            observed_change,
-            predicted_change,
-        ],
-        [1, 2, 3, 4],
-        0,
-    )
-    rgb = np.array(list(OUTCOME_COLOURS.values()), dtype=np.uint8)[outcome]
-    rgb[(t1 < 0) | (observed < 0)] = 255
-    return rgb
-
-
-def change_picture(result: ChangeEvaluation, legend: Legend, path: Path) -> Path:
-    """t1, real t2, the model's t2, Markov-CA's t2, the model's change probability and its outcome map on the test
-    block with the most observed change."""
-    changed = [int(((a != b) & (a >= 0)).sum()) for a, b in zip(result.blocks_t1, result.blocks_t2, strict=True)]
-    index = int(np.argmax(changed))
-    # Change is rare: stretched to the block's largest probability, the map shows where, not only that it is low.
-    top = max(float(result.p_change[index].max()), 1e-6)
-    images = [
-        result.blocks_t1[index],
-        result.blocks_t2[index],
-        result.predictions["model"][index],
-        result.predictions["markov_ca"][index],
-        probability_rgb(result.p_change[index] / top),
-        outcome_rgb(result.blocks_t1[index], result.blocks_t2[index], result.predictions["model"][index]),
-    ]
-    titles = [
-        "t1",
-        "real t2",
-        "model t2 (most likely)",
-        "Markov-CA t2",
-        f"model P(change), black 0 .. light {top:.2f}",
-        "model: hit green, miss red,\nfalse alarm blue, wrong hit yellow",
-    ]
-    return save_panel(path, images, titles, nrows=2, legend=legend)
 
 
 # ------------------------------------------------------------------------------------------- large rasters

@@ -39,44 +39,6 @@ def add_baselines_epilog(parser: argparse.ArgumentParser, lines: dict[str, str])
     parser.formatter_class = ListFormatter
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, out_help: str, threads: int = 1) -> None:
-    """--model, --out, --seed, --device and --threads: every command that runs a trained model takes them."""
-    parser.add_argument("--model", type=Path, required=True, help=MODEL_HELP)
-    parser.add_argument("--out", type=Path, required=True, help=out_help)
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed for orders, masks and sampling (same seed, same outputs)"
-    )
-    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=threads,
-        help="torch CPU threads (0: torch's default; tiny models run fastest on 1)",
-    )
-
-
-def add_decoding_arguments(
-    parser: argparse.ArgumentParser, steps: bool = True, top_k: bool = False, top_p: bool = False
-) -> None:
-    """--steps (parallel decoding), --temperature and optionally --top-k and --top-p."""
-    if steps:
-        parser.add_argument(
-            "--steps",
-            type=int,
-            default=None,
-            help="parallel decoding in this many steps (cosine schedule); default: one pixel per step (KV cache)",
-        )
-    parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (> 0)")
-    if top_k:
-        parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely classes only")
-    if top_p:
-        parser.add_argument("--top-p", type=float, default=None, help="sample from the smallest set reaching this mass")
-
-
-def add_batch_size_argument(parser: argparse.ArgumentParser, default: int, what: str = "maps") -> None:
-    parser.add_argument("--batch-size", type=int, default=default, help=f"{what} processed at once")
-
-
 def check_at_least(name: str, value: int | None, minimum: int = 1) -> None:
     if value is not None and value < minimum:
         raise UserError(f"{name} must be at least {minimum}, got {value}")
@@ -99,6 +61,7 @@ def use_device_and_threads(args: argparse.Namespace | ModelOptions) -> None:
 # by name to the Python function the command runs (call_with_options), so no command lists them twice.
 
 OUT_HELP = "folder for the outputs"
+THREADS_HELP = "torch CPU threads (0: torch's default; tiny models run fastest on 1)"
 CHIPS_HELP = "chip file (.npz) whose test split is used (default: the chips the model was trained on)"
 STEPS_HELP = "parallel decoding in this many steps (cosine schedule); default: one pixel per step (KV cache)"
 # Temperature of sampled inpainting fills: below 1, a fill favours the likeliest class of each hidden pixel a
@@ -114,7 +77,7 @@ class ModelOptions:
     out: Path = option(help=OUT_HELP)
     seed: int = option(0, help="seed for orders, masks and sampling (same seed, same outputs)")
     device: str = option("cpu", help="torch device: cpu, cuda, cuda:1, mps")
-    threads: int = option(1, help="torch CPU threads (0: torch's default; tiny models run fastest on 1)")
+    threads: int = option(1, help=THREADS_HELP)
 
 
 @dataclass(kw_only=True)
@@ -221,7 +184,7 @@ def call_with_options(function: Callable[..., R], options: Any, **extra: Any) ->
 @dataclass(kw_only=True)
 class GibbsOptions(ModelOptions):
     out: Path = option(help=OUT_HELP)
-    threads: int = option(0, help="torch CPU threads (0: torch's default; tiny models run fastest on 1)")
+    threads: int = option(0, help=THREADS_HELP)
     chips: Path | None = option(None, help="chip file whose chips start the chains (default: noise)")
     split: Literal["test", "train"] = option("test", help="which chips start the chains: test or train")
     chains: int = option(16, help="number of chains, run as one batch")
@@ -239,7 +202,7 @@ class GibbsOptions(ModelOptions):
 @dataclass(kw_only=True)
 class EmbedOptions(ModelOptions):
     out: Path = option(help=OUT_HELP)
-    threads: int = option(0, help="torch CPU threads (0: torch's default; tiny models run fastest on 1)")
+    threads: int = option(0, help=THREADS_HELP)
     what: Literal["classes", "positions", "chips"] = option(
         "classes", help="what to project: classes, positions or chips"
     )
@@ -251,7 +214,7 @@ class EmbedOptions(ModelOptions):
 @dataclass(kw_only=True)
 class DevProbOptions(ModelOptions):
     out: Path = option(help=OUT_HELP)
-    threads: int = option(0, help="torch CPU threads (0: torch's default; tiny models run fastest on 1)")
+    threads: int = option(0, help=THREADS_HELP)
     raster: Path | None = option(None, help="class raster (codes of the model's legend)")
     window: list[int] | None = option(None, help="pixel window COL ROW W H of --raster to read")
     chips: Path | None = option(None, help="chip file instead of a raster: use test chip --chip-index")
@@ -274,7 +237,7 @@ class DevProbOptions(ModelOptions):
 @dataclass(kw_only=True)
 class PanoramaOptions(ModelOptions):
     out: Path = option(help=OUT_HELP)
-    threads: int = option(0, help="torch CPU threads (0: torch's default; tiny models run fastest on 1)")
+    threads: int = option(0, help=THREADS_HELP)
     width: int = option(96, help="panorama width in cells")
     height: int | None = option(None, help="panorama height in cells (default: one chip)")
     n: int = option(1, help="number of panoramas, drawn as one batch")
@@ -288,7 +251,7 @@ class PanoramaOptions(ModelOptions):
 @dataclass(kw_only=True)
 class EvaluateOptions(ModelOptions):
     out: Path = option(help=OUT_HELP)
-    threads: int = option(0, help="torch CPU threads (0: torch's default; tiny models run fastest on 1)")
+    threads: int = option(0, help=THREADS_HELP)
     chips: Path | None = option(
         None, help="chip file whose test chips are the reference (default: the model's training chips)"
     )
@@ -296,3 +259,43 @@ class EvaluateOptions(ModelOptions):
     steps: list[int] = option(default_factory=lambda: [16], help="parallel decoding steps to compare with sequential")
     temperature: float = option(1.0, help="softmax temperature (> 0)")
     batch_size: int = option(64, help="samples processed at once")
+
+
+@dataclass(kw_only=True)
+class ChangeModelOptions(ModelOptions):
+    """What change-simulate and change-evaluate share: how p(t2 | t1) is read off the model."""
+
+    out: Path = option(help=OUT_HELP)
+    method: Literal["samples", "marginal"] = option(
+        "samples",
+        help="p(t2 | t1) from --samples draws per chip window, or each pixel's marginal in one pass per window "
+        "(samples or marginal)",
+    )
+    n_samples: int = option(8, flag="--samples", help="draws of t2 per chip window (--method samples)")
+    steps: int | None = option(None, help=STEPS_HELP)
+    temperature: float = option(1.0, help="softmax temperature (> 0)")
+    batch_size: int = option(64, help="chip windows processed at once")
+
+
+@dataclass(kw_only=True)
+class ChangeSimulateOptions(ChangeModelOptions):
+    """The options of change-simulate; its repeatable --to and --keep are plain argparse flags (a list option
+    takes its values after one flag, not one value per flag)."""
+
+    t1: Path = option(help="class raster of the first epoch (model's legend)")
+    quantity: Literal["model", "markov"] = option(
+        "model",
+        help="how many pixels of each transition the map gets: the model's expectation (model), or the Markov "
+        "matrix of the training pair's train blocks (markov)",
+    )
+    tile: int = option(256, help="output tile side in pixels (memory per tile)")
+
+
+@dataclass(kw_only=True)
+class ChangeEvaluateOptions(ChangeModelOptions):
+    t1: Path | None = option(None, help="t1 raster (default: the pair the model trained on)")
+    t2: Path | None = option(None, help="t2 raster (default: the pair the model trained on)")
+    orders: int = option(2, help="random orders averaged for bits per pixel")
+    unconditional: Path | None = option(
+        None, help="a land-cover model trained without t1 (e.g. on the same t2 chips) to score beside it"
+    )

@@ -246,3 +246,63 @@ def rows_of_maps(path: Path, rows: dict[str, np.ndarray], columns: int, legend: 
             images.append(np.asarray(maps[i], dtype=np.int64))
             titles.append(f"{name} {i + 1}")
     return save_panel(path, images, titles, ncols=columns, legend=legend, panel_px=128)
+
+
+OUTCOME_COLOURS = {  # the usual colours of a Figure-of-Merit map
+    "persistence": (235, 235, 235),
+    "hit": (30, 150, 60),
+    "wrong hit": (240, 180, 20),
+    "miss": (210, 40, 40),
+    "false alarm": (40, 90, 200),
+}
+
+
+def outcome_rgb(t1: np.ndarray, observed: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """(H, W, 3): each pixel's outcome (persistence agreed, hit, wrong hit, miss, false alarm); nodata white."""
+    observed_change, predicted_change = observed != t1, predicted != t1
+    outcome = np.select(
+        [
+            observed_change & predicted_change & (predicted == observed),
+            observed_change & predicted_change,
+            observed_change,
+            predicted_change,
+        ],
+        [1, 2, 3, 4],
+        0,
+    )
+    rgb = np.array(list(OUTCOME_COLOURS.values()), dtype=np.uint8)[outcome]
+    rgb[(t1 < 0) | (observed < 0)] = 255
+    return rgb
+
+
+def change_panel(
+    path: Path,
+    blocks_t1: list[np.ndarray],
+    blocks_t2: list[np.ndarray],
+    predictions: dict[str, list[np.ndarray]],
+    p_change: list[np.ndarray],
+    legend: Legend,
+) -> Path:
+    """t1, real t2, the model's t2, Markov-CA's t2, the model's change probability and its outcome map on the test
+    block with the most observed change (``predictions`` holds the "model" and "markov_ca" maps per block)."""
+    changed = [int(((a != b) & (a >= 0)).sum()) for a, b in zip(blocks_t1, blocks_t2, strict=True)]
+    index = int(np.argmax(changed))
+    # Change is rare: stretched to the block's largest probability, the map shows where, not only that it is low.
+    top = max(float(p_change[index].max()), 1e-6)
+    images = [
+        blocks_t1[index],
+        blocks_t2[index],
+        predictions["model"][index],
+        predictions["markov_ca"][index],
+        probability_rgb(p_change[index] / top),
+        outcome_rgb(blocks_t1[index], blocks_t2[index], predictions["model"][index]),
+    ]
+    titles = [
+        "t1",
+        "real t2",
+        "model t2 (most likely)",
+        "Markov-CA t2",
+        f"model P(change), black 0 .. light {top:.2f}",
+        "model: hit green, miss red,\nfalse alarm blue, wrong hit yellow",
+    ]
+    return save_panel(path, images, titles, nrows=2, legend=legend)
