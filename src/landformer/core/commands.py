@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import types
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 from landformer.core.config import ConfigFlag, config_flags
+from landformer.core.errors import UserError
 from landformer.core.train import TrainConfig
 
 
@@ -110,9 +112,14 @@ def _number_or_text(text: str) -> int | str:
     return int(text) if text.strip().isdigit() else text
 
 
-def _add_flag(parser: argparse.ArgumentParser, flag: ConfigFlag, dest: str) -> None:
-    # SUPPRESS: an absent flag leaves no attribute, so the recipe's value stands (and --help shows no "None").
+def _add_flag(parser: argparse.ArgumentParser, flag: ConfigFlag, dest: str, default: Any = dataclasses.MISSING) -> None:
+    """One argparse flag for ``flag``; ``default`` (when known) is named in the help, since the flag's own default
+    must stay unset (SUPPRESS) for the recipe's value to stand when the flag is not given."""
     help = f"{flag.help} [{flag.key}]"
+    shown = default not in (None, dataclasses.MISSING, [], ()) and flag.annotation is not bool
+    if shown and "default" not in flag.help.lower():
+        default = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+        help += f" (default: {default})"
     if flag.annotation is bool:
         parser.add_argument(
             flag.flag, dest=dest, action="store_const", const=not flag.default, default=argparse.SUPPRESS, help=help
@@ -124,23 +131,37 @@ def _add_flag(parser: argparse.ArgumentParser, flag: ConfigFlag, dest: str) -> N
     )
 
 
+def _built_in_value(config: Any, key: str) -> Any:
+    """The value at dotted ``key`` of the config instance ``config`` (MISSING when there is none)."""
+    for part in key.split("."):
+        config = getattr(config, part, dataclasses.MISSING)
+    return config
+
+
 def add_config_flags(parser: argparse.ArgumentParser, config: type, section: str = "") -> None:
     """One flag per :func:`~landformer.core.config.option` field of the dataclass ``config`` (and of its nested
-    sections); ``section`` is the dotted key ``config`` sits under in the recipe. :func:`recipe_overrides` turns the
-    flags given back into ``--set`` overrides."""
-    for flag in config_flags(config, f"{section}." if section else ""):
-        _add_flag(parser, flag, "set__" + flag.key.replace(".", "__"))
+    sections), its help naming the built-in default; ``section`` is the dotted key ``config`` sits under in the
+    recipe. :func:`recipe_overrides` turns the flags given back into ``--set`` overrides."""
+    try:
+        built_in = config()  # the defaults as the recipe resolves them (a section may default to its own values)
+    except (TypeError, UserError):
+        built_in = None
+    for flag in config_flags(config):
+        default = _built_in_value(built_in, flag.key) if built_in is not None else flag.default
+        key = f"{section}.{flag.key}" if section else flag.key
+        _add_flag(parser, dataclasses.replace(flag, key=key), "set__" + key.replace(".", "__"), default)
 
 
 def training_flags() -> list[ConfigFlag]:
     """The flags every training command takes: the ``common`` options of :class:`TrainConfig`."""
-    return [flag for flag in config_flags(TrainConfig) if flag.common]
+    return [flag for flag in config_flags(TrainConfig, "train.") if flag.common]
 
 
 def add_training_flags(parser: argparse.ArgumentParser) -> None:
-    """The :func:`training_flags`; each is a shorthand for ``--set <train section>.<key>=VALUE`` and wins over it."""
+    """The :func:`training_flags`; each is a shorthand for ``--set <train section>.<key>=VALUE`` and wins over it.
+    Their help names no default: each pipeline's recipe sets its own."""
     for flag in training_flags():
-        _add_flag(parser, flag, f"train__{flag.key}")
+        _add_flag(parser, flag, f"train__{flag.key.removeprefix('train.')}")
 
 
 def recipe_overrides(args: argparse.Namespace, section: str = "train") -> list[str]:
