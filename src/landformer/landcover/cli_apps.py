@@ -71,28 +71,6 @@ def _load_model(options: ModelOptions) -> Any:
     return load(options.model, device=options.device)
 
 
-def _split_inputs(chips: Any, loaded: Any, split: str = "test", limit: int | None = None) -> tuple[Any, Any, Any]:
-    """Labels (N, H, W), covariates (N, c, H, W) or None, lon/lat (N, 2) or None of one split of loaded chips."""
-    from landformer.landcover.data import lonlat_inputs, model_inputs
-
-    data = chips.test_data if split == "test" else chips.train_data
-    coords = chips.test_coords if split == "test" else chips.train_coords
-    if len(data) == 0:
-        raise UserError(f"chip file {chips.source}: the {split} split holds no chips")
-    if limit is not None:
-        data, coords = data[:limit], coords[:limit]
-    labels, covariates = model_inputs(data, loaded.covariate_stats)
-    lonlat = lonlat_inputs(coords) if loaded.config.use_lonlat else None
-    return labels, covariates, lonlat
-
-
-def _chip_inputs(path: Path, loaded: Any, split: str = "test", limit: int | None = None) -> tuple[Any, Any, Any]:
-    """:func:`_split_inputs` of the chip file at ``path``, checked against the model."""
-    from landformer.landcover.apps.common import open_chips
-
-    return _split_inputs(open_chips(loaded, path)[0], loaded, split, limit)
-
-
 def _report(paths: dict[str, Path]) -> None:
     for name, path in paths.items():
         print(f"{name}: {path}")
@@ -102,6 +80,7 @@ def run_gibbs(args: argparse.Namespace) -> None:
     import numpy as np
 
     from landformer.landcover.apps import gibbs
+    from landformer.landcover.apps.common import chip_inputs
 
     options = parsed_options(args, GibbsOptions)
     check_at_least("--chains", options.chains)
@@ -114,7 +93,7 @@ def run_gibbs(args: argparse.Namespace) -> None:
     loaded = _load_model(options)
     covariates = lonlat = None
     if options.chips is not None:
-        labels, covariates, lonlat = _chip_inputs(options.chips, loaded, options.split, options.chains)
+        labels, covariates, lonlat = chip_inputs(options.chips, loaded, options.split, options.chains)
         labels = labels.numpy()
         if len(labels) < options.chains:
             raise UserError(
@@ -142,6 +121,7 @@ def run_gibbs(args: argparse.Namespace) -> None:
 
 def run_embed(args: argparse.Namespace) -> None:
     from landformer.landcover.apps import embedding
+    from landformer.landcover.apps.common import chip_inputs
 
     options = parsed_options(args, EmbedOptions)
     check_at_least("--n", options.n)
@@ -150,7 +130,7 @@ def run_embed(args: argparse.Namespace) -> None:
     if options.what == "chips":
         if options.chips is None:
             raise UserError("embed-plot --what chips needs --chips chips.npz")
-        labels, covariates, lonlat = _chip_inputs(options.chips, loaded, "test", options.n)
+        labels, covariates, lonlat = chip_inputs(options.chips, loaded, "test", options.n)
     result = embedding.embed_plot(
         loaded.model, loaded.legend, options.what, options.out, labels, covariates, lonlat, options.method, options.seed
     )
@@ -159,48 +139,9 @@ def run_embed(args: argparse.Namespace) -> None:
     _report(result.paths)
 
 
-def _central_half(height: int, width: int) -> tuple[int, int, int, int]:
-    return width // 4, height // 4, width - 2 * (width // 4), height - 2 * (height // 4)
-
-
-def _region_mask(region: list[int] | None, height: int, width: int) -> Any:
-    import numpy as np
-
-    col, row, w, h = region if region is not None else _central_half(height, width)
-    if w < 1 or h < 1 or col < 0 or row < 0 or col + w > width or row + h > height:
-        raise UserError(f"--region {col} {row} {w} {h} does not lie inside the {width}x{height} window")
-    mask = np.zeros((height, width), dtype=bool)
-    mask[row : row + h, col : col + w] = True
-    return mask
-
-
-def _read_raster_window(path: Path, window: list[int], loaded: Any) -> tuple[Any, Any, Any, Any]:
-    """Class indices (H, W), the window's transform and CRS, and lon/lat of its centre."""
-    import numpy as np
-    import torch
-    from affine import Affine
-
-    from landformer.core.raster import open_raster, pixel_to_lonlat, read_window
-
-    col, row, width, height = window
-    size = loaded.chip_size
-    if width < size or height < size:
-        raise UserError(f"--window {col} {row} {width} {height} is smaller than the model's {size}x{size} chip")
-    with open_raster(path) as dataset:
-        try:
-            raw = read_window(dataset, row, col, height, width, bands=1)
-        except ValueError as err:
-            raise UserError(f"--window {col} {row} {width} {height}: {err}") from None
-        transform = dataset.transform @ Affine.translation(col, row)
-        crs = dataset.crs
-    labels = loaded.legend.encode(raw, source=str(path)).astype(np.int64)
-    lon, lat = pixel_to_lonlat(transform, crs, height / 2, width / 2)
-    lonlat = torch.tensor([float(lon[0]), float(lat[0])], dtype=torch.float32) if loaded.config.use_lonlat else None
-    return labels, transform, crs, lonlat
-
-
 def run_dev_prob(args: argparse.Namespace) -> None:
     from landformer.landcover.apps import development
+    from landformer.landcover.apps.common import chip_inputs
 
     options = parsed_options(args, DevProbOptions)
     for flag, box in (("--window", options.window), ("--region", options.region)):
@@ -216,17 +157,17 @@ def run_dev_prob(args: argparse.Namespace) -> None:
     if options.raster is not None:
         if options.window is None:
             raise UserError("dev-prob --raster needs --window COL ROW W H")
-        labels, transform, crs, lonlat = _read_raster_window(options.raster, options.window, loaded)
+        labels, transform, crs, lonlat = development.read_raster_window(options.raster, options.window, loaded)
         if loaded.config.covariate_channels:
             print("note: the model takes covariates; a raster window has none, so it runs unconditioned on them")
     else:
-        chips, all_covariates, all_lonlat = _chip_inputs(options.chips, loaded, "test")
+        chips, all_covariates, all_lonlat = chip_inputs(options.chips, loaded, "test")
         if not 0 <= options.chip_index < len(chips):
             raise UserError(f"--chip-index {options.chip_index}: chip file {options.chips} has {len(chips)} test chips")
         labels = chips[options.chip_index].numpy()
         covariates = all_covariates[options.chip_index] if all_covariates is not None else None
         lonlat = all_lonlat[options.chip_index] if all_lonlat is not None else None
-    reimagine = _region_mask(options.region, *labels.shape)
+    reimagine = development.region_mask(options.region, *labels.shape)
     result = development.development_probability(
         loaded.model,
         loaded.legend,
@@ -280,7 +221,7 @@ def run_eval(args: argparse.Namespace) -> None:
 
     from landformer.landcover import baselines
     from landformer.landcover.apps import realism
-    from landformer.landcover.apps.common import open_chips
+    from landformer.landcover.apps.common import open_chips, split_inputs
 
     options = parsed_options(args, EvaluateOptions)
     check_at_least("--n", options.n)
@@ -291,7 +232,7 @@ def run_eval(args: argparse.Namespace) -> None:
     chips, options.chips = open_chips(loaded, options.chips)
     fair, heldout = baselines.fair_test_split(chips)
     notes = [heldout.describe()]
-    labels, covariates, lonlat = _split_inputs(fair, loaded, "test")
+    labels, covariates, lonlat = split_inputs(fair, loaded, "test")
     if len(labels) < options.n:
         raise UserError(f"chip file {options.chips}: {heldout.describe()}; --n {options.n} asks for more")
     context = baselines.fit_context_model(chips, loaded.legend.n_classes)

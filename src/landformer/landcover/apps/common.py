@@ -16,7 +16,7 @@ from tqdm import tqdm
 from landformer.core.chips import ChipSet, load_chips
 from landformer.core.errors import UserError
 from landformer.landcover import decoding
-from landformer.landcover.data import ChipTensors
+from landformer.landcover.data import ChipTensors, lonlat_inputs, model_inputs
 from landformer.landcover.export import LoadedModel, check_chips_match, load
 from landformer.landcover.model import LandCoverRandAR
 from landformer.synth.packaged import cache_dir, igbp_chips
@@ -129,3 +129,25 @@ def check_region(model: LandCoverRandAR, height: int, width: int, what: str) -> 
     if height < size or width < size:
         raise UserError(f"{what} is {height}x{width}; it must be at least the model's {size}x{size} chip")
     return size
+
+
+def split_inputs(
+    chips: ChipSet, loaded: LoadedModel, split: str = "test", limit: int | None = None
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Labels (N, H, W), covariates (N, c, H, W) or None, lon/lat (N, 2) or None of one split of loaded chips."""
+    data = chips.test_data if split == "test" else chips.train_data
+    coords = chips.test_coords if split == "test" else chips.train_coords
+    if len(data) == 0:
+        raise UserError(f"chip file {chips.source}: the {split} split holds no chips")
+    if limit is not None:
+        data, coords = data[:limit], coords[:limit]
+    labels, covariates = model_inputs(data, loaded.covariate_stats)
+    lonlat = lonlat_inputs(coords) if loaded.config.use_lonlat else None
+    return labels, covariates, lonlat
+
+
+def chip_inputs(
+    path: Path, loaded: LoadedModel, split: str = "test", limit: int | None = None
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """:func:`split_inputs` of the chip file at ``path``, checked against the model."""
+    return split_inputs(open_chips(loaded, path)[0], loaded, split, limit)

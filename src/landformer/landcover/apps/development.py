@@ -12,12 +12,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from affine import Affine
 from torch import Tensor
 
 from landformer.core.errors import UserError
 from landformer.core.io import write_npz
 from landformer.core.legend import Legend
-from landformer.core.raster import write_geotiff
+from landformer.core.raster import open_raster, pixel_to_lonlat, read_window, write_geotiff
 from landformer.landcover import plots
 from landformer.landcover.apps.common import (
     check_region,
@@ -26,6 +27,7 @@ from landformer.landcover.apps.common import (
     sample_window,
     window_starts,
 )
+from landformer.landcover.export import LoadedModel
 from landformer.landcover.model import LandCoverRandAR
 
 NODATA_PROBABILITY = -1.0  # dev_prob.tif's nodata value: outside [0, 1], and finite so no tool trips on NaN
@@ -166,3 +168,39 @@ def write_development_probability(
             },
         )
     return paths
+
+
+def central_half(height: int, width: int) -> tuple[int, int, int, int]:
+    """The box (col, row, w, h) of a window's central half: what dev-prob re-imagines when no region is given."""
+    return width // 4, height // 4, width - 2 * (width // 4), height - 2 * (height // 4)
+
+
+def region_mask(region: list[int] | None, height: int, width: int) -> np.ndarray:
+    """(H, W) True inside ``region`` (col, row, w, h; default: the central half), which must lie in the window."""
+    col, row, w, h = region if region is not None else central_half(height, width)
+    if w < 1 or h < 1 or col < 0 or row < 0 or col + w > width or row + h > height:
+        raise UserError(f"--region {col} {row} {w} {h} does not lie inside the {width}x{height} window")
+    mask = np.zeros((height, width), dtype=bool)
+    mask[row : row + h, col : col + w] = True
+    return mask
+
+
+def read_raster_window(
+    path: Path, window: list[int], loaded: LoadedModel
+) -> tuple[np.ndarray, Affine, Any, Tensor | None]:
+    """Class indices (H, W), the window's transform and CRS, and lon/lat of its centre."""
+    col, row, width, height = window
+    size = loaded.chip_size
+    if width < size or height < size:
+        raise UserError(f"--window {col} {row} {width} {height} is smaller than the model's {size}x{size} chip")
+    with open_raster(path) as dataset:
+        try:
+            raw = read_window(dataset, row, col, height, width, bands=1)
+        except ValueError as err:
+            raise UserError(f"--window {col} {row} {width} {height}: {err}") from None
+        transform = dataset.transform @ Affine.translation(col, row)
+        crs = dataset.crs
+    labels = loaded.legend.encode(raw, source=str(path)).astype(np.int64)
+    lon, lat = pixel_to_lonlat(transform, crs, height / 2, width / 2)
+    lonlat = torch.tensor([float(lon[0]), float(lat[0])], dtype=torch.float32) if loaded.config.use_lonlat else None
+    return labels, transform, crs, lonlat
