@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,6 @@ from tqdm import tqdm
 
 from landformer.core.chips import ChipSet, load_chips
 from landformer.core.errors import UserError
-from landformer.landcover import decoding
 from landformer.landcover.data import ChipTensors, lonlat_inputs, model_inputs
 from landformer.landcover.export import LoadedModel, check_chips_match, load
 from landformer.landcover.model import LandCoverRandAR
@@ -25,6 +23,7 @@ ModelLike = LoadedModel | str | os.PathLike[str]
 
 
 def loaded_model(model: ModelLike, device: str = "cpu") -> LoadedModel:
+    """``model`` itself when it is loaded already (a caller running several commands loads it once), else loaded."""
     return model if isinstance(model, LoadedModel) else load(model, device)
 
 
@@ -73,15 +72,17 @@ def select_chips(loaded: LoadedModel, chip_set: ChipSet, n: int | None, split: s
 
 
 def to_model_device(tensor: Tensor | None, loaded: LoadedModel) -> Tensor | None:
+    """``tensor`` on the model's device; None (no conditioning) stays None."""
     return tensor.to(loaded.model.device) if tensor is not None else None
 
 
 def batch_slices(n: int, batch_size: int) -> list[slice]:
+    """Slices of ``range(n)`` of at most ``batch_size``: memory stays bounded however many maps are asked for."""
     return [slice(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
 
 
 def progress_bar(total: int, desc: str, enabled: bool) -> Any:
-
+    """A tqdm bar for the command line; ``enabled=False`` keeps library calls and tests quiet."""
     return tqdm(total=total, desc=desc, disable=None if enabled else True, leave=False)
 
 
@@ -98,33 +99,8 @@ def window_starts(length: int, size: int, overlap: int) -> list[int]:
     return starts
 
 
-def sample_window(
-    model: LandCoverRandAR,
-    known: Tensor,
-    steps: int | None,
-    temperature: float,
-    top_k: int | None,
-    covariates: Tensor | None,
-    lonlat: Tensor | None,
-    generator: torch.Generator,
-    on_step: Callable[[Tensor], None] | None = None,
-    nodata: Tensor | None = None,
-) -> Tensor:
-    return decoding.sample(
-        model,
-        known=known,
-        nodata=nodata,
-        steps=steps,
-        temperature=temperature,
-        top_k=top_k,
-        covariates=covariates,
-        lonlat=lonlat,
-        generator=generator,
-        on_step=on_step,
-    ).cpu()
-
-
 def check_region(model: LandCoverRandAR, height: int, width: int, what: str) -> int:
+    """The model's chip size, after refusing a region smaller than one chip (no window would fit in it)."""
     size = model.config.chip_size
     if height < size or width < size:
         raise UserError(f"{what} is {height}x{width}; it must be at least the model's {size}x{size} chip")

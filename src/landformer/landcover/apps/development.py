@@ -19,12 +19,11 @@ from landformer.core.errors import UserError
 from landformer.core.io import write_npz
 from landformer.core.legend import Legend
 from landformer.core.raster import open_raster, pixel_to_lonlat, read_window, write_geotiff
-from landformer.landcover import plots
+from landformer.landcover import decoding, plots
 from landformer.landcover.apps.common import (
     check_region,
     generator_for,
     progress_bar,
-    sample_window,
     window_starts,
 )
 from landformer.landcover.export import LoadedModel
@@ -109,9 +108,16 @@ def development_probability(
             if covariates is not None:
                 window_covariates = covariates[:, row : row + size, col : col + size].expand(batch, -1, -1, -1)
             window_lonlat = lonlat.reshape(1, 2).expand(batch, 2) if lonlat is not None else None
-            drawn = sample_window(
-                model, known, steps, temperature, None, window_covariates, window_lonlat, generator, None, window_nodata
-            )
+            drawn = decoding.sample(
+                model,
+                known=known,
+                nodata=window_nodata,
+                steps=steps,
+                temperature=temperature,
+                covariates=window_covariates,
+                lonlat=window_lonlat,
+                generator=generator,
+            ).cpu()
             canvas[:, row : row + size, col : col + size] = drawn
             if begin == 0:
                 decoded.append((row, col))

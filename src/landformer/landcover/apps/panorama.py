@@ -16,12 +16,11 @@ from landformer.core.errors import UserError
 from landformer.core.io import write_npz
 from landformer.core.legend import Legend
 from landformer.core.viz import save_png, write_gif
-from landformer.landcover import plots
+from landformer.landcover import decoding, plots
 from landformer.landcover.apps.common import (
     check_region,
     generator_for,
     progress_bar,
-    sample_window,
     window_starts,
 )
 from landformer.landcover.model import LandCoverRandAR
@@ -74,9 +73,15 @@ def panorama(
         if bool((known >= 0).all()):
             continue
         window_frames: list[Tensor] = []
-        drawn = sample_window(
-            model, known, steps, temperature, top_k, None, None, generator, on_step=window_frames.append
-        )
+        drawn = decoding.sample(
+            model,
+            known=known,
+            steps=steps,
+            temperature=temperature,
+            top_k=top_k,
+            generator=generator,
+            on_step=window_frames.append,
+        ).cpu()
         picks = np.unique(np.linspace(0, len(window_frames) - 1, min(frames_per_window, len(window_frames))).round())
         for pick in picks.astype(int)[:-1]:
             partial = canvas.clone()

@@ -17,18 +17,20 @@ from torch import Tensor
 from landformer.core.errors import UserError
 from landformer.core.io import write_json
 from landformer.core.legend import Legend
-from landformer.landcover import evaluate, plots
+from landformer.landcover import data, evaluate, plots
 from landformer.landcover.apps.sampling import generate_samples
 from landformer.landcover.baselines import CausalContextModel
 from landformer.landcover.model import LandCoverRandAR
 
 
 def spread_indices(total: int, n: int) -> np.ndarray:
-    """``n`` indices spread evenly over ``range(total)``: test chips are stored block by block, so the first
-    ones all come from one corner of the map and would be a biased reference."""
+    """``n`` indices spread evenly over ``range(total)`` (:func:`landformer.landcover.data.spread_indices`), and an
+    error rather than fewer when there are not ``n``: the realism figures compare exactly ``n`` maps. Test chips
+    are stored block by block, so the first ones all come from one corner of the map and would be a biased
+    reference."""
     if not 1 <= n <= total:
         raise UserError(f"cannot pick {n} of {total} chips")
-    return np.round(np.linspace(0, total - 1, n)).astype(np.int64)
+    return data.spread_indices(total, n)
 
 
 def steps_name(steps: int | None) -> str:
