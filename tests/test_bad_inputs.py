@@ -77,20 +77,20 @@ class Shared:
     @functools.cached_property
     def landcover_model(self) -> Path:
         from landformer.core.legend import Legend
-        from landformer.landcover.export import save_model
+        from landformer.landcover.export import save
         from landformer.landcover.model import LandCoverConfig, LandCoverRandAR
 
         torch.manual_seed(0)
         model = LandCoverRandAR(LandCoverConfig(n_classes=4, chip_size=8, n_layers=1, n_heads=2, dim=16)).eval()
         folder = self.root / "landcover_model"
-        save_model(model, Legend.from_dict(TOY_LEGEND), folder, {"chips": str(self.landcover_chips)})
+        save(model, Legend.from_dict(TOY_LEGEND), folder, {"chips": str(self.landcover_chips)})
         return folder
 
     @functools.cached_property
     def forecast_model(self) -> Path:
         """An untrained forecaster for HM (0..1, 5-year steps, K = 3, no covariates), exported like a trained one."""
         from landformer.core.normalize import ZScore
-        from landformer.forecast.export import export_forecaster, model_config_dict
+        from landformer.forecast.export import model_config_dict, save
         from landformer.forecast.model import ConvLSTMForecaster, ForecastModelConfig
 
         torch.manual_seed(0)
@@ -106,24 +106,24 @@ class Shared:
             "scale": 1.0,
             "valid_range": [0.0, 1.0],
         }
-        weights, _ = export_forecaster(self.root / "forecast_model", ConvLSTMForecaster(config).state_dict(), meta)
+        weights, _ = save(self.root / "forecast_model", ConvLSTMForecaster(config).state_dict(), meta)
         return weights
 
     @functools.cached_property
     def terrain_models(self) -> dict[str, Path]:
         """An untrained tokenizer (16 px tiles) and a MaskGIT on it, exported like trained ones."""
-        from landformer.terrain.export import export_maskgit, export_tokenizer, load_tokenizer
-        from landformer.terrain.maskgit import MaskGIT, MaskGITModelConfig
-        from landformer.terrain.tokenizer import TokenizerModelConfig, VQTokenizer
+        from landformer.terrain.config import MaskGITModelConfig, TokenizerModelConfig
+        from landformer.terrain.export import LoadedTokenizer, save
+        from landformer.terrain.model import MaskGIT, VQTokenizer
 
         summary = {"tile_size": 16, "pixel_size_m": 30.0, "median_offset_m": 500.0, "median_scale_m": 40.0}
         sampling = {"steps": 2, "temperature": 1.0, "choice_temperature": 4.5, "bf16": False}
         torch.manual_seed(0)
-        tokenizer = export_tokenizer(
+        tokenizer = save(
             self.root / "tokenizer", VQTokenizer(TokenizerModelConfig(channels=8, codebook_size=32)), summary
         )
         maskgit = MaskGIT(MaskGITModelConfig(vocab_size=32, grid=4, dim=32, n_layers=1, n_heads=2, dropout=0.0))
-        weights = export_maskgit(self.root / "maskgit", maskgit, load_tokenizer(tokenizer), 2, sampling, summary, None)
+        weights = save(self.root / "maskgit", maskgit, LoadedTokenizer.load(tokenizer), 2, sampling, summary, None)
         return {"tokenizer": tokenizer, "maskgit": weights}
 
     @functools.cached_property

@@ -216,7 +216,7 @@ def test_packaged_climate_classes_carry_the_legend_written_beside_them(tmp_path:
 
 def test_landcover_samples_carry_the_legend_on_their_window(tmp_path: Path) -> None:
     """A landcover sample GeoTIFF sits on its window of the reference raster and carries the legend."""
-    from landformer.landcover.sample import Conditioning, _write_geotiffs
+    from landformer.landcover.apps.sampling import Conditioning, _write_geotiffs
 
     legend = load_legend("nlcd")
     reference = write_geotiff(tmp_path / "ref.tif", nlcd_map(40, 40), GRID, ALBERS, 0, legend=legend)

@@ -60,7 +60,7 @@ def test_missing_optional_package_names_its_extra(module: str, monkeypatch: pyte
 
 
 def test_umap_projection_without_umap_is_a_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from landformer.landcover.apps import project_2d
+    from landformer.landcover.apps.embedding import project_2d
 
     monkeypatch.setitem(sys.modules, "umap", None)
     with pytest.raises(UserError, match=r"landformer\[umap\]"):

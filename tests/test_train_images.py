@@ -67,11 +67,11 @@ def test_default_loggers_are_csv_and_tensorboard(tmp_path: Path) -> None:
 def test_landcover_samples_reach_tensorboard_at_the_image_interval(tmp_path: Path) -> None:
     from test_landcover_train import make_chip_file, tiny_recipe
 
-    from landformer.landcover.train import train_landcover
+    from landformer.landcover.train import train
 
     recipe = tiny_recipe(make_chip_file(tmp_path / "toy.npz"))
     assert recipe.images.every_steps == 4 and recipe.train.max_steps == 8
-    run = Path(train_landcover(recipe, tmp_path / "run")["run_dir"])
+    run = Path(train(recipe, tmp_path / "run")["run_dir"])
     assert tensorboard_images(run / "logs") == {f"samples/{name}": [4, 8] for name in ("gen", "gt", "pred")}
 
 
@@ -98,7 +98,7 @@ def test_terrain_reconstructions_and_samples_reach_tensorboard(tmp_path: Path) -
 
     from landformer.core.config import load_config
     from landformer.terrain.config import MaskGITConfig, TokenizerConfig
-    from landformer.terrain.pipeline import fit_maskgit, fit_tokenizer
+    from landformer.terrain.train import train as train_stage
 
     dem = write_dem(tmp_path / "dem.tif", hills(96, 96))
     data = [f"data.dems=[{dem}]", "data.packaged=[]", "data.world_size=0", "data.tile_size=16", "data.stride=8"]
@@ -106,11 +106,11 @@ def test_terrain_reconstructions_and_samples_reach_tensorboard(tmp_path: Path) -
     train = ["train.max_steps=4", "train.val_every_steps=2", "train.progress_bar=false"]
     train += ["train.loggers=[csv,tensorboard]"]
     tokenizer = ["model.channels=4", "model.codebook_size=16", "model.disc_channels=8"]
-    fit_tokenizer(load_config(TokenizerConfig, None, [*data, *train, *tokenizer]), tmp_path / "tok")
+    train_stage(load_config(TokenizerConfig, None, [*data, *train, *tokenizer]), tmp_path / "tok")
     images = tensorboard_images(tmp_path / "tok" / "logs")
     assert list(images) == ["tokenizer/reconstructions"] and images["tokenizer/reconstructions"][-1] == 4
     assert len(images["tokenizer/reconstructions"]) >= 2  # at the interval and when training ends
     maskgit = [f"tokenizer={tmp_path / 'tok'}", "model.dim=32", "model.n_layers=1", "model.n_heads=2"]
     maskgit += ["sampling.steps=2", "sampling.bf16=false"]
-    fit_maskgit(load_config(MaskGITConfig, None, [*data, *train, *maskgit]), tmp_path / "mg")
+    train_stage(load_config(MaskGITConfig, None, [*data, *train, *maskgit]), tmp_path / "mg")
     assert tensorboard_images(tmp_path / "mg" / "logs") == {"maskgit/samples": [2, 4]}
