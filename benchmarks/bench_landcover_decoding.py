@@ -32,7 +32,8 @@ import torch
 
 from landformer.core.io import write_json
 from landformer.landcover import decoding
-from landformer.landcover.model import LandCoverConfig, LandCoverRandAR, tiny_config
+from landformer.landcover.config import tiny_config
+from landformer.landcover.model import LandCoverConfig, LandCoverRandAR
 
 # LANDFORMER_BENCH_RESULTS: where `run_all.py --quick` sends smoke results, away from the committed ones.
 RESULTS = Path(os.environ.get("LANDFORMER_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")

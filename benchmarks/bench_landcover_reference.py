@@ -45,7 +45,8 @@ from torch import Tensor
 
 from landformer.core.io import write_json
 from landformer.landcover import decoding
-from landformer.landcover.model import LandCoverConfig, LandCoverRandAR, reference_config
+from landformer.landcover.config import reference_config
+from landformer.landcover.model import LandCoverConfig, LandCoverRandAR
 
 RESULTS = Path(os.environ.get("LANDFORMER_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 N_CLASSES = 16

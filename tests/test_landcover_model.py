@@ -10,13 +10,12 @@ import torch
 
 from landformer.core.errors import UserError
 from landformer.landcover import decoding
+from landformer.landcover.config import reference_config, tiny_config
 from landformer.landcover.model import (
     LandCoverConfig,
     LandCoverRandAR,
     random_orders,
     raster_order,
-    reference_config,
-    tiny_config,
 )
 
 K, SIZE, N = 5, 8, 64

@@ -10,11 +10,11 @@ come from the chips (legend, array shape), not from the recipe.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from landformer.core.config import check_values
+from landformer.core.config import check_values, load_config
 from landformer.core.errors import UserError
 from landformer.core.train import TrainConfig
 from landformer.synth.packaged import IGBP_TRAINING_BBOX, check_bbox
@@ -130,6 +130,23 @@ def tiny_train_section() -> TrainConfig:
     that gives only some ``train.*`` keys keeps these values for the others (core.config lays partial sections
     over their defaults)."""
     return TrainConfig(max_steps=300, val_every_steps=50, checkpoint_every_steps=100, log_every_steps=10)
+
+
+def recipe_model(recipe: str, n_classes: int) -> LandCoverConfig:
+    """The network of the packaged recipe ``recipe`` (its ``model:`` section at its ``data.chip_size``) for
+    ``n_classes`` classes: the size presets live in the recipes, and these functions only read them."""
+    loaded = load_config(LandCoverRecipe, recipe)
+    return replace(loaded.model, n_classes=n_classes, chip_size=loaded.data.chip_size)
+
+
+def tiny_config(n_classes: int) -> LandCoverConfig:
+    """The CPU preset of ``configs/landcover_tiny.yaml``: 16x16 chips, ~0.2M parameters, minutes on 2 cores."""
+    return recipe_model("landcover_tiny", n_classes)
+
+
+def reference_config(n_classes: int) -> LandCoverConfig:
+    """The reference preset of ``configs/landcover_reference.yaml``: 16 layers, 16 heads, dim 256, 32x32 chips."""
+    return recipe_model("landcover_reference", n_classes)
 
 
 @dataclass

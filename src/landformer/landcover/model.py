@@ -47,16 +47,6 @@ from landformer.core.nn import KVCache, RoPE2D, Transformer, swiglu_hidden
 from landformer.landcover.config import LandCoverConfig
 
 
-def tiny_config(n_classes: int) -> LandCoverConfig:
-    """CPU preset: 16x16 chips, ~0.2M parameters; learns visible structure in minutes on 2 cores."""
-    return LandCoverConfig(n_classes=n_classes, chip_size=16, n_layers=4, n_heads=4, dim=64)
-
-
-def reference_config(n_classes: int) -> LandCoverConfig:
-    """Reference preset: 16 layers, 16 heads, dim 256, 32x32 chips (train: lr 5e-4, batch 64, 100k steps, bf16)."""
-    return LandCoverConfig(n_classes=n_classes, chip_size=32, n_layers=16, n_heads=16, dim=256)
-
-
 def random_orders(
     batch_size: int,
     n_cells: int,
