@@ -230,6 +230,29 @@ class BlockSplit:
     def is_test(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         return self.test_blocks[np.asarray(rows) // self.block_size, np.asarray(cols) // self.block_size]
 
+    def usable_blocks(self, height: int, width: int, chip_size: int) -> np.ndarray:
+        """(block rows, block cols) bool: the blocks large enough to hold a ``chip_size`` chip (edge blocks may
+        be clipped by the raster)."""
+        n_rows, n_cols = self.test_blocks.shape
+        rows = [min(self.block_size, height - i * self.block_size) >= chip_size for i in range(n_rows)]
+        cols = [min(self.block_size, width - j * self.block_size) >= chip_size for j in range(n_cols)]
+        return np.outer(rows, cols)
+
+    def validation_blocks(
+        self, height: int, width: int, chip_size: int, val_fraction: float, seed: int, at_least_one: bool = False
+    ) -> np.ndarray:
+        """(block rows, block cols) bool: ``val_fraction`` of the usable blocks (at least one if asked), drawn with
+        ``seed`` among the usable blocks that are not test blocks; at least one such block is left to train on.
+        The land-change and forecast pipelines both split their rasters this way."""
+        usable = self.usable_blocks(height, width, chip_size)
+        candidates = np.flatnonzero((usable & ~self.test_blocks).ravel())
+        n_val = round(val_fraction * usable.sum())
+        n_val = min(max(n_val, 1) if at_least_one else n_val, len(candidates) - 1)
+        val = np.zeros(usable.size, dtype=bool)
+        if n_val > 0:
+            val[np.random.default_rng([seed, 3]).choice(candidates, size=n_val, replace=False)] = True
+        return val.reshape(usable.shape)
+
 
 class RandomWindows:
     """Draws distinct chip windows uniformly among ``row_offsets`` x ``col_offsets``, reproducibly from a seed."""

@@ -400,21 +400,15 @@ class ForecastSplit:
         seed: int,
         source: str,
     ) -> ForecastSplit:
-        n_rows, n_cols = -(-height // block_size), -(-width // block_size)
-        usable_rows = [min(block_size, height - i * block_size) >= chip_size for i in range(n_rows)]
-        usable_cols = [min(block_size, width - j * block_size) >= chip_size for j in range(n_cols)]
-        usable = np.outer(usable_rows, usable_cols)
+        split = BlockSplit.random(height, width, chip_size, block_size, test_fraction, seed, source)
+        usable = split.usable_blocks(height, width, chip_size)
         if usable.sum() < 3:
             raise UserError(
                 f"{source}: the {height}x{width} raster holds {int(usable.sum())} block(s) of {block_size} px able "
                 f"to hold a {chip_size} px chip; train, validation and test need 3 (lower data.block_size)"
             )
-        test = BlockSplit.random(height, width, chip_size, block_size, test_fraction, seed, source).test_blocks
-        candidates = np.flatnonzero((usable & ~test).ravel())
-        n_val = min(max(round(val_fraction * usable.sum()), 1), len(candidates) - 1)
-        val = np.zeros(usable.size, dtype=bool)
-        val[np.random.default_rng([seed, 3]).choice(candidates, size=n_val, replace=False)] = True
-        val = val.reshape(usable.shape)
+        test = split.test_blocks
+        val = split.validation_blocks(height, width, chip_size, val_fraction, seed, at_least_one=True)
         return cls(block_size, test, val, usable & ~test & ~val)
 
     def blocks(self, which: Literal["train", "val", "test"], height: int, width: int) -> list[Block]:

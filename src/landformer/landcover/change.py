@@ -222,13 +222,7 @@ def block_roles(
         )
     split = BlockSplit.random(height, width, chip_size, block_size, test_fraction, seed, source)
     roles = np.where(split.test_blocks, TEST, TRAIN).astype(np.int8)
-    rows = np.array([min(block_size, height - i * block_size) >= chip_size for i in range(roles.shape[0])])
-    cols = np.array([min(block_size, width - j * block_size) >= chip_size for j in range(roles.shape[1])])
-    candidates = np.flatnonzero((np.outer(rows, cols) & (roles == TRAIN)).ravel())
-    n_val = min(round(val_fraction * rows.sum() * cols.sum()), len(candidates) - 1)
-    if n_val > 0:
-        picked = np.random.default_rng([seed, 3]).choice(candidates, size=n_val, replace=False)
-        roles.ravel()[picked] = VALIDATION
+    roles[split.validation_blocks(height, width, chip_size, val_fraction, seed)] = VALIDATION
     return roles
 
 
