@@ -401,7 +401,12 @@ class ChipExtractor:
         """Refuse class codes the legend lacks anywhere in the class raster, not only in the windows that happen
         to be sampled (one windowed pass over the raster; a table lookup per pixel for 8- and 16-bit codes)."""
         for window in iter_windows(self.grid.height, self.grid.width, tile):
-            self._encode(self.classes.read(1, window=window), window)
+            self.read_classes(window)
+
+    def read_classes(self, window: Window) -> np.ndarray:
+        """One window of the class raster as legend indices (nodata -1); codes the legend lacks are a UserError
+        that names the raster and the rows, as when chips are cut."""
+        return self._encode(self.classes.read(1, window=window), window)
 
     def _encode(self, raw: np.ndarray, window: Window) -> np.ndarray:
         """Legend indices of raw class codes; the raster's own nodata value is nodata whatever the legend says."""

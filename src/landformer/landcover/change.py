@@ -127,11 +127,7 @@ def class_reader(dataset: Any, legend: Legend) -> Callable[[Window], np.ndarray]
     """A function reading one window of a class raster as legend indices (int64, -1 nodata); codes the legend
     lacks are a UserError naming the raster, as when chips are cut."""
     extractor = ChipExtractor(dataset, [], legend, 1)
-
-    def read(window: Window) -> np.ndarray:
-        return extractor._encode(dataset.read(1, window=window), window).astype(np.int64)
-
-    return read
+    return lambda window: extractor.read_classes(window).astype(np.int64)
 
 
 @contextlib.contextmanager
