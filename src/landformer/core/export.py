@@ -1,12 +1,14 @@
-"""The inference bundle every pipeline exports: ``NAME.safetensors`` (the network's weights, with the metadata in
-the safetensors header) beside ``NAME.json`` (the same metadata, for people and tools), written atomically.
+"""The inference bundle: ``NAME.safetensors`` (the network's weights, with the metadata in the safetensors header)
+beside ``NAME.json`` (the same metadata, for people and tools), written atomically.
 
 The metadata always holds ``format`` (which pipeline and network), ``format_version``, ``landformer_version`` and
 ``config`` (the network's config dataclass as plain values); a pipeline adds what it needs to use the network
 (legend, normaliser, grid). :func:`load_bundle` checks the format and names the file in every error, so loading
 the wrong kind of file is a one-line :class:`UserError`, never a shape mismatch deep in ``load_state_dict``.
 
-Pipelines save the network their task holds as ``task.model``, so one :func:`save_bundle` serves all of them.
+Land cover writes its models this way; terrain, forecast and geoloc keep the file layouts their packaged models
+and saved runs already have (``model_config`` in place of ``config``, several files per run) and check them the
+same way in their own ``export.py``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from landformer import __version__
 from landformer.core.errors import UserError
 from landformer.core.io import load_safetensors, save_safetensors, write_json
 
@@ -35,10 +38,9 @@ def save_bundle(
     name: str = "model",
     **meta: Any,
 ) -> Path:
-    """Write the weights ``state`` and the metadata to :func:`bundle_file` and its ``.json``; return the weights
-    file. ``meta`` (plain JSON values) is stored beside ``format``, ``format_version``, ``landformer_version`` and
-    ``config``."""
-    from landformer import __version__
+    """Write the weights ``state`` and the metadata to :func:`bundle_file` and ``NAME.json`` beside it; return the
+    weights file. ``meta`` (plain JSON values) is stored beside ``format``, ``format_version``,
+    ``landformer_version`` and ``config``."""
 
     file = bundle_file(path, name)
     file.parent.mkdir(parents=True, exist_ok=True)
@@ -50,7 +52,7 @@ def save_bundle(
         **meta,
     }
     save_safetensors(file, state, header)
-    write_json(file.with_suffix(".json"), header)
+    write_json(file.with_name(f"{name}.json"), header)
     return file
 
 

@@ -22,10 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from landformer import __version__
 from landformer.core.chips import ChipSet
 from landformer.core.errors import UserError
-from landformer.core.io import load_safetensors, save_safetensors, write_json
+from landformer.core.export import load_bundle, save_bundle
 from landformer.core.legend import NODATA_INDEX, Legend
 from landformer.landcover.data import CovariateStats
 from landformer.landcover.model import LandCoverConfig, LandCoverRandAR
@@ -34,7 +33,6 @@ EXPORT_FORMAT = "landformer-landcover"
 PRETRAINED = ("igbp",)  # models installed with the package, loadable by name (``--model igbp``)
 EXPORT_VERSION = 1
 MODEL_FILE = "model.safetensors"
-META_FILE = "model.json"
 
 
 @dataclass
@@ -88,24 +86,18 @@ def save(
     names = channel_names or ["landcover"] + [f"covariate{i}" for i in range(1, config.covariate_channels + 1)]
     if len(names) < 1 + config.covariate_channels:
         raise UserError(f"{len(names)} channel names for a model with {config.covariate_channels} covariate channels")
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        path = path / MODEL_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "format": EXPORT_FORMAT,
-        "format_version": EXPORT_VERSION,
-        "landformer_version": __version__,
-        "config": dataclasses.asdict(config),
-        "legend": legend.to_dict(),
-        "channel_names": list(names),
-        "chip_size": config.chip_size,
-        "covariate_stats": stats.to_dict(),
-        "extra": extra or {},
-    }
-    save_safetensors(path, model.state_dict(), meta)
-    write_json(path.with_name(META_FILE), meta)
-    return path
+    return save_bundle(
+        path,
+        model.state_dict(),
+        EXPORT_FORMAT,
+        EXPORT_VERSION,
+        dataclasses.asdict(config),
+        legend=legend.to_dict(),
+        channel_names=list(names),
+        chip_size=config.chip_size,
+        covariate_stats=stats.to_dict(),
+        extra=extra or {},
+    )
 
 
 def pretrained_path(name: str) -> Path:
@@ -137,10 +129,7 @@ def model_path(path: str | os.PathLike[str]) -> Path:
 
 def load(path: str | os.PathLike[str], device: str = "cpu") -> LoadedModel:
     """Rebuild a saved model in eval mode; missing, corrupt or foreign files are UserErrors."""
-    file = model_path(path)
-    tensors, meta = load_safetensors(file, "land-cover model")
-    if meta.get("format") != EXPORT_FORMAT:
-        raise UserError(f"{file} is not a land-cover model (format {meta.get('format')!r}, expected {EXPORT_FORMAT!r})")
+    tensors, meta, file = load_bundle(model_path(path), EXPORT_FORMAT, "land-cover model", max_version=EXPORT_VERSION)
     source = str(file)
     try:
         config = LandCoverConfig(**meta["config"])
