@@ -68,9 +68,12 @@ def _delayed_warmup_cosine(start: int, warmup: int, total: int, floor: float) ->
     return multiplier
 
 
-def task_from_recipe(task_class: type[T], recipe: Any, **extra: Any) -> T:
+def task_from_recipe(
+    task_class: type[T], recipe: Any, sections: tuple[str, ...] = ("model", "task"), **extra: Any
+) -> T:
     """Build a pipeline task from its recipe: the fields of the recipe's ``model`` section (the model's own config
-    dataclass), of its ``task`` section and ``train.max_steps``, as plain values, plus ``extra`` (which wins).
+    dataclass), of its ``task`` section (or the ``sections`` named) and ``train.max_steps``, as plain values,
+    plus ``extra`` (which wins).
 
     Only the names ``task_class.__init__`` takes are passed on, because a task section may also hold settings
     that are not the task's (``threads``, ``init_from``): the recipe's dataclasses have already checked every key.
@@ -78,7 +81,7 @@ def task_from_recipe(task_class: type[T], recipe: Any, **extra: Any) -> T:
     accepted = inspect.signature(task_class.__init__).parameters
     takes_anything = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
     values: dict[str, Any] = {}
-    for section in ("model", "task"):
+    for section in sections:
         if getattr(recipe, section, None) is not None:
             values.update(to_dict(getattr(recipe, section)))
     if getattr(recipe, "train", None) is not None:

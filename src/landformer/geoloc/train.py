@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from landformer.core.errors import UserError
 from landformer.core.io import atomic_path, load_torch, write_json
+from landformer.core.task import task_from_recipe
 from landformer.core.train import TrainConfig, fit, last_checkpoint, prepare_run, seed_everything
 from landformer.geoloc.clean import clean_labels, format_report
 from landformer.geoloc.config import GeolocConfig
@@ -182,17 +183,14 @@ def _fit_and_export(
 def _task(config: GeolocConfig, backbone: str, in_chans: int, n_outputs: int, mode: str, max_steps: int) -> GeolocTask:
     seed_everything(config.train.seed)
     try:
-        return GeolocTask(
+        return task_from_recipe(
+            GeolocTask,
+            config,
+            sections=("model", "optim"),
             backbone=backbone,
             in_chans=in_chans,
             n_outputs=n_outputs,
             mode=mode,
-            drop_rate=config.model.drop_rate,
-            lr=config.optim.lr,
-            weight_decay=config.optim.weight_decay,
-            t_0=config.optim.t_0,
-            t_mult=config.optim.t_mult,
-            min_lr_ratio=config.optim.min_lr_ratio,
             max_steps=max_steps,
         )
     except ValueError as err:
