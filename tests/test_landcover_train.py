@@ -7,6 +7,7 @@ training run takes seconds.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -485,3 +486,23 @@ def test_tiny_preset_meets_the_quality_targets_on_the_synthetic_world(tmp_path: 
     assert all(info["model_below"][name] for name in ("lzma", "png", "class_entropy")), info["bits_per_pixel"]
     sweep = inpaint_eval(run, heldout, tmp_path / "inpaint", ratios=(0.1, 0.3, 0.5, 0.7, 0.9), n=64, steps=16)
     assert sweep["model_beats_baselines"], sweep["rows"]
+
+
+def test_second_stage_on_another_igbp_split_is_refused() -> None:
+    """A second stage that cuts IGBP chips with another seed would test on the first stage's training chips."""
+    from landformer.core.legend import load_legend
+    from landformer.core.task import task_from_recipe
+    from landformer.landcover.task import LandCoverTask
+    from landformer.landcover.train import igbp_chip_settings, load_initial_weights
+
+    other = load_config(LandCoverRecipe, "landcover_igbp", ["train.seed=1"])
+    same = load_config(LandCoverRecipe, "landcover_igbp")
+    assert other.data.builds_igbp and same.data.builds_igbp
+    config = dataclasses.replace(same.model, n_classes=17, chip_size=16)
+    task = task_from_recipe(LandCoverTask, same, model_config=dataclasses.asdict(config))
+    legend = load_legend("igbp")
+    with pytest.raises(UserError, match=r"another split of the IGBP chips: seed 0 \(this run 1\)"):
+        load_initial_weights(task, "igbp", config, legend, igbp_chip_settings(other))
+    load_initial_weights(task, "igbp", config, legend, igbp_chip_settings(same))
+    packaged = load("igbp").model.state_dict()
+    assert all(torch.equal(value, packaged[name]) for name, value in task.model.state_dict().items())

@@ -178,10 +178,29 @@ def _resume_step(run_dir: Path, resume: bool | str | os.PathLike[str]) -> int:
     return int(load_torch(check_training_checkpoint(path), "checkpoint to resume from")["global_step"])
 
 
-def load_initial_weights(task: LandCoverTask, source: str, config: LandCoverConfig, legend: Legend) -> None:
+def load_initial_weights(
+    task: LandCoverTask,
+    source: str,
+    config: LandCoverConfig,
+    legend: Legend,
+    igbp_split: dict[str, Any] | None = None,
+) -> None:
     """Copy the weights of a trained model (``task.init_from``) into ``task``: the second stage of a recipe
-    trained in two parts. Its shape and legend must be this run's, or every class would be relabelled."""
+    trained in two parts. Its shape and legend must be this run's, or every class would be relabelled; and when
+    both runs cut IGBP chips (``igbp_split``: this run's :func:`igbp_chip_settings`), the same ones, or the first
+    stage's training chips would sit in this run's test split and its held-out scores would not be held out."""
     initial = export.load(source)
+    first_split = initial.metadata.get("extra", {}).get("igbp_chips")
+    if igbp_split is not None and first_split is not None and first_split != igbp_split:
+        differ = [
+            f"{key} {first_split.get(key)!r} (this run {value!r})"
+            for key, value in igbp_split.items()
+            if first_split.get(key) != value
+        ]
+        raise UserError(
+            f"task.init_from = {source!r} was trained on another split of the IGBP chips: {', '.join(differ)}; "
+            "its training chips would be this run's test chips (the chip split's seed is train.seed)"
+        )
     if initial.config != config:
         differ = [
             f"{key} {value!r} (this run {getattr(config, key)!r})"
@@ -258,7 +277,8 @@ def train(
     seed_everything(training.seed)
     task = task_from_recipe(LandCoverTask, recipe, model_config=dataclasses.asdict(model_config))
     if recipe.task.init_from is not None and resume is False:
-        load_initial_weights(task, recipe.task.init_from, model_config, legend)
+        igbp_split = igbp_chip_settings(recipe) if recipe.data.builds_igbp else None
+        load_initial_weights(task, recipe.task.init_from, model_config, legend, igbp_split)
     keep = torch.from_numpy(spread_indices(len(val_tensors), recipe.images.n))
     image_chips = ChipTensors(
         val_tensors.labels[keep],
