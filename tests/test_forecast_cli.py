@@ -13,8 +13,8 @@ import torch
 from landformer.cli import main
 from landformer.core.config import load_config
 from landformer.core.io import read_json
-from landformer.forecast.config import ForecastConfig, ForecastPredictSection
-from landformer.forecast.model import QUANTILES_95, masked_loss
+from landformer.forecast.config import QUANTILES_95, ForecastConfig, ForecastPredictSection
+from landformer.forecast.model import masked_loss
 from landformer.forecast.task import ForecastTask
 from landformer.forecast.train import panel_window
 from landformer.synth.world import make_world

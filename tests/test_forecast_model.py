@@ -10,9 +10,9 @@ import torch
 
 from landformer.core.config import from_dict, to_dict
 from landformer.core.errors import UserError
+from landformer.forecast.config import QUANTILES_95, reference, tiny
 from landformer.forecast.metrics import ForecastMetrics
 from landformer.forecast.model import (
-    QUANTILES_95,
     CompiledOrEager,
     ConvLSTMForecaster,
     ForecastModelConfig,
@@ -20,8 +20,6 @@ from landformer.forecast.model import (
     lstm_gate_update,
     masked_loss,
     point_forecast,
-    reference,
-    tiny,
 )
 
 

@@ -14,9 +14,10 @@ from test_forecast_data import CRS, grid_transform, growing_series, write_series
 from landformer.core.errors import UserError
 from landformer.core.normalize import ZScore
 from landformer.core.raster import write_geotiff
+from landformer.forecast.config import QUANTILES_95
 from landformer.forecast.data import SeriesRasters, SeriesSpec
 from landformer.forecast.export import load, model_config_dict, save
-from landformer.forecast.model import QUANTILES_95, ConvLSTMForecaster, ForecastModelConfig
+from landformer.forecast.model import ConvLSTMForecaster, ForecastModelConfig
 from landformer.forecast.predict import blend_weights, predict_series, tiled_forecast
 
 

@@ -28,17 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from landformer.forecast.config import QUANTILES_95, ForecastModelConfig
-
-
-def tiny() -> ForecastModelConfig:
-    """Trains in minutes on a 2-core CPU on 32x32 chips."""
-    return ForecastModelConfig(hidden_channels=[16, 16], kernel_size=3)
-
-
-def reference() -> ForecastModelConfig:
-    """A GPU-sized model close to the original ConvLSTM paper's, with the 95 % interval heads on."""
-    return ForecastModelConfig(hidden_channels=[64, 64, 64], kernel_size=5, quantiles=QUANTILES_95)
+from landformer.forecast.config import ForecastModelConfig
 
 
 def last_observed(series: torch.Tensor, series_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
