@@ -1,14 +1,13 @@
 """The inference bundle: ``NAME.safetensors`` (the network's weights, with the metadata in the safetensors header)
 beside ``NAME.json`` (the same metadata, for people and tools), written atomically.
 
-The metadata always holds ``format`` (which pipeline and network), ``format_version``, ``landformer_version`` and
-``config`` (the network's config dataclass as plain values); a pipeline adds what it needs to use the network
-(legend, normaliser, grid). :func:`load_bundle` checks the format and names the file in every error, so loading
-the wrong kind of file is a one-line :class:`UserError`, never a shape mismatch deep in ``load_state_dict``.
+The metadata always holds ``format`` (which pipeline and network), ``format_version`` and ``landformer_version``;
+a pipeline adds the network's config and what it needs to use the network (legend, normaliser, grid).
+:func:`load_bundle` checks the format and names the file in every error, so loading the wrong kind of file is a
+one-line :class:`UserError`, never a shape mismatch deep in ``load_state_dict``.
 
-Land cover writes its models this way; terrain, forecast and geoloc keep the file layouts their packaged models
-and saved runs already have (``model_config`` in place of ``config``, several files per run) and check them the
-same way in their own ``export.py``.
+Every pipeline writes its networks through :func:`save_bundle` (geoloc one per region and one router, under a
+manifest of its own), so each task's ``task.model`` is saved the same way everywhere.
 """
 
 from __future__ import annotations
@@ -22,6 +21,13 @@ from landformer import __version__
 from landformer.core.errors import UserError
 from landformer.core.io import load_safetensors, save_safetensors, write_json
 
+BUNDLE_KEYS = ("format", "format_version", "landformer_version")  # what save_bundle adds to a pipeline's metadata
+
+
+def pipeline_metadata(meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` without the keys :func:`save_bundle` adds: the metadata the pipeline itself saved."""
+    return {key: value for key, value in meta.items() if key not in BUNDLE_KEYS}
+
 
 def bundle_file(path: str | os.PathLike[str], name: str = "model") -> Path:
     """``path`` itself when it names a ``.safetensors`` file, else ``path/NAME.safetensors`` (a run folder)."""
@@ -34,24 +40,17 @@ def save_bundle(
     state: Mapping[str, Any],
     format: str,
     format_version: int,
-    config: Mapping[str, Any],
     name: str = "model",
     **meta: Any,
 ) -> Path:
-    """Write the weights ``state`` and the metadata to :func:`bundle_file` and ``NAME.json`` beside it; return the
-    weights file. ``meta`` (plain JSON values) is stored beside ``format``, ``format_version``,
-    ``landformer_version`` and ``config``."""
-
+    """Write the weights ``state`` to :func:`bundle_file` and the metadata to ``NAME.json`` beside it (the same
+    record is in the safetensors header); return the weights file. ``meta`` (plain JSON values: the network's
+    config and whatever using it needs) is stored after ``format``, ``format_version`` and
+    ``landformer_version``."""
     file = bundle_file(path, name)
     file.parent.mkdir(parents=True, exist_ok=True)
-    header = {
-        "format": format,
-        "format_version": format_version,
-        "landformer_version": __version__,
-        "config": dict(config),
-        **meta,
-    }
-    save_safetensors(file, state, header)
+    header = dict(zip(BUNDLE_KEYS, (format, format_version, __version__), strict=True)) | meta
+    save_safetensors(file, {key: tensor.detach().cpu() for key, tensor in state.items()}, header)
     write_json(file.with_name(f"{name}.json"), header)
     return file
 

@@ -19,12 +19,15 @@ from typing import Any
 from torch import nn
 
 from landformer.core.errors import UserError
-from landformer.core.io import load_safetensors, save_safetensors, write_json
+from landformer.core.export import pipeline_metadata, save_bundle
+from landformer.core.io import load_safetensors
 from landformer.embeddings.model import Regressor, build_regressor
 from landformer.embeddings.tiles import EmbeddingDataset
 
 ENCODER_FILE, ENCODER_JSON = "encoder.safetensors", "encoder.json"
 MODEL_FILE, MODEL_JSON = "model.safetensors", "model.json"
+# Written since 0.2; files of 0.1 have no format and load alike (their readers check the fields they use).
+ENCODER_FORMAT, MODEL_FORMAT = "landformer-embeddings-encoder", "landformer-embeddings-regressor"
 
 
 def _locate(path: str | os.PathLike[str], file_name: str, what: str) -> Path:
@@ -38,14 +41,13 @@ def _locate(path: str | os.PathLike[str], file_name: str, what: str) -> Path:
 
 def save_encoder(run_dir: Path, encoder: nn.Module, meta: dict[str, Any]) -> Path:
     """``encoder.safetensors`` + ``encoder.json``: the pretrained encoder for the next stage."""
-    path = save_safetensors(run_dir / ENCODER_FILE, encoder.state_dict(), meta)
-    write_json(run_dir / ENCODER_JSON, meta)
-    return path
+    return save_bundle(run_dir / ENCODER_FILE, encoder.state_dict(), ENCODER_FORMAT, 1, name="encoder", **meta)
 
 
 def load_encoder(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(tensors, meta) of a pretrain run folder or its ``encoder.safetensors``."""
-    return load_safetensors(_locate(path, ENCODER_FILE, "pretrained encoder"), "pretrained encoder")
+    """(tensors, meta) of a pretrain run folder or its ``encoder.safetensors``; meta as the pretrain stage saved it."""
+    tensors, meta = load_safetensors(_locate(path, ENCODER_FILE, "pretrained encoder"), "pretrained encoder")
+    return tensors, pipeline_metadata(meta)
 
 
 def model_meta(
@@ -75,14 +77,14 @@ def model_meta(
 
 def save(run_dir: Path, state: dict[str, Any], meta: dict[str, Any]) -> Path:
     """``model.safetensors`` + ``model.json``: the SFT/DPO regressor's weights and :func:`model_meta`."""
-    path = save_safetensors(run_dir / MODEL_FILE, state, meta)
-    write_json(run_dir / MODEL_JSON, meta)
-    return path
+    return save_bundle(run_dir / MODEL_FILE, state, MODEL_FORMAT, 1, **meta)
 
 
 def load(path: str | os.PathLike[str], device: str = "cpu") -> tuple[Regressor, dict[str, Any]]:
-    """An exported SFT/DPO model (run folder or ``model.safetensors``) in eval mode, and its metadata."""
+    """An exported SFT/DPO model (run folder or ``model.safetensors``) in eval mode, and the metadata its stage
+    saved."""
     tensors, meta = load_safetensors(_locate(path, MODEL_FILE, "regression model"), "regression model")
+    meta = pipeline_metadata(meta)
     model = build_regressor(meta)
     try:
         model.load_state_dict(tensors)

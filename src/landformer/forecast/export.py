@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from landformer.core.errors import UserError
-from landformer.core.io import load_safetensors, save_safetensors, write_json
+from landformer.core.export import load_bundle, save_bundle
 from landformer.core.normalize import AffineNormalizer, normalizer_from_dict
 from landformer.forecast.data import normalize_inputs
 from landformer.forecast.model import ConvLSTMForecaster, ForecastModelConfig, median_index
@@ -195,10 +195,8 @@ def save(
     folder: str | os.PathLike[str], state_dict: dict[str, torch.Tensor], meta: dict[str, Any]
 ) -> tuple[Path, Path]:
     """Write ``model.safetensors`` (weights + metadata) and ``model.json`` into ``folder``."""
-    folder = Path(folder)
-    meta = {"format": EXPORT_FORMAT, "format_version": EXPORT_VERSION, **meta}
-    weights = save_safetensors(folder / MODEL_FILE, state_dict, meta)
-    return weights, write_json(folder / META_FILE, meta)
+    weights = save_bundle(Path(folder) / MODEL_FILE, state_dict, EXPORT_FORMAT, EXPORT_VERSION, **meta)
+    return weights, weights.with_name(META_FILE)
 
 
 def model_config_dict(config: ForecastModelConfig) -> dict[str, Any]:
@@ -218,9 +216,7 @@ def load(
     weights = path / MODEL_FILE if path.is_dir() else path
     if path.is_dir() and not weights.is_file():
         raise UserError(f"{path} holds no {MODEL_FILE}; train a model into it with `landformer forecast train`")
-    tensors, meta = load_safetensors(weights, "forecast model")
-    if meta.get("format") != EXPORT_FORMAT:
-        raise UserError(f"{weights} is not a landformer forecast model (format {meta.get('format')!r})")
+    tensors, meta, _ = load_bundle(weights, EXPORT_FORMAT, "landformer forecast model", max_version=EXPORT_VERSION)
     missing = [key for key in ("model_config", "normalizer", "channel_names", "covariate_names") if key not in meta]
     if missing:
         raise UserError(f"{weights}: its metadata lacks {', '.join(missing)}")

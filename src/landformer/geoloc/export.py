@@ -22,7 +22,8 @@ from typing import Any
 from torch import nn
 
 from landformer.core.errors import UserError
-from landformer.core.io import load_safetensors, read_json, save_safetensors, write_json
+from landformer.core.export import save_bundle
+from landformer.core.io import load_safetensors, read_json, write_json
 from landformer.geoloc.data import BandNormalizer
 from landformer.geoloc.frames import LocalFrame
 from landformer.geoloc.model import ImageRegressor
@@ -33,6 +34,7 @@ FORMAT = "landformer.geoloc/1"
 NORMALIZATION = "normalization.json"
 REGION = "region.json"
 WEIGHTS = "model.safetensors"
+NETWORK_FORMAT = "landformer-geoloc-network"  # one region's regressor or the router, beside model.json
 NETWORK_KEYS = ("backbone", "in_chans", "n_outputs", "mode", "drop_rate")  # the header keys that rebuild a network
 
 
@@ -73,7 +75,7 @@ def save_region(folder: Path, description: dict[str, Any]) -> Path:
 def save_network(folder: Path, network: nn.Module, description: dict[str, Any]) -> Path:
     """One trained network as ``model.safetensors``; ``description`` (backbone, bands, outputs, mode, dropout, and
     what the run records) goes in the header, so the file rebuilds its own network."""
-    return save_safetensors(folder / WEIGHTS, network.state_dict(), description)
+    return save_bundle(folder / WEIGHTS, network.state_dict(), NETWORK_FORMAT, 1, **description)
 
 
 def save(run_dir: Path, manifest: dict[str, Any]) -> Path:

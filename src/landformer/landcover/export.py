@@ -91,7 +91,7 @@ def save(
         model.state_dict(),
         EXPORT_FORMAT,
         EXPORT_VERSION,
-        dataclasses.asdict(config),
+        config=dataclasses.asdict(config),
         legend=legend.to_dict(),
         channel_names=list(names),
         chip_size=config.chip_size,

@@ -31,7 +31,8 @@ from rasterio.transform import Affine
 from torch import Tensor
 
 from landformer.core.errors import UserError
-from landformer.core.io import load_safetensors, load_torch, save_safetensors, write_json
+from landformer.core.export import load_bundle, save_bundle
+from landformer.core.io import load_safetensors, load_torch
 from landformer.core.raster import parse_crs
 from landformer.terrain.config import MaskGITModelConfig, TokenizerModelConfig
 from landformer.terrain.data import scale_class
@@ -93,9 +94,7 @@ class LoadedTokenizer:
     def load(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu") -> LoadedTokenizer:
         """Load a tokenizer from a run folder or its ``tokenizer.safetensors``; anything off is a UserError."""
         weights = _weights_path(path, TOKENIZER_FILE, "landformer terrain fit-tokenizer")
-        tensors, meta = load_safetensors(weights, "terrain tokenizer")
-        if meta.get("format") != TOKENIZER_FORMAT:
-            raise UserError(f"{weights} is not a landformer terrain tokenizer (format {meta.get('format')!r})")
+        tensors, meta, _ = load_bundle(weights, TOKENIZER_FORMAT, "landformer terrain tokenizer", "tokenizer")
         try:
             config = TokenizerModelConfig(**meta["model_config"])
             model = VQTokenizer(config)
@@ -149,17 +148,17 @@ def _save_tokenizer(folder: str | os.PathLike[str], model: VQTokenizer, data_sum
     folder = Path(folder)
     config = model.config.architecture()
     state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
-    meta = {
-        "format": TOKENIZER_FORMAT,
-        "format_version": FORMAT_VERSION,
-        "model_config": config,
-        "identity": model_identity(config, state),
-        "vocab_size": model.vocab_size,
-        "data": data_summary,
-    }
-    weights = save_safetensors(folder / TOKENIZER_FILE, state, meta)
-    write_json(folder / "tokenizer.json", meta)
-    return weights
+    return save_bundle(
+        folder / TOKENIZER_FILE,
+        state,
+        TOKENIZER_FORMAT,
+        FORMAT_VERSION,
+        name="tokenizer",
+        model_config=config,
+        identity=model_identity(config, state),
+        vocab_size=model.vocab_size,
+        data=data_summary,
+    )
 
 
 def load_vgg_features(path: str | os.PathLike[str]) -> dict[str, Tensor]:
@@ -341,21 +340,21 @@ def _save_generator(
     """Write ``maskgit.safetensors`` + ``maskgit.json``, recording the identity and path of its tokenizer."""
     folder = Path(folder)
     state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
-    meta = {
-        "format": MASKGIT_FORMAT,
-        "format_version": FORMAT_VERSION,
-        "model_config": dataclasses.asdict(model.config),
-        "tokenizer_identity": tokenizer.identity,
-        "tokenizer_path": str(Path(tokenizer.source).resolve()),
-        "tile": tile,
-        "sampling": sampling,
-        "data": data_summary,
-        "condition_legend": legend,
-        "scale_classes": scale_classes,
-    }
-    weights = save_safetensors(folder / MASKGIT_FILE, state, meta)
-    write_json(folder / "maskgit.json", meta)
-    return weights
+    return save_bundle(
+        folder / MASKGIT_FILE,
+        state,
+        MASKGIT_FORMAT,
+        FORMAT_VERSION,
+        name="maskgit",
+        model_config=dataclasses.asdict(model.config),
+        tokenizer_identity=tokenizer.identity,
+        tokenizer_path=str(Path(tokenizer.source).resolve()),
+        tile=tile,
+        sampling=sampling,
+        data=data_summary,
+        condition_legend=legend,
+        scale_classes=scale_classes,
+    )
 
 
 @overload
@@ -395,9 +394,7 @@ def load(
     A tokenizer other than the one MaskGIT was trained on is refused in one line.
     """
     weights = _weights_path(path, MASKGIT_FILE, "landformer terrain fit")
-    tensors, meta = load_safetensors(weights, "terrain generator")
-    if meta.get("format") != MASKGIT_FORMAT:
-        raise UserError(f"{weights} is not a landformer terrain generator (format {meta.get('format')!r})")
+    tensors, meta, _ = load_bundle(weights, MASKGIT_FORMAT, "landformer terrain generator", "maskgit")
     tokenizer_path = Path(tokenizer) if tokenizer is not None else Path(meta["tokenizer_path"])
     beside = weights.parent / TOKENIZER_FILE
     if tokenizer is None and not tokenizer_path.exists() and beside.is_file():
