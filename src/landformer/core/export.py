@@ -50,7 +50,7 @@ def save_bundle(
     file = bundle_file(path, name)
     file.parent.mkdir(parents=True, exist_ok=True)
     header = dict(zip(BUNDLE_KEYS, (format, format_version, __version__), strict=True)) | meta
-    save_safetensors(file, {key: tensor.detach().cpu() for key, tensor in state.items()}, header)
+    save_safetensors(file, state, header)  # it copies the tensors to the CPU, contiguous
     write_json(file.with_name(f"{name}.json"), header)
     return file
 
@@ -68,5 +68,5 @@ def load_bundle(
         raise UserError(f"{file} is not a {what} (format {meta.get('format')!r}, expected {format!r})")
     version = meta.get("format_version")
     if not isinstance(version, int) or version > max_version:
-        raise UserError(f"{file}: format_version {version!r} is newer than this landformer reads ({max_version})")
+        raise UserError(f"{file}: format_version {version!r} is not one this landformer reads (1 to {max_version})")
     return state, meta, file

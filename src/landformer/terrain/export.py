@@ -338,11 +338,9 @@ def _save_generator(
     scale_classes: list[float] | None = None,
 ) -> Path:
     """Write ``maskgit.safetensors`` + ``maskgit.json``, recording the identity and path of its tokenizer."""
-    folder = Path(folder)
-    state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
     return save_bundle(
-        folder / MASKGIT_FILE,
-        state,
+        Path(folder) / MASKGIT_FILE,
+        model.state_dict(),
         MASKGIT_FORMAT,
         FORMAT_VERSION,
         name="maskgit",
