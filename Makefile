@@ -9,7 +9,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export MPLBACKEND ?= Agg
 
-.PHONY: setup browser demo test test-all bench lint format clean igbp-model terrain-model
+.PHONY: setup browser demo test test-all bench lint format clean igbp-model change-model terrain-model
 
 setup: $(STAMP)
 
@@ -53,6 +53,14 @@ igbp-model: setup
 	$(VENV)/bin/landformer landcover train --config configs/landcover_igbp.yaml --out $(IGBP_RUN)
 	cp $(IGBP_RUN)/model.safetensors src/landformer/landcover/pretrained/igbp.safetensors
 	cp $(IGBP_RUN)/model.json src/landformer/landcover/pretrained/igbp.json
+
+# The packaged land-change model (`--model change`): train configs/landcover_change_packaged.yaml on eight synthetic
+# worlds (seeds 11-18; about 15 min of one core), then install its export without the run folder's absolute paths.
+CHANGE_RUN ?= runs/change_packaged
+change-model: setup
+	$(VENV)/bin/landformer landcover change-train --config configs/landcover_change_packaged.yaml --out $(CHANGE_RUN)
+	$(PY) -c "from landformer.landcover.change_model import package_change_model as p; \
+		p('$(CHANGE_RUN)', 'src/landformer/landcover/pretrained/change.safetensors')"
 
 # The packaged terrain model `real`: both stages on the packaged real DEMs (about 30 min on 2 CPU cores).
 TERRAIN_RUN ?= runs/terrain_real

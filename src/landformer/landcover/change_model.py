@@ -26,6 +26,7 @@ import copy
 import dataclasses
 import math
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,9 +36,9 @@ import numpy as np
 import torch
 from rasterio.windows import Window
 
-from landformer.core.chips import load_chips
+from landformer.core.chips import load_chips, write_chips
 from landformer.core.errors import UserError
-from landformer.core.io import read_json, write_json
+from landformer.core.io import launch_rank, read_json, write_json
 from landformer.core.legend import NODATA_INDEX, Legend
 from landformer.core.raster import RasterGrid, class_dtype, geotiff_writer, iter_windows, open_raster
 from landformer.core.train import TrainConfig
@@ -52,13 +53,14 @@ from landformer.landcover.config import (
     tiny_train_section,
 )
 from landformer.landcover.data import model_inputs
-from landformer.landcover.export import LoadedModel, load
+from landformer.landcover.export import MODEL_FILE, LoadedModel, load, save
 from landformer.synth.world import load_world, make_world
 
 PAIR_RECORD = "change.json"
 PAIR_CHIPS = "pair_chips.npz"
 ALLOCATION_BINS = 10_000  # probability resolution of the quantity thresholds
 CA_RADII = (1, 2, 3, 5, 8)  # Markov-CA neighbourhood radii tried on the validation blocks
+BLOCK_ROLES = {"train": change.TRAIN, "validation": change.VALIDATION, "test": change.TEST}
 
 
 @dataclass
@@ -68,6 +70,7 @@ class ChangePairSection:
 
     t1: Path | None = None
     t2: Path | None = None
+    world_seeds: list[int] = field(default_factory=list)  # several worlds of data.world_size px, pooled
     t1_year: int = 2000  # epochs of a synthetic world
     t2_year: int = 2010
     align: bool = False  # resample t2 onto t1's grid (nearest) when their grids differ, with a warning
@@ -77,6 +80,10 @@ class ChangePairSection:
     def validate(self) -> None:
         if (self.t1 is None) != (self.t2 is None):
             raise UserError("landcover change pair: give both t1 and t2 rasters, or neither (a synthetic world)")
+        if self.t1 is not None and self.world_seeds:
+            raise UserError("landcover change pair: give either t1/t2 rasters or world_seeds, not both")
+        if len(set(self.world_seeds)) != len(self.world_seeds):
+            raise UserError(f"landcover change pair: world_seeds {self.world_seeds} repeat a seed")
         if self.t1 is None and self.t1_year >= self.t2_year:
             raise UserError(f"landcover change pair: t1_year {self.t1_year} should come before t2_year {self.t2_year}")
 
@@ -114,20 +121,27 @@ class ChangeRecipe(LandCoverRecipe):
         self.pair.validate()
 
 
-def resolve_pair(recipe: ChangeRecipe, run_dir: Path) -> tuple[Path, Path]:
-    """The (t1, t2) rasters of the recipe: given, or epochs of its synthetic world (built in RUN when none)."""
+def resolve_pairs(recipe: ChangeRecipe, run_dir: Path) -> list[tuple[Path, Path]]:
+    """The (t1, t2) rasters of the recipe: given, epochs of its synthetic world (built in RUN/world when none),
+    or epochs of one world per ``pair.world_seeds`` (built in RUN/world_SEED)."""
     pair = recipe.pair
     if pair.t1 is not None and pair.t2 is not None:
-        return Path(pair.t1), Path(pair.t2)
-    folder = recipe.data.world
-    if folder is None:
-        folder = run_dir / "world"
-        if not (folder / "world.json").is_file():
-            seed = recipe.train.seed if recipe.data.world_seed is None else recipe.data.world_seed
-            print(f"building a {recipe.data.world_size} px synthetic world with land-cover epochs in {folder}")
+        return [(Path(pair.t1), Path(pair.t2))]
+    if pair.world_seeds:
+        folders = [(run_dir / f"world_{seed}", seed) for seed in pair.world_seeds]
+    elif recipe.data.world is not None:
+        folders = [(Path(recipe.data.world), None)]
+    else:
+        seed = recipe.train.seed if recipe.data.world_seed is None else recipe.data.world_seed
+        folders = [(run_dir / "world", seed)]
+    pairs = []
+    for folder, seed in folders:
+        if seed is not None and not (folder / "world.json").is_file():
+            print(f"building a {recipe.data.world_size} px synthetic world (seed {seed}) in {folder}")
             make_world(folder, size=recipe.data.world_size, seed=seed)
-    world = load_world(Path(folder))
-    return world.landcover_of(pair.t1_year), world.landcover_of(pair.t2_year)
+        world = load_world(folder)
+        pairs.append((world.landcover_of(pair.t1_year), world.landcover_of(pair.t2_year)))
+    return pairs
 
 
 def pair_chip_config(recipe: ChangeRecipe, t1: Path, t2: Path) -> change.PairChipConfig:
@@ -146,29 +160,84 @@ def pair_chip_config(recipe: ChangeRecipe, t1: Path, t2: Path) -> change.PairChi
     )
 
 
+def merge_pair_chips(parts: list[Path], out: Path) -> Path:
+    """One chip file of the chips of several pairs (train with train, validation with validation)."""
+    sets = [load_chips(part, mmap=False) for part in parts]
+    metadata = dict(sets[0].metadata)
+    metadata["sources"] = {"pair_chips": [part.name for part in parts]}
+    metadata["counts"] = {"train": sum(len(s.train_data) for s in sets), "test": sum(len(s.test_data) for s in sets)}
+    del metadata["change_pair"], metadata["split"]  # each pair's own are in its part file and in change.json
+    return write_chips(
+        out,
+        *(np.concatenate([getattr(s, key) for s in sets]) for key in ("train_data", "test_data")),
+        *(np.concatenate([getattr(s, key) for s in sets]) for key in ("train_coords", "test_coords")),
+        metadata,
+    )
+
+
+def change_metadata(record: dict[str, Any], run_dir: Path, counts: np.ndarray) -> dict[str, Any]:
+    """What using the model on another pair needs, stored in its export (``extra.change``) so that a model
+    without its run folder (the packaged one) can still be evaluated and simulated with Markov quantities:
+    the block split's settings, the align flag and the transition counts of its training pairs' train blocks.
+    Pairs are named relative to the run folder (or by file name), never by an absolute path."""
+
+    def name(path: str) -> str:
+        resolved = Path(path)
+        return (
+            str(resolved.relative_to(run_dir.resolve()))
+            if resolved.is_relative_to(run_dir.resolve())
+            else resolved.name
+        )
+
+    return {
+        "block_size": record["block_size"],
+        "align": record["align"],
+        "test_fraction": record["test_fraction"],
+        "val_fraction": record["val_fraction"],
+        "split_seed": record["seed"],
+        "training_pairs": [[name(pair["t1"]), name(pair["t2"])] for pair in record["pairs"]],
+        "train_transitions": counts.tolist(),
+    }
+
+
 def train_change(
     recipe: ChangeRecipe, run_dir: str | os.PathLike[str], resume: bool | str | os.PathLike[str] = False
 ) -> dict[str, Any]:
-    """Cut pair chips into RUN (once) and train the land-cover model on them with t1 as covariates; writes
-    ``RUN/change.json`` (the pair, its check and block roles) beside the usual run folder."""
+    """Cut pair chips into RUN (once; one part per pair when there are several, pooled) and train the land-cover
+    model on them with t1 as covariates; writes ``RUN/change.json`` (the pairs, their checks and block roles)
+    beside the usual run folder, and what evaluation needs into the model's export (:func:`change_metadata`)."""
     from landformer.landcover.train import train  # Lightning: only training needs it, not simulate or evaluate
 
     recipe.validate()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    t1, t2 = resolve_pair(recipe, run_dir)
-    config = pair_chip_config(recipe, t1, t2)
+    pairs = resolve_pairs(recipe, run_dir)
+    configs = [pair_chip_config(recipe, t1, t2) for t1, t2 in pairs]
     chips = run_dir / PAIR_CHIPS
+    parts = [chips] if len(configs) == 1 else [run_dir / f"pair_chips_{index}.npz" for index in range(len(configs))]
     if not chips.is_file():
-        print(f"cutting {config.chip_size} px pair chips (t1 {t1.name} -> t2 {t2.name}) into {chips}")
-        change.make_pair_chips(config, chips)
-    metadata = load_chips(chips).metadata
+        for config, part in zip(configs, parts, strict=True):
+            print(f"cutting {config.chip_size} px pair chips (t1 {config.t1} -> t2 {config.t2}) into {part}")
+            change.make_pair_chips(config, part)
+        if len(parts) > 1:
+            merge_pair_chips(parts, chips)
     landcover = copy.deepcopy(recipe)
     landcover.data.chips, landcover.data.world, landcover.data.covariates = chips, None, True
     summary = train(landcover, run_dir, resume=resume)
+    config = configs[0]
+    pair_records = []
+    for (t1, t2), part in zip(pairs, parts, strict=True):
+        metadata = load_chips(part).metadata
+        pair_records.append(
+            {
+                "t1": str(Path(t1).resolve()),
+                "t2": str(Path(t2).resolve()),
+                "roles": metadata["split"]["roles"],
+                "check": metadata["change_pair"]["check"],
+            }
+        )
     record = {
-        "t1": str(Path(t1).resolve()),
-        "t2": str(Path(t2).resolve()),
+        **pair_records[0],  # the first pair at the top level too, where one-pair records kept it
         "align": recipe.pair.align,
         "legend": config.legend,
         "chip_size": config.chip_size,
@@ -176,12 +245,38 @@ def train_change(
         "test_fraction": config.test_fraction,
         "val_fraction": config.val_fraction,
         "seed": config.seed,
-        "roles": metadata["split"]["roles"],
-        "check": metadata["change_pair"]["check"],
+        "pairs": pair_records,
     }
     write_json(run_dir / PAIR_RECORD, record)
+    if launch_rank() == 0:
+        loaded = load(run_dir)
+        counts = sum(training_transitions(pair, record, loaded.legend) for pair in pair_records)
+        extra = {**loaded.metadata.get("extra", {}), "change": change_metadata(record, run_dir, counts)}
+        save(loaded.model, loaded.legend, run_dir, extra, loaded.channel_names, loaded.covariate_stats)
     summary["pair"] = record
     return summary
+
+
+def package_change_model(run_dir: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
+    """Write the model of a change run as a shippable file (``out``, a ``.safetensors`` path, with its ``.json``
+    beside it): the same weights and metadata less the run folder's absolute paths (its checkpoint and chip
+    file), which mean nothing on another machine. ``make change-model`` installs the packaged ``change`` model
+    this way."""
+    loaded = load(run_dir)
+    extra = {
+        key: value for key, value in loaded.metadata.get("extra", {}).items() if key not in ("checkpoint", "chips")
+    }
+    if "change" not in extra:
+        raise UserError(f"model {loaded.path} records no land-change settings: train it with `landcover change-train`")
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise UserError(f"the packaged change model's file should end in .safetensors, got {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as scratch:  # export.save names its files model.*
+        saved = save(loaded.model, loaded.legend, scratch, extra, loaded.channel_names, loaded.covariate_stats)
+        os.replace(saved.with_suffix(".json"), out.with_suffix(".json"))
+        os.replace(saved, out)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- simulation
@@ -396,23 +491,58 @@ class QuantityAllocation:
 # ------------------------------------------------------------------------------------------------ evaluation
 
 
-def run_folder_of(loaded: LoadedModel) -> Path:
-    return Path(loaded.path).parent
+def pair_record(loaded: LoadedModel) -> dict[str, Any] | None:
+    """The ``change.json`` of the model's run folder, or None for a model file without one (the packaged model,
+    whose own ``change.json`` beside it is its export record, not a pair record)."""
+    path = Path(loaded.path).parent / PAIR_RECORD
+    if loaded.path.name != MODEL_FILE or not path.is_file():
+        return None
+    return read_json(path, "change model's pair record (change.json)")
 
 
-def pair_record(loaded: LoadedModel) -> dict[str, Any]:
-    return read_json(run_folder_of(loaded) / PAIR_RECORD, "change model's pair record (change.json)")
+def recorded_pairs(record: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The training pairs of a change record (records of one pair written before ``pairs`` existed hold it at
+    the top level)."""
+    if record is None:
+        return []
+    return record.get("pairs") or [record]
 
 
-def training_transitions(record: dict[str, Any], legend: Legend) -> np.ndarray:
-    """(K, K) transition counts over the train blocks of the pair a change model was trained on."""
-    roles = np.array(record["roles"], dtype=np.int8)
-    block = int(record["block_size"])
-    t1, t2 = Path(record["t1"]), Path(record["t2"])
-    with change.open_pair(t1, t2, legend, bool(record["align"])) as (first, _, _):
+def change_settings(loaded: LoadedModel, record: dict[str, Any] | None) -> dict[str, Any]:
+    """The block split and align flag of a change model: from its export (``extra.change``), else from the
+    ``change.json`` of run folders trained before the export held them."""
+    stored = loaded.metadata.get("extra", {}).get("change")
+    if stored:
+        return stored
+    if record is None:
+        raise UserError(
+            f"model {loaded.path} records no land-change settings (extra.change in its JSON, or change.json in its "
+            "run folder): train it with `landformer landcover change-train`"
+        )
+    keys = ("block_size", "align", "test_fraction", "val_fraction")
+    return {**{key: record[key] for key in keys}, "split_seed": record["seed"]}
+
+
+def training_counts(loaded: LoadedModel, record: dict[str, Any] | None) -> np.ndarray:
+    """(K, K) transition counts of the train blocks of the pairs the model trained on (its Markov matrix)."""
+    stored = loaded.metadata.get("extra", {}).get("change", {}).get("train_transitions")
+    if stored is not None:
+        return np.array(stored, dtype=np.int64)
+    pairs = recorded_pairs(record)
+    if not pairs:
+        raise UserError(f"model {loaded.path} records no training pair, so it has no Markov matrix of its own")
+    return sum(training_transitions(pair, record, loaded.legend) for pair in pairs)
+
+
+def training_transitions(pair: dict[str, Any], record: dict[str, Any], legend: Legend) -> np.ndarray:
+    """(K, K) transition counts over the train blocks of one pair of a change record (``t1``, ``t2``, ``roles``)."""
+    roles = np.array(pair["roles"], dtype=np.int8)
+    block, align = int(record["block_size"]), bool(record["align"])
+    t1, t2 = Path(pair["t1"]), Path(pair["t2"])
+    with change.open_pair(t1, t2, legend, align) as (first, _, _):
         height, width = first.height, first.width
     blocks = change.role_blocks(roles, change.TRAIN, block, height, width)
-    pairs = change.read_pair_blocks(t1, t2, legend, blocks, bool(record["align"]))
+    pairs = change.read_pair_blocks(t1, t2, legend, blocks, align)
     return sum(change.transition_counts(a, b, legend.n_classes) for a, b in pairs)
 
 
@@ -545,32 +675,63 @@ def evaluate_change(
     seed: int = 0,
     device: str = "cpu",
 ) -> ChangeEvaluation:
-    """Score the change model, persistence and Markov-CA on the test blocks of the model's pair (or every block
-    of another pair of the same grid size); writes ``change_eval.json`` and ``change_eval.png`` into ``out``."""
+    """Score the change model, persistence and Markov-CA on the test blocks of a pair; writes
+    ``change_eval.json`` and ``change_eval.png`` into ``out``.
+
+    The pair is the model's own (its run folder's ``change.json``) unless ``t1`` and ``t2`` name another. A pair
+    the model trained on keeps the block roles of its training; any other pair is cut into its own train /
+    validation / test blocks with the model's block size, fractions and split seed (on the grid of a training
+    pair, the same blocks). Either way the Markov matrix is counted on the pair's train blocks, Markov-CA's
+    radius and the model's quantity source are chosen on its validation blocks, and everything is scored on its
+    test blocks; the model never trains on a pair it is evaluated on this way."""
     began = time.perf_counter()
     loaded = load(model, device)
     check_change_model(loaded)
     record = pair_record(loaded)
+    settings_of_model = change_settings(loaded, record)
     legend = loaded.legend
     n_classes = legend.n_classes
-    t1 = Path(t1) if t1 is not None else Path(record["t1"])
-    t2 = Path(t2) if t2 is not None else Path(record["t2"])
-    roles = np.array(record["roles"], dtype=np.int8)
-    block = int(record["block_size"])
-    align = bool(record["align"])
+    if (t1 is None) != (t2 is None):
+        raise UserError("change-evaluate: give --t1 and --t2 together")
+    if t1 is None:
+        pairs = recorded_pairs(record)
+        if len(pairs) != 1:
+            trained_on = f"was trained on {len(pairs)} pairs" if pairs else "has no run folder with its training pair"
+            raise UserError(f"model {loaded.path} {trained_on}: give --t1 and --t2, a pair to evaluate it on")
+        t1, t2 = pairs[0]["t1"], pairs[0]["t2"]
+    t1, t2 = Path(t1), Path(t2)
+    own = [
+        pair for pair in recorded_pairs(record) if (pair["t1"], pair["t2"]) == (str(t1.resolve()), str(t2.resolve()))
+    ]
+    block = int(settings_of_model["block_size"])
+    align = bool(settings_of_model["align"])
     with change.open_pair(t1, t2, legend, align) as (first, _, _):
         height, width = first.height, first.width
-    if roles.shape != (-(-height // block), -(-width // block)):
-        raise UserError(
-            f"t1 raster {t1} is {height}x{width} px, not the size of the pair the model was trained on "
-            f"({record['t1']}); its held-out blocks would not be held out"
+    if own:
+        roles = np.array(own[0]["roles"], dtype=np.int8)
+        split = "the model's training pair: its own test blocks, held out from training"
+    else:
+        roles = change.block_roles(
+            height,
+            width,
+            loaded.chip_size,
+            block,
+            float(settings_of_model["test_fraction"]),
+            float(settings_of_model["val_fraction"]),
+            int(settings_of_model["split_seed"]),
+            str(t1),
         )
+        split = "a pair the model did not train on, cut into its own train / validation / test blocks"
 
     def read(role: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
         pairs = change.read_pair_blocks(t1, t2, legend, change.role_blocks(roles, role, block, height, width), align)
         return [a for a, _ in pairs], [b for _, b in pairs]
 
-    counts = training_transitions(record, legend)
+    train_t1, train_t2 = read(change.TRAIN)
+    counts = sum(
+        (change.transition_counts(a, b, n_classes) for a, b in zip(train_t1, train_t2, strict=True)),
+        np.zeros((n_classes, n_classes), dtype=np.int64),
+    )
     matrix = change.transition_matrix(counts)
     val_t1, val_t2 = read(change.VALIDATION)
     radius, radius_foms = choose_ca_radius(val_t1, val_t2, matrix, seed) if val_t1 else (CA_RADII[0], {})
@@ -610,6 +771,9 @@ def evaluate_change(
         "model": str(loaded.path),
         "t1": str(t1),
         "t2": str(t2),
+        "split": split,
+        "blocks": {name: int((roles == role).sum()) for name, role in BLOCK_ROLES.items()},
+        "markov_fitted_on": "the train blocks of this pair",
         "test_blocks": len(test_t1),
         "test_pixels": observed.pixels,
         "observed_change": (observed.hits + observed.wrong_hits) / max(observed.pixels, 1),
@@ -757,7 +921,7 @@ def simulate_change(
                         values = np.where(nodata, NODATA_PROBABILITY, values).astype(np.float32)
                     writers[name].write(values[None], window=window)
         if quantity == "markov":
-            matrix = change.transition_matrix(training_transitions(pair_record(loaded), legend))
+            matrix = change.transition_matrix(training_counts(loaded, pair_record(loaded)))
             quantities = allocation.markov_quantities(matrix)
         else:
             quantities = allocation.quantities

@@ -30,7 +30,7 @@ from landformer.landcover.data import CovariateStats
 from landformer.landcover.model import LandCoverConfig, LandCoverRandAR
 
 EXPORT_FORMAT = "landformer-landcover"
-PRETRAINED = ("igbp",)  # models installed with the package, loadable by name (``--model igbp``)
+PRETRAINED = ("igbp", "change")  # models installed with the package, loadable by name (``--model igbp``)
 EXPORT_VERSION = 1
 MODEL_FILE = "model.safetensors"
 
