@@ -31,7 +31,11 @@ DEMO_STEPS: dict[str, dict[str, Any]] = {
         "ratio_to_context": 0.867,
         "bits_per_pixel": {"model_random_order": 0.72, "class_entropy": 1.6, "lzma": 0.77, "png": 0.9},
         "inpaint_accuracy_hidden": 0.61,
+        "change_model": "change",
+        "change_test_blocks": 3,
+        "change_observed_share": 0.012,
         "change_training_steps": 20,
+        "change_short_run_val_bits_per_pixel": 1.2,
         "change_model_figure_of_merit": 0.06,
         "change_markov_ca_figure_of_merit": 0.05,
         "change_model_bits_given_t1": 0.05,
@@ -114,9 +118,8 @@ def expected_marks(steps: dict[str, dict[str, Any]]) -> dict[str, bool]:
         "bits per held-out pixel, raster order": land["heldout_bits_raster_order"] < context,
         "bits per held-out pixel vs class frequencies alone": bits < land["bits_per_pixel"]["class_entropy"],
         "bits per held-out pixel vs compressors": bits < min(land["bits_per_pixel"][name] for name in ("lzma", "png")),
-        "land change 2000 -> 2010 (20 training steps): Figure of Merit on held-out blocks": (
-            land["change_model_figure_of_merit"] > land["change_markov_ca_figure_of_merit"]
-        ),
+        "land change 2000 -> 2010, the packaged change model (trained on other worlds): Figure of Merit on the "
+        "demo world's test blocks": (land["change_model_figure_of_merit"] > land["change_markov_ca_figure_of_merit"]),
         "land change: bits per pixel of the 2010 map given 2000's": (
             land["change_model_bits_given_t1"] < land["change_markov_bits"]
         ),
@@ -274,3 +277,27 @@ def test_bad_thread_count_is_a_one_line_error(tmp_path: Path, capsys: pytest.Cap
     err = capsys.readouterr().err
     assert err == "landformer: error: demo: --threads -1 should be 0 (torch's default) or a positive count\n"
     assert not (tmp_path / "demo").exists()  # refused before anything is written
+
+
+@pytest.mark.slow
+def test_change_step_scores_the_packaged_model_on_the_world_and_reports_its_smoke_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The land-change step on a small world with a 2-step smoke run: every number the report reads is there, the
+    packaged model (not the smoke run) is the one marked against the baselines."""
+    from landformer.landcover import demo
+    from landformer.synth.world import make_world
+
+    monkeypatch.setattr(demo, "DEMO_CHANGE_STEPS", 2)
+    world = make_world(tmp_path / "world", size=128, seed=1)
+    result = demo.change_step(tmp_path / "change", world.folder, seed=1)
+    assert result["change_model"] == "change" and result["change_training_steps"] == 2
+    assert result["change_test_blocks"] >= 1 and 0 <= result["change_observed_share"] <= 1
+    evaluation = json.loads(Path(result["change_json"]).read_text())
+    assert evaluation["split"].startswith("a pair the model did not train on")
+    assert Path(evaluation["model"]).name == "change.safetensors"
+    land = report_step("landcover", {**DEMO_STEPS["landcover"], **result})
+    compared = {measure.label: measure for measure in land.measures if measure.better is not None}
+    fom = [label for label in compared if "Figure of Merit" in label]
+    assert fom and "packaged change model" in fom[0]
+    assert not [label for label in compared if "short training run" in label]

@@ -3,6 +3,7 @@ baseline, and the change model's simulation on a tiny random model (invariants t
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -269,6 +270,96 @@ def test_model_without_t1_channels_is_refused(legend: Legend, tmp_path: Path) ->
     plain = LoadedModel(LandCoverRandAR(config), legend, config, CovariateStats(), ["landcover"], {}, tmp_path / "m")
     with pytest.raises(UserError, match=r"one-hot t1"):
         change_model.simulate_region(plain, np.zeros((SIZE, SIZE), dtype=np.int64))
+
+
+CHANGE_SETTINGS = {"block_size": 16, "align": False, "test_fraction": 0.25, "val_fraction": 0.25, "split_seed": 3}
+
+
+@pytest.fixture(scope="module")
+def saved_change_model(loaded: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random change model saved as a file with its land-change settings and no run folder, as the
+    packaged model is, plus the absolute paths a run folder's export records."""
+    from landformer.landcover.export import save
+
+    folder = tmp_path_factory.mktemp("saved_change_model")
+    n = loaded.legend.n_classes
+    extra = {
+        "checkpoint": str(folder / "best.ckpt"),
+        "chips": str(folder / "pair_chips.npz"),
+        "change": {**CHANGE_SETTINGS, "training_pairs": [], "train_transitions": np.eye(n, dtype=int).tolist()},
+    }
+    return save(loaded.model, loaded.legend, folder / "model.safetensors", extra, None, loaded.covariate_stats)
+
+
+def test_evaluation_on_an_unseen_pair_uses_its_own_blocks(
+    saved_change_model: Path, legend: Legend, tmp_path: Path
+) -> None:
+    """A pair the model never saw is cut into its own blocks, and its Markov matrix is counted on its train
+    blocks only: here forest turns into pasture in the train blocks and into development in the test blocks, so
+    a matrix counted anywhere else would give other bits on the test blocks."""
+    size, block = 64, CHANGE_SETTINGS["block_size"]
+    roles = change.block_roles(size, size, SIZE, block, 0.25, 0.25, seed=3, source="t1")
+    first = np.full((size, size), 41)
+    second = first.copy()
+    rng = np.random.default_rng(0)
+    for (i, j), role in np.ndenumerate(roles):
+        view = (slice(i * block, (i + 1) * block), slice(j * block, (j + 1) * block))
+        turned = rng.random((block, block)) < 0.3
+        second[view] = np.where(turned, 81 if role == change.TRAIN else 22, 41)
+    t1 = write_classes(tmp_path / "t1.tif", first)
+    t2 = write_classes(tmp_path / "t2.tif", second)
+    summary = change_model.evaluate_change(
+        saved_change_model, tmp_path / "eval", t1=t1, t2=t2, method="marginal", orders=1
+    ).summary
+    assert summary["blocks"] == {"train": 8, "validation": 4, "test": 4}
+    assert summary["split"].startswith("a pair the model did not train on")
+    index = legend.codes.index
+    first_index = np.full((size, size), index(41))
+    second_index = np.vectorize(index)(second)
+    train = roles.repeat(block, 0).repeat(block, 1) == change.TRAIN
+    counts = change.transition_counts(first_index[train], second_index[train], legend.n_classes)
+    blocks = change.role_blocks(roles, change.TEST, block, size, size)
+    test_t1 = [first_index[r : r + h, c : c + w] for r, c, h, w in blocks]
+    test_t2 = [second_index[r : r + h, c : c + w] for r, c, h, w in blocks]
+    chips = change_model.heldout_chips(test_t1, test_t2, SIZE)
+    assert summary["bits_per_pixel"]["markov_per_pixel"] == pytest.approx(change.markov_bits(*chips, counts))
+    everywhere = change.transition_counts(first_index, second_index, legend.n_classes)
+    assert change.markov_bits(*chips, everywhere) < summary["bits_per_pixel"]["markov_per_pixel"] - 1
+    with pytest.raises(UserError, match="no run folder with its training pair: give --t1 and --t2"):
+        change_model.evaluate_change(saved_change_model, tmp_path / "again")
+    with pytest.raises(UserError, match="--t1 and --t2 together"):
+        change_model.evaluate_change(saved_change_model, tmp_path / "again", t1=t1)
+
+
+def test_packaging_drops_the_run_folders_absolute_paths(saved_change_model: Path, tmp_path: Path) -> None:
+    packaged = change_model.package_change_model(saved_change_model, tmp_path / "change.safetensors")
+    extra = json.loads((tmp_path / "change.json").read_text())["extra"]
+    assert "checkpoint" not in extra and "chips" not in extra
+    assert extra["change"]["block_size"] == CHANGE_SETTINGS["block_size"]
+    assert packaged == tmp_path / "change.safetensors"
+
+
+def strings(value: object) -> list[str]:
+    """Every string anywhere in a JSON value."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [text for item in value.values() for text in strings(item)]
+    if isinstance(value, list):
+        return [text for item in value for text in strings(item)]
+    return []
+
+
+def test_packaged_change_model_loads_by_name_without_absolute_paths() -> None:
+    from landformer.landcover.export import load
+
+    packaged = load("change")
+    change_model.check_change_model(packaged)
+    assert packaged.path.name == "change.safetensors" and packaged.legend.name == "nlcd"
+    settings = packaged.metadata["extra"]["change"]
+    assert {"block_size", "align", "test_fraction", "val_fraction", "split_seed", "train_transitions"} <= set(settings)
+    assert not [text for text in strings(packaged.metadata) if Path(text).is_absolute() or "runs/" in text]
+    assert {int(name.split("/")[0].removeprefix("world_")) for name, _ in settings["training_pairs"]}.isdisjoint({0})
 
 
 def test_transition_targets(legend: Legend) -> None:
