@@ -200,3 +200,23 @@ def test_fit_context_model_needs_a_train_split() -> None:
     with_train = ChipSet(data, data, np.zeros((2, 2)), np.zeros((2, 2)), {})
     model = baselines.fit_context_model(with_train, 2)
     assert model is not None and model.n_training_pixels == 12
+
+
+def test_strongest_context_bits_is_the_better_of_the_two_fits() -> None:
+    """Three copies of chip A and one of chip B: the fit on every chip weighs A three times, the fit on distinct
+    chips once; the baseline reports whichever scores the test chips in fewer bits, and says which."""
+    train = np.stack([TRAIN[0], TRAIN[0], TRAIN[0], TRAIN[1]])[:, None].astype(np.int16)
+    with_train = ChipSet(train, TEST[:, None].astype(np.int16), np.zeros((4, 2)), np.zeros((2, 2)), {})
+    every = baselines.fit_context_model(with_train, 2)
+    distinct = baselines.fit_context_model(with_train, 2, deduplicate=True)
+    assert every is not None and distinct is not None
+    assert (every.n_training_pixels, distinct.n_training_pixels) == (24, 12)
+    # The distinct fit is the hand-computed table above.
+    expected_distinct = -np.mean(np.log2(TEST_PROBABILITIES))
+    assert distinct.bits_per_pixel(TEST) == pytest.approx(expected_distinct)
+    scores = {"every train chip": every.bits_per_pixel(TEST), "one copy of each distinct train chip": expected_distinct}
+    assert scores["every train chip"] != pytest.approx(expected_distinct)
+    bits, fit = baselines.strongest_context_bits(with_train, TEST, 2)
+    assert bits == pytest.approx(min(scores.values())) and fit == min(scores, key=scores.get)
+    empty = ChipSet(train[:0], train, np.zeros((0, 2)), np.zeros((4, 2)), {})
+    assert baselines.strongest_context_bits(empty, TEST, 2) is None

@@ -24,7 +24,15 @@ from landformer.core.errors import UserError
 from landformer.core.io import load_torch
 from landformer.core.legend import Legend
 from landformer.landcover.config import LandCoverRecipe
-from landformer.landcover.data import ChipDataset, ChipTensors, RunStream, dihedral, model_inputs, training_loader
+from landformer.landcover.data import (
+    ChipDataset,
+    ChipTensors,
+    RunStream,
+    dihedral,
+    model_inputs,
+    training_chips,
+    training_loader,
+)
 from landformer.landcover.export import CovariateStats, check_chips_match, load, save
 from landformer.landcover.model import LandCoverConfig, LandCoverRandAR
 from landformer.landcover.train import train
@@ -418,7 +426,8 @@ def test_training_without_data_cuts_real_igbp_chips(tmp_path: Path, monkeypatch,
     assert chips.metadata["sampling"]["max_class_fraction"] == {"0": 0.5}
     water = np.concatenate([chips.train_data, chips.test_data])[:, 0] == 0
     assert water.mean(axis=(1, 2)).max() <= 0.5 and chips.metadata["counts"]["dropped_class_fraction"] > 0
-    assert summary["n_train_chips"] == len(chips.train_data) > 100 and len(chips.test_data) > 10
+    carved = training_chips(chips, deduplicate=True, seed=0)  # validation blocks set aside, copies dropped
+    assert summary["n_train_chips"] == len(carved.train) > 100 and len(chips.test_data) > 10
     assert load(run).legend.name == "igbp" and not (run / "world").exists()
 
 
@@ -506,3 +515,77 @@ def test_second_stage_on_another_igbp_split_is_refused() -> None:
     load_initial_weights(task, "igbp", config, legend, igbp_chip_settings(same))
     packaged = load("igbp").model.state_dict()
     assert all(torch.equal(value, packaged[name]) for name, value in task.model.state_dict().items())
+
+
+def carve_chip_set(tmp_path: Path, metadata: dict[str, Any], copies: int = 0) -> Any:
+    """16 x 16 chips of 4 px every 2 px on a grid of 0.01 degree pixels, their centres in 4 x 4 blocks of 8 px;
+    each chip distinct unless ``copies`` of them repeat chip 0."""
+    side, stride, size = 16, 2, 4
+    rows, cols = (axis.ravel() * stride for axis in np.meshgrid(np.arange(side), np.arange(side), indexing="ij"))
+    # Centres half a pixel past each chip's offset, so no centre falls on a block edge.
+    coords = np.stack([10.0 + (cols + 0.5) * 0.01, 50.0 - (rows + 0.5) * 0.01], axis=1)
+    data = np.zeros((len(rows), 1, size, size), dtype=np.int16)
+    data[:, 0, 0] = (np.arange(len(rows))[:, None] // 4 ** np.arange(size)) % 4  # chip i: i's base-4 digits
+    data[1 : 1 + copies] = data[0]
+    metadata = {"legend": TOY_LEGEND, "chip_size": size, **metadata}
+    path = write_chips(tmp_path / "carve.npz", data, data[:2], coords, coords[:2], metadata)
+    return load_chips(path), rows, cols
+
+
+def test_validation_is_carved_from_train_blocks_that_training_never_touches(tmp_path: Path) -> None:
+    metadata = {"crs": "EPSG:4326", "pixel_size": [0.01, 0.01], "split": {"block_size": 8}}
+    chips, rows, cols = carve_chip_set(tmp_path, metadata, copies=5)
+    carved = training_chips(chips, deduplicate=False, seed=0)
+    assert carved.validation is not None and len(carved.validation) > 0
+    # One block of 16 is set aside (5 %, at least one): every validation chip's centre lies in it.
+    centre_blocks = {(rows[i] // 8, cols[i] // 8) for i in carved.validation}
+    assert len(centre_blocks) == 1
+    # No training chip shares a pixel with a validation chip (4 px chips: offsets under 4 px in both axes).
+    for v in carved.validation:
+        overlap = (np.abs(rows[carved.train] - rows[v]) < 4) & (np.abs(cols[carved.train] - cols[v]) < 4)
+        assert not overlap.any()
+    # Validation chips are distinct and do not overlap one another; the carve leaves most chips to train on.
+    val_rows, val_cols = rows[carved.validation], cols[carved.validation]
+    for a in range(len(carved.validation)):
+        for b in range(a):
+            assert abs(val_rows[a] - val_rows[b]) >= 4 or abs(val_cols[a] - val_cols[b]) >= 4
+    assert 150 < len(carved.train) < 256 and "1 of 16 blocks" in carved.note
+    assert carved.describe(256).startswith(f"{len(carved.train)} of 256 train-split chips train")
+    # Another seed sets aside another block; de-duplication drops exactly the copies that training would see.
+    other = training_chips(chips, deduplicate=False, seed=1)
+    assert not np.array_equal(other.validation, carved.validation)
+    deduplicated = training_chips(chips, deduplicate=True, seed=0)
+    kept_copies = np.isin(np.arange(6), carved.train).sum()
+    assert len(carved.train) - len(deduplicated.train) == max(kept_copies - 1, 0)
+    flat = chips.train_data[deduplicated.train].reshape(len(deduplicated.train), -1)
+    assert len(np.unique(flat, axis=0)) == len(flat)
+
+
+@pytest.mark.parametrize(
+    ("metadata", "reason"),
+    [
+        ({}, "no CRS and pixel size"),
+        ({"crs": "EPSG:4326", "pixel_size": [0.01, 0.01], "split": {"block_size": 1000}}, "only 1 block of"),
+        ({"crs": "EPSG:4326", "pixel_size": [0.01, 0.01], "change_pair": {}}, "pair's validation blocks"),
+    ],
+)
+def test_validation_falls_back_to_the_test_split_and_says_why(tmp_path: Path, metadata: dict, reason: str) -> None:
+    chips, _, _ = carve_chip_set(tmp_path, metadata)
+    carved = training_chips(chips, deduplicate=False, seed=0)
+    assert carved.validation is None and reason in carved.note and "test split" in carved.note
+    np.testing.assert_array_equal(carved.train, np.arange(256))
+
+
+def test_a_reader_of_some_chips_gives_what_the_tensors_of_those_chips_give(tmp_path: Path) -> None:
+    from landformer.landcover.data import ChipSplitReader
+
+    chips = load_chips(make_chip_file(tmp_path / "chips.npz", elevation=True))
+    stats = CovariateStats.fit(chips.train_data[:, 1:2])
+    subset = np.array([5, 0, 17, 3])
+    reader = ChipSplitReader.from_chips(chips, "train", stats, use_lonlat=True, indices=subset)
+    tensors = ChipTensors.from_chips(chips, "train", stats, use_lonlat=True, indices=subset)
+    whole = ChipTensors.from_chips(chips, "train", stats, use_lonlat=True)
+    assert len(reader) == len(tensors) == 4
+    for index, row in enumerate(subset):
+        for got, expected, direct in zip(reader.chip(index), tensors.chip(index), whole.chip(int(row)), strict=True):
+            assert torch.equal(got, expected) and torch.equal(got, direct)

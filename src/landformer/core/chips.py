@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 import numpy as np
 import rasterio
+from affine import Affine
 from numpy.lib.stride_tricks import sliding_window_view
 from rasterio.windows import Window
 from tqdm import tqdm
@@ -54,7 +55,9 @@ from landformer.core.raster import (
     crs_name,
     display_name,
     iter_windows,
+    lonlat_to_pixel,
     open_raster,
+    parse_crs,
     refuse_infinite,
 )
 
@@ -158,6 +161,17 @@ class ChipSet:
         if "legend" not in self.metadata:
             raise UserError(f"chip file {self.source or ''} records no legend; rebuild it with `landformer data chips`")
         return Legend.from_dict(self.metadata["legend"], source=f"legend of chip file {self.source or ''}")
+
+    def centre_pixels(self, coords: np.ndarray) -> tuple[np.ndarray, np.ndarray] | str:
+        """Chip centres (rows, cols) in pixels of the source grid for chip-centre ``coords`` (lon, lat), or why
+        they cannot be known (a file without CRS and pixel size). Any origin will do: only differences between
+        centres matter, to tell which chips overlap or share a spatial block."""
+        crs, pixel_size = self.metadata.get("crs"), self.metadata.get("pixel_size")
+        if not crs or not pixel_size:
+            return "the chip file records no CRS and pixel size"
+        width, height = (abs(float(v)) for v in pixel_size)
+        grid = Affine(width, 0, 0, 0, -height, 0)
+        return lonlat_to_pixel(grid, parse_crs(str(crs), "chip file CRS"), *np.asarray(coords, dtype=np.float64).T)
 
     @property
     def channel_names(self) -> list[str]:

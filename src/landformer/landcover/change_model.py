@@ -89,7 +89,9 @@ class ChangePairSection:
 
 
 def change_data_section() -> LandCoverDataSection:
-    return LandCoverDataSection(legend="nlcd", source="synthetic")
+    # Every chip of a pair, copies included: unchanged uniform chips are most of what a change model must learn
+    # to copy, and the packaged change model was trained that way.
+    return LandCoverDataSection(legend="nlcd", source="synthetic", deduplicate=False)
 
 
 def change_model_section() -> LandCoverConfig:

@@ -45,7 +45,10 @@ class LandCoverDataSection:
     covariates: bool = False  # feed chip channels 1.. (elevation) to the model as conditioning
     augment: bool = True  # random quarter turns and flips of training chips (land cover has no up)
     batch_size: int = 16
-    val_chips: int = 128  # test chips used for the validation loss (spread evenly through the test split)
+    # Validation chips (spread evenly) from spatial blocks of the train split set aside, not from the test split:
+    # the best checkpoint is chosen on them (see landcover.data.training_chips).
+    val_chips: int = 128
+    deduplicate: bool = True  # train on one copy of chips that are exact copies of another (mostly uniform chips)
     num_workers: int = 0
 
     @property

@@ -25,6 +25,8 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 
 from landformer.core.chips import ChipSet
 from landformer.core.errors import UserError
+from landformer.landcover.baselines import non_overlapping
+from landformer.landcover.evaluate import first_occurrences
 
 
 @dataclass
@@ -94,6 +96,90 @@ def spread_indices(total: int, count: int) -> np.ndarray:
     return np.unique(np.linspace(0, total - 1, num=min(count, total)).round().astype(np.int64))
 
 
+VALIDATION_BLOCK_SHARE = 0.05  # of the train split's spatial blocks, set aside to validate on
+MIN_BLOCKS_TO_CARVE = 4  # fewer train blocks than this: validate on the test split instead (and say so)
+
+
+@dataclass
+class TrainingChips:
+    """Which chips of a chip file's train split train the model and which validate it.
+
+    Validation chips come from spatial blocks of the train split set aside, not from the test split: the best
+    checkpoint is chosen on them, and a choice made on test chips would leak into every held-out score. Training
+    chips that share a pixel with a validation chip are dropped too. ``validation`` is None when the train split
+    cannot be carved (too few blocks, or a file without CRS and pixel size); validation then falls back to the
+    test split, as ``note`` says.
+    """
+
+    train: np.ndarray  # indices into chips.train_data
+    validation: np.ndarray | None  # indices into chips.train_data: distinct, non-overlapping chips
+    note: str
+
+    def describe(self, total: int) -> str:
+        where = f"{len(self.validation)} validation chips" if self.validation is not None else "no validation carve"
+        return f"{len(self.train)} of {total} train-split chips train, {where}: {self.note}"
+
+
+def training_chips(chips: ChipSet, deduplicate: bool, seed: int) -> TrainingChips:
+    """Carve validation blocks out of the train split (``VALIDATION_BLOCK_SHARE`` of its blocks, chosen by
+    ``seed``), and with ``deduplicate`` keep only the first copy of chips that are exact copies of another.
+
+    De-duplication matters on smooth maps: most 16 px windows of a 1 km climate map are one class, and the held-out
+    scores count each distinct chip once, so training on every copy spends the steps on the easiest chips."""
+    total = len(chips.train_data)
+    everything = np.arange(total, dtype=np.int64)
+    train, validation, note = everything, None, "validation on the test split"
+    if "change_pair" in chips.metadata:
+        # A pair's chip file keeps its validation blocks as the test split (its test blocks stay in the rasters).
+        centres: tuple[np.ndarray, np.ndarray] | str = "it holds the pair's validation blocks"
+    else:
+        centres = chips.centre_pixels(chips.train_coords) if total else "the train split is empty"
+    if isinstance(centres, str):
+        note = f"validation on the test split ({centres})"
+    else:
+        rows, cols = (np.asarray(axis, dtype=np.float64) for axis in centres)
+        size = chips.chip_size
+        block = int(chips.metadata.get("split", {}).get("block_size") or 8 * size)
+
+        def block_keys(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+            # One integer per block: rows and columns of blocks stay far below 2**31 on any raster.
+            return np.floor(r / block).astype(np.int64) * (1 << 32) + np.floor(c / block).astype(np.int64)
+
+        keys = block_keys(rows, cols)
+        blocks = np.unique(keys)
+        if len(blocks) < MIN_BLOCKS_TO_CARVE:
+            covered = f"{len(blocks)} block" + ("s" if len(blocks) > 1 else "")
+            note = f"validation on the test split (the train split covers only {covered} of {block} px)"
+        else:
+            n_val = max(1, round(VALIDATION_BLOCK_SHARE * len(blocks)))
+            chosen = np.random.default_rng([seed, 2]).choice(blocks, size=n_val, replace=False)
+
+            def in_chosen(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+                return np.isin(block_keys(r, c), chosen)
+
+            is_val = in_chosen(rows, cols)
+            # A chip overlaps a validation chip only if its centre lies within one chip of a validation block;
+            # blocks are at least a chip wide, so then one corner of the chip-sized square around it lies inside.
+            reach = size - 0.5
+            near = is_val.copy()
+            for dr in (-reach, reach):
+                for dc in (-reach, reach):
+                    near |= in_chosen(rows + dr, cols + dc)
+            val_all = np.flatnonzero(is_val)
+            distinct = val_all[first_occurrences(chips.train_data[val_all])]
+            validation = distinct[non_overlapping(rows[distinct], cols[distinct], size)]
+            train = np.flatnonzero(~near)
+            note = (
+                f"{n_val} of {len(blocks)} blocks of {block} px set aside to validate on; "
+                f"{int(near.sum() - is_val.sum())} chips beside them dropped"
+            )
+    if deduplicate and len(train):
+        kept = train[first_occurrences(chips.train_data[train])]
+        note += f"; {len(train) - len(kept)} exact duplicate chips dropped"
+        train = kept
+    return TrainingChips(train, validation, note)
+
+
 def lonlat_inputs(coords: np.ndarray) -> Tensor:
     """(N, 2) lon/lat degrees of chip centres as float32."""
     return torch.from_numpy(np.asarray(coords, dtype=np.float32).reshape(-1, 2))
@@ -129,14 +215,18 @@ class ChipTensors:
         stats: CovariateStats | None,
         use_lonlat: bool,
         limit: int | None = None,
+        indices: np.ndarray | None = None,
     ) -> ChipTensors:
-        """``split`` is "train" or "test"; ``limit`` keeps that many chips, evenly spaced through the split.
+        """``split`` is "train" or "test", ``indices`` (optional) the chips of it to take; ``limit`` keeps that
+        many chips, evenly spaced through them.
 
         Chip files list chips region by region, so the first chips would all come from one corner of the map;
         evenly spaced ones cover the whole split.
         """
         data = chips.train_data if split == "train" else chips.test_data
         coords = chips.train_coords if split == "train" else chips.test_coords
+        if indices is not None:
+            data, coords = data[indices], coords[indices]
         if limit is not None and limit < len(data):
             keep = spread_indices(len(data), limit)
             data, coords = data[keep], coords[keep]
@@ -159,26 +249,43 @@ class ChipSplitReader:
     and loader workers share its pages instead of each holding an int64 copy of every chip (what
     :class:`ChipTensors` makes). Its chips equal :class:`ChipTensors`'."""
 
-    def __init__(self, data: np.ndarray, coords: np.ndarray, stats: CovariateStats | None, use_lonlat: bool) -> None:
+    def __init__(
+        self,
+        data: np.ndarray,
+        coords: np.ndarray,
+        stats: CovariateStats | None,
+        use_lonlat: bool,
+        indices: np.ndarray | None = None,
+    ) -> None:
         self.data = data
+        # Chip i of the reader is data[indices[i]]: a subset without copying the (possibly mapped) array.
+        self.indices = np.arange(len(data), dtype=np.int64) if indices is None else np.asarray(indices, np.int64)
         self.stats = stats
-        self.lonlat = lonlat_inputs(coords) if use_lonlat else None
+        self.lonlat = lonlat_inputs(np.asarray(coords)[self.indices]) if use_lonlat else None
 
     @classmethod
-    def from_chips(cls, chips: ChipSet, split: str, stats: CovariateStats | None, use_lonlat: bool) -> ChipSplitReader:
+    def from_chips(
+        cls,
+        chips: ChipSet,
+        split: str,
+        stats: CovariateStats | None,
+        use_lonlat: bool,
+        indices: np.ndarray | None = None,
+    ) -> ChipSplitReader:
         if split == "train":
-            return cls(chips.train_data, chips.train_coords, stats, use_lonlat)
-        return cls(chips.test_data, chips.test_coords, stats, use_lonlat)
+            return cls(chips.train_data, chips.train_coords, stats, use_lonlat, indices)
+        return cls(chips.test_data, chips.test_coords, stats, use_lonlat, indices)
 
     def __len__(self) -> int:
-        return len(self.data)
+        return len(self.indices)
 
     @property
     def side(self) -> int:
         return self.data.shape[-1]
 
     def chip(self, index: int) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        labels, covariates = model_inputs(self.data[index : index + 1], self.stats)
+        row = int(self.indices[index])
+        labels, covariates = model_inputs(self.data[row : row + 1], self.stats)
         lonlat = self.lonlat[index] if self.lonlat is not None else None
         return labels[0], covariates[0] if covariates is not None else None, lonlat
 

@@ -13,9 +13,11 @@ A run folder holds::
     RUN/data.json                    legend, chip size, channels and covariate statistics of the chips
     RUN/train_summary.json           steps, losses, throughput, paths
 
-Validation runs on the test split of the chips (``data.val_chips`` of them spread evenly through the split, each
-in a fixed random order),
-so ``val/loss`` is the held-out negative log-likelihood in nats per pixel.
+Validation runs on spatial blocks of the train split set aside for it (``data.val_chips`` distinct chips spread
+evenly through them, each in a fixed random order; :func:`~landformer.landcover.data.training_chips`), so
+``val/loss`` is a held-out negative log-likelihood in nats per pixel and choosing the best checkpoint on it never
+looks at the test split. Training chips touching those blocks are left out, and with ``data.deduplicate`` so are
+exact copies of another chip.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from landformer.landcover.data import (
     default_chips_path,
     evaluation_loader,
     spread_indices,
+    training_chips,
     training_loader,
 )
 from landformer.landcover.export import MODEL_FILE, CovariateStats
@@ -251,11 +254,21 @@ def train(
     record_data(run_dir, record, resuming=resume is not False)
 
     use_lonlat = recipe.model.use_lonlat
-    train_tensors = ChipSplitReader.from_chips(chips, "train", stats, use_lonlat)  # chip by chip: no copy
-    has_test = len(chips.test_data) > 0
-    val_tensors = ChipTensors.from_chips(
-        chips, "test" if has_test else "train", stats, use_lonlat, limit=recipe.data.val_chips
-    )
+    split = training_chips(chips, recipe.data.deduplicate, recipe.train.seed)
+    print(split.describe(len(chips.train_data)))
+    if len(split.train) == 0:
+        raise UserError(f"chip file {chips_path}: no training chip is left once validation blocks are set aside")
+    train_tensors = ChipSplitReader.from_chips(chips, "train", stats, use_lonlat, split.train)  # no copy
+    if split.validation is not None:
+        has_validation = len(split.validation) > 0
+        val_tensors = ChipTensors.from_chips(
+            chips, "train", stats, use_lonlat, limit=recipe.data.val_chips, indices=split.validation
+        )
+    else:
+        has_validation = len(chips.test_data) > 0
+        val_tensors = ChipTensors.from_chips(
+            chips, "test" if has_validation else "train", stats, use_lonlat, limit=recipe.data.val_chips
+        )
     training = recipe.train
     batch = recipe.data.batch_size
     conditional = n_covariates > 0 or use_lonlat
@@ -270,7 +283,7 @@ def train(
         cond_dropout=model_config.cond_dropout if conditional else 0.0,
         num_workers=recipe.data.num_workers,
     )
-    val_loader = evaluation_loader(val_tensors, batch, VAL_ORDER_SEED, model_config.order) if has_test else None
+    val_loader = evaluation_loader(val_tensors, batch, VAL_ORDER_SEED, model_config.order) if has_validation else None
 
     if recipe.task.threads:
         torch.set_num_threads(recipe.task.threads)
@@ -331,7 +344,8 @@ def train(
         "train_tokens_per_s": throughput.tokens_per_s,
         "n_parameters": sum(p.numel() for p in task.model.parameters()),
         "n_train_chips": len(train_tensors),
-        "n_val_chips": len(val_tensors) if has_test else 0,
+        "n_val_chips": len(val_tensors) if has_validation else 0,
+        "training_chips": split.describe(len(chips.train_data)),
         "images": [str(path) for path in images.written[-3:]],
         "fit_seconds": round(result.seconds, 2),
         "seconds": round(time.perf_counter() - start_time, 2),

@@ -140,11 +140,12 @@ def information_content(
     n_classes = loaded.legend.n_classes
     notes = [heldout.describe()]
     baseline_bits: dict[str, float] = {}
-    context = baselines.fit_context_model(chip_set, n_classes)
+    context = baselines.strongest_context_bits(chip_set, labels, n_classes)
     if context is None:
         notes.append(f"chip file {path}: the train split is empty, so there is no causal-context model to compare")
     else:
-        baseline_bits["context"] = context.bits_per_pixel(labels)
+        baseline_bits["context"], context_fit = context
+        notes.append(f"causal-context model fitted on {context_fit} (the stronger of its two fits)")
     baseline_bits["class_entropy"] = class_entropy_bits(labels, n_classes)
     baseline_bits.update(baselines.compressed_bits(labels))
     bits = {"model_random_order": scores["random_bits"], "model_raster_order": scores["raster_bits"], **baseline_bits}
