@@ -293,8 +293,12 @@ class ChangeSimulateOptions(ChangeModelOptions):
 
 @dataclass(kw_only=True)
 class ChangeEvaluateOptions(ChangeModelOptions):
-    t1: Path | None = option(None, help="t1 raster (default: the pair the model trained on)")
-    t2: Path | None = option(None, help="t2 raster (default: the pair the model trained on)")
+    t1: Path | None = option(
+        None,
+        help="t1 raster (default: the pair the model trained on, if one); a pair it never saw is cut into its own "
+        "train / validation / test blocks",
+    )
+    t2: Path | None = option(None, help="t2 raster, with --t1 (default: the pair the model trained on, if one)")
     orders: int = option(2, help="random orders averaged for bits per pixel")
     unconditional: Path | None = option(
         None, help="a land-cover model trained without t1 (e.g. on the same t2 chips) to score beside it"
