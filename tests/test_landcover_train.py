@@ -589,3 +589,25 @@ def test_a_reader_of_some_chips_gives_what_the_tensors_of_those_chips_give(tmp_p
     for index, row in enumerate(subset):
         for got, expected, direct in zip(reader.chip(index), tensors.chip(index), whole.chip(int(row)), strict=True):
             assert torch.equal(got, expected) and torch.equal(got, direct)
+
+
+def test_validation_chips_are_written_as_a_chip_file_from_the_cli(tmp_path: Path, capsys) -> None:
+    from landformer.cli import main
+
+    metadata = {"crs": "EPSG:4326", "pixel_size": [0.01, 0.01], "split": {"block_size": 8}}
+    chips, _, _ = carve_chip_set(tmp_path, metadata, copies=5)
+    carve = training_chips(chips, deduplicate=False, seed=3)
+    out = tmp_path / "val.npz"
+    assert main(["landcover", "validation-chips", "--chips", str(chips.source), "--seed", "3", "--out", str(out)]) == 0
+    written = load_chips(out)
+    np.testing.assert_array_equal(written.test_data, chips.train_data[carve.validation])
+    np.testing.assert_array_equal(written.train_data, chips.train_data[carve.train])
+    np.testing.assert_array_equal(written.test_coords, chips.train_coords[carve.validation])
+    assert written.metadata["validation_of"]["seed"] == 3 and written.legend.name == "toy"
+    assert f"{len(carve.validation)} validation chips" in capsys.readouterr().out
+    # A file that cannot be carved is one clear line and nothing written.
+    bare, _, _ = carve_chip_set(tmp_path / "bare", {})
+    refused = tmp_path / "refused.npz"
+    assert main(["landcover", "validation-chips", "--chips", str(bare.source), "--out", str(refused)]) != 0
+    error = capsys.readouterr().err.strip()
+    assert "no validation blocks" in error and "\n" not in error and not refused.exists()

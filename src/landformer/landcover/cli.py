@@ -121,6 +121,15 @@ def _register_scoring(group: argparse._SubParsersAction) -> None:
     )
     add_options(info, InfoOptions)
     add_baselines_epilog(info, INFO_BASELINES)
+    validation = add_command(
+        group,
+        "validation-chips",
+        "write the validation blocks that training sets aside as a chip file, to choose settings on (never on test)",
+        run_validation_chips,
+    )
+    validation.add_argument("--chips", type=Path, required=True, help="the chip file the model trained on (.npz)")
+    validation.add_argument("--seed", type=int, default=0, help="the run's train.seed, which chose the blocks")
+    validation.add_argument("--out", type=Path, required=True, help="chip file to write (.npz)")
 
 
 def _options(args: argparse.Namespace, options: type[T]) -> T:
@@ -198,3 +207,13 @@ def run_info(args: argparse.Namespace) -> None:
     if s["ratio_to_context"] is not None:
         print(f"model / context model: {s['ratio_to_context']:.3f} (random orders; below 1 beats four neighbours)")
     print(f"results: {s['json']}; chart: {s['png']}")
+
+
+def run_validation_chips(args: argparse.Namespace) -> None:
+    from landformer.core.chips import load_chips
+    from landformer.landcover.data import write_validation_chips
+
+    path = write_validation_chips(args.chips, args.out, args.seed)
+    chips = load_chips(path)
+    print(f"{len(chips.test_data)} validation chips (test split), {len(chips.train_data)} training chips: {path}")
+    print(f"note: {chips.metadata['validation_of']['carve']}")

@@ -13,6 +13,7 @@ the batches the uninterrupted run would have seen, so resuming is exact, not jus
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from landformer.core.chips import ChipSet
+from landformer.core.chips import ChipSet, load_chips, write_chips
 from landformer.core.errors import UserError
 from landformer.landcover.baselines import non_overlapping
 from landformer.landcover.evaluate import first_occurrences
@@ -178,6 +179,32 @@ def training_chips(chips: ChipSet, deduplicate: bool, seed: int) -> TrainingChip
         note += f"; {len(train) - len(kept)} exact duplicate chips dropped"
         train = kept
     return TrainingChips(train, validation, note)
+
+
+def write_validation_chips(chips_path: str | os.PathLike[str], out: str | os.PathLike[str], seed: int = 0) -> Path:
+    """Write the validation carve of a chip file as a chip file of its own: the carved validation chips as its
+    test split, the chips training keeps as its train split (every copy; the context model fits on them).
+
+    Give it to ``info``, ``evaluate``, ``inpaint-eval`` or the land-cover benchmarks as ``--chips`` to choose
+    settings (temperature, steps) on validation chips, never on the test split. ``seed`` is the run's
+    ``train.seed``, which chose the blocks set aside."""
+    chips = load_chips(chips_path)
+    carve = training_chips(chips, deduplicate=False, seed=seed)
+    if carve.validation is None:
+        raise UserError(f"chip file {chips_path}: no validation blocks can be set aside ({carve.note})")
+    metadata = {
+        **chips.metadata,
+        "validation_of": {"chips": str(chips_path), "seed": seed, "carve": carve.note},
+        "counts": {"train": len(carve.train), "test": len(carve.validation)},
+    }
+    return write_chips(
+        out,
+        chips.train_data[carve.train],
+        chips.train_data[carve.validation],
+        chips.train_coords[carve.train],
+        chips.train_coords[carve.validation],
+        metadata,
+    )
 
 
 def lonlat_inputs(coords: np.ndarray) -> Tensor:
