@@ -206,7 +206,7 @@ def test_headlines_and_units_say_what_the_numbers_mean() -> None:
     assert number(float("nan")) == "n/a" and number(70) == "70"
 
 
-def test_a_fine_tuned_model_that_kept_the_probe_is_level_with_it() -> None:
+def test_a_fine_tuned_model_that_kept_the_probe_is_level_with_it(tmp_path: Path) -> None:
     result = copy.deepcopy(DEMO_STEPS["embeddings"])
     result["test_r2"] = {"ridge": 0.3206, "knn": 0.2502, "sft": 0.3206}
     result["test_rmse"] = {"ridge": 0.011, "knn": 0.012, "sft": 0.011}
@@ -215,6 +215,10 @@ def test_a_fine_tuned_model_that_kept_the_probe_is_level_with_it() -> None:
     assert "R2 0.321, level with the better probe on the same embeddings (ridge probe, 0.321)" in report.headline
     assert "so the model kept the probe's fit" in report.headline
     assert [measure.better for measure in report.measures if measure.compared_with] == [True] * 4
+    # Level with ridge (R2 and RMSE) is marked "level", not "better"; ahead of kNN is "better".
+    assert [measure.level for measure in report.measures if measure.compared_with] == [True, False, True, False]
+    text = write_index(tmp_path, {"landformer": "0.1", "seed": 0, "steps": {"embeddings": result}}).read_text()
+    assert text.count("&#10004; level</td>") == 2 and text.count("&#10004; better</td>") == 2
     result["test_r2"]["sft"] = 0.3205  # a real loss, however small, stays a loss
     assert "below the better probe" in report_step("embeddings", result).headline
 

@@ -118,6 +118,7 @@ class Measure:
     compared_with: str = ""
     better: bool | None = None
     target: bool = False  # compared with a target (marked met / missed) rather than a baseline (better / worse)
+    level: bool = False  # level with the baseline, which meets an "at or above the baseline" target
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,7 @@ def no_worse(
     """:func:`against` for an "at or above the baseline" target: a value level with the baseline meets it."""
     measure = against(label, value, unit, baseline_label, baseline, lower_is_better)
     if value is not None and baseline is not None and abs(value - baseline) <= LEVEL:
-        return replace(measure, better=True)
+        return replace(measure, better=True, level=True)
     return measure
 
 
@@ -563,7 +564,7 @@ def write_index(out: Path, summary: dict[str, Any]) -> Path:
             parts.append("<table>")
             for measure in report.measures:
                 css, symbol = MARKS.get(measure.better, ("", ""))
-                word = MARK_WORDS.get((measure.better, measure.target), "")
+                word = "level" if measure.level else MARK_WORDS.get((measure.better, measure.target), "")
                 parts.append(
                     f"<tr class='{css}'><td>{html.escape(measure.label)}</td>"
                     f"<td class='value'>{html.escape(number(measure.value, measure.unit))}</td>"
