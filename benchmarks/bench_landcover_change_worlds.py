@@ -6,7 +6,7 @@ worlds of the same size (seeds 21-28 unless ``--seeds``) and runs ``landcover ch
 land cover 2000 -> 2010. Each world is cut into its own 64 px blocks (20 % test, 10 % validation, with the
 model's split seed); the Markov matrix is counted on its train blocks, Markov-CA's radius and the model's
 quantity source are chosen on its validation blocks, and only its test blocks are scored. The method (the class
-shares of 8 draws per chip window in 16 parallel steps) and the model itself were chosen on validation worlds
+shares of 16 draws per chip window in 16 parallel steps) and the model itself were chosen on validation worlds
 (``--validation``), never on a held-out world's blocks.
 
 A 256 px world has 16 blocks, so 3 test blocks and a few hundred changed pixels: one world's Figure of Merit is
@@ -36,6 +36,7 @@ import torch
 
 from landformer.core.io import write_json
 from landformer.landcover.change_model import evaluate_change
+from landformer.landcover.config import CHANGE_DRAWS
 from landformer.synth.world import make_world
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,7 +150,9 @@ def main() -> int:
     )
     parser.add_argument("--size", type=int, default=256, help="world side in pixels (the demo's: 256)")
     parser.add_argument("--method", choices=("samples", "marginal"), default="samples", help="p(t2 | t1) from")
-    parser.add_argument("--samples", type=int, default=8, help="draws of t2 per chip window")
+    parser.add_argument(
+        "--samples", type=int, default=CHANGE_DRAWS, help=f"draws of t2 per chip window (default: {CHANGE_DRAWS})"
+    )
     parser.add_argument("--steps", type=int, default=16, help="parallel decoding steps of the draws")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=None, help="JSON output (default: benchmarks/results/...)")

@@ -46,6 +46,7 @@ from landformer.landcover import change, decoding, plots
 from landformer.landcover.apps.common import window_starts
 from landformer.landcover.apps.development import NODATA_PROBABILITY
 from landformer.landcover.config import (
+    CHANGE_DRAWS,
     LandCoverConfig,
     LandCoverDataSection,
     LandCoverImagesSection,
@@ -336,7 +337,7 @@ def window_marginals(loaded: LoadedModel, chips: np.ndarray, temperature: float 
 def simulate_region(
     loaded: LoadedModel,
     t1: np.ndarray,
-    n_samples: int = 8,
+    n_samples: int = CHANGE_DRAWS,
     steps: int | None = None,
     temperature: float = 1.0,
     batch_size: int = 64,
@@ -668,7 +669,7 @@ def evaluate_change(
     t1: str | os.PathLike[str] | None = None,
     t2: str | os.PathLike[str] | None = None,
     method: Literal["samples", "marginal"] = "samples",
-    n_samples: int = 8,
+    n_samples: int = CHANGE_DRAWS,
     steps: int | None = None,
     temperature: float = 1.0,
     batch_size: int = 64,
@@ -834,7 +835,7 @@ def simulate_change(
     model: str | os.PathLike[str],
     t1: str | os.PathLike[str],
     out: str | os.PathLike[str],
-    n_samples: int = 8,
+    n_samples: int = CHANGE_DRAWS,
     steps: int | None = None,
     temperature: float = 1.0,
     transitions: tuple[str, ...] = ("developed",),

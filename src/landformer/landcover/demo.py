@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from landformer.core.io import read_json, read_npz
-from landformer.landcover.config import LandCoverRecipe
+from landformer.landcover.config import CHANGE_DRAWS, LandCoverRecipe
 
 DEMO_STEPS = 70  # enough to show the loss falling and checkpoints being written, in well under a minute
 PACKAGED_MODEL = "igbp"
@@ -38,10 +38,10 @@ SCORED_CHIPS = 64  # held-out chips scored for bits per pixel (and used for the 
 ANIMATION_GRID = (3, 3)  # rows and columns of maps in the GIF: 9 chips of 16x16 pixels, 256 frames, a few seconds
 DEMO_CHANGE_STEPS = 20  # a change model that runs end to end in about half a minute, not a good one
 PACKAGED_CHANGE_MODEL = "change"  # trained on other synthetic worlds (configs/landcover_change_packaged.yaml)
-# p(t2 | t1) as the shares of 8 draws per window in 16 parallel steps: on the validation worlds of
-# bench_landcover_change_worlds.py this placed change better than each pixel's one-pass marginal (pooled FoM 0.072
-# against 0.051 for the 1,200-step candidate), which the random-order model is rarely trained to give.
-CHANGE_METHOD, CHANGE_SAMPLES, CHANGE_DECODING_STEPS = "samples", 8, 16
+# p(t2 | t1) as the shares of CHANGE_DRAWS draws per window in 16 parallel steps: on the validation worlds of
+# bench_landcover_change_worlds.py draws placed change better than each pixel's one-pass marginal (pooled FoM 0.072
+# against 0.051 for the 1,200-step candidate, 8 draws), which the random-order model is rarely trained to give.
+CHANGE_METHOD, CHANGE_SAMPLES, CHANGE_DECODING_STEPS = "samples", CHANGE_DRAWS, 16
 
 
 def demo_recipe(chips: Path, seed: int) -> LandCoverRecipe:

@@ -21,6 +21,7 @@ from landformer.core.commands import Formatter, add_config_flags, recipe_overrid
 from landformer.core.config import config_flags, load_config, option
 from landformer.core.errors import UserError
 from landformer.core.train import check_device
+from landformer.landcover.config import CHANGE_DRAWS
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -271,7 +272,11 @@ class ChangeModelOptions(ModelOptions):
         help="p(t2 | t1) from --samples draws per chip window, or each pixel's marginal in one pass per window "
         "(samples or marginal)",
     )
-    n_samples: int = option(8, flag="--samples", help="draws of t2 per chip window (--method samples)")
+    n_samples: int = option(
+        CHANGE_DRAWS,
+        flag="--samples",
+        help="draws of t2 per chip window (--method samples; chosen on validation worlds)",
+    )
     steps: int | None = option(None, help=STEPS_HELP)
     temperature: float = option(1.0, help="softmax temperature (> 0)")
     batch_size: int = option(64, help="chip windows processed at once")
