@@ -229,6 +229,23 @@ def test_sample_realism_report(model: LandCoverRandAR, legend: Legend, tmp_path)
     assert set(summary["gaps_to_test"]) == set(result.report)
 
 
+def test_sample_realism_parallel_temperature(model: LandCoverRandAR, legend: Legend) -> None:
+    reference = labels_with_nodata(6, legend.n_classes, seed=5)
+    result = realism.sample_realism(
+        model, reference, n=4, steps_list=[None, 4], temperature=0.95, batch_size=3, seed=0, parallel_temperature=0.5
+    )
+    assert result.temperatures == {"sequential": 0.95, "parallel_4": 0.5}
+    seq, par = (
+        sampling.generate_samples(model, 4, steps, t, batch_size=3, seed=0)[0] for steps, t in ((None, 0.95), (4, 0.5))
+    )
+    np.testing.assert_array_equal(seq, result.samples["sequential"])  # each mode drew at its own temperature
+    np.testing.assert_array_equal(par, result.samples["parallel_4"])
+    same = realism.sample_realism(model, reference, n=4, steps_list=[None, 4], temperature=0.95, batch_size=3, seed=0)
+    assert same.temperatures == {"sequential": 0.95, "parallel_4": 0.95}  # default: one temperature for both
+    np.testing.assert_array_equal(same.samples["sequential"], result.samples["sequential"])
+    assert not np.array_equal(same.samples["parallel_4"], result.samples["parallel_4"])
+
+
 def test_sample_realism_beside_the_context_model(model: LandCoverRandAR, legend: Legend, tmp_path) -> None:
     reference = labels_with_nodata(6, legend.n_classes, seed=5)
     context = CausalContextModel.fit(labels_with_nodata(10, legend.n_classes, seed=6), legend.n_classes)
@@ -302,11 +319,13 @@ def test_cli_gibbs_panorama_embed_evaluate(cli_files: dict[str, Path], legend: L
         assert stored["coords"].shape == (6, 2)
 
     argv = ["landcover", "evaluate", "--model", run, "--chips", chips, "--n", "3", "--steps", "4"]
-    assert main([*argv, "--out", str(tmp_path / "eval")]) == 0
+    assert main([*argv, "--temperature", "0.95", "--parallel-temperature", "0.9", "--out", str(tmp_path / "eval")]) == 0
     from landformer.core.io import read_json
 
     record = read_json(tmp_path / "eval" / "realism.json")
     assert set(record["settings"]) == {"sequential", "parallel_4"}
+    assert record["settings"]["sequential"]["temperature"] == 0.95
+    assert record["settings"]["parallel_4"]["temperature"] == 0.9
     baselines = {"context_model", "shuffled_baseline", "noise_floor"}
     assert set(record["report"]) == {"sequential", "parallel_4", *baselines}
     assert any("6 of 6 test chips kept" in note for note in record["notes"])

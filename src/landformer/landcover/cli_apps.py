@@ -255,6 +255,7 @@ def run_eval(args: argparse.Namespace) -> None:
         options.batch_size,
         options.seed,
         context,
+        options.parallel_temperature,
     )
     result.notes.extend(notes)
     summary = result.summary()

@@ -259,6 +259,11 @@ class EvaluateOptions(ModelOptions):
     n: int = option(64, help="samples per decoding setting (and test chips)")
     steps: list[int] = option(default_factory=lambda: [16], help="parallel decoding steps to compare with sequential")
     temperature: float = option(1.0, help="softmax temperature (> 0)")
+    parallel_temperature: float | None = option(
+        None,
+        help="temperature of the parallel samples (default: --temperature; README: 0.9 for --model igbp, "
+        "whose sequential samples draw at 0.95)",
+    )
     batch_size: int = option(64, help="samples processed at once")
 
 
