@@ -21,8 +21,17 @@ from landformer.terrain.data import DemSource, condition_tokens, read_chip_tiles
 from landformer.terrain.evaluate import reconstruct
 from landformer.terrain.export import LoadedTokenizer, load, save
 from landformer.terrain.model import MaskGIT, VQTokenizer
-from landformer.terrain.outpaint import TerrainField, expand_array, expand_map, write_world
+from landformer.terrain.outpaint import (
+    CANDIDATE_STREAM,
+    TerrainField,
+    draining_continuation,
+    edge_ponding,
+    expand_array,
+    expand_map,
+    write_world,
+)
 from landformer.terrain.sample import sample
+from landformer.terrain.scales import EXPAND_SCALES
 
 CRS = "EPSG:32617"
 PIXEL = 30.0
@@ -195,6 +204,39 @@ def test_expansion_keeps_the_map_and_is_deterministic(models: dict[str, Path]) -
     # The seam continues the original's heights: the first new column is close to the last original one.
     step = np.abs(grown[6:, 40] - original[:, -1]).mean()
     assert step < 4 * np.abs(np.diff(original, axis=1)).mean() + 1.0
+
+
+def test_edge_ponding_counts_the_pond_a_strip_dams() -> None:
+    # A valley floor falling towards the edge at 1 m per column, 20 rows wide, between higher ground.
+    band = np.tile(np.linspace(30.0, 10.0, 21)[None, :], (20, 1))
+    band[[0, -1], :] = 100.0
+    draining = np.tile(np.linspace(9.0, 0.0, 10)[None, :], (20, 1))
+    draining[[0, -1], :] = 100.0
+    assert edge_ponding(band, draining, depth=4) == 0.0  # the valley runs on downhill: nothing ponds
+    dammed = draining.copy()
+    dammed[:, 1] = 14.5  # a ridge one column into the strip, higher than the band's last 4 columns
+    # Ponded: the 18 valley rows of the band's last 4 columns (13, 12, 11, 10 m) and of the strip's first column
+    # (9 m) all lie below the 14.5 m spill; the ridge column and the strip beyond it do not. 8 columns x 20 rows.
+    assert edge_ponding(band, dammed, depth=4) == pytest.approx(18 * 5 / (20 * 8))
+
+
+def test_expansion_candidates_keep_the_least_ponding_strip(models: dict[str, Path]) -> None:
+    generator = load(models["maskgit"])
+    original = hills(40, 36)
+    plain = expand_array(generator, original, {"right": 12}, seed=4)
+    assert np.array_equal(plain, expand_array(generator, original, {"right": 12}, seed=4, candidates=1))
+    picked = expand_array(generator, original, {"right": 12}, seed=4, candidates=4)
+    assert np.array_equal(picked[:, :36], original)
+    band = original.astype(np.float64)
+    drawn = [
+        draining_continuation(generator, original, 12, 4, CANDIDATE_STREAM * k, EXPAND_SCALES, None) for k in range(4)
+    ]
+    assert np.array_equal(drawn[0], plain[:, 36:])  # candidate 0 is the single draw
+    least = min(edge_ponding(band, strip) for strip in drawn)
+    assert edge_ponding(band, picked[:, 36:]) == least
+    assert any(np.array_equal(picked[:, 36:], strip) for strip in drawn)
+    with pytest.raises(UserError, match="candidates = 0"):
+        expand_map(generator, "unused.tif", "unused_out.tif", {"right": 4}, candidates=0)
 
 
 def test_each_window_is_standardised_like_a_training_tile(models: dict[str, Path]) -> None:

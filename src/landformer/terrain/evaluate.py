@@ -233,6 +233,7 @@ def evaluate(
     seed: int = 0,
     scales: int = EXPAND_SCALES,
     tokenizer: str | os.PathLike[str] | None = None,
+    candidates: int = 1,
 ) -> dict[str, Any]:
     """Evaluate a terrain model on a held-out DEM (default: the east part of the Jacksboro DEM); see the module
     docstring. Writes ``evaluation.json``, ``expanded.tif``/``.png`` and ``samples.png`` into ``out``."""
@@ -261,6 +262,7 @@ def evaluate(
         {side: amount for side in ("right", "down", "left", "up")},
         seed=seed,
         scales=scales,
+        candidates=candidates,
     )
     expanded, _ = read_dem(Path(expand_summary["geotiff"]))
     grown = continuation(expanded, amount, elevation.shape, pixel_size, generator)
@@ -289,6 +291,7 @@ def evaluate(
         "pixel_size_m": pixel_size,
         "amount_px": amount,
         "scales": scales,
+        "candidates": candidates,
         "seed": seed,
         "headline": headline,
         "targets": {name: list(bounds) for name, bounds in TARGETS.items()},

@@ -66,6 +66,7 @@ from landformer.core.io import write_json
 from landformer.core.legend import NODATA_INDEX, Legend
 from landformer.core.raster import RasterGrid, aligned_vrt, geotiff_writer, iter_windows, open_raster, parse_crs
 from landformer.core.viz import save_elevation_png
+from landformer.terrain import metrics
 from landformer.terrain.data import condition_tokens, pixel_size_metres
 from landformer.terrain.export import LoadedTokenizer, TerrainGenerator, cast_heights
 from landformer.terrain.model import steps_for
@@ -77,6 +78,7 @@ PHASE_OF_PARITY = {(0, 0): 0, (0, 1): 1, (1, 0): 2, (1, 1): 3}
 EXPAND_SIDES = ("right", "down", "left", "up")
 # np.rot90 turns (counter-clockwise) that bring each side of a map to the right-hand edge.
 TURNS_TO_RIGHT = {"right": 0, "down": 1, "left": 2, "up": -1}
+CANDIDATE_STREAM = 1000  # seed-stream offset between the candidate continuations of one side
 EXPAND_STREAM = 100  # seed-stream offset that keeps expansion windows apart from the field's phases
 EXPAND_GDAL_CACHE_BYTES = 64 * 2**20  # GDAL block cache while expanding: enough for the windows in flight
 SEAM_BLEND_PX = 16  # columns over which join_edge fades the shift that continues the map's slope
@@ -637,10 +639,12 @@ class GrowingMap:
         seed: int,
         scales: int = 1,
         pixel_size_m: float | None = None,
+        candidates: int = 1,
     ) -> None:
         """Generate the new strips, one side after another (right, down, left, up): each side's band includes
         the strips made before it, so corners are filled too. ``pixel_size_m`` tells a scale-conditioned model
-        the map's pixel size (default: its reference DEM's)."""
+        the map's pixel size (default: its reference DEM's); each side keeps the least ponding of ``candidates``
+        continuations (:func:`draining_continuation`)."""
         depth = band_depth(generator, scales)
         for stream, side in enumerate(EXPAND_SIDES):
             amount = int(amounts.get(side, 0))
@@ -662,9 +666,56 @@ class GrowingMap:
             band = self.read(band_rows[0], band_cols[0], band_rows[1] - band_rows[0], band_cols[1] - band_cols[0])
             turns = TURNS_TO_RIGHT[side]
             turned = np.rot90(band, turns)
-            new = extend_right_multiscale(generator, turned, amount, seed, stream, scales, pixel_size_m)
-            strip = np.rot90(join_edge(turned, new), -turns)
+            new = draining_continuation(generator, turned, amount, seed, stream, scales, pixel_size_m, candidates)
+            strip = np.rot90(new, -turns)
             self.strips.append((*at, np.ascontiguousarray(strip)))
+
+
+def edge_ponding(band: np.ndarray, new: np.ndarray, depth: int = 8) -> float:
+    """Share of the cells ``depth`` px either side of the edge between ``band`` and ``new`` (the columns right of
+    it) that lie in filled depressions of the two together; nodata counts as high ground."""
+    heights = np.concatenate([band.astype(np.float64), new.astype(np.float64)], axis=1)
+    missing = ~np.isfinite(heights)
+    if missing.all():
+        return 0.0
+    heights[missing] = np.nanmax(heights) + 1.0
+    ponded = metrics.fill_depressions(heights) > heights
+    edge = band.shape[1]
+    near = ponded[:, max(edge - depth, 0) : edge + depth] & ~missing[:, max(edge - depth, 0) : edge + depth]
+    return float(near.mean())
+
+
+def draining_continuation(
+    generator: TerrainGenerator,
+    band: np.ndarray,
+    amount: int,
+    seed: int,
+    stream: int,
+    scales: int,
+    pixel_size_m: float | None,
+    candidates: int = 1,
+) -> np.ndarray:
+    """The columns right of ``band``: of ``candidates`` continuations, the one that ponds least water along the edge.
+
+    The decoder knows nothing of drainage, and a strip that rises where a valley reaches the edge dams it: the
+    pond lies on the real DEM. Drawing several strips and keeping the one whose edge band (:func:`edge_ponding`)
+    holds the least filled depression uses only the map itself. One candidate is the plain continuation; the
+    first candidate is always the one a single draw gives, so ``candidates=1`` changes nothing.
+    """
+    best, least = None, np.inf
+    for candidate in range(candidates):
+        new = join_edge(
+            band,
+            extend_right_multiscale(
+                generator, band, amount, seed, stream + CANDIDATE_STREAM * candidate, scales, pixel_size_m
+            ),
+        )
+        if candidates == 1:
+            return new
+        ponding = edge_ponding(band, new)
+        if ponding < least:
+            best, least = new, ponding
+    return best
 
 
 def _check_amounts(amounts: dict[str, int]) -> None:
@@ -683,10 +734,11 @@ def expand_array(
     seed: int,
     scales: int = EXPAND_SCALES,
     pixel_size_m: float | None = None,
+    candidates: int = 1,
 ) -> np.ndarray:
     """``elevation`` grown by ``amounts[side]`` pixels on each side (right, down, left, up, in that order), its
-    relief continued at ``scales`` scales (:func:`extend_right_multiscale`); ``pixel_size_m`` as in
-    :meth:`GrowingMap.grow`."""
+    relief continued at ``scales`` scales (:func:`extend_right_multiscale`); ``pixel_size_m`` and ``candidates``
+    as in :meth:`GrowingMap.grow`."""
     _check_amounts(amounts)
     z = np.asarray(elevation, dtype=np.float32)
     up, left = int(amounts.get("up", 0)), int(amounts.get("left", 0))
@@ -695,7 +747,7 @@ def expand_array(
         return z[row : row + height, col : col + width]
 
     grown = GrowingMap(read_original, z.shape[0], z.shape[1], up, left)
-    grown.grow(generator, amounts, seed, scales, pixel_size_m)
+    grown.grow(generator, amounts, seed, scales, pixel_size_m, candidates)
     height, width = z.shape[0] + up + int(amounts.get("down", 0)), z.shape[1] + left + int(amounts.get("right", 0))
     return grown.read(0, 0, height, width)
 
@@ -721,6 +773,7 @@ def expand_map(
     block: int = 512,
     preview_side: int = 1024,
     scales: int = EXPAND_SCALES,
+    candidates: int = 1,
 ) -> dict[str, Any]:
     """Grow a DEM GeoTIFF on any side; write the larger GeoTIFF and a shaded-relief PNG beside it.
 
@@ -733,6 +786,8 @@ def expand_map(
     if block < 1:
         raise UserError(f"expand: block = {block} should be at least 1 pixel")
     _check_amounts(amounts)
+    if candidates < 1:
+        raise UserError(f"expand: candidates = {candidates} should be at least 1")
     up, left = int(amounts.get("up", 0)), int(amounts.get("left", 0))
     out = Path(out)
     # GDAL's block cache (5% of RAM by default) would otherwise keep up to that much of a big map's blocks.
@@ -750,13 +805,14 @@ def expand_map(
 
         start = time.perf_counter()
         grown = GrowingMap(read_original, dataset.height, dataset.width, up, left)
-        grown.grow(generator, amounts, seed, scales, pixel_size_metres(dataset))
+        grown.grow(generator, amounts, seed, scales, pixel_size_metres(dataset), candidates)
         seconds = time.perf_counter() - start
         height = dataset.height + up + int(amounts.get("down", 0))
         width = dataset.width + left + int(amounts.get("right", 0))
         shifted = dataset.transform @ Affine.translation(-left, -up)
         preview = Preview(height, width, preview_side)
-        tags = {"generator": "landformer.terrain.expand", "seed": seed, "source": str(dem), **amounts}
+        tags = {"generator": "landformer.terrain.expand", "seed": seed, "candidates": candidates, "source": str(dem)}
+        tags.update(amounts)
         # The output keeps the DEM's data type: an int16 DEM stays int16 (new heights rounded to whole metres).
         dtype = dataset.dtypes[0] if np.dtype(dataset.dtypes[0]).kind in "iu" else "float32"
         profile = (width, height, 1, dtype, shifted, dataset.crs, nodata, ["elevation_m"], tags)
@@ -777,6 +833,7 @@ def expand_map(
         "original_shape": original_shape,
         "seed": seed,
         "amounts": amounts,
+        "candidates": candidates,
         "seconds": round(seconds, 2),
     }
     write_json(out.with_suffix(".json"), summary)
