@@ -237,6 +237,8 @@ def test_expansion_candidates_keep_the_least_ponding_strip(models: dict[str, Pat
     assert any(np.array_equal(picked[:, 36:], strip) for strip in drawn)
     with pytest.raises(UserError, match="candidates = 0"):
         expand_map(generator, "unused.tif", "unused_out.tif", {"right": 4}, candidates=0)
+    with pytest.raises(UserError, match="candidates = 0"):
+        expand_array(generator, original, {"right": 4}, seed=4, candidates=0)
 
 
 def test_each_window_is_standardised_like_a_training_tile(models: dict[str, Path]) -> None:

@@ -680,9 +680,8 @@ def edge_ponding(band: np.ndarray, new: np.ndarray, depth: int = 8) -> float:
         return 0.0
     heights[missing] = np.nanmax(heights) + 1.0
     ponded = metrics.fill_depressions(heights) > heights
-    edge = band.shape[1]
-    near = ponded[:, max(edge - depth, 0) : edge + depth] & ~missing[:, max(edge - depth, 0) : edge + depth]
-    return float(near.mean())
+    near = slice(max(band.shape[1] - depth, 0), band.shape[1] + depth)
+    return float((ponded[:, near] & ~missing[:, near]).mean())
 
 
 def draining_continuation(
@@ -699,26 +698,24 @@ def draining_continuation(
 
     The decoder knows nothing of drainage, and a strip that rises where a valley reaches the edge dams it: the
     pond lies on the real DEM. Drawing several strips and keeping the one whose edge band (:func:`edge_ponding`)
-    holds the least filled depression uses only the map itself. One candidate is the plain continuation; the
-    first candidate is always the one a single draw gives, so ``candidates=1`` changes nothing.
+    holds the least filled depression uses only the map itself. The first candidate is the one a single draw
+    gives, so ``candidates=1`` changes nothing (and measures nothing); ties keep the earlier candidate.
     """
-    best, least = None, np.inf
-    for candidate in range(candidates):
-        new = join_edge(
+    strips = (
+        join_edge(
             band,
-            extend_right_multiscale(
-                generator, band, amount, seed, stream + CANDIDATE_STREAM * candidate, scales, pixel_size_m
-            ),
+            extend_right_multiscale(generator, band, amount, seed, stream + CANDIDATE_STREAM * k, scales, pixel_size_m),
         )
-        if candidates == 1:
-            return new
-        ponding = edge_ponding(band, new)
-        if ponding < least:
-            best, least = new, ponding
-    return best
+        for k in range(candidates)
+    )
+    if candidates == 1:
+        return next(strips)
+    return min(strips, key=lambda strip: edge_ponding(band, strip))
 
 
-def _check_amounts(amounts: dict[str, int]) -> None:
+def _check_expansion(amounts: dict[str, int], candidates: int) -> None:
+    if candidates < 1:
+        raise UserError(f"expand: candidates = {candidates} should be at least 1")
     unknown = sorted(set(amounts) - set(EXPAND_SIDES))
     if unknown:
         raise UserError(f"unknown side(s) {unknown}; choose from {', '.join(EXPAND_SIDES)}")
@@ -739,7 +736,7 @@ def expand_array(
     """``elevation`` grown by ``amounts[side]`` pixels on each side (right, down, left, up, in that order), its
     relief continued at ``scales`` scales (:func:`extend_right_multiscale`); ``pixel_size_m`` and ``candidates``
     as in :meth:`GrowingMap.grow`."""
-    _check_amounts(amounts)
+    _check_expansion(amounts, candidates)
     z = np.asarray(elevation, dtype=np.float32)
     up, left = int(amounts.get("up", 0)), int(amounts.get("left", 0))
 
@@ -785,9 +782,7 @@ def expand_map(
         raise UserError("nothing to expand: give a number of pixels for at least one side (e.g. --right 64)")
     if block < 1:
         raise UserError(f"expand: block = {block} should be at least 1 pixel")
-    _check_amounts(amounts)
-    if candidates < 1:
-        raise UserError(f"expand: candidates = {candidates} should be at least 1")
+    _check_expansion(amounts, candidates)
     up, left = int(amounts.get("up", 0)), int(amounts.get("left", 0))
     out = Path(out)
     # GDAL's block cache (5% of RAM by default) would otherwise keep up to that much of a big map's blocks.
