@@ -174,6 +174,17 @@ def test_early_stopping_stops_when_validation_stalls(tmp_path: Path) -> None:
     assert result.global_step == 6
 
 
+def test_wall_clock_cap_stops_training_and_keeps_a_checkpoint(tmp_path: Path) -> None:
+    """A cap far below one step's time stops training after the first step; the run still ends with a
+    checkpoint to export, as a GPU lease of fixed length needs."""
+    train, _ = make_loaders()
+    result = fit(TinyRegression(), train, quick_config(max_steps=1000, max_minutes=1e-6), tmp_path)
+    assert result.global_step == 1
+    assert load_torch(result.last_checkpoint)["global_step"] == 1
+    with pytest.raises(UserError, match="'max_minutes' = 0"):
+        TrainConfig(max_minutes=0)
+
+
 def test_training_without_validation_keeps_last_only(tmp_path: Path) -> None:
     train, _ = make_loaders()
     result = fit(TinyRegression(), train, quick_config(max_steps=7), tmp_path)

@@ -32,6 +32,7 @@ TRAINING_COMMANDS = {
 }
 FLAG_VALUES = {
     "--max-steps": (["7"], 7),
+    "--max-minutes": (["2.5"], 2.5),
     "--seed": (["5"], 5),
     "--accelerator": (["cpu"], "cpu"),
     "--devices": (["2"], 2),

@@ -34,7 +34,7 @@ import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,12 @@ class TrainConfig:
 
     max_steps: int = option(200, help="optimiser steps to train for", common=True)
     max_epochs: int = -1  # also stop after this many passes over the data; -1: no epoch limit
+    # A wall-clock cap for a lease of fixed length (a GPU booked for ten minutes, a CI slot): training stops at
+    # the first step past it and the run exports its best checkpoint as usual. The learning-rate schedule still
+    # follows max_steps, so set max_steps to what the time allows for the best result.
+    max_minutes: float | None = option(
+        None, help="also stop after this many minutes of training (wall clock)", common=True
+    )
     val_every_steps: int = option(50, flag="--val-every", help="validate every this many steps")
     log_every_steps: int = option(10, flag="--log-every", help="write training metrics every this many steps")
     accelerator: str = option("auto", help="auto, cpu, gpu, cuda, mps", common=True)
@@ -91,6 +97,8 @@ class TrainConfig:
         for name in (*positive, "num_nodes", "accumulate_grad_batches"):
             if getattr(self, name) < 1:
                 raise UserError(f"train config: '{name}' = {getattr(self, name)} should be at least 1")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise UserError(f"train config: 'max_minutes' = {self.max_minutes} should be positive")
         if self.keep_checkpoints < 1:
             raise UserError(f"train config: 'keep_checkpoints' = {self.keep_checkpoints} should be at least 1")
         unknown = [name for name in self.loggers if name not in LOGGERS]
@@ -389,6 +397,7 @@ def build_trainer(
             precision=resolve_precision(config.precision, config.accelerator),
             max_steps=config.max_steps,
             max_epochs=config.max_epochs,
+            max_time=None if config.max_minutes is None else timedelta(minutes=config.max_minutes),
             # Validation counts training batches across epoch boundaries (check_val_every_n_epoch=None), so small
             # data sets with fewer batches than val_every_steps still validate on schedule.
             val_check_interval=config.val_every_steps * config.accumulate_grad_batches if validate else None,
