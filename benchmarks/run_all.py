@@ -31,7 +31,8 @@ def summary_table(results: list[Path]) -> str:
     for path in results:
         data = json.loads(path.read_text())
         for row in data.get("summary", []):
-            value = f"{row['value']:.4g} {row.get('unit', '')}".strip()
+            # A speedup "at equal realism" has no value when no setting reached equal realism.
+            value = "none" if row["value"] is None else f"{row['value']:.4g} {row.get('unit', '')}".strip()
             baseline = "" if row.get("baseline") is None else f"{row['baseline']:.4g}"
             ratio = "" if row.get("ratio") is None else f"{row['ratio']:.2f}x"
             lines.append(

@@ -62,7 +62,7 @@ FLAG_KEYS = {
     "--strategy": "train.strategy", "--num-nodes": "train.num_nodes", "--no-progress": "train.progress_bar",
     "--deterministic": "train.deterministic", "--max-steps": "train.max_steps", "--seed": "train.seed",
     "--accelerator": "train.accelerator", "--devices": "train.devices", "--precision": "train.precision",
-    "--loggers": "train.loggers",
+    "--loggers": "train.loggers", "--max-minutes": "train.max_minutes",
 }  # fmt: skip
 
 

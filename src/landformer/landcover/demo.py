@@ -32,8 +32,8 @@ from landformer.landcover.config import CHANGE_DRAWS, LandCoverRecipe
 
 DEMO_STEPS = 70  # enough to show the loss falling and checkpoints being written, in well under a minute
 PACKAGED_MODEL = "igbp"
-SAMPLE_TEMPERATURE = 0.95  # sequential, at the temperature chosen on validation chips (bench_landcover_realism)
-FILL_TEMPERATURE = 0.3  # inpainting fills, chosen on validation chips (bench_landcover_quality): no speckle
+SAMPLE_TEMPERATURE = 0.97  # sequential, at the temperature chosen on validation chips (bench_landcover_realism)
+FILL_TEMPERATURE = 0.5  # inpainting fills, chosen on validation chips (bench_landcover_quality): no speckle
 SCORED_CHIPS = 64  # held-out chips scored for bits per pixel (and used for the validation loss)
 ANIMATION_GRID = (3, 3)  # rows and columns of maps in the GIF: 9 chips of 16x16 pixels, 256 frames, a few seconds
 DEMO_CHANGE_STEPS = 20  # a change model that runs end to end in about half a minute, not a good one

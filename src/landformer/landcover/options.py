@@ -262,7 +262,7 @@ class EvaluateOptions(ModelOptions):
     parallel_temperature: float | None = option(
         None,
         help="temperature of the parallel samples (default: --temperature; README: 0.9 for --model igbp, "
-        "whose sequential samples draw at 0.95)",
+        "whose sequential samples draw at 0.97)",
     )
     batch_size: int = option(64, help="samples processed at once")
 
