@@ -20,6 +20,7 @@ RECIPE_COMMANDS = {
     "landcover_tiny": ["landcover", "train"],
     "landcover_reference": ["landcover", "train"],
     "landcover_igbp": ["landcover", "train"],
+    "landcover_igbp_cpu": ["landcover", "train"],
     "terrain_tokenizer_tiny": ["terrain", "train", "--stage", "tokenizer"],
     "terrain_tokenizer_real": ["terrain", "train", "--stage", "tokenizer"],
     "terrain_tokenizer_reference": ["terrain", "train", "--stage", "tokenizer"],
