@@ -165,6 +165,14 @@ def test_the_packaged_igbp_model_loads_by_name_and_fits_the_size_limit(tmp_path:
     assert loaded.legend.name == "igbp" and loaded.legend.n_classes == 17 and loaded.chip_size == 16
     assert loaded.path.stat().st_size <= 10 * 2**20
     assert loaded.metadata["extra"]["igbp_chips"]["chip_size"] == 16  # its chips can be cut again anywhere
+    # `make igbp-model` trains configs/landcover_igbp.yaml: the shipped weights must be that recipe's shape.
+    from landformer.core.config import load_config
+    from landformer.landcover.config import LandCoverRecipe
+
+    recipe = load_config(LandCoverRecipe, "landcover_igbp", []).model
+    shipped = loaded.model.config
+    assert (shipped.n_layers, shipped.n_heads, shipped.dim) == (recipe.n_layers, recipe.n_heads, recipe.dim)
+    assert shipped.dropout == recipe.dropout and shipped.order == recipe.order
     (tmp_path / "igbp").mkdir()
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError, match=r"holds no model\.safetensors"):
