@@ -7,36 +7,26 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from test_landcover_model import SIZE, N, build, random_labels
 from torch.nn.attention.bias import CausalBias
 
 from landformer.core.nn import causal_after_cache
 from landformer.core.train import resolve_precision
 from landformer.landcover import decoding
-from landformer.landcover.model import LandCoverConfig, LandCoverRandAR, random_orders
+from landformer.landcover.model import LandCoverRandAR, random_orders
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-K, SIZE, N = 5, 8, 64
 
 
 @pytest.fixture(scope="module")
 def model() -> LandCoverRandAR:
-    """A tiny model on the GPU, weights scaled up so that logits vary by O(1) and equalities mean something."""
-    torch.manual_seed(0)
-    config = LandCoverConfig(n_classes=K, chip_size=SIZE, n_layers=2, n_heads=2, dim=32)
-    built = LandCoverRandAR(config).eval()
-    with torch.no_grad():
-        for param in built.parameters():
-            if param.dim() >= 1 and param.numel() > 1 and not torch.all(param == 1):
-                param.normal_(0, 0.3)
-    return built.cuda()
+    """The CPU tests' tiny model with sharpened weights (logits vary by O(1)), on the GPU."""
+    return build().cuda()
 
 
 def labels_and_orders(batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, K, (batch, SIZE, SIZE), generator=generator)
-    labels[torch.rand(batch, SIZE, SIZE, generator=generator) < 0.1] = -1
-    return labels.cuda(), random_orders(batch, N, generator).cuda()
+    orders = random_orders(batch, N, torch.Generator().manual_seed(seed + 1))
+    return random_labels(batch, seed, nodata=0.1).cuda(), orders.cuda()
 
 
 @pytest.mark.parametrize(("length", "start"), [(1, 0), (3, 0), (2, 5), (4, 1)])

@@ -12,8 +12,10 @@ from PIL import Image
 from test_landcover_train import SIZE, TOY_LEGEND, make_chip_file
 
 from landformer.cli import main
+from landformer.core.config import load_config
 from landformer.core.errors import UserError
 from landformer.core.raster import write_geotiff
+from landformer.landcover.config import LandCoverRecipe
 
 TINY = [
     "--set=data.batch_size=8",
@@ -166,9 +168,6 @@ def test_the_packaged_igbp_model_loads_by_name_and_fits_the_size_limit(tmp_path:
     assert loaded.path.stat().st_size <= 10 * 2**20
     assert loaded.metadata["extra"]["igbp_chips"]["chip_size"] == 16  # its chips can be cut again anywhere
     # `make igbp-model` trains configs/landcover_igbp.yaml: the shipped weights must be that recipe's shape.
-    from landformer.core.config import load_config
-    from landformer.landcover.config import LandCoverRecipe
-
     recipe = load_config(LandCoverRecipe, "landcover_igbp", []).model
     shipped = loaded.model.config
     assert (shipped.n_layers, shipped.n_heads, shipped.dim) == (recipe.n_layers, recipe.n_heads, recipe.dim)
