@@ -10,6 +10,8 @@ sample realism against the DEM's tiles next to fractal noise. Beside the model:
   real texture and no seam by construction, but every valley that reaches the edge turns back on itself;
 - ``one scale``: the same model continuing the map at its own scale only (``--scales 1``), the ablation of the
   coarser scale that gives new strips their broad shape;
+- ``no drain``: the same model with its strips kept as drawn (``--no-drain``), the ablation of the cut that drains
+  valleys the strip closes at the edge;
 - ``real``: real terrain's own continuation, what every measure reads when the strips are the truth: the DEM's
   inner part (``REAL_RING`` px in from every edge) continued by the DEM's own outer ring, beside the model growing
   that same inner part by as much (``model, inner``), so the two compare like for like.
@@ -96,7 +98,11 @@ def main() -> int:
     generator = load(args.model)
     with tempfile.TemporaryDirectory() as scratch:
         model = evaluate(args.model, Path(scratch) / "model", amount=args.amount, samples=args.samples, seed=args.seed)
-        one_scale = None
+        one_scale = undrained = None
+        if not args.quick:
+            undrained = evaluate(
+                args.model, Path(scratch) / "undrained", amount=args.amount, samples=8, seed=args.seed, drain=False
+            )["headline"]
         if not args.quick and EXPAND_SCALES > 1:
             one_scale = evaluate(
                 args.model, Path(scratch) / "one", amount=args.amount, samples=8, seed=args.seed, scales=1
@@ -130,6 +136,7 @@ def main() -> int:
                 "measure": name,
                 "model": model["headline"][name],
                 "one_scale": one_scale[name] if one_scale else None,
+                "no_drain": undrained[name] if undrained else None,
                 "mirror": mirror[name],
                 "real": real[name],
                 "model_inner": model_inner[name],
@@ -195,6 +202,7 @@ def main() -> int:
         "continuation": model["continuation"],
         "mirror": mirror,
         "one_scale": one_scale,
+        "no_drain": undrained,
         "real_ring_px": REAL_RING,
         "real": real,
         "model_inner": model_inner,
@@ -202,15 +210,17 @@ def main() -> int:
         "wall_seconds": time.perf_counter() - start,
     }
     write_json(args.out, result)
-    print(f"{'measure':<24} {'model':>8} {'1 scale':>8} {'mirror':>8} {'real':>8} {'model,in':>8}  target")
+    columns = ("model", "no drain", "1 scale", "mirror", "real", "model,in")
+    print(f"{'measure':<24} " + " ".join(f"{column:>8}" for column in columns) + "  target")
     for row in rows:
         low, high = row["target"]
         bound = f">= {low}" if high is None else f"<= {high}" if low is None else f"{low}..{high}"
         single = "" if row["one_scale"] is None else f"{row['one_scale']:.3f}"
+        kept = "" if row["no_drain"] is None else f"{row['no_drain']:.3f}"
         mark = "met" if row["met"] else "MISSED"
         print(
-            f"{row['measure']:<24} {row['model']:>8.3f} {single:>8} {row['mirror']:>8.3f} {row['real']:>8.3f} "
-            f"{row['model_inner']:>8.3f}  {bound} {mark}"
+            f"{row['measure']:<24} {row['model']:>8.3f} {kept:>8} {single:>8} {row['mirror']:>8.3f} "
+            f"{row['real']:>8.3f} {row['model_inner']:>8.3f}  {bound} {mark}"
         )
     print(f"real: the DEM's own outer {REAL_RING} px continuing its inner part; model,in: the model growing that part")
     text = " / ".join(f"{value:.2f}" for value in ratios.values())

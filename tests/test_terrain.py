@@ -24,6 +24,8 @@ from landformer.terrain.model import MaskGIT, VQTokenizer
 from landformer.terrain.outpaint import (
     CANDIDATE_STREAM,
     TerrainField,
+    carve_spill_paths,
+    drain_edge,
     draining_continuation,
     edge_ponding,
     expand_array,
@@ -220,6 +222,49 @@ def test_edge_ponding_counts_the_pond_a_strip_dams() -> None:
     assert edge_ponding(band, dammed, depth=4) == pytest.approx(18 * 5 / (20 * 8))
 
 
+def test_carve_spill_paths_lowers_only_editable_cells_on_the_spill_path() -> None:
+    # A pit (1 m) behind a 5 m sill, then the outlet at 0 m; walls of 9 m everywhere else.
+    heights = np.array([[9.0, 9, 9, 9], [9, 1, 5, 0], [9, 9, 9, 9]])
+    outlets = np.zeros(heights.shape, dtype=bool)
+    outlets[1, 3] = True
+    everywhere = np.ones(heights.shape, dtype=bool)
+    sill = np.zeros(heights.shape, dtype=bool)
+    sill[1, 2] = True
+    carved = carve_spill_paths(heights, sill, outlets, everywhere)
+    expected = heights.copy()
+    expected[1, 2] = 1.0  # the sill cut down to the pit; nothing else moves
+    assert np.array_equal(carved, expected)
+    # The sill may not be lowered, or the pit may not be drained: the pond stays (heights unchanged).
+    assert np.array_equal(carve_spill_paths(heights, ~everywhere, outlets, everywhere), heights)
+    assert np.array_equal(carve_spill_paths(heights, sill, outlets, ~everywhere), heights)
+
+
+def test_drain_edge_cuts_the_dam_a_strip_puts_across_a_valley() -> None:
+    # The valley of test_edge_ponding_counts_the_pond_a_strip_dams, dammed by a 14.5 m ridge in the strip.
+    band = np.tile(np.linspace(30.0, 10.0, 21)[None, :], (20, 1))
+    band[[0, -1], :] = 100.0
+    draining = np.tile(np.linspace(9.0, 0.0, 10)[None, :], (20, 1))
+    draining[[0, -1], :] = 100.0
+    dammed = draining.copy()
+    dammed[1:-1, 1] = 14.5  # between the walls: the strip's own border is its outlet, so it must stay high
+    assert edge_ponding(band, dammed, depth=4) == pytest.approx(18 * 5 / (20 * 8))
+    drained = drain_edge(band, dammed)
+    assert drained.shape == dammed.shape
+    assert edge_ponding(band, drained, depth=4) == 0.0  # the valley drains across the edge again
+    assert (drained <= dammed).all()  # only lowered
+    # Beyond the ridge the valley floor already drained and stays; the walls beside the cut may be lowered into
+    # its sides, never below the cut floor.
+    assert np.array_equal(drained[1:-1, 2:], dammed[1:-1, 2:])
+    assert drained[[0, -1], :].min() >= drained[1:-1, 1].min()
+    assert (drained[1:-1, 1] < 14.5).any()  # the cut goes through the ridge
+    # A strip that dams nothing comes back unchanged; so does one whose only depression is its own, away from
+    # the edge (a pit in the middle of the strip).
+    assert np.array_equal(drain_edge(band, draining), draining)
+    own_pit = draining.copy()
+    own_pit[10, 6] = -5.0
+    assert np.array_equal(drain_edge(band, own_pit), own_pit)
+
+
 def test_expansion_candidates_keep_the_least_ponding_strip(models: dict[str, Path]) -> None:
     generator = load(models["maskgit"])
     original = hills(40, 36)
@@ -235,6 +280,11 @@ def test_expansion_candidates_keep_the_least_ponding_strip(models: dict[str, Pat
     least = min(edge_ponding(band, strip) for strip in drawn)
     assert edge_ponding(band, picked[:, 36:]) == least
     assert any(np.array_equal(picked[:, 36:], strip) for strip in drawn)
+    # drain=False keeps the strip as drawn; the default is that strip passed through drain_edge.
+    undrained = expand_array(generator, original, {"right": 12}, seed=4, drain=False)
+    first = draining_continuation(generator, original, 12, 4, 0, EXPAND_SCALES, None, drain=False)
+    assert np.array_equal(undrained[:, 36:], first)
+    assert np.array_equal(plain[:, 36:], drain_edge(original, first))
     with pytest.raises(UserError, match="candidates = 0"):
         expand_map(generator, "unused.tif", "unused_out.tif", {"right": 4}, candidates=0)
     with pytest.raises(UserError, match="candidates = 0"):
@@ -431,6 +481,7 @@ def test_cli_sample_and_bad_input(models: dict[str, Path], tmp_path: Path, capsy
                 "8",
                 "--block",
                 "16",
+                "--no-drain",
                 "--out",
                 str(grown),
             ]
@@ -439,6 +490,7 @@ def test_cli_sample_and_bad_input(models: dict[str, Path], tmp_path: Path, capsy
     )
     with rasterio.open(world) as small, rasterio.open(grown) as large:
         assert large.shape == (32, 24) and np.array_equal(large.read(1)[:24], small.read(1))
+    assert json.loads(grown.with_suffix(".json").read_text())["drain"] is False
     code = main(["terrain", "sample", "--model", str(models["maskgit"]), "--tokenizer", str(models["other"])])
     assert code == 2
     error = capsys.readouterr().err.strip()

@@ -25,6 +25,10 @@ CANDIDATES_HELP = (
     "continuations drawn per side, keeping the one that ponds least water along the edge (8: about a quarter "
     "less ponding on held-out Jacksboro, 8x the generation time; default: 1)"
 )
+NO_DRAIN_HELP = (
+    "keep the strips as generated: by default, where a strip closes a valley that reaches the edge, a way out is "
+    "cut through the strip so the valley drains instead of ponding against it"
+)
 STAGES = {
     "tokenizer": "the VQ tokenizer (stage 1)",
     "maskgit": "the MaskGIT generator (stage 2), on a tokenizer's tokens",
@@ -113,6 +117,7 @@ def _expand(args: argparse.Namespace) -> None:
             block=args.block,
             scales=args.scales,
             candidates=args.candidates,
+            drain=args.drain,
         )
     )
 
@@ -147,6 +152,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         scales=args.scales,
         tokenizer=args.tokenizer,
         candidates=args.candidates,
+        drain=args.drain,
     )
     print(format_report(summary))
     print(f"evaluation written to {Path(args.out) / 'evaluation.json'}")
@@ -245,6 +251,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"scales continued, each {SCALE_FACTOR}x coarser than the last (1: only the map's own)",
     )
     parser.add_argument("--candidates", type=int, default=1, help=CANDIDATES_HELP)
+    parser.add_argument("--no-drain", dest="drain", action="store_false", help=NO_DRAIN_HELP)
     parser.add_argument("--block", type=int, default=512, help="pixels per side of each window copied and written")
     parser.add_argument("--out", default="runs/terrain/expanded.tif", help="output GeoTIFF (PNG preview beside it)")
 
@@ -264,6 +271,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed of samples and expansion")
     parser.add_argument("--scales", type=int, default=EXPAND_SCALES, help="scales the expansion continues")
     parser.add_argument("--candidates", type=int, default=1, help=CANDIDATES_HELP)
+    parser.add_argument("--no-drain", dest="drain", action="store_false", help=NO_DRAIN_HELP)
     parser.add_argument("--out", default="runs/terrain/evaluate", help="output folder")
 
     parser = add_command(group, "world", "write a large endless-terrain GeoTIFF window by window", _world)

@@ -234,6 +234,7 @@ def evaluate(
     scales: int = EXPAND_SCALES,
     tokenizer: str | os.PathLike[str] | None = None,
     candidates: int = 1,
+    drain: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a terrain model on a held-out DEM (default: the east part of the Jacksboro DEM); see the module
     docstring. Writes ``evaluation.json``, ``expanded.tif``/``.png`` and ``samples.png`` into ``out``."""
@@ -263,6 +264,7 @@ def evaluate(
         seed=seed,
         scales=scales,
         candidates=candidates,
+        drain=drain,
     )
     expanded, _ = read_dem(Path(expand_summary["geotiff"]))
     grown = continuation(expanded, amount, elevation.shape, pixel_size, generator)
@@ -292,6 +294,7 @@ def evaluate(
         "amount_px": amount,
         "scales": scales,
         "candidates": candidates,
+        "drain": drain,
         "seed": seed,
         "headline": headline,
         "targets": {name: list(bounds) for name, bounds in TARGETS.items()},

@@ -45,6 +45,7 @@ preview is kept for the PNG.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import os
@@ -83,6 +84,9 @@ EXPAND_STREAM = 100  # seed-stream offset that keeps expansion windows apart fro
 EXPAND_GDAL_CACHE_BYTES = 64 * 2**20  # GDAL block cache while expanding: enough for the windows in flight
 SEAM_BLEND_PX = 16  # columns over which join_edge fades the shift that continues the map's slope
 SHORT_FADE_PX = 4  # columns over which the row-to-row part of a difference at an edge fades (fade_in)
+DRAIN_REACH_PX = 2  # depressions reaching this close to the edge are drained through the strip (drain_edge)
+DRAIN_MAX_WIDEN_PX = 32  # the widest a cut valley's sides reach (drain_edge)
+D8_STEPS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 DETAIL_ROWS = 9  # rows of the running mean that separates a difference's broad part from its row-to-row part
 
 
@@ -640,11 +644,13 @@ class GrowingMap:
         scales: int = 1,
         pixel_size_m: float | None = None,
         candidates: int = 1,
+        drain: bool = True,
     ) -> None:
         """Generate the new strips, one side after another (right, down, left, up): each side's band includes
         the strips made before it, so corners are filled too. ``pixel_size_m`` tells a scale-conditioned model
         the map's pixel size (default: its reference DEM's); each side keeps the least ponding of ``candidates``
-        continuations (:func:`draining_continuation`)."""
+        continuations (:func:`draining_continuation`), each drained through the strip where it closes a valley at
+        the edge (:func:`drain_edge`) unless ``drain`` is off."""
         depth = band_depth(generator, scales)
         for stream, side in enumerate(EXPAND_SIDES):
             amount = int(amounts.get(side, 0))
@@ -666,7 +672,9 @@ class GrowingMap:
             band = self.read(band_rows[0], band_cols[0], band_rows[1] - band_rows[0], band_cols[1] - band_cols[0])
             turns = TURNS_TO_RIGHT[side]
             turned = np.rot90(band, turns)
-            new = draining_continuation(generator, turned, amount, seed, stream, scales, pixel_size_m, candidates)
+            new = draining_continuation(
+                generator, turned, amount, seed, stream, scales, pixel_size_m, candidates, drain
+            )
             strip = np.rot90(new, -turns)
             self.strips.append((*at, np.ascontiguousarray(strip)))
 
@@ -684,6 +692,107 @@ def edge_ponding(band: np.ndarray, new: np.ndarray, depth: int = 8) -> float:
     return float((ponded[:, near] & ~missing[:, near]).mean())
 
 
+def drain_edge(band: np.ndarray, new: np.ndarray, reach: int = DRAIN_REACH_PX) -> np.ndarray:
+    """``new`` (the columns right of ``band``) with a way out cut through it for every depression that it closes at
+    the edge, so valleys that reach the edge drain across it instead of ponding against the strip.
+
+    The decoder knows nothing of drainage: where a valley of the map runs into the edge, the strip often rises in
+    front of it and the valley becomes a lake tens of metres deep. Depressions of band and strip together whose
+    water reaches ``reach`` px of the edge are drained by a priority flood inward from the strip's outer border
+    (so water has to leave through the strip, as it would on the grown map) that lowers the strip cells along the
+    spill path to the depression's rim height (Priority-Flood with carving; Soille 2004, Barnes et al. 2014); a
+    depression whose spill path would need a lowered cell of the map itself is left as it is (the map's own pond).
+    The cut is then widened into a valley whose sides rise at the map's steep (90th percentile) slope, so it reads
+    as a valley rather than a one-pixel trench. Depressions away from the edge, and every pit the strip has of its
+    own, are untouched; the map is never changed.
+    """
+    from scipy import ndimage  # as in upsample: only expansion needs scipy
+
+    heights = np.concatenate([band.astype(np.float64), new.astype(np.float64)], axis=1)
+    if new.size == 0 or not np.isfinite(heights).all():
+        return new
+    edge = band.shape[1]
+    strip = np.zeros(heights.shape, dtype=bool)
+    strip[:, edge:] = True
+    ponded = metrics.fill_depressions(heights) > heights
+    labels, _ = ndimage.label(ponded, structure=np.ones((3, 3)))
+    at_edge = np.unique(labels[:, max(edge - reach, 0) : edge + reach])
+    drainable = np.isin(labels, at_edge[at_edge > 0])
+    if not drainable.any():
+        return new
+    outlets = np.zeros(heights.shape, dtype=bool)
+    outlets[[0, -1], :] = outlets[:, [0, -1]] = True
+    carved_heights = carve_spill_paths(heights, strip, outlets & strip, drainable)
+    carved = carved_heights < heights
+    if not carved.any():
+        return new
+    gy, gx = np.gradient(band.astype(np.float64))
+    side_slope = max(float(np.quantile(np.hypot(gx, gy), 0.9)), 1e-3)  # metres per pixel
+    radius = int(min(DRAIN_MAX_WIDEN_PX, math.ceil(float((heights - carved_heights).max()) / side_slope)))
+    rows, cols = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    high = float(heights.max()) + 1e6
+    floors = np.where(carved, carved_heights, high)
+    # The lowest cone of slope side_slope standing on any carved cell: every cell it lowers runs down to the cut.
+    valley = ndimage.grey_erosion(floors, structure=-side_slope * np.hypot(rows, cols), mode="constant", cval=high)
+    drained = np.where(strip, np.minimum(carved_heights, valley), heights)
+    return drained[:, edge:].astype(new.dtype)
+
+
+def carve_spill_paths(
+    heights: np.ndarray, editable: np.ndarray, outlets: np.ndarray, drainable: np.ndarray
+) -> np.ndarray:
+    """Heights in which water from every ``drainable`` cell reaches an ``outlets`` cell without climbing, made by
+    lowering ``editable`` cells only: a priority flood from the outlets (lowest first, D8) that, on meeting a
+    drainable cell below the level it came at, lowers the cells above it on the path back to the outlet to its
+    height. Where that path holds a cell that may not be lowered, the cell is filled instead (left as it is)."""
+    z = np.asarray(heights, dtype=np.float64).copy()
+    height, width = z.shape
+    flat = z.ravel()
+    may_lower = editable.ravel()
+    may_drain = drainable.ravel()
+    parent = np.full(z.size, -1, dtype=np.int64)
+    closed = outlets.ravel().copy()
+    heap = [(flat[index], index) for index in np.flatnonzero(closed).tolist()]
+    heapq.heapify(heap)
+    while heap:
+        level, cell = heapq.heappop(heap)
+        row, col = divmod(cell, width)
+        for d_row, d_col in D8_STEPS:
+            n_row, n_col = row + d_row, col + d_col
+            if not (0 <= n_row < height and 0 <= n_col < width):
+                continue
+            neighbour = n_row * width + n_col
+            if closed[neighbour]:
+                continue
+            closed[neighbour] = True
+            parent[neighbour] = cell
+            target = flat[neighbour]
+            if target < level:
+                path = _spill_path(flat, parent, cell, target, may_lower) if may_drain[neighbour] else None
+                if path is None:
+                    target = level  # filled: the water stays
+                else:
+                    flat[path] = target
+            heapq.heappush(heap, (target, neighbour))
+    return z
+
+
+def _spill_path(
+    flat: np.ndarray, parent: np.ndarray, start: int, target: float, may_lower: np.ndarray
+) -> list[int] | None:
+    """Cells above ``target`` on the flood path from ``start`` back to its outlet, or None if one may not be
+    lowered."""
+    path = []
+    cell = start
+    while cell >= 0:
+        if flat[cell] > target:
+            if not may_lower[cell]:
+                return None
+            path.append(cell)
+        cell = int(parent[cell])
+    return path
+
+
 def draining_continuation(
     generator: TerrainGenerator,
     band: np.ndarray,
@@ -693,8 +802,10 @@ def draining_continuation(
     scales: int,
     pixel_size_m: float | None,
     candidates: int = 1,
+    drain: bool = True,
 ) -> np.ndarray:
-    """The columns right of ``band``: of ``candidates`` continuations, the one that ponds least water along the edge.
+    """The columns right of ``band``: of ``candidates`` continuations, the one that ponds least water along the edge,
+    each with the depressions it closes at the edge drained through it (:func:`drain_edge`) unless ``drain`` is off.
 
     The decoder knows nothing of drainage, and a strip that rises where a valley reaches the edge dams it: the
     pond lies on the real DEM. Drawing several strips and keeping the one whose edge band (:func:`edge_ponding`)
@@ -708,6 +819,8 @@ def draining_continuation(
         )
         for k in range(candidates)
     )
+    if drain:
+        strips = (drain_edge(band, strip) for strip in strips)
     if candidates == 1:
         return next(strips)
     return min(strips, key=lambda strip: edge_ponding(band, strip))
@@ -732,10 +845,11 @@ def expand_array(
     scales: int = EXPAND_SCALES,
     pixel_size_m: float | None = None,
     candidates: int = 1,
+    drain: bool = True,
 ) -> np.ndarray:
     """``elevation`` grown by ``amounts[side]`` pixels on each side (right, down, left, up, in that order), its
-    relief continued at ``scales`` scales (:func:`extend_right_multiscale`); ``pixel_size_m`` and ``candidates``
-    as in :meth:`GrowingMap.grow`."""
+    relief continued at ``scales`` scales (:func:`extend_right_multiscale`); ``pixel_size_m``, ``candidates``
+    and ``drain`` as in :meth:`GrowingMap.grow`."""
     _check_expansion(amounts, candidates)
     z = np.asarray(elevation, dtype=np.float32)
     up, left = int(amounts.get("up", 0)), int(amounts.get("left", 0))
@@ -744,7 +858,7 @@ def expand_array(
         return z[row : row + height, col : col + width]
 
     grown = GrowingMap(read_original, z.shape[0], z.shape[1], up, left)
-    grown.grow(generator, amounts, seed, scales, pixel_size_m, candidates)
+    grown.grow(generator, amounts, seed, scales, pixel_size_m, candidates, drain)
     height, width = z.shape[0] + up + int(amounts.get("down", 0)), z.shape[1] + left + int(amounts.get("right", 0))
     return grown.read(0, 0, height, width)
 
@@ -771,6 +885,7 @@ def expand_map(
     preview_side: int = 1024,
     scales: int = EXPAND_SCALES,
     candidates: int = 1,
+    drain: bool = True,
 ) -> dict[str, Any]:
     """Grow a DEM GeoTIFF on any side; write the larger GeoTIFF and a shaded-relief PNG beside it.
 
@@ -800,13 +915,14 @@ def expand_map(
 
         start = time.perf_counter()
         grown = GrowingMap(read_original, dataset.height, dataset.width, up, left)
-        grown.grow(generator, amounts, seed, scales, pixel_size_metres(dataset), candidates)
+        grown.grow(generator, amounts, seed, scales, pixel_size_metres(dataset), candidates, drain)
         seconds = time.perf_counter() - start
         height = dataset.height + up + int(amounts.get("down", 0))
         width = dataset.width + left + int(amounts.get("right", 0))
         shifted = dataset.transform @ Affine.translation(-left, -up)
         preview = Preview(height, width, preview_side)
-        tags = {"generator": "landformer.terrain.expand", "seed": seed, "candidates": candidates, "source": str(dem)}
+        tags = {"generator": "landformer.terrain.expand", "seed": seed, "candidates": candidates, "drain": drain}
+        tags["source"] = str(dem)
         tags.update(amounts)
         # The output keeps the DEM's data type: an int16 DEM stays int16 (new heights rounded to whole metres).
         dtype = dataset.dtypes[0] if np.dtype(dataset.dtypes[0]).kind in "iu" else "float32"
@@ -829,6 +945,7 @@ def expand_map(
         "seed": seed,
         "amounts": amounts,
         "candidates": candidates,
+        "drain": drain,
         "seconds": round(seconds, 2),
     }
     write_json(out.with_suffix(".json"), summary)
