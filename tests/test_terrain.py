@@ -25,6 +25,7 @@ from landformer.terrain.outpaint import (
     CANDIDATE_STREAM,
     TerrainField,
     carve_spill_paths,
+    cut_outward,
     drain_edge,
     draining_continuation,
     edge_ponding,
@@ -237,6 +238,20 @@ def test_carve_spill_paths_lowers_only_editable_cells_on_the_spill_path() -> Non
     # The sill may not be lowered, or the pit may not be drained: the pond stays (heights unchanged).
     assert np.array_equal(carve_spill_paths(heights, ~everywhere, outlets, everywhere), heights)
     assert np.array_equal(carve_spill_paths(heights, sill, outlets, ~everywhere), heights)
+
+
+def test_cut_outward_follows_the_lowest_cell_ahead_with_a_floor_that_never_rises() -> None:
+    heights = np.array([[5.0, 6, 7, 9], [1, 4, 9, 9], [5, 5, 3, 2]])
+    depressions = np.zeros(heights.shape, dtype=np.int64)
+    depressions[1, 0] = 1  # one depression on the map's last column (edge = 1)
+    cut = heights.copy()
+    cut_outward(cut, depressions, edge=1)
+    expected = heights.copy()
+    expected[1, 1] = expected[2, 2] = expected[2, 3] = 1.0  # rows 1 -> 1 -> 2 -> 2, each the lowest ahead
+    assert np.array_equal(cut, expected)
+    untouched = heights.copy()
+    cut_outward(untouched, np.zeros(heights.shape, dtype=np.int64), edge=1)
+    assert np.array_equal(untouched, heights)
 
 
 def test_drain_edge_cuts_the_dam_a_strip_puts_across_a_valley() -> None:

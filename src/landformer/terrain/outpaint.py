@@ -700,11 +700,13 @@ def drain_edge(band: np.ndarray, new: np.ndarray, reach: int = DRAIN_REACH_PX) -
     front of it and the valley becomes a lake tens of metres deep. Depressions of band and strip together whose
     water reaches ``reach`` px of the edge are drained by a priority flood inward from the strip's outer border
     (so water has to leave through the strip, as it would on the grown map) that lowers the strip cells along the
-    spill path to the depression's rim height (Priority-Flood with carving; Soille 2004, Barnes et al. 2014); a
-    depression whose spill path would need a lowered cell of the map itself is left as it is (the map's own pond).
-    The cut is then widened into a valley whose sides rise at the map's steep (90th percentile) slope, so it reads
-    as a valley rather than a one-pixel trench. Depressions away from the edge, and every pit the strip has of its
-    own, are untouched; the map is never changed.
+    spill path to the depression's rim height (Priority-Flood with carving; Soille 2004, Barnes et al. 2014). A
+    depression whose spill path would need a cell of the map lowered (its water spills over the map elsewhere, but
+    the strip in front of it is what closes it) gets a cut straight out from its lowest cell on the edge instead
+    (:func:`cut_outward`); this also drains the few ponds of the map's own that touch the edge. The cuts are widened
+    into valleys whose sides rise at the map's steep (90th percentile) slope, so they read as valleys rather than
+    one-pixel trenches. Depressions away from the edge, and every pit the strip has of its
+    own, are untouched; the map itself is never changed.
     """
     from scipy import ndimage  # as in upsample: only expansion needs scipy
 
@@ -714,15 +716,24 @@ def drain_edge(band: np.ndarray, new: np.ndarray, reach: int = DRAIN_REACH_PX) -
     edge = band.shape[1]
     strip = np.zeros(heights.shape, dtype=bool)
     strip[:, edge:] = True
-    ponded = metrics.fill_depressions(heights) > heights
+    outlets = np.zeros(heights.shape, dtype=bool)
+    outlets[[0, -1], :] = outlets[:, [0, -1]] = True
+    # Water may leave only through the strip: the band's own border is a cut through the map, not an outlet, and
+    # a valley that seems to drain through it would drain the other way on the grown map.
+    walled = heights.copy()
+    walled[outlets & ~strip] = float(heights.max()) + 1e6
+    ponded = metrics.fill_depressions(walled) > walled
     labels, _ = ndimage.label(ponded, structure=np.ones((3, 3)))
     at_edge = np.unique(labels[:, max(edge - reach, 0) : edge + reach])
     drainable = np.isin(labels, at_edge[at_edge > 0])
     if not drainable.any():
         return new
-    outlets = np.zeros(heights.shape, dtype=bool)
-    outlets[[0, -1], :] = outlets[:, [0, -1]] = True
     carved_heights = carve_spill_paths(heights, strip, outlets & strip, drainable)
+    # Where the flood's spill path runs over the map's own cells, the flood leaves the depression, though the strip
+    # in front of it is what closes it on the grown map: cut those straight out from the edge instead.
+    walled[strip] = carved_heights[strip]
+    still = metrics.fill_depressions(walled) > walled
+    cut_outward(carved_heights, ndimage.label(still, structure=np.ones((3, 3)))[0], edge)
     carved = carved_heights < heights
     if not carved.any():
         return new
@@ -736,6 +747,24 @@ def drain_edge(band: np.ndarray, new: np.ndarray, reach: int = DRAIN_REACH_PX) -
     valley = ndimage.grey_erosion(floors, structure=-side_slope * np.hypot(rows, cols), mode="constant", cval=high)
     drained = np.where(strip, np.minimum(carved_heights, valley), heights)
     return drained[:, edge:].astype(new.dtype)
+
+
+def cut_outward(heights: np.ndarray, depressions: np.ndarray, edge: int) -> None:
+    """Lower ``heights`` (in place, columns ``edge`` on) along one path out of each labelled depression that touches
+    column ``edge - 1``: from its lowest cell there, one column outward at a time to the lowest of the three cells
+    ahead, the floor never rising, so the cut follows the strip's own low ground to its outer border."""
+    height, width = heights.shape
+    for label in np.unique(depressions[:, edge - 1]):
+        if label == 0:
+            continue
+        rows = np.flatnonzero(depressions[:, edge - 1] == label)
+        row = int(rows[np.argmin(heights[rows, edge - 1])])
+        floor = float(heights[row, edge - 1])
+        for col in range(edge, width):
+            ahead = range(max(row - 1, 0), min(row + 2, height))
+            row = min(ahead, key=lambda candidate: float(heights[candidate, col]))
+            floor = min(floor, float(heights[row, col]))
+            heights[row, col] = floor
 
 
 def carve_spill_paths(
