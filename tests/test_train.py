@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from landformer.core.train import (
     TrainConfig,
     add_resume_argument,
     build_trainer,
+    clear_earlier_run,
     fit,
     last_checkpoint,
     prepare_run,
@@ -453,3 +455,16 @@ def test_torchrun_ddp_two_ranks_on_cpu(tmp_path: Path) -> None:
     assert state["global_step"] == 6
     assert_two_ranks_shared_the_data(state)
     assert (tmp_path / "run/config.yaml").is_file() and (tmp_path / "run/run.json").is_file()
+
+
+def test_clear_earlier_run_deletes_only_a_run_of_that_name(tmp_path: Path) -> None:
+    ours, theirs, plain = tmp_path / "ours", tmp_path / "theirs", tmp_path / "plain"
+    for folder, name in ((ours, "forecast"), (theirs, "geoloc")):
+        (folder / "checkpoints").mkdir(parents=True)
+        (folder / "run.json").write_text(json.dumps({"name": name}))
+    plain.mkdir()
+    (plain / "notes.txt").write_text("keep")
+    for folder in (ours, theirs, plain, tmp_path / "missing"):
+        clear_earlier_run(folder, "forecast")
+    assert not ours.exists()
+    assert (theirs / "run.json").is_file() and (plain / "notes.txt").read_text() == "keep"

@@ -28,6 +28,7 @@ import os
 import pickle
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -457,6 +458,14 @@ def _split_data(data: Any) -> tuple[dict[str, Any], bool]:
         return {"train_dataloaders": data}, False
     kind = type(data).__name__
     raise TypeError(f"fit() needs a LightningDataModule, a DataLoader or a (train, val) pair, got {kind}")
+
+
+def clear_earlier_run(run_dir: Path, name: str) -> None:
+    """Delete ``run_dir`` when it holds an earlier training run called ``name`` (its run.json says so), so a
+    command that always trains afresh (the demo) can run again; any other folder is left for training to refuse."""
+    run_json = run_dir / "run.json"
+    if run_json.is_file() and read_json(run_json).get("name") == name:
+        shutil.rmtree(run_dir)
 
 
 def _resume_path(run_dir: Path, resume: bool | str | os.PathLike[str]) -> Path | None:

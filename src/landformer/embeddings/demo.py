@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from landformer.core.train import TrainConfig
+from landformer.core.train import TrainConfig, clear_earlier_run
 from landformer.embeddings.config import DataConfig, EmbeddingsConfig, EncoderConfig, MAEConfig, SFTConfig
 from landformer.embeddings.make_dataset import WorldDatasetConfig, make_world_dataset
 from landformer.embeddings.train import train
@@ -56,6 +56,8 @@ def run_demo_step(out: Path, world_folder: Path, seed: int) -> dict[str, Any]:
     out = Path(out)
     make_world_dataset(out / "data", world_folder, WorldDatasetConfig(tile_size=16, group_tiles=4), progress=False)
     config = demo_config(out / "data", seed)
+    clear_earlier_run(out / "pretrain", "embeddings pretrain")  # the demo always starts afresh
+    clear_earlier_run(out / "sft", "embeddings sft")
     pre = train(config, out / "pretrain", stage="pretrain")
     sft = train(config, out / "sft", stage="sft", init=out / "pretrain")
     test = {name: metrics.get("test", metrics["val"]) for name, metrics in sft["metrics"].items()}

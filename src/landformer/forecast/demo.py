@@ -16,7 +16,7 @@ import numpy as np
 import rasterio
 import torch
 
-from landformer.core.io import read_json
+from landformer.core.train import clear_earlier_run
 from landformer.forecast.config import ForecastConfig
 from landformer.forecast.data import SeriesSpec
 from landformer.forecast.evaluate import evaluate_forecaster
@@ -62,8 +62,7 @@ def run_demo_step(out: Path, world_folder: Path, seed: int) -> dict[str, Any]:
     start = time.perf_counter()
     out = Path(out)
     run_dir = out / "run"
-    if (run_dir / "run.json").is_file() and read_json(run_dir / "run.json").get("name") == "forecast":
-        shutil.rmtree(run_dir)  # the demo's own earlier run: the demo always starts afresh
+    clear_earlier_run(run_dir, "forecast")  # the demo always starts afresh
     world = load_world(Path(world_folder))
     threads = torch.get_num_threads()
     try:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from landformer.core.config import from_dict
+from landformer.core.train import clear_earlier_run
 from landformer.geoloc.config import DatasetConfig, GeolocConfig
 from landformer.geoloc.evaluate import evaluate_run, format_evaluation
 from landformer.geoloc.make_dataset import make_dataset
@@ -62,6 +63,7 @@ def run_demo_step(out: Path, world_folder: Path, seed: int) -> dict[str, Any]:
         },
         source="geoloc demo",
     )
+    clear_earlier_run(out / "run", "geoloc")  # the demo always starts afresh
     train(config, out / "run")
     results = evaluate_run(out / "run", cities / "test.csv", out=out)
     print(format_evaluation(results), flush=True)

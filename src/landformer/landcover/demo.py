@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from landformer.core.io import read_json, read_npz
+from landformer.core.io import read_npz
+from landformer.core.train import clear_earlier_run
 from landformer.landcover.config import CHANGE_DRAWS, LandCoverRecipe
 
 DEMO_STEPS = 70  # enough to show the loss falling and checkpoints being written, in well under a minute
@@ -75,8 +76,7 @@ def change_step(out: Path, world_folder: Path, seed: int) -> dict[str, Any]:
     recipe.task.warmup_steps = 10
     recipe.images.every_steps = DEMO_CHANGE_STEPS
     run_dir = out / "model"
-    if (run_dir / "run.json").is_file():
-        shutil.rmtree(run_dir)  # the demo's own earlier run: the demo always starts afresh
+    clear_earlier_run(run_dir, "landcover")  # the demo always starts afresh (change runs are named so too)
     trained = train_change(recipe, run_dir)
     world = load_world(world_folder)
     evaluation = evaluate_change(
@@ -125,8 +125,7 @@ def run_demo_step(out: Path, world_folder: Path, seed: int) -> dict[str, Any]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     run_dir = out / "model"
-    if (run_dir / "run.json").is_file() and read_json(run_dir / "run.json").get("name") == "landcover":
-        shutil.rmtree(run_dir)  # the demo's own earlier run: the demo always starts afresh
+    clear_earlier_run(run_dir, "landcover")  # the demo always starts afresh
     recipe = LandCoverRecipe()
     chips = igbp_chips(out / "chips.npz", recipe.data.chip_size, recipe.data.stride, recipe.data.test_fraction, seed)
     # Threads: `landformer demo` sets one torch thread for every step (small kernels; see landformer.demo).
