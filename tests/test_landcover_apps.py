@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 from affine import Affine
+from test_landcover_model import build
 
 from landformer.core.errors import UserError
 from landformer.core.legend import Legend, load_legend
 from landformer.landcover import evaluate
 from landformer.landcover.apps import common, development, embedding, gibbs, panorama, realism, sampling
 from landformer.landcover.baselines import CausalContextModel
-from landformer.landcover.model import LandCoverConfig, LandCoverRandAR, random_orders
+from landformer.landcover.model import LandCoverRandAR, random_orders
 
 SIZE = 8
 
@@ -26,14 +27,7 @@ def legend() -> Legend:
 
 @pytest.fixture(scope="module")
 def model(legend: Legend) -> LandCoverRandAR:
-    torch.manual_seed(0)
-    config = LandCoverConfig(n_classes=legend.n_classes, chip_size=SIZE, n_layers=2, n_heads=2, dim=32)
-    model = LandCoverRandAR(config).eval()
-    with torch.no_grad():  # sharper logits than the initialisation, so samples are far from uniform
-        for param in model.parameters():
-            if param.dim() >= 1 and param.numel() > 1 and not torch.all(param == 1):
-                param.normal_(0, 0.3)
-    return model
+    return build(0, n_classes=legend.n_classes, chip_size=SIZE)
 
 
 def labels_with_nodata(n: int, n_classes: int, seed: int) -> np.ndarray:

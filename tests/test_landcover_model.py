@@ -22,10 +22,11 @@ K, SIZE, N = 5, 8, 64
 
 
 def build(seed: int = 0, **overrides: object) -> LandCoverRandAR:
-    """A tiny model whose weights are scaled up so logits vary by O(1): equalities are then meaningful."""
+    """A tiny model whose weights are scaled up so logits vary by O(1): equalities are then meaningful, and samples
+    are far from uniform. ``overrides`` replace any LandCoverConfig field (classes, chip size, shape)."""
     torch.manual_seed(seed)
-    shape: dict[str, object] = {"n_layers": 2, "n_heads": 2, "dim": 32, **overrides}
-    config = LandCoverConfig(n_classes=K, chip_size=SIZE, **shape)  # type: ignore[arg-type]
+    fields: dict[str, object] = {"n_classes": K, "chip_size": SIZE, "n_layers": 2, "n_heads": 2, "dim": 32, **overrides}
+    config = LandCoverConfig(**fields)  # type: ignore[arg-type]
     model = LandCoverRandAR(config).eval()
     with torch.no_grad():
         for param in model.parameters():

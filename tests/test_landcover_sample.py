@@ -16,6 +16,7 @@ import rasterio
 import torch
 from rasterio.transform import from_origin
 from rasterio.windows import Window
+from test_landcover_model import build
 from test_landcover_train import SIZE, TOY_LEGEND, make_chip_file
 
 from landformer.core.errors import UserError
@@ -31,13 +32,7 @@ K = 4
 
 
 def sharpened(seed: int = 0, **overrides: object) -> LandCoverRandAR:
-    torch.manual_seed(seed)
-    model = LandCoverRandAR(LandCoverConfig(n_classes=K, chip_size=SIZE, n_layers=2, n_heads=2, dim=32, **overrides))
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() >= 1 and param.numel() > 1 and not torch.all(param == 1):
-                param.normal_(0, 0.3)
-    return model.eval()
+    return build(seed, n_classes=K, chip_size=SIZE, **overrides)
 
 
 @pytest.fixture(scope="module")
