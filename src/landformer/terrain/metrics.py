@@ -477,6 +477,7 @@ def relief_ratio(z: np.ndarray, r0: int, c0: int, h: int, w: int, window: int = 
 
 _D8_ROWS = np.array([-1, -1, -1, 0, 0, 1, 1, 1])
 _D8_COLS = np.array([-1, 0, 1, -1, 1, -1, 0, 1])
+D8_STEPS = tuple(zip(_D8_ROWS.tolist(), _D8_COLS.tolist(), strict=True))  # (row, column) steps to the 8 neighbours
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,6 @@ SEAM_BLEND_PX = 16  # columns over which join_edge fades the shift that continue
 SHORT_FADE_PX = 4  # columns over which the row-to-row part of a difference at an edge fades (fade_in)
 DRAIN_REACH_PX = 2  # depressions reaching this close to the edge are drained through the strip (drain_edge)
 DRAIN_MAX_WIDEN_PX = 32  # the widest a cut valley's sides reach (drain_edge)
-D8_STEPS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 DETAIL_ROWS = 9  # rows of the running mean that separates a difference's broad part from its row-to-row part
 
 
@@ -705,8 +704,8 @@ def drain_edge(band: np.ndarray, new: np.ndarray, reach: int = DRAIN_REACH_PX) -
     the strip in front of it is what closes it) gets a cut straight out from its lowest cell on the edge instead
     (:func:`cut_outward`); this also drains the few ponds of the map's own that touch the edge. The cuts are widened
     into valleys whose sides rise at the map's steep (90th percentile) slope, so they read as valleys rather than
-    one-pixel trenches. Depressions away from the edge, and every pit the strip has of its
-    own, are untouched; the map itself is never changed.
+    one-pixel trenches. Depressions away from the edge, and every pit the strip has of its own, are untouched; the
+    map itself is never changed.
     """
     from scipy import ndimage  # as in upsample: only expansion needs scipy
 
@@ -786,7 +785,7 @@ def carve_spill_paths(
     while heap:
         level, cell = heapq.heappop(heap)
         row, col = divmod(cell, width)
-        for d_row, d_col in D8_STEPS:
+        for d_row, d_col in metrics.D8_STEPS:
             n_row, n_col = row + d_row, col + d_col
             if not (0 <= n_row < height and 0 <= n_col < width):
                 continue
@@ -950,9 +949,14 @@ def expand_map(
         width = dataset.width + left + int(amounts.get("right", 0))
         shifted = dataset.transform @ Affine.translation(-left, -up)
         preview = Preview(height, width, preview_side)
-        tags = {"generator": "landformer.terrain.expand", "seed": seed, "candidates": candidates, "drain": drain}
-        tags["source"] = str(dem)
-        tags.update(amounts)
+        tags = {
+            "generator": "landformer.terrain.expand",
+            "seed": seed,
+            "candidates": candidates,
+            "drain": drain,
+            "source": str(dem),
+            **amounts,
+        }
         # The output keeps the DEM's data type: an int16 DEM stays int16 (new heights rounded to whole metres).
         dtype = dataset.dtypes[0] if np.dtype(dataset.dtypes[0]).kind in "iu" else "float32"
         profile = (width, height, 1, dtype, shifted, dataset.crs, nodata, ["elevation_m"], tags)
